@@ -1,0 +1,81 @@
+use elton_proto::{HEAD_METADATA_KEY, ProtoError};
+use thiserror::Error;
+use tonic::{Code, Status};
+
+#[derive(Debug, Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Invalid(#[from] ProtoError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unknown volume {0:?}")]
+    UnknownVolume(String),
+    #[error("volume {volume:?} has no version {version}")]
+    UnknownVersion { volume: String, version: u64 },
+    #[error("volume {0:?} has no version yet")]
+    EmptyVolume(String),
+    #[error("volume {0:?} already exists")]
+    VolumeExists(String),
+    #[error("conflict: volume {volume:?} is at version {head}, not {parent}; update and retry")]
+    Conflict { volume: String, head: u64, parent: u64 },
+    #[error("root object {0} is not stored on any node; upload it before committing")]
+    RootNotStored(String),
+    #[error("unknown node {0:?}; register first")]
+    UnknownNode(String),
+    #[error("no live node holds object {0}")]
+    NoHolder(String),
+    #[error("metadata store: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<redb::Error> for MasterError {
+    fn from(e: redb::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MasterError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The one place where master errors become gRPC statuses.
+impl From<MasterError> for Status {
+    fn from(e: MasterError) -> Self {
+        let code = match &e {
+            MasterError::Invalid(_) | MasterError::BadRequest(_) => Code::InvalidArgument,
+            MasterError::UnknownVolume(_)
+            | MasterError::UnknownVersion { .. }
+            | MasterError::EmptyVolume(_)
+            | MasterError::NoHolder(_) => Code::NotFound,
+            MasterError::VolumeExists(_) => Code::AlreadyExists,
+            MasterError::Conflict { .. } => Code::Aborted,
+            MasterError::RootNotStored(_) | MasterError::UnknownNode(_) => {
+                Code::FailedPrecondition
+            }
+            MasterError::Storage(_) | MasterError::Io(_) => Code::Internal,
+        };
+        let mut status = Status::new(code, e.to_string());
+        if let MasterError::Conflict { head, .. } = e
+            && let Ok(v) = head.to_string().parse()
+        {
+            status.metadata_mut().insert(HEAD_METADATA_KEY, v);
+        }
+        status
+    }
+}

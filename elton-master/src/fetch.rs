@@ -1,0 +1,67 @@
+//! Proxies an object from a holder slave to the requester.
+//!
+//! The master reads from the holder's CDN endpoint (`GET /v1/objects/{id}`,
+//! local-only so a holder never recurses into another fetch) and streams the
+//! bytes on. It does not verify them: the requester hashes everything it
+//! receives before storing or serving it.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use elton_proto::pb::ObjectChunk;
+use elton_proto::{NodeId, ObjectId};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Header telling a slave to answer from its store only (never fetch).
+pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
+
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
+
+pub enum SourceError {
+    /// The holder no longer has the object: its location is stale.
+    Missing,
+    /// Unreachable, or an error status: try another holder.
+    Failed(String),
+}
+
+/// Opens the object on one holder; returns its size and a stream of chunks.
+pub async fn open_from(
+    client: &reqwest::Client,
+    node: &NodeId,
+    http_addr: &str,
+    object: &ObjectId,
+) -> Result<(u64, ChunkStream), SourceError> {
+    let url = format!("http://{http_addr}/v1/objects/{object}");
+    let resp = client
+        .get(&url)
+        .header(LOCAL_ONLY_HEADER, "1")
+        .send()
+        .await
+        .map_err(|e| SourceError::Failed(format!("{node}: {e}")))?;
+    match resp.status() {
+        s if s.is_success() => {}
+        reqwest::StatusCode::NOT_FOUND => return Err(SourceError::Missing),
+        s => return Err(SourceError::Failed(format!("{node}: HTTP {s}"))),
+    }
+    let size = resp
+        .content_length()
+        .ok_or_else(|| SourceError::Failed(format!("{node}: no Content-Length")))?;
+    let (tx, rx) = mpsc::channel::<Result<ObjectChunk, Status>>(8);
+    let mut body = resp.bytes_stream();
+    let node = node.clone();
+    tokio::spawn(async move {
+        while let Some(item) = body.next().await {
+            let msg = item
+                .map(|data: Bytes| ObjectChunk { data: data.to_vec() })
+                .map_err(|e| Status::unavailable(format!("reading from {node}: {e}")));
+            let failed = msg.is_err();
+            if tx.send(msg).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok((size, Box::pin(ReceiverStream::new(rx))))
+}

@@ -1,0 +1,70 @@
+//! Liveness of registered slaves, decided from heartbeats.
+//!
+//! Pure bookkeeping: callers pass `now`, so tests need no clock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use elton_proto::NodeId;
+
+pub struct Liveness {
+    down_after: Duration,
+    last_seen: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Liveness {
+    /// Nodes known from before a restart count as seen at `now`: they get
+    /// one `down_after` period to heartbeat before they are marked down.
+    pub fn new(down_after: Duration, known: impl IntoIterator<Item = NodeId>, now: Instant) -> Self {
+        let last_seen = known.into_iter().map(|id| (id, now)).collect();
+        Self { down_after, last_seen: Mutex::new(last_seen) }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a heartbeat; false when the node is unknown.
+    pub fn beat(&self, id: &NodeId, now: Instant) -> bool {
+        match self.map().get_mut(id) {
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn register(&self, id: NodeId, now: Instant) {
+        self.map().insert(id, now);
+    }
+
+    pub fn is_up(&self, id: &NodeId, now: Instant) -> bool {
+        self.map()
+            .get(id)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.down_after)
+    }
+
+    pub fn last_seen(&self, id: &NodeId) -> Option<Instant> {
+        self.map().get(id).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_nodes_go_down_and_come_back() {
+        let t0 = Instant::now();
+        let n: NodeId = "n".parse().unwrap();
+        let l = Liveness::new(Duration::from_secs(10), [n.clone()], t0);
+        assert!(l.is_up(&n, t0 + Duration::from_secs(9)));
+        assert!(!l.is_up(&n, t0 + Duration::from_secs(10)));
+        assert!(l.beat(&n, t0 + Duration::from_secs(11)));
+        assert!(l.is_up(&n, t0 + Duration::from_secs(12)));
+        assert!(!l.beat(&"other".parse().unwrap(), t0));
+    }
+}

@@ -1,0 +1,366 @@
+//! The master's durable state, in one redb file.
+//!
+//! Tables (format documented in `docs/formats.md`, versioned by `meta.schema`):
+//! - `volumes`: name → JSON [`VolumeRow`]
+//! - `versions`: (name, number) → JSON [`VersionInfo`]
+//! - `nodes`: node id → JSON [`NodeRow`]
+//! - `locations`: object id (32 bytes) →→ node ids (multimap)
+//!
+//! Version commits are durable when they return. Location updates are soft
+//! state (slaves re-announce what they hold), so they are written without an
+//! fsync and made durable by the next durable commit or by
+//! [`flush_periodically`] within a second. A version is only accepted when its
+//! root's location is known, and that commit makes the location durable too.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use elton_proto::record::RECORD_FORMAT;
+use elton_proto::{NodeId, ObjectId, Version, VersionInfo, VolumeName};
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable,
+    ReadableTable,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::MasterError;
+
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const VOLUMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("volumes");
+const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("versions");
+const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
+const LOCATIONS: MultimapTableDefinition<'_, &[u8], &str> =
+    MultimapTableDefinition::new("locations");
+
+/// Schema of this file; bump on any incompatible change.
+pub const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRow {
+    pub name: VolumeName,
+    pub home: String,
+    pub created_unix: u64,
+    /// 0 while the volume has no version.
+    pub head: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub id: NodeId,
+    pub http_addr: String,
+}
+
+/// What a committer asks to publish.
+#[derive(Clone, Debug)]
+pub struct NewVersion {
+    pub volume: VolumeName,
+    pub parent: u64,
+    pub root: ObjectId,
+    pub message: String,
+    pub author: String,
+    pub host: String,
+    pub time: u64,
+}
+
+pub struct MetaStore {
+    db: Database,
+    unflushed: AtomicBool,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, MasterError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| MasterError::Storage(format!("corrupt {what} row: {e}")))
+}
+
+fn encode<T: Serialize>(row: &T) -> Vec<u8> {
+    // Rows are plain structs of strings and integers: serializing cannot fail.
+    serde_json::to_vec(row).unwrap_or_default()
+}
+
+impl MetaStore {
+    pub fn open(path: &Path) -> Result<Self, MasterError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let schema = meta.get("schema")?.map(|g| g.value());
+            match schema {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(MasterError::Storage(format!(
+                        "{} has schema {other}; this build reads {SCHEMA_VERSION}",
+                        path.display()
+                    )));
+                }
+            }
+            txn.open_table(VOLUMES)?;
+            txn.open_table(VERSIONS)?;
+            txn.open_table(NODES)?;
+            txn.open_multimap_table(LOCATIONS)?;
+        }
+        txn.commit()?;
+        Ok(Self { db, unflushed: AtomicBool::new(false) })
+    }
+
+    pub fn create_volume(
+        &self,
+        name: &VolumeName,
+        home: &str,
+        now: u64,
+    ) -> Result<VolumeRow, MasterError> {
+        let txn = self.db.begin_write()?;
+        let row = {
+            let mut volumes = txn.open_table(VOLUMES)?;
+            if volumes.get(name.as_str())?.is_some() {
+                return Err(MasterError::VolumeExists(name.to_string()));
+            }
+            let row = VolumeRow { name: name.clone(), home: home.into(), created_unix: now, head: 0 };
+            volumes.insert(name.as_str(), encode(&row).as_slice())?;
+            row
+        };
+        txn.commit()?;
+        self.unflushed.store(false, Ordering::Release);
+        Ok(row)
+    }
+
+    pub fn volume(&self, name: &VolumeName) -> Result<VolumeRow, MasterError> {
+        let txn = self.db.begin_read()?;
+        let volumes = txn.open_table(VOLUMES)?;
+        let guard = volumes
+            .get(name.as_str())?
+            .ok_or_else(|| MasterError::UnknownVolume(name.to_string()))?;
+        decode("volume", guard.value())
+    }
+
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>, MasterError> {
+        let txn = self.db.begin_read()?;
+        let volumes = txn.open_table(VOLUMES)?;
+        let mut out = Vec::new();
+        for item in volumes.iter()? {
+            let (_, v) = item?;
+            out.push(decode("volume", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Compare-and-set on the head, in one durable transaction: either the
+    /// version record and the new head are both written, or neither is.
+    pub fn commit(&self, new: NewVersion) -> Result<VersionInfo, MasterError> {
+        let txn = self.db.begin_write()?;
+        let info = {
+            let mut volumes = txn.open_table(VOLUMES)?;
+            let mut row: VolumeRow = match volumes.get(new.volume.as_str())? {
+                Some(g) => decode("volume", g.value())?,
+                None => return Err(MasterError::UnknownVolume(new.volume.to_string())),
+            };
+            if row.head != new.parent {
+                return Err(MasterError::Conflict {
+                    volume: new.volume.to_string(),
+                    head: row.head,
+                    parent: new.parent,
+                });
+            }
+            let locations = txn.open_multimap_table(LOCATIONS)?;
+            if locations.get(new.root.as_bytes().as_slice())?.is_empty() {
+                return Err(MasterError::RootNotStored(new.root.to_string()));
+            }
+            let version = Version::after(row.head);
+            let info = VersionInfo {
+                format: RECORD_FORMAT,
+                volume: new.volume.clone(),
+                version,
+                root: new.root,
+                parent: Version::new(new.parent),
+                message: new.message,
+                author: new.author,
+                host: new.host,
+                time: new.time,
+            };
+            let mut versions = txn.open_table(VERSIONS)?;
+            versions.insert((new.volume.as_str(), version.get()), encode(&info).as_slice())?;
+            row.head = version.get();
+            volumes.insert(new.volume.as_str(), encode(&row).as_slice())?;
+            info
+        };
+        txn.commit()?;
+        self.unflushed.store(false, Ordering::Release);
+        Ok(info)
+    }
+
+    /// `version` 0 means the head.
+    pub fn version(&self, volume: &VolumeName, version: u64) -> Result<VersionInfo, MasterError> {
+        let txn = self.db.begin_read()?;
+        let number = if version == 0 {
+            let volumes = txn.open_table(VOLUMES)?;
+            let row: VolumeRow = match volumes.get(volume.as_str())? {
+                Some(g) => decode("volume", g.value())?,
+                None => return Err(MasterError::UnknownVolume(volume.to_string())),
+            };
+            if row.head == 0 {
+                return Err(MasterError::EmptyVolume(volume.to_string()));
+            }
+            row.head
+        } else {
+            version
+        };
+        let versions = txn.open_table(VERSIONS)?;
+        match versions.get((volume.as_str(), number))? {
+            Some(g) => decode("version", g.value()),
+            None => {
+                // Distinguish "no such volume" from "no such version".
+                let volumes = txn.open_table(VOLUMES)?;
+                if volumes.get(volume.as_str())?.is_none() {
+                    Err(MasterError::UnknownVolume(volume.to_string()))
+                } else {
+                    Err(MasterError::UnknownVersion { volume: volume.to_string(), version })
+                }
+            }
+        }
+    }
+
+    pub fn versions(&self, volume: &VolumeName) -> Result<Vec<VersionInfo>, MasterError> {
+        self.volume(volume)?;
+        let txn = self.db.begin_read()?;
+        let versions = txn.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for item in versions.range((volume.as_str(), 0)..=(volume.as_str(), u64::MAX))? {
+            let (_, v) = item?;
+            out.push(decode("version", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_node(&self, row: &NodeRow) -> Result<(), MasterError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(NODES)?.insert(row.id.as_str(), encode(row).as_slice())?;
+        txn.commit()?;
+        self.unflushed.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, MasterError> {
+        let txn = self.db.begin_read()?;
+        let nodes = txn.open_table(NODES)?;
+        let mut out = Vec::new();
+        for item in nodes.iter()? {
+            let (_, v) = item?;
+            out.push(decode("node", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn add_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut locations = txn.open_multimap_table(LOCATIONS)?;
+            for id in objects {
+                locations.insert(id.as_bytes().as_slice(), node.as_str())?;
+            }
+        }
+        txn.commit()?;
+        self.unflushed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn remove_location(&self, object: &ObjectId, node: &NodeId) -> Result<(), MasterError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        txn.open_multimap_table(LOCATIONS)?
+            .remove(object.as_bytes().as_slice(), node.as_str())?;
+        txn.commit()?;
+        self.unflushed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn holders(&self, object: &ObjectId) -> Result<Vec<NodeId>, MasterError> {
+        let txn = self.db.begin_read()?;
+        let locations = txn.open_multimap_table(LOCATIONS)?;
+        let mut out = Vec::new();
+        for item in locations.get(object.as_bytes().as_slice())? {
+            let id = item?.value().to_string();
+            out.push(id.parse().map_err(|e| MasterError::Storage(format!("corrupt location: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Makes every earlier non-durable write durable.
+    pub fn flush(&self) -> Result<(), MasterError> {
+        if self.unflushed.swap(false, Ordering::AcqRel) {
+            let txn = self.db.begin_write()?;
+            txn.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// Bounds how long a soft-state write stays volatile.
+pub async fn flush_periodically(store: Arc<MetaStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Err(e)) => tracing::warn!("flushing locations: {e}"),
+            Err(e) => tracing::warn!("flush task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_version(volume: &VolumeName, parent: u64, root: ObjectId) -> NewVersion {
+        NewVersion {
+            volume: volume.clone(),
+            parent,
+            root,
+            message: "m".into(),
+            author: "a".into(),
+            host: "h".into(),
+            time: 1,
+        }
+    }
+
+    #[test]
+    fn phase1_commit_is_compare_and_set_without_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let store = MetaStore::open(&path).unwrap();
+        let vol: VolumeName = "web".parse().unwrap();
+        let node: NodeId = "n1".parse().unwrap();
+        let root = ObjectId::of(b"root");
+        store.create_volume(&vol, "m", 0).unwrap();
+        assert!(matches!(store.create_volume(&vol, "m", 0), Err(MasterError::VolumeExists(_))));
+
+        assert!(matches!(
+            store.commit(new_version(&vol, 0, root)),
+            Err(MasterError::RootNotStored(_))
+        ));
+        store.add_locations(&node, &[root]).unwrap();
+        assert_eq!(store.commit(new_version(&vol, 0, root)).unwrap().version.get(), 1);
+        match store.commit(new_version(&vol, 0, root)) {
+            Err(MasterError::Conflict { head: 1, parent: 0, .. }) => {}
+            other => panic!("expected conflict, got {other:?}"),
+        }
+        assert_eq!(store.commit(new_version(&vol, 1, root)).unwrap().version.get(), 2);
+        drop(store);
+
+        let store = MetaStore::open(&path).unwrap();
+        assert_eq!(store.volume(&vol).unwrap().head, 2);
+        assert_eq!(store.versions(&vol).unwrap().len(), 2);
+        assert_eq!(store.holders(&root).unwrap(), vec![node]);
+        assert_eq!(store.version(&vol, 0).unwrap().version.get(), 2);
+        assert!(matches!(store.version(&vol, 9), Err(MasterError::UnknownVersion { .. })));
+        let other: VolumeName = "nope".parse().unwrap();
+        assert!(matches!(store.version(&other, 1), Err(MasterError::UnknownVolume(_))));
+    }
+}

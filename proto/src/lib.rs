@@ -1,0 +1,32 @@
+//! Elton's contracts, shared by every crate.
+//!
+//! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
+//! - [`manifest`]: directory manifests and their one canonical JSON encoding.
+//! - [`record`]: version records as served in JSON.
+//! - [`path`]: validated relative paths inside a volume.
+//! - [`pb`]: the generated gRPC types and services (`elton.v1`).
+//!
+//! Formats are documented in `docs/formats.md`.
+
+pub mod error;
+pub mod ids;
+pub mod manifest;
+pub mod path;
+pub mod record;
+
+pub use error::ProtoError;
+pub use ids::{NodeId, ObjectId, Version, VolumeName};
+pub use manifest::{DirManifest, Entry, EntryKind};
+pub use path::VolumePath;
+pub use record::VersionInfo;
+
+/// Generated code for `proto/elton.proto`.
+#[allow(clippy::all, clippy::unwrap_used, rust_2018_idioms)]
+pub mod pb {
+    tonic::include_proto!("elton.v1");
+}
+
+/// Metadata key carrying the current head on a commit conflict.
+pub const HEAD_METADATA_KEY: &str = "x-elton-head";
+/// Metadata key carrying an object's size on `FetchObject`.
+pub const SIZE_METADATA_KEY: &str = "x-elton-size";

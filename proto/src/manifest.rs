@@ -1,0 +1,234 @@
+//! Directory manifests: one JSON object per directory, stored as an object.
+//!
+//! The encoding is canonical (fields in a fixed order, entries sorted by name
+//! bytes, no insignificant whitespace), so the same directory always has the
+//! same bytes and therefore the same [`ObjectId`]. Decoding rejects anything
+//! that is not exactly the canonical form, which keeps that property true for
+//! manifests written by other tools too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ObjectId, ProtoError};
+
+/// Current manifest format; see `docs/formats.md`.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Largest manifest accepted from disk or network (about 100,000 entries).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// Permission bits only (`0o7777`); the type lives in `type`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes for files, target length for symlinks, entry count for dirs.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime: i64,
+    /// File content (files) or child manifest (dirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Extended attributes, values hex-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<BTreeMap<String, String>>,
+}
+
+impl Entry {
+    fn validate(&self) -> Result<(), ProtoError> {
+        let bad = |why: String| Err(ProtoError::Manifest(why));
+        if !valid_entry_name(&self.name) {
+            return bad(format!("invalid entry name {:?}", self.name));
+        }
+        if self.mode & !0o7777 != 0 {
+            return bad(format!("{:?}: mode {:o} has bits beyond 7777", self.name, self.mode));
+        }
+        match (self.kind, &self.object, &self.target) {
+            (EntryKind::File | EntryKind::Dir, Some(_), None) => {}
+            (EntryKind::Symlink, None, Some(t)) if !t.is_empty() && !t.contains('\0') => {}
+            _ => {
+                return bad(format!(
+                    "{:?}: a {:?} needs {}",
+                    self.name,
+                    self.kind,
+                    if self.kind == EntryKind::Symlink {
+                        "a non-empty `target` and no `object`"
+                    } else {
+                        "an `object` and no `target`"
+                    }
+                ));
+            }
+        }
+        if let Some(x) = &self.xattrs {
+            for (k, v) in x {
+                if k.is_empty() || k.contains('\0') || hex::decode(v).is_err() {
+                    return bad(format!("{:?}: invalid xattr {k:?}", self.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A directory entry name: one path component, never `.`/`..`.
+pub fn valid_entry_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains(['/', '\0'])
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirManifest {
+    pub format: u32,
+    pub entries: Vec<Entry>,
+}
+
+impl Default for DirManifest {
+    fn default() -> Self {
+        Self { format: MANIFEST_FORMAT, entries: Vec::new() }
+    }
+}
+
+impl DirManifest {
+    /// Builds a manifest from entries in any order; rejects duplicates and
+    /// invalid entries.
+    pub fn new(mut entries: Vec<Entry>) -> Result<Self, ProtoError> {
+        entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let m = Self { format: MANIFEST_FORMAT, entries };
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), ProtoError> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(ProtoError::Manifest(format!(
+                "unsupported format {} (this build reads {MANIFEST_FORMAT})",
+                self.format
+            )));
+        }
+        for pair in self.entries.windows(2) {
+            if pair[0].name.as_bytes() >= pair[1].name.as_bytes() {
+                return Err(ProtoError::Manifest(format!(
+                    "entries not strictly sorted at {:?}",
+                    pair[1].name
+                )));
+            }
+        }
+        self.entries.iter().try_for_each(Entry::validate)
+    }
+
+    /// The canonical bytes; hash them for the manifest's [`ObjectId`].
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs, strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn id(&self) -> ObjectId {
+        ObjectId::of(&self.encode())
+    }
+
+    /// Parses and validates; the input must be exactly the canonical form.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ProtoError::Manifest(format!("{} bytes is too large", bytes.len())));
+        }
+        let m: DirManifest =
+            serde_json::from_slice(bytes).map_err(|e| ProtoError::Manifest(e.to_string()))?;
+        m.validate()?;
+        if m.encode() != bytes {
+            return Err(ProtoError::Manifest("not in canonical form".into()));
+        }
+        Ok(m)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Inserts or replaces the entry with the same name, keeping order.
+    pub fn upsert(&mut self, entry: Entry) {
+        match self
+            .entries
+            .binary_search_by(|e| e.name.as_bytes().cmp(entry.name.as_bytes()))
+        {
+            Ok(i) => self.entries[i] = entry,
+            Err(i) => self.entries.insert(i, entry),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, content: &[u8]) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: content.len() as u64,
+            mtime: 1_700_000_000_000_000_000,
+            object: Some(ObjectId::of(content)),
+            target: None,
+            xattrs: None,
+        }
+    }
+
+    #[test]
+    fn same_tree_same_bytes_whatever_the_insertion_order() {
+        let a = DirManifest::new(vec![file("b", b"2"), file("a", b"1")]).unwrap();
+        let b = DirManifest::new(vec![file("a", b"1"), file("b", b"2")]).unwrap();
+        assert_eq!(a.encode(), b.encode());
+        assert_eq!(DirManifest::decode(&a.encode()).unwrap(), a);
+    }
+
+    #[test]
+    fn rejects_non_canonical_and_malformed_input() {
+        let m = DirManifest::new(vec![file("a", b"1")]).unwrap();
+        let pretty = serde_json::to_vec_pretty(&m).unwrap();
+        assert!(DirManifest::decode(&pretty).is_err());
+        assert!(DirManifest::decode(b"{not json").is_err());
+        assert!(DirManifest::decode(br#"{"format":2,"entries":[]}"#).is_err());
+        assert!(DirManifest::new(vec![file("..", b"x")]).is_err());
+        assert!(DirManifest::new(vec![file("a/b", b"x")]).is_err());
+        assert!(DirManifest::new(vec![file("a", b"1"), file("a", b"2")]).is_err());
+        let mut link = file("l", b"");
+        link.kind = EntryKind::Symlink;
+        assert!(DirManifest::new(vec![link]).is_err(), "symlink without target");
+    }
+
+    #[test]
+    fn upsert_keeps_order() {
+        let mut m = DirManifest::new(vec![file("a", b"1"), file("c", b"3")]).unwrap();
+        m.upsert(file("b", b"2"));
+        m.upsert(file("a", b"x"));
+        let names: Vec<_> = m.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(m.get("a").unwrap().object, Some(ObjectId::of(b"x")));
+        assert!(DirManifest::decode(&m.encode()).is_ok());
+    }
+}
