@@ -1,1 +1,88 @@
+//! The Elton slave: the storage node of every host.
+//!
+//! - [`store`]: content-addressed, verified, durable object store.
+//! - [`fetcher`]: fetch on miss through the master, coalesced.
+//! - [`master_link`]: registration, heartbeats, object announcements.
+//! - [`volumes`]: resolving volume paths, publishing versions.
+//! - [`tree`]: pure tree edits (one-file commits).
+//! - [`http`]: the CDN-style HTTP interface; [`range`], [`metrics`].
+//! - [`durable`]: the one durable-write helper.
+//! - [`error`]: one error type, mapped to HTTP status in one place.
+//!
+//! [`run`] serves on an already-bound listener until `shutdown` resolves.
 
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod fetcher;
+pub mod http;
+pub mod master_link;
+pub mod metrics;
+pub mod range;
+pub mod store;
+pub mod tree;
+pub mod volumes;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use elton_proto::NodeId;
+use tokio::net::TcpListener;
+
+pub use config::SlaveConfig;
+pub use error::SlaveError;
+pub use store::ObjectStore;
+
+/// Serves the slave on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: SlaveConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SlaveError> {
+    let store = ObjectStore::open(&config.data_dir)?;
+    let node_id = node_id(&config)?;
+    let local = listener.local_addr().map_err(|e| SlaveError::Io(e.to_string()))?;
+    let http_addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    let (link, announcements) = master_link::MasterLink::new(&config.master, node_id.clone())?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let fetcher = Arc::new(fetcher::Fetcher::new(store.clone(), link.clone(), metrics.clone()));
+    let volumes = Arc::new(volumes::Volumes::new(fetcher.clone(), link.clone()));
+    let state = Arc::new(http::AppState {
+        fetcher,
+        volumes,
+        metrics,
+        token: config.token.clone(),
+        max_upload_bytes: config.max_upload_bytes,
+    });
+    let announcer = tokio::spawn(link.clone().run_announcer(announcements));
+    let membership = tokio::spawn(link.run_membership(http_addr, store));
+    tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
+    let result = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| SlaveError::Io(format!("HTTP server: {e}")));
+    announcer.abort();
+    membership.abort();
+    result
+}
+
+/// The configured id, else the one saved in `<data>/node-id`, else a new
+/// random one saved there.
+fn node_id(config: &SlaveConfig) -> Result<NodeId, SlaveError> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.parse()?);
+    }
+    let path = config.data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().parse()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let seed = format!("{:?}{}{:?}", std::time::SystemTime::now(), std::process::id(), path);
+            let id: NodeId = format!("node-{}", &blake3::hash(seed.as_bytes()).to_hex()[..12]).parse()?;
+            durable::write_file(&path, id.as_str().as_bytes())
+                .map_err(|e| SlaveError::Io(format!("writing {}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(SlaveError::Io(format!("reading {}: {e}", Path::new(&path).display()))),
+    }
+}

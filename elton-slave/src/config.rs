@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+/// Slave settings; defaults are documented in `docs/operations.md`.
+#[derive(Clone, Debug)]
+pub struct SlaveConfig {
+    /// Object store and node identity live here.
+    pub data_dir: PathBuf,
+    /// gRPC URL of this cluster's master.
+    pub master: String,
+    /// Stable node id; when `None`, read from (or created in) `<data>/node-id`.
+    pub node_id: Option<String>,
+    /// `host:port` the master and peers use to reach this slave's HTTP; when
+    /// `None`, the listener's address.
+    pub advertise: Option<String>,
+    /// Bearer token for writes; `None` disables writes.
+    pub token: Option<String>,
+    /// Largest upload body accepted.
+    pub max_upload_bytes: u64,
+}
+
+impl SlaveConfig {
+    pub fn new(data_dir: PathBuf, master: String) -> Self {
+        Self {
+            data_dir,
+            master,
+            node_id: None,
+            advertise: None,
+            token: None,
+            max_upload_bytes: 16 << 30,
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The slave's HTTP interface: CDN-style immutable reads, token-guarded
+//! uploads and commits, metrics. Errors become responses only in
+//! [`crate::error`].
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use elton_proto::{ObjectId, Version, VolumeName, VolumePath};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::fetcher::Fetcher;
+use crate::metrics::{Metrics, inc};
+use crate::volumes::{Proposal, Resolved, Volumes};
+use crate::{SlaveError, range};
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `latest` redirects may be cached briefly: a new version appears on commit.
+const LATEST_MAX_AGE: &str = "public, max-age=5";
+/// Objects up to this size are read in one go rather than streamed.
+const INLINE_BYTES: u64 = 1 << 20;
+const STREAM_CHUNK: usize = 1 << 20;
+const MAX_JSON_BODY: usize = 64 << 10;
+/// Header a master sets when it proxies a fetch: answer from the store only.
+pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
+
+/// Characters escaped in path segments of generated URLs.
+const SEGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'/').add(b'?').add(b'<').add(b'>').add(b'`').add(b'{').add(b'}');
+
+pub struct AppState {
+    pub fetcher: Arc<Fetcher>,
+    pub volumes: Arc<Volumes>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<String>,
+    pub max_upload_bytes: u64,
+}
+
+type Shared = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/objects/{id}", get(get_object).put(put_object))
+        .route("/v1/volumes/{*rest}", get(get_volume_path).put(put_volume_file).post(post_version))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+impl AppState {
+    fn count_request(&self) {
+        inc(&self.metrics.http_requests_total, 1);
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), SlaveError> {
+        let Some(expected) = &self.token else {
+            return Err(SlaveError::WritesDisabled);
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(SlaveError::Unauthorized)?;
+        // Comparing hashes is constant-time (blake3::Hash's Eq is).
+        if blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(SlaveError::Unauthorized)
+        }
+    }
+
+    fn check_declared_length(&self, headers: &HeaderMap) -> Result<(), SlaveError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(n) if n > self.max_upload_bytes => Err(SlaveError::TooLarge(self.max_upload_bytes)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn etag(id: &ObjectId) -> String {
+    format!("\"{id}\"")
+}
+
+fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == tag
+        }))
+}
+
+fn immutable_headers(resp: &mut Response, tag: &str) {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    if let Ok(v) = HeaderValue::from_str(tag) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// Serves an object's bytes with CDN semantics (ETag, Range, 304, HEAD).
+async fn serve_object(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    id: ObjectId,
+    content_type: &str,
+) -> Result<Response, SlaveError> {
+    let tag = etag(&id);
+    if not_modified(headers, &tag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        immutable_headers(&mut resp, &tag);
+        return Ok(resp);
+    }
+    let local_only = headers.contains_key(LOCAL_ONLY_HEADER);
+    let (file, size) = state.fetcher.open(id, local_only).await?;
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, len) = match range::parse(range_header, size) {
+        Ok(None) => (StatusCode::OK, 0, size),
+        Ok(Some((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
+        Err(()) => {
+            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        inc(&state.metrics.http_bytes_served_total, len);
+        body_of(file, start, len).await?
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    immutable_headers(&mut resp, &tag);
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+async fn body_of(mut file: std::fs::File, start: u64, len: u64) -> Result<Body, SlaveError> {
+    if len <= INLINE_BYTES {
+        let buf = tokio::task::spawn_blocking(move || {
+            file.seek(SeekFrom::Start(start))?;
+            let mut buf = Vec::with_capacity(len as usize);
+            file.take(len).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|e| SlaveError::Io(format!("read task: {e}")))?
+        .map_err(|e| SlaveError::Io(format!("reading object: {e}")))?;
+        return Ok(Body::from(buf));
+    }
+    // Large objects: a blocking reader thread feeds the response in big
+    // chunks; the channel bounds memory to a few chunks per response.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        while left > 0 {
+            let mut buf = vec![0u8; left.min(STREAM_CHUNK as u64) as usize];
+            match file.read_exact(&mut buf) {
+                Ok(()) => {
+                    left -= buf.len() as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+async fn get_object(
+    State(state): Shared,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    let id: ObjectId = id.parse()?;
+    serve_object(&state, &method, &headers, id, "application/octet-stream").await
+}
+
+async fn put_object(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    state.authorize(&headers)?;
+    let id: ObjectId = id.parse()?;
+    state.check_declared_length(&headers)?;
+    let existed = state.fetcher.store().contains(&id);
+    let stream = body.into_data_stream();
+    let (_, size) = state.fetcher.store().ingest(stream, Some(id), state.max_upload_bytes).await?;
+    inc(&state.metrics.objects_uploaded_total, 1);
+    inc(&state.metrics.uploaded_bytes_total, size);
+    state.volumes.announce(vec![id]).await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, axum::Json(serde_json::json!({ "object": id, "size": size }))).into_response())
+}
+
+/// Splits `volume/rest` and parses the volume name.
+fn split_volume(rest: &str) -> Result<(VolumeName, &str), SlaveError> {
+    let (volume, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    Ok((volume.parse()?, tail))
+}
+
+fn encode_path(path: &VolumePath) -> String {
+    path.components()
+        .iter()
+        .map(|c| utf8_percent_encode(c, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn get_volume_path(
+    State(state): Shared,
+    method: Method,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    let (volume, tail) = split_volume(&rest)?;
+    let (version, path) = tail.split_once('/').unwrap_or((tail, ""));
+    let path = VolumePath::parse(path)?;
+    if version == "latest" {
+        let head = state
+            .volumes
+            .head(&volume)
+            .await?
+            .ok_or_else(|| SlaveError::NotFound(format!("volume {volume:?} has no version yet")))?;
+        let mut location = format!("/v1/volumes/{volume}/{}", head.version);
+        if !path.is_root() {
+            location.push('/');
+            location.push_str(&encode_path(&path));
+        }
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(LATEST_MAX_AGE));
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            h.insert(header::LOCATION, v);
+        }
+        return Ok(resp);
+    }
+    let version: Version = version.parse()?;
+    let info = state.volumes.version(&volume, version).await?;
+    match state.volumes.resolve(info.root, &path).await? {
+        Resolved::File(entry) => {
+            let id = entry.object.ok_or_else(|| SlaveError::Io("file without object".into()))?;
+            let name = path.split_last().map_or("", |(_, n)| n);
+            let mime = mime_guess::from_path(name).first_or_octet_stream();
+            serve_object(&state, &method, &headers, id, mime.essence_str()).await
+        }
+        Resolved::Dir { id, manifest } => {
+            let tag = etag(&id);
+            if not_modified(&headers, &tag) {
+                let mut resp = StatusCode::NOT_MODIFIED.into_response();
+                immutable_headers(&mut resp, &tag);
+                return Ok(resp);
+            }
+            let listing = serde_json::json!({
+                "volume": volume,
+                "version": version,
+                "path": path.to_string(),
+                "manifest": id,
+                "entries": manifest.entries,
+            });
+            let mut resp = axum::Json(listing).into_response();
+            immutable_headers(&mut resp, &tag);
+            Ok(resp)
+        }
+        Resolved::Symlink(entry) => {
+            let mut resp = axum::Json(serde_json::json!({
+                "type": "symlink",
+                "name": entry.name,
+                "target": entry.target,
+            }))
+            .into_response();
+            resp.headers_mut().insert("x-elton-type", HeaderValue::from_static("symlink"));
+            Ok(resp)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    parent: Option<u64>,
+}
+
+async fn put_volume_file(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+    Query(q): Query<PutQuery>,
+    body: Body,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    state.authorize(&headers)?;
+    let (volume, path) = split_volume(&rest)?;
+    let path = VolumePath::parse(path)?;
+    if path.is_root() {
+        return Err(SlaveError::BadRequest("PUT needs a file path after the volume".into()));
+    }
+    state.check_declared_length(&headers)?;
+    let stream = body.into_data_stream();
+    let (id, size) = state.fetcher.store().ingest(stream, None, state.max_upload_bytes).await?;
+    inc(&state.metrics.objects_uploaded_total, 1);
+    inc(&state.metrics.uploaded_bytes_total, size);
+    let info = state.volumes.put_file(&volume, q.parent, &path, id, size, "http".into()).await?;
+    inc(&state.metrics.commits_total, 1);
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    parent: u64,
+    root: ObjectId,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    host: String,
+}
+
+async fn post_version(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+    body: Body,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    state.authorize(&headers)?;
+    let (volume, tail) = split_volume(&rest)?;
+    if tail != "versions" {
+        return Err(SlaveError::NotFound(format!("POST /v1/volumes/{rest}: use /v1/volumes/<volume>/versions")));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
+        .await
+        .map_err(|_| SlaveError::TooLarge(MAX_JSON_BODY as u64))?;
+    let c: CommitBody = serde_json::from_slice(&bytes)
+        .map_err(|e| SlaveError::BadRequest(format!("commit body: {e}")))?;
+    let info = state
+        .volumes
+        .commit(Proposal {
+            volume,
+            parent: c.parent,
+            root: c.root,
+            message: c.message,
+            author: c.author,
+            host: c.host,
+        })
+        .await?;
+    inc(&state.metrics.commits_total, 1);
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    state.count_request();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

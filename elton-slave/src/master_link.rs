@@ -1,0 +1,152 @@
+//! This slave's connection to its master: registration, heartbeats, and
+//! announcing stored objects in batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use elton_proto::pb::master_client::MasterClient;
+use elton_proto::pb::{AddLocationsRequest, HeartbeatRequest, RegisterNodeRequest};
+use elton_proto::{NodeId, ObjectId};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::SlaveError;
+use crate::store::ObjectStore;
+
+/// Largest number of ids sent in one `AddLocations` call.
+const ANNOUNCE_BATCH: usize = 8192;
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+#[derive(Clone)]
+pub struct MasterLink {
+    client: MasterClient<Channel>,
+    node_id: NodeId,
+    announce_tx: mpsc::Sender<(Vec<ObjectId>, Ack)>,
+}
+
+impl MasterLink {
+    /// Connects lazily: the slave serves its store even while the master is
+    /// down, and calls fail with a clear error until it is back.
+    pub fn new(master_url: &str, node_id: NodeId) -> Result<(Self, mpsc::Receiver<(Vec<ObjectId>, Ack)>), SlaveError> {
+        let endpoint = Endpoint::from_shared(master_url.to_string())
+            .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let client = MasterClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (announce_tx, rx) = mpsc::channel(1024);
+        Ok((Self { client, node_id, announce_tx }, rx))
+    }
+
+    pub fn client(&self) -> MasterClient<Channel> {
+        self.client.clone()
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Records that this node holds `ids`; returns once the master knows.
+    pub async fn announce(&self, ids: Vec<ObjectId>) -> Result<(), SlaveError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (ack, done) = oneshot::channel();
+        self.announce_tx
+            .send((ids, ack))
+            .await
+            .map_err(|_| SlaveError::Io("announcer stopped".into()))?;
+        done.await
+            .map_err(|_| SlaveError::Io("announcer stopped".into()))?
+            .map_err(SlaveError::MasterUnavailable)
+    }
+
+    async fn register(&self, http_addr: &str) -> Result<Duration, tonic::Status> {
+        let resp = self
+            .client()
+            .register_node(RegisterNodeRequest {
+                node_id: self.node_id.to_string(),
+                http_addr: http_addr.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000)))
+    }
+
+    async fn send_locations(&self, ids: &[ObjectId]) -> Result<(), tonic::Status> {
+        for chunk in ids.chunks(ANNOUNCE_BATCH) {
+            self.client()
+                .add_locations(AddLocationsRequest {
+                    node_id: self.node_id.to_string(),
+                    objects: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Group-commits announcements: whatever queued while the previous call
+    /// was in flight goes in the next call.
+    pub async fn run_announcer(self, mut rx: mpsc::Receiver<(Vec<ObjectId>, Ack)>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.iter().map(|(ids, _)| ids.len()).sum::<usize>() < ANNOUNCE_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            let ids: Vec<ObjectId> = batch.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+            let result = self.send_locations(&ids).await.map_err(|s| s.message().to_string());
+            for (_, ack) in batch {
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+
+    /// Registers (retrying until the master answers), announces the whole
+    /// store, then heartbeats; re-registers whenever the master forgot us.
+    pub async fn run_membership(self, http_addr: String, store: Arc<ObjectStore>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let interval = match self.register(&http_addr).await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!("registering with master: {}", e.message());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.list()).await {
+                Ok(Ok(ids)) => {
+                    if let Err(e) = self.send_locations(&ids).await {
+                        tracing::warn!("announcing inventory: {}", e.message());
+                        continue;
+                    }
+                    tracing::info!(node = %self.node_id, objects = ids.len(), "registered with master");
+                }
+                Ok(Err(e)) => tracing::error!("listing store: {e}"),
+                Err(e) => tracing::error!("listing store: {e}"),
+            }
+            self.heartbeat_until_forgotten(interval).await;
+        }
+    }
+
+    async fn heartbeat_until_forgotten(&self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let req = HeartbeatRequest { node_id: self.node_id.to_string() };
+            match self.client().heartbeat(req).await {
+                Ok(r) if r.get_ref().known => {}
+                Ok(_) => return,
+                Err(e) => tracing::debug!("heartbeat: {}", e.message()),
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Content-addressed object store on local disk.
+//!
+//! Layout (see `docs/formats.md`): `<data>/objects/<2 hex>/<62 hex>`, temp
+//! files in `<data>/tmp/`, objects that failed verification moved to
+//! `<data>/corrupt/`. Every object is hashed as it arrives and published with
+//! [`crate::durable::publish`]. An object is re-hashed before it is served
+//! whenever its file is not the one this process verified (new inode, size,
+//! mtime or ctime), so a file changed behind our back is never served.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use elton_proto::ObjectId;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::SlaveError;
+
+/// Identity of the file behind an object, as last verified.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Self {
+        Self {
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+pub struct ObjectStore {
+    objects: PathBuf,
+    tmp: PathBuf,
+    corrupt: PathBuf,
+    verified: Mutex<HashMap<ObjectId, Stamp>>,
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> SlaveError {
+    SlaveError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+impl ObjectStore {
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, SlaveError> {
+        let store = Self {
+            objects: data_dir.join("objects"),
+            tmp: data_dir.join("tmp"),
+            corrupt: data_dir.join("corrupt"),
+            verified: Mutex::new(HashMap::new()),
+        };
+        for d in [&store.objects, &store.tmp, &store.corrupt] {
+            fs::create_dir_all(d).map_err(|e| io_err("creating", d, e))?;
+        }
+        // Leftovers of writes interrupted by a crash: never published, so unused.
+        if let Ok(entries) = fs::read_dir(&store.tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(Arc::new(store))
+    }
+
+    pub fn path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.to_hex();
+        self.objects.join(&hex[..2]).join(&hex[2..])
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.path(id).is_file()
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Stamp>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens an object for reading after making sure its bytes hash to `id`.
+    /// `Ok(None)` when absent; a corrupt object is quarantined and reported
+    /// as [`SlaveError::Corrupt`]. Blocking.
+    pub fn open_verified(&self, id: &ObjectId) -> Result<Option<(File, u64)>, SlaveError> {
+        let path = self.path(id);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("opening", &path, e)),
+        };
+        let meta = file.metadata().map_err(|e| io_err("stat", &path, e))?;
+        let stamp = Stamp::of(&meta);
+        if self.verified().get(id) != Some(&stamp) {
+            let actual = hash_reader(&mut file).map_err(|e| io_err("reading", &path, e))?;
+            if actual != *id {
+                self.quarantine(id);
+                return Err(SlaveError::Corrupt(*id));
+            }
+            file.rewind().map_err(|e| io_err("seeking", &path, e))?;
+            self.verified().insert(*id, stamp);
+        }
+        Ok(Some((file, meta.size())))
+    }
+
+    /// Reads a whole (small) object, verified. Blocking.
+    pub fn read(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, SlaveError> {
+        let Some((mut file, size)) = self.open_verified(id)? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut buf)
+            .map_err(|e| io_err("reading", &self.path(id), e))?;
+        // The file may have changed between verification and this read.
+        if ObjectId::of(&buf) != *id {
+            self.quarantine(id);
+            return Err(SlaveError::Corrupt(*id));
+        }
+        Ok(Some(buf))
+    }
+
+    /// Moves a corrupt object aside so that it is fetched again.
+    pub fn quarantine(&self, id: &ObjectId) {
+        self.verified().remove(id);
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dest = self.corrupt.join(format!("{id}.{stamp}"));
+        match fs::rename(self.path(id), &dest) {
+            Ok(()) => tracing::error!(object = %id, moved_to = %dest.display(), "corrupt object quarantined"),
+            Err(e) => tracing::error!(object = %id, "corrupt object could not be moved: {e}"),
+        }
+    }
+
+    /// Stores `bytes`; returns their id. Blocking.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectId, SlaveError> {
+        let mut w = self.writer()?;
+        w.write(bytes)?;
+        self.finish(w, None)
+    }
+
+    fn writer(&self) -> Result<ObjectWriter, SlaveError> {
+        let tmp = tempfile::NamedTempFile::new_in(&self.tmp)
+            .map_err(|e| io_err("creating temp file in", &self.tmp, e))?;
+        Ok(ObjectWriter { tmp, hasher: blake3::Hasher::new(), size: 0 })
+    }
+
+    /// Verifies, fsyncs and publishes a written object. Blocking.
+    fn finish(&self, w: ObjectWriter, expected: Option<ObjectId>) -> Result<ObjectId, SlaveError> {
+        let id = ObjectId::from_hash(w.hasher.finalize());
+        if let Some(expected) = expected
+            && expected != id
+        {
+            return Err(SlaveError::HashMismatch { expected, actual: id });
+        }
+        let dest = self.path(&id);
+        if dest.is_file() {
+            // Same bytes already stored: content addressing makes this a no-op,
+            // unless the stored copy went bad, which the next read detects.
+            return Ok(id);
+        }
+        let file = w.tmp.as_file();
+        file.sync_all().map_err(|e| io_err("fsync", w.tmp.path(), e))?;
+        let shard = dest.parent().unwrap_or(&self.objects);
+        fs::create_dir_all(shard).map_err(|e| io_err("creating", shard, e))?;
+        let (file, tmp_path) = w.tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
+        crate::durable::publish(&tmp_path, &dest).map_err(|e| io_err("publishing", &dest, e))?;
+        if let Ok(meta) = file.metadata() {
+            self.verified().insert(id, Stamp::of(&meta));
+        }
+        Ok(id)
+    }
+
+    /// Streams bytes into the store. With `expected`, the object must hash to
+    /// it; `limit` bounds the size. Nothing is published unless complete and
+    /// verified.
+    pub async fn ingest<S, E>(
+        self: &Arc<Self>,
+        mut body: S,
+        expected: Option<ObjectId>,
+        limit: u64,
+    ) -> Result<(ObjectId, u64), SlaveError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        let store = self.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = store.writer()?;
+            while let Some(chunk) = rx.blocking_recv() {
+                w.write(&chunk)?;
+            }
+            let size = w.size;
+            Ok::<_, SlaveError>((w, size))
+        });
+        let mut received = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    received += chunk.len() as u64;
+                    if received > limit {
+                        failure = Some(SlaveError::TooLarge(limit));
+                        break;
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(SlaveError::Transfer(e.to_string()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.await.map_err(|e| SlaveError::Io(format!("writer task: {e}")))?;
+        if let Some(f) = failure {
+            return Err(f); // the temp file is deleted when `written` drops
+        }
+        let (w, size) = written?;
+        let store = self.clone();
+        let id = tokio::task::spawn_blocking(move || store.finish(w, expected))
+            .await
+            .map_err(|e| SlaveError::Io(format!("finish task: {e}")))??;
+        Ok((id, size))
+    }
+
+    /// Every object id present (for re-announcing to the master). Blocking.
+    pub fn list(&self) -> Result<Vec<ObjectId>, SlaveError> {
+        let mut out = Vec::new();
+        let shards = fs::read_dir(&self.objects).map_err(|e| io_err("listing", &self.objects, e))?;
+        for shard in shards.flatten() {
+            let prefix = shard.file_name().to_string_lossy().into_owned();
+            let Ok(files) = fs::read_dir(shard.path()) else { continue };
+            for f in files.flatten() {
+                let name = format!("{prefix}{}", f.file_name().to_string_lossy());
+                if let Ok(id) = name.parse() {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct ObjectWriter {
+    tmp: tempfile::NamedTempFile,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl ObjectWriter {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), SlaveError> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.tmp
+            .write_all(chunk)
+            .map_err(|e| io_err("writing", self.tmp.path(), e))
+    }
+}
+
+fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(ObjectId::from_hash(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+    }
+
+    #[tokio::test]
+    async fn ingest_verifies_and_publishes_only_complete_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let good = ObjectId::of(b"hello world");
+        let (id, size) = store.ingest(chunks(&[b"hello ", b"world"]), Some(good), 100).await.unwrap();
+        assert_eq!((id, size), (good, 11));
+        assert_eq!(store.read(&good).unwrap().unwrap(), b"hello world");
+
+        let other = ObjectId::of(b"other");
+        let err = store.ingest(chunks(&[b"not other"]), Some(other), 100).await.unwrap_err();
+        assert!(matches!(err, SlaveError::HashMismatch { .. }));
+        assert!(!store.contains(&other));
+        let err = store.ingest(chunks(&[b"0123456789"]), None, 5).await.unwrap_err();
+        assert!(matches!(err, SlaveError::TooLarge(5)));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(store.list().unwrap(), vec![good]);
+    }
+
+    #[test]
+    fn corrupted_object_is_detected_and_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let id = store.put_bytes(b"precious").unwrap();
+        fs::write(store.path(&id), b"precioux").unwrap();
+        assert!(matches!(store.open_verified(&id), Err(SlaveError::Corrupt(_))));
+        assert!(!store.contains(&id));
+        assert!(store.open_verified(&id).unwrap().is_none());
+    }
+}

@@ -1,0 +1,253 @@
+//! Volume-level operations on a slave: resolving `volume/version/path` to
+//! manifests and objects, and publishing new versions through the master.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use elton_proto::pb::{CommitRequest, GetVersionRequest, LocateRequest};
+use elton_proto::{DirManifest, Entry, EntryKind, ObjectId, Version, VersionInfo, VolumeName, VolumePath};
+
+use crate::SlaveError;
+use crate::fetcher::Fetcher;
+use crate::master_link::MasterLink;
+
+/// Decoded manifests kept in memory; they never change, so no invalidation.
+const MANIFEST_CACHE_ENTRIES: usize = 4096;
+
+/// What a path names inside a version.
+pub enum Resolved {
+    Dir { id: ObjectId, manifest: Arc<DirManifest> },
+    File(Entry),
+    Symlink(Entry),
+}
+
+pub struct Volumes {
+    fetcher: Arc<Fetcher>,
+    link: MasterLink,
+    versions: Mutex<HashMap<(VolumeName, Version), VersionInfo>>,
+    manifests: Mutex<HashMap<ObjectId, Arc<DirManifest>>>,
+}
+
+/// A version to publish.
+pub struct Proposal {
+    pub volume: VolumeName,
+    pub parent: u64,
+    pub root: ObjectId,
+    pub message: String,
+    pub author: String,
+    pub host: String,
+}
+
+impl Volumes {
+    pub fn new(fetcher: Arc<Fetcher>, link: MasterLink) -> Self {
+        Self {
+            fetcher,
+            link,
+            versions: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Tells the master this node holds `ids`.
+    pub async fn announce(&self, ids: Vec<ObjectId>) -> Result<(), SlaveError> {
+        self.link.announce(ids).await
+    }
+
+    /// A numbered version's record (cached: records never change).
+    pub async fn version(&self, volume: &VolumeName, v: Version) -> Result<VersionInfo, SlaveError> {
+        let key = (volume.clone(), v);
+        if let Some(info) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(info.clone());
+        }
+        let info = self.fetch_record(volume, v.get()).await?;
+        self.versions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, info.clone());
+        Ok(info)
+    }
+
+    /// The head's record; `None` while the volume has no version.
+    pub async fn head(&self, volume: &VolumeName) -> Result<Option<VersionInfo>, SlaveError> {
+        match self.fetch_record(volume, 0).await {
+            Ok(info) => Ok(Some(info)),
+            Err(SlaveError::NotFound(msg)) if msg.contains("has no version yet") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch_record(&self, volume: &VolumeName, v: u64) -> Result<VersionInfo, SlaveError> {
+        let req = GetVersionRequest { volume: volume.to_string(), version: v };
+        let record = self.link.client().get_version(req).await?.into_inner();
+        VersionInfo::try_from(record).map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
+    }
+
+    pub async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, SlaveError> {
+        if let Some(m) = self.manifests.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(m.clone());
+        }
+        let bytes = self.fetcher.read(id).await?;
+        let m = Arc::new(DirManifest::decode(&bytes).map_err(|e| {
+            SlaveError::BadRequest(format!("manifest {id}: {e}"))
+        })?);
+        let mut cache = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MANIFEST_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, m.clone());
+        Ok(m)
+    }
+
+    pub async fn resolve(&self, root: ObjectId, path: &VolumePath) -> Result<Resolved, SlaveError> {
+        let mut id = root;
+        let mut dir = self.manifest(id).await?;
+        let mut walked = String::new();
+        for (i, name) in path.components().iter().enumerate() {
+            let last = i + 1 == path.components().len();
+            let entry = dir
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SlaveError::NotFound(format!("no such file or directory: {walked}{name}")))?;
+            match entry.kind {
+                EntryKind::Dir => {
+                    id = entry.object.ok_or_else(|| SlaveError::Io("dir without object".into()))?;
+                    dir = self.manifest(id).await?;
+                }
+                EntryKind::File if last => return Ok(Resolved::File(entry)),
+                EntryKind::Symlink if last => return Ok(Resolved::Symlink(entry)),
+                _ => return Err(SlaveError::NotFound(format!("{walked}{name} is not a directory"))),
+            }
+            walked.push_str(name);
+            walked.push('/');
+        }
+        Ok(Resolved::Dir { id, manifest: dir })
+    }
+
+    /// Checks that the tree under `root` is complete and well formed before
+    /// it is published: every manifest stored here must decode, and every
+    /// object not stored here must be held by some node the master knows.
+    async fn validate_tree(&self, root: ObjectId) -> Result<(), SlaveError> {
+        if !self.fetcher.store().contains(&root) {
+            return Err(SlaveError::BadRequest(format!("root manifest {root} is not stored on this slave; upload it first")));
+        }
+        let mut pending = vec![root];
+        while let Some(id) = pending.pop() {
+            let manifest = self.manifest(id).await?;
+            for e in &manifest.entries {
+                let Some(obj) = e.object else { continue };
+                if self.fetcher.store().contains(&obj) {
+                    if e.kind == EntryKind::Dir {
+                        pending.push(obj);
+                    }
+                } else {
+                    let holders = self
+                        .link
+                        .client()
+                        .locate(LocateRequest { object: obj.as_bytes().to_vec() })
+                        .await?
+                        .into_inner()
+                        .holders;
+                    if holders.is_empty() {
+                        return Err(SlaveError::BadRequest(format!(
+                            "{:?} refers to object {obj}, which no node holds",
+                            e.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates the tree, makes sure the master knows its root is here, and
+    /// compare-and-sets the head.
+    pub async fn commit(&self, p: Proposal) -> Result<VersionInfo, SlaveError> {
+        self.validate_tree(p.root).await?;
+        self.link.announce(vec![p.root]).await?;
+        let req = CommitRequest {
+            volume: p.volume.to_string(),
+            parent: p.parent,
+            root: p.root.as_bytes().to_vec(),
+            message: p.message,
+            author: p.author,
+            host: p.host,
+        };
+        let record = self.link.client().commit(req).await?.into_inner();
+        VersionInfo::try_from(record).map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
+    }
+
+    /// Publishes a version whose tree is the parent's with one file placed
+    /// at `path` (content already stored as `object`).
+    pub async fn put_file(
+        &self,
+        volume: &VolumeName,
+        parent: Option<u64>,
+        path: &VolumePath,
+        object: ObjectId,
+        size: u64,
+        author: String,
+    ) -> Result<VersionInfo, SlaveError> {
+        let base = match parent {
+            Some(0) => None,
+            Some(n) => {
+                let v = Version::new(n).ok_or_else(|| SlaveError::BadRequest("bad parent".into()))?;
+                Some(self.version(volume, v).await?)
+            }
+            None => self.head(volume).await?,
+        };
+        let root = match &base {
+            Some(info) => (*self.manifest(info.root).await?).clone(),
+            None => {
+                // Surface "unknown volume" before doing any work.
+                self.head(volume).await?;
+                DirManifest::default()
+            }
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let leaf_name = path.split_last().map(|(_, n)| n.to_string()).unwrap_or_default();
+        let leaf = Entry {
+            name: leaf_name,
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: now,
+            object: Some(object),
+            target: None,
+            xattrs: None,
+        };
+        let dir_template = Entry { kind: EntryKind::Dir, mode: 0o755, ..leaf.clone() };
+        // Manifests on the path are already cached from resolving the base.
+        let mut loaded: HashMap<ObjectId, DirManifest> = HashMap::new();
+        for (i, _) in path.components().iter().enumerate().skip(1) {
+            let prefix = VolumePath::parse(&path.components()[..i].join("/"))?;
+            if let Some(info) = &base
+                && let Ok(Resolved::Dir { id, manifest }) = self.resolve(info.root, &prefix).await
+            {
+                loaded.insert(id, (*manifest).clone());
+            }
+        }
+        let mut load = |id: &ObjectId| {
+            loaded.get(id).cloned().ok_or_else(|| SlaveError::Io(format!("manifest {id} not loaded")))
+        };
+        let manifests = crate::tree::put_entry(root, path, leaf, &dir_template, &mut load)?;
+        let store = self.fetcher.store().clone();
+        let ids = tokio::task::spawn_blocking(move || {
+            manifests.iter().map(|m| store.put_bytes(&m.encode())).collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
+        let root = *ids.last().ok_or_else(|| SlaveError::Io("no root".into()))?;
+        let mut announce = ids;
+        announce.push(object);
+        self.link.announce(announce).await?;
+        self.commit(Proposal {
+            volume: volume.clone(),
+            parent: base.map_or(0, |b| b.version.get()),
+            root,
+            message: format!("upload {path}"),
+            author,
+            host: "http".into(),
+        })
+        .await
+    }
+}
