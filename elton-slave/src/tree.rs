@@ -100,7 +100,7 @@ mod tests {
         let template = entry("", EntryKind::Dir, ObjectId::of(b""));
         let path = VolumePath::parse("a/new/f.txt").unwrap();
         let leaf = entry("f.txt", EntryKind::File, ObjectId::of(b"f"));
-        let out = put_entry(root, &path, leaf, &template, &mut load).unwrap();
+        let out = put_entry(root.clone(), &path, leaf, &template, &mut load).unwrap();
         assert_eq!(out.len(), 3, "new dir, rewritten a, rewritten root");
         let new_root = out.last().unwrap();
         assert_eq!(new_root.get("z").unwrap().object, Some(other.id()), "sibling subtree shared");
@@ -109,7 +109,7 @@ mod tests {
 
         let bad = VolumePath::parse("a/keep/x").unwrap();
         let leaf = entry("x", EntryKind::File, ObjectId::of(b"x"));
-        let err = put_entry(new_root.clone(), &bad, leaf, &template, &mut load).unwrap_err();
+        let err = put_entry(root, &bad, leaf, &template, &mut load).unwrap_err();
         assert!(matches!(err, SlaveError::PathConflict(_)), "{err}");
     }
 }
