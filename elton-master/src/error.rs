@@ -17,7 +17,11 @@ pub enum MasterError {
     #[error("volume {0:?} already exists")]
     VolumeExists(String),
     #[error("conflict: volume {volume:?} is at version {head}, not {parent}; update and retry")]
-    Conflict { volume: String, head: u64, parent: u64 },
+    Conflict {
+        volume: String,
+        head: u64,
+        parent: u64,
+    },
     #[error("root object {0} is not stored on any node; upload it before committing")]
     RootNotStored(String),
     #[error("unknown node {0:?}; register first")]
@@ -65,9 +69,7 @@ impl From<MasterError> for Status {
             | MasterError::NoHolder(_) => Code::NotFound,
             MasterError::VolumeExists(_) => Code::AlreadyExists,
             MasterError::Conflict { .. } => Code::Aborted,
-            MasterError::RootNotStored(_) | MasterError::UnknownNode(_) => {
-                Code::FailedPrecondition
-            }
+            MasterError::RootNotStored(_) | MasterError::UnknownNode(_) => Code::FailedPrecondition,
             MasterError::Storage(_) | MasterError::Io(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());

@@ -55,7 +55,9 @@ pub async fn open_from(
     tokio::spawn(async move {
         while let Some(item) = body.next().await {
             let msg = item
-                .map(|data: Bytes| ObjectChunk { data: data.to_vec() })
+                .map(|data: Bytes| ObjectChunk {
+                    data: data.to_vec(),
+                })
                 .map_err(|e| Status::unavailable(format!("reading from {node}: {e}")));
             let failed = msg.is_err();
             if tx.send(msg).await.is_err() || failed {

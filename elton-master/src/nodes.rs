@@ -16,9 +16,16 @@ pub struct Liveness {
 impl Liveness {
     /// Nodes known from before a restart count as seen at `now`: they get
     /// one `down_after` period to heartbeat before they are marked down.
-    pub fn new(down_after: Duration, known: impl IntoIterator<Item = NodeId>, now: Instant) -> Self {
+    pub fn new(
+        down_after: Duration,
+        known: impl IntoIterator<Item = NodeId>,
+        now: Instant,
+    ) -> Self {
         let last_seen = known.into_iter().map(|id| (id, now)).collect();
-        Self { down_after, last_seen: Mutex::new(last_seen) }
+        Self {
+            down_after,
+            last_seen: Mutex::new(last_seen),
+        }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {

@@ -27,12 +27,16 @@ pub struct MasterService {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl MasterService {
     pub fn new(store: Arc<MetaStore>, config: &MasterConfig) -> Self {
-        let known = store.nodes().map(|rows| rows.into_iter().map(|r| r.id).collect::<Vec<_>>());
+        let known = store
+            .nodes()
+            .map(|rows| rows.into_iter().map(|r| r.id).collect::<Vec<_>>());
         let known = known.unwrap_or_else(|e| {
             tracing::warn!("reading node registry: {e}");
             Vec::new()
@@ -68,10 +72,9 @@ impl MasterService {
 
     fn node_info(&self, row: &NodeRow) -> NodeInfo {
         let now = Instant::now();
-        let last_seen_unix = self
-            .liveness
-            .last_seen(&row.id)
-            .map_or(0, |t| now_unix().saturating_sub(now.saturating_duration_since(t).as_secs()));
+        let last_seen_unix = self.liveness.last_seen(&row.id).map_or(0, |t| {
+            now_unix().saturating_sub(now.saturating_duration_since(t).as_secs())
+        });
         NodeInfo {
             node_id: row.id.to_string(),
             http_addr: row.http_addr.clone(),
@@ -85,8 +88,9 @@ impl MasterService {
         object: ObjectId,
         exclude: Option<NodeId>,
     ) -> Result<Vec<NodeRow>, MasterError> {
-        let (holders, nodes) =
-            self.with_store(move |s| Ok((s.holders(&object)?, s.nodes()?))).await?;
+        let (holders, nodes) = self
+            .with_store(move |s| Ok((s.holders(&object)?, s.nodes()?)))
+            .await?;
         let now = Instant::now();
         Ok(nodes
             .into_iter()
@@ -118,7 +122,9 @@ impl Master for MasterService {
     ) -> Result<Response<pb::VolumeInfo>, Status> {
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
         let home = self.id.clone();
-        let row = self.with_store(move |s| s.create_volume(&name, &home, now_unix())).await?;
+        let row = self
+            .with_store(move |s| s.create_volume(&name, &home, now_unix()))
+            .await?;
         tracing::info!(volume = %row.name, "volume created");
         Ok(Response::new(volume_info(row)))
     }
@@ -167,7 +173,9 @@ impl Master for MasterService {
     ) -> Result<Response<pb::VersionRecord>, Status> {
         let r = req.into_inner();
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
-        let info = self.with_store(move |s| s.version(&name, r.version)).await?;
+        let info = self
+            .with_store(move |s| s.version(&name, r.version))
+            .await?;
         Ok(Response::new((&info).into()))
     }
 
@@ -189,9 +197,14 @@ impl Master for MasterService {
         let r = req.into_inner();
         let id: NodeId = r.node_id.parse().map_err(MasterError::from)?;
         if r.http_addr.is_empty() || r.http_addr.contains('/') {
-            return Err(MasterError::BadRequest(format!("invalid http_addr {:?}", r.http_addr)).into());
+            return Err(
+                MasterError::BadRequest(format!("invalid http_addr {:?}", r.http_addr)).into(),
+            );
         }
-        let row = NodeRow { id: id.clone(), http_addr: r.http_addr };
+        let row = NodeRow {
+            id: id.clone(),
+            http_addr: r.http_addr,
+        };
         self.with_store(move |s| s.put_node(&row)).await?;
         self.liveness.register(id.clone(), Instant::now());
         tracing::info!(node = %id, "node registered");
@@ -204,7 +217,11 @@ impl Master for MasterService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let id: NodeId = req.into_inner().node_id.parse().map_err(MasterError::from)?;
+        let id: NodeId = req
+            .into_inner()
+            .node_id
+            .parse()
+            .map_err(MasterError::from)?;
         let known = self.liveness.beat(&id, Instant::now());
         Ok(Response::new(pb::HeartbeatResponse { known }))
     }
@@ -228,8 +245,13 @@ impl Master for MasterService {
         if self.liveness.last_seen(&node).is_none() {
             return Err(MasterError::UnknownNode(node.to_string()).into());
         }
-        let objects = r.objects.iter().map(|o| object_id(o)).collect::<Result<Vec<_>, _>>()?;
-        self.with_store(move |s| s.add_locations(&node, &objects)).await?;
+        let objects = r
+            .objects
+            .iter()
+            .map(|o| object_id(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_store(move |s| s.add_locations(&node, &objects))
+            .await?;
         Ok(Response::new(pb::AddLocationsResponse {}))
     }
 
@@ -240,7 +262,10 @@ impl Master for MasterService {
         let object = object_id(&req.into_inner().object)?;
         let rows = self.with_store(move |s| {
             let holders = s.holders(&object)?;
-            Ok(s.nodes()?.into_iter().filter(|n| holders.contains(&n.id)).collect::<Vec<_>>())
+            Ok(s.nodes()?
+                .into_iter()
+                .filter(|n| holders.contains(&n.id))
+                .collect::<Vec<_>>())
         });
         let rows = rows.await?;
         Ok(Response::new(pb::LocateResponse {
@@ -259,7 +284,11 @@ impl Master for MasterService {
         let exclude = if r.exclude_node.is_empty() {
             None
         } else {
-            Some(r.exclude_node.parse::<NodeId>().map_err(MasterError::from)?)
+            Some(
+                r.exclude_node
+                    .parse::<NodeId>()
+                    .map_err(MasterError::from)?,
+            )
         };
         let mut last_error = None;
         for holder in self.live_holders(object, exclude).await? {
@@ -274,7 +303,8 @@ impl Master for MasterService {
                 Err(SourceError::Missing) => {
                     tracing::warn!(%object, node = %holder.id, "stale location removed");
                     let node = holder.id.clone();
-                    self.with_store(move |s| s.remove_location(&object, &node)).await?;
+                    self.with_store(move |s| s.remove_location(&object, &node))
+                        .await?;
                 }
                 Err(SourceError::Failed(e)) => {
                     tracing::warn!(%object, "fetch source failed: {e}");
@@ -283,7 +313,9 @@ impl Master for MasterService {
             }
         }
         Err(match last_error {
-            Some(e) => Status::unavailable(format!("object {object}: every holder failed; last: {e}")),
+            Some(e) => {
+                Status::unavailable(format!("object {object}: every holder failed; last: {e}"))
+            }
             None => MasterError::NoHolder(object.to_string()).into(),
         })
     }

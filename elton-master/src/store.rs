@@ -21,8 +21,7 @@ use elton_proto::record::RECORD_FORMAT;
 use elton_proto::{NodeId, ObjectId, Version, VersionInfo, VolumeName};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable,
-    ReadableTable,
-    TableDefinition,
+    ReadableTable, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +104,10 @@ impl MetaStore {
             txn.open_multimap_table(LOCATIONS)?;
         }
         txn.commit()?;
-        Ok(Self { db, unflushed: AtomicBool::new(false) })
+        Ok(Self {
+            db,
+            unflushed: AtomicBool::new(false),
+        })
     }
 
     pub fn create_volume(
@@ -120,7 +122,12 @@ impl MetaStore {
             if volumes.get(name.as_str())?.is_some() {
                 return Err(MasterError::VolumeExists(name.to_string()));
             }
-            let row = VolumeRow { name: name.clone(), home: home.into(), created_unix: now, head: 0 };
+            let row = VolumeRow {
+                name: name.clone(),
+                home: home.into(),
+                created_unix: now,
+                head: 0,
+            };
             volumes.insert(name.as_str(), encode(&row).as_slice())?;
             row
         };
@@ -183,7 +190,10 @@ impl MetaStore {
                 time: new.time,
             };
             let mut versions = txn.open_table(VERSIONS)?;
-            versions.insert((new.volume.as_str(), version.get()), encode(&info).as_slice())?;
+            versions.insert(
+                (new.volume.as_str(), version.get()),
+                encode(&info).as_slice(),
+            )?;
             row.head = version.get();
             volumes.insert(new.volume.as_str(), encode(&row).as_slice())?;
             info
@@ -218,7 +228,10 @@ impl MetaStore {
                 if volumes.get(volume.as_str())?.is_none() {
                     Err(MasterError::UnknownVolume(volume.to_string()))
                 } else {
-                    Err(MasterError::UnknownVersion { volume: volume.to_string(), version })
+                    Err(MasterError::UnknownVersion {
+                        volume: volume.to_string(),
+                        version,
+                    })
                 }
             }
         }
@@ -238,7 +251,8 @@ impl MetaStore {
 
     pub fn put_node(&self, row: &NodeRow) -> Result<(), MasterError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(NODES)?.insert(row.id.as_str(), encode(row).as_slice())?;
+        txn.open_table(NODES)?
+            .insert(row.id.as_str(), encode(row).as_slice())?;
         txn.commit()?;
         self.unflushed.store(false, Ordering::Release);
         Ok(())
@@ -285,7 +299,10 @@ impl MetaStore {
         let mut out = Vec::new();
         for item in locations.get(object.as_bytes().as_slice())? {
             let id = item?.value().to_string();
-            out.push(id.parse().map_err(|e| MasterError::Storage(format!("corrupt location: {e}")))?);
+            out.push(
+                id.parse()
+                    .map_err(|e| MasterError::Storage(format!("corrupt location: {e}")))?,
+            );
         }
         Ok(out)
     }
@@ -339,19 +356,38 @@ mod tests {
         let node: NodeId = "n1".parse().unwrap();
         let root = ObjectId::of(b"root");
         store.create_volume(&vol, "m", 0).unwrap();
-        assert!(matches!(store.create_volume(&vol, "m", 0), Err(MasterError::VolumeExists(_))));
+        assert!(matches!(
+            store.create_volume(&vol, "m", 0),
+            Err(MasterError::VolumeExists(_))
+        ));
 
         assert!(matches!(
             store.commit(new_version(&vol, 0, root)),
             Err(MasterError::RootNotStored(_))
         ));
         store.add_locations(&node, &[root]).unwrap();
-        assert_eq!(store.commit(new_version(&vol, 0, root)).unwrap().version.get(), 1);
+        assert_eq!(
+            store
+                .commit(new_version(&vol, 0, root))
+                .unwrap()
+                .version
+                .get(),
+            1
+        );
         match store.commit(new_version(&vol, 0, root)) {
-            Err(MasterError::Conflict { head: 1, parent: 0, .. }) => {}
+            Err(MasterError::Conflict {
+                head: 1, parent: 0, ..
+            }) => {}
             other => panic!("expected conflict, got {other:?}"),
         }
-        assert_eq!(store.commit(new_version(&vol, 1, root)).unwrap().version.get(), 2);
+        assert_eq!(
+            store
+                .commit(new_version(&vol, 1, root))
+                .unwrap()
+                .version
+                .get(),
+            2
+        );
         drop(store);
 
         let store = MetaStore::open(&path).unwrap();
@@ -359,8 +395,14 @@ mod tests {
         assert_eq!(store.versions(&vol).unwrap().len(), 2);
         assert_eq!(store.holders(&root).unwrap(), vec![node]);
         assert_eq!(store.version(&vol, 0).unwrap().version.get(), 2);
-        assert!(matches!(store.version(&vol, 9), Err(MasterError::UnknownVersion { .. })));
+        assert!(matches!(
+            store.version(&vol, 9),
+            Err(MasterError::UnknownVersion { .. })
+        ));
         let other: VolumeName = "nope".parse().unwrap();
-        assert!(matches!(store.version(&other, 1), Err(MasterError::UnknownVolume(_))));
+        assert!(matches!(
+            store.version(&other, 1),
+            Err(MasterError::UnknownVolume(_))
+        ));
     }
 }

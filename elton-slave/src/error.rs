@@ -18,7 +18,10 @@ pub enum SlaveError {
     #[error("body exceeds the limit of {0} bytes")]
     TooLarge(u64),
     #[error("content hashes to {actual}, not {expected}")]
-    HashMismatch { expected: ObjectId, actual: ObjectId },
+    HashMismatch {
+        expected: ObjectId,
+        actual: ObjectId,
+    },
     #[error("object {0} is corrupt on disk (quarantined)")]
     Corrupt(ObjectId),
     #[error("conflict: {message}")]

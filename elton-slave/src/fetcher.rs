@@ -11,10 +11,10 @@ use elton_proto::ObjectId;
 use elton_proto::pb::FetchObjectRequest;
 use futures::StreamExt;
 
+use crate::SlaveError;
 use crate::master_link::MasterLink;
 use crate::metrics::{Metrics, inc};
 use crate::store::ObjectStore;
-use crate::SlaveError;
 
 pub struct Fetcher {
     store: Arc<ObjectStore>,
@@ -25,7 +25,12 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(store: Arc<ObjectStore>, link: MasterLink, metrics: Arc<Metrics>) -> Self {
-        Self { store, link, metrics, inflight: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            link,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &Arc<ObjectStore> {
@@ -52,7 +57,9 @@ impl Fetcher {
             }
         }
         if local_only {
-            return Err(SlaveError::NotFound(format!("object {id} is not stored here")));
+            return Err(SlaveError::NotFound(format!(
+                "object {id} is not stored here"
+            )));
         }
         inc(&self.metrics.cache_misses_total, 1);
         self.fetch(id).await?;
@@ -97,7 +104,10 @@ impl Fetcher {
         } else {
             self.transfer(id).await
         };
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         result
     }
 
@@ -107,11 +117,16 @@ impl Fetcher {
             exclude_node: self.link.node_id().to_string(),
         };
         let stream = self.link.client().fetch_object(req).await?.into_inner();
-        let body = stream.map(|r| r.map(|c| Bytes::from(c.data)).map_err(|s| s.message().to_string()));
+        let body = stream.map(|r| {
+            r.map(|c| Bytes::from(c.data))
+                .map_err(|s| s.message().to_string())
+        });
         let (_, size) = match self.store.ingest(Box::pin(body), Some(id), u64::MAX).await {
             Ok(done) => done,
             // Bad bytes from the network are a failed transfer, not bad input.
-            Err(e @ SlaveError::HashMismatch { .. }) => return Err(SlaveError::Transfer(e.to_string())),
+            Err(e @ SlaveError::HashMismatch { .. }) => {
+                return Err(SlaveError::Transfer(e.to_string()));
+            }
             Err(e) => return Err(e),
         };
         inc(&self.metrics.objects_fetched_total, 1);

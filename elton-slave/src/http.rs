@@ -32,7 +32,18 @@ const MAX_JSON_BODY: usize = 64 << 10;
 pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
 
 /// Characters escaped in path segments of generated URLs.
-const SEGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'/').add(b'?').add(b'<').add(b'>').add(b'`').add(b'{').add(b'}');
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'?')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 pub struct AppState {
     pub fetcher: Arc<Fetcher>,
@@ -47,7 +58,10 @@ type Shared = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/objects/{id}", get(get_object).put(put_object))
-        .route("/v1/volumes/{*rest}", get(get_volume_path).put(put_volume_file).post(post_version))
+        .route(
+            "/v1/volumes/{*rest}",
+            get(get_volume_path).put(put_volume_file).post(post_version),
+        )
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -80,7 +94,9 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         match declared {
-            Some(n) if n > self.max_upload_bytes => Err(SlaveError::TooLarge(self.max_upload_bytes)),
+            Some(n) if n > self.max_upload_bytes => {
+                Err(SlaveError::TooLarge(self.max_upload_bytes))
+            }
             _ => Ok(()),
         }
     }
@@ -94,10 +110,12 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| {
-            let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == tag
-        }))
+        .is_some_and(|v| {
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t.trim_start_matches("W/") == tag
+            })
+        })
 }
 
 fn immutable_headers(resp: &mut Response, tag: &str) {
@@ -197,7 +215,9 @@ async fn body_of(mut file: std::fs::File, start: u64, len: u64) -> Result<Body, 
             }
         }
     });
-    Ok(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Ok(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }
 
 async fn get_object(
@@ -223,12 +243,24 @@ async fn put_object(
     state.check_declared_length(&headers)?;
     let existed = state.fetcher.store().contains(&id);
     let stream = body.into_data_stream();
-    let (_, size) = state.fetcher.store().ingest(stream, Some(id), state.max_upload_bytes).await?;
+    let (_, size) = state
+        .fetcher
+        .store()
+        .ingest(stream, Some(id), state.max_upload_bytes)
+        .await?;
     inc(&state.metrics.objects_uploaded_total, 1);
     inc(&state.metrics.uploaded_bytes_total, size);
     state.volumes.announce(vec![id]).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, axum::Json(serde_json::json!({ "object": id, "size": size }))).into_response())
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        axum::Json(serde_json::json!({ "object": id, "size": size })),
+    )
+        .into_response())
 }
 
 /// Splits `volume/rest` and parses the volume name.
@@ -256,11 +288,10 @@ async fn get_volume_path(
     let (version, path) = tail.split_once('/').unwrap_or((tail, ""));
     let path = VolumePath::parse(path)?;
     if version == "latest" {
-        let head = state
-            .volumes
-            .head(&volume)
-            .await?
-            .ok_or_else(|| SlaveError::NotFound(format!("volume {volume:?} has no version yet")))?;
+        let head =
+            state.volumes.head(&volume).await?.ok_or_else(|| {
+                SlaveError::NotFound(format!("volume {volume:?} has no version yet"))
+            })?;
         let mut location = format!("/v1/volumes/{volume}/{}", head.version);
         if !path.is_root() {
             location.push('/');
@@ -268,7 +299,10 @@ async fn get_volume_path(
         }
         let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
         let h = resp.headers_mut();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(LATEST_MAX_AGE));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(LATEST_MAX_AGE),
+        );
         if let Ok(v) = HeaderValue::from_str(&location) {
             h.insert(header::LOCATION, v);
         }
@@ -278,7 +312,9 @@ async fn get_volume_path(
     let info = state.volumes.version(&volume, version).await?;
     match state.volumes.resolve(info.root, &path).await? {
         Resolved::File(entry) => {
-            let id = entry.object.ok_or_else(|| SlaveError::Io("file without object".into()))?;
+            let id = entry
+                .object
+                .ok_or_else(|| SlaveError::Io("file without object".into()))?;
             let name = path.split_last().map_or("", |(_, n)| n);
             let mime = mime_guess::from_path(name).first_or_octet_stream();
             serve_object(&state, &method, &headers, id, mime.essence_str()).await
@@ -308,7 +344,8 @@ async fn get_volume_path(
                 "target": entry.target,
             }))
             .into_response();
-            resp.headers_mut().insert("x-elton-type", HeaderValue::from_static("symlink"));
+            resp.headers_mut()
+                .insert("x-elton-type", HeaderValue::from_static("symlink"));
             Ok(resp)
         }
     }
@@ -331,14 +368,23 @@ async fn put_volume_file(
     let (volume, path) = split_volume(&rest)?;
     let path = VolumePath::parse(path)?;
     if path.is_root() {
-        return Err(SlaveError::BadRequest("PUT needs a file path after the volume".into()));
+        return Err(SlaveError::BadRequest(
+            "PUT needs a file path after the volume".into(),
+        ));
     }
     state.check_declared_length(&headers)?;
     let stream = body.into_data_stream();
-    let (id, size) = state.fetcher.store().ingest(stream, None, state.max_upload_bytes).await?;
+    let (id, size) = state
+        .fetcher
+        .store()
+        .ingest(stream, None, state.max_upload_bytes)
+        .await?;
     inc(&state.metrics.objects_uploaded_total, 1);
     inc(&state.metrics.uploaded_bytes_total, size);
-    let info = state.volumes.put_file(&volume, q.parent, &path, id, size, "http".into()).await?;
+    let info = state
+        .volumes
+        .put_file(&volume, q.parent, &path, id, size, "http".into())
+        .await?;
     inc(&state.metrics.commits_total, 1);
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
@@ -366,7 +412,9 @@ async fn post_version(
     state.authorize(&headers)?;
     let (volume, tail) = split_volume(&rest)?;
     if tail != "versions" {
-        return Err(SlaveError::NotFound(format!("POST /v1/volumes/{rest}: use /v1/volumes/<volume>/versions")));
+        return Err(SlaveError::NotFound(format!(
+            "POST /v1/volumes/{rest}: use /v1/volumes/<volume>/versions"
+        )));
     }
     let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
         .await

@@ -42,11 +42,20 @@ pub async fn run(
 ) -> Result<(), SlaveError> {
     let store = ObjectStore::open(&config.data_dir)?;
     let node_id = node_id(&config)?;
-    let local = listener.local_addr().map_err(|e| SlaveError::Io(e.to_string()))?;
-    let http_addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    let local = listener
+        .local_addr()
+        .map_err(|e| SlaveError::Io(e.to_string()))?;
+    let http_addr = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
     let (link, announcements) = master_link::MasterLink::new(&config.master, node_id.clone())?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let fetcher = Arc::new(fetcher::Fetcher::new(store.clone(), link.clone(), metrics.clone()));
+    let fetcher = Arc::new(fetcher::Fetcher::new(
+        store.clone(),
+        link.clone(),
+        metrics.clone(),
+    ));
     let volumes = Arc::new(volumes::Volumes::new(fetcher.clone(), link.clone()));
     let state = Arc::new(http::AppState {
         fetcher,
@@ -77,12 +86,21 @@ fn node_id(config: &SlaveConfig) -> Result<NodeId, SlaveError> {
     match std::fs::read_to_string(&path) {
         Ok(s) => Ok(s.trim().parse()?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let seed = format!("{:?}{}{:?}", std::time::SystemTime::now(), std::process::id(), path);
-            let id: NodeId = format!("node-{}", &blake3::hash(seed.as_bytes()).to_hex()[..12]).parse()?;
+            let seed = format!(
+                "{:?}{}{:?}",
+                std::time::SystemTime::now(),
+                std::process::id(),
+                path
+            );
+            let id: NodeId =
+                format!("node-{}", &blake3::hash(seed.as_bytes()).to_hex()[..12]).parse()?;
             durable::write_file(&path, id.as_str().as_bytes())
                 .map_err(|e| SlaveError::Io(format!("writing {}: {e}", path.display())))?;
             Ok(id)
         }
-        Err(e) => Err(SlaveError::Io(format!("reading {}: {e}", Path::new(&path).display()))),
+        Err(e) => Err(SlaveError::Io(format!(
+            "reading {}: {e}",
+            Path::new(&path).display()
+        ))),
     }
 }

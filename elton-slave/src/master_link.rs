@@ -28,7 +28,10 @@ pub struct MasterLink {
 impl MasterLink {
     /// Connects lazily: the slave serves its store even while the master is
     /// down, and calls fail with a clear error until it is back.
-    pub fn new(master_url: &str, node_id: NodeId) -> Result<(Self, mpsc::Receiver<(Vec<ObjectId>, Ack)>), SlaveError> {
+    pub fn new(
+        master_url: &str,
+        node_id: NodeId,
+    ) -> Result<(Self, mpsc::Receiver<(Vec<ObjectId>, Ack)>), SlaveError> {
         let endpoint = Endpoint::from_shared(master_url.to_string())
             .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
@@ -37,7 +40,14 @@ impl MasterLink {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (announce_tx, rx) = mpsc::channel(1024);
-        Ok((Self { client, node_id, announce_tx }, rx))
+        Ok((
+            Self {
+                client,
+                node_id,
+                announce_tx,
+            },
+            rx,
+        ))
     }
 
     pub fn client(&self) -> MasterClient<Channel> {
@@ -72,7 +82,9 @@ impl MasterLink {
             })
             .await?
             .into_inner();
-        Ok(Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000)))
+        Ok(Duration::from_millis(
+            resp.heartbeat_interval_ms.clamp(100, 60_000),
+        ))
     }
 
     async fn send_locations(&self, ids: &[ObjectId]) -> Result<(), tonic::Status> {
@@ -98,8 +110,14 @@ impl MasterLink {
                     Err(_) => break,
                 }
             }
-            let ids: Vec<ObjectId> = batch.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
-            let result = self.send_locations(&ids).await.map_err(|s| s.message().to_string());
+            let ids: Vec<ObjectId> = batch
+                .iter()
+                .flat_map(|(ids, _)| ids.iter().copied())
+                .collect();
+            let result = self
+                .send_locations(&ids)
+                .await
+                .map_err(|s| s.message().to_string());
             for (_, ack) in batch {
                 let _ = ack.send(result.clone());
             }
@@ -141,7 +159,9 @@ impl MasterLink {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
-            let req = HeartbeatRequest { node_id: self.node_id.to_string() };
+            let req = HeartbeatRequest {
+                node_id: self.node_id.to_string(),
+            };
             match self.client().heartbeat(req).await {
                 Ok(r) if r.get_ref().known => {}
                 Ok(_) => return,

@@ -49,6 +49,8 @@ mod tests {
         let m = Metrics::default();
         inc(&m.cache_hits_total, 3);
         let text = m.render();
-        assert!(text.contains("# TYPE elton_slave_cache_hits_total counter\nelton_slave_cache_hits_total 3\n"));
+        assert!(text.contains(
+            "# TYPE elton_slave_cache_hits_total counter\nelton_slave_cache_hits_total 3\n"
+        ));
     }
 }

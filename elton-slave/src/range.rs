@@ -10,7 +10,9 @@ pub fn parse(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> 
     if spec.contains(',') {
         return Ok(None);
     }
-    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
     let (a, b) = (a.trim(), b.trim());
     let range = match (a.is_empty(), b.is_empty()) {
         // bytes=-N: the last N bytes
@@ -27,7 +29,11 @@ pub fn parse(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> 
             if start >= size {
                 return Err(());
             }
-            let end = if b.is_empty() { size - 1 } else { b.parse::<u64>().map_err(|_| ())?.min(size - 1) };
+            let end = if b.is_empty() {
+                size - 1
+            } else {
+                b.parse::<u64>().map_err(|_| ())?.min(size - 1)
+            };
             if end < start {
                 return Err(());
             }

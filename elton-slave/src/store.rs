@@ -129,10 +129,14 @@ impl ObjectStore {
     /// Moves a corrupt object aside so that it is fetched again.
     pub fn quarantine(&self, id: &ObjectId) {
         self.verified().remove(id);
-        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let dest = self.corrupt.join(format!("{id}.{stamp}"));
         match fs::rename(self.path(id), &dest) {
-            Ok(()) => tracing::error!(object = %id, moved_to = %dest.display(), "corrupt object quarantined"),
+            Ok(()) => {
+                tracing::error!(object = %id, moved_to = %dest.display(), "corrupt object quarantined")
+            }
             Err(e) => tracing::error!(object = %id, "corrupt object could not be moved: {e}"),
         }
     }
@@ -147,7 +151,11 @@ impl ObjectStore {
     fn writer(&self) -> Result<ObjectWriter, SlaveError> {
         let tmp = tempfile::NamedTempFile::new_in(&self.tmp)
             .map_err(|e| io_err("creating temp file in", &self.tmp, e))?;
-        Ok(ObjectWriter { tmp, hasher: blake3::Hasher::new(), size: 0 })
+        Ok(ObjectWriter {
+            tmp,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        })
     }
 
     /// Verifies, fsyncs and publishes a written object. Blocking.
@@ -156,7 +164,10 @@ impl ObjectStore {
         if let Some(expected) = expected
             && expected != id
         {
-            return Err(SlaveError::HashMismatch { expected, actual: id });
+            return Err(SlaveError::HashMismatch {
+                expected,
+                actual: id,
+            });
         }
         let dest = self.path(&id);
         if dest.is_file() {
@@ -165,7 +176,8 @@ impl ObjectStore {
             return Ok(id);
         }
         let file = w.tmp.as_file();
-        file.sync_all().map_err(|e| io_err("fsync", w.tmp.path(), e))?;
+        file.sync_all()
+            .map_err(|e| io_err("fsync", w.tmp.path(), e))?;
         let shard = dest.parent().unwrap_or(&self.objects);
         fs::create_dir_all(shard).map_err(|e| io_err("creating", shard, e))?;
         let (file, tmp_path) = w.tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
@@ -220,7 +232,9 @@ impl ObjectStore {
             }
         }
         drop(tx);
-        let written = writer.await.map_err(|e| SlaveError::Io(format!("writer task: {e}")))?;
+        let written = writer
+            .await
+            .map_err(|e| SlaveError::Io(format!("writer task: {e}")))?;
         if let Some(f) = failure {
             return Err(f); // the temp file is deleted when `written` drops
         }
@@ -235,10 +249,13 @@ impl ObjectStore {
     /// Every object id present (for re-announcing to the master). Blocking.
     pub fn list(&self) -> Result<Vec<ObjectId>, SlaveError> {
         let mut out = Vec::new();
-        let shards = fs::read_dir(&self.objects).map_err(|e| io_err("listing", &self.objects, e))?;
+        let shards =
+            fs::read_dir(&self.objects).map_err(|e| io_err("listing", &self.objects, e))?;
         for shard in shards.flatten() {
             let prefix = shard.file_name().to_string_lossy().into_owned();
-            let Ok(files) = fs::read_dir(shard.path()) else { continue };
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = format!("{prefix}{}", f.file_name().to_string_lossy());
                 if let Ok(id) = name.parse() {
@@ -284,7 +301,12 @@ mod tests {
     use super::*;
 
     fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
-        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[tokio::test]
@@ -292,15 +314,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectStore::open(dir.path()).unwrap();
         let good = ObjectId::of(b"hello world");
-        let (id, size) = store.ingest(chunks(&[b"hello ", b"world"]), Some(good), 100).await.unwrap();
+        let (id, size) = store
+            .ingest(chunks(&[b"hello ", b"world"]), Some(good), 100)
+            .await
+            .unwrap();
         assert_eq!((id, size), (good, 11));
         assert_eq!(store.read(&good).unwrap().unwrap(), b"hello world");
 
         let other = ObjectId::of(b"other");
-        let err = store.ingest(chunks(&[b"not other"]), Some(other), 100).await.unwrap_err();
+        let err = store
+            .ingest(chunks(&[b"not other"]), Some(other), 100)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SlaveError::HashMismatch { .. }));
         assert!(!store.contains(&other));
-        let err = store.ingest(chunks(&[b"0123456789"]), None, 5).await.unwrap_err();
+        let err = store
+            .ingest(chunks(&[b"0123456789"]), None, 5)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SlaveError::TooLarge(5)));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(store.list().unwrap(), vec![good]);
@@ -312,7 +343,10 @@ mod tests {
         let store = ObjectStore::open(dir.path()).unwrap();
         let id = store.put_bytes(b"precious").unwrap();
         fs::write(store.path(&id), b"precioux").unwrap();
-        assert!(matches!(store.open_verified(&id), Err(SlaveError::Corrupt(_))));
+        assert!(matches!(
+            store.open_verified(&id),
+            Err(SlaveError::Corrupt(_))
+        ));
         assert!(!store.contains(&id));
         assert!(store.open_verified(&id).unwrap().is_none());
     }

@@ -16,10 +16,14 @@ pub fn put_entry(
     load: &mut dyn FnMut(&ObjectId) -> Result<DirManifest, SlaveError>,
 ) -> Result<Vec<DirManifest>, SlaveError> {
     let Some((parents, name)) = path.split_last() else {
-        return Err(SlaveError::BadRequest("cannot replace the root directory with a file".into()));
+        return Err(SlaveError::BadRequest(
+            "cannot replace the root directory with a file".into(),
+        ));
     };
     if leaf.name != name {
-        return Err(SlaveError::BadRequest("entry name does not match path".into()));
+        return Err(SlaveError::BadRequest(
+            "entry name does not match path".into(),
+        ));
     }
     let mut out = Vec::new();
     let new_root = descend(root, parents, leaf, dir_template, load, &mut out, "")?;
@@ -40,22 +44,43 @@ fn descend(
         if let Some(existing) = dir.get(&leaf.name)
             && existing.kind == EntryKind::Dir
         {
-            return Err(SlaveError::PathConflict(format!("{at}{} is a directory", leaf.name)));
+            return Err(SlaveError::PathConflict(format!(
+                "{at}{} is a directory",
+                leaf.name
+            )));
         }
         dir.upsert(leaf);
         return Ok(dir);
     };
     let (child, mut entry) = match dir.get(first) {
         Some(e) if e.kind == EntryKind::Dir => {
-            let id = e.object.ok_or_else(|| SlaveError::Io("dir entry without object".into()))?;
+            let id = e
+                .object
+                .ok_or_else(|| SlaveError::Io("dir entry without object".into()))?;
             (load(&id)?, e.clone())
         }
         Some(_) => {
-            return Err(SlaveError::PathConflict(format!("{at}{first} is not a directory")));
+            return Err(SlaveError::PathConflict(format!(
+                "{at}{first} is not a directory"
+            )));
         }
-        None => (DirManifest::default(), Entry { name: first.clone(), ..dir_template.clone() }),
+        None => (
+            DirManifest::default(),
+            Entry {
+                name: first.clone(),
+                ..dir_template.clone()
+            },
+        ),
     };
-    let child = descend(child, rest, leaf, dir_template, load, out, &format!("{at}{first}/"))?;
+    let child = descend(
+        child,
+        rest,
+        leaf,
+        dir_template,
+        load,
+        out,
+        &format!("{at}{first}/"),
+    )?;
     entry.object = Some(child.id());
     entry.size = child.entries.len() as u64;
     out.push(child);
@@ -87,7 +112,8 @@ mod tests {
     #[test]
     fn put_rewrites_only_the_path_to_the_change() {
         let mut stored = HashMap::new();
-        let sub = DirManifest::new(vec![entry("keep", EntryKind::File, ObjectId::of(b"k"))]).unwrap();
+        let sub =
+            DirManifest::new(vec![entry("keep", EntryKind::File, ObjectId::of(b"k"))]).unwrap();
         stored.insert(sub.id(), sub.clone());
         let other = DirManifest::default();
         stored.insert(other.id(), other.clone());
@@ -96,14 +122,23 @@ mod tests {
             entry("z", EntryKind::Dir, other.id()),
         ])
         .unwrap();
-        let mut load = |id: &ObjectId| stored.get(id).cloned().ok_or(SlaveError::NotFound("x".into()));
+        let mut load = |id: &ObjectId| {
+            stored
+                .get(id)
+                .cloned()
+                .ok_or(SlaveError::NotFound("x".into()))
+        };
         let template = entry("", EntryKind::Dir, ObjectId::of(b""));
         let path = VolumePath::parse("a/new/f.txt").unwrap();
         let leaf = entry("f.txt", EntryKind::File, ObjectId::of(b"f"));
         let out = put_entry(root.clone(), &path, leaf, &template, &mut load).unwrap();
         assert_eq!(out.len(), 3, "new dir, rewritten a, rewritten root");
         let new_root = out.last().unwrap();
-        assert_eq!(new_root.get("z").unwrap().object, Some(other.id()), "sibling subtree shared");
+        assert_eq!(
+            new_root.get("z").unwrap().object,
+            Some(other.id()),
+            "sibling subtree shared"
+        );
         let a = &out[1];
         assert!(a.get("keep").is_some() && a.get("new").is_some());
 

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use elton_proto::pb::{CommitRequest, GetVersionRequest, LocateRequest};
-use elton_proto::{DirManifest, Entry, EntryKind, ObjectId, Version, VersionInfo, VolumeName, VolumePath};
+use elton_proto::{
+    DirManifest, Entry, EntryKind, ObjectId, Version, VersionInfo, VolumeName, VolumePath,
+};
 
 use crate::SlaveError;
 use crate::fetcher::Fetcher;
@@ -17,7 +19,10 @@ const MANIFEST_CACHE_ENTRIES: usize = 4096;
 
 /// What a path names inside a version.
 pub enum Resolved {
-    Dir { id: ObjectId, manifest: Arc<DirManifest> },
+    Dir {
+        id: ObjectId,
+        manifest: Arc<DirManifest>,
+    },
     File(Entry),
     Symlink(Entry),
 }
@@ -55,13 +60,25 @@ impl Volumes {
     }
 
     /// A numbered version's record (cached: records never change).
-    pub async fn version(&self, volume: &VolumeName, v: Version) -> Result<VersionInfo, SlaveError> {
+    pub async fn version(
+        &self,
+        volume: &VolumeName,
+        v: Version,
+    ) -> Result<VersionInfo, SlaveError> {
         let key = (volume.clone(), v);
-        if let Some(info) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(info) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(info.clone());
         }
         let info = self.fetch_record(volume, v.get()).await?;
-        self.versions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, info.clone());
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, info.clone());
         Ok(info)
     }
 
@@ -75,19 +92,29 @@ impl Volumes {
     }
 
     async fn fetch_record(&self, volume: &VolumeName, v: u64) -> Result<VersionInfo, SlaveError> {
-        let req = GetVersionRequest { volume: volume.to_string(), version: v };
+        let req = GetVersionRequest {
+            volume: volume.to_string(),
+            version: v,
+        };
         let record = self.link.client().get_version(req).await?.into_inner();
-        VersionInfo::try_from(record).map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
+        VersionInfo::try_from(record)
+            .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
     }
 
     pub async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, SlaveError> {
-        if let Some(m) = self.manifests.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(m) = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return Ok(m.clone());
         }
         let bytes = self.fetcher.read(id).await?;
-        let m = Arc::new(DirManifest::decode(&bytes).map_err(|e| {
-            SlaveError::BadRequest(format!("manifest {id}: {e}"))
-        })?);
+        let m = Arc::new(
+            DirManifest::decode(&bytes)
+                .map_err(|e| SlaveError::BadRequest(format!("manifest {id}: {e}")))?,
+        );
         let mut cache = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MANIFEST_CACHE_ENTRIES {
             cache.clear();
@@ -102,18 +129,23 @@ impl Volumes {
         let mut walked = String::new();
         for (i, name) in path.components().iter().enumerate() {
             let last = i + 1 == path.components().len();
-            let entry = dir
-                .get(name)
-                .cloned()
-                .ok_or_else(|| SlaveError::NotFound(format!("no such file or directory: {walked}{name}")))?;
+            let entry = dir.get(name).cloned().ok_or_else(|| {
+                SlaveError::NotFound(format!("no such file or directory: {walked}{name}"))
+            })?;
             match entry.kind {
                 EntryKind::Dir => {
-                    id = entry.object.ok_or_else(|| SlaveError::Io("dir without object".into()))?;
+                    id = entry
+                        .object
+                        .ok_or_else(|| SlaveError::Io("dir without object".into()))?;
                     dir = self.manifest(id).await?;
                 }
                 EntryKind::File if last => return Ok(Resolved::File(entry)),
                 EntryKind::Symlink if last => return Ok(Resolved::Symlink(entry)),
-                _ => return Err(SlaveError::NotFound(format!("{walked}{name} is not a directory"))),
+                _ => {
+                    return Err(SlaveError::NotFound(format!(
+                        "{walked}{name} is not a directory"
+                    )));
+                }
             }
             walked.push_str(name);
             walked.push('/');
@@ -126,7 +158,9 @@ impl Volumes {
     /// object not stored here must be held by some node the master knows.
     async fn validate_tree(&self, root: ObjectId) -> Result<(), SlaveError> {
         if !self.fetcher.store().contains(&root) {
-            return Err(SlaveError::BadRequest(format!("root manifest {root} is not stored on this slave; upload it first")));
+            return Err(SlaveError::BadRequest(format!(
+                "root manifest {root} is not stored on this slave; upload it first"
+            )));
         }
         let mut pending = vec![root];
         while let Some(id) = pending.pop() {
@@ -141,7 +175,9 @@ impl Volumes {
                     let holders = self
                         .link
                         .client()
-                        .locate(LocateRequest { object: obj.as_bytes().to_vec() })
+                        .locate(LocateRequest {
+                            object: obj.as_bytes().to_vec(),
+                        })
                         .await?
                         .into_inner()
                         .holders;
@@ -171,7 +207,8 @@ impl Volumes {
             host: p.host,
         };
         let record = self.link.client().commit(req).await?.into_inner();
-        VersionInfo::try_from(record).map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
+        VersionInfo::try_from(record)
+            .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
     }
 
     /// Publishes a version whose tree is the parent's with one file placed
@@ -188,7 +225,8 @@ impl Volumes {
         let base = match parent {
             Some(0) => None,
             Some(n) => {
-                let v = Version::new(n).ok_or_else(|| SlaveError::BadRequest("bad parent".into()))?;
+                let v =
+                    Version::new(n).ok_or_else(|| SlaveError::BadRequest("bad parent".into()))?;
                 Some(self.version(volume, v).await?)
             }
             None => self.head(volume).await?,
@@ -201,8 +239,13 @@ impl Volumes {
                 DirManifest::default()
             }
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-        let leaf_name = path.split_last().map(|(_, n)| n.to_string()).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let leaf_name = path
+            .split_last()
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default();
         let leaf = Entry {
             name: leaf_name,
             kind: EntryKind::File,
@@ -215,7 +258,11 @@ impl Volumes {
             target: None,
             xattrs: None,
         };
-        let dir_template = Entry { kind: EntryKind::Dir, mode: 0o755, ..leaf.clone() };
+        let dir_template = Entry {
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            ..leaf.clone()
+        };
         // Manifests on the path are already cached from resolving the base.
         let mut loaded: HashMap<ObjectId, DirManifest> = HashMap::new();
         for (i, _) in path.components().iter().enumerate().skip(1) {
@@ -227,12 +274,18 @@ impl Volumes {
             }
         }
         let mut load = |id: &ObjectId| {
-            loaded.get(id).cloned().ok_or_else(|| SlaveError::Io(format!("manifest {id} not loaded")))
+            loaded
+                .get(id)
+                .cloned()
+                .ok_or_else(|| SlaveError::Io(format!("manifest {id} not loaded")))
         };
         let manifests = crate::tree::put_entry(root, path, leaf, &dir_template, &mut load)?;
         let store = self.fetcher.store().clone();
         let ids = tokio::task::spawn_blocking(move || {
-            manifests.iter().map(|m| store.put_bytes(&m.encode())).collect::<Result<Vec<_>, _>>()
+            manifests
+                .iter()
+                .map(|m| store.put_bytes(&m.encode()))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;

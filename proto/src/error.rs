@@ -5,7 +5,9 @@ use thiserror::Error;
 pub enum ProtoError {
     #[error("invalid object id {0:?}: expected 64 lowercase hex digits (BLAKE3-256)")]
     ObjectId(String),
-    #[error("invalid volume name {0:?}: use 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
+    #[error(
+        "invalid volume name {0:?}: use 1-128 of [A-Za-z0-9._-], starting with a letter or digit"
+    )]
     VolumeName(String),
     #[error("invalid node id {0:?}: use 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
     NodeId(String),

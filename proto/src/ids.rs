@@ -80,7 +80,8 @@ impl<'de> Deserialize<'de> for ObjectId {
 fn valid_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 macro_rules! name_type {

@@ -57,7 +57,10 @@ impl Entry {
             return bad(format!("invalid entry name {:?}", self.name));
         }
         if self.mode & !0o7777 != 0 {
-            return bad(format!("{:?}: mode {:o} has bits beyond 7777", self.name, self.mode));
+            return bad(format!(
+                "{:?}: mode {:o} has bits beyond 7777",
+                self.name, self.mode
+            ));
         }
         match (self.kind, &self.object, &self.target) {
             (EntryKind::File | EntryKind::Dir, Some(_), None) => {}
@@ -104,7 +107,10 @@ pub struct DirManifest {
 
 impl Default for DirManifest {
     fn default() -> Self {
-        Self { format: MANIFEST_FORMAT, entries: Vec::new() }
+        Self {
+            format: MANIFEST_FORMAT,
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -113,7 +119,10 @@ impl DirManifest {
     /// invalid entries.
     pub fn new(mut entries: Vec<Entry>) -> Result<Self, ProtoError> {
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        let m = Self { format: MANIFEST_FORMAT, entries };
+        let m = Self {
+            format: MANIFEST_FORMAT,
+            entries,
+        };
         m.validate()?;
         Ok(m)
     }
@@ -149,7 +158,10 @@ impl DirManifest {
     /// Parses and validates; the input must be exactly the canonical form.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ProtoError::Manifest(format!("{} bytes is too large", bytes.len())));
+            return Err(ProtoError::Manifest(format!(
+                "{} bytes is too large",
+                bytes.len()
+            )));
         }
         let m: DirManifest =
             serde_json::from_slice(bytes).map_err(|e| ProtoError::Manifest(e.to_string()))?;
@@ -218,7 +230,10 @@ mod tests {
         assert!(DirManifest::new(vec![file("a", b"1"), file("a", b"2")]).is_err());
         let mut link = file("l", b"");
         link.kind = EntryKind::Symlink;
-        assert!(DirManifest::new(vec![link]).is_err(), "symlink without target");
+        assert!(
+            DirManifest::new(vec![link]).is_err(),
+            "symlink without target"
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ impl VolumePath {
     /// Accepts `a/b/c` (a single trailing `/` is allowed). Rejects absolute
     /// paths, `.`/`..` components, empty components and NUL bytes.
     pub fn parse(s: &str) -> Result<Self, ProtoError> {
-        let err = |reason| ProtoError::Path { path: s.chars().take(200).collect(), reason };
+        let err = |reason| ProtoError::Path {
+            path: s.chars().take(200).collect(),
+            reason,
+        };
         if s.starts_with('/') {
             return Err(err("absolute paths are not allowed"));
         }
@@ -43,7 +46,9 @@ impl VolumePath {
 
     /// Splits into parent components and the final name (None for root).
     pub fn split_last(&self) -> Option<(&[String], &str)> {
-        self.0.split_last().map(|(last, parent)| (parent, last.as_str()))
+        self.0
+            .split_last()
+            .map(|(last, parent)| (parent, last.as_str()))
     }
 }
 

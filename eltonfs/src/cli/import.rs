@@ -1,0 +1,202 @@
+//! `elton import <dir> <volume>`: scan, upload objects to the slave, then
+//! commit. The commit is the last step and atomic, so an interrupted import
+//! publishes nothing (uploaded objects are harmless: content-addressed).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use elton_proto::ObjectId;
+use elton_proto::pb::{CreateVolumeRequest, GetVolumeRequest};
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::io::ReaderStream;
+
+use super::client::{Endpoints, check, status};
+use crate::walk;
+
+/// Uploads in flight at once.
+const PARALLEL_UPLOADS: usize = 8;
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    pub dir: PathBuf,
+    pub volume: String,
+    /// Commit message.
+    #[arg(short, long, default_value = "import")]
+    pub message: String,
+    /// Create the volume if it does not exist.
+    #[arg(long)]
+    pub create: bool,
+    /// Expected head (compare-and-set); default: the current head.
+    #[arg(long)]
+    pub parent: Option<u64>,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(&format!(
+        "{what:>9} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    pb.set_style(style);
+    pb
+}
+
+pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
+    let token = ep.token()?;
+    let mut master = ep.master().await?;
+    let volume = args.volume.clone();
+    let head = match master
+        .get_volume(GetVolumeRequest {
+            name: volume.clone(),
+        })
+        .await
+    {
+        Ok(v) => v.into_inner().head,
+        Err(e) if e.code() == tonic::Code::NotFound && args.create => {
+            master
+                .create_volume(CreateVolumeRequest {
+                    name: volume.clone(),
+                })
+                .await
+                .map_err(status)?;
+            0
+        }
+        Err(e) => return Err(status(e)),
+    };
+    let parent = args.parent.unwrap_or(head);
+
+    let dir = args.dir.clone();
+    let hashing = ProgressBar::new_spinner().with_message("scanning");
+    let h = hashing.clone();
+    let scan = tokio::task::spawn_blocking(move || {
+        walk::scan(&dir, &mut |bytes| {
+            h.inc(bytes);
+            h.set_message(format!("hashed {}", indicatif::HumanBytes(h.position())));
+        })
+    })
+    .await??;
+    hashing.finish_and_clear();
+    let root = scan.root()?;
+
+    let total: u64 = scan.files.values().map(|(_, s)| s).sum::<u64>()
+        + scan
+            .manifests
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .sum::<u64>();
+    let pb = bar(total, "uploading");
+    let http = reqwest::Client::new();
+    let token = Arc::new(token);
+    let files = scan
+        .files
+        .iter()
+        .map(|(id, (path, size))| Upload::File(*id, path.clone(), *size));
+    let manifests = scan
+        .manifests
+        .iter()
+        .map(|(id, bytes)| Upload::Bytes(*id, bytes.clone()));
+    // Files first, then manifests children-first, so that whenever a
+    // manifest is stored, what it names is already there.
+    futures::stream::iter(files.map(Ok))
+        .try_for_each_concurrent(PARALLEL_UPLOADS, |u| upload(ep, &http, &token, u, &pb))
+        .await?;
+    for m in manifests {
+        upload(ep, &http, &token, m, &pb).await?;
+    }
+    pb.finish_and_clear();
+
+    let body = serde_json::json!({
+        "parent": parent,
+        "root": root,
+        "message": args.message,
+        "author": whoami(),
+        "host": hostname(),
+    });
+    let resp = http
+        .post(ep.slave_url(&format!("/v1/volumes/{volume}/versions")))
+        .bearer_auth(token.as_str())
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("contacting slave {}", ep.slave))?;
+    let record: serde_json::Value = check(resp).await?.json().await?;
+    for p in &scan.skipped {
+        eprintln!(
+            "elton: skipped {} (not a file, directory or symlink)",
+            p.display()
+        );
+    }
+    println!(
+        "{volume}@{}: {} files, {} bytes, root {root}",
+        record["version"],
+        scan.file_count,
+        scan.files.values().map(|(_, s)| s).sum::<u64>()
+    );
+    Ok(())
+}
+
+enum Upload {
+    File(ObjectId, PathBuf, u64),
+    Bytes(ObjectId, Vec<u8>),
+}
+
+async fn upload(
+    ep: &Endpoints,
+    http: &reqwest::Client,
+    token: &str,
+    item: Upload,
+    pb: &ProgressBar,
+) -> Result<()> {
+    let (id, body, size, what) = match item {
+        Upload::File(id, path, size) => {
+            let f = tokio::fs::File::open(&path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            let p = pb.clone();
+            let stream = ReaderStream::with_capacity(f, 256 << 10).inspect(move |c| {
+                if let Ok(c) = c {
+                    p.inc(c.len() as u64);
+                }
+            });
+            (
+                id,
+                reqwest::Body::wrap_stream(stream),
+                size,
+                path.display().to_string(),
+            )
+        }
+        Upload::Bytes(id, bytes) => {
+            pb.inc(bytes.len() as u64);
+            let n = bytes.len() as u64;
+            (id, reqwest::Body::from(bytes), n, format!("manifest {id}"))
+        }
+    };
+    let resp = http
+        .put(ep.slave_url(&format!("/v1/objects/{id}")))
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("uploading {what} to {}", ep.slave))?;
+    check(resp)
+        .await
+        .with_context(|| format!("uploading {what}"))?;
+    Ok(())
+}
+
+fn whoami() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

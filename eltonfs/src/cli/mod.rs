@@ -1,0 +1,129 @@
+//! The `elton` command line. `main` parses arguments and dispatches; each
+//! module holds one group of subcommands.
+
+mod client;
+mod import;
+mod inspect;
+mod servers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::spec::Spec;
+
+pub use client::Endpoints;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "elton",
+    version,
+    about = "Share versioned directory trees between clusters"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a single-node Elton (master and slave in one process).
+    Up(servers::UpArgs),
+    /// Run a master.
+    Master(servers::MasterArgs),
+    /// Run a slave (storage node with the HTTP interface).
+    Slave(servers::SlaveArgs),
+    /// Create or list volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Publish a local directory as the next version of a volume.
+    Import(import::ImportArgs),
+    /// List a directory of a volume: VOLUME[@VERSION][:PATH].
+    Ls { spec: Spec },
+    /// Print a file of a volume: VOLUME[@VERSION]:PATH.
+    Cat { spec: Spec },
+    /// Show a volume's versions, newest first.
+    Log {
+        volume: String,
+        /// Print JSON records instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume homed on this master.
+    Create { name: String },
+    /// List the master's volumes.
+    Ls,
+}
+
+/// Default data directory: `$ELTON_HOME`, else `$XDG_DATA_HOME/elton`, else
+/// `~/.local/share/elton`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("ELTON_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("elton");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/var/lib"), PathBuf::from);
+    home.join(".local/share/elton")
+}
+
+/// Entry point of the binary: run, print a one-line error, set the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.command);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("elton: error: starting runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("elton: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+fn init_tracing(command: &Command) {
+    let servers = matches!(
+        command,
+        Command::Up(_) | Command::Master(_) | Command::Slave(_)
+    );
+    let default = if servers { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ELTON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ep = cli.endpoints;
+    match cli.command {
+        Command::Up(a) => servers::up(a).await,
+        Command::Master(a) => servers::master(a).await,
+        Command::Slave(a) => servers::slave(a).await,
+        Command::Volume(VolumeCommand::Create { name }) => inspect::volume_create(&ep, &name).await,
+        Command::Volume(VolumeCommand::Ls) => inspect::volume_ls(&ep).await,
+        Command::Import(a) => import::import(&ep, a).await,
+        Command::Ls { spec } => inspect::ls(&ep, &spec).await,
+        Command::Cat { spec } => inspect::cat(&ep, &spec).await,
+        Command::Log { volume, json } => inspect::log(&ep, &volume, json).await,
+    }
+}

@@ -1,0 +1,227 @@
+//! Long-running subcommands: `master`, `slave`, and `up` (both in one
+//! process, the README's run command).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use elton_master::MasterConfig;
+use elton_slave::SlaveConfig;
+use tokio::net::TcpListener;
+
+use super::default_data_dir;
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7100].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory [default: <ELTON_HOME>/master].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// This master's name, recorded as the home of its volumes [default: master].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Heartbeat interval asked of slaves, in milliseconds [default: 2000].
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Silence after which a slave is marked down, in milliseconds [default: 10000].
+    #[arg(long)]
+    pub down_after_ms: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct SlaveArgs {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    pub listen: String,
+    /// Data directory (object store) [default: <ELTON_HOME>/slave].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Master gRPC URL.
+    #[arg(long = "master-url", default_value = "http://127.0.0.1:7100")]
+    pub master_url: String,
+    /// Node id [default: kept in <data-dir>/node-id].
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// host:port others use to reach this slave [default: the listen address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// File holding the bearer token for writes; without it writes are disabled.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Largest upload accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 30)]
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Data directory [default: $ELTON_HOME or ~/.local/share/elton].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub master_listen: String,
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    pub slave_listen: String,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+fn master_config(a: MasterArgs) -> Result<MasterConfig> {
+    let mut c = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            MasterConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => MasterConfig {
+            data_dir: default_data_dir().join("master"),
+            ..MasterConfig::default()
+        },
+    };
+    if let Some(v) = a.listen {
+        c.listen = v;
+    }
+    if let Some(v) = a.data_dir {
+        c.data_dir = v;
+    }
+    if let Some(v) = a.id {
+        c.id = v;
+    }
+    if let Some(v) = a.heartbeat_ms {
+        c.heartbeat_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = a.down_after_ms {
+        c.down_after = Duration::from_millis(v);
+    }
+    Ok(c)
+}
+
+pub async fn master(a: MasterArgs) -> Result<()> {
+    let config = master_config(a)?;
+    let listener = bind(&config.listen).await?;
+    elton_master::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn read_token(path: &Path) -> Result<String> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let t = t.trim().to_string();
+    anyhow::ensure!(
+        t.len() >= 16,
+        "{}: token must be at least 16 characters",
+        path.display()
+    );
+    Ok(t)
+}
+
+pub async fn slave(a: SlaveArgs) -> Result<()> {
+    let mut config = SlaveConfig::new(
+        a.data_dir
+            .unwrap_or_else(|| default_data_dir().join("slave")),
+        a.master_url,
+    );
+    config.node_id = a.node_id;
+    config.advertise = a.advertise;
+    config.max_upload_bytes = a.max_upload_bytes;
+    config.token = a.token_file.as_deref().map(read_token).transpose()?;
+    let listener = bind(&a.listen).await?;
+    elton_slave::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Reads the token file, creating it (0600, random) on first start.
+fn ensure_token(path: &Path) -> Result<String> {
+    if path.exists() {
+        return read_token(path);
+    }
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .context("reading /dev/urandom")?;
+    let token = blake3::hash(&seed).to_hex().to_string();
+    elton_slave::durable::write_file(path, token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(token)
+}
+
+pub async fn up(a: UpArgs) -> Result<()> {
+    let data = a.data_dir.unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let token_path = data.join("token");
+    let token = ensure_token(&token_path)?;
+    let master_listener = bind(&a.master_listen).await?;
+    let slave_listener = bind(&a.slave_listen).await?;
+    let master_addr: SocketAddr = master_listener.local_addr()?;
+    let slave_addr: SocketAddr = slave_listener.local_addr()?;
+
+    let master_config = MasterConfig {
+        data_dir: data.join("master"),
+        listen: master_addr.to_string(),
+        ..MasterConfig::default()
+    };
+    let mut slave_config = SlaveConfig::new(data.join("slave"), format!("http://{master_addr}"));
+    slave_config.token = Some(token);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let master = tokio::spawn(elton_master::run(
+        master_listener,
+        master_config,
+        stopped(stop_rx.clone()),
+    ));
+    let slave = tokio::spawn(elton_slave::run(
+        slave_listener,
+        slave_config,
+        stopped(stop_rx),
+    ));
+
+    println!("Elton is up (single node: master and slave in this process).");
+    println!("  master (gRPC)  http://{master_addr}");
+    println!("  slave  (HTTP)  http://{slave_addr}");
+    println!("  data           {}", data.display());
+    println!("  write token    {}", token_path.display());
+    println!();
+    println!("Try, in another terminal:");
+    println!("  elton import --create <some-dir> demo");
+    println!("  elton ls demo   |   curl -L http://{slave_addr}/v1/volumes/demo/latest/");
+    println!("Stop with Ctrl-C.");
+
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        r = master => r.context("master task")?.context("master"),
+        r = slave => r.context("slave task")?.context("slave"),
+    };
+    let _ = stop_tx.send(true);
+    outcome
+}
