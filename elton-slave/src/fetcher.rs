@@ -116,7 +116,14 @@ impl Fetcher {
             object: id.as_bytes().to_vec(),
             exclude_node: self.link.node_id().to_string(),
         };
-        let stream = self.link.client().fetch_object(req).await?.into_inner();
+        let stream = match self.link.client().fetch_object(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(SlaveError::NotFound(s.message().into()));
+            }
+            // Whatever failed on the way (master, holders), this is a gateway error.
+            Err(s) => return Err(SlaveError::Transfer(s.message().into())),
+        };
         let body = stream.map(|r| {
             r.map(|c| Bytes::from(c.data))
                 .map_err(|s| s.message().to_string())

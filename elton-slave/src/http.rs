@@ -146,7 +146,7 @@ async fn serve_object(
     let (status, start, len) = match range::parse(range_header, size) {
         Ok(None) => (StatusCode::OK, 0, size),
         Ok(Some((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
-        Err(()) => {
+        Err(range::Unsatisfiable) => {
             let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);

@@ -17,6 +17,8 @@ use crate::store::ObjectStore;
 const ANNOUNCE_BATCH: usize = 8192;
 
 type Ack = oneshot::Sender<Result<(), String>>;
+/// Announcements queued for the announcer task.
+pub type AnnounceQueue = mpsc::Receiver<(Vec<ObjectId>, Ack)>;
 
 #[derive(Clone)]
 pub struct MasterLink {
@@ -28,10 +30,7 @@ pub struct MasterLink {
 impl MasterLink {
     /// Connects lazily: the slave serves its store even while the master is
     /// down, and calls fail with a clear error until it is back.
-    pub fn new(
-        master_url: &str,
-        node_id: NodeId,
-    ) -> Result<(Self, mpsc::Receiver<(Vec<ObjectId>, Ack)>), SlaveError> {
+    pub fn new(master_url: &str, node_id: NodeId) -> Result<(Self, AnnounceQueue), SlaveError> {
         let endpoint = Endpoint::from_shared(master_url.to_string())
             .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
@@ -101,7 +100,7 @@ impl MasterLink {
 
     /// Group-commits announcements: whatever queued while the previous call
     /// was in flight goes in the next call.
-    pub async fn run_announcer(self, mut rx: mpsc::Receiver<(Vec<ObjectId>, Ack)>) {
+    pub async fn run_announcer(self, mut rx: AnnounceQueue) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.iter().map(|(ids, _)| ids.len()).sum::<usize>() < ANNOUNCE_BATCH {

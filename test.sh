@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine with only the Rust toolchain:
+# installs what the end-to-end tests need (when run as root), then runs every
+# unit and end-to-end test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian packages the end-to-end tests use.
+PACKAGES=(fuse3)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: please install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+exec cargo test --workspace --locked "$@"

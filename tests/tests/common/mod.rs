@@ -1,0 +1,307 @@
+//! Harness for end-to-end tests: real `elton` processes on 127.0.0.1.
+//! Every process is killed (SIGKILL) and reaped when its handle drops, so a
+//! failing test leaves nothing running.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "e2e-test-token-0123456789";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_elton-e2e")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn wait_port(port: u16) {
+    wait_until(&format!("port {port}"), Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// A running `elton` process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: Vec<String>, port: u16, log: PathBuf) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin())
+            .args(&args)
+            .env("ELTON_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawning elton");
+        wait_port(port);
+        Self {
+            child,
+            port,
+            args,
+            log,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (same port, same data directory).
+    pub fn restart(&mut self) {
+        self.kill9();
+        *self = Self::spawn(self.args.clone(), self.port, self.log.clone());
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A master with any number of slaves, each in its own data directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master: Proc,
+    pub slaves: Vec<Proc>,
+}
+
+impl Cluster {
+    pub fn new(slaves: usize) -> Self {
+        Self::with_slave_args(slaves, &[])
+    }
+
+    pub fn with_slave_args(slaves: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let master = Proc::spawn(
+            vec![
+                "master".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                dir.path().join("master").display().to_string(),
+                "--heartbeat-ms".into(),
+                "200".into(),
+                "--down-after-ms".into(),
+                "3000".into(),
+            ],
+            port,
+            dir.path().join("master.log"),
+        );
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+        let mut c = Self {
+            dir,
+            master,
+            slaves: Vec::new(),
+        };
+        for _ in 0..slaves {
+            c.add_slave(extra);
+        }
+        c
+    }
+
+    pub fn add_slave(&mut self, extra: &[&str]) {
+        let i = self.slaves.len() + 1;
+        let port = free_port();
+        let mut args = vec![
+            "slave".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            self.slave_dir(i).display().to_string(),
+            "--master-url".into(),
+            self.master.url(),
+            "--node-id".into(),
+            format!("slave{i}"),
+            "--token-file".into(),
+            self.dir.path().join("token").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let p = Proc::spawn(args, port, self.dir.path().join(format!("slave{i}.log")));
+        self.slaves.push(p);
+        let master = self.master.url();
+        let id = format!("slave{i}");
+        wait_until(&format!("{id} registered"), Duration::from_secs(20), || {
+            let out = Command::new(bin())
+                .args(["--master", &master, "volume", "ls"])
+                .output();
+            out.is_ok_and(|o| o.status.success()) && registered(&master, &id)
+        });
+    }
+
+    /// Data directory of slave `i` (1-based).
+    pub fn slave_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("slave{i}"))
+    }
+
+    /// Runs the CLI against the master and slave `i` (1-based).
+    pub fn cli(&self, slave: usize, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("ELTON_MASTER", self.master.url())
+            .env("ELTON_SLAVE", self.slaves[slave - 1].url())
+            .env("ELTON_TOKEN", TOKEN)
+            .env("ELTON_HOME", self.dir.path().join("home"))
+            .output()
+            .expect("running elton")
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, slave: usize, args: &[&str]) -> String {
+        let out = self.cli(slave, args);
+        assert!(
+            out.status.success(),
+            "elton {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn slave_url(&self, i: usize) -> String {
+        self.slaves[i - 1].url()
+    }
+}
+
+fn registered(master: &str, node: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let Ok(mut c) =
+            elton_proto::pb::master_client::MasterClient::connect(master.to_string()).await
+        else {
+            return false;
+        };
+        c.list_nodes(elton_proto::pb::ListNodesRequest {})
+            .await
+            .is_ok_and(|r| {
+                r.into_inner()
+                    .nodes
+                    .iter()
+                    .any(|n| n.node_id == node && n.up)
+            })
+    })
+}
+
+/// Reads a Prometheus counter from a slave's `/metrics`.
+pub fn metric(slave_url: &str, name: &str) -> u64 {
+    let text = reqwest::blocking::get(format!("{slave_url}/metrics"))
+        .and_then(|r| r.text())
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("elton_slave_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Every regular file under `root`, as paths relative to it.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path().strip_prefix(root).expect("prefix").to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deterministic pseudo-random bytes (no RNG dependency).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let h = blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat());
+        out.extend_from_slice(h.as_bytes());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// URL-encodes each component of a relative path.
+pub fn url_path(p: &Path) -> String {
+    p.iter()
+        .map(|c| {
+            c.to_string_lossy()
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Sends a raw HTTP/1.1 request (no client-side path normalisation) and
+/// returns the status code and body.
+pub fn raw_http(port: u16, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
