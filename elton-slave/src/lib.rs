@@ -41,6 +41,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SlaveError> {
     let store = ObjectStore::open(&config.data_dir)?;
+    store.clean_tmp(std::time::Duration::from_secs(3600));
     let node_id = node_id(&config)?;
     let local = listener
         .local_addr()

@@ -64,13 +64,90 @@ impl ObjectStore {
         for d in [&store.objects, &store.tmp, &store.corrupt] {
             fs::create_dir_all(d).map_err(|e| io_err("creating", d, e))?;
         }
-        // Leftovers of writes interrupted by a crash: never published, so unused.
-        if let Ok(entries) = fs::read_dir(&store.tmp) {
-            for e in entries.flatten() {
+        Ok(Arc::new(store))
+    }
+
+    /// Deletes temp files older than `age`: leftovers of writes interrupted
+    /// by a crash, never published. Younger ones may belong to another
+    /// process sharing the store (an Eltonfs mount committing).
+    pub fn clean_tmp(&self, age: std::time::Duration) {
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > age));
+            if old {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(Arc::new(store))
+    }
+
+    /// Takes a local file into the store without copying its bytes: the
+    /// file is hard-linked into place (falling back to a copy across
+    /// filesystems), hashed and fsynced. Returns the id and whether this
+    /// call added the object (false: it was already stored). The caller
+    /// must not modify `src` afterwards while it still links the object.
+    pub fn adopt_link(&self, src: &Path) -> Result<(ObjectId, bool), SlaveError> {
+        let tmp = self.tmp.join(format!(
+            "adopt-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        match fs::hard_link(src, &tmp) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return self.adopt_copy(src),
+            Err(e) => return Err(io_err("linking", src, e)),
+        }
+        let result = (|| {
+            let mut file = File::open(&tmp).map_err(|e| io_err("opening", &tmp, e))?;
+            let id = hash_reader(&mut file).map_err(|e| io_err("reading", &tmp, e))?;
+            let dest = self.path(&id);
+            if dest.is_file() {
+                return Ok((id, false));
+            }
+            file.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+            let shard = dest.parent().unwrap_or(&self.objects);
+            fs::create_dir_all(shard).map_err(|e| io_err("creating", shard, e))?;
+            crate::durable::publish(&tmp, &dest).map_err(|e| io_err("publishing", &dest, e))?;
+            Ok((id, true))
+        })();
+        let _ = fs::remove_file(&tmp); // gone already when published
+        result
+    }
+
+    /// Copies a local file into the store (a snapshot of its current bytes).
+    pub fn adopt_copy(&self, src: &Path) -> Result<(ObjectId, bool), SlaveError> {
+        let mut f = File::open(src).map_err(|e| io_err("opening", src, e))?;
+        let mut w = self.writer()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| io_err("reading", src, e))?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])?;
+        }
+        let id = ObjectId::from_hash(w.hasher.clone().finalize());
+        let existed = self.contains(&id);
+        self.finish(w, Some(id))?;
+        Ok((id, !existed))
+    }
+
+    /// Removes an object. Used only to undo [`Self::adopt_link`] when the
+    /// commit that needed it failed, so the store never aliases a file that
+    /// stays writable elsewhere.
+    pub fn remove(&self, id: &ObjectId) -> Result<(), SlaveError> {
+        self.verified().remove(id);
+        match fs::remove_file(self.path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &self.path(id), e)),
+        }
     }
 
     pub fn path(&self, id: &ObjectId) -> PathBuf {

@@ -6,5 +6,6 @@
 //! - [`walk`]: turning a local directory into manifests and objects.
 
 pub mod cli;
+pub mod fs;
 pub mod spec;
 pub mod walk;

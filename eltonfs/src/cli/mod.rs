@@ -4,6 +4,7 @@
 mod client;
 mod import;
 mod inspect;
+mod mounts;
 mod servers;
 
 use std::path::PathBuf;
@@ -52,6 +53,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount a volume at a version (Eltonfs overlay).
+    Mount(mounts::MountArgs),
+    /// Unmount an Eltonfs mount.
+    Umount { mountpoint: PathBuf },
+    /// Publish a mount's changes as the next version.
+    Commit {
+        mountpoint: PathBuf,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Show a mount's uncommitted changes.
+    Status {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a mount without changes to another version.
+    Checkout { mountpoint: PathBuf, version: u64 },
+    /// List changed paths between two versions of a volume.
+    Diff { volume: String, v1: u64, v2: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,5 +146,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls { spec } => inspect::ls(&ep, &spec).await,
         Command::Cat { spec } => inspect::cat(&ep, &spec).await,
         Command::Log { volume, json } => inspect::log(&ep, &volume, json).await,
+        Command::Mount(a) => tokio::task::spawn_blocking(move || mounts::mount(&ep, a)).await?,
+        Command::Umount { mountpoint } => mounts::umount(&mountpoint),
+        Command::Commit {
+            mountpoint,
+            message,
+        } => tokio::task::spawn_blocking(move || mounts::commit(&mountpoint, message)).await?,
+        Command::Status { mountpoint, json } => mounts::status(&mountpoint, json),
+        Command::Checkout {
+            mountpoint,
+            version,
+        } => mounts::checkout(&mountpoint, version),
+        Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
     }
 }

@@ -1,0 +1,306 @@
+//! Subcommands around Eltonfs mounts: `mount`, `umount`, `commit`,
+//! `status`, `checkout`, and `diff` between two versions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use elton_proto::{DirManifest, EntryKind, ObjectId, VolumeName};
+
+use super::client::{Endpoints, check};
+use super::default_data_dir;
+use crate::fs::mount::{self, ControlRequest, MountOptions};
+use crate::spec::Spec;
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// VOLUME[@VERSION]; default: the latest version.
+    pub spec: Spec,
+    pub mountpoint: PathBuf,
+    /// State directory holding the upper layer [default: under the slave's data dir].
+    #[arg(long)]
+    pub upper: Option<PathBuf>,
+    /// The local slave's data directory (its store caches lower files).
+    #[arg(long, env = "ELTON_SLAVE_DATA")]
+    pub slave_data: Option<PathBuf>,
+    /// Stay in the foreground instead of detaching.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users access the mount (permissions still apply).
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+fn canonical(p: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))
+}
+
+pub fn state_dir(slave_data: &Path, volume: &VolumeName, mountpoint: &Path) -> PathBuf {
+    let tag = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
+    slave_data
+        .join("mounts")
+        .join(format!("{volume}-{}", &tag[..12]))
+}
+
+pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
+    let mountpoint = canonical(&a.mountpoint)?;
+    if !mountpoint.is_dir() {
+        bail!("{} is not a directory", mountpoint.display());
+    }
+    if !a.spec.path.is_root() {
+        bail!("mount a whole volume: VOLUME[@VERSION], without :PATH");
+    }
+    let slave_data = a
+        .slave_data
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("slave"));
+    let state = a
+        .upper
+        .clone()
+        .unwrap_or_else(|| state_dir(&slave_data, &a.spec.volume, &mountpoint));
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    if a.foreground {
+        return mount::run(MountOptions {
+            volume: a.spec.volume.clone(),
+            version: a.spec.version.map(|v| v.get()),
+            mountpoint,
+            state_dir: state,
+            slave_url: ep.slave.clone(),
+            slave_data,
+            token: ep.token().ok(),
+            allow_other: a.allow_other,
+        });
+    }
+    // Detach: run the same command in the foreground as a child with its
+    // own process group, logging to the state dir; return once mounted.
+    let log_path = state.join("mount.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    let exe = std::env::current_exe().context("locating the elton binary")?;
+    let mut child = Command::new(exe);
+    child
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut child, 0);
+    if let Ok(t) = ep.token() {
+        child.env("ELTON_TOKEN", t);
+    }
+    let mut child = child.spawn().context("starting the mount process")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(info) = mount::control(&mountpoint, &ControlRequest::Info) {
+            println!(
+                "mounted {}@{} at {} (upper: {})",
+                info.volume.unwrap_or_default(),
+                info.version.unwrap_or(0),
+                mountpoint.display(),
+                state.join("upper").display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("error"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            bail!("mount process exited ({status}): {last}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "mount did not come up within 60 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    mount::unmount(&canonical(mountpoint)?, false)
+}
+
+pub fn commit(mountpoint: &Path, message: String) -> Result<()> {
+    let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = super::import::hostname();
+    let r = mount::control(
+        &canonical(mountpoint)?,
+        &ControlRequest::Commit {
+            message,
+            author,
+            host,
+        },
+    )?;
+    match r.message {
+        Some(m) => println!("{m}"),
+        None => println!(
+            "committed {}@{}",
+            r.volume.unwrap_or_default(),
+            r.version.unwrap_or(0)
+        ),
+    }
+    Ok(())
+}
+
+pub fn status(mountpoint: &Path, json: bool) -> Result<()> {
+    let r = mount::control(&canonical(mountpoint)?, &ControlRequest::Status)?;
+    let changes = r.changes.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string(&changes)?);
+        return Ok(());
+    }
+    println!(
+        "{}@{}",
+        r.volume.unwrap_or_default(),
+        r.version.unwrap_or(0)
+    );
+    if changes.is_empty() {
+        println!("nothing to commit");
+    }
+    for (tag, list) in [
+        ("A", &changes.added),
+        ("M", &changes.modified),
+        ("D", &changes.deleted),
+    ] {
+        for p in list {
+            println!("{tag} {p}");
+        }
+    }
+    Ok(())
+}
+
+pub fn checkout(mountpoint: &Path, version: u64) -> Result<()> {
+    let r = mount::control(
+        &canonical(mountpoint)?,
+        &ControlRequest::Checkout { version },
+    )?;
+    println!(
+        "{} now at version {}",
+        mountpoint.display(),
+        r.version.unwrap_or(version)
+    );
+    Ok(())
+}
+
+/// Lists what changed between two versions, skipping identical subtrees by
+/// their hash.
+pub async fn diff(ep: &Endpoints, volume: &str, v1: u64, v2: u64) -> Result<()> {
+    let volume: VolumeName = volume.parse()?;
+    let http = reqwest::Client::new();
+    let root = |v: u64| {
+        let url = ep.slave_url(&format!("/v1/volumes/{volume}/{v}/"));
+        let http = http.clone();
+        async move {
+            let resp = check(
+                http.get(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("contacting slave {url}"))?,
+            )
+            .await?;
+            let j: serde_json::Value = resp.json().await?;
+            j["manifest"]
+                .as_str()
+                .unwrap_or("")
+                .parse::<ObjectId>()
+                .map_err(|e| anyhow!("{e}"))
+        }
+    };
+    let (a, b) = (root(v1).await?, root(v2).await?);
+    let mut out = Vec::new();
+    diff_dirs(ep, &http, "", Some(a), Some(b), &mut out).await?;
+    for line in out {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn manifest(ep: &Endpoints, http: &reqwest::Client, id: ObjectId) -> Result<DirManifest> {
+    let resp = check(
+        http.get(ep.slave_url(&format!("/v1/objects/{id}")))
+            .send()
+            .await?,
+    )
+    .await?;
+    Ok(DirManifest::decode(&resp.bytes().await?)?)
+}
+
+fn diff_dirs<'a>(
+    ep: &'a Endpoints,
+    http: &'a reqwest::Client,
+    prefix: &'a str,
+    a: Option<ObjectId>,
+    b: Option<ObjectId>,
+    out: &'a mut Vec<String>,
+) -> futures::future::BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        if a == b {
+            return Ok(());
+        }
+        let ma = match a {
+            Some(id) => manifest(ep, http, id).await?,
+            None => DirManifest::default(),
+        };
+        let mb = match b {
+            Some(id) => manifest(ep, http, id).await?,
+            None => DirManifest::default(),
+        };
+        let mut names: Vec<&str> = ma
+            .entries
+            .iter()
+            .chain(&mb.entries)
+            .map(|e| e.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let path = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let (ea, eb) = (ma.get(name), mb.get(name));
+            let dir = |e: Option<&elton_proto::Entry>| {
+                e.filter(|e| e.kind == EntryKind::Dir)
+                    .and_then(|e| e.object)
+            };
+            match (ea, eb) {
+                (Some(x), Some(y)) if x == y => {}
+                (Some(x), Some(y)) if x.kind == EntryKind::Dir && y.kind == EntryKind::Dir => {
+                    if x.mode != y.mode || x.uid != y.uid || x.gid != y.gid {
+                        out.push(format!("M {path}/"));
+                    }
+                    diff_dirs(ep, http, &path, x.object, y.object, out).await?;
+                }
+                (Some(_), Some(_)) => out.push(format!("M {path}")),
+                (None, Some(y)) => {
+                    out.push(format!(
+                        "A {path}{}",
+                        if y.kind == EntryKind::Dir { "/" } else { "" }
+                    ));
+                    diff_dirs(ep, http, &path, None, dir(eb), out).await?;
+                }
+                (Some(x), None) => {
+                    out.push(format!(
+                        "D {path}{}",
+                        if x.kind == EntryKind::Dir { "/" } else { "" }
+                    ));
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,322 @@
+//! What the upper layer changes relative to the lower: for `status`, and
+//! for turning the upper into new manifests and objects at commit.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
+use elton_slave::ObjectStore;
+use serde::{Deserialize, Serialize};
+
+use super::layers::{Layers, PRIVATE_XATTR_PREFIX, is_opaque, is_whiteout};
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub added: Vec<String>,
+    pub modified: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.modified.is_empty() && self.deleted.is_empty()
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+fn lower_child(layers: &Layers, lower: Option<&Entry>) -> io::Result<Option<Arc<DirManifest>>> {
+    match lower {
+        Some(e) if e.kind == EntryKind::Dir => {
+            e.object.map(|id| layers.lower.manifest(&id)).transpose()
+        }
+        _ => Ok(None),
+    }
+}
+
+fn name_of(os: std::ffi::OsString) -> io::Result<String> {
+    os.into_string().map_err(|n| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file name {n:?} is not UTF-8"),
+        )
+    })
+}
+
+/// Walks only the upper layer (the change set, not the whole tree).
+pub fn status(layers: &Layers) -> io::Result<ChangeSet> {
+    let mut out = ChangeSet::default();
+    let root_lower = if is_opaque(&layers.upper) {
+        None
+    } else {
+        layers
+            .root
+            .map(|id| layers.lower.manifest(&id))
+            .transpose()?
+    };
+    walk(layers, Path::new(""), "", root_lower, &mut out)?;
+    Ok(out)
+}
+
+fn walk(
+    layers: &Layers,
+    rel: &Path,
+    display: &str,
+    lower: Option<Arc<DirManifest>>,
+    out: &mut ChangeSet,
+) -> io::Result<()> {
+    let upath = layers.upper_path(rel);
+    let mut seen = HashSet::new();
+    for e in fs::read_dir(&upath)? {
+        let e = e?;
+        let name = name_of(e.file_name())?;
+        let m = fs::symlink_metadata(e.path())?;
+        let shown = join(display, &name);
+        let below = lower.as_ref().and_then(|d| d.get(&name)).cloned();
+        seen.insert(name.clone());
+        if is_whiteout(&m) {
+            if below.is_some() {
+                out.deleted.push(shown);
+            }
+        } else if m.is_dir() {
+            let opaque = is_opaque(&e.path());
+            match &below {
+                None => out.added.push(format!("{shown}/")),
+                Some(b) if b.kind != EntryKind::Dir => out.modified.push(format!("{shown}/")),
+                Some(b) if b.mode != m.mode() & 0o7777 || b.uid != m.uid() || b.gid != m.gid() => {
+                    out.modified.push(format!("{shown}/"));
+                }
+                Some(_) => {}
+            }
+            let child_lower = if opaque {
+                None
+            } else {
+                lower_child(layers, below.as_ref())?
+            };
+            if opaque && let Some(old) = lower_child(layers, below.as_ref())? {
+                // Replaced wholesale: what the lower had and the upper lacks is gone.
+                for gone in &old.entries {
+                    if !e.path().join(&gone.name).exists() {
+                        out.deleted.push(join(&shown, &gone.name));
+                    }
+                }
+            }
+            walk(layers, &rel.join(&name), &shown, child_lower, out)?;
+        } else if below.is_some() {
+            out.modified.push(shown);
+        } else {
+            out.added.push(shown);
+        }
+    }
+    let _ = seen;
+    Ok(())
+}
+
+/// The result of turning the upper into a tree.
+pub struct Built {
+    pub root: ObjectId,
+    /// New manifests to store, children first.
+    pub manifests: Vec<DirManifest>,
+    /// Objects this commit hard-linked into the store (undone on failure).
+    pub linked: Vec<ObjectId>,
+    pub skipped: Vec<String>,
+}
+
+/// Builds the new tree: lower manifests with the upper's changes applied.
+/// File contents go into `store`: hard-linked (no copy) unless the file is
+/// open for writing or has other links, in which case a snapshot is copied.
+pub fn build(
+    layers: &Layers,
+    store: &ObjectStore,
+    open_for_write: &HashSet<(u64, u64)>,
+) -> io::Result<Built> {
+    let mut built = Built {
+        root: ObjectId::of(b""),
+        manifests: Vec::new(),
+        linked: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let root_lower = if is_opaque(&layers.upper) {
+        None
+    } else {
+        layers
+            .root
+            .map(|id| layers.lower.manifest(&id))
+            .transpose()?
+    };
+    let root = build_dir(
+        layers,
+        store,
+        open_for_write,
+        Path::new(""),
+        root_lower,
+        &mut built,
+    )?;
+    built.root = root.id();
+    built.manifests.push(root);
+    Ok(built)
+}
+
+fn build_dir(
+    layers: &Layers,
+    store: &ObjectStore,
+    open_for_write: &HashSet<(u64, u64)>,
+    rel: &Path,
+    lower: Option<Arc<DirManifest>>,
+    built: &mut Built,
+) -> io::Result<DirManifest> {
+    let mut entries: BTreeMap<String, Entry> = lower
+        .map(|l| {
+            l.entries
+                .iter()
+                .map(|e| (e.name.clone(), e.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let upath = layers.upper_path(rel);
+    for item in fs::read_dir(&upath)? {
+        let item = item?;
+        let name = name_of(item.file_name())?;
+        let path = item.path();
+        let m = fs::symlink_metadata(&path)?;
+        if is_whiteout(&m) {
+            entries.remove(&name);
+            continue;
+        }
+        let base = Entry {
+            name: name.clone(),
+            kind: EntryKind::File,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            size: 0,
+            mtime: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            object: None,
+            target: None,
+            xattrs: user_xattrs(&path)?,
+        };
+        let entry = if m.is_dir() {
+            let child_lower = if is_opaque(&path) {
+                None
+            } else {
+                lower_child(layers, entries.get(&name))?
+            };
+            let child = build_dir(
+                layers,
+                store,
+                open_for_write,
+                &rel.join(&name),
+                child_lower,
+                built,
+            )?;
+            let e = Entry {
+                kind: EntryKind::Dir,
+                size: child.entries.len() as u64,
+                object: Some(child.id()),
+                ..base
+            };
+            built.manifests.push(child);
+            e
+        } else if m.is_file() {
+            let snapshot = m.nlink() > 1 || open_for_write.contains(&(m.dev(), m.ino()));
+            let adopted = if snapshot {
+                store.adopt_copy(&path)
+            } else {
+                store.adopt_link(&path)
+            };
+            let (id, added) = adopted.map_err(|e| io::Error::other(e.to_string()))?;
+            if added && !snapshot {
+                built.linked.push(id);
+            }
+            // The size is what was hashed: re-read from the store's copy.
+            let size = fs::metadata(store.path(&id))?.len();
+            Entry {
+                size,
+                object: Some(id),
+                ..base
+            }
+        } else if m.file_type().is_symlink() {
+            let target = name_of(fs::read_link(&path)?.into_os_string())?;
+            Entry {
+                kind: EntryKind::Symlink,
+                size: target.len() as u64,
+                target: Some(target),
+                xattrs: None,
+                ..base
+            }
+        } else {
+            built.skipped.push(rel.join(&name).display().to_string());
+            continue;
+        };
+        entries.insert(name, entry);
+    }
+    DirManifest::new(entries.into_values().collect())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Users' xattrs of an upper entry (hex-encoded), without the overlay's own.
+fn user_xattrs(path: &Path) -> io::Result<Option<BTreeMap<String, String>>> {
+    let mut buf = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(path, &mut buf[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = BTreeMap::new();
+    for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name.starts_with(PRIVATE_XATTR_PREFIX) {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, name, &mut value[..])?;
+        out.insert(name.to_string(), hex::encode(&value[..len]));
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Empties the upper after a successful commit, keeping files still open
+/// for writing (and the directories holding them): their later writes
+/// belong to the next version.
+pub fn clear_upper(layers: &Layers, keep: &HashSet<(u64, u64)>) -> io::Result<()> {
+    clear_dir(&layers.upper, keep)?;
+    let _ = rustix::fs::lremovexattr(&layers.upper, super::layers::OPAQUE_XATTR);
+    Ok(())
+}
+
+/// Returns whether anything was kept.
+fn clear_dir(dir: &Path, keep: &HashSet<(u64, u64)>) -> io::Result<bool> {
+    let mut kept = false;
+    for item in fs::read_dir(dir)? {
+        let path = item?.path();
+        let m = fs::symlink_metadata(&path)?;
+        if m.is_dir() {
+            if clear_dir(&path, keep)? {
+                let _ = rustix::fs::lremovexattr(&path, super::layers::OPAQUE_XATTR);
+                kept = true;
+            } else {
+                fs::remove_dir(&path)?;
+            }
+        } else if m.is_file() && keep.contains(&(m.dev(), m.ino())) {
+            kept = true;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(kept)
+}

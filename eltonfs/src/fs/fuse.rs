@@ -1,0 +1,1224 @@
+//! The FUSE face of the overlay: turns kernel requests into [`Layers`]
+//! operations. One lock guards the mount's state; object fetches for lower
+//! files happen outside it, and file data of opened files bypasses this
+//! process entirely through FUSE passthrough when the kernel allows it.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use elton_proto::EntryKind;
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use rustix::fs::{AtFlags, CWD, Gid, Timespec, Timestamps, Uid, XattrFlags};
+
+use super::inodes::{Inodes, ROOT};
+use super::layers::{
+    EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, mtime_of, set_opaque,
+};
+
+/// Lower entries never change within a version: cache them long. Switching
+/// versions invalidates explicitly.
+const LOWER_TTL: Duration = Duration::from_secs(3600);
+const UPPER_TTL: Duration = Duration::from_secs(1);
+/// Virtual xattr on the root naming the mount's control socket.
+pub const CONTROL_XATTR: &str = "user.elton.control";
+
+pub struct Handle {
+    pub file: File,
+    pub writable: bool,
+    pub append: bool,
+    /// Keeps the kernel's passthrough backing alive while this handle is open.
+    _backing: Option<Arc<BackingId>>,
+}
+
+pub struct MountState {
+    pub layers: Layers,
+    pub inodes: Inodes,
+    pub handles: HashMap<u64, Handle>,
+    dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
+    next_fh: u64,
+    /// One backing id per backing file (device, inode) at a time.
+    backing: HashMap<(u64, u64), Weak<BackingId>>,
+}
+
+impl MountState {
+    pub fn new(layers: Layers) -> Self {
+        Self {
+            layers,
+            inodes: Inodes::new(),
+            handles: HashMap::new(),
+            dirs: HashMap::new(),
+            next_fh: 1,
+            backing: HashMap::new(),
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        self.inodes
+            .path(ino.0)
+            .map(Path::to_path_buf)
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn view(&self, rel: &Path) -> Result<View, Errno> {
+        self.layers.view(rel)?.ok_or(Errno::ENOENT)
+    }
+
+    fn fh(&mut self) -> u64 {
+        self.next_fh += 1;
+        self.next_fh
+    }
+
+    /// Upper files with several links share one inode number.
+    fn ino_for(&mut self, rel: &Path, view: &View) -> u64 {
+        let link = view
+            .upper
+            .as_ref()
+            .filter(|m| m.is_file() && m.nlink() > 1)
+            .map(MetadataExt::ino);
+        self.inodes.ino(rel, link)
+    }
+
+    /// Files currently open for writing (their upper paths), for commit.
+    pub fn open_for_write(&self) -> Vec<(u64, u64)> {
+        self.handles
+            .values()
+            .filter(|h| h.writable)
+            .filter_map(|h| h.file.metadata().ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect()
+    }
+}
+
+fn kind_of_meta(m: &Metadata) -> FileType {
+    let t = m.file_type();
+    if t.is_dir() {
+        FileType::Directory
+    } else if t.is_symlink() {
+        FileType::Symlink
+    } else if t.is_fifo() {
+        FileType::NamedPipe
+    } else if t.is_char_device() {
+        FileType::CharDevice
+    } else if t.is_block_device() {
+        FileType::BlockDevice
+    } else if t.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn kind_of_entry(k: EntryKind) -> FileType {
+    match k {
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
+    }
+}
+
+pub fn attr_of_meta(ino: u64, m: &Metadata) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: time(m.atime(), m.atime_nsec()),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+        crtime: time(m.ctime(), m.ctime_nsec()),
+        kind: kind_of_meta(m),
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev() as u32,
+        flags: 0,
+        blksize: m.blksize() as u32,
+    }
+}
+
+/// Attributes and cache lifetime of a path.
+fn attr_of(ino: u64, view: &View) -> (FileAttr, Duration) {
+    if let Some(m) = &view.upper {
+        return (attr_of_meta(ino, m), UPPER_TTL);
+    }
+    let e = view.lower.as_ref();
+    let kind = e.map_or(EntryKind::Dir, |e| e.kind);
+    let mtime = e.map_or(UNIX_EPOCH, mtime_of);
+    let size = e.map_or(0, |e| e.size);
+    let attr = FileAttr {
+        ino: INodeNo(ino),
+        size: if kind == EntryKind::Dir { 4096 } else { size },
+        blocks: size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind: kind_of_entry(kind),
+        perm: e.map_or(0o755, |e| e.mode) as u16,
+        nlink: if kind == EntryKind::Dir { 2 } else { 1 },
+        uid: e.map_or(0, |e| e.uid),
+        gid: e.map_or(0, |e| e.gid),
+        rdev: 0,
+        flags: 0,
+        blksize: 4096,
+    };
+    (attr, LOWER_TTL)
+}
+
+pub struct EltonFs {
+    pub state: Arc<Mutex<MountState>>,
+    passthrough: AtomicBool,
+    control_socket: PathBuf,
+}
+
+impl EltonFs {
+    pub fn new(state: Arc<Mutex<MountState>>, control_socket: PathBuf) -> Self {
+        Self {
+            state,
+            passthrough: AtomicBool::new(true),
+            control_socket,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MountState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks up `name` in `parent` after a change and replies with its entry.
+    fn reply_entry(&self, st: &mut MountState, rel: &Path, reply: ReplyEntry) {
+        match st.view(rel) {
+            Ok(view) => {
+                let ino = st.ino_for(rel, &view);
+                let (attr, ttl) = attr_of(ino, &view);
+                reply.entry(&ttl, &attr, Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Registers an opened file, with passthrough when available.
+    fn open_handle(
+        &self,
+        st: &mut MountState,
+        file: File,
+        writable: bool,
+        append: bool,
+    ) -> (u64, Option<Arc<BackingId>>) {
+        let fh = st.fh();
+        st.handles.insert(
+            fh,
+            Handle {
+                file,
+                writable,
+                append,
+                _backing: None,
+            },
+        );
+        (fh, None)
+    }
+
+    fn backing_for(
+        &self,
+        st: &mut MountState,
+        fh: u64,
+        make: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let handle = st.handles.get(&fh)?;
+        let m = handle.file.metadata().ok()?;
+        let key = (m.dev(), m.ino());
+        let id = match st.backing.get(&key).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => match make(&handle.file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    st.backing.insert(key, Arc::downgrade(&id));
+                    id
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "FUSE passthrough unavailable ({e}); serving file data through the daemon"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        if let Some(h) = st.handles.get_mut(&fh) {
+            h._backing = Some(id.clone());
+        }
+        Some(id)
+    }
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from(e)
+}
+
+fn rx(e: rustix::io::Errno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
+fn child(parent: &Path, name: &OsStr) -> Result<PathBuf, Errno> {
+    if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(parent.join(name))
+}
+
+fn set_times(path: &Path, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> io::Result<()> {
+    let omit = Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_OMIT,
+    };
+    let conv = |t: Option<TimeOrNow>| match t {
+        None => omit,
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as _,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut secs = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    secs -= 1;
+                    nsec += 1_000_000_000;
+                }
+                Timespec {
+                    tv_sec: secs,
+                    tv_nsec: nsec as _,
+                }
+            }
+        },
+    };
+    let ts = Timestamps {
+        last_access: conv(atime),
+        last_modification: conv(mtime),
+    };
+    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    rustix::fs::chownat(
+        CWD,
+        path,
+        uid.map(Uid::from_raw),
+        gid.map(Gid::from_raw),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Clears the way for a new entry at `rel`: its ancestors exist in the
+/// upper and a whiteout there is removed. Returns whether a lower entry was
+/// deleted at this path (a new directory there must then be opaque).
+fn prepare_new(st: &MountState, rel: &Path) -> Result<bool, Errno> {
+    if st.layers.view(rel)?.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    st.layers.copy_up_parents(rel)?;
+    let up = st.layers.upper_path(rel);
+    match fs::symlink_metadata(&up) {
+        Ok(m) if is_whiteout(&m) => {
+            fs::remove_file(&up)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+impl Filesystem for EltonFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        if !ok {
+            tracing::info!("kernel lacks FUSE passthrough; file data goes through the daemon");
+            self.passthrough.store(false, Ordering::Relaxed);
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let mut st = self.lock();
+        let rel = match st.path(parent).and_then(|p| child(&p, name)) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_entry(&mut st, &rel, reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = self.lock();
+        // A file open for writing (or unlinked while open) answers from the
+        // file itself: that is where its size and times change.
+        if let Some(h) = fh.and_then(|fh| st.handles.get(&fh.0))
+            && (h.writable || st.inodes.path(ino.0).is_none())
+            && let Ok(m) = h.file.metadata()
+        {
+            return reply.attr(&UPPER_TTL, &attr_of_meta(ino.0, &m));
+        }
+        let rel = match st.path(ino) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        match st.view(&rel) {
+            Ok(view) => {
+                let (attr, ttl) = attr_of(ino.0, &view);
+                reply.attr(&ttl, &attr);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let st = self.lock();
+        let result = (|| -> Result<FileAttr, Errno> {
+            let rel = st.path(ino);
+            // An unlinked file still open: act on the handle only.
+            let Ok(rel) = rel else {
+                let h = fh
+                    .and_then(|fh| st.handles.get(&fh.0))
+                    .ok_or(Errno::ENOENT)?;
+                if let Some(size) = size {
+                    h.file.set_len(size)?;
+                }
+                if let Some(mode) = mode {
+                    h.file
+                        .set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+                }
+                return Ok(attr_of_meta(ino.0, &h.file.metadata()?));
+            };
+            let up = st.layers.copy_up(&rel)?;
+            if let Some(size) = size {
+                match fh
+                    .and_then(|fh| st.handles.get(&fh.0))
+                    .filter(|h| h.writable)
+                {
+                    Some(h) => h.file.set_len(size)?,
+                    None => OpenOptions::new().write(true).open(&up)?.set_len(size)?,
+                }
+            }
+            if uid.is_some() || gid.is_some() {
+                chown(&up, uid, gid)?;
+            }
+            if let Some(mode) = mode {
+                let m = fs::symlink_metadata(&up)?;
+                if !m.file_type().is_symlink() {
+                    fs::set_permissions(&up, fs::Permissions::from_mode(mode & 0o7777))?;
+                }
+            }
+            if atime.is_some() || mtime.is_some() {
+                set_times(&up, atime, mtime)?;
+            }
+            let view = st.view(&rel)?;
+            Ok(attr_of(ino.0, &view).0)
+        })();
+        match result {
+            Ok(attr) => reply.attr(&UPPER_TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let st = self.lock();
+        let result = (|| -> Result<Vec<u8>, Errno> {
+            let rel = st.path(ino)?;
+            let view = st.view(&rel)?;
+            match (&view.upper, &view.lower) {
+                (Some(_), _) => Ok(fs::read_link(st.layers.upper_path(&rel))?
+                    .into_os_string()
+                    .into_encoded_bytes()),
+                (None, Some(e)) if e.kind == EntryKind::Symlink => {
+                    Ok(e.target.clone().unwrap_or_default().into_bytes())
+                }
+                _ => Err(Errno::EINVAL),
+            }
+        })();
+        match result {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut st = self.lock();
+        let result = (|| -> Result<PathBuf, Errno> {
+            let rel = child(&st.path(parent)?, name)?;
+            prepare_new(&st, &rel)?;
+            let up = st.layers.upper_path(&rel);
+            let ft = rustix::fs::FileType::from_raw_mode(mode);
+            let perm = rustix::fs::Mode::from_bits_truncate(mode & !umask & 0o7777);
+            rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
+            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            Ok(rel)
+        })();
+        match result {
+            Ok(rel) => self.reply_entry(&mut st, &rel, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut st = self.lock();
+        let result = (|| -> Result<PathBuf, Errno> {
+            let rel = child(&st.path(parent)?, name)?;
+            let replaced_lower = prepare_new(&st, &rel)?;
+            let up = st.layers.upper_path(&rel);
+            fs::create_dir(&up)?;
+            fs::set_permissions(&up, fs::Permissions::from_mode(mode & !umask & 0o7777))?;
+            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            if replaced_lower {
+                set_opaque(&up)?;
+            }
+            Ok(rel)
+        })();
+        match result {
+            Ok(rel) => self.reply_entry(&mut st, &rel, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut st = self.lock();
+        let result = (|| -> Result<(), Errno> {
+            let rel = child(&st.path(parent)?, name)?;
+            let view = st.view(&rel)?;
+            if view.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            if view.upper.is_some() {
+                fs::remove_file(st.layers.upper_path(&rel))?;
+            }
+            if view.lower.is_some() {
+                st.layers.whiteout(&rel)?;
+            }
+            st.inodes.remove(&rel);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut st = self.lock();
+        let result = (|| -> Result<(), Errno> {
+            let rel = child(&st.path(parent)?, name)?;
+            let view = st.view(&rel)?;
+            if !view.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            if !st.layers.list(&rel, &view)?.is_empty() {
+                return Err(Errno::ENOTEMPTY);
+            }
+            st.layers.remove_upper(&rel)?;
+            if view.lower.is_some() {
+                st.layers.whiteout(&rel)?;
+            }
+            st.inodes.remove(&rel);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let mut st = self.lock();
+        let result = (|| -> Result<PathBuf, Errno> {
+            let rel = child(&st.path(parent)?, link_name)?;
+            prepare_new(&st, &rel)?;
+            let up = st.layers.upper_path(&rel);
+            std::os::unix::fs::symlink(target, &up)?;
+            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            Ok(rel)
+        })();
+        match result {
+            Ok(rel) => self.reply_entry(&mut st, &rel, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mut st = self.lock();
+        let result = (|| -> Result<(), Errno> {
+            if flags.contains(RenameFlags::RENAME_EXCHANGE)
+                || flags.contains(RenameFlags::RENAME_WHITEOUT)
+            {
+                return Err(Errno::EINVAL);
+            }
+            let from = child(&st.path(parent)?, name)?;
+            let to = child(&st.path(newparent)?, newname)?;
+            let src = st.view(&from)?;
+            if from == to {
+                return Ok(());
+            }
+            if src.is_dir() && to.starts_with(&from) {
+                return Err(Errno::EINVAL);
+            }
+            let dst = st.layers.view(&to)?;
+            if let Some(dst) = &dst {
+                if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                    return Err(Errno::EEXIST);
+                }
+                match (src.is_dir(), dst.is_dir()) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    (true, true) if !st.layers.list(&to, dst)?.is_empty() => {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    _ => {}
+                }
+            }
+            // Bring the source wholly into the upper, then move it there.
+            let from_up = st.layers.upper_path(&from);
+            let has_lower_content =
+                src.is_dir() && (src.upper.is_none() || src.merged_lower(&from_up).is_some());
+            if has_lower_content {
+                st.layers.copy_up_tree(&from)?;
+            } else {
+                st.layers.copy_up(&from)?;
+            }
+            st.layers.copy_up_parents(&to)?;
+            st.layers.remove_upper(&to)?;
+            let to_up = st.layers.upper_path(&to);
+            fs::rename(&from_up, &to_up)?;
+            if src.lower.is_some() {
+                st.layers.whiteout(&from)?;
+            }
+            if src.is_dir() && dst.as_ref().is_some_and(|d| d.lower.is_some()) {
+                set_opaque(&to_up)?;
+            }
+            st.inodes.rename(&from, &to);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let mut st = self.lock();
+        let result = (|| -> Result<PathBuf, Errno> {
+            let from = st.path(ino)?;
+            let to = child(&st.path(newparent)?, newname)?;
+            if st.view(&from)?.is_dir() {
+                return Err(Errno::EPERM);
+            }
+            let from_up = st.layers.copy_up(&from)?;
+            prepare_new(&st, &to)?;
+            fs::hard_link(&from_up, st.layers.upper_path(&to))?;
+            // Both names now map to one inode number.
+            let up_ino = fs::symlink_metadata(&from_up)?.ino();
+            st.inodes.ino(&from, Some(up_ino));
+            Ok(to)
+        })();
+        match result {
+            Ok(rel) => self.reply_entry(&mut st, &rel, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.acc_mode();
+        let writable = !matches!(acc, OpenAccMode::O_RDONLY);
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        let append = flags.0 & libc::O_APPEND != 0;
+        // Lower file contents may need fetching: do that without the lock.
+        let (rel, lower_object) = {
+            let st = self.lock();
+            let rel = match st.path(ino) {
+                Ok(r) => r,
+                Err(e) => return reply.error(e),
+            };
+            let view = match st.view(&rel) {
+                Ok(v) => v,
+                Err(e) => return reply.error(e),
+            };
+            let lower_only = view.upper.is_none();
+            let object = view.lower.as_ref().and_then(|e| e.object);
+            (
+                rel,
+                if lower_only && !writable && !trunc {
+                    object
+                } else {
+                    None
+                },
+            )
+        };
+        let lower_path = match lower_object {
+            Some(id) => {
+                let lower = self.lock().layers.lower.clone();
+                match lower.object_path(&id) {
+                    Ok(p) => Some(p),
+                    Err(e) => return reply.error(errno(e)),
+                }
+            }
+            None => None,
+        };
+        let mut st = self.lock();
+        let opened = (|| -> Result<File, Errno> {
+            if let Some(p) = &lower_path {
+                return Ok(File::open(p)?);
+            }
+            let up = if writable || trunc {
+                st.layers.copy_up(&rel)?
+            } else {
+                st.layers.upper_path(&rel)
+            };
+            let file = OpenOptions::new()
+                .read(!matches!(acc, OpenAccMode::O_WRONLY))
+                .write(writable)
+                .open(&up)?;
+            if trunc {
+                file.set_len(0)?;
+            }
+            Ok(file)
+        })();
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let (fh, _) = self.open_handle(&mut st, file, writable, append);
+        match self.backing_for(&mut st, fh, |f| reply.open_backing(f)) {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => {
+                let flags = if lower_path.is_some() {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let st = self.lock();
+        let Some(h) = st.handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match h.file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let st = self.lock();
+        let Some(h) = st.handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        if !h.writable {
+            return reply.error(Errno::EBADF);
+        }
+        let offset = if h.append {
+            h.file.metadata().map_or(offset, |m| m.len())
+        } else {
+            offset
+        };
+        match h.file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.lock().handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let st = self.lock();
+        let Some(h) = st.handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let r = if datasync {
+            h.file.sync_data()
+        } else {
+            h.file.sync_all()
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let mut st = self.lock();
+        let result = (|| -> Result<u64, Errno> {
+            let rel = st.path(ino)?;
+            let view = st.view(&rel)?;
+            if !view.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            let parent_ino = match rel.parent() {
+                Some(p) => st.inodes.ino(p, None),
+                None => ROOT,
+            };
+            let mut entries = vec![
+                (ino.0, FileType::Directory, OsString::from(".")),
+                (parent_ino, FileType::Directory, OsString::from("..")),
+            ];
+            for (name, kind) in st.layers.list(&rel, &view)? {
+                let child_rel = rel.join(&name);
+                let kind = match kind {
+                    EntryKindOrUpper::Upper(t) => kind_of_meta_type(t),
+                    EntryKindOrUpper::Lower(k) => kind_of_entry(k),
+                };
+                let child_ino = st.inodes.ino(&child_rel, None);
+                entries.push((child_ino, kind, name));
+            }
+            let fh = st.fh();
+            st.dirs.insert(fh, entries);
+            Ok(fh)
+        })();
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let st = self.lock();
+        let Some(entries) = st.dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.lock().dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let upper = self.lock().layers.upper.clone();
+        match rustix::fs::statvfs(&upper) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(rx(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let st = self.lock();
+        let result = (|| -> Result<(), Errno> {
+            if name.to_string_lossy().starts_with(PRIVATE_XATTR_PREFIX) {
+                return Err(Errno::EPERM);
+            }
+            let up = st.layers.copy_up(&st.path(ino)?)?;
+            rustix::fs::lsetxattr(&up, name, value, XattrFlags::from_bits_retain(flags as u32))
+                .map_err(rx)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let st = self.lock();
+        let result = (|| -> Result<Vec<u8>, Errno> {
+            if ino == INodeNo::ROOT && name == CONTROL_XATTR {
+                return Ok(self.control_socket.as_os_str().as_encoded_bytes().to_vec());
+            }
+            if name.to_string_lossy().starts_with(PRIVATE_XATTR_PREFIX) {
+                return Err(Errno::NO_XATTR);
+            }
+            let rel = st.path(ino)?;
+            let view = st.view(&rel)?;
+            if view.upper.is_some() {
+                let up = st.layers.upper_path(&rel);
+                let mut buf = vec![0u8; 65536];
+                let n = rustix::fs::lgetxattr(&up, name, &mut buf[..]).map_err(rx)?;
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            let key = name.to_str().ok_or(Errno::NO_XATTR)?;
+            let value = view
+                .lower
+                .as_ref()
+                .and_then(|e| e.xattrs.as_ref())
+                .and_then(|x| x.get(key))
+                .ok_or(Errno::NO_XATTR)?;
+            hex::decode(value).map_err(|_| Errno::EIO)
+        })();
+        match result {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let st = self.lock();
+        let result = (|| -> Result<Vec<u8>, Errno> {
+            let rel = st.path(ino)?;
+            let view = st.view(&rel)?;
+            let names: Vec<Vec<u8>> = if view.upper.is_some() {
+                let up = st.layers.upper_path(&rel);
+                let mut buf = vec![0u8; 65536];
+                let n = rustix::fs::llistxattr(&up, &mut buf[..]).map_err(rx)?;
+                buf[..n]
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            } else {
+                view.lower
+                    .as_ref()
+                    .and_then(|e| e.xattrs.as_ref())
+                    .map(|x| x.keys().map(|k| k.as_bytes().to_vec()).collect())
+                    .unwrap_or_default()
+            };
+            let mut out = Vec::new();
+            for n in names
+                .into_iter()
+                .filter(|n| !n.starts_with(PRIVATE_XATTR_PREFIX.as_bytes()))
+            {
+                out.extend_from_slice(&n);
+                out.push(0);
+            }
+            Ok(out)
+        })();
+        match result {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let st = self.lock();
+        let result = (|| -> Result<(), Errno> {
+            if name.to_string_lossy().starts_with(PRIVATE_XATTR_PREFIX) {
+                return Err(Errno::EPERM);
+            }
+            let up = st.layers.copy_up(&st.path(ino)?)?;
+            rustix::fs::lremovexattr(&up, name).map_err(rx)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions).
+        let st = self.lock();
+        match st.path(ino).and_then(|p| st.view(&p)) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mut st = self.lock();
+        let result = (|| -> Result<(PathBuf, File), Errno> {
+            let rel = child(&st.path(parent)?, name)?;
+            prepare_new(&st, &rel)?;
+            let up = st.layers.upper_path(&rel);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(mode & !umask & 0o7777)
+                .open(&up)?;
+            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            Ok((rel, file))
+        })();
+        let (rel, file) = match result {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let view = match st.view(&rel) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let ino = st.ino_for(&rel, &view);
+        let (attr, ttl) = attr_of(ino, &view);
+        let append = flags & libc::O_APPEND != 0;
+        let (fh, _) = self.open_handle(&mut st, file, true, append);
+        match self.backing_for(&mut st, fh, |f| reply.open_backing(f)) {
+            Some(id) => reply.created_passthrough(
+                &ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &id,
+            ),
+            None => reply.created(
+                &ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let st = self.lock();
+        let Some(h) = st.handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        match rustix::fs::fallocate(
+            &h.file,
+            rustix::fs::FallocateFlags::from_bits_retain(mode as u32),
+            offset,
+            length,
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(rx(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let st = self.lock();
+        let Some(h) = st.handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
+            _ => rustix::fs::SeekFrom::Current(offset),
+        };
+        match rustix::fs::seek(&h.file, pos) {
+            Ok(p) => reply.offset(p as i64),
+            Err(e) => reply.error(rx(e)),
+        }
+    }
+}
+
+fn kind_of_meta_type(t: fs::FileType) -> FileType {
+    if t.is_dir() {
+        FileType::Directory
+    } else if t.is_symlink() {
+        FileType::Symlink
+    } else if t.is_fifo() {
+        FileType::NamedPipe
+    } else if t.is_char_device() {
+        FileType::CharDevice
+    } else if t.is_block_device() {
+        FileType::BlockDevice
+    } else if t.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    }
+}

@@ -1,0 +1,455 @@
+//! The overlay: a read-only lower tree (manifests) under a writable upper
+//! directory, with the kernel overlayfs encoding in the upper so that the
+//! same upper can be inspected (or mounted) with `mount -t overlay`:
+//!
+//! - a *whiteout* (deleted lower entry) is a character device 0:0;
+//! - an *opaque* directory (hides the lower directory of the same path)
+//!   carries the xattr `trusted.overlay.opaque = "y"`.
+//!
+//! Everything here works on paths relative to the mount root.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
+use rustix::fs::{AtFlags, CWD, FileType as RxFileType, Mode, Timespec, Timestamps};
+
+use super::lower::LowerSource;
+
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// xattrs of the overlay encoding, hidden from users.
+pub const PRIVATE_XATTR_PREFIX: &str = "trusted.overlay.";
+
+/// What one path is, across both layers.
+#[derive(Clone, Debug)]
+pub struct View {
+    /// The upper entry (never a whiteout), if any.
+    pub upper: Option<Metadata>,
+    /// The lower entry at this path, unless hidden by an opaque directory
+    /// or a whiteout above it.
+    pub lower: Option<Entry>,
+}
+
+impl View {
+    pub fn is_dir(&self) -> bool {
+        match &self.upper {
+            Some(m) => m.is_dir(),
+            None => self
+                .lower
+                .as_ref()
+                .is_some_and(|e| e.kind == EntryKind::Dir),
+        }
+    }
+
+    /// The lower directory merged under this one, if any.
+    pub fn merged_lower(&self, upper_path: &Path) -> Option<ObjectId> {
+        let lower = self.lower.as_ref().filter(|e| e.kind == EntryKind::Dir)?;
+        match &self.upper {
+            None => lower.object,
+            Some(m) if m.is_dir() && !is_opaque(upper_path) => lower.object,
+            Some(_) => None,
+        }
+    }
+}
+
+pub fn is_whiteout(m: &Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+pub fn is_opaque(upper_path: &Path) -> bool {
+    let mut buf = [0u8; 2];
+    matches!(
+        rustix::fs::lgetxattr(upper_path, OPAQUE_XATTR, &mut buf[..]),
+        Ok(1)
+    ) && buf[0] == b'y'
+}
+
+fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
+    match fs::symlink_metadata(p) {
+        Ok(m) => Ok(Some(m)),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Converts manifest nanoseconds to a `SystemTime`.
+pub fn mtime_of(e: &Entry) -> std::time::SystemTime {
+    if e.mtime >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(e.mtime as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(e.mtime.unsigned_abs())
+    }
+}
+
+pub struct Layers {
+    pub upper: PathBuf,
+    /// Scratch space on the upper's filesystem for atomic copy-ups.
+    pub work: PathBuf,
+    pub lower: Arc<dyn LowerSource>,
+    /// Root manifest of the mounted version; `None` for an empty volume.
+    pub root: Option<ObjectId>,
+}
+
+impl Layers {
+    pub fn upper_path(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.upper.clone()
+        } else {
+            self.upper.join(rel)
+        }
+    }
+
+    fn root_manifest(&self) -> io::Result<Option<Arc<DirManifest>>> {
+        self.root.map(|id| self.lower.manifest(&id)).transpose()
+    }
+
+    /// Resolves `rel` across the layers; `None` when it does not exist.
+    pub fn view(&self, rel: &Path) -> io::Result<Option<View>> {
+        let root_upper = lstat(&self.upper)?;
+        let components: Vec<_> = rel.iter().collect();
+        if components.is_empty() {
+            let lower = self.root.map(|id| Entry {
+                name: String::new(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime: 0,
+                object: Some(id),
+                target: None,
+                xattrs: None,
+            });
+            return Ok(Some(View {
+                upper: root_upper,
+                lower,
+            }));
+        }
+        let mut lower_dir = if is_opaque(&self.upper) {
+            None
+        } else {
+            self.root_manifest()?
+        };
+        let mut upath = self.upper.clone();
+        for (i, name) in components.iter().enumerate() {
+            let last = i + 1 == components.len();
+            upath.push(name);
+            let upper = lstat(&upath)?;
+            if upper.as_ref().is_some_and(is_whiteout) {
+                return Ok(None);
+            }
+            let lower = match (&lower_dir, name.to_str()) {
+                (Some(dir), Some(n)) => dir.get(n).cloned(),
+                _ => None,
+            };
+            if last {
+                if upper.is_none() && lower.is_none() {
+                    return Ok(None);
+                }
+                return Ok(Some(View { upper, lower }));
+            }
+            match &upper {
+                Some(m) if !m.is_dir() => return Ok(None),
+                Some(_) if is_opaque(&upath) => lower_dir = None,
+                _ => {
+                    lower_dir = match &lower {
+                        Some(e) if e.kind == EntryKind::Dir => match e.object {
+                            Some(id) => Some(self.lower.manifest(&id)?),
+                            None => None,
+                        },
+                        _ => None,
+                    };
+                    if upper.is_none() && lower_dir.is_none() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The merged listing of directory `rel`: name → whether it is a dir,
+    /// plus the kind for readdir.
+    pub fn list(
+        &self,
+        rel: &Path,
+        view: &View,
+    ) -> io::Result<BTreeMap<OsString, EntryKindOrUpper>> {
+        let mut out = BTreeMap::new();
+        let upath = self.upper_path(rel);
+        let mut whiteouts = Vec::new();
+        if view.upper.as_ref().is_some_and(Metadata::is_dir) {
+            for e in fs::read_dir(&upath)? {
+                let e = e?;
+                let m = e.metadata()?;
+                if is_whiteout(&m) {
+                    whiteouts.push(e.file_name());
+                } else {
+                    out.insert(e.file_name(), EntryKindOrUpper::Upper(m.file_type()));
+                }
+            }
+        }
+        if let Some(id) = view.merged_lower(&upath) {
+            for e in &self.lower.manifest(&id)?.entries {
+                let name = OsString::from(&e.name);
+                if !out.contains_key(&name) && !whiteouts.contains(&name) {
+                    out.insert(name, EntryKindOrUpper::Lower(e.kind));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes sure every ancestor of `rel` exists as a directory in the upper.
+    pub fn copy_up_parents(&self, rel: &Path) -> io::Result<()> {
+        let mut prefix = PathBuf::new();
+        let parents: Vec<_> = rel.parent().map(|p| p.iter().collect()).unwrap_or_default();
+        for c in parents {
+            prefix.push(c);
+            let up = self.upper_path(&prefix);
+            if lstat(&up)?.is_none() {
+                let view = self
+                    .view(&prefix)?
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+                let lower = view
+                    .lower
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+                self.copy_up_entry(&prefix, &lower)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a lower entry into the upper (its ancestors must exist there).
+    /// Files are copied through the work directory and renamed into place,
+    /// so a crash never leaves a half-copied upper file.
+    pub fn copy_up_entry(&self, rel: &Path, lower: &Entry) -> io::Result<()> {
+        let dest = self.upper_path(rel);
+        match lower.kind {
+            EntryKind::Dir => {
+                fs::create_dir(&dest)?;
+            }
+            EntryKind::Symlink => {
+                let target = lower.target.as_deref().unwrap_or_default();
+                std::os::unix::fs::symlink(target, &dest)?;
+            }
+            EntryKind::File => {
+                let id = lower
+                    .object
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let src = self.lower.object_path(&id)?;
+                let tmp = tempfile::NamedTempFile::new_in(&self.work)?;
+                fs::copy(&src, tmp.path())?;
+                tmp.persist(&dest).map_err(|e| e.error)?;
+            }
+        }
+        apply_lower_attrs(&dest, lower)
+    }
+
+    /// Copies `rel` up if it only exists in the lower; returns its upper path.
+    pub fn copy_up(&self, rel: &Path) -> io::Result<PathBuf> {
+        let view = self
+            .view(rel)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let dest = self.upper_path(rel);
+        if view.upper.is_none() {
+            self.copy_up_parents(rel)?;
+            let lower = view
+                .lower
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            self.copy_up_entry(rel, &lower)?;
+        }
+        Ok(dest)
+    }
+
+    /// Copies a whole subtree up (for renaming a directory with lower
+    /// content); the result is self-contained, so it is marked opaque.
+    pub fn copy_up_tree(&self, rel: &Path) -> io::Result<()> {
+        let view = self
+            .view(rel)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        self.copy_up(rel)?;
+        if view.is_dir() {
+            for (name, _) in self.list(rel, &view)? {
+                self.copy_up_tree(&rel.join(name))?;
+            }
+            set_opaque(&self.upper_path(rel))?;
+        }
+        Ok(())
+    }
+
+    /// Removes whatever the upper has at `rel` (file, link, whiteout, or a
+    /// directory holding only whiteouts).
+    pub fn remove_upper(&self, rel: &Path) -> io::Result<()> {
+        let p = self.upper_path(rel);
+        match lstat(&p)? {
+            None => Ok(()),
+            Some(m) if m.is_dir() => fs::remove_dir_all(&p),
+            Some(_) => fs::remove_file(&p),
+        }
+    }
+
+    /// Records that the lower entry at `rel` is deleted.
+    pub fn whiteout(&self, rel: &Path) -> io::Result<()> {
+        self.copy_up_parents(rel)?;
+        make_whiteout(&self.upper_path(rel))
+    }
+}
+
+/// Kind of a merged directory entry, from whichever layer provides it.
+pub enum EntryKindOrUpper {
+    Upper(fs::FileType),
+    Lower(EntryKind),
+}
+
+pub fn make_whiteout(path: &Path) -> io::Result<()> {
+    rustix::fs::mknodat(CWD, path, RxFileType::CharacterDevice, Mode::empty(), 0)?;
+    Ok(())
+}
+
+pub fn set_opaque(path: &Path) -> io::Result<()> {
+    rustix::fs::lsetxattr(path, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())?;
+    Ok(())
+}
+
+fn apply_lower_attrs(dest: &Path, e: &Entry) -> io::Result<()> {
+    rustix::fs::chownat(
+        CWD,
+        dest,
+        Some(rustix::fs::Uid::from_raw(e.uid)),
+        Some(rustix::fs::Gid::from_raw(e.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if e.kind != EntryKind::Symlink {
+        fs::set_permissions(dest, fs::Permissions::from_mode(e.mode))?;
+    }
+    if let Some(x) = &e.xattrs {
+        for (k, v) in x {
+            let value = hex::decode(v).map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+            rustix::fs::lsetxattr(dest, k.as_str(), &value, rustix::fs::XattrFlags::empty())?;
+        }
+    }
+    let t = Timespec {
+        tv_sec: e.mtime.div_euclid(1_000_000_000),
+        tv_nsec: e.mtime.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        dest,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Lower data held in memory.
+    struct FakeLower {
+        manifests: HashMap<ObjectId, Arc<DirManifest>>,
+        objects: tempfile::TempDir,
+    }
+
+    impl LowerSource for FakeLower {
+        fn manifest(&self, id: &ObjectId) -> io::Result<Arc<DirManifest>> {
+            self.manifests
+                .get(id)
+                .cloned()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn object_path(&self, id: &ObjectId) -> io::Result<PathBuf> {
+            Ok(self.objects.path().join(id.to_hex()))
+        }
+    }
+
+    fn entry(name: &str, kind: EntryKind, object: Option<ObjectId>) -> Entry {
+        Entry {
+            name: name.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime: 1_000_000_000,
+            object,
+            target: (kind == EntryKind::Symlink).then(|| "t".to_string()),
+            xattrs: None,
+        }
+    }
+
+    fn fixture() -> (tempfile::TempDir, Layers) {
+        let objects = tempfile::tempdir().unwrap();
+        let content = ObjectId::of(b"x");
+        fs::write(objects.path().join(content.to_hex()), b"x").unwrap();
+        let sub = DirManifest::new(vec![entry("inner", EntryKind::File, Some(content))]).unwrap();
+        let root = DirManifest::new(vec![
+            entry("d", EntryKind::Dir, Some(sub.id())),
+            entry("f", EntryKind::File, Some(content)),
+        ])
+        .unwrap();
+        let root_id = root.id();
+        let mut manifests = HashMap::new();
+        manifests.insert(sub.id(), Arc::new(sub));
+        manifests.insert(root_id, Arc::new(root));
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("upper")).unwrap();
+        fs::create_dir(dir.path().join("work")).unwrap();
+        let layers = Layers {
+            upper: dir.path().join("upper"),
+            work: dir.path().join("work"),
+            lower: Arc::new(FakeLower { manifests, objects }),
+            root: Some(root_id),
+        };
+        (dir, layers)
+    }
+
+    #[test]
+    fn phase1_whiteouts_hide_and_opaque_dirs_replace() {
+        let (_dir, l) = fixture();
+        assert!(l.view(Path::new("d/inner")).unwrap().is_some());
+        l.whiteout(Path::new("d/inner")).unwrap();
+        assert!(l.view(Path::new("d/inner")).unwrap().is_none());
+        let d = l.view(Path::new("d")).unwrap().unwrap();
+        assert!(l.list(Path::new("d"), &d).unwrap().is_empty());
+
+        // Remove and recreate "d": opaque, the lower content stays hidden.
+        l.remove_upper(Path::new("d")).unwrap();
+        l.whiteout(Path::new("d")).unwrap();
+        assert!(l.view(Path::new("d")).unwrap().is_none());
+        l.remove_upper(Path::new("d")).unwrap();
+        fs::create_dir(l.upper_path(Path::new("d"))).unwrap();
+        set_opaque(&l.upper_path(Path::new("d"))).unwrap();
+        assert!(l.view(Path::new("d/inner")).unwrap().is_none());
+    }
+
+    #[test]
+    fn phase2_copy_up_keeps_content_and_attrs() {
+        let (_dir, l) = fixture();
+        let up = l.copy_up(Path::new("d/inner")).unwrap();
+        assert_eq!(fs::read(&up).unwrap(), b"x");
+        assert!(l.upper_path(Path::new("d")).is_dir());
+        let m = fs::metadata(&up).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(m.mtime(), 1);
+        let root = l.view(Path::new("")).unwrap().unwrap();
+        let names: Vec<_> = l.list(Path::new(""), &root).unwrap().into_keys().collect();
+        assert_eq!(names, ["d", "f"]);
+    }
+}

@@ -1,0 +1,552 @@
+//! Running a mount: state directory, crash recovery, the FUSE session, and
+//! the control socket through which `elton commit|status|checkout` talk to
+//! the mount process.
+//!
+//! State directory layout (see `docs/eltonfs.md`):
+//! - `upper/`, `work/` — the writable layer (kernel overlayfs encoding);
+//! - `mount.json` — volume and version the upper applies to;
+//! - `commit.json` — present only while a commit is in flight (journal);
+//! - `control.sock`, `mount.log`.
+
+use std::collections::HashSet;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use elton_proto::{ObjectId, VolumeName};
+use elton_slave::ObjectStore;
+use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
+use serde::{Deserialize, Serialize};
+
+use super::changes::{self, ChangeSet};
+use super::fuse::{EltonFs, MountState};
+use super::layers::Layers;
+use super::lower::SlaveLower;
+
+/// What the upper applies to; survives restarts of the mount process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub volume: VolumeName,
+    /// 0: the volume had no version yet.
+    pub version: u64,
+}
+
+/// Written before the head is compare-and-set, removed after; its presence
+/// at start means the last commit's outcome must be checked.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    parent: u64,
+    root: ObjectId,
+    linked: Vec<ObjectId>,
+}
+
+pub struct MountOptions {
+    pub volume: VolumeName,
+    pub version: Option<u64>,
+    pub mountpoint: PathBuf,
+    pub state_dir: PathBuf,
+    pub slave_url: String,
+    pub slave_data: PathBuf,
+    pub token: Option<String>,
+    pub allow_other: bool,
+}
+
+/// Requests on the control socket, one JSON object per line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ControlRequest {
+    Info,
+    Status,
+    Commit {
+        message: String,
+        author: String,
+        host: String,
+    },
+    Checkout {
+        version: u64,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ControlResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeSet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+struct Mounted {
+    state: Arc<Mutex<MountState>>,
+    record: Mutex<MountRecord>,
+    opts: MountOptions,
+    store: Arc<ObjectStore>,
+    http: reqwest::blocking::Client,
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)?;
+    elton_slave::durable::write_file(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// A version's root manifest, asked of the slave; `Ok(None)` when the
+/// volume has no version yet (version 0).
+pub fn resolve(
+    http: &reqwest::blocking::Client,
+    slave: &str,
+    volume: &VolumeName,
+    version: Option<u64>,
+) -> Result<(u64, Option<ObjectId>)> {
+    let v = match version {
+        Some(0) => return Ok((0, None)),
+        Some(n) => n.to_string(),
+        None => "latest".into(),
+    };
+    let url = format!("{}/v1/volumes/{volume}/{v}/", slave.trim_end_matches('/'));
+    let resp = http
+        .get(&url)
+        .send()
+        .with_context(|| format!("contacting slave {slave}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().unwrap_or_default();
+    if !status.is_success() {
+        let msg = body["error"].as_str().unwrap_or("").to_string();
+        if version.is_none() && msg.contains("has no version yet") {
+            return Ok((0, None));
+        }
+        bail!("{volume}@{v}: {msg} (HTTP {})", status.as_u16());
+    }
+    let number = body["version"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("slave answered without a version"))?;
+    let root: ObjectId = body["manifest"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .map_err(|e| anyhow!("slave answered a bad manifest id: {e}"))?;
+    Ok((number, Some(root)))
+}
+
+fn upper_is_empty(upper: &Path) -> Result<bool> {
+    Ok(std::fs::read_dir(upper)?.next().is_none())
+}
+
+/// Mounts and serves until unmounted. Blocks.
+pub fn run(opts: MountOptions) -> Result<()> {
+    let upper = opts.state_dir.join("upper");
+    let work = opts.state_dir.join("work");
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let http = reqwest::blocking::Client::builder().build()?;
+    let store = ObjectStore::open(&opts.slave_data).map_err(|e| anyhow!("{e}"))?;
+    let record_path = opts.state_dir.join("mount.json");
+    let previous: Option<MountRecord> = read_json(&record_path)?;
+    if let Some(p) = &previous
+        && p.volume != opts.volume
+    {
+        bail!(
+            "{} holds changes for volume {}, not {}",
+            opts.state_dir.display(),
+            p.volume,
+            opts.volume
+        );
+    }
+
+    // Finish or undo a commit interrupted by a crash.
+    let mut recovered_version = None;
+    if let Some(j) = read_json::<Journal>(&opts.state_dir.join("commit.json"))? {
+        let next = j.parent + 1;
+        let published = resolve(&http, &opts.slave_url, &opts.volume, Some(next))
+            .ok()
+            .and_then(|(_, r)| r)
+            == Some(j.root);
+        if published {
+            tracing::info!(
+                version = next,
+                "interrupted commit was published; finishing it"
+            );
+            changes::clear_upper(
+                &Layers {
+                    upper: upper.clone(),
+                    work: work.clone(),
+                    lower: Arc::new(NoLower),
+                    root: None,
+                },
+                &HashSet::new(),
+            )?;
+            recovered_version = Some(next);
+        } else {
+            tracing::info!("interrupted commit was not published; the upper keeps its changes");
+            for id in &j.linked {
+                store.remove(id).map_err(|e| anyhow!("{e}"))?;
+            }
+            recovered_version = Some(j.parent);
+        }
+        std::fs::remove_file(opts.state_dir.join("commit.json"))?;
+    }
+
+    let dirty = !upper_is_empty(&upper)?;
+    let wanted = match (recovered_version, &previous, opts.version) {
+        (Some(v), _, None) => Some(v),
+        (Some(v), _, Some(asked)) if dirty && asked != v => {
+            bail!("the upper holds uncommitted changes to version {v}; mount that version")
+        }
+        (_, Some(p), Some(asked)) if dirty && asked != p.version => {
+            bail!(
+                "the upper holds uncommitted changes to version {}; mount that version (or remove {})",
+                p.version,
+                opts.state_dir.display()
+            )
+        }
+        (_, Some(p), None) if dirty => Some(p.version),
+        (_, _, asked) => asked,
+    };
+    let (version, root) = resolve(&http, &opts.slave_url, &opts.volume, wanted)?;
+    let record = MountRecord {
+        volume: opts.volume.clone(),
+        version,
+    };
+    write_json(&record_path, &record)?;
+
+    let lower = Arc::new(SlaveLower::new(&opts.slave_url, store.clone())?);
+    let layers = Layers {
+        upper,
+        work,
+        lower,
+        root,
+    };
+    let state = Arc::new(Mutex::new(MountState::new(layers)));
+    let socket = opts.state_dir.join("control.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+
+    let fs = EltonFs::new(state.clone(), socket.clone());
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("elton:{}", opts.volume)),
+        MountOption::Subtype("elton".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(4);
+    let session = fuser::Session::new(fs, &opts.mountpoint, &config)
+        .with_context(|| format!("mounting at {}", opts.mountpoint.display()))?;
+    let notifier = session.notifier();
+    let mounted = Arc::new(Mounted {
+        state,
+        record: Mutex::new(record),
+        opts,
+        store,
+        http,
+    });
+    let m = mounted.clone();
+    std::thread::spawn(move || serve_control(listener, m, notifier));
+    spawn_signal_unmount(mounted.opts.mountpoint.clone());
+    tracing::info!(volume = %mounted.opts.volume, version, mountpoint = %mounted.opts.mountpoint.display(), "mounted");
+    session.run().context("FUSE session")?;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+/// Only used while recovering, before the lower is set up.
+struct NoLower;
+impl super::lower::LowerSource for NoLower {
+    fn manifest(&self, _id: &ObjectId) -> std::io::Result<Arc<elton_proto::DirManifest>> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn object_path(&self, _id: &ObjectId) -> std::io::Result<PathBuf> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+}
+
+/// SIGTERM/SIGINT unmount cleanly instead of leaving a dead mount behind.
+fn spawn_signal_unmount(mountpoint: PathBuf) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        });
+        tracing::info!("signal received; unmounting");
+        let _ = unmount(&mountpoint, true);
+    });
+}
+
+/// Unmounts a FUSE mount (lazily with `lazy`, which also works while busy).
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg(if lazy { "-uz" } else { "-u" }).arg(mountpoint);
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => bail!("{}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(_) => {
+            let flags = if lazy {
+                rustix::mount::UnmountFlags::DETACH
+            } else {
+                rustix::mount::UnmountFlags::empty()
+            };
+            rustix::mount::unmount(mountpoint, flags)
+                .map_err(|e| anyhow!("unmounting {}: {e}", mountpoint.display()))
+        }
+    }
+}
+
+fn serve_control(listener: UnixListener, m: Arc<Mounted>, notifier: Notifier) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let m = m.clone();
+        let notifier = notifier.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = handle_control(conn, &m, &notifier) {
+                tracing::warn!("control connection: {e:#}");
+            }
+        });
+    }
+}
+
+fn handle_control(conn: UnixStream, m: &Mounted, notifier: &Notifier) -> Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let req: ControlRequest = serde_json::from_str(&line).context("bad control request")?;
+    let resp = match execute(m, req, notifier) {
+        Ok(r) => r,
+        Err(e) => ControlResponse {
+            error: Some(format!("{e:#}")),
+            ..Default::default()
+        },
+    };
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    (&conn).write_all(&out)?;
+    Ok(())
+}
+
+fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<ControlResponse> {
+    let record = m.record.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let base = ControlResponse {
+        volume: Some(record.volume.to_string()),
+        version: Some(record.version),
+        ..Default::default()
+    };
+    match req {
+        ControlRequest::Info => Ok(base),
+        ControlRequest::Status => {
+            let st = m.state.lock().unwrap_or_else(|p| p.into_inner());
+            let changes = changes::status(&st.layers)?;
+            Ok(ControlResponse {
+                changes: Some(changes),
+                ..base
+            })
+        }
+        ControlRequest::Commit {
+            message,
+            author,
+            host,
+        } => commit(m, &record, message, author, host, notifier),
+        ControlRequest::Checkout { version } => {
+            let invalidate = {
+                let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
+                if !changes::status(&st.layers)?.is_empty() {
+                    bail!(
+                        "the mount has uncommitted changes; commit them or remount with a fresh upper first"
+                    );
+                }
+                let (number, root) =
+                    resolve(&m.http, &m.opts.slave_url, &record.volume, Some(version))?;
+                st.layers.root = root;
+                changes::clear_upper(&st.layers, &HashSet::new())?;
+                let rec = MountRecord {
+                    volume: record.volume.clone(),
+                    version: number,
+                };
+                write_json(&m.opts.state_dir.join("mount.json"), &rec)?;
+                *m.record.lock().unwrap_or_else(|p| p.into_inner()) = rec;
+                st.inodes.all()
+            };
+            invalidate_all(notifier, invalidate);
+            Ok(ControlResponse {
+                version: Some(version),
+                ..base
+            })
+        }
+    }
+}
+
+/// Commit protocol: while the mount's lock is held (metadata operations
+/// wait; data already open keeps flowing), build the tree from the upper,
+/// journal, compare-and-set the head through the slave, then switch the
+/// mount to the new version with an empty upper.
+fn commit(
+    m: &Mounted,
+    record: &MountRecord,
+    message: String,
+    author: String,
+    host: String,
+    notifier: &Notifier,
+) -> Result<ControlResponse> {
+    let token = m
+        .opts
+        .token
+        .clone()
+        .ok_or_else(|| anyhow!("no write token: mount with --token or ELTON_TOKEN"))?;
+    let invalidate = {
+        let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
+        if changes::status(&st.layers)?.is_empty() {
+            return Ok(ControlResponse {
+                message: Some("nothing to commit".into()),
+                volume: Some(record.volume.to_string()),
+                version: Some(record.version),
+                ..Default::default()
+            });
+        }
+        let open_for_write: HashSet<(u64, u64)> = st.open_for_write().into_iter().collect();
+        let built = changes::build(&st.layers, &m.store, &open_for_write)?;
+        for manifest in &built.manifests {
+            m.store
+                .put_bytes(&manifest.encode())
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        let journal_path = m.opts.state_dir.join("commit.json");
+        write_json(
+            &journal_path,
+            &Journal {
+                parent: record.version,
+                root: built.root,
+                linked: built.linked.clone(),
+            },
+        )?;
+        let url = format!(
+            "{}/v1/volumes/{}/versions",
+            m.opts.slave_url.trim_end_matches('/'),
+            record.volume
+        );
+        let body = serde_json::json!({ "parent": record.version, "root": built.root, "message": message, "author": author, "host": host });
+        let outcome = m.http.post(&url).bearer_auth(&token).json(&body).send();
+        let published = match outcome {
+            Ok(resp) if resp.status().is_success() => {
+                let v: serde_json::Value = resp.json().unwrap_or_default();
+                v["version"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("slave answered without a version"))
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().unwrap_or_default();
+                Err(anyhow!(
+                    "{} (HTTP {})",
+                    v["error"].as_str().unwrap_or("commit failed"),
+                    status.as_u16()
+                ))
+            }
+            Err(e) => Err(anyhow!("contacting slave: {e}")),
+        };
+        let version = match published {
+            Ok(v) => v,
+            Err(e) => {
+                // Undo: the store must not alias upper files that stay writable.
+                for id in &built.linked {
+                    let _ = m.store.remove(id);
+                }
+                let _ = std::fs::remove_file(&journal_path);
+                return Err(e);
+            }
+        };
+        changes::clear_upper(&st.layers, &open_for_write)?;
+        st.layers.root = Some(built.root);
+        let rec = MountRecord {
+            volume: record.volume.clone(),
+            version,
+        };
+        write_json(&m.opts.state_dir.join("mount.json"), &rec)?;
+        std::fs::remove_file(&journal_path)?;
+        *m.record.lock().unwrap_or_else(|p| p.into_inner()) = rec;
+        for s in &built.skipped {
+            tracing::warn!("not committed (not a file, directory or symlink): {s}");
+        }
+        (st.inodes.all(), version)
+    };
+    let (inos, version) = invalidate;
+    invalidate_all(notifier, inos);
+    Ok(ControlResponse {
+        volume: Some(record.volume.to_string()),
+        version: Some(version),
+        ..Default::default()
+    })
+}
+
+/// Drops the kernel's cached attributes, data and names after the lower
+/// changed under every path.
+fn invalidate_all(notifier: &Notifier, inos: Vec<(u64, PathBuf)>) {
+    let mut by_path = std::collections::HashMap::new();
+    for (ino, path) in &inos {
+        by_path.insert(path.clone(), *ino);
+    }
+    for (ino, path) in inos {
+        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+        if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+            if let Some(&pino) = by_path.get(parent) {
+                let _ = notifier.inval_entry(INodeNo(pino), name);
+            }
+        }
+    }
+}
+
+/// Asks a running mount over its control socket.
+pub fn control(mountpoint: &Path, req: &ControlRequest) -> Result<ControlResponse> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::getxattr(mountpoint, super::fuse::CONTROL_XATTR, &mut buf[..])
+        .map_err(|e| anyhow!("{} is not an Elton mount ({e})", mountpoint.display()))?;
+    let socket = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
+    let conn = UnixStream::connect(&socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    (&conn).write_all(&line)?;
+    let mut reader = BufReader::new(conn);
+    let mut resp = String::new();
+    reader.read_line(&mut resp)?;
+    let resp: ControlResponse = serde_json::from_str(&resp).context("bad answer from the mount")?;
+    match &resp.error {
+        Some(e) => Err(anyhow!("{e}")),
+        None => Ok(resp),
+    }
+}
