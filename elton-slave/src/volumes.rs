@@ -154,23 +154,48 @@ impl Volumes {
     }
 
     /// Checks that the tree under `root` is complete and well formed before
-    /// it is published: every manifest stored here must decode, and every
-    /// object not stored here must be held by some node the master knows.
-    async fn validate_tree(&self, root: ObjectId) -> Result<(), SlaveError> {
+    /// it is published, visiting only what differs from the parent's tree
+    /// (identical subtrees share hashes and were checked when published):
+    /// every new manifest must decode, and every new object must be stored
+    /// here or held by a node the master knows. Returns the new objects
+    /// stored here, which the master must learn about.
+    async fn validate_tree(
+        &self,
+        root: ObjectId,
+        parent_root: Option<ObjectId>,
+    ) -> Result<Vec<ObjectId>, SlaveError> {
         if !self.fetcher.store().contains(&root) {
             return Err(SlaveError::BadRequest(format!(
                 "root manifest {root} is not stored on this slave; upload it first"
             )));
         }
-        let mut pending = vec![root];
-        while let Some(id) = pending.pop() {
+        let mut local = Vec::new();
+        let mut pending = vec![(root, parent_root)];
+        while let Some((id, old_id)) = pending.pop() {
+            if Some(id) == old_id {
+                continue;
+            }
             let manifest = self.manifest(id).await?;
+            if self.fetcher.store().contains(&id) {
+                local.push(id);
+            }
+            let old = match old_id {
+                Some(o) => Some(self.manifest(o).await?),
+                None => None,
+            };
             for e in &manifest.entries {
                 let Some(obj) = e.object else { continue };
-                if self.fetcher.store().contains(&obj) {
-                    if e.kind == EntryKind::Dir {
-                        pending.push(obj);
-                    }
+                let before = old.as_ref().and_then(|o| o.get(&e.name));
+                if before.is_some_and(|b| b.object == Some(obj)) {
+                    continue;
+                }
+                if e.kind == EntryKind::Dir {
+                    let old_child = before
+                        .filter(|b| b.kind == EntryKind::Dir)
+                        .and_then(|b| b.object);
+                    pending.push((obj, old_child));
+                } else if self.fetcher.store().contains(&obj) {
+                    local.push(obj);
                 } else {
                     let holders = self
                         .link
@@ -190,14 +215,18 @@ impl Volumes {
                 }
             }
         }
-        Ok(())
+        Ok(local)
     }
 
-    /// Validates the tree, makes sure the master knows its root is here, and
-    /// compare-and-sets the head.
+    /// Validates the tree, makes sure the master knows where its new
+    /// objects are, and compare-and-sets the head.
     pub async fn commit(&self, p: Proposal) -> Result<VersionInfo, SlaveError> {
-        self.validate_tree(p.root).await?;
-        self.link.announce(vec![p.root]).await?;
+        let parent_root = match Version::new(p.parent) {
+            Some(v) => Some(self.version(&p.volume, v).await?.root),
+            None => None,
+        };
+        let local = self.validate_tree(p.root, parent_root).await?;
+        self.link.announce(local).await?;
         let req = CommitRequest {
             volume: p.volume.to_string(),
             parent: p.parent,

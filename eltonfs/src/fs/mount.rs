@@ -454,6 +454,7 @@ fn commit(
                 linked: built.linked.clone(),
             },
         )?;
+        fault_point("after-journal");
         let url = format!(
             "{}/v1/volumes/{}/versions",
             m.opts.slave_url.trim_end_matches('/'),
@@ -490,6 +491,7 @@ fn commit(
                 return Err(e);
             }
         };
+        fault_point("after-publish");
         changes::clear_upper(&st.layers, &open_for_write)?;
         st.layers.root = Some(built.root);
         let rec = MountRecord {
@@ -511,6 +513,15 @@ fn commit(
         version: Some(version),
         ..Default::default()
     })
+}
+
+/// Crash-test seam: with `ELTON_FAULT_PAUSE=<point>` the commit stops at
+/// that point long enough for a test to `kill -9` the mount process.
+fn fault_point(point: &str) {
+    if std::env::var("ELTON_FAULT_PAUSE").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "fault injection: pausing commit");
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
 }
 
 /// Drops the kernel's cached attributes, data and names after the lower

@@ -305,3 +305,159 @@ pub fn raw_http(port: u16, request: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// An Eltonfs mount run as a foreground child process; unmounted and
+/// killed on drop, so a failing test leaves no mount behind.
+pub struct Mount {
+    pub mountpoint: PathBuf,
+    pub state: PathBuf,
+    pub child: Child,
+    slave_url: String,
+}
+
+impl Mount {
+    /// Mounts `spec` (VOLUME[@VERSION]) through slave `i` of `cluster`,
+    /// with the upper in `state`. `extra` adds flags (e.g. `--allow-other`).
+    pub fn new(
+        cluster: &Cluster,
+        slave: usize,
+        spec: &str,
+        mountpoint: &Path,
+        state: &Path,
+        extra: &[&str],
+    ) -> Self {
+        Self::with_env(cluster, slave, spec, mountpoint, state, extra, &[])
+    }
+
+    /// As [`Mount::new`], with extra environment for the mount process.
+    pub fn with_env(
+        cluster: &Cluster,
+        slave: usize,
+        spec: &str,
+        mountpoint: &Path,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        std::fs::create_dir_all(mountpoint).expect("mountpoint");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cluster.dir.path().join("mounts.log"))
+            .expect("log");
+        let mut args = vec![
+            "mount".to_string(),
+            spec.to_string(),
+            mountpoint.display().to_string(),
+            "--foreground".into(),
+            "--upper".into(),
+            state.display().to_string(),
+            "--slave-data".into(),
+            cluster.slave_dir(slave).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(bin())
+            .args(&args)
+            .env("ELTON_SLAVE", cluster.slave_url(slave))
+            .env("ELTON_MASTER", cluster.master.url())
+            .env("ELTON_TOKEN", TOKEN)
+            .env("ELTON_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning mount");
+        let mut m = Self {
+            mountpoint: mountpoint.to_path_buf(),
+            state: state.to_path_buf(),
+            child,
+            slave_url: cluster.slave_url(slave),
+        };
+        let mp = m.mountpoint.clone();
+        wait_until("mount to come up", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!("mount exited early: {status}");
+            }
+            is_elton_mount(&mp)
+        });
+        m
+    }
+
+    /// Runs an `elton` subcommand that addresses this mount.
+    pub fn elton(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("ELTON_SLAVE", &self.slave_url)
+            .env("ELTON_TOKEN", TOKEN)
+            .output()
+            .expect("running elton")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    /// SIGKILL, as a crash; the dead mount is detached.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        detach(&self.mountpoint);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        detach(&self.mountpoint);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn is_elton_mount(p: &Path) -> bool {
+    let target = p.display().to_string();
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (src, dst) = (f.next(), f.next());
+            dst == Some(target.as_str()) && src.is_some_and(|s| s.starts_with("elton:"))
+        })
+    })
+}
+
+/// Lazily unmounts whatever is mounted at `p` (ignores "not mounted").
+pub fn detach(p: &Path) {
+    let _ = Command::new("fusermount3")
+        .arg("-uz")
+        .arg(p)
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(p)
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Cluster {
+    /// On failure, show the tail of every process log: the temp dir is gone after.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("---- {} (last {} lines)", p.display(), tail.len());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
