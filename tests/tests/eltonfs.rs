@@ -333,3 +333,56 @@ fn phase3_kill9_during_commit_publishes_nothing_partial_and_keeps_the_upper() {
         "no duplicate version"
     );
 }
+
+#[test]
+fn phase4_elton_up_mounts_a_default_volume_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mp, sp) = (common::free_port(), common::free_port());
+    let data = dir.path().join("home");
+    let mut up = common::KillOnDrop(
+        Command::new(common::bin())
+            .args(["up", "--data-dir", data.to_str().unwrap()])
+            .args([
+                "--master-listen",
+                &format!("127.0.0.1:{mp}"),
+                "--slave-listen",
+                &format!("127.0.0.1:{sp}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mnt = data.join("volumes/default");
+    let guard = common::MountGuard(mnt.clone());
+    wait_until("elton up to mount", Duration::from_secs(30), || {
+        common::is_elton_mount(&mnt)
+    });
+    fs::write(mnt.join("hello.txt"), b"hello from up\n").unwrap();
+    let out = Command::new(common::bin())
+        .args(["commit", mnt.to_str().unwrap(), "-m", "first"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    let body = reqwest::blocking::get(format!(
+        "http://127.0.0.1:{sp}/v1/volumes/default/latest/hello.txt"
+    ))
+    .unwrap();
+    assert_eq!(body.text().unwrap(), "hello from up\n");
+
+    // SIGTERM: clean shutdown, no mount left behind.
+    Command::new("kill")
+        .arg(up.0.id().to_string())
+        .status()
+        .unwrap();
+    let status = up.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(up.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(
+        stdout.contains(&format!("mounted at {}", mnt.display())),
+        "{stdout}"
+    );
+    assert!(!common::is_elton_mount(&mnt));
+    drop(guard);
+}

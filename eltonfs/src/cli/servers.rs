@@ -69,6 +69,15 @@ pub struct UpArgs {
     pub master_listen: String,
     #[arg(long, default_value = "127.0.0.1:7200")]
     pub slave_listen: String,
+    /// Volume to create (if missing) and mount.
+    #[arg(long, default_value = "default")]
+    pub volume: String,
+    /// Where to mount it [default: <data>/volumes/<volume>].
+    #[arg(long)]
+    pub mountpoint: Option<PathBuf>,
+    /// Do not mount anything.
+    #[arg(long)]
+    pub no_mount: bool,
 }
 
 async fn shutdown_signal() {
@@ -206,15 +215,52 @@ pub async fn up(a: UpArgs) -> Result<()> {
         stopped(stop_rx),
     ));
 
+    let mounted = if a.no_mount {
+        None
+    } else {
+        let mountpoint = a
+            .mountpoint
+            .clone()
+            .unwrap_or_else(|| data.join("volumes").join(&a.volume));
+        match mount_default(
+            &a.volume,
+            &mountpoint,
+            &data,
+            master_addr,
+            slave_addr,
+            &token_path,
+        )
+        .await
+        {
+            Ok(()) => Some(mountpoint),
+            Err(e) => {
+                eprintln!("elton: warning: not mounting {}: {e:#}", a.volume);
+                None
+            }
+        }
+    };
+
     println!("Elton is up (single node: master and slave in this process).");
     println!("  master (gRPC)  http://{master_addr}");
     println!("  slave  (HTTP)  http://{slave_addr}");
     println!("  data           {}", data.display());
     println!("  write token    {}", token_path.display());
+    if let Some(m) = &mounted {
+        println!("  volume {:<7} mounted at {}", a.volume, m.display());
+    }
     println!();
     println!("Try, in another terminal:");
-    println!("  elton import --create <some-dir> demo");
-    println!("  elton ls demo   |   curl -L http://{slave_addr}/v1/volumes/demo/latest/");
+    if let Some(m) = &mounted {
+        let m = m.display();
+        println!("  echo hello > {m}/hello.txt && elton commit {m} -m first");
+        println!(
+            "  elton log {}   |   curl -L http://{slave_addr}/v1/volumes/{}/latest/hello.txt",
+            a.volume, a.volume
+        );
+    } else {
+        println!("  elton import --create <some-dir> demo");
+        println!("  elton ls demo   |   curl -L http://{slave_addr}/v1/volumes/demo/latest/");
+    }
     println!("Stop with Ctrl-C.");
 
     let outcome = tokio::select! {
@@ -222,6 +268,88 @@ pub async fn up(a: UpArgs) -> Result<()> {
         r = master => r.context("master task")?.context("master"),
         r = slave => r.context("slave task")?.context("slave"),
     };
+    if let Some(m) = &mounted {
+        let _ = crate::fs::mount::unmount(m, true);
+    }
     let _ = stop_tx.send(true);
     outcome
+}
+
+/// Creates `volume` if needed and mounts it in a background thread of this
+/// process; returns once the mount answers.
+async fn mount_default(
+    volume: &str,
+    mountpoint: &Path,
+    data: &Path,
+    master: SocketAddr,
+    slave: SocketAddr,
+    token_path: &Path,
+) -> Result<()> {
+    use elton_proto::pb::CreateVolumeRequest;
+    use elton_proto::pb::master_client::MasterClient;
+    let volume: elton_proto::VolumeName = volume.parse()?;
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = MasterClient::connect(format!("http://{master}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = client.context("master did not start")?;
+    match client
+        .create_volume(CreateVolumeRequest {
+            name: volume.to_string(),
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+        Err(e) => anyhow::bail!("creating volume: {}", e.message()),
+    }
+    // A mount left behind by a killed `elton up` answers ENOTCONN: detach it.
+    if let Err(e) = std::fs::metadata(mountpoint)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        let _ = crate::fs::mount::unmount(mountpoint, true);
+    }
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("creating {}", mountpoint.display()))?;
+    let slave_data = data.join("slave");
+    let opts = crate::fs::mount::MountOptions {
+        state_dir: super::mounts::state_dir(&slave_data, &volume, mountpoint),
+        volume,
+        version: None,
+        mountpoint: mountpoint.to_path_buf(),
+        slave_url: format!("http://{slave}"),
+        slave_data,
+        token: read_token(token_path).ok(),
+        allow_other: false,
+    };
+    std::fs::create_dir_all(&opts.state_dir)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = crate::fs::mount::run(opts);
+        if let Err(e) = &r {
+            tracing::error!("mount: {e:#}");
+        }
+        let _ = tx.send(r);
+    });
+    let mp = mountpoint.to_path_buf();
+    let ready = tokio::task::spawn_blocking(move || {
+        for _ in 0..200 {
+            if crate::fs::mount::control(&mp, &crate::fs::mount::ControlRequest::Info).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    tokio::select! {
+        ok = ready => if ok? { Ok(()) } else { anyhow::bail!("the mount did not come up") },
+        r = rx => match r {
+            Ok(Err(e)) => Err(e),
+            _ => anyhow::bail!("the mount stopped"),
+        },
+    }
 }

@@ -461,3 +461,25 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Detaches a mount on drop (for mounts owned by processes the test does
+/// not manage through [`Mount`]).
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_elton_mount(&self.0) {
+            detach(&self.0);
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
