@@ -10,52 +10,56 @@ use elton_proto::NodeId;
 
 pub struct Liveness {
     down_after: Duration,
-    last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Last heartbeat, and whether the node registered with this process.
+    last_seen: Mutex<HashMap<NodeId, (Instant, bool)>>,
 }
 
 impl Liveness {
     /// Nodes known from before a restart count as seen at `now`: they get
     /// one `down_after` period to heartbeat before they are marked down.
+    /// Until they register again their heartbeats are answered "unknown", so
+    /// they re-announce what they hold: locations written just before a
+    /// crash may not have been durable.
     pub fn new(
         down_after: Duration,
         known: impl IntoIterator<Item = NodeId>,
         now: Instant,
     ) -> Self {
-        let last_seen = known.into_iter().map(|id| (id, now)).collect();
+        let last_seen = known.into_iter().map(|id| (id, (now, false))).collect();
         Self {
             down_after,
             last_seen: Mutex::new(last_seen),
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (Instant, bool)>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a heartbeat; false when the node is unknown.
+    /// Records a heartbeat; false when the node must register (again).
     pub fn beat(&self, id: &NodeId, now: Instant) -> bool {
         match self.map().get_mut(id) {
-            Some(t) => {
+            Some((t, registered)) => {
                 *t = now;
-                true
+                *registered
             }
             None => false,
         }
     }
 
     pub fn register(&self, id: NodeId, now: Instant) {
-        self.map().insert(id, now);
+        self.map().insert(id, (now, true));
     }
 
     pub fn is_up(&self, id: &NodeId, now: Instant) -> bool {
         self.map()
             .get(id)
-            .is_some_and(|t| now.saturating_duration_since(*t) < self.down_after)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < self.down_after)
     }
 
     pub fn last_seen(&self, id: &NodeId) -> Option<Instant> {
-        self.map().get(id).copied()
+        self.map().get(id).map(|(t, _)| *t)
     }
 }
 
@@ -70,6 +74,11 @@ mod tests {
         let l = Liveness::new(Duration::from_secs(10), [n.clone()], t0);
         assert!(l.is_up(&n, t0 + Duration::from_secs(9)));
         assert!(!l.is_up(&n, t0 + Duration::from_secs(10)));
+        assert!(
+            !l.beat(&n, t0 + Duration::from_secs(11)),
+            "known from disk: register again"
+        );
+        l.register(n.clone(), t0 + Duration::from_secs(11));
         assert!(l.beat(&n, t0 + Duration::from_secs(11)));
         assert!(l.is_up(&n, t0 + Duration::from_secs(12)));
         assert!(!l.beat(&"other".parse().unwrap(), t0));

@@ -131,8 +131,7 @@ impl MetaStore {
             volumes.insert(name.as_str(), encode(&row).as_slice())?;
             row
         };
-        txn.commit()?;
-        self.unflushed.store(false, Ordering::Release);
+        self.commit_durable(txn)?;
         Ok(row)
     }
 
@@ -198,8 +197,7 @@ impl MetaStore {
             volumes.insert(new.volume.as_str(), encode(&row).as_slice())?;
             info
         };
-        txn.commit()?;
-        self.unflushed.store(false, Ordering::Release);
+        self.commit_durable(txn)?;
         Ok(info)
     }
 
@@ -253,8 +251,7 @@ impl MetaStore {
         let txn = self.db.begin_write()?;
         txn.open_table(NODES)?
             .insert(row.id.as_str(), encode(row).as_slice())?;
-        txn.commit()?;
-        self.unflushed.store(false, Ordering::Release);
+        self.commit_durable(txn)?;
         Ok(())
     }
 
@@ -267,6 +264,19 @@ impl MetaStore {
             out.push(decode("node", v.value())?);
         }
         Ok(out)
+    }
+
+    /// Commits a durable transaction. It also makes every earlier
+    /// non-durable write durable, so the flag is cleared while this
+    /// transaction still excludes other writers, and restored on failure.
+    fn commit_durable(&self, txn: redb::WriteTransaction) -> Result<(), MasterError> {
+        let was = self.unflushed.swap(false, Ordering::AcqRel);
+        txn.commit().inspect_err(|_| {
+            if was {
+                self.unflushed.store(true, Ordering::Release);
+            }
+        })?;
+        Ok(())
     }
 
     pub fn add_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
@@ -309,9 +319,9 @@ impl MetaStore {
 
     /// Makes every earlier non-durable write durable.
     pub fn flush(&self) -> Result<(), MasterError> {
-        if self.unflushed.swap(false, Ordering::AcqRel) {
+        if self.unflushed.load(Ordering::Acquire) {
             let txn = self.db.begin_write()?;
-            txn.commit()?;
+            self.commit_durable(txn)?;
         }
         Ok(())
     }

@@ -143,6 +143,7 @@ impl MasterLink {
                 Ok(Ok(ids)) => {
                     if let Err(e) = self.send_locations(&ids).await {
                         tracing::warn!("announcing inventory: {}", e.message());
+                        tokio::time::sleep(backoff).await;
                         continue;
                     }
                     tracing::info!(node = %self.node_id, objects = ids.len(), "registered with master");

@@ -112,7 +112,7 @@ impl ObjectStore {
             }
             file.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
             let shard = dest.parent().unwrap_or(&self.objects);
-            fs::create_dir_all(shard).map_err(|e| io_err("creating", shard, e))?;
+            self.ensure_shard(shard)?;
             crate::durable::publish(&tmp, &dest).map_err(|e| io_err("publishing", &dest, e))?;
             Ok((id, true))
         })();
@@ -218,6 +218,17 @@ impl ObjectStore {
         }
     }
 
+    /// Creates a shard directory durably (its entry in `objects/` too).
+    fn ensure_shard(&self, shard: &Path) -> Result<(), SlaveError> {
+        if shard.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(shard).map_err(|e| io_err("creating", shard, e))?;
+        File::open(&self.objects)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("fsync", &self.objects, e))
+    }
+
     /// Stores `bytes`; returns their id. Blocking.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectId, SlaveError> {
         let mut w = self.writer()?;
@@ -256,7 +267,7 @@ impl ObjectStore {
         file.sync_all()
             .map_err(|e| io_err("fsync", w.tmp.path(), e))?;
         let shard = dest.parent().unwrap_or(&self.objects);
-        fs::create_dir_all(shard).map_err(|e| io_err("creating", shard, e))?;
+        self.ensure_shard(shard)?;
         let (file, tmp_path) = w.tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
         crate::durable::publish(&tmp_path, &dest).map_err(|e| io_err("publishing", &dest, e))?;
         if let Ok(meta) = file.metadata() {

@@ -79,8 +79,13 @@ impl Entry {
             }
         }
         if let Some(x) = &self.xattrs {
+            // One form per tree: no empty map, lowercase hex only.
+            if x.is_empty() {
+                return bad(format!("{:?}: empty `xattrs` must be omitted", self.name));
+            }
             for (k, v) in x {
-                if k.is_empty() || k.contains('\0') || hex::decode(v).is_err() {
+                let lower_hex = v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                if k.is_empty() || k.contains('\0') || !lower_hex || hex::decode(v).is_err() {
                     return bad(format!("{:?}: invalid xattr {k:?}", self.name));
                 }
             }
@@ -228,6 +233,13 @@ mod tests {
         assert!(DirManifest::new(vec![file("..", b"x")]).is_err());
         assert!(DirManifest::new(vec![file("a/b", b"x")]).is_err());
         assert!(DirManifest::new(vec![file("a", b"1"), file("a", b"2")]).is_err());
+        let mut x = file("x", b"1");
+        x.xattrs = Some(BTreeMap::new());
+        assert!(DirManifest::new(vec![x.clone()]).is_err(), "empty xattrs");
+        x.xattrs = Some([("user.a".to_string(), "AB".to_string())].into());
+        assert!(DirManifest::new(vec![x.clone()]).is_err(), "uppercase hex");
+        x.xattrs = Some([("user.a".to_string(), "ab".to_string())].into());
+        assert!(DirManifest::new(vec![x]).is_ok());
         let mut link = file("l", b"");
         link.kind = EntryKind::Symlink;
         assert!(

@@ -58,6 +58,9 @@ fn is_listing(resp: &reqwest::Response) -> bool {
 
 pub async fn ls(ep: &Endpoints, spec: &Spec) -> Result<()> {
     let resp = get(ep, spec).await?;
+    if !is_listing(&resp) && !resp.headers().contains_key("x-elton-type") {
+        bail!("{spec} is not a directory");
+    }
     let json: serde_json::Value = resp.json().await.context("reading listing")?;
     if json.get("type").and_then(|t| t.as_str()) == Some("symlink") {
         println!(

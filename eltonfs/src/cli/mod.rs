@@ -92,8 +92,10 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(x).join("elton");
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/var/lib"), PathBuf::from);
-    home.join(".local/share/elton")
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/elton"),
+        None => PathBuf::from("/var/lib/elton"),
+    }
 }
 
 /// Entry point of the binary: run, print a one-line error, set the exit code.

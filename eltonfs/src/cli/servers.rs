@@ -108,7 +108,14 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            MasterConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            let mut c = MasterConfig::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            // A file without `data_dir` means the documented default, not
+            // a directory relative to wherever the master was started.
+            if c.data_dir == MasterConfig::default().data_dir {
+                c.data_dir = default_data_dir().join("master");
+            }
+            c
         }
         None => MasterConfig {
             data_dir: default_data_dir().join("master"),
@@ -315,6 +322,7 @@ async fn mount_default(
     }
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating {}", mountpoint.display()))?;
+    let mountpoint = &std::fs::canonicalize(mountpoint)?;
     let slave_data = data.join("slave");
     let opts = crate::fs::mount::MountOptions {
         state_dir: super::mounts::state_dir(&slave_data, &volume, mountpoint),

@@ -53,17 +53,18 @@ fn name_of(os: std::ffi::OsString) -> io::Result<String> {
     })
 }
 
+/// The lower root merged under the upper root, unless the root is opaque.
+fn root_lower(layers: &Layers) -> io::Result<Option<Arc<DirManifest>>> {
+    if is_opaque(&layers.upper) {
+        return Ok(None);
+    }
+    layers.root.map(|id| layers.lower.manifest(&id)).transpose()
+}
+
 /// Walks only the upper layer (the change set, not the whole tree).
 pub fn status(layers: &Layers) -> io::Result<ChangeSet> {
     let mut out = ChangeSet::default();
-    let root_lower = if is_opaque(&layers.upper) {
-        None
-    } else {
-        layers
-            .root
-            .map(|id| layers.lower.manifest(&id))
-            .transpose()?
-    };
+    let root_lower = root_lower(layers)?;
     walk(layers, Path::new(""), "", root_lower, &mut out)?;
     Ok(out)
 }
@@ -76,14 +77,12 @@ fn walk(
     out: &mut ChangeSet,
 ) -> io::Result<()> {
     let upath = layers.upper_path(rel);
-    let mut seen = HashSet::new();
     for e in fs::read_dir(&upath)? {
         let e = e?;
         let name = name_of(e.file_name())?;
         let m = fs::symlink_metadata(e.path())?;
         let shown = join(display, &name);
         let below = lower.as_ref().and_then(|d| d.get(&name)).cloned();
-        seen.insert(name.clone());
         if is_whiteout(&m) {
             if below.is_some() {
                 out.deleted.push(shown);
@@ -118,7 +117,6 @@ fn walk(
             out.added.push(shown);
         }
     }
-    let _ = seen;
     Ok(())
 }
 
@@ -146,14 +144,7 @@ pub fn build(
         linked: Vec::new(),
         skipped: Vec::new(),
     };
-    let root_lower = if is_opaque(&layers.upper) {
-        None
-    } else {
-        layers
-            .root
-            .map(|id| layers.lower.manifest(&id))
-            .transpose()?
-    };
+    let root_lower = root_lower(layers)?;
     let root = build_dir(
         layers,
         store,
@@ -319,4 +310,30 @@ fn clear_dir(dir: &Path, keep: &HashSet<(u64, u64)>) -> io::Result<bool> {
         }
     }
     Ok(kept)
+}
+
+/// Undoes hard links between upper files and the store (left by a commit
+/// that did not publish): an upper file stays writable, so the store must
+/// not share its inode. Only files with several links are hashed.
+pub fn unlink_aliases(layers: &Layers, store: &ObjectStore) -> io::Result<()> {
+    let mut stack = vec![layers.upper.clone()];
+    while let Some(dir) = stack.pop() {
+        for item in fs::read_dir(&dir)? {
+            let path = item?.path();
+            let m = fs::symlink_metadata(&path)?;
+            if m.is_dir() {
+                stack.push(path);
+            } else if m.is_file() && m.nlink() > 1 {
+                let (id, _) = crate::walk::hash_file(&path)
+                    .map_err(|e| io::Error::other(format!("{e:#}")))?;
+                let stored = fs::symlink_metadata(store.path(&id));
+                if stored.is_ok_and(|s| s.dev() == m.dev() && s.ino() == m.ino()) {
+                    store
+                        .remove(&id)
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -26,9 +26,18 @@ use super::fuse::{EltonFs, MountState};
 use super::layers::Layers;
 use super::lower::SlaveLower;
 
+/// Format of `mount.json` and `commit.json`.
+pub const STATE_FORMAT: u32 = 1;
+
+fn state_format() -> u32 {
+    STATE_FORMAT
+}
+
 /// What the upper applies to; survives restarts of the mount process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MountRecord {
+    #[serde(default = "state_format")]
+    pub format: u32,
     pub volume: VolumeName,
     /// 0: the volume had no version yet.
     pub version: u64,
@@ -38,8 +47,11 @@ pub struct MountRecord {
 /// at start means the last commit's outcome must be checked.
 #[derive(Debug, Serialize, Deserialize)]
 struct Journal {
+    #[serde(default = "state_format")]
+    format: u32,
     parent: u64,
-    root: ObjectId,
+    /// Unset while the tree is still being built (nothing sent yet).
+    root: Option<ObjectId>,
     linked: Vec<ObjectId>,
 }
 
@@ -176,30 +188,29 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let mut recovered_version = None;
     if let Some(j) = read_json::<Journal>(&opts.state_dir.join("commit.json"))? {
         let next = j.parent + 1;
-        let published = resolve(&http, &opts.slave_url, &opts.volume, Some(next))
-            .ok()
-            .and_then(|(_, r)| r)
-            == Some(j.root);
+        let published =
+            match j.root {
+                None => false, // crashed while building: nothing was sent
+                Some(root) => version_root(&http, &opts.slave_url, &opts.volume, next).context(
+                    "cannot tell whether the interrupted commit was published; is the slave up?",
+                )? == Some(root),
+            };
+        let layers = Layers {
+            upper: upper.clone(),
+            work: work.clone(),
+            lower: Arc::new(NoLower),
+            root: None,
+        };
         if published {
             tracing::info!(
                 version = next,
                 "interrupted commit was published; finishing it"
             );
-            changes::clear_upper(
-                &Layers {
-                    upper: upper.clone(),
-                    work: work.clone(),
-                    lower: Arc::new(NoLower),
-                    root: None,
-                },
-                &HashSet::new(),
-            )?;
+            changes::clear_upper(&layers, &HashSet::new())?;
             recovered_version = Some(next);
         } else {
             tracing::info!("interrupted commit was not published; the upper keeps its changes");
-            for id in &j.linked {
-                store.remove(id).map_err(|e| anyhow!("{e}"))?;
-            }
+            changes::unlink_aliases(&layers, &store)?;
             recovered_version = Some(j.parent);
         }
         std::fs::remove_file(opts.state_dir.join("commit.json"))?;
@@ -223,6 +234,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     };
     let (version, root) = resolve(&http, &opts.slave_url, &opts.volume, wanted)?;
     let record = MountRecord {
+        format: STATE_FORMAT,
         volume: opts.volume.clone(),
         version,
     };
@@ -270,6 +282,34 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// The root of `volume`@`n` as published, or `None` when there is no such
+/// version; any other failure is an error (the answer is unknown).
+fn version_root(
+    http: &reqwest::blocking::Client,
+    slave: &str,
+    volume: &VolumeName,
+    n: u64,
+) -> Result<Option<ObjectId>> {
+    let url = format!("{}/v1/volumes/{volume}/{n}/", slave.trim_end_matches('/'));
+    let resp = http
+        .get(&url)
+        .send()
+        .with_context(|| format!("contacting slave {slave}"))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        bail!("{url}: HTTP {}", resp.status().as_u16());
+    }
+    let body: serde_json::Value = resp.json()?;
+    let root = body["manifest"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .map_err(|e| anyhow!("bad manifest id from slave: {e}"))?;
+    Ok(Some(root))
 }
 
 /// Only used while recovering, before the lower is set up.
@@ -395,6 +435,7 @@ fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<Cont
                 st.layers.root = root;
                 changes::clear_upper(&st.layers, &HashSet::new())?;
                 let rec = MountRecord {
+                    format: STATE_FORMAT,
                     volume: record.volume.clone(),
                     version: number,
                 };
@@ -439,18 +480,35 @@ fn commit(
             });
         }
         let open_for_write: HashSet<(u64, u64)> = st.open_for_write().into_iter().collect();
-        let built = changes::build(&st.layers, &m.store, &open_for_write)?;
+        let journal_path = m.opts.state_dir.join("commit.json");
+        // Journal first: if we crash while linking files into the store,
+        // the next start knows to undo those links.
+        let started = Journal {
+            format: STATE_FORMAT,
+            parent: record.version,
+            root: None,
+            linked: Vec::new(),
+        };
+        write_json(&journal_path, &started)?;
+        let built = match changes::build(&st.layers, &m.store, &open_for_write) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = changes::unlink_aliases(&st.layers, &m.store);
+                let _ = std::fs::remove_file(&journal_path);
+                return Err(e.into());
+            }
+        };
         for manifest in &built.manifests {
             m.store
                 .put_bytes(&manifest.encode())
                 .map_err(|e| anyhow!("{e}"))?;
         }
-        let journal_path = m.opts.state_dir.join("commit.json");
         write_json(
             &journal_path,
             &Journal {
+                format: STATE_FORMAT,
                 parent: record.version,
-                root: built.root,
+                root: Some(built.root),
                 linked: built.linked.clone(),
             },
         )?;
@@ -484,8 +542,8 @@ fn commit(
             Ok(v) => v,
             Err(e) => {
                 // Undo: the store must not alias upper files that stay writable.
-                for id in &built.linked {
-                    let _ = m.store.remove(id);
+                if let Err(undo) = changes::unlink_aliases(&st.layers, &m.store) {
+                    tracing::error!("undoing store links after a failed commit: {undo}");
                 }
                 let _ = std::fs::remove_file(&journal_path);
                 return Err(e);
@@ -495,6 +553,7 @@ fn commit(
         changes::clear_upper(&st.layers, &open_for_write)?;
         st.layers.root = Some(built.root);
         let rec = MountRecord {
+            format: STATE_FORMAT,
             volume: record.volume.clone(),
             version,
         };

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Eltonfs benchmark: the mount vs the native filesystem underneath it, in one
+# run, on the same filesystem (the temp dir's).
+#
+#   bash bench/eltonfs.sh
+#
+# Figures (each the median of $ROUNDS runs, eltonfs and native alternated):
+#   - sequential read of a cached 1 GiB lower file, dd bs=4k and bs=1M
+#   - sequential write of a 1 GiB upper file, dd bs=4k and bs=1M
+#   - stat of 10,000 lower files (fresh mount: cold kernel cache)
+#   - create of 10,000 small upper files
+#   - commit of 100 changed files in a 100,000-file volume, next to
+#     `git add -A && git commit` of the same change on the same tree
+#
+# Tunables: ROUNDS (default 3), BIG_MIB (1024), STAT_FILES (10000),
+# CREATE_FILES (10000), VOLUME_FILES (100000), CHANGED (100),
+# ELTON_BIN (skip the release build). Loopback only.
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+BIG_MIB=${BIG_MIB:-1024}
+STAT_FILES=${STAT_FILES:-10000}
+CREATE_FILES=${CREATE_FILES:-10000}
+VOLUME_FILES=${VOLUME_FILES:-100000}
+CHANGED=${CHANGED:-100}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ELTON="${ELTON_BIN:-$ROOT/target/release/elton}"
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+
+log() { printf '[eltonfs.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ -e /dev/fuse ]] || die "/dev/fuse is missing"
+command -v git >/dev/null || die "git is required"
+command -v python3 >/dev/null || die "python3 is required"
+if [[ -z "${ELTON_BIN:-}" ]]; then
+    log "building release elton"
+    (cd "$ROOT" && cargo build --release -q -p eltonfs) || die "cargo build failed"
+fi
+
+WORK=$(mktemp -d /tmp/elton-bench-fs.XXXXXX)
+UP_PID=""
+MOUNTS=()
+cleanup() {
+    for m in "${MOUNTS[@]:-}"; do
+        [[ -n "$m" ]] && { fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
+    done
+    [[ -n "$UP_PID" ]] && kill "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MP=$(free_port); SP=$(free_port)
+export ELTON_HOME="$WORK/home" ELTON_MASTER="http://127.0.0.1:$MP" ELTON_SLAVE="http://127.0.0.1:$SP"
+"$ELTON" up --no-mount --master-listen "127.0.0.1:$MP" --slave-listen "127.0.0.1:$SP" >"$WORK/up.log" 2>&1 &
+UP_PID=$!
+for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$SP/metrics" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fs "http://127.0.0.1:$SP/metrics" >/dev/null || die "elton up did not start (see $WORK/up.log)"
+
+mount_volume() { # volume mountpoint -> mounts (detached), records for cleanup
+    mkdir -p "$2"
+    "$ELTON" mount "$1" "$2" --upper "$WORK/state-$(basename "$2")" >/dev/null
+    MOUNTS+=("$2")
+}
+unmount() { fusermount3 -u "$1"; }
+
+# dd prints "... bytes ... copied, S s, ..." on stderr; print MiB/s.
+dd_mibs() {
+    local out
+    out=$(LC_ALL=C dd "$@" 2>&1 >/dev/null | tail -n 1)
+    python3 - "$out" <<'PY'
+import re, sys
+m = re.search(r"^(\d+) bytes.* copied, ([0-9.e+-]+) s", sys.argv[1])
+print(f"{int(m.group(1)) / float(m.group(2)) / 2**20:.0f}")
+PY
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+seconds() { python3 -c 'import time; print(time.perf_counter())'; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+
+# --- 1. sequential read of a cached 1 GiB lower file --------------------------
+log "preparing a ${BIG_MIB} MiB file"
+mkdir -p "$WORK/src-big" "$WORK/native"
+head -c "$((BIG_MIB << 20))" /dev/urandom >"$WORK/src-big/big.bin"
+"$ELTON" import --create "$WORK/src-big" big >/dev/null
+mount_volume big "$WORK/mnt-big"
+cat "$WORK/mnt-big/big.bin" >/dev/null # the object is in the store; warm both caches
+cat "$WORK/src-big/big.bin" >/dev/null
+
+declare -A R
+for bs in 4k 1M; do
+    e=(); n=()
+    for _ in $(seq "$ROUNDS"); do
+        e+=("$(dd_mibs if="$WORK/mnt-big/big.bin" of=/dev/null bs=$bs)")
+        n+=("$(dd_mibs if="$WORK/src-big/big.bin" of=/dev/null bs=$bs)")
+    done
+    R[read_$bs]="$(median "${e[@]}") $(median "${n[@]}")"
+    log "read bs=$bs: eltonfs $(median "${e[@]}") MiB/s, native $(median "${n[@]}") MiB/s"
+done
+
+# --- 2. sequential write of a 1 GiB upper file --------------------------------
+for bs in 4k 1M; do
+    count=$(( (BIG_MIB << 20) / $( [[ $bs == 4k ]] && echo 4096 || echo 1048576 ) ))
+    e=(); n=()
+    for _ in $(seq "$ROUNDS"); do
+        # Page-cache writes (no fsync) show the mount's own overhead; sync
+        # between runs so writeback of one run does not slow the next.
+        e+=("$(dd_mibs if=/dev/zero of="$WORK/mnt-big/w.bin" bs=$bs count=$count)")
+        rm -f "$WORK/mnt-big/w.bin"; sync
+        n+=("$(dd_mibs if=/dev/zero of="$WORK/native/w.bin" bs=$bs count=$count)")
+        rm -f "$WORK/native/w.bin"; sync
+    done
+    R[write_$bs]="$(median "${e[@]}") $(median "${n[@]}")"
+    log "write bs=$bs: eltonfs $(median "${e[@]}") MiB/s, native $(median "${n[@]}") MiB/s"
+done
+unmount "$WORK/mnt-big"
+
+# --- 3. stat of 10,000 lower files; 4. create of 10,000 upper files ----------
+log "preparing $STAT_FILES small files"
+python3 - "$WORK/src-stat" "$STAT_FILES" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:03}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05}"), "wb") as f:
+        f.write(os.urandom(100))
+PY
+"$ELTON" import --create "$WORK/src-stat" small >/dev/null
+STAT_PY='import os, sys, time
+t = time.perf_counter()
+for d, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        os.stat(os.path.join(d, f))
+print(f"{time.perf_counter() - t:.4f}")'
+CREATE_PY='import os, sys, time
+root, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(root)
+t = time.perf_counter()
+for i in range(n):
+    with open(os.path.join(root, f"n{i:05}"), "wb") as f:
+        f.write(b"x" * 100)
+print(f"{time.perf_counter() - t:.4f}")'
+e=(); n=(); ce=(); cn=()
+for r in $(seq "$ROUNDS"); do
+    mount_volume small "$WORK/mnt-small-$r" # fresh mount: cold kernel cache
+    e+=("$(python3 -c "$STAT_PY" "$WORK/mnt-small-$r")")
+    n+=("$(python3 -c "$STAT_PY" "$WORK/src-stat")")
+    ce+=("$(python3 -c "$CREATE_PY" "$WORK/mnt-small-$r/new" "$CREATE_FILES")")
+    cn+=("$(python3 -c "$CREATE_PY" "$WORK/native/new-$r" "$CREATE_FILES")")
+    unmount "$WORK/mnt-small-$r"
+done
+R[stat]="$(median "${e[@]}") $(median "${n[@]}")"
+R[create]="$(median "${ce[@]}") $(median "${cn[@]}")"
+log "stat: eltonfs ${R[stat]% *} s, native ${R[stat]#* } s; create: eltonfs ${R[create]% *} s, native ${R[create]#* } s"
+
+# --- 5. commit of 100 changed files in a 100,000-file volume vs git ----------
+log "preparing a $VOLUME_FILES-file volume"
+python3 - "$WORK/src-vol" "$VOLUME_FILES" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:03}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
+        f.write(os.urandom(100))
+PY
+"$ELTON" import --create "$WORK/src-vol" vol >/dev/null
+cp -a "$WORK/src-vol" "$WORK/git-vol"
+(cd "$WORK/git-vol" && git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -q -m base)
+change() { # root round: rewrite CHANGED files spread over the tree
+    python3 - "$1" "$2" "$VOLUME_FILES" "$CHANGED" <<'PY'
+import os, sys
+root, r, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for j in range(k):
+    i = (j * (n // k) + r) % n
+    with open(os.path.join(root, f"d{i // 1000:03}", f"f{i:06}"), "wb") as f:
+        f.write(f"round {r} change {j}\n".encode())
+PY
+}
+mount_volume vol "$WORK/mnt-vol"
+e=(); g=()
+for r in $(seq "$ROUNDS"); do
+    change "$WORK/mnt-vol" "$r"
+    t0=$(seconds); "$ELTON" commit "$WORK/mnt-vol" -m "round $r" >/dev/null; t1=$(seconds)
+    e+=("$(elapsed "$t0" "$t1")")
+    change "$WORK/git-vol" "$r"
+    t0=$(seconds)
+    (cd "$WORK/git-vol" && git add -A && git -c user.name=b -c user.email=b@b commit -q -m "round $r")
+    t1=$(seconds)
+    g+=("$(elapsed "$t0" "$t1")")
+done
+R[commit]="$(median "${e[@]}") $(median "${g[@]}")"
+unmount "$WORK/mnt-vol"
+
+# --- report --------------------------------------------------------------------
+ratio() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{a/b:.2f}')" "$@"; }
+inv() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{b/a:.2f}')" "$@"; }
+printf '\n| figure | eltonfs | native | eltonfs/native |\n|---|---|---|---|\n'
+for k in read_4k read_1M write_4k write_1M; do
+    set -- ${R[$k]}
+    printf '| %s (MiB/s) | %s | %s | %s |\n' "${k/_/ bs=}" "$1" "$2" "$(ratio "$1" "$2")"
+done
+set -- ${R[stat]};   printf '| stat %s lower files (s) | %s | %s | %s (speed) |\n' "$STAT_FILES" "$1" "$2" "$(inv "$1" "$2")"
+set -- ${R[create]}; printf '| create %s upper files (s) | %s | %s | %s (speed) |\n' "$CREATE_FILES" "$1" "$2" "$(inv "$1" "$2")"
+set -- ${R[commit]}
+printf '\n| commit of %s changed files in a %s-file volume | elton commit | git add -A && git commit | ratio |\n|---|---|---|---|\n' "$CHANGED" "$VOLUME_FILES"
+printf '| time (s) | %s | %s | %s |\n' "$1" "$2" "$(ratio "$1" "$2")"
