@@ -9,14 +9,12 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use elton_proto::pb::ObjectChunk;
-use elton_proto::{NodeId, ObjectId};
+use elton_proto::{LOCAL_ONLY_HEADER, NodeId, ObjectId};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-/// Header telling a slave to answer from its store only (never fetch).
-pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
 

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use elton_proto::{ObjectId, Version, VolumeName, VolumePath};
+use elton_proto::{LOCAL_ONLY_HEADER, ObjectId, Version, VolumeName, VolumePath};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
@@ -28,8 +28,6 @@ const LATEST_MAX_AGE: &str = "public, max-age=5";
 const INLINE_BYTES: u64 = 1 << 20;
 const STREAM_CHUNK: usize = 1 << 20;
 const MAX_JSON_BODY: usize = 64 << 10;
-/// Header a master sets when it proxies a fetch: answer from the store only.
-pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
 
 /// Characters escaped in path segments of generated URLs.
 const SEGMENT: &AsciiSet = &CONTROLS

@@ -30,3 +30,6 @@ pub mod pb {
 pub const HEAD_METADATA_KEY: &str = "x-elton-head";
 /// Metadata key carrying an object's size on `FetchObject`.
 pub const SIZE_METADATA_KEY: &str = "x-elton-size";
+/// HTTP header a master sets when it proxies a fetch from a slave: answer
+/// from the local store only, never fetch (no recursion between nodes).
+pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
