@@ -10,6 +10,9 @@
 # measures with wrk:
 #   - requests/s for the 4 KiB file  (wrk -t1 -c32)
 #   - MiB/s      for the 64 MiB file (wrk -t1 -c4)
+# nginx runs with sendfile on (the comparison asked for); a second nginx with
+# sendfile off is measured on the 64 MiB file as a reference, because over
+# loopback sendfile is not always nginx's fastest path for large files.
 # Elton is read through its numbered URL /v1/volumes/<vol>/<N>/<file>
 # (no `latest` redirect). Each figure is the median of $ROUNDS rounds, the two
 # servers measured alternately within a round.
@@ -63,9 +66,10 @@ fi
 log "elton binary: $ELTON"
 
 # --- temp dir, cleanup ---------------------------------------------------------
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/elton-bench-http.XXXXXX")
 ELTON_PID=""
-NGINX_PID=""
+NGINX_PIDS=()
 
 stop_pid() { # pid name: TERM, wait up to 5 s, then KILL
     local pid=$1 name=$2 i
@@ -86,7 +90,8 @@ stop_pid() { # pid name: TERM, wait up to 5 s, then KILL
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    stop_pid "$NGINX_PID" nginx
+    local p
+    for p in "${NGINX_PIDS[@]}"; do stop_pid "$p" nginx; done
     stop_pid "$ELTON_PID" elton
     rm -rf "$WORK"
     exit "$rc"
@@ -125,7 +130,10 @@ MASTER_PORT=$(free_port)
 SLAVE_PORT=$(free_port)
 while [[ "$SLAVE_PORT" == "$MASTER_PORT" ]]; do SLAVE_PORT=$(free_port); done
 log "starting elton up (master 127.0.0.1:$MASTER_PORT, slave 127.0.0.1:$SLAVE_PORT)"
-ELTON_LOG=warn "$ELTON" up --data-dir "$ELTON_HOME" \
+UP_EXTRA=()
+# Newer `elton up` also mounts a volume; the benchmark needs only the servers.
+if "$ELTON" up --help 2>/dev/null | grep -q -- '--no-mount'; then UP_EXTRA=(--no-mount); fi
+ELTON_LOG=warn "$ELTON" up "${UP_EXTRA[@]}" --data-dir "$ELTON_HOME" \
     --master-listen "127.0.0.1:$MASTER_PORT" \
     --slave-listen "127.0.0.1:$SLAVE_PORT" >"$WORK/elton.out" 2>"$WORK/elton.err" &
 ELTON_PID=$!
@@ -146,62 +154,75 @@ VERSION=$(sed -n "s/^$VOLUME@\([0-9][0-9]*\):.*/\1/p" <<<"$IMPORT_OUT")
 ELTON_BASE="http://127.0.0.1:$SLAVE_PORT/v1/volumes/$VOLUME/$VERSION"
 
 # --- nginx --------------------------------------------------------------------------
-NGINX_PORT=$(free_port)
-while [[ "$NGINX_PORT" == "$MASTER_PORT" || "$NGINX_PORT" == "$SLAVE_PORT" ]]; do
-    NGINX_PORT=$(free_port)
-done
 USER_LINE=""
 if [[ $(id -u) -eq 0 ]]; then
     # Workers would drop to `nobody`, who cannot read the 0700 temp dir.
     USER_LINE="user root $(id -gn);"
 fi
-mkdir -p "$WORK/nginx"
-# worker_processes 2: elton's tokio runtime also runs 2 worker threads (one
-# per core on this 2-core machine). keepalive_requests is raised so that
-# nginx, like hyper, keeps each wrk connection open for the whole run.
-cat >"$WORK/nginx/nginx.conf" <<EOF
+USED_PORTS=" $MASTER_PORT $SLAVE_PORT "
+
+# start_nginx NAME SENDFILE(on|off): sets NGINX_URL. worker_processes 2:
+# elton's tokio runtime also runs 2 worker threads (one per core on this
+# 2-core machine). keepalive_requests is raised so that nginx, like hyper,
+# keeps each wrk connection open for the whole run.
+start_nginx() {
+    local name=$1 sendfile=$2 dir="$WORK/$1" port pid
+    port=$(free_port)
+    while [[ "$USED_PORTS" == *" $port "* ]]; do port=$(free_port); done
+    USED_PORTS+="$port "
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<NGINX_CONF
 $USER_LINE
 worker_processes 2;
 daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections 1024; }
 http {
     access_log off;
-    sendfile on;
+    sendfile $sendfile;
     keepalive_requests 1000000;
     keepalive_timeout 65;
     types { }
     default_type application/octet-stream;
-    client_body_temp_path $WORK/nginx/client_body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$port;
         root $WWW;
     }
 }
-EOF
-log "starting nginx on 127.0.0.1:$NGINX_PORT"
-"$NGINX_BIN" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
-NGINX_PID=$!
-if ! (wait_http "http://127.0.0.1:$NGINX_PORT/small.bin" "$NGINX_PID" nginx); then
-    cat "$WORK/nginx/stderr" "$WORK/nginx/error.log" >&2 || true
-    exit 1
-fi
-NGINX_BASE="http://127.0.0.1:$NGINX_PORT"
+NGINX_CONF
+    log "starting $name (sendfile $sendfile) on 127.0.0.1:$port"
+    "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr" &
+    pid=$!
+    NGINX_PIDS+=("$pid")
+    if ! (wait_http "http://127.0.0.1:$port/small.bin" "$pid" "$name"); then
+        cat "$dir/stderr" "$dir/error.log" >&2 || true
+        exit 1
+    fi
+    NGINX_URL="http://127.0.0.1:$port"
+}
 
-# --- check both serve the same bytes --------------------------------------------------
+start_nginx nginx on
+NGINX_BASE=$NGINX_URL
+# Reference only: on loopback, sendfile can be slower than read/write for
+# large files, so the 64 MiB figure is also taken against this instance.
+start_nginx nginx-nosendfile off
+NOSF_BASE=$NGINX_URL
+
+# --- check all serve the same bytes ---------------------------------------------------
 for f in small.bin big.bin; do
-    curl -sf -o "$WORK/got-elton" "$ELTON_BASE/$f" || die "elton GET $ELTON_BASE/$f failed"
-    curl -sf -o "$WORK/got-nginx" "$NGINX_BASE/$f" || die "nginx GET $NGINX_BASE/$f failed"
-    cmp -s "$WORK/got-elton" "$SRC/$f" || die "elton served wrong bytes for $f"
-    cmp -s "$WORK/got-nginx" "$SRC/$f" || die "nginx served wrong bytes for $f"
+    for base in "$ELTON_BASE" "$NGINX_BASE" "$NOSF_BASE"; do
+        curl -sf -o "$WORK/got" "$base/$f" || die "GET $base/$f failed"
+        cmp -s "$WORK/got" "$SRC/$f" || die "$base/$f: wrong bytes"
+    done
 done
-rm -f "$WORK/got-elton" "$WORK/got-nginx"
-log "both servers return identical bytes; response headers:"
+rm -f "$WORK/got"
+log "all servers return identical bytes; response headers:"
 curl -sI "$ELTON_BASE/small.bin" | sed 's/^/    elton: /' >&2
 curl -sI "$NGINX_BASE/small.bin" | sed 's/^/    nginx: /' >&2
 
@@ -231,12 +252,13 @@ median() { sort -g | awk '{a[NR] = $1} END {
     if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 log "warming up (${WARMUP}s each)"
-for base in "$ELTON_BASE" "$NGINX_BASE"; do
+for base in "$ELTON_BASE" "$NGINX_BASE" "$NOSF_BASE"; do
     run_wrk "$SMALL_CONNS" "$WARMUP" "$base/small.bin" >/dev/null
     run_wrk "$BIG_CONNS" "$WARMUP" "$base/big.bin" >/dev/null
 done
 
-declare -a E_RPS=() N_RPS=() E_MIB=() N_MIB=()
+mib() { awk -v t="${1##* }" 'BEGIN {printf "%.1f", t / 1048576}'; }
+declare -a E_RPS=() N_RPS=() E_MIB=() N_MIB=() S_MIB=()
 for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r/$ROUNDS (${DURATION}s per run)"
     res=$(run_wrk "$SMALL_CONNS" "$DURATION" "$ELTON_BASE/small.bin")
@@ -244,27 +266,35 @@ for ((r = 1; r <= ROUNDS; r++)); do
     res=$(run_wrk "$SMALL_CONNS" "$DURATION" "$NGINX_BASE/small.bin")
     N_RPS+=("${res%% *}")
     res=$(run_wrk "$BIG_CONNS" "$DURATION" "$ELTON_BASE/big.bin")
-    E_MIB+=("$(awk -v t="${res##* }" 'BEGIN {printf "%.1f", t / 1048576}')")
+    E_MIB+=("$(mib "$res")")
     res=$(run_wrk "$BIG_CONNS" "$DURATION" "$NGINX_BASE/big.bin")
-    N_MIB+=("$(awk -v t="${res##* }" 'BEGIN {printf "%.1f", t / 1048576}')")
+    N_MIB+=("$(mib "$res")")
+    res=$(run_wrk "$BIG_CONNS" "$DURATION" "$NOSF_BASE/big.bin")
+    S_MIB+=("$(mib "$res")")
     log "  4 KiB req/s  elton ${E_RPS[-1]}  nginx ${N_RPS[-1]}"
-    log "  64 MiB MiB/s elton ${E_MIB[-1]}  nginx ${N_MIB[-1]}"
+    log "  64 MiB MiB/s elton ${E_MIB[-1]}  nginx ${N_MIB[-1]}  nginx-nosendfile ${S_MIB[-1]}"
 done
 
 e_rps=$(printf '%s\n' "${E_RPS[@]}" | median)
 n_rps=$(printf '%s\n' "${N_RPS[@]}" | median)
 e_mib=$(printf '%s\n' "${E_MIB[@]}" | median)
 n_mib=$(printf '%s\n' "${N_MIB[@]}" | median)
+s_mib=$(printf '%s\n' "${S_MIB[@]}" | median)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
 
 echo
 echo "HTTP read benchmark ($(nproc) cores; wrk -t1, ${DURATION}s runs, median of $ROUNDS rounds)"
 echo
-printf '| %-34s | %12s | %12s | %12s |\n' "test" "elton" "nginx" "elton/nginx"
-printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------" "--------------" "--------------"
-printf '| %-34s | %12.0f | %12.0f | %11.2fx |\n' "4 KiB file, req/s (-c$SMALL_CONNS)" "$e_rps" "$n_rps" \
-    "$(awk -v a="$e_rps" -v b="$n_rps" 'BEGIN {print a / b}')"
-printf '| %-34s | %12.1f | %12.1f | %11.2fx |\n' "64 MiB file, MiB/s (-c$BIG_CONNS)" "$e_mib" "$n_mib" \
-    "$(awk -v a="$e_mib" -v b="$n_mib" 'BEGIN {print a / b}')"
+printf '| %-40s | %10s | %10s | %11s |\n' "test" "elton" "nginx" "elton/nginx"
+printf '|%s|%s|%s|%s|\n' "------------------------------------------" "------------" "------------" "-------------"
+printf '| %-40s | %10.0f | %10.0f | %10.2fx |\n' "4 KiB file, req/s (-c$SMALL_CONNS)" \
+    "$e_rps" "$n_rps" "$(ratio "$e_rps" "$n_rps")"
+printf '| %-40s | %10.1f | %10.1f | %10.2fx |\n' "64 MiB file, MiB/s (-c$BIG_CONNS)" \
+    "$e_mib" "$n_mib" "$(ratio "$e_mib" "$n_mib")"
+printf '| %-40s | %10.1f | %10.1f | %10.2fx |\n' "64 MiB file, MiB/s, nginx sendfile off" \
+    "$e_mib" "$s_mib" "$(ratio "$e_mib" "$s_mib")"
 echo
 echo "rounds: elton req/s ${E_RPS[*]} | nginx req/s ${N_RPS[*]}"
-echo "        elton MiB/s ${E_MIB[*]} | nginx MiB/s ${N_MIB[*]}"
+echo "        elton MiB/s ${E_MIB[*]} | nginx MiB/s ${N_MIB[*]} | nginx sendfile off MiB/s ${S_MIB[*]}"
+echo
+echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"

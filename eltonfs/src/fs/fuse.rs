@@ -10,10 +10,10 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use elton_proto::EntryKind;
+use elton_proto::{Entry, EntryKind};
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
@@ -31,15 +31,49 @@ use super::layers::{
 /// versions invalidates explicitly.
 const LOWER_TTL: Duration = Duration::from_secs(3600);
 const UPPER_TTL: Duration = Duration::from_secs(1);
+/// How long an open waits for the inode's other backing file to be closed
+/// (see [`EltonFs::wait_for_backing`]).
+const BACKING_WAIT: Duration = Duration::from_secs(1);
 /// Virtual xattr on the root naming the mount's control socket.
 pub const CONTROL_XATTR: &str = "user.elton.control";
 
 pub struct Handle {
     pub file: File,
+    /// The FUSE inode this handle was opened on.
+    pub ino: u64,
     pub writable: bool,
     pub append: bool,
+    /// For a lower file opened read-only: its entry. The open file is then
+    /// the store's object, whose own attributes are not the entry's.
+    lower: Option<Entry>,
     /// Keeps the kernel's passthrough backing alive while this handle is open.
     _backing: Option<Arc<BackingId>>,
+}
+
+impl Handle {
+    /// Attributes of an open file whose name is gone (unlinked while open).
+    fn orphan_attr(&self) -> io::Result<FileAttr> {
+        match &self.lower {
+            Some(e) => {
+                let view = View {
+                    upper: None,
+                    lower: Some(e.clone()),
+                };
+                let (mut attr, _) = attr_of(self.ino, &view);
+                attr.nlink = 0;
+                Ok(attr)
+            }
+            None => Ok(attr_of_meta(self.ino, &self.file.metadata()?)),
+        }
+    }
+}
+
+/// How an open file's data flows.
+enum Io {
+    /// FUSE passthrough: the kernel reads and writes the backing file.
+    Passthrough(Arc<BackingId>),
+    /// Through this process (the kernel lacks passthrough).
+    Cached,
 }
 
 pub struct MountState {
@@ -48,8 +82,9 @@ pub struct MountState {
     pub handles: HashMap<u64, Handle>,
     dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
     next_fh: u64,
-    /// One backing id per backing file (device, inode) at a time.
-    backing: HashMap<(u64, u64), Weak<BackingId>>,
+    /// Per FUSE inode, the backing file (device, inode) its passthrough
+    /// opens use: the kernel allows only one at a time.
+    backing: HashMap<u64, ((u64, u64), Weak<BackingId>)>,
 }
 
 impl MountState {
@@ -78,6 +113,13 @@ impl MountState {
     fn fh(&mut self) -> u64 {
         self.next_fh += 1;
         self.next_fh
+    }
+
+    /// The open handle `fh` of inode `ino`, or else any open handle of it.
+    fn handle_of(&self, ino: u64, fh: Option<FileHandle>) -> Option<&Handle> {
+        fh.and_then(|fh| self.handles.get(&fh.0))
+            .filter(|h| h.ino == ino)
+            .or_else(|| self.handles.values().find(|h| h.ino == ino))
     }
 
     /// Upper files with several links share one inode number.
@@ -189,6 +231,8 @@ pub struct EltonFs {
     pub state: Arc<Mutex<MountState>>,
     passthrough: AtomicBool,
     control_socket: PathBuf,
+    /// Signalled when a file handle is released.
+    released: Condvar,
 }
 
 impl EltonFs {
@@ -197,6 +241,49 @@ impl EltonFs {
             state,
             passthrough: AtomicBool::new(true),
             control_socket,
+            released: Condvar::new(),
+        }
+    }
+
+    /// The kernel lets all passthrough opens of one inode use only one
+    /// backing file at a time, and refuses opens without passthrough while
+    /// one is in use. A lower file open for reading passes through to the
+    /// store's object; once its name is copied up, new opens must use the
+    /// upper file. Such an open waits (briefly) until the readers of the
+    /// old content are gone, and fails with ETXTBSY if they stay.
+    fn wait_for_backing<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, MountState>,
+        ino: u64,
+        file: &File,
+    ) -> Result<MutexGuard<'a, MountState>, Errno> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return Ok(st);
+        }
+        let m = file.metadata()?;
+        let key = (m.dev(), m.ino());
+        let deadline = Instant::now() + BACKING_WAIT;
+        loop {
+            let busy = st
+                .backing
+                .get(&ino)
+                .is_some_and(|(k, w)| *k != key && w.strong_count() > 0);
+            if !busy {
+                return Ok(st);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::info!(
+                    ino,
+                    "open refused: the inode's old content is still open (ETXTBSY)"
+                );
+                return Err(Errno::ETXTBSY);
+            }
+            st = self
+                .released
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -216,45 +303,34 @@ impl EltonFs {
         }
     }
 
-    /// Registers an opened file, with passthrough when available.
+    /// Registers an opened file and decides how its data flows: through
+    /// FUSE passthrough when the kernel allows it. The caller has waited
+    /// for other backing files of the inode to be closed.
     fn open_handle(
         &self,
         st: &mut MountState,
-        file: File,
-        writable: bool,
-        append: bool,
-    ) -> (u64, Option<Arc<BackingId>>) {
-        let fh = st.fh();
-        st.handles.insert(
-            fh,
-            Handle {
-                file,
-                writable,
-                append,
-                _backing: None,
-            },
-        );
-        (fh, None)
-    }
-
-    fn backing_for(
-        &self,
-        st: &mut MountState,
-        fh: u64,
+        handle: Handle,
         make: impl FnOnce(&File) -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> Result<(u64, Io), Errno> {
+        let ino = handle.ino;
+        let key = handle.file.metadata().map(|m| (m.dev(), m.ino()));
         if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
+            let fh = st.fh();
+            st.handles.insert(fh, handle);
+            return Ok((fh, Io::Cached));
         }
-        let handle = st.handles.get(&fh)?;
-        let m = handle.file.metadata().ok()?;
-        let key = (m.dev(), m.ino());
-        let id = match st.backing.get(&key).and_then(Weak::upgrade) {
-            Some(id) => id,
+        let key = key?;
+        let live = st
+            .backing
+            .get(&ino)
+            .and_then(|(k, w)| w.upgrade().map(|id| (*k, id)));
+        let id = match live {
+            Some((k, id)) if k == key => id,
+            Some(_) => return Err(Errno::ETXTBSY),
             None => match make(&handle.file) {
                 Ok(id) => {
                     let id = Arc::new(id);
-                    st.backing.insert(key, Arc::downgrade(&id));
+                    st.backing.insert(ino, (key, Arc::downgrade(&id)));
                     id
                 }
                 Err(e) => {
@@ -262,14 +338,21 @@ impl EltonFs {
                         "FUSE passthrough unavailable ({e}); serving file data through the daemon"
                     );
                     self.passthrough.store(false, Ordering::Relaxed);
-                    return None;
+                    let fh = st.fh();
+                    st.handles.insert(fh, handle);
+                    return Ok((fh, Io::Cached));
                 }
             },
         };
-        if let Some(h) = st.handles.get_mut(&fh) {
-            h._backing = Some(id.clone());
-        }
-        Some(id)
+        let fh = st.fh();
+        st.handles.insert(
+            fh,
+            Handle {
+                _backing: Some(id.clone()),
+                ..handle
+            },
+        );
+        Ok((fh, Io::Passthrough(id)))
     }
 }
 
@@ -288,7 +371,7 @@ fn child(parent: &Path, name: &OsStr) -> Result<PathBuf, Errno> {
     Ok(parent.join(name))
 }
 
-fn set_times(path: &Path, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> io::Result<()> {
+fn timestamps(atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> Timestamps {
     let omit = Timespec {
         tv_sec: 0,
         tv_nsec: rustix::fs::UTIME_OMIT,
@@ -319,10 +402,14 @@ fn set_times(path: &Path, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) ->
             }
         },
     };
-    let ts = Timestamps {
+    Timestamps {
         last_access: conv(atime),
         last_modification: conv(mtime),
-    };
+    }
+}
+
+fn set_times(path: &Path, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> io::Result<()> {
+    let ts = timestamps(atime, mtime);
     rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
 }
@@ -335,6 +422,31 @@ fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         gid.map(Gid::from_raw),
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
+    Ok(())
+}
+
+/// Gives a new upper entry (made by this process, as root) the owner and
+/// mode the kernel gives an entry made by the requester: its uid, and its
+/// gid unless the directory is setgid (then the directory's group, and a
+/// new directory inherits the setgid bit). `perm` is `None` for symlinks.
+fn own_new(up: &Path, req: &Request, perm: Option<u32>, is_dir: bool) -> io::Result<()> {
+    const SGID: u32 = libc::S_ISGID;
+    let dir = fs::metadata(up.parent().unwrap_or(up))?;
+    let sgid_dir = dir.mode() & SGID != 0;
+    let gid = if sgid_dir { dir.gid() } else { req.gid() };
+    // chown clears setuid/setgid bits: set the mode after it.
+    chown(up, Some(req.uid()), Some(gid))?;
+    if let Some(mut perm) = perm {
+        if is_dir && sgid_dir {
+            perm |= SGID;
+        }
+        // A group-executable setgid file of a group its creator is not in
+        // loses the bit (approximated with the primary group).
+        if !is_dir && sgid_dir && perm & SGID != 0 && perm & 0o010 != 0 && req.uid() != 0 && req.gid() != gid {
+            perm &= !SGID;
+        }
+        fs::set_permissions(up, fs::Permissions::from_mode(perm))?;
+    }
     Ok(())
 }
 
@@ -354,6 +466,48 @@ fn prepare_new(st: &MountState, rel: &Path) -> Result<bool, Errno> {
         }
         _ => Ok(false),
     }
+}
+
+/// Brings `rel` wholly into the upper for a move: a directory with lower
+/// content is copied up with its subtree (and made opaque). Returns its
+/// upper path.
+fn copy_up_whole(st: &MountState, rel: &Path, view: &View) -> Result<PathBuf, Errno> {
+    let up = st.layers.upper_path(rel);
+    let has_lower_content =
+        view.is_dir() && (view.upper.is_none() || view.merged_lower(&up).is_some());
+    if has_lower_content {
+        st.layers.copy_up_tree(rel)?;
+    } else {
+        st.layers.copy_up(rel)?;
+    }
+    Ok(up)
+}
+
+/// `rename(RENAME_EXCHANGE)`: both names exist before and after, so no
+/// whiteouts; both sides move wholly into the upper first.
+fn exchange(st: &mut MountState, a: &Path, a_view: &View, b: &Path) -> Result<(), Errno> {
+    let b_view = st.view(b)?;
+    if a == b {
+        return Ok(());
+    }
+    if a.starts_with(b) || b.starts_with(a) {
+        return Err(Errno::EINVAL);
+    }
+    let a_up = copy_up_whole(st, a, a_view)?;
+    st.layers.copy_up_parents(b)?;
+    let b_up = copy_up_whole(st, b, &b_view)?;
+    rustix::fs::renameat_with(CWD, &a_up, CWD, &b_up, rustix::fs::RenameFlags::EXCHANGE)
+        .map_err(rx)?;
+    // A directory now sitting where the lower has an entry must not merge
+    // with it.
+    if a_view.is_dir() && b_view.lower.is_some() {
+        set_opaque(&b_up)?;
+    }
+    if b_view.is_dir() && a_view.lower.is_some() {
+        set_opaque(&a_up)?;
+    }
+    st.inodes.exchange(a, b);
+    Ok(())
 }
 
 impl Filesystem for EltonFs {
@@ -379,17 +533,24 @@ impl Filesystem for EltonFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let st = self.lock();
-        // A file open for writing (or unlinked while open) answers from the
-        // file itself: that is where its size and times change.
+        // A file open for writing answers from the file itself: that is
+        // where its size and times change.
         if let Some(h) = fh.and_then(|fh| st.handles.get(&fh.0))
-            && (h.writable || st.inodes.path(ino.0).is_none())
+            && h.writable
             && let Ok(m) = h.file.metadata()
         {
             return reply.attr(&UPPER_TTL, &attr_of_meta(ino.0, &m));
         }
         let rel = match st.path(ino) {
             Ok(r) => r,
-            Err(e) => return reply.error(e),
+            // Unlinked while open (fstat): answer from an open handle.
+            Err(e) => {
+                return match st.handle_of(ino.0, fh).map(Handle::orphan_attr) {
+                    Some(Ok(attr)) => reply.attr(&UPPER_TTL, &attr),
+                    Some(Err(e)) => reply.error(errno(e)),
+                    None => reply.error(e),
+                };
+            }
         };
         match st.view(&rel) {
             Ok(view) => {
@@ -421,19 +582,28 @@ impl Filesystem for EltonFs {
         let st = self.lock();
         let result = (|| -> Result<FileAttr, Errno> {
             let rel = st.path(ino);
-            // An unlinked file still open: act on the handle only.
+            // An unlinked file still open: act on the open file only.
             let Ok(rel) = rel else {
-                let h = fh
-                    .and_then(|fh| st.handles.get(&fh.0))
-                    .ok_or(Errno::ENOENT)?;
+                let h = st.handle_of(ino.0, fh).ok_or(Errno::ENOENT)?;
+                if h.lower.is_some() {
+                    // The open file is the store's object: never changed.
+                    return Err(Errno::EROFS);
+                }
                 if let Some(size) = size {
                     h.file.set_len(size)?;
+                }
+                if uid.is_some() || gid.is_some() {
+                    rustix::fs::fchown(&h.file, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+                        .map_err(rx)?;
                 }
                 if let Some(mode) = mode {
                     h.file
                         .set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
                 }
-                return Ok(attr_of_meta(ino.0, &h.file.metadata()?));
+                if atime.is_some() || mtime.is_some() {
+                    rustix::fs::futimens(&h.file, &timestamps(atime, mtime)).map_err(rx)?;
+                }
+                return h.orphan_attr().map_err(errno);
             };
             let up = st.layers.copy_up(&rel)?;
             if let Some(size) = size {
@@ -505,7 +675,7 @@ impl Filesystem for EltonFs {
             let ft = rustix::fs::FileType::from_raw_mode(mode);
             let perm = rustix::fs::Mode::from_bits_truncate(mode & !umask & 0o7777);
             rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
-            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            own_new(&up, req, Some(perm.bits()), false)?;
             Ok(rel)
         })();
         match result {
@@ -529,8 +699,7 @@ impl Filesystem for EltonFs {
             let replaced_lower = prepare_new(&st, &rel)?;
             let up = st.layers.upper_path(&rel);
             fs::create_dir(&up)?;
-            fs::set_permissions(&up, fs::Permissions::from_mode(mode & !umask & 0o7777))?;
-            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            own_new(&up, req, Some(mode & !umask & 0o7777), true)?;
             if replaced_lower {
                 set_opaque(&up)?;
             }
@@ -603,7 +772,7 @@ impl Filesystem for EltonFs {
             prepare_new(&st, &rel)?;
             let up = st.layers.upper_path(&rel);
             std::os::unix::fs::symlink(target, &up)?;
-            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            own_new(&up, req, None, false)?;
             Ok(rel)
         })();
         match result {
@@ -624,14 +793,17 @@ impl Filesystem for EltonFs {
     ) {
         let mut st = self.lock();
         let result = (|| -> Result<(), Errno> {
-            if flags.contains(RenameFlags::RENAME_EXCHANGE)
-                || flags.contains(RenameFlags::RENAME_WHITEOUT)
+            if flags.contains(RenameFlags::RENAME_WHITEOUT)
+                || flags.contains(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_NOREPLACE)
             {
                 return Err(Errno::EINVAL);
             }
             let from = child(&st.path(parent)?, name)?;
             let to = child(&st.path(newparent)?, newname)?;
             let src = st.view(&from)?;
+            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                return exchange(&mut st, &from, &src, &to);
+            }
             if from == to {
                 return Ok(());
             }
@@ -653,22 +825,19 @@ impl Filesystem for EltonFs {
                 }
             }
             // Bring the source wholly into the upper, then move it there.
-            let from_up = st.layers.upper_path(&from);
-            let has_lower_content =
-                src.is_dir() && (src.upper.is_none() || src.merged_lower(&from_up).is_some());
-            if has_lower_content {
-                st.layers.copy_up_tree(&from)?;
-            } else {
-                st.layers.copy_up(&from)?;
-            }
+            let from_up = copy_up_whole(&st, &from, &src)?;
             st.layers.copy_up_parents(&to)?;
-            st.layers.remove_upper(&to)?;
             let to_up = st.layers.upper_path(&to);
+            // A lower entry at the destination, visible or deleted (a
+            // whiteout): a directory moved there must not merge with it.
+            let lower_at_to = dst.as_ref().is_some_and(|d| d.lower.is_some())
+                || fs::symlink_metadata(&to_up).is_ok_and(|m| is_whiteout(&m));
+            st.layers.remove_upper(&to)?;
             fs::rename(&from_up, &to_up)?;
             if src.lower.is_some() {
                 st.layers.whiteout(&from)?;
             }
-            if src.is_dir() && dst.as_ref().is_some_and(|d| d.lower.is_some()) {
+            if src.is_dir() && lower_at_to {
                 set_opaque(&to_up)?;
             }
             st.inodes.rename(&from, &to);
@@ -715,7 +884,7 @@ impl Filesystem for EltonFs {
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let append = flags.0 & libc::O_APPEND != 0;
         // Lower file contents may need fetching: do that without the lock.
-        let (rel, lower_object) = {
+        let (rel, lower_entry) = {
             let st = self.lock();
             let rel = match st.path(ino) {
                 Ok(r) => r,
@@ -726,17 +895,13 @@ impl Filesystem for EltonFs {
                 Err(e) => return reply.error(e),
             };
             let lower_only = view.upper.is_none();
-            let object = view.lower.as_ref().and_then(|e| e.object);
             (
                 rel,
-                if lower_only && !writable && !trunc {
-                    object
-                } else {
-                    None
-                },
+                view.lower
+                    .filter(|e| lower_only && !writable && !trunc && e.object.is_some()),
             )
         };
-        let lower_path = match lower_object {
+        let lower_path = match lower_entry.as_ref().and_then(|e| e.object) {
             Some(id) => {
                 let lower = self.lock().layers.lower.clone();
                 match lower.object_path(&id) {
@@ -746,7 +911,7 @@ impl Filesystem for EltonFs {
             }
             None => None,
         };
-        let mut st = self.lock();
+        let st = self.lock();
         let opened = (|| -> Result<File, Errno> {
             if let Some(p) = &lower_path {
                 return Ok(File::open(p)?);
@@ -769,10 +934,24 @@ impl Filesystem for EltonFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let (fh, _) = self.open_handle(&mut st, file, writable, append);
-        match self.backing_for(&mut st, fh, |f| reply.open_backing(f)) {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-            None => {
+        let mut st = match self.wait_for_backing(st, ino.0, &file) {
+            Ok(st) => st,
+            Err(e) => return reply.error(e),
+        };
+        let handle = Handle {
+            file,
+            ino: ino.0,
+            writable,
+            append,
+            lower: lower_entry,
+            _backing: None,
+        };
+        match self.open_handle(&mut st, handle, |f| reply.open_backing(f)) {
+            Err(e) => reply.error(e),
+            Ok((fh, Io::Passthrough(id))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
+            Ok((fh, Io::Cached)) => {
                 let flags = if lower_path.is_some() {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
@@ -855,14 +1034,28 @@ impl Filesystem for EltonFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.lock().handles.remove(&fh.0);
+        {
+            let mut st = self.lock();
+            if let Some(h) = st.handles.remove(&fh.0) {
+                drop(h);
+                let ino = ino.0;
+                if st
+                    .backing
+                    .get(&ino)
+                    .is_some_and(|(_, w)| w.strong_count() == 0)
+                {
+                    st.backing.remove(&ino);
+                }
+            }
+        }
+        self.released.notify_all();
         reply.ok();
     }
 
@@ -1119,7 +1312,7 @@ impl Filesystem for EltonFs {
                 .create_new(true)
                 .mode(mode & !umask & 0o7777)
                 .open(&up)?;
-            chown(&up, Some(req.uid()), Some(req.gid()))?;
+            own_new(&up, req, Some(mode & !umask & 0o7777), false)?;
             Ok((rel, file))
         })();
         let (rel, file) = match result {
@@ -1133,9 +1326,17 @@ impl Filesystem for EltonFs {
         let ino = st.ino_for(&rel, &view);
         let (attr, ttl) = attr_of(ino, &view);
         let append = flags & libc::O_APPEND != 0;
-        let (fh, _) = self.open_handle(&mut st, file, true, append);
-        match self.backing_for(&mut st, fh, |f| reply.open_backing(f)) {
-            Some(id) => reply.created_passthrough(
+        let handle = Handle {
+            file,
+            ino,
+            writable: true,
+            append,
+            lower: None,
+            _backing: None,
+        };
+        match self.open_handle(&mut st, handle, |f| reply.open_backing(f)) {
+            Err(e) => reply.error(e),
+            Ok((fh, Io::Passthrough(id))) => reply.created_passthrough(
                 &ttl,
                 &attr,
                 Generation(0),
@@ -1143,7 +1344,7 @@ impl Filesystem for EltonFs {
                 FopenFlags::empty(),
                 &id,
             ),
-            None => reply.created(
+            Ok((fh, Io::Cached)) => reply.created(
                 &ttl,
                 &attr,
                 Generation(0),

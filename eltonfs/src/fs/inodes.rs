@@ -97,6 +97,35 @@ impl Inodes {
         }
     }
 
+    /// Swaps the subtrees at `a` and `b` (`rename(RENAME_EXCHANGE)`).
+    pub fn exchange(&mut self, a: &Path, b: &Path) {
+        let under = |p: &Path| -> Vec<(PathBuf, u64)> {
+            self.by_path
+                .iter()
+                .filter(|(q, _)| q.starts_with(p))
+                .map(|(q, i)| (q.clone(), *i))
+                .collect()
+        };
+        let (in_a, in_b) = (under(a), under(b));
+        for (p, _) in in_a.iter().chain(&in_b) {
+            self.by_path.remove(p);
+        }
+        for (moved, from, to) in [(in_a, a, b), (in_b, b, a)] {
+            for (old, ino) in moved {
+                let Ok(rest) = old.strip_prefix(from) else {
+                    continue;
+                };
+                let new = if rest.as_os_str().is_empty() {
+                    to.to_path_buf()
+                } else {
+                    to.join(rest)
+                };
+                self.by_path.insert(new.clone(), ino);
+                self.by_ino.insert(ino, new);
+            }
+        }
+    }
+
     /// Every (ino, path) known, for cache invalidation.
     pub fn all(&self) -> Vec<(u64, PathBuf)> {
         self.by_ino.iter().map(|(i, p)| (*i, p.clone())).collect()

@@ -232,16 +232,28 @@ impl Layers {
 
     /// Copies a lower entry into the upper (its ancestors must exist there).
     /// Files are copied through the work directory and renamed into place,
-    /// so a crash never leaves a half-copied upper file.
+    /// so a crash never leaves a half-copied upper file. Like overlayfs,
+    /// a copy-up changes nothing visible: the upper directory the entry
+    /// lands in keeps its times.
     pub fn copy_up_entry(&self, rel: &Path, lower: &Entry) -> io::Result<()> {
         let dest = self.upper_path(rel);
+        let parent = dest.parent().unwrap_or(&self.upper).to_path_buf();
+        let parent_times = lstat(&parent)?;
+        self.copy_up_entry_inner(&dest, lower)?;
+        if let Some(m) = parent_times {
+            restore_times(&parent, &m)?;
+        }
+        Ok(())
+    }
+
+    fn copy_up_entry_inner(&self, dest: &Path, lower: &Entry) -> io::Result<()> {
         match lower.kind {
             EntryKind::Dir => {
-                fs::create_dir(&dest)?;
+                fs::create_dir(dest)?;
             }
             EntryKind::Symlink => {
                 let target = lower.target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, &dest)?;
+                std::os::unix::fs::symlink(target, dest)?;
             }
             EntryKind::File => {
                 let id = lower
@@ -250,10 +262,10 @@ impl Layers {
                 let src = self.lower.object_path(&id)?;
                 let tmp = tempfile::NamedTempFile::new_in(&self.work)?;
                 fs::copy(&src, tmp.path())?;
-                tmp.persist(&dest).map_err(|e| e.error)?;
+                tmp.persist(dest).map_err(|e| e.error)?;
             }
         }
-        apply_lower_attrs(&dest, lower)
+        apply_lower_attrs(dest, lower)
     }
 
     /// Copies `rel` up if it only exists in the lower; returns its upper path.
@@ -319,6 +331,24 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
 
 pub fn set_opaque(path: &Path) -> io::Result<()> {
     rustix::fs::lsetxattr(path, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())?;
+    Ok(())
+}
+
+/// Sets the access and modification times of `path` back to `m`'s.
+fn restore_times(path: &Path, m: &Metadata) -> io::Result<()> {
+    let ts = |secs: i64, nsecs: i64| Timespec {
+        tv_sec: secs,
+        tv_nsec: nsecs as _,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: ts(m.atime(), m.atime_nsec()),
+            last_modification: ts(m.mtime(), m.mtime_nsec()),
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }
 
