@@ -23,4 +23,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# fsx (the file system exerciser) for tests/tests/posix.rs, built once into
+# target/tools; the test finds it through FSX_BIN.
+TOOLS="${CARGO_TARGET_DIR:-$PWD/target}/tools"
+if [ ! -x "$TOOLS/bin/fsx" ]; then
+  echo "test.sh: installing fsx 0.3.2 into $TOOLS"
+  cargo install fsx --version 0.3.2 --locked --root "$TOOLS" --quiet
+fi
+export FSX_BIN="$TOOLS/bin/fsx"
+
 exec cargo test --workspace --locked "$@"

@@ -2,7 +2,7 @@
 //! names them by path. Numbers are never reused within a mount; renames
 //! move a subtree's paths; hard links in the upper share one number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub const ROOT: u64 = 1;
@@ -13,6 +13,8 @@ pub struct Inodes {
     by_ino: HashMap<u64, PathBuf>,
     /// Upper inode number → ours, for files with several links.
     by_upper_ino: HashMap<u64, u64>,
+    /// Our numbers that more than one path has named (hard links).
+    shared: HashSet<u64>,
     next: u64,
 }
 
@@ -37,7 +39,9 @@ impl Inodes {
         if let Some(up) = upper_link
             && let Some(&ino) = self.by_upper_ino.get(&up)
         {
-            self.by_path.insert(path.to_path_buf(), ino);
+            if self.by_path.insert(path.to_path_buf(), ino) != Some(ino) {
+                self.shared.insert(ino);
+            }
             self.by_ino.entry(ino).or_insert_with(|| path.to_path_buf());
             return ino;
         }
@@ -60,18 +64,27 @@ impl Inodes {
     /// Forgets `path` (after unlink/rmdir). Open handles keep working: they
     /// hold their files, not paths.
     pub fn remove(&mut self, path: &Path) {
-        if let Some(ino) = self.by_path.remove(path) {
-            if self.by_ino.get(&ino).is_some_and(|p| p == path) {
-                // Another link may still name this inode.
-                match self.by_path.iter().find(|(_, i)| **i == ino) {
-                    Some((other, _)) => {
-                        let other = other.clone();
-                        self.by_ino.insert(ino, other);
-                    }
-                    None => {
-                        self.by_ino.remove(&ino);
-                    }
-                }
+        let Some(ino) = self.by_path.remove(path) else {
+            return;
+        };
+        if self.by_ino.get(&ino).is_none_or(|p| p != path) {
+            return;
+        }
+        // Another link may still name this inode.
+        let other = if self.shared.contains(&ino) {
+            self.by_path
+                .iter()
+                .find(|(_, i)| **i == ino)
+                .map(|(p, _)| p.clone())
+        } else {
+            None
+        };
+        match other {
+            Some(other) => {
+                self.by_ino.insert(ino, other);
+            }
+            None => {
+                self.by_ino.remove(&ino);
             }
         }
     }
@@ -150,5 +163,20 @@ mod tests {
         assert_eq!(t.ino(Path::new("g"), Some(77)), f);
         t.remove(Path::new("f"));
         assert_eq!(t.path(f), Some(Path::new("g")));
+        t.remove(Path::new("g"));
+        assert_eq!(t.path(f), None);
+    }
+
+    #[test]
+    fn exchange_swaps_subtrees() {
+        let mut t = Inodes::new();
+        let a = t.ino(Path::new("a"), None);
+        let ax = t.ino(Path::new("a/x"), None);
+        let b = t.ino(Path::new("b"), None);
+        t.exchange(Path::new("a"), Path::new("b"));
+        assert_eq!(t.path(a), Some(Path::new("b")));
+        assert_eq!(t.path(ax), Some(Path::new("b/x")));
+        assert_eq!(t.path(b), Some(Path::new("a")));
+        assert_eq!(t.ino(Path::new("a"), None), b);
     }
 }

@@ -195,7 +195,7 @@ impl Layers {
                 if is_whiteout(&m) {
                     whiteouts.push(e.file_name());
                 } else {
-                    out.insert(e.file_name(), EntryKindOrUpper::Upper(m.file_type()));
+                    out.insert(e.file_name(), EntryKindOrUpper::Upper(m));
                 }
             }
         }
@@ -236,17 +236,23 @@ impl Layers {
     /// a copy-up changes nothing visible: the upper directory the entry
     /// lands in keeps its times.
     pub fn copy_up_entry(&self, rel: &Path, lower: &Entry) -> io::Result<()> {
+        self.copy_up_entry_with(rel, lower, true)
+    }
+
+    /// `copy_up_entry`; without `data`, a file is copied up empty (about to
+    /// be truncated).
+    fn copy_up_entry_with(&self, rel: &Path, lower: &Entry, data: bool) -> io::Result<()> {
         let dest = self.upper_path(rel);
         let parent = dest.parent().unwrap_or(&self.upper).to_path_buf();
         let parent_times = lstat(&parent)?;
-        self.copy_up_entry_inner(&dest, lower)?;
+        self.copy_up_entry_inner(&dest, lower, data)?;
         if let Some(m) = parent_times {
             restore_times(&parent, &m)?;
         }
         Ok(())
     }
 
-    fn copy_up_entry_inner(&self, dest: &Path, lower: &Entry) -> io::Result<()> {
+    fn copy_up_entry_inner(&self, dest: &Path, lower: &Entry, data: bool) -> io::Result<()> {
         match lower.kind {
             EntryKind::Dir => {
                 fs::create_dir(dest)?;
@@ -256,12 +262,14 @@ impl Layers {
                 std::os::unix::fs::symlink(target, dest)?;
             }
             EntryKind::File => {
-                let id = lower
-                    .object
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-                let src = self.lower.object_path(&id)?;
                 let tmp = tempfile::NamedTempFile::new_in(&self.work)?;
-                fs::copy(&src, tmp.path())?;
+                if data {
+                    let id = lower
+                        .object
+                        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                    let src = self.lower.object_path(&id)?;
+                    fs::copy(&src, tmp.path())?;
+                }
                 tmp.persist(dest).map_err(|e| e.error)?;
             }
         }
@@ -270,6 +278,12 @@ impl Layers {
 
     /// Copies `rel` up if it only exists in the lower; returns its upper path.
     pub fn copy_up(&self, rel: &Path) -> io::Result<PathBuf> {
+        self.copy_up_with(rel, true)
+    }
+
+    /// `copy_up`; without `data`, a lower file is copied up empty (for
+    /// O_TRUNC and truncation to zero, which need none of its content).
+    pub fn copy_up_with(&self, rel: &Path, data: bool) -> io::Result<PathBuf> {
         let view = self
             .view(rel)?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
@@ -279,7 +293,7 @@ impl Layers {
             let lower = view
                 .lower
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-            self.copy_up_entry(rel, &lower)?;
+            self.copy_up_entry_with(rel, &lower, data)?;
         }
         Ok(dest)
     }
@@ -320,7 +334,7 @@ impl Layers {
 
 /// Kind of a merged directory entry, from whichever layer provides it.
 pub enum EntryKindOrUpper {
-    Upper(fs::FileType),
+    Upper(Metadata),
     Lower(EntryKind),
 }
 
@@ -481,5 +495,23 @@ mod tests {
         let root = l.view(Path::new("")).unwrap().unwrap();
         let names: Vec<_> = l.list(Path::new(""), &root).unwrap().into_keys().collect();
         assert_eq!(names, ["d", "f"]);
+    }
+
+    #[test]
+    fn phase3_copy_up_keeps_directory_times_and_can_skip_data() {
+        let (_dir, l) = fixture();
+        l.copy_up(Path::new("d/inner")).unwrap();
+        // "d" was made in the upper, then "inner" in it: both copy-ups
+        // leave the times of the directory they land in alone.
+        assert_eq!(
+            fs::metadata(l.upper_path(Path::new("d"))).unwrap().mtime(),
+            1
+        );
+
+        let up = l.copy_up_with(Path::new("f"), false).unwrap();
+        let m = fs::metadata(&up).unwrap();
+        assert_eq!(m.len(), 0, "copied up empty, for O_TRUNC");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(m.mtime(), 1);
     }
 }

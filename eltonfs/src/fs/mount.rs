@@ -592,10 +592,10 @@ fn invalidate_all(notifier: &Notifier, inos: Vec<(u64, PathBuf)>) {
     }
     for (ino, path) in inos {
         let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-        if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
-            if let Some(&pino) = by_path.get(parent) {
-                let _ = notifier.inval_entry(INodeNo(pino), name);
-            }
+        if let (Some(parent), Some(name)) = (path.parent(), path.file_name())
+            && let Some(&pino) = by_path.get(parent)
+        {
+            let _ = notifier.inval_entry(INodeNo(pino), name);
         }
     }
 }
