@@ -18,10 +18,13 @@
 #                  object already stored and discards it, then a new
 #                  version (same root) is committed
 #
-# Only the copy/import command is timed. Server start-up, deleting the
-# previous copy, and a `sync` to flush earlier runs' dirty pages happen before
-# each run, untimed. No caches are dropped: the source tree stays in the page
-# cache for every run. All traffic is to 127.0.0.1.
+# Only the copy/import command is timed. Server start-up and a `sync` to
+# flush earlier runs' dirty pages happen before each run, untimed. Every run
+# writes to a new destination (copy-N, home-N); nothing is deleted until the
+# end, because creating files on ext4 right after deleting thousands of
+# others made `cp -r` erratic and several times slower here. No caches
+# are dropped: the source tree stays in the page cache for every run. All
+# traffic is to 127.0.0.1.
 #
 # Tunables (environment): DIRS (100), FILES (100), RUNS (3), ELTON_BIN (use
 # this elton binary instead of building target/release/elton).
@@ -100,7 +103,6 @@ free_port() {
 start_elton() {
     local home="$WORK/home-$1" mport sport i
     stop_elton
-    rm -rf "$WORK"/home-*
     mport=$(free_port)
     sport=$(free_port)
     while [[ "$sport" == "$mport" ]]; do sport=$(free_port); done
@@ -154,10 +156,9 @@ declare -a T_CP=() T_CPSYNC=() T_FRESH=() T_AGAIN=()
 
 # cp -r
 for ((r = 0; r <= RUNS; r++)); do
-    rm -rf "$WORK/copy"
     sync
     t0=$EPOCHREALTIME
-    cp -r "$TREE" "$WORK/copy"
+    cp -r "$TREE" "$WORK/copy-$r"
     t=$(elapsed_since "$t0")
     ((r == 0)) && { log "cp -r warm-up: ${t}s"; continue; }
     log "cp -r run $r: ${t}s"
@@ -166,21 +167,19 @@ done
 
 # cp -r + sync
 for ((r = 0; r <= RUNS; r++)); do
-    rm -rf "$WORK/copy"
     sync
     t0=$EPOCHREALTIME
-    cp -r "$TREE" "$WORK/copy"
+    cp -r "$TREE" "$WORK/copy-sync-$r"
     sync
     t=$(elapsed_since "$t0")
     ((r == 0)) && { log "cp -r + sync warm-up: ${t}s"; continue; }
     log "cp -r + sync run $r: ${t}s"
     T_CPSYNC+=("$t")
 done
-rm -rf "$WORK/copy"
 
 # elton import into an empty store
 for ((r = 0; r <= RUNS; r++)); do
-    start_elton "$r"
+    start_elton "fresh-$r"
     sync
     t0=$EPOCHREALTIME
     out=$("$ELTON" import --create "$TREE" "$VOLUME")

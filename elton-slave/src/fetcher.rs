@@ -12,12 +12,17 @@ use elton_proto::pb::FetchObjectRequest;
 use futures::StreamExt;
 
 use crate::SlaveError;
+use crate::hot::HotCache;
 use crate::master_link::MasterLink;
 use crate::metrics::{Metrics, inc};
 use crate::store::ObjectStore;
 
+/// Memory for small hot objects (see [`crate::hot`]).
+const HOT_BYTES: usize = 64 << 20;
+
 pub struct Fetcher {
     store: Arc<ObjectStore>,
+    hot: HotCache,
     link: MasterLink,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
@@ -27,6 +32,7 @@ impl Fetcher {
     pub fn new(store: Arc<ObjectStore>, link: MasterLink, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
+            hot: HotCache::new(HOT_BYTES),
             link,
             metrics,
             inflight: Mutex::new(HashMap::new()),
@@ -35,6 +41,29 @@ impl Fetcher {
 
     pub fn store(&self) -> &Arc<ObjectStore> {
         &self.store
+    }
+
+    /// A small object from memory, if it is there.
+    pub fn hot(&self, id: &ObjectId) -> Option<Bytes> {
+        let hit = self.hot.get(id);
+        if hit.is_some() {
+            inc(&self.metrics.cache_hits_total, 1);
+        }
+        hit
+    }
+
+    /// Remembers a small object's bytes after checking they hash to `id`;
+    /// on a mismatch (the file changed since it was verified) the object is
+    /// quarantined and the bytes must not be served.
+    pub fn remember(&self, id: ObjectId, bytes: &Bytes) -> Result<(), SlaveError> {
+        if ObjectId::of(bytes) != id {
+            self.hot.remove(&id);
+            self.store.quarantine(&id);
+            inc(&self.metrics.corrupt_objects_total, 1);
+            return Err(SlaveError::Corrupt(id));
+        }
+        self.hot.insert(id, bytes.clone());
+        Ok(())
     }
 
     /// Opens a verified local copy, fetching it first unless `local_only`.

@@ -17,6 +17,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
 use crate::fetcher::Fetcher;
+use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
 use crate::volumes::{Proposal, Resolved, Volumes};
 use crate::{SlaveError, range};
@@ -138,41 +139,108 @@ async fn serve_object(
         immutable_headers(&mut resp, &tag);
         return Ok(resp);
     }
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // Small hot objects: straight from memory.
+    if let Some(bytes) = state.fetcher.hot(&id) {
+        let size = bytes.len() as u64;
+        let Some(r) = Slice::of(range_header, size) else {
+            return Ok(unsatisfiable(size));
+        };
+        let body = if method == Method::HEAD {
+            Body::empty()
+        } else {
+            inc(&state.metrics.http_bytes_served_total, r.len);
+            Body::from(bytes.slice(r.start as usize..(r.start + r.len) as usize))
+        };
+        return Ok(object_response(body, &tag, content_type, r, size));
+    }
     let local_only = headers.contains_key(LOCAL_ONLY_HEADER);
     let (file, size) = state.fetcher.open(id, local_only).await?;
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, len) = match range::parse(range_header, size) {
-        Ok(None) => (StatusCode::OK, 0, size),
-        Ok(Some((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
-        Err(range::Unsatisfiable) => {
-            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                resp.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(resp);
-        }
+    let Some(r) = Slice::of(range_header, size) else {
+        return Ok(unsatisfiable(size));
     };
     let body = if method == Method::HEAD {
         Body::empty()
+    } else if size <= HOT_MAX_OBJECT {
+        // Read the whole small object once, verify, keep it in memory.
+        let bytes = read_all(file, size).await?;
+        state.fetcher.remember(id, &bytes)?;
+        inc(&state.metrics.http_bytes_served_total, r.len);
+        Body::from(bytes.slice(r.start as usize..(r.start + r.len) as usize))
     } else {
-        inc(&state.metrics.http_bytes_served_total, len);
-        body_of(file, start, len).await?
+        inc(&state.metrics.http_bytes_served_total, r.len);
+        body_of(file, r.start, r.len).await?
     };
+    Ok(object_response(body, &tag, content_type, r, size))
+}
+
+/// The part of an object a request asks for.
+#[derive(Clone, Copy)]
+struct Slice {
+    start: u64,
+    len: u64,
+    partial: bool,
+}
+
+impl Slice {
+    /// `None` when the range cannot be satisfied.
+    fn of(range_header: Option<&str>, size: u64) -> Option<Self> {
+        match range::parse(range_header, size) {
+            Ok(None) => Some(Self {
+                start: 0,
+                len: size,
+                partial: false,
+            }),
+            Ok(Some((start, len))) => Some(Self {
+                start,
+                len,
+                partial: true,
+            }),
+            Err(range::Unsatisfiable) => None,
+        }
+    }
+}
+
+fn unsatisfiable(size: u64) -> Response {
+    let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
+fn object_response(body: Body, tag: &str, content_type: &str, r: Slice, size: u64) -> Response {
     let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    immutable_headers(&mut resp, &tag);
+    *resp.status_mut() = if r.partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    immutable_headers(&mut resp, tag);
     let h = resp.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len));
     if let Ok(v) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+    if r.partial
+        && let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.start + r.len - 1))
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    Ok(resp)
+    resp
+}
+
+async fn read_all(file: std::fs::File, size: u64) -> Result<Bytes, SlaveError> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(size as usize);
+        (&file).read_to_end(&mut buf)?;
+        Ok::<_, std::io::Error>(Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| SlaveError::Io(format!("read task: {e}")))?
+    .map_err(|e| SlaveError::Io(format!("reading object: {e}")))
 }
 
 async fn body_of(mut file: std::fs::File, start: u64, len: u64) -> Result<Body, SlaveError> {

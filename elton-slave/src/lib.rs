@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: content-addressed, verified, durable object store.
 //! - [`fetcher`]: fetch on miss through the master, coalesced.
+//! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
 //! - [`volumes`]: resolving volume paths, publishing versions.
 //! - [`tree`]: pure tree edits (one-file commits).
@@ -15,6 +16,7 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod fetcher;
+pub mod hot;
 pub mod http;
 pub mod master_link;
 pub mod metrics;
