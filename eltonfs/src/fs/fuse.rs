@@ -534,8 +534,7 @@ impl Filesystem for EltonFs {
         // the kernel skip a GETXATTR(security.capability) round trip before
         // every write: a tenfold difference for small passthrough writes.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
