@@ -82,6 +82,17 @@ PY
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 seconds() { python3 -c 'import time; print(time.perf_counter())'; }
+small_tree() { # root n: n files of 100 random bytes, 1,000 per directory
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:03}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
+        f.write(os.urandom(100))
+PY
+}
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 # --- 1. sequential read of a cached 1 GiB lower file --------------------------
@@ -123,15 +134,7 @@ unmount "$WORK/mnt-big"
 
 # --- 3. stat of 10,000 lower files; 4. create of 10,000 upper files ----------
 log "preparing $STAT_FILES small files"
-python3 - "$WORK/src-stat" "$STAT_FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:03}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:05}"), "wb") as f:
-        f.write(os.urandom(100))
-PY
+small_tree "$WORK/src-stat" "$STAT_FILES"
 "$ELTON" import --create "$WORK/src-stat" small >/dev/null
 STAT_PY='import os, sys, time
 t = time.perf_counter()
@@ -162,15 +165,7 @@ log "stat: eltonfs ${R[stat]% *} s, native ${R[stat]#* } s; create: eltonfs ${R[
 
 # --- 5. commit of 100 changed files in a 100,000-file volume vs git ----------
 log "preparing a $VOLUME_FILES-file volume"
-python3 - "$WORK/src-vol" "$VOLUME_FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:03}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
-        f.write(os.urandom(100))
-PY
+small_tree "$WORK/src-vol" "$VOLUME_FILES"
 "$ELTON" import --create "$WORK/src-vol" vol >/dev/null
 cp -a "$WORK/src-vol" "$WORK/git-vol"
 (cd "$WORK/git-vol" && git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -q -m base)
