@@ -152,9 +152,26 @@ mod tests {
             fs::write(d.join("sub/f"), b"data").unwrap();
             fs::write(d.join("g"), b"data").unwrap();
             std::os::unix::fs::symlink("sub/f", d.join("link")).unwrap();
-            for p in ["sub/f", "g", "sub", "sub/empty", ""] {
-                let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
-                File::open(d.join(p)).unwrap().set_modified(t).unwrap();
+            // Every entry, the symlink included, needs the same mtime in both
+            // trees, or the manifests (rightly) differ.
+            let t = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 1000,
+                    tv_nsec: 0,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: 1000,
+                    tv_nsec: 0,
+                },
+            };
+            for p in ["sub/f", "g", "link", "sub", "sub/empty", ""] {
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    d.join(p),
+                    &t,
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .unwrap();
             }
         }
         let (sa, sb) = (
