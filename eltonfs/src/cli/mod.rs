@@ -2,6 +2,7 @@
 //! module holds one group of subcommands.
 
 mod client;
+mod docker;
 mod import;
 mod inspect;
 mod mounts;
@@ -59,13 +60,19 @@ pub enum Command {
     Umount { mountpoint: PathBuf },
     /// Publish a mount's changes as the next version.
     Commit {
-        mountpoint: PathBuf,
+        #[arg(required_unless_present = "docker_volume")]
+        mountpoint: Option<PathBuf>,
+        #[command(flatten)]
+        docker: docker::DockerVolumeArgs,
         #[arg(short, long, default_value = "")]
         message: String,
     },
     /// Show a mount's uncommitted changes.
     Status {
-        mountpoint: PathBuf,
+        #[arg(required_unless_present = "docker_volume")]
+        mountpoint: Option<PathBuf>,
+        #[command(flatten)]
+        docker: docker::DockerVolumeArgs,
         #[arg(long)]
         json: bool,
     },
@@ -73,6 +80,8 @@ pub enum Command {
     Checkout { mountpoint: PathBuf, version: u64 },
     /// List changed paths between two versions of a volume.
     Diff { volume: String, v1: u64, v2: u64 },
+    /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
+    DockerPlugin(docker::DockerPluginArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,7 +134,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn init_tracing(command: &Command) {
     let servers = matches!(
         command,
-        Command::Up(_) | Command::Master(_) | Command::Slave(_)
+        Command::Up(_) | Command::Master(_) | Command::Slave(_) | Command::DockerPlugin(_)
     );
     let default = if servers { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ELTON_LOG")
@@ -152,13 +161,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount { mountpoint } => mounts::umount(&mountpoint),
         Command::Commit {
             mountpoint,
+            docker,
             message,
-        } => tokio::task::spawn_blocking(move || mounts::commit(&mountpoint, message)).await?,
-        Command::Status { mountpoint, json } => mounts::status(&mountpoint, json),
+        } => {
+            let mountpoint = docker::mountpoint_of(mountpoint, &docker).await?;
+            tokio::task::spawn_blocking(move || mounts::commit(&mountpoint, message)).await?
+        }
+        Command::Status {
+            mountpoint,
+            docker,
+            json,
+        } => {
+            let mountpoint = docker::mountpoint_of(mountpoint, &docker).await?;
+            mounts::status(&mountpoint, json)
+        }
         Command::Checkout {
             mountpoint,
             version,
         } => mounts::checkout(&mountpoint, version),
         Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
+        Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
     }
 }

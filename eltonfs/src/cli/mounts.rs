@@ -2,8 +2,6 @@
 //! `status`, `checkout`, and `diff` between two versions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -11,6 +9,7 @@ use elton_proto::{DirManifest, EntryKind, ObjectId, VolumeName};
 
 use super::client::{Endpoints, check};
 use super::default_data_dir;
+use crate::fs::daemon::Detached;
 use crate::fs::mount::{self, ControlRequest, MountOptions};
 use crate::spec::Spec;
 
@@ -73,59 +72,24 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
             allow_other: a.allow_other,
         });
     }
-    // Detach: run the same command in the foreground as a child with its
-    // own process group, logging to the state dir; return once mounted.
-    let log_path = state.join("mount.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    args.push("--foreground".into());
-    let exe = std::env::current_exe().context("locating the elton binary")?;
-    let mut child = Command::new(exe);
-    child
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut child, 0);
-    if let Ok(t) = ep.token() {
-        child.env("ELTON_TOKEN", t);
+    let info = Detached {
+        spec: a.spec.to_string(),
+        mountpoint: mountpoint.clone(),
+        state_dir: state.clone(),
+        slave_url: ep.slave.clone(),
+        slave_data,
+        token: ep.token().ok(),
+        allow_other: a.allow_other,
     }
-    let mut child = child.spawn().context("starting the mount process")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(info) = mount::control(&mountpoint, &ControlRequest::Info) {
-            println!(
-                "mounted {}@{} at {} (upper: {})",
-                info.volume.unwrap_or_default(),
-                info.version.unwrap_or(0),
-                mountpoint.display(),
-                state.join("upper").display()
-            );
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("error"))
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            bail!("mount process exited ({status}): {last}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "mount did not come up within 60 s; see {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    .spawn()?;
+    println!(
+        "mounted {}@{} at {} (upper: {})",
+        info.volume.unwrap_or_default(),
+        info.version.unwrap_or(0),
+        mountpoint.display(),
+        state.join("upper").display()
+    );
+    Ok(())
 }
 
 pub fn umount(mountpoint: &Path) -> Result<()> {

@@ -4,8 +4,11 @@
 //! - [`lower`]: where lower manifests and objects come from.
 //! - [`inodes`]: inode numbers for paths.
 //! - [`fuse`]: the FUSE request handlers.
+//! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
+//! - [`daemon`]: starting a mount as a detached process.
 
 pub mod changes;
+pub mod daemon;
 pub mod fuse;
 pub mod inodes;
 pub mod layers;

@@ -1,0 +1,102 @@
+//! Starting a mount as a detached process: `elton mount ... --foreground` in
+//! its own process group (so it outlives whoever started it: a shell, or the
+//! Docker plugin across its restarts), logging to `mount.log` in its state
+//! directory. Returns once the mount answers on its control socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::mount::{self, ControlRequest, ControlResponse};
+
+pub struct Detached {
+    /// VOLUME[@VERSION].
+    pub spec: String,
+    pub mountpoint: PathBuf,
+    pub state_dir: PathBuf,
+    pub slave_url: String,
+    pub slave_data: PathBuf,
+    pub token: Option<String>,
+    pub allow_other: bool,
+}
+
+/// How long a mount may take to come up (resolving the version, recovering
+/// an interrupted commit) before we give up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Detached {
+    pub fn log_path(&self) -> PathBuf {
+        self.state_dir.join("mount.log")
+    }
+
+    /// Starts the mount process and waits until it serves.
+    pub fn spawn(&self) -> Result<ControlResponse> {
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("creating {}", self.state_dir.display()))?;
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let exe = std::env::current_exe().context("locating the elton binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("mount")
+            .arg(&self.spec)
+            .arg(&self.mountpoint)
+            .arg("--upper")
+            .arg(&self.state_dir)
+            .arg("--slave-data")
+            .arg(&self.slave_data)
+            .arg("--foreground")
+            .env("ELTON_SLAVE", &self.slave_url)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.allow_other {
+            cmd.arg("--allow-other");
+        }
+        match &self.token {
+            Some(t) => cmd.env("ELTON_TOKEN", t),
+            None => cmd.env_remove("ELTON_TOKEN"),
+        };
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().context("starting the mount process")?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(info) = mount::control(&self.mountpoint, &ControlRequest::Info) {
+                // Reap the process when it ends, so a long-lived parent
+                // collects no zombies.
+                std::thread::spawn(move || child.wait());
+                return Ok(info);
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "mount process exited ({status}): {}",
+                    last_error(&log_path).unwrap_or_else(|| format!("see {}", log_path.display()))
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "mount did not come up within {} s; see {}",
+                    START_TIMEOUT.as_secs(),
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The last error line a mount process logged.
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.contains("error"))
+        .map(|l| l.trim().to_string())
+}
