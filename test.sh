@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Debian packages the end-to-end tests use.
-PACKAGES=(fuse3)
+# Debian packages the end-to-end tests use: FUSE for the mounts, Docker's
+# engine and a static busybox (the plugin test's image) for the Docker test.
+PACKAGES=(fuse3 docker.io busybox-static)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -19,6 +20,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
     echo "test.sh: please install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# The Docker test needs a running engine. Start one when none answers (CI
+# machines have no init system running services); it keeps running after
+# the tests, like a service would.
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v dockerd >/dev/null; then
+    echo "test.sh: starting dockerd (log: /var/log/elton-test-dockerd.log)"
+    setsid nohup dockerd </dev/null >/var/log/elton-test-dockerd.log 2>&1 &
+    for _ in $(seq 60); do
+      docker info >/dev/null 2>&1 && break
+      sleep 1
+    done
+    docker info >/dev/null 2>&1 || {
+      echo "test.sh: dockerd did not come up; last lines of its log:" >&2
+      tail -20 /var/log/elton-test-dockerd.log >&2
+      exit 1
+    }
+  else
+    echo "test.sh: no Docker engine answers; start dockerd (the Docker plugin test needs it)" >&2
     exit 1
   fi
 fi
