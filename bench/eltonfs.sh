@@ -37,6 +37,7 @@ die() { log "error: $*"; exit 1; }
 
 [[ -e /dev/fuse ]] || die "/dev/fuse is missing"
 command -v git >/dev/null || die "git is required"
+command -v fusermount3 >/dev/null || die "fusermount3 is required (apt-get install fuse3)"
 command -v python3 >/dev/null || die "python3 is required"
 if [[ -z "${ELTON_BIN:-}" ]]; then
     log "building release elton"
