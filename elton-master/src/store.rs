@@ -420,4 +420,24 @@ mod tests {
             Err(MasterError::UnknownVolume(_))
         ));
     }
+
+    #[test]
+    fn forwarded_commit_skips_only_the_root_location_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let vol: VolumeName = "shared".parse().unwrap();
+        store.create_volume(&vol, "a", 0).unwrap();
+        let root = ObjectId::of(b"held in the peer's cluster");
+        let forwarded = NewVersion {
+            check_root: false,
+            ..new_version(&vol, 0, root)
+        };
+        assert_eq!(store.commit(forwarded.clone()).unwrap().version.get(), 1);
+        // The compare-and-set still applies.
+        assert!(matches!(
+            store.commit(forwarded),
+            Err(MasterError::Conflict { head: 1, .. })
+        ));
+        assert!(store.holders(&root).unwrap().is_empty());
+    }
 }
