@@ -5,7 +5,7 @@
 //! counted in [`WanStats`]. Connections are made lazily and re-made after a
 //! failure, so a link that comes back is used again without a restart.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elton_proto::pb::master_client::MasterClient;
@@ -27,7 +27,24 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub struct Peer {
     pub name: String,
     pub url: String,
-    client: MasterClient<Channel>,
+    endpoint: Endpoint,
+    /// Replaced by a fresh lazy channel after a call times out: a connection
+    /// into a black hole is never reported closed, and would otherwise make
+    /// every later call wait out its deadline until TCP gives up.
+    client: Mutex<MasterClient<Channel>>,
+}
+
+impl Peer {
+    fn client(&self) -> MasterClient<Channel> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn reconnect(&self) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = new_client(&self.endpoint);
+    }
 }
 
 /// What a peer's answer means for the caller.
@@ -106,13 +123,10 @@ impl PeerSet {
         self.stats
             .bytes(&peer.name, None, Direction::Out, msg.encoded_len() as u64);
         let req = self.request(msg);
-        let result = tokio::time::timeout(self.timeout, call(peer.client.clone(), req)).await;
+        let result = tokio::time::timeout(self.timeout, call(peer.client(), req)).await;
         let result = match result {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(self.timed_out(peer)),
         };
         match result {
             Ok(resp) => {
@@ -124,6 +138,11 @@ impl PeerSet {
             }
             Err(s) => Err(self.failure(peer, s)),
         }
+    }
+
+    fn timed_out(&self, peer: &Peer) -> Status {
+        peer.reconnect();
+        Status::deadline_exceeded(format!("no answer within {} ms", self.timeout.as_millis()))
     }
 
     fn failure(&self, peer: &Peer, s: Status) -> PeerFailure {
@@ -207,14 +226,11 @@ impl PeerSet {
         self.stats
             .bytes(&peer.name, None, Direction::Out, msg.encoded_len() as u64);
         let req = self.request(msg);
-        let mut client = peer.client.clone();
+        let mut client = peer.client();
         let opened = tokio::time::timeout(self.timeout, client.fetch_object(req)).await;
         let opened = match opened {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(self.timed_out(peer)),
         };
         match opened {
             Ok(resp) => {
@@ -237,16 +253,21 @@ fn connect(p: &PeerConfig, timeout: Duration) -> Result<Peer, MasterError> {
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         // Pings only while a stream is open: an idle link costs no bytes,
-        // and a transfer over a dead link fails instead of hanging.
+        // and a transfer over a dead link fails instead of hanging. The ack
+        // may queue behind data on a slow, busy link, hence the long wait.
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(timeout)
+        .keep_alive_timeout(timeout * 5)
         .keep_alive_while_idle(false);
-    let client = MasterClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Peer {
         name: p.name.clone(),
         url: p.url.clone(),
-        client,
+        client: Mutex::new(new_client(&endpoint)),
+        endpoint,
     })
+}
+
+fn new_client(endpoint: &Endpoint) -> MasterClient<Channel> {
+    MasterClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

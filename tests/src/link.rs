@@ -1,7 +1,8 @@
 //! A user-space WAN link on loopback: a TCP proxy that forwards to a
 //! target, counts the bytes going each way, and can add latency, limit
-//! bandwidth, and cut the link (close every connection and refuse new ones)
-//! until it is restored.
+//! bandwidth, cut the link (close every connection and refuse new ones)
+//! until it is restored, or stall it (a black hole: connections stay open
+//! and accepted, nothing moves, like a route that silently drops packets).
 //!
 //! Tests point a master's peer URL at [`Link::url`], so every byte that
 //! crosses "the WAN" goes through here and is counted. Threads, not async:
@@ -42,6 +43,7 @@ struct Inner {
     /// Bytes per second per direction; 0 = unlimited.
     rate: AtomicU64,
     cut: AtomicBool,
+    stalled: AtomicBool,
     stopped: AtomicBool,
     /// Both sockets of every live connection (by id), to close them on a cut.
     conns: Mutex<Vec<(u64, TcpStream, TcpStream)>>,
@@ -112,6 +114,7 @@ impl Link {
             latency_us: AtomicU64::new(0),
             rate: AtomicU64::new(0),
             cut: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(0),
@@ -164,6 +167,12 @@ impl Link {
 
     pub fn restore(&self) {
         self.inner.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Holds every byte (both ways, all connections) until un-stalled;
+    /// nothing is closed, so only timeouts notice.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.inner.stalled.store(stalled, Ordering::SeqCst);
     }
 
     pub fn is_cut(&self) -> bool {
@@ -277,6 +286,12 @@ fn pump(
                         if reader_inner.cut.load(Ordering::SeqCst) {
                             break;
                         }
+                        while reader_inner.stalled.load(Ordering::SeqCst)
+                            && !reader_inner.cut.load(Ordering::SeqCst)
+                            && !reader_inner.stopped.load(Ordering::SeqCst)
+                        {
+                            thread::sleep(Duration::from_millis(10));
+                        }
                         reader_inner.pace(way, n);
                         let latency =
                             Duration::from_micros(reader_inner.latency_us.load(Ordering::Relaxed));
@@ -380,5 +395,21 @@ mod tests {
         assert!(roundtrip(&link, b"hello").is_err());
         link.restore();
         assert_eq!(roundtrip(&link, b"hello").unwrap(), b"hello");
+
+        // A stall holds data without closing anything; it flows afterwards.
+        let mut s = TcpStream::connect(link.addr()).unwrap();
+        link.set_stalled(true);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.write_all(b"held").unwrap();
+        let mut four = [0u8; 4];
+        assert!(
+            s.read_exact(&mut four).is_err(),
+            "nothing moves while stalled"
+        );
+        link.set_stalled(false);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_exact(&mut four).unwrap();
+        assert_eq!(&four, b"held");
     }
 }

@@ -431,3 +431,42 @@ fn phase5_partition_local_works_cached_served_remote_fails_fast_then_resumes() {
     assert!(p.a.ok(1, &["log", "avol"]).contains("version 2"));
     assert!(stats(&p.b, "alpha")["reachable"].as_bool().unwrap());
 }
+
+#[test]
+fn phase6_black_hole_link_fails_fast_and_recovers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let p = Pair::new();
+    p.a.ok(1, &["volume", "create", "hole"]);
+    import(
+        &p.a,
+        1,
+        "hole",
+        &[("f1", b"one\n".to_vec()), ("f2", b"two\n".to_vec())],
+        &[],
+    );
+    let b1 = p.b.slave_url(1);
+    assert_eq!(get(&format!("{b1}/v1/volumes/hole/1/f1")).status(), 200);
+
+    // Packets vanish, connections stay open: only deadlines can tell.
+    p.to_a.set_stalled(true);
+    p.to_b.set_stalled(true);
+    for url in [
+        format!("{b1}/v1/volumes/hole/1/f2"),
+        format!("{b1}/v1/volumes/hole/latest/f1"),
+    ] {
+        let (s, body, took) = timed_get(&url);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert!(s >= 500, "{url}: {s} {text}");
+        assert!(text.contains("unreachable"), "{text}");
+        assert!(took < Duration::from_secs(10), "{url} took {took:?}");
+    }
+    // Cached remote data is still served inside B.
+    let (s, body, _) = timed_get(&format!("{}/v1/volumes/hole/1/f1", p.b.slave_url(2)));
+    assert_eq!((s, body.as_slice()), (200, b"one\n".as_slice()));
+
+    p.to_a.set_stalled(false);
+    p.to_b.set_stalled(false);
+    let (s, body, took) = timed_get(&format!("{b1}/v1/volumes/hole/1/f2"));
+    assert_eq!((s, body.as_slice()), (200, b"two\n".as_slice()));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
