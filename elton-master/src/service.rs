@@ -47,15 +47,6 @@ enum Local {
     Miss { last_error: Option<String> },
 }
 
-/// The calling peer's cluster name, when the call comes from a peer master.
-fn peer_of<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get(PEER_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,10 +138,24 @@ impl MasterService {
             .collect())
     }
 
-    /// Counts a call from a peer master and its reply's size.
+    /// The calling peer's cluster name, when the call comes from a peer
+    /// master; such a call is counted as a WAN request of that peer.
+    fn peer_call<T>(&self, req: &Request<T>) -> Option<String> {
+        let peer = req
+            .metadata()
+            .get(PEER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        if let Some(p) = &peer {
+            self.wan.request(p, Direction::In);
+        }
+        peer
+    }
+
+    /// Counts the reply to a peer's call as WAN bytes sent to it.
     fn note_peer_reply<T: Message>(&self, peer: Option<&str>, reply: &T) {
         if let Some(p) = peer {
-            self.wan.request(p, Direction::In);
             self.wan
                 .bytes(p, None, Direction::Out, reply.encoded_len() as u64);
         }
@@ -283,7 +288,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
-        let peer = peer_of(&req);
+        let peer = self.peer_call(&req);
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
         let n = name.clone();
         let info = match self.with_store(move |s| s.volume(&n)).await {
@@ -311,7 +316,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
-        let peer = peer_of(&req);
+        let peer = self.peer_call(&req);
         let r = req.into_inner();
         let volume: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let root = object_id(&r.root)?;
@@ -353,7 +358,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
-        let peer = peer_of(&req);
+        let peer = self.peer_call(&req);
         let r = req.into_inner();
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let n = name.clone();
@@ -372,7 +377,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let peer = peer_of(&req);
+        let peer = self.peer_call(&req);
         let name: VolumeName = req.into_inner().volume.parse().map_err(MasterError::from)?;
         let n = name.clone();
         let list = match self.with_store(move |s| s.versions(&n)).await {
@@ -460,7 +465,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
-        let peer = peer_of(&req);
+        let peer = self.peer_call(&req);
         let object = object_id(&req.into_inner().object)?;
         let rows = self.with_store(move |s| {
             let holders = s.holders(&object)?;
@@ -483,7 +488,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::FetchObjectRequest>,
     ) -> Result<Response<Self::FetchObjectStream>, Status> {
-        let peer = peer_of(&req);
+        let peer = self.peer_call(&req);
         let r = req.into_inner();
         let object = object_id(&r.object)?;
         let exclude = if r.exclude_node.is_empty() {
@@ -500,9 +505,6 @@ impl Master for MasterService {
         } else {
             Some(r.volume.parse::<VolumeName>().map_err(MasterError::from)?)
         };
-        if let Some(p) = &peer {
-            self.wan.request(p, Direction::In);
-        }
         let (size, stream) = self
             .open_anywhere(object, exclude, volume.clone(), peer.as_deref())
             .await?;

@@ -179,6 +179,25 @@ fn phase1_thesis_write_in_a_read_three_times_in_b() {
     let counted: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(counted >= file);
     assert!(text.contains("elton_master_peer_up{peer=\"alpha\"} 1"));
+
+    // For comparison (printed, not asserted: debug builds on a shared
+    // machine): the same bytes as a plain HTTP download through a proxy.
+    let a1_port: u16 =
+        p.a.slave_url(1)
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let plain = Link::start(([127, 0, 0, 1], a1_port).into()).unwrap();
+    let id = blake3::hash(&data).to_hex().to_string();
+    let (status, body, plain_took) = timed_get(&format!("{}/v1/objects/{id}", plain.url()));
+    assert_eq!((status, body.len() as u64), (200, file));
+    eprintln!(
+        "thesis: cross-cluster cold read {:.1} MiB/s, plain HTTP through a proxy {:.1} MiB/s",
+        64.0 / took.as_secs_f64(),
+        64.0 / plain_took.as_secs_f64()
+    );
 }
 
 #[test]
