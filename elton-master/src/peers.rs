@@ -23,6 +23,8 @@ use crate::{MasterConfig, MasterError};
 
 /// Same bound as the master's own server.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Receive window per object stream from a peer.
+const PEER_STREAM_WINDOW: u32 = 8 << 20;
 
 pub struct Peer {
     pub name: String,
@@ -257,7 +259,11 @@ fn connect(p: &PeerConfig, timeout: Duration) -> Result<Peer, MasterError> {
         // may queue behind data on a slow, busy link, hence the long wait.
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(timeout * 5)
-        .keep_alive_while_idle(false);
+        .keep_alive_while_idle(false)
+        // HTTP/2's default 64 KiB window allows one window per round trip:
+        // far below a WAN's bandwidth-delay product.
+        .initial_stream_window_size(PEER_STREAM_WINDOW)
+        .initial_connection_window_size(PEER_STREAM_WINDOW * 2);
     Ok(Peer {
         name: p.name.clone(),
         url: p.url.clone(),
