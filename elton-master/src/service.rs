@@ -340,10 +340,16 @@ impl Master for MasterService {
             }
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
                 // Homed elsewhere: the root must be stored in this cluster,
-                // where the home's readers will fetch it from.
-                if self.with_store(move |s| s.holders(&root)).await?.is_empty() {
-                    return Err(MasterError::RootNotStored(root.to_string()).into());
-                }
+                // where the home's readers will fetch it from. Its location
+                // is made durable before the version exists anywhere, as a
+                // local commit's transaction does.
+                self.with_store(move |s| {
+                    if s.holders(&root)?.is_empty() {
+                        return Err(MasterError::RootNotStored(root.to_string()));
+                    }
+                    s.flush()
+                })
+                .await?;
                 let record = self.remote.commit(&volume, r).await?;
                 tracing::info!(volume = %volume, version = record.version, "committed at the home master");
                 record

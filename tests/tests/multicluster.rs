@@ -454,6 +454,22 @@ fn phase5_partition_local_works_cached_served_remote_fails_fast_then_resumes() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(p.a.ok(1, &["log", "avol"]).contains("version 2"));
     assert!(stats(&p.b, "alpha")["reachable"].as_bool().unwrap());
+
+    // A restarted master B forgot its remote caches; it asks the peers again.
+    let mut b = p.b;
+    b.master.restart();
+    let (s, body, _) = timed_get(&format!("{b2}/v1/volumes/avol/2/f3"));
+    assert_eq!(
+        (s, body.as_slice()),
+        (200, b"three\n".as_slice()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // (`latest` answers a redirect to the numbered URL, which is followed.)
+    let (s, body, _) = timed_get(&format!("{b2}/v1/volumes/avol/latest/f3"));
+    assert_eq!((s, body.as_slice()), (200, b"three\n".as_slice()));
+    let (s, body, _) = timed_get(&format!("{b2}/v1/volumes/avol/1/f2"));
+    assert_eq!((s, body.as_slice()), (200, b"two\n".as_slice()));
 }
 
 #[test]
