@@ -21,6 +21,41 @@ pub struct MasterConfig {
     /// fetch source.
     #[serde(with = "millis")]
     pub down_after: Duration,
+    /// Name of this master's cluster: recorded as the home of the volumes it
+    /// creates and sent to peers. Empty means `id`.
+    pub cluster: String,
+    /// Peer masters of other clusters, reached over the WAN.
+    pub peers: Vec<PeerConfig>,
+    /// Connect timeout and deadline of one metadata call to a peer, and the
+    /// longest silence tolerated in a peer's object stream (x5).
+    #[serde(with = "millis")]
+    pub peer_timeout: Duration,
+    /// HTTP address for Prometheus `/metrics`; off when unset.
+    pub metrics_listen: Option<String>,
+}
+
+/// One peer master: its cluster name (the `home` of its volumes) and its
+/// gRPC URL.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub url: String,
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = String;
+
+    /// `name=url`, the form of the `--peer` flag.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("peer {s:?}: expected NAME=URL"))?;
+        Ok(Self {
+            name: name.trim().to_string(),
+            url: url.trim().to_string(),
+        })
+    }
 }
 
 impl Default for MasterConfig {
@@ -31,13 +66,58 @@ impl Default for MasterConfig {
             listen: "127.0.0.1:7100".into(),
             heartbeat_interval: Duration::from_secs(2),
             down_after: Duration::from_secs(10),
+            cluster: String::new(),
+            peers: Vec::new(),
+            peer_timeout: Duration::from_secs(3),
+            metrics_listen: None,
         }
     }
 }
 
 impl MasterConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let c: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The cluster name: `cluster`, or `id` when it is empty.
+    pub fn cluster_name(&self) -> &str {
+        if self.cluster.is_empty() {
+            &self.id
+        } else {
+            &self.cluster
+        }
+    }
+
+    /// Peers must have distinct, non-empty names other than our own and
+    /// http(s) URLs; checked before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.peers {
+            if p.name.is_empty() || p.name.contains(char::is_whitespace) {
+                return Err(format!("peer name {:?} is invalid", p.name));
+            }
+            if p.name == self.cluster_name() {
+                return Err(format!(
+                    "peer {:?} has this master's own cluster name",
+                    p.name
+                ));
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(format!("peer {:?} is listed twice", p.name));
+            }
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(format!(
+                    "peer {:?}: URL {:?} must start with http:// or https://",
+                    p.name, p.url
+                ));
+            }
+        }
+        if self.peer_timeout.is_zero() {
+            return Err("peer_timeout must be above 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -62,5 +142,25 @@ mod tests {
         assert_eq!(c.down_after, Duration::from_millis(500));
         assert_eq!(c.listen, MasterConfig::default().listen);
         assert!(MasterConfig::from_toml("lisen = \"x\"").is_err());
+        assert_eq!(c.cluster_name(), "a");
+    }
+
+    #[test]
+    fn peers_from_file_and_flag_are_validated() {
+        let c = MasterConfig::from_toml(
+            "cluster = \"b\"\n[[peers]]\nname = \"a\"\nurl = \"http://10.0.0.1:7100\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster_name(), "b");
+        assert_eq!(c.peers, vec!["a=http://10.0.0.1:7100".parse().unwrap()]);
+        assert!("a".parse::<PeerConfig>().is_err());
+        for bad in [
+            "cluster = \"a\"\n[[peers]]\nname = \"a\"\nurl = \"http://x\"\n",
+            "[[peers]]\nname = \"a\"\nurl = \"x:1\"\n",
+            "[[peers]]\nname = \"a\"\nurl = \"http://x\"\n[[peers]]\nname = \"a\"\nurl = \"http://y\"\n",
+            "[[peers]]\nname = \"\"\nurl = \"http://x\"\n",
+        ] {
+            assert!(MasterConfig::from_toml(bad).is_err(), "{bad}");
+        }
     }
 }

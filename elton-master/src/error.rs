@@ -28,6 +28,21 @@ pub enum MasterError {
     UnknownNode(String),
     #[error("no live node holds object {0}")]
     NoHolder(String),
+    #[error("volume {volume:?} already exists: cluster {home} homes it")]
+    HomedByPeer { volume: String, home: String },
+    #[error("home master {home} unreachable: {reason}")]
+    HomeUnreachable { home: String, reason: String },
+    #[error("{what}: not found in this cluster, and peer master(s) unreachable: {peers}")]
+    PeersUnreachable { what: String, peers: String },
+    /// A peer's error answer, passed on with its code (and conflict head).
+    #[error("{message}")]
+    Remote {
+        code: Code,
+        message: String,
+        head: Option<u64>,
+    },
+    #[error("object {object}: every holder failed; last: {last}")]
+    HoldersFailed { object: String, last: String },
     #[error("metadata store: {0}")]
     Storage(String),
     #[error("{0}")]
@@ -67,13 +82,22 @@ impl From<MasterError> for Status {
             | MasterError::UnknownVersion { .. }
             | MasterError::EmptyVolume(_)
             | MasterError::NoHolder(_) => Code::NotFound,
-            MasterError::VolumeExists(_) => Code::AlreadyExists,
+            MasterError::VolumeExists(_) | MasterError::HomedByPeer { .. } => Code::AlreadyExists,
+            MasterError::HomeUnreachable { .. }
+            | MasterError::PeersUnreachable { .. }
+            | MasterError::HoldersFailed { .. } => Code::Unavailable,
+            MasterError::Remote { code, .. } => *code,
             MasterError::Conflict { .. } => Code::Aborted,
             MasterError::RootNotStored(_) | MasterError::UnknownNode(_) => Code::FailedPrecondition,
             MasterError::Storage(_) | MasterError::Io(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
-        if let MasterError::Conflict { head, .. } = e
+        let head = match e {
+            MasterError::Conflict { head, .. } => Some(head),
+            MasterError::Remote { head, .. } => head,
+            _ => None,
+        };
+        if let Some(head) = head
             && let Ok(v) = head.to_string().parse()
         {
             status.metadata_mut().insert(HEAD_METADATA_KEY, v);

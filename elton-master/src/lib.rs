@@ -4,18 +4,28 @@
 //! - [`nodes`]: which registered slaves are alive (heartbeats).
 //! - [`service`]: the `elton.v1.Master` gRPC service.
 //! - [`fetch`]: proxying an object's bytes from a holder to a requester.
+//! - [`peers`], [`remote`], [`crossfetch`], [`coalesce`]: peer masters of
+//!   other clusters: remote volumes, forwarded commits, cross-cluster
+//!   fetches (one WAN transfer per object at a time).
+//! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
 //! - [`config`]: settings with documented defaults.
 //! - [`error`]: one error type, mapped to gRPC status in one place.
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves, so
 //! tests can start a master on port 0 in-process.
 
+pub mod coalesce;
 pub mod config;
+pub mod crossfetch;
 pub mod error;
 pub mod fetch;
+pub mod metrics;
 pub mod nodes;
+pub mod peers;
+pub mod remote;
 pub mod service;
 pub mod store;
+pub mod wan;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +37,7 @@ pub use config::MasterConfig;
 pub use error::MasterError;
 pub use service::MasterService;
 pub use store::MetaStore;
+pub use wan::WanStats;
 
 /// Serves the master on `listener` until `shutdown` completes.
 pub async fn run(
@@ -34,17 +45,50 @@ pub async fn run(
     config: MasterConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), MasterError> {
+    config.validate().map_err(MasterError::BadRequest)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| MasterError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
     let store = Arc::new(MetaStore::open(&config.data_dir.join("master.redb"))?);
-    let service = MasterService::new(store.clone(), &config);
+    let wan = Arc::new(WanStats::new(
+        config
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.url.as_str())),
+    ));
+    let service = MasterService::new(store.clone(), &config, wan.clone())?;
+    // Bind before serving anything, so a bad address fails the start.
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| MasterError::Io(format!("binding metrics address {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let metrics_task = metrics_listener.map(|l| {
+        let mut rx = stop_rx.clone();
+        tracing::info!(addr = ?l.local_addr().ok(), "master metrics serving");
+        tokio::spawn(metrics::serve(l, wan.clone(), async move {
+            let _ = rx.changed().await;
+        }))
+    });
     let flusher = tokio::spawn(store::flush_periodically(store));
-    tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?, id = %config.id, "master serving");
+    tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
+        id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(), "master serving");
     let result = tonic::transport::Server::builder()
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| MasterError::Io(format!("gRPC server: {e}")));
+    drop(stop_tx);
+    if let Some(t) = metrics_task {
+        match t.await {
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("metrics task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     flusher.abort();
     result
 }

@@ -1,17 +1,26 @@
 //! The `elton.v1.Master` gRPC service: request parsing and orchestration.
-//! Decisions live in [`crate::store`] and [`crate::nodes`].
+//! Decisions live in [`crate::store`] and [`crate::nodes`]; volumes homed by
+//! peer masters go through [`crate::remote`], cross-cluster fetches through
+//! [`crate::crossfetch`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use elton_proto::pb::master_server::{Master, MasterServer};
 use elton_proto::pb::{self, NodeInfo};
-use elton_proto::{NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName};
+use elton_proto::{NodeId, ObjectId, PEER_METADATA_KEY, SIZE_METADATA_KEY, VolumeName};
+use futures::StreamExt;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::coalesce::{Coalescer, Turn};
+use crate::crossfetch::CrossFetch;
 use crate::fetch::{self, ChunkStream, SourceError};
 use crate::nodes::Liveness;
+use crate::peers::PeerSet;
+use crate::remote::{Lookup, RemoteVolumes};
 use crate::store::{MetaStore, NewVersion, NodeRow, VolumeRow};
+use crate::wan::{Direction, WanStats};
 use crate::{MasterConfig, MasterError};
 
 /// Largest gRPC message accepted (a batch of locations, a listing).
@@ -19,11 +28,23 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct MasterService {
-    id: String,
     heartbeat_interval: Duration,
     store: Arc<MetaStore>,
     liveness: Arc<Liveness>,
     http: reqwest::Client,
+    cluster: String,
+    peers: Arc<PeerSet>,
+    remote: Arc<RemoteVolumes>,
+    cross: Arc<CrossFetch>,
+    coalescer: Arc<Coalescer>,
+    wan: Arc<WanStats>,
+}
+
+/// The local outcome of a fetch: a stream from a holder of this cluster, or
+/// why there was none.
+enum Local {
+    Served(u64, ChunkStream),
+    Miss { last_error: Option<String> },
 }
 
 fn now_unix() -> u64 {
@@ -33,7 +54,11 @@ fn now_unix() -> u64 {
 }
 
 impl MasterService {
-    pub fn new(store: Arc<MetaStore>, config: &MasterConfig) -> Self {
+    pub fn new(
+        store: Arc<MetaStore>,
+        config: &MasterConfig,
+        wan: Arc<WanStats>,
+    ) -> Result<Self, MasterError> {
         let known = store
             .nodes()
             .map(|rows| rows.into_iter().map(|r| r.id).collect::<Vec<_>>());
@@ -41,8 +66,15 @@ impl MasterService {
             tracing::warn!("reading node registry: {e}");
             Vec::new()
         });
-        Self {
-            id: config.id.clone(),
+        let peers = Arc::new(PeerSet::new(config, wan.clone())?);
+        let remote = Arc::new(RemoteVolumes::new(peers.clone()));
+        let cross = Arc::new(CrossFetch::new(
+            peers.clone(),
+            remote.clone(),
+            wan.clone(),
+            config.peer_timeout,
+        ));
+        Ok(Self {
             heartbeat_interval: config.heartbeat_interval,
             liveness: Arc::new(Liveness::new(config.down_after, known, Instant::now())),
             store,
@@ -50,7 +82,13 @@ impl MasterService {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
-        }
+            cluster: config.cluster_name().to_string(),
+            peers,
+            remote,
+            cross,
+            coalescer: Arc::new(Coalescer::default()),
+            wan,
+        })
     }
 
     pub fn into_server(self) -> MasterServer<Self> {
@@ -99,6 +137,107 @@ impl MasterService {
             .filter(|n| self.liveness.is_up(&n.id, now))
             .collect())
     }
+
+    /// The calling peer's cluster name, when the call comes from a peer
+    /// master; such a call is counted as a WAN request of that peer.
+    fn peer_call<T>(&self, req: &Request<T>) -> Option<String> {
+        let peer = req
+            .metadata()
+            .get(PEER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        if let Some(p) = &peer {
+            self.wan.request(p, Direction::In);
+        }
+        peer
+    }
+
+    /// Counts the reply to a peer's call as WAN bytes sent to it.
+    fn note_peer_reply<T: Message>(&self, peer: Option<&str>, reply: &T) {
+        if let Some(p) = peer {
+            self.wan
+                .bytes(p, None, Direction::Out, reply.encoded_len() as u64);
+        }
+    }
+
+    /// Whether a miss may be looked up on peers: not for calls that come
+    /// from a peer (no recursion), and only if there are peers.
+    fn may_ask_peers(&self, from_peer: Option<&str>) -> bool {
+        from_peer.is_none() && !self.peers.is_empty()
+    }
+
+    /// Streams `object` from a live holder of this cluster, dropping stale
+    /// locations on the way.
+    async fn open_local(
+        &self,
+        object: ObjectId,
+        exclude: Option<NodeId>,
+    ) -> Result<Local, MasterError> {
+        let mut last_error = None;
+        for holder in self.live_holders(object, exclude).await? {
+            match fetch::open_from(&self.http, &holder.id, &holder.http_addr, &object).await {
+                Ok((size, stream)) => return Ok(Local::Served(size, stream)),
+                Err(SourceError::Missing) => {
+                    tracing::warn!(%object, node = %holder.id, "stale location removed");
+                    let node = holder.id.clone();
+                    self.with_store(move |s| s.remove_location(&object, &node))
+                        .await?;
+                }
+                Err(SourceError::Failed(e)) => {
+                    tracing::warn!(%object, "fetch source failed: {e}");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Ok(Local::Miss { last_error })
+    }
+
+    /// Serves from this cluster when possible, else from a peer: one WAN
+    /// transfer per object at a time, later requesters wait for it to land
+    /// here and are then served locally.
+    async fn open_anywhere(
+        &self,
+        object: ObjectId,
+        exclude: Option<NodeId>,
+        volume: Option<VolumeName>,
+        from_peer: Option<&str>,
+    ) -> Result<(Option<u64>, ChunkStream), MasterError> {
+        loop {
+            let last_error = match self.open_local(object, exclude.clone()).await? {
+                Local::Served(size, stream) => return Ok((Some(size), stream)),
+                Local::Miss { last_error } => last_error,
+            };
+            let miss = || match &last_error {
+                Some(e) => MasterError::HoldersFailed {
+                    object: object.to_string(),
+                    last: e.clone(),
+                },
+                None => MasterError::NoHolder(object.to_string()),
+            };
+            if !self.may_ask_peers(from_peer) {
+                return Err(miss());
+            }
+            match self.coalescer.join(object) {
+                Turn::Wait(waiter) => {
+                    tracing::debug!(%object, "waiting for the transfer under way");
+                    waiter.settled().await;
+                }
+                Turn::Lead(lead) => {
+                    // It may have landed between the check above and `join`.
+                    if let Local::Served(size, stream) =
+                        self.open_local(object, exclude.clone()).await?
+                    {
+                        return Ok((Some(size), stream));
+                    }
+                    return match self.cross.open(lead, object, volume.as_ref()).await {
+                        Err(MasterError::NoHolder(_)) => Err(miss()),
+                        other => other,
+                    };
+                }
+            }
+        }
+    }
 }
 
 fn volume_info(row: VolumeRow) -> pb::VolumeInfo {
@@ -121,7 +260,23 @@ impl Master for MasterService {
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
-        let home = self.id.clone();
+        if !self.peers.is_empty() {
+            match self.remote.lookup(&name).await? {
+                Lookup::Found(peer) => {
+                    return Err(MasterError::HomedByPeer {
+                        volume: name.to_string(),
+                        home: peer.name.clone(),
+                    }
+                    .into());
+                }
+                Lookup::Absent { unreachable } if !unreachable.is_empty() => {
+                    tracing::warn!(volume = %name, "creating while peers are unreachable \
+                        (they cannot be checked for the same name): {}", unreachable.join(", "));
+                }
+                Lookup::Absent { .. } => {}
+            }
+        }
+        let home = self.cluster.clone();
         let row = self
             .with_store(move |s| s.create_volume(&name, &home, now_unix()))
             .await?;
@@ -133,9 +288,18 @@ impl Master for MasterService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
+        let peer = self.peer_call(&req);
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
-        let row = self.with_store(move |s| s.volume(&name)).await?;
-        Ok(Response::new(volume_info(row)))
+        let n = name.clone();
+        let info = match self.with_store(move |s| s.volume(&n)).await {
+            Ok(row) => volume_info(row),
+            Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
+                self.remote.volume(&name).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.note_peer_reply(peer.as_deref(), &info);
+        Ok(Response::new(info))
     }
 
     async fn list_volumes(
@@ -152,42 +316,87 @@ impl Master for MasterService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
+        let peer = self.peer_call(&req);
         let r = req.into_inner();
+        let volume: VolumeName = r.volume.parse().map_err(MasterError::from)?;
+        let root = object_id(&r.root)?;
+        // A configured peer checked the root in its cluster, where it lives.
+        let forwarded_by_peer = peer.as_deref().is_some_and(|p| self.peers.get(p).is_some());
         let new = NewVersion {
-            volume: r.volume.parse().map_err(MasterError::from)?,
+            volume: volume.clone(),
             parent: r.parent,
-            root: object_id(&r.root)?,
-            message: r.message,
-            author: r.author,
-            host: r.host,
+            root,
+            message: r.message.clone(),
+            author: r.author.clone(),
+            host: r.host.clone(),
             time: now_unix(),
+            check_root: !forwarded_by_peer,
         };
-        let info = self.with_store(move |s| s.commit(new)).await?;
-        tracing::info!(volume = %info.volume, version = %info.version, root = %info.root, "committed");
-        Ok(Response::new((&info).into()))
+        let record: pb::VersionRecord = match self.with_store(move |s| s.commit(new)).await {
+            Ok(info) => {
+                tracing::info!(volume = %info.volume, version = %info.version, root = %info.root,
+                    via = peer.as_deref().unwrap_or("-"), "committed");
+                (&info).into()
+            }
+            Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
+                // Homed elsewhere: the root must be stored in this cluster,
+                // where the home's readers will fetch it from. Its location
+                // is made durable before the version exists anywhere, as a
+                // local commit's transaction does.
+                self.with_store(move |s| {
+                    if s.holders(&root)?.is_empty() {
+                        return Err(MasterError::RootNotStored(root.to_string()));
+                    }
+                    s.flush()
+                })
+                .await?;
+                let record = self.remote.commit(&volume, r).await?;
+                tracing::info!(volume = %volume, version = record.version, "committed at the home master");
+                record
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.note_peer_reply(peer.as_deref(), &record);
+        Ok(Response::new(record))
     }
 
     async fn get_version(
         &self,
         req: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
+        let peer = self.peer_call(&req);
         let r = req.into_inner();
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
-        let info = self
-            .with_store(move |s| s.version(&name, r.version))
-            .await?;
-        Ok(Response::new((&info).into()))
+        let n = name.clone();
+        let record = match self.with_store(move |s| s.version(&n, r.version)).await {
+            Ok(info) => (&info).into(),
+            Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
+                self.remote.version(&name, r.version).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.note_peer_reply(peer.as_deref(), &record);
+        Ok(Response::new(record))
     }
 
     async fn list_versions(
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let peer = self.peer_call(&req);
         let name: VolumeName = req.into_inner().volume.parse().map_err(MasterError::from)?;
-        let list = self.with_store(move |s| s.versions(&name)).await?;
-        Ok(Response::new(pb::ListVersionsResponse {
-            versions: list.iter().map(Into::into).collect(),
-        }))
+        let n = name.clone();
+        let list = match self.with_store(move |s| s.versions(&n)).await {
+            Ok(list) => pb::ListVersionsResponse {
+                versions: list.iter().map(Into::into).collect(),
+            },
+            Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
+                self.remote.versions(&name).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.note_peer_reply(peer.as_deref(), &list);
+        Ok(Response::new(list))
     }
 
     async fn register_node(
@@ -250,8 +459,11 @@ impl Master for MasterService {
             .iter()
             .map(|o| object_id(o))
             .collect::<Result<Vec<_>, _>>()?;
+        let registered = objects.clone();
         self.with_store(move |s| s.add_locations(&node, &objects))
             .await?;
+        // Requests waiting for a cross-cluster transfer can now be served here.
+        self.coalescer.settle(&registered);
         Ok(Response::new(pb::AddLocationsResponse {}))
     }
 
@@ -259,6 +471,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
+        let peer = self.peer_call(&req);
         let object = object_id(&req.into_inner().object)?;
         let rows = self.with_store(move |s| {
             let holders = s.holders(&object)?;
@@ -268,9 +481,11 @@ impl Master for MasterService {
                 .collect::<Vec<_>>())
         });
         let rows = rows.await?;
-        Ok(Response::new(pb::LocateResponse {
+        let reply = pb::LocateResponse {
             holders: rows.iter().map(|r| self.node_info(r)).collect(),
-        }))
+        };
+        self.note_peer_reply(peer.as_deref(), &reply);
+        Ok(Response::new(reply))
     }
 
     type FetchObjectStream = ChunkStream;
@@ -279,6 +494,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::FetchObjectRequest>,
     ) -> Result<Response<Self::FetchObjectStream>, Status> {
+        let peer = self.peer_call(&req);
         let r = req.into_inner();
         let object = object_id(&r.object)?;
         let exclude = if r.exclude_node.is_empty() {
@@ -290,33 +506,45 @@ impl Master for MasterService {
                     .map_err(MasterError::from)?,
             )
         };
-        let mut last_error = None;
-        for holder in self.live_holders(object, exclude).await? {
-            match fetch::open_from(&self.http, &holder.id, &holder.http_addr, &object).await {
-                Ok((size, stream)) => {
-                    let mut resp = Response::new(stream);
-                    if let Ok(v) = size.to_string().parse() {
-                        resp.metadata_mut().insert(SIZE_METADATA_KEY, v);
+        let volume = if r.volume.is_empty() {
+            None
+        } else {
+            Some(r.volume.parse::<VolumeName>().map_err(MasterError::from)?)
+        };
+        let (size, stream) = self
+            .open_anywhere(object, exclude, volume.clone(), peer.as_deref())
+            .await?;
+        let stream = match peer {
+            // Serving a peer: what we send is WAN traffic of that link.
+            Some(p) => {
+                let wan = self.wan.clone();
+                let volume = volume.map(|v| v.to_string());
+                Box::pin(stream.inspect(move |item| {
+                    if let Ok(chunk) = item {
+                        wan.bytes(
+                            &p,
+                            volume.as_deref(),
+                            Direction::Out,
+                            chunk.data.len() as u64,
+                        );
                     }
-                    return Ok(resp);
-                }
-                Err(SourceError::Missing) => {
-                    tracing::warn!(%object, node = %holder.id, "stale location removed");
-                    let node = holder.id.clone();
-                    self.with_store(move |s| s.remove_location(&object, &node))
-                        .await?;
-                }
-                Err(SourceError::Failed(e)) => {
-                    tracing::warn!(%object, "fetch source failed: {e}");
-                    last_error = Some(e);
-                }
+                })) as ChunkStream
             }
+            None => stream,
+        };
+        let mut resp = Response::new(stream);
+        if let Some(size) = size
+            && let Ok(v) = size.to_string().parse()
+        {
+            resp.metadata_mut().insert(SIZE_METADATA_KEY, v);
         }
-        Err(match last_error {
-            Some(e) => {
-                Status::unavailable(format!("object {object}: every holder failed; last: {e}"))
-            }
-            None => MasterError::NoHolder(object.to_string()).into(),
-        })
+        Ok(resp)
+    }
+
+    async fn stats(
+        &self,
+        _req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(self.wan.to_proto(&self.cluster)))
     }
 }

@@ -62,6 +62,10 @@ pub struct NewVersion {
     pub author: String,
     pub host: String,
     pub time: u64,
+    /// Whether the root must have a known location in this cluster. False
+    /// only for commits forwarded by a peer master, which checked it in its
+    /// own cluster (the root lives there).
+    pub check_root: bool,
 }
 
 pub struct MetaStore {
@@ -173,7 +177,7 @@ impl MetaStore {
                 });
             }
             let locations = txn.open_multimap_table(LOCATIONS)?;
-            if locations.get(new.root.as_bytes().as_slice())?.is_empty() {
+            if new.check_root && locations.get(new.root.as_bytes().as_slice())?.is_empty() {
                 return Err(MasterError::RootNotStored(new.root.to_string()));
             }
             let version = Version::after(row.head);
@@ -354,6 +358,7 @@ mod tests {
             author: "a".into(),
             host: "h".into(),
             time: 1,
+            check_root: true,
         }
     }
 
@@ -414,5 +419,25 @@ mod tests {
             store.version(&other, 1),
             Err(MasterError::UnknownVolume(_))
         ));
+    }
+
+    #[test]
+    fn forwarded_commit_skips_only_the_root_location_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let vol: VolumeName = "shared".parse().unwrap();
+        store.create_volume(&vol, "a", 0).unwrap();
+        let root = ObjectId::of(b"held in the peer's cluster");
+        let forwarded = NewVersion {
+            check_root: false,
+            ..new_version(&vol, 0, root)
+        };
+        assert_eq!(store.commit(forwarded.clone()).unwrap().version.get(), 1);
+        // The compare-and-set still applies.
+        assert!(matches!(
+            store.commit(forwarded),
+            Err(MasterError::Conflict { head: 1, .. })
+        ));
+        assert!(store.holders(&root).unwrap().is_empty());
     }
 }

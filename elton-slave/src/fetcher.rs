@@ -7,8 +7,8 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use elton_proto::ObjectId;
 use elton_proto::pb::FetchObjectRequest;
+use elton_proto::{ObjectId, VolumeName};
 use futures::StreamExt;
 
 use crate::SlaveError;
@@ -68,6 +68,17 @@ impl Fetcher {
 
     /// Opens a verified local copy, fetching it first unless `local_only`.
     pub async fn open(&self, id: ObjectId, local_only: bool) -> Result<(File, u64), SlaveError> {
+        self.open_for(id, local_only, None).await
+    }
+
+    /// As [`Fetcher::open`]; `volume` names the volume read, when known, so
+    /// the masters can account cross-cluster traffic to it.
+    pub async fn open_for(
+        &self,
+        id: ObjectId,
+        local_only: bool,
+        volume: Option<&VolumeName>,
+    ) -> Result<(File, u64), SlaveError> {
         match self.open_local(id).await {
             Ok(Some(found)) => {
                 inc(&self.metrics.cache_hits_total, 1);
@@ -91,7 +102,7 @@ impl Fetcher {
             )));
         }
         inc(&self.metrics.cache_misses_total, 1);
-        self.fetch(id).await?;
+        self.fetch_for(id, volume).await?;
         self.open_local(id)
             .await?
             .ok_or_else(|| SlaveError::Io(format!("object {id} vanished after fetch")))
@@ -123,6 +134,10 @@ impl Fetcher {
 
     /// Fetches `id` through the master unless it is (or becomes) local.
     pub async fn fetch(&self, id: ObjectId) -> Result<(), SlaveError> {
+        self.fetch_for(id, None).await
+    }
+
+    async fn fetch_for(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
         let gate = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id).or_default().clone()
@@ -131,7 +146,7 @@ impl Fetcher {
         let result = if self.store.contains(&id) {
             Ok(()) // another request fetched it while we waited
         } else {
-            self.transfer(id).await
+            self.transfer(id, volume).await
         };
         self.inflight
             .lock()
@@ -140,10 +155,11 @@ impl Fetcher {
         result
     }
 
-    async fn transfer(&self, id: ObjectId) -> Result<(), SlaveError> {
+    async fn transfer(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
         let req = FetchObjectRequest {
             object: id.as_bytes().to_vec(),
             exclude_node: self.link.node_id().to_string(),
+            volume: volume.map(|v| v.to_string()).unwrap_or_default(),
         };
         let stream = match self.link.client().fetch_object(req).await {
             Ok(r) => r.into_inner(),

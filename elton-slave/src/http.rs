@@ -132,6 +132,7 @@ async fn serve_object(
     headers: &HeaderMap,
     id: ObjectId,
     content_type: &str,
+    volume: Option<&VolumeName>,
 ) -> Result<Response, SlaveError> {
     let tag = etag(&id);
     if not_modified(headers, &tag) {
@@ -155,7 +156,7 @@ async fn serve_object(
         return Ok(object_response(body, &tag, content_type, r, size));
     }
     let local_only = headers.contains_key(LOCAL_ONLY_HEADER);
-    let (file, size) = state.fetcher.open(id, local_only).await?;
+    let (file, size) = state.fetcher.open_for(id, local_only, volume).await?;
     let Some(r) = Slice::of(range_header, size) else {
         return Ok(unsatisfiable(size));
     };
@@ -294,7 +295,15 @@ async fn get_object(
 ) -> Result<Response, SlaveError> {
     state.count_request();
     let id: ObjectId = id.parse()?;
-    serve_object(&state, &method, &headers, id, "application/octet-stream").await
+    serve_object(
+        &state,
+        &method,
+        &headers,
+        id,
+        "application/octet-stream",
+        None,
+    )
+    .await
 }
 
 async fn put_object(
@@ -383,7 +392,15 @@ async fn get_volume_path(
                 .ok_or_else(|| SlaveError::Io("file without object".into()))?;
             let name = path.split_last().map_or("", |(_, n)| n);
             let mime = mime_guess::from_path(name).first_or_octet_stream();
-            serve_object(&state, &method, &headers, id, mime.essence_str()).await
+            serve_object(
+                &state,
+                &method,
+                &headers,
+                id,
+                mime.essence_str(),
+                Some(&volume),
+            )
+            .await
         }
         Resolved::Dir { id, manifest } => {
             let tag = etag(&id);

@@ -33,3 +33,6 @@ pub const SIZE_METADATA_KEY: &str = "x-elton-size";
 /// HTTP header a master sets when it proxies a fetch from a slave: answer
 /// from the local store only, never fetch (no recursion between nodes).
 pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
+/// gRPC metadata key on calls between peer masters: the calling master's
+/// cluster name. The callee answers from its own state only (no recursion).
+pub const PEER_METADATA_KEY: &str = "x-elton-peer";

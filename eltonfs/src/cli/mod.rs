@@ -7,6 +7,7 @@ mod import;
 mod inspect;
 mod mounts;
 mod servers;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,12 @@ pub enum Command {
     Checkout { mountpoint: PathBuf, version: u64 },
     /// List changed paths between two versions of a volume.
     Diff { volume: String, v1: u64, v2: u64 },
+    /// Show the master's WAN traffic per peer master and per volume.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
 }
@@ -180,6 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
         } => mounts::checkout(&mountpoint, version),
         Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
+        Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
     }
 }

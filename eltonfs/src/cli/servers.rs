@@ -33,6 +33,19 @@ pub struct MasterArgs {
     /// Silence after which a slave is marked down, in milliseconds [default: 10000].
     #[arg(long)]
     pub down_after_ms: Option<u64>,
+    /// This master's cluster name, the home of its volumes [default: the id].
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// A peer master of another cluster, NAME=URL (repeatable; adds to the
+    /// config file's peers).
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<elton_master::config::PeerConfig>,
+    /// Deadline of one call to a peer master, in milliseconds [default: 3000].
+    #[arg(long)]
+    pub peer_timeout_ms: Option<u64>,
+    /// Serve Prometheus /metrics over HTTP on this address [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +150,18 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     if let Some(v) = a.down_after_ms {
         c.down_after = Duration::from_millis(v);
     }
+    if let Some(v) = a.cluster {
+        c.cluster = v;
+    }
+    c.peers.extend(a.peers);
+    if let Some(v) = a.peer_timeout_ms {
+        c.peer_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = a.metrics_listen {
+        c.metrics_listen = Some(v);
+    }
+    c.validate()
+        .map_err(|e| anyhow::anyhow!("master config: {e}"))?;
     Ok(c)
 }
 

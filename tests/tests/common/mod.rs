@@ -103,6 +103,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub master: Proc,
     pub slaves: Vec<Proc>,
+    /// The master's Prometheus port, when started with one.
+    pub metrics_port: Option<u16>,
 }
 
 impl Cluster {
@@ -111,28 +113,51 @@ impl Cluster {
     }
 
     pub fn with_slave_args(slaves: usize, extra: &[&str]) -> Self {
+        Self::build(slaves, extra, free_port(), &[])
+    }
+
+    /// A cluster named `name` whose master listens on `port` (chosen by the
+    /// caller, so peers' link proxies can point at it before it starts) and
+    /// knows `peers` (name, URL). Its Prometheus endpoint is on
+    /// [`Cluster::metrics_port`].
+    pub fn federated(slaves: usize, name: &str, port: u16, peers: &[(&str, String)]) -> Self {
+        let metrics = free_port();
+        let mut args = vec![
+            "--cluster".to_string(),
+            name.to_string(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics}"),
+        ];
+        for (peer, url) in peers {
+            args.push("--peer".into());
+            args.push(format!("{peer}={url}"));
+        }
+        let mut c = Self::build(slaves, &[], port, &args);
+        c.metrics_port = Some(metrics);
+        c
+    }
+
+    fn build(slaves: usize, extra: &[&str], port: u16, master_extra: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let master = Proc::spawn(
-            vec![
-                "master".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                dir.path().join("master").display().to_string(),
-                "--heartbeat-ms".into(),
-                "200".into(),
-                "--down-after-ms".into(),
-                "3000".into(),
-            ],
-            port,
-            dir.path().join("master.log"),
-        );
+        let mut args = vec![
+            "master".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.path().join("master").display().to_string(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--down-after-ms".into(),
+            "3000".into(),
+        ];
+        args.extend(master_extra.iter().cloned());
+        let master = Proc::spawn(args, port, dir.path().join("master.log"));
         std::fs::write(dir.path().join("token"), TOKEN).expect("token");
         let mut c = Self {
             dir,
             master,
             slaves: Vec::new(),
+            metrics_port: None,
         };
         for _ in 0..slaves {
             c.add_slave(extra);

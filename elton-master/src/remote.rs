@@ -1,0 +1,227 @@
+//! Volumes homed by peer masters: finding the home, caching its answers,
+//! forwarding commits.
+//!
+//! Which peer homes a volume is learnt by asking every peer once and then
+//! kept in memory. Version records are immutable, so cached ones are served
+//! without asking again, also while the home is unreachable. Anything that
+//! can change (the head, the version list, a commit) is always asked of the
+//! home and fails fast when it cannot be reached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use elton_proto::pb;
+use elton_proto::{HEAD_METADATA_KEY, VersionInfo, VolumeName};
+use futures::future::join_all;
+
+use crate::MasterError;
+use crate::peers::{Peer, PeerFailure, PeerSet};
+
+/// Upper bound of cached remote version records; the cache is cleared when
+/// full (records are small and can always be asked again).
+const MAX_CACHED_RECORDS: usize = 100_000;
+
+pub struct RemoteVolumes {
+    peers: Arc<PeerSet>,
+    /// volume → name of the peer that homes it
+    homes: Mutex<HashMap<VolumeName, String>>,
+    records: Mutex<HashMap<(VolumeName, u64), pb::VersionRecord>>,
+}
+
+/// The outcome of asking every peer whether it homes a volume.
+pub enum Lookup<'a> {
+    Found(&'a Peer),
+    /// No reachable peer homes it; `unreachable` lists the peers that did not
+    /// answer.
+    Absent {
+        unreachable: Vec<String>,
+    },
+}
+
+impl RemoteVolumes {
+    pub fn new(peers: Arc<PeerSet>) -> Self {
+        Self {
+            peers,
+            homes: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached_home(&self) -> std::sync::MutexGuard<'_, HashMap<VolumeName, String>> {
+        self.homes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(VolumeName, u64), pb::VersionRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks every peer (in parallel) whether it homes `name`; remembers the
+    /// answer. Uses the remembered home without asking when there is one.
+    pub async fn lookup(&self, name: &VolumeName) -> Result<Lookup<'_>, MasterError> {
+        let known = self.cached_home().get(name).cloned();
+        if let Some(peer) = known.and_then(|n| self.peers.get(&n)) {
+            return Ok(Lookup::Found(peer));
+        }
+        let answers = join_all(
+            self.peers
+                .all()
+                .iter()
+                .map(|p| async move { (p, self.peers.get_volume(p, name.as_str()).await) }),
+        )
+        .await;
+        let mut unreachable = Vec::new();
+        for (peer, answer) in answers {
+            match answer {
+                Ok(info) => {
+                    if info.home != peer.name {
+                        tracing::warn!(volume = %name, peer = %peer.name, home = %info.home,
+                            "peer reports another home name; check the peers' cluster names");
+                    }
+                    self.cached_home().insert(name.clone(), peer.name.clone());
+                    return Ok(Lookup::Found(peer));
+                }
+                Err(PeerFailure::NotFound(_)) => {}
+                Err(PeerFailure::Unreachable(e)) => {
+                    unreachable.push(format!("{} ({e})", peer.name))
+                }
+                Err(PeerFailure::Status(s)) => {
+                    unreachable.push(format!("{} ({})", peer.name, s.message()));
+                }
+            }
+        }
+        Ok(Lookup::Absent { unreachable })
+    }
+
+    /// The home of a volume not known locally, or the error to answer.
+    async fn home(&self, name: &VolumeName) -> Result<&Peer, MasterError> {
+        match self.lookup(name).await? {
+            Lookup::Found(p) => Ok(p),
+            Lookup::Absent { unreachable } if unreachable.is_empty() => {
+                Err(MasterError::UnknownVolume(name.to_string()))
+            }
+            Lookup::Absent { unreachable } => Err(MasterError::PeersUnreachable {
+                what: format!("volume {:?}", name.as_str()),
+                peers: unreachable.join(", "),
+            }),
+        }
+    }
+
+    /// The home's peer name, if this volume is known to be homed elsewhere
+    /// (from an earlier lookup; no call is made).
+    pub fn known_home(&self, name: &VolumeName) -> Option<String> {
+        self.cached_home().get(name).cloned()
+    }
+
+    pub async fn volume(&self, name: &VolumeName) -> Result<pb::VolumeInfo, MasterError> {
+        let home = self.home(name).await?;
+        self.peers
+            .get_volume(home, name.as_str())
+            .await
+            .map_err(|f| failure(home, f))
+    }
+
+    /// `version` 0 is the head, always asked of the home; numbered records
+    /// come from the cache when present.
+    pub async fn version(
+        &self,
+        name: &VolumeName,
+        version: u64,
+    ) -> Result<pb::VersionRecord, MasterError> {
+        if version != 0
+            && let Some(r) = self.cache().get(&(name.clone(), version))
+        {
+            return Ok(r.clone());
+        }
+        let home = self.home(name).await?;
+        let record = self
+            .peers
+            .get_version(home, name.as_str(), version)
+            .await
+            .map_err(|f| failure(home, f))?;
+        self.remember(name, std::slice::from_ref(&record))?;
+        Ok(record)
+    }
+
+    pub async fn versions(
+        &self,
+        name: &VolumeName,
+    ) -> Result<pb::ListVersionsResponse, MasterError> {
+        let home = self.home(name).await?;
+        let list = self
+            .peers
+            .list_versions(home, name.as_str())
+            .await
+            .map_err(|f| failure(home, f))?;
+        self.remember(name, &list.versions)?;
+        Ok(list)
+    }
+
+    /// Forwards a commit to the home; its answer (conflicts included) is
+    /// passed back unchanged.
+    pub async fn commit(
+        &self,
+        name: &VolumeName,
+        req: pb::CommitRequest,
+    ) -> Result<pb::VersionRecord, MasterError> {
+        let home = self.home(name).await?;
+        let record = self
+            .peers
+            .commit(home, req)
+            .await
+            .map_err(|f| failure(home, f))?;
+        self.remember(name, std::slice::from_ref(&record))?;
+        Ok(record)
+    }
+
+    /// Caches records after checking they are well formed and belong to
+    /// `name` (a peer's answer is input like any other).
+    fn remember(
+        &self,
+        name: &VolumeName,
+        records: &[pb::VersionRecord],
+    ) -> Result<(), MasterError> {
+        for r in records {
+            let info = VersionInfo::try_from(r.clone())
+                .map_err(|e| MasterError::Io(format!("bad version record from peer: {e}")))?;
+            if &info.volume != name {
+                return Err(MasterError::Io(format!(
+                    "peer answered a record of {:?} for {:?}",
+                    info.volume.as_str(),
+                    name.as_str()
+                )));
+            }
+        }
+        let mut cache = self.cache();
+        if cache.len() + records.len() > MAX_CACHED_RECORDS {
+            cache.clear();
+        }
+        for r in records {
+            cache.insert((name.clone(), r.version), r.clone());
+        }
+        Ok(())
+    }
+}
+
+/// A failed call to a volume's home, as the error this master answers.
+fn failure(home: &Peer, f: PeerFailure) -> MasterError {
+    match f {
+        PeerFailure::Unreachable(reason) => MasterError::HomeUnreachable {
+            home: home.name.clone(),
+            reason,
+        },
+        PeerFailure::NotFound(message) => MasterError::Remote {
+            code: tonic::Code::NotFound,
+            message,
+            head: None,
+        },
+        PeerFailure::Status(s) => MasterError::Remote {
+            code: s.code(),
+            message: s.message().to_string(),
+            head: s
+                .metadata()
+                .get(HEAD_METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        },
+    }
+}
