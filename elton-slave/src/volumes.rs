@@ -284,6 +284,7 @@ impl Volumes {
             size,
             mtime: now,
             object: Some(object),
+            recipe: false,
             target: None,
             xattrs: None,
         };

@@ -91,6 +91,7 @@ fn scan_dir(dir: &Path, scan: &mut Scan, on_file: &mut dyn FnMut(u64)) -> Result
             size: 0,
             mtime: mtime_ns(&m),
             object: None,
+            recipe: false,
             target: None,
             xattrs: None,
         };

@@ -196,6 +196,7 @@ fn build_dir(
                 .saturating_mul(1_000_000_000)
                 .saturating_add(m.mtime_nsec()),
             object: None,
+            recipe: false,
             target: None,
             xattrs: user_xattrs(&path)?,
         };

@@ -127,6 +127,7 @@ impl Layers {
                 size: 0,
                 mtime: 0,
                 object: Some(id),
+                recipe: false,
                 target: None,
                 xattrs: None,
             });
@@ -433,6 +434,7 @@ mod tests {
             size: 1,
             mtime: 1_000_000_000,
             object,
+            recipe: false,
             target: (kind == EntryKind::Symlink).then(|| "t".to_string()),
             xattrs: None,
         }
