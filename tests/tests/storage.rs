@@ -46,7 +46,8 @@ fn phase1_import_on_one_slave_read_everything_from_another() {
         ],
     );
 
-    let scan = eltonfs::walk::scan(&src, &mut |_| {}).unwrap();
+    let scan =
+        eltonfs::walk::scan(&src, eltonfs::chunking::DEFAULT_THRESHOLD, &mut |_| {}).unwrap();
     let objects = (scan.files.len() + scan.manifests.len()) as u64;
     let s2 = c.slave_url(2);
     let files = files_under(&src);
