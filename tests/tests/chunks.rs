@@ -283,3 +283,110 @@ fn large_files_move_only_the_chunks_that_are_read_or_changed() {
     assert!(total <= (BIG + OTHER) as u64 + 5 * MIB, "{total}");
     drop(m2);
 }
+
+fn put_object(c: &Cluster, bytes: &[u8]) -> String {
+    let id = blake3::hash(bytes).to_hex().to_string();
+    let r = http()
+        .put(format!("{}/v1/objects/{id}", c.slave_url(1)))
+        .bearer_auth(common::TOKEN)
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    id
+}
+
+/// Commits a root holding one file entry named `name` on slave 1; returns
+/// (status, body).
+fn commit_entry(c: &Cluster, format: u32, object: &str, size: u64, recipe: bool) -> (u16, String) {
+    let flag = if recipe { r#","recipe":true"# } else { "" };
+    let manifest = format!(
+        r#"{{"format":{format},"entries":[{{"name":"f","type":"file","mode":420,"uid":0,"gid":0,"size":{size},"mtime":0,"object":"{object}"{flag}}}]}}"#
+    );
+    let root = put_object(c, manifest.as_bytes());
+    let r = http()
+        .post(format!("{}/v1/volumes/d/versions", c.slave_url(1)))
+        .bearer_auth(common::TOKEN)
+        .json(&serde_json::json!({"parent": 1, "root": root}))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn missing_chunks_and_bad_recipes_are_errors_never_short_reads() {
+    let c = Cluster::new(2);
+    let src = c.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = noise(12 << 20, 3);
+    fs::write(src.join("big.bin"), &data).unwrap();
+    c.ok(1, &["import", "--create", src.to_str().unwrap(), "d"]);
+    let s2 = c.slave_url(2);
+    let (etag, recipe) = recipe_of(&c, 1, "d/1/big.bin");
+    let good = recipe.encode();
+
+    // Bad recipes are refused at commit, with a clear error; nothing is published.
+    let text = String::from_utf8(good.clone()).unwrap();
+    let size = recipe.size;
+    let lying = text.replacen(
+        &format!(r#""size":{size}"#),
+        &format!(r#""size":{}"#, size + 1),
+        1,
+    );
+    let lying_id = put_object(&c, lying.as_bytes());
+    let (status, body) = commit_entry(&c, 2, &lying_id, size + 1, true);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("malformed recipe") && body.contains("add up"),
+        "{body}"
+    );
+    let (status, body) = commit_entry(&c, 2, &etag, size - 1, true);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("describes"), "{body}");
+    let (status, body) = commit_entry(&c, 1, &etag, size, true);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("malformed manifest"), "{body}");
+    assert_eq!(c.ok(1, &["log", "d", "--json"]).lines().count(), 1);
+
+    // Lose a chunk in the middle (slave 1 held the only copy).
+    let k = recipe.chunks.len() / 2;
+    let lost = recipe.chunks[k].object.to_hex().to_string();
+    fs::remove_file(
+        c.slave_dir(1)
+            .join("objects")
+            .join(&lost[..2])
+            .join(&lost[2..]),
+    )
+    .unwrap();
+    let lost_at: u64 = recipe.chunks[..k].iter().map(|c| c.size).sum();
+    let url = format!("{s2}/v1/volumes/d/1/big.bin");
+
+    // A range that avoids it still works: only touched chunks are needed.
+    let r = http()
+        .get(&url)
+        .header("Range", "bytes=0-99")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap().as_ref(), &data[..100]);
+    // A range inside it is an error status.
+    let r = http()
+        .get(&url)
+        .header("Range", format!("bytes={lost_at}-{}", lost_at + 9))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "no node holds the chunk");
+    // The whole file: the status is sent before the lost chunk is reached,
+    // so the body must end early and the client must see that.
+    let r = http().get(&url).send().unwrap();
+    assert_eq!(r.status(), 200, "the first chunk is there");
+    assert!(r.bytes().is_err(), "a cut body was read as complete");
+    // The CLI reports an error rather than printing a short file.
+    let out = c.cli(2, &["cat", "d@1:big.bin"]);
+    assert!(
+        !out.status.success(),
+        "cat succeeded with {} bytes",
+        out.stdout.len()
+    );
+    assert!((out.stdout.len() as u64) < size);
+}
