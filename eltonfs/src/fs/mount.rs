@@ -64,6 +64,8 @@ pub struct MountOptions {
     pub slave_data: PathBuf,
     pub token: Option<String>,
     pub allow_other: bool,
+    /// Files larger than this are committed as chunks plus a recipe.
+    pub chunk_threshold: u64,
 }
 
 /// Requests on the control socket, one JSON object per line.
@@ -501,7 +503,7 @@ fn commit(
             &st.layers,
             &m.store,
             &open_for_write,
-            crate::chunking::DEFAULT_THRESHOLD,
+            m.opts.chunk_threshold,
         ) {
             Ok(b) => b,
             Err(e) => {
