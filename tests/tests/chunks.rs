@@ -150,11 +150,17 @@ fn large_files_move_only_the_chunks_that_are_read_or_changed() {
         .send()
         .unwrap();
     assert_eq!(not_modified.status(), 304);
+    let t = std::time::Instant::now();
     let (h, len_read) = body_hash(
         http()
             .get(format!("{s2}/v1/volumes/data/1/big.bin"))
             .send()
             .unwrap(),
+    );
+    println!(
+        "cold HTTP read of {} MiB on slave 2 (chunks fetched through the master): {:?}",
+        BIG as u64 / MIB,
+        t.elapsed()
     );
     assert_eq!(len_read, BIG as u64);
     assert_eq!(h, blake3::hash(&big), "byte-identical on slave 2");
@@ -270,7 +276,13 @@ fn large_files_move_only_the_chunks_that_are_read_or_changed() {
     );
     assert!(!state2.join("assembled").join(&other_etag).exists());
     let mut all = Vec::new();
+    let t = std::time::Instant::now();
     (&f).read_to_end(&mut all).unwrap();
+    println!(
+        "cold FUSE read of {} MiB served by the daemon: {:?}",
+        OTHER as u64 / MIB,
+        t.elapsed()
+    );
     assert_eq!(
         blake3::hash(&all),
         blake3::hash(&other),
