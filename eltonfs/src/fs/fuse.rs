@@ -335,10 +335,13 @@ impl EltonFs {
         let key = fs::metadata(target).ok().map(|m| (m.dev(), m.ino()));
         let deadline = Instant::now() + BACKING_WAIT;
         loop {
+            // A chunked lower file served by the daemon counts as busy
+            // too: the kernel refuses a passthrough open next to it.
             let busy = st
                 .backing
                 .get(&ino)
-                .is_some_and(|(k, w)| Some(*k) != key && w.strong_count() > 0);
+                .is_some_and(|(k, w)| Some(*k) != key && w.strong_count() > 0)
+                || st.serves_chunked(ino);
             if !busy {
                 return Ok(st);
             }
