@@ -1,7 +1,7 @@
 //! Scans a local directory into Elton's tree form: one canonical manifest per
 //! directory and the list of file objects to store. Blocking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,8 +20,9 @@ pub struct Scan {
     pub files: HashMap<ObjectId, (PathBuf, u64)>,
     /// Chunks of large files: where each distinct chunk lies (path, offset, size).
     pub chunks: HashMap<ObjectId, (PathBuf, u64, u64)>,
-    /// Encoded recipes of large files.
+    /// Encoded recipes of large files, each once.
     pub recipes: Vec<(ObjectId, Vec<u8>)>,
+    recipe_ids: HashSet<ObjectId>,
     pub root: Option<ObjectId>,
     pub file_count: u64,
     pub skipped: Vec<PathBuf>,
@@ -85,7 +86,7 @@ fn chunk_file(path: &Path, scan: &mut Scan) -> Result<(ObjectId, u64)> {
     .with_context(|| format!("chunking {}", path.display()))?;
     let bytes = recipe.encode();
     let id = ObjectId::of(&bytes);
-    if !scan.recipes.iter().any(|(r, _)| *r == id) {
+    if scan.recipe_ids.insert(id) {
         scan.recipes.push((id, bytes));
     }
     Ok((id, recipe.size))
