@@ -20,7 +20,7 @@ use crate::fetcher::Fetcher;
 use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
 use crate::volumes::{Proposal, Resolved, Volumes};
-use crate::{SlaveError, range};
+use crate::{SlaveError, chunked, range};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `latest` redirects may be cached briefly: a new version appears on commit.
@@ -101,11 +101,11 @@ impl AppState {
     }
 }
 
-fn etag(id: &ObjectId) -> String {
+pub(crate) fn etag(id: &ObjectId) -> String {
     format!("\"{id}\"")
 }
 
-fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+pub(crate) fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -117,7 +117,7 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
         })
 }
 
-fn immutable_headers(resp: &mut Response, tag: &str) {
+pub(crate) fn immutable_headers(resp: &mut Response, tag: &str) {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     if let Ok(v) = HeaderValue::from_str(tag) {
@@ -177,15 +177,15 @@ async fn serve_object(
 
 /// The part of an object a request asks for.
 #[derive(Clone, Copy)]
-struct Slice {
-    start: u64,
-    len: u64,
+pub(crate) struct Slice {
+    pub start: u64,
+    pub len: u64,
     partial: bool,
 }
 
 impl Slice {
     /// `None` when the range cannot be satisfied.
-    fn of(range_header: Option<&str>, size: u64) -> Option<Self> {
+    pub(crate) fn of(range_header: Option<&str>, size: u64) -> Option<Self> {
         match range::parse(range_header, size) {
             Ok(None) => Some(Self {
                 start: 0,
@@ -202,7 +202,7 @@ impl Slice {
     }
 }
 
-fn unsatisfiable(size: u64) -> Response {
+pub(crate) fn unsatisfiable(size: u64) -> Response {
     let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
         resp.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -210,7 +210,13 @@ fn unsatisfiable(size: u64) -> Response {
     resp
 }
 
-fn object_response(body: Body, tag: &str, content_type: &str, r: Slice, size: u64) -> Response {
+pub(crate) fn object_response(
+    body: Body,
+    tag: &str,
+    content_type: &str,
+    r: Slice,
+    size: u64,
+) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = if r.partial {
         StatusCode::PARTIAL_CONTENT
@@ -392,6 +398,21 @@ async fn get_volume_path(
                 .ok_or_else(|| SlaveError::Io("file without object".into()))?;
             let name = path.split_last().map_or("", |(_, n)| n);
             let mime = mime_guess::from_path(name).first_or_octet_stream();
+            if entry.recipe {
+                let file = chunked::ChunkedFile {
+                    recipe: id,
+                    size: entry.size,
+                };
+                return chunked::serve(
+                    &state,
+                    &method,
+                    &headers,
+                    file,
+                    mime.essence_str(),
+                    Some(&volume),
+                )
+                .await;
+            }
             serve_object(
                 &state,
                 &method,

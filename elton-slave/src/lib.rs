@@ -4,6 +4,7 @@
 //! - [`fetcher`]: fetch on miss through the master, coalesced.
 //! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
+//! - [`chunked`]: serving chunked files (recipes) chunk by chunk.
 //! - [`volumes`]: resolving volume paths, publishing versions.
 //! - [`tree`]: pure tree edits (one-file commits).
 //! - [`http`]: the CDN-style HTTP interface; [`range`], [`metrics`].
@@ -12,6 +13,7 @@
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves.
 
+pub mod chunked;
 pub mod config;
 pub mod durable;
 pub mod error;

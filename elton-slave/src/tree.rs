@@ -104,6 +104,7 @@ mod tests {
             size: 0,
             mtime: 0,
             object: Some(object),
+            recipe: false,
             target: None,
             xattrs: None,
         }

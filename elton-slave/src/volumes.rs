@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use elton_proto::pb::{CommitRequest, GetVersionRequest, LocateRequest};
 use elton_proto::{
-    DirManifest, Entry, EntryKind, ObjectId, Version, VersionInfo, VolumeName, VolumePath,
+    DirManifest, Entry, EntryKind, ObjectId, Recipe, Version, VersionInfo, VolumeName, VolumePath,
 };
 
 use crate::SlaveError;
@@ -16,6 +16,8 @@ use crate::master_link::MasterLink;
 
 /// Decoded manifests kept in memory; they never change, so no invalidation.
 const MANIFEST_CACHE_ENTRIES: usize = 4096;
+/// Decoded recipes kept in memory (immutable too).
+const RECIPE_CACHE_ENTRIES: usize = 1024;
 
 /// What a path names inside a version.
 pub enum Resolved {
@@ -32,6 +34,7 @@ pub struct Volumes {
     link: MasterLink,
     versions: Mutex<HashMap<(VolumeName, Version), VersionInfo>>,
     manifests: Mutex<HashMap<ObjectId, Arc<DirManifest>>>,
+    recipes: Mutex<HashMap<ObjectId, Arc<Recipe>>>,
 }
 
 /// A version to publish.
@@ -51,6 +54,7 @@ impl Volumes {
             link,
             versions: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            recipes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -121,6 +125,59 @@ impl Volumes {
         }
         cache.insert(id, m.clone());
         Ok(m)
+    }
+
+    /// A chunked file's recipe, read through the fetcher (verified) and
+    /// decoded; a recipe whose sizes do not add up is refused.
+    pub async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, SlaveError> {
+        if let Some(r) = self
+            .recipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(r.clone());
+        }
+        let bytes = self.fetcher.read(id).await?;
+        let r = Arc::new(
+            Recipe::decode(&bytes)
+                .map_err(|e| SlaveError::BadRequest(format!("recipe {id}: {e}")))?,
+        );
+        let mut cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= RECIPE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Checks that `id` is stored here (then it goes into `local`, to be
+    /// announced) or held by some node the master knows.
+    async fn check_held(
+        &self,
+        name: &str,
+        id: ObjectId,
+        local: &mut Vec<ObjectId>,
+    ) -> Result<(), SlaveError> {
+        if self.fetcher.store().contains(&id) {
+            local.push(id);
+            return Ok(());
+        }
+        let holders = self
+            .link
+            .client()
+            .locate(LocateRequest {
+                object: id.as_bytes().to_vec(),
+            })
+            .await?
+            .into_inner()
+            .holders;
+        if holders.is_empty() {
+            return Err(SlaveError::BadRequest(format!(
+                "{name:?} refers to object {id}, which no node holds"
+            )));
+        }
+        Ok(())
     }
 
     pub async fn resolve(&self, root: ObjectId, path: &VolumePath) -> Result<Resolved, SlaveError> {
@@ -194,24 +251,22 @@ impl Volumes {
                         .filter(|b| b.kind == EntryKind::Dir)
                         .and_then(|b| b.object);
                     pending.push((obj, old_child));
-                } else if self.fetcher.store().contains(&obj) {
-                    local.push(obj);
-                } else {
-                    let holders = self
-                        .link
-                        .client()
-                        .locate(LocateRequest {
-                            object: obj.as_bytes().to_vec(),
-                        })
-                        .await?
-                        .into_inner()
-                        .holders;
-                    if holders.is_empty() {
+                } else if e.recipe {
+                    // The recipe must decode with sizes matching the entry,
+                    // and every chunk must exist somewhere.
+                    let recipe = self.recipe(obj).await?;
+                    if recipe.size != e.size {
                         return Err(SlaveError::BadRequest(format!(
-                            "{:?} refers to object {obj}, which no node holds",
-                            e.name
+                            "{:?}: recipe {obj} describes {} bytes, the entry says {}",
+                            e.name, recipe.size, e.size
                         )));
                     }
+                    self.check_held(&e.name, obj, &mut local).await?;
+                    for c in &recipe.chunks {
+                        self.check_held(&e.name, c.object, &mut local).await?;
+                    }
+                } else {
+                    self.check_held(&e.name, obj, &mut local).await?;
                 }
             }
         }
@@ -284,6 +339,7 @@ impl Volumes {
             size,
             mtime: now,
             object: Some(object),
+            recipe: false,
             target: None,
             xattrs: None,
         };

@@ -1,12 +1,14 @@
 //! The client side of Elton: the `elton` command line, the Eltonfs FUSE
 //! mount, and the Docker volume plugin.
 //!
+//! - [`chunking`]: content-defined chunking of large files into recipes.
 //! - [`cli`]: argument parsing and one module per group of subcommands.
 //! - [`fs`]: Eltonfs, a volume mounted as an overlay filesystem.
 //! - [`docker`]: the Docker volume plugin.
 //! - [`spec`]: `volume@version:path` arguments.
 //! - [`walk`]: turning a local directory into manifests and objects.
 
+pub mod chunking;
 pub mod cli;
 pub mod docker;
 pub mod fs;

@@ -17,4 +17,6 @@ pub enum ProtoError {
     Path { path: String, reason: &'static str },
     #[error("malformed manifest: {0}")]
     Manifest(String),
+    #[error("malformed recipe: {0}")]
+    Recipe(String),
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
+//! - [`recipe`]: chunk lists of large files (content-defined chunking).
 //! - [`record`]: version records as served in JSON.
 //! - [`path`]: validated relative paths inside a volume.
 //! - [`pb`]: the generated gRPC types and services (`elton.v1`).
@@ -12,12 +13,14 @@ pub mod error;
 pub mod ids;
 pub mod manifest;
 pub mod path;
+pub mod recipe;
 pub mod record;
 
 pub use error::ProtoError;
 pub use ids::{NodeId, ObjectId, Version, VolumeName};
 pub use manifest::{DirManifest, Entry, EntryKind};
 pub use path::VolumePath;
+pub use recipe::{Chunk, Recipe};
 pub use record::VersionInfo;
 
 /// Generated code for `proto/elton.proto`.

@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ObjectId, ProtoError};
 
-/// Current manifest format; see `docs/formats.md`.
+/// Manifest format of a directory without chunked files; see
+/// `docs/formats.md`. Trees written before chunking keep their bytes.
 pub const MANIFEST_FORMAT: u32 = 1;
+/// Manifest format of a directory holding at least one chunked file
+/// (`"recipe":true`): a reader that does not know recipes must refuse it
+/// rather than serve a recipe's bytes as the file's content.
+pub const MANIFEST_FORMAT_RECIPES: u32 = 2;
 
 /// Largest manifest accepted from disk or network (about 100,000 entries).
 pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
@@ -43,6 +48,10 @@ pub struct Entry {
     /// File content (files) or child manifest (dirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<ObjectId>,
+    /// Files only: `object` is a [`crate::Recipe`] listing the content's
+    /// chunks, not the content itself. Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recipe: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// Extended attributes, values hex-encoded.
@@ -77,6 +86,9 @@ impl Entry {
                     }
                 ));
             }
+        }
+        if self.recipe && self.kind != EntryKind::File {
+            return bad(format!("{:?}: only a file can have a `recipe`", self.name));
         }
         if let Some(x) = &self.xattrs {
             // One form per tree: no empty map, lowercase hex only.
@@ -124,19 +136,37 @@ impl DirManifest {
     /// invalid entries.
     pub fn new(mut entries: Vec<Entry>) -> Result<Self, ProtoError> {
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        let m = Self {
+        let mut m = Self {
             format: MANIFEST_FORMAT,
             entries,
         };
+        m.format = m.required_format();
         m.validate()?;
         Ok(m)
     }
 
+    /// The format this manifest's content calls for: recipes need 2, so
+    /// that older readers refuse them; everything else stays 1.
+    fn required_format(&self) -> u32 {
+        if self.entries.iter().any(|e| e.recipe) {
+            MANIFEST_FORMAT_RECIPES
+        } else {
+            MANIFEST_FORMAT
+        }
+    }
+
     fn validate(&self) -> Result<(), ProtoError> {
-        if self.format != MANIFEST_FORMAT {
+        if self.format != MANIFEST_FORMAT && self.format != MANIFEST_FORMAT_RECIPES {
             return Err(ProtoError::Manifest(format!(
-                "unsupported format {} (this build reads {MANIFEST_FORMAT})",
+                "unsupported format {} (this build reads {MANIFEST_FORMAT} and {MANIFEST_FORMAT_RECIPES})",
                 self.format
+            )));
+        }
+        if self.format != self.required_format() {
+            return Err(ProtoError::Manifest(format!(
+                "format {} must be {} (format {MANIFEST_FORMAT_RECIPES} exactly when an entry has a recipe)",
+                self.format,
+                self.required_format()
             )));
         }
         for pair in self.entries.windows(2) {
@@ -151,9 +181,20 @@ impl DirManifest {
     }
 
     /// The canonical bytes; hash them for the manifest's [`ObjectId`].
+    /// The format written is the one the entries call for, whatever
+    /// `format` says, so an edited manifest never carries a stale one.
     pub fn encode(&self) -> Vec<u8> {
+        let required = self.required_format();
         // Serializing plain structs, strings and integers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        if self.format == required {
+            serde_json::to_vec(self).unwrap_or_default()
+        } else {
+            serde_json::to_vec(&Self {
+                format: required,
+                entries: self.entries.clone(),
+            })
+            .unwrap_or_default()
+        }
     }
 
     pub fn id(&self) -> ObjectId {
@@ -193,6 +234,7 @@ impl DirManifest {
             Ok(i) => self.entries[i] = entry,
             Err(i) => self.entries.insert(i, entry),
         }
+        self.format = self.required_format();
     }
 }
 
@@ -210,9 +252,40 @@ mod tests {
             size: content.len() as u64,
             mtime: 1_700_000_000_000_000_000,
             object: Some(ObjectId::of(content)),
+            recipe: false,
             target: None,
             xattrs: None,
         }
+    }
+
+    #[test]
+    fn recipes_need_format_2_and_plain_trees_keep_format_1() {
+        let plain = DirManifest::new(vec![file("a", b"1")]).unwrap();
+        assert!(plain.encode().starts_with(br#"{"format":1,"#));
+        let mut big = file("big", b"recipe bytes");
+        big.recipe = true;
+        let mut m = DirManifest::new(vec![file("a", b"1"), big.clone()]).unwrap();
+        let bytes = m.encode();
+        assert!(bytes.starts_with(br#"{"format":2,"#));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""object":""#) && text.contains(r#"","recipe":true}"#));
+        assert_eq!(DirManifest::decode(&bytes).unwrap(), m);
+        // The same entries under the wrong format, or `"recipe":false`, are refused.
+        let wrong = text.replacen(r#""format":2"#, r#""format":1"#, 1);
+        assert!(DirManifest::decode(wrong.as_bytes()).is_err());
+        let explicit_false = String::from_utf8(plain.encode())
+            .unwrap()
+            .replace("}]}", r#","recipe":false}]}"#);
+        assert!(DirManifest::decode(explicit_false.as_bytes()).is_err());
+        let two_plain = br#"{"format":2,"entries":[]}"#;
+        assert!(DirManifest::decode(two_plain).is_err());
+        // Replacing the chunked file by a plain one goes back to format 1.
+        m.upsert(file("big", b"small now"));
+        assert!(m.encode().starts_with(br#"{"format":1,"#));
+        assert!(DirManifest::decode(&m.encode()).is_ok());
+        let mut dir = big;
+        dir.kind = EntryKind::Dir;
+        assert!(DirManifest::new(vec![dir]).is_err(), "recipe on a dir");
     }
 
     #[test]

@@ -46,8 +46,11 @@ fn phase1_import_on_one_slave_read_everything_from_another() {
         ],
     );
 
-    let scan = eltonfs::walk::scan(&src, &mut |_| {}).unwrap();
-    let objects = (scan.files.len() + scan.manifests.len()) as u64;
+    let scan =
+        eltonfs::walk::scan(&src, eltonfs::chunking::DEFAULT_THRESHOLD, &mut |_| {}).unwrap();
+    // big.bin (20 MiB) is chunked: a recipe and its chunks.
+    let objects =
+        (scan.files.len() + scan.chunks.len() + scan.recipes.len() + scan.manifests.len()) as u64;
     let s2 = c.slave_url(2);
     let files = files_under(&src);
     assert_eq!(files.len(), 6);
@@ -142,7 +145,9 @@ fn phase1_import_on_one_slave_read_everything_from_another() {
         .get(format!("{s2}/v1/objects/{}", etag.trim_matches('"')))
         .send()
         .unwrap();
-    assert_eq!(obj.bytes().unwrap().len(), 20 << 20);
+    // The ETag of a chunked file names its recipe, an ordinary object.
+    let recipe = elton_proto::Recipe::decode(&obj.bytes().unwrap()).unwrap();
+    assert_eq!(recipe.size, 20 << 20);
 
     // The CLI reads the same bytes.
     assert_eq!(

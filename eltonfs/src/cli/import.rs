@@ -32,6 +32,10 @@ pub struct ImportArgs {
     /// Expected head (compare-and-set); default: the current head.
     #[arg(long)]
     pub parent: Option<u64>,
+    /// Files larger than this many bytes are stored as content-defined
+    /// chunks plus a recipe (default 4 MiB).
+    #[arg(long, default_value_t = crate::chunking::DEFAULT_THRESHOLD)]
+    pub chunk_threshold: u64,
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -70,10 +74,11 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     let parent = args.parent.unwrap_or(head);
 
     let dir = args.dir.clone();
+    let threshold = args.chunk_threshold;
     let hashing = ProgressBar::new_spinner().with_message("scanning");
     let h = hashing.clone();
     let scan = tokio::task::spawn_blocking(move || {
-        walk::scan(&dir, &mut |bytes| {
+        walk::scan(&dir, threshold, &mut |bytes| {
             h.inc(bytes);
             h.set_message(format!("hashed {}", indicatif::HumanBytes(h.position())));
         })
@@ -83,9 +88,11 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     let root = scan.root()?;
 
     let total: u64 = scan.files.values().map(|(_, s)| s).sum::<u64>()
+        + scan.chunks.values().map(|(_, _, s)| s).sum::<u64>()
         + scan
             .manifests
             .iter()
+            .chain(&scan.recipes)
             .map(|(_, b)| b.len() as u64)
             .sum::<u64>();
     let pb = bar(total, "uploading");
@@ -95,13 +102,19 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
         .files
         .iter()
         .map(|(id, (path, size))| Upload::File(*id, path.clone(), *size));
-    let manifests = scan
-        .manifests
+    let chunks = scan
+        .chunks
         .iter()
+        .map(|(id, (path, offset, size))| Upload::Chunk(*id, path.clone(), *offset, *size));
+    let manifests = scan
+        .recipes
+        .iter()
+        .chain(&scan.manifests)
         .map(|(id, bytes)| Upload::Bytes(*id, bytes.clone()));
-    // Files first, then manifests children-first, so that whenever a
-    // manifest is stored, what it names is already there.
-    futures::stream::iter(files.map(Ok))
+    // Files and chunks first, then recipes, then manifests children-first,
+    // so that whenever a recipe or manifest is stored, what it names is
+    // already there.
+    futures::stream::iter(files.chain(chunks).map(Ok))
         .try_for_each_concurrent(PARALLEL_UPLOADS, |u| upload(ep, &http, &token, u, &pb))
         .await?;
     for m in manifests {
@@ -135,12 +148,15 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
         record["version"],
         scan.file_count,
         scan.files.values().map(|(_, s)| s).sum::<u64>()
+            + scan.chunks.values().map(|(_, _, s)| s).sum::<u64>()
     );
     Ok(())
 }
 
 enum Upload {
     File(ObjectId, PathBuf, u64),
+    /// A chunk of a large file: (path, offset, size).
+    Chunk(ObjectId, PathBuf, u64, u64),
     Bytes(ObjectId, Vec<u8>),
 }
 
@@ -167,6 +183,24 @@ async fn upload(
                 reqwest::Body::wrap_stream(stream),
                 size,
                 path.display().to_string(),
+            )
+        }
+        Upload::Chunk(id, path, offset, size) => {
+            let p = path.clone();
+            let bytes = tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&p)?;
+                let mut buf = vec![0u8; size as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset)?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await?
+            .with_context(|| format!("reading {}", path.display()))?;
+            pb.inc(size);
+            (
+                id,
+                reqwest::Body::from(bytes),
+                size,
+                format!("{} (chunk at {offset})", path.display()),
             )
         }
         Upload::Bytes(id, bytes) => {

@@ -30,6 +30,10 @@ pub struct MountArgs {
     /// Let other users access the mount (permissions still apply).
     #[arg(long)]
     pub allow_other: bool,
+    /// Commits store files larger than this many bytes as content-defined
+    /// chunks plus a recipe.
+    #[arg(long, env = "ELTON_CHUNK_THRESHOLD", default_value_t = crate::chunking::DEFAULT_THRESHOLD)]
+    pub chunk_threshold: u64,
 }
 
 fn canonical(p: &Path) -> Result<PathBuf> {
@@ -70,6 +74,7 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
             slave_data,
             token: ep.token().ok(),
             allow_other: a.allow_other,
+            chunk_threshold: a.chunk_threshold,
         });
     }
     let info = Detached {
@@ -80,6 +85,7 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
         slave_data,
         token: ep.token().ok(),
         allow_other: a.allow_other,
+        chunk_threshold: a.chunk_threshold,
     }
     .spawn()?;
     println!(

@@ -358,6 +358,7 @@ async fn mount_default(
         slave_data,
         token: read_token(token_path).ok(),
         allow_other: false,
+        chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
     };
     std::fs::create_dir_all(&opts.state_dir)?;
     let (tx, rx) = tokio::sync::oneshot::channel();

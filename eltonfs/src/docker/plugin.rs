@@ -120,6 +120,7 @@ impl Plugin {
             token: self.config.token.clone(),
             // Containers run as any user; permissions still apply.
             allow_other: true,
+            chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
         }
         .spawn()?;
         tracing::info!(volume = %name, elton = %o.volume, version = info.version.unwrap_or(0), "mounted");

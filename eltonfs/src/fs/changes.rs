@@ -137,6 +137,7 @@ pub fn build(
     layers: &Layers,
     store: &ObjectStore,
     open_for_write: &HashSet<(u64, u64)>,
+    chunk_threshold: u64,
 ) -> io::Result<Built> {
     let mut built = Built {
         root: ObjectId::of(b""),
@@ -149,6 +150,7 @@ pub fn build(
         layers,
         store,
         open_for_write,
+        chunk_threshold,
         Path::new(""),
         root_lower,
         &mut built,
@@ -162,6 +164,7 @@ fn build_dir(
     layers: &Layers,
     store: &ObjectStore,
     open_for_write: &HashSet<(u64, u64)>,
+    chunk_threshold: u64,
     rel: &Path,
     lower: Option<Arc<DirManifest>>,
     built: &mut Built,
@@ -196,6 +199,7 @@ fn build_dir(
                 .saturating_mul(1_000_000_000)
                 .saturating_add(m.mtime_nsec()),
             object: None,
+            recipe: false,
             target: None,
             xattrs: user_xattrs(&path)?,
         };
@@ -209,6 +213,7 @@ fn build_dir(
                 layers,
                 store,
                 open_for_write,
+                chunk_threshold,
                 &rel.join(&name),
                 child_lower,
                 built,
@@ -221,6 +226,17 @@ fn build_dir(
             };
             built.manifests.push(child);
             e
+        } else if m.is_file() && crate::chunking::is_chunked(m.len(), chunk_threshold) {
+            // Large files are stored as chunks (copies, so nothing to undo
+            // on failure): unchanged chunks of an edited file keep their ids
+            // and are already stored.
+            let (id, size) = store_chunked(store, &path)?;
+            Entry {
+                size,
+                object: Some(id),
+                recipe: true,
+                ..base
+            }
         } else if m.is_file() {
             let snapshot = m.nlink() > 1 || open_for_write.contains(&(m.dev(), m.ino()));
             let adopted = if snapshot {
@@ -256,6 +272,25 @@ fn build_dir(
     }
     DirManifest::new(entries.into_values().collect())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Chunks a large upper file into the store; returns the recipe's id and
+/// the content's size. The bytes are read once, so the recipe is a
+/// consistent snapshot of them even if the file is being written.
+fn store_chunked(store: &ObjectStore, path: &Path) -> io::Result<(ObjectId, u64)> {
+    let file = fs::File::open(path)?;
+    let recipe = crate::chunking::chunk(file, |_, id, data| {
+        if !store.contains(&id) {
+            store
+                .put_bytes(data)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        Ok(())
+    })?;
+    let id = store
+        .put_bytes(&recipe.encode())
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok((id, recipe.size))
 }
 
 /// Users' xattrs of an upper entry (hex-encoded), without the overlay's own.

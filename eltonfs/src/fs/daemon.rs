@@ -20,6 +20,8 @@ pub struct Detached {
     pub slave_data: PathBuf,
     pub token: Option<String>,
     pub allow_other: bool,
+    /// Passed on as `--chunk-threshold`.
+    pub chunk_threshold: u64,
 }
 
 /// How long a mount may take to come up (resolving the version, recovering
@@ -51,6 +53,8 @@ impl Detached {
             .arg("--slave-data")
             .arg(&self.slave_data)
             .arg("--foreground")
+            .arg("--chunk-threshold")
+            .arg(self.chunk_threshold.to_string())
             .env("ELTON_SLAVE", &self.slave_url)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

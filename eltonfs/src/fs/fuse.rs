@@ -22,6 +22,7 @@ use fuser::{
 };
 use rustix::fs::{AtFlags, CWD, Gid, Timespec, Timestamps, Uid, XattrFlags};
 
+use super::chunked::{self, Assembled, ChunkedReader};
 use super::inodes::{Inodes, ROOT};
 use super::layers::{
     EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, mtime_of, set_opaque,
@@ -48,6 +49,9 @@ pub struct Handle {
     lower: Option<Entry>,
     /// Keeps the kernel's passthrough backing alive while this handle is open.
     _backing: Option<Arc<BackingId>>,
+    /// A chunked lower file served by this process, chunk by chunk; `file`
+    /// is then its recipe object and never read as content.
+    chunked: Option<Arc<ChunkedReader>>,
 }
 
 impl Handle {
@@ -108,6 +112,39 @@ impl MountState {
 
     fn view(&self, rel: &Path) -> Result<View, Errno> {
         self.layers.view(rel)?.ok_or(Errno::ENOENT)
+    }
+
+    /// Whether the daemon serves an open chunked file of inode `ino`.
+    fn serves_chunked(&self, ino: u64) -> bool {
+        self.handles
+            .values()
+            .any(|h| h.ino == ino && h.chunked.is_some())
+    }
+
+    /// Decides, under the lock, how an open of a chunked lower file reads:
+    /// whole (passthrough) when assembled, unless the daemon serves another
+    /// open of the inode; the kernel refuses passthrough and daemon-served
+    /// opens of one inode at the same time, so the first open's mode wins
+    /// until all its opens are closed.
+    fn lower_open(&self, ino: u64, data: LowerData) -> LowerData {
+        match data {
+            LowerData::Chunked {
+                whole: Some(p),
+                reader,
+                recipe_file,
+            } => {
+                if self.serves_chunked(ino) {
+                    LowerData::Chunked {
+                        whole: Some(p),
+                        reader,
+                        recipe_file,
+                    }
+                } else {
+                    LowerData::Whole(p)
+                }
+            }
+            other => other,
+        }
     }
 
     fn fh(&mut self) -> u64 {
@@ -218,16 +255,62 @@ pub struct EltonFs {
     control_socket: PathBuf,
     /// Signalled when a file handle is released.
     released: Condvar,
+    /// Whole copies of chunked lower files whose chunks are all local.
+    assembled: Assembled,
+}
+
+/// Where a read-only open of a lower file gets its bytes.
+enum LowerData {
+    /// A complete local file: a store object or an assembled chunked file.
+    Whole(PathBuf),
+    /// A chunked file: `recipe_file` is the recipe object, `whole` its
+    /// assembled copy if there is one.
+    Chunked {
+        reader: Arc<ChunkedReader>,
+        recipe_file: PathBuf,
+        whole: Option<PathBuf>,
+    },
 }
 
 impl EltonFs {
-    pub fn new(state: Arc<Mutex<MountState>>, control_socket: PathBuf) -> Self {
+    pub fn new(
+        state: Arc<Mutex<MountState>>,
+        control_socket: PathBuf,
+        assembled: Assembled,
+    ) -> Self {
         Self {
             state,
             passthrough: AtomicBool::new(true),
             control_socket,
             released: Condvar::new(),
+            assembled,
         }
+    }
+
+    /// The data of a lower file opened read-only. A chunked file is
+    /// assembled once all its chunks are local (unless the daemon already
+    /// serves an open of it, see [`MountState::lower_open`]). Runs without
+    /// the lock: it may fetch the recipe and assemble.
+    fn lower_data(&self, ino: u64, e: &Entry) -> io::Result<LowerData> {
+        let lower = self.lock().layers.lower.clone();
+        if !e.recipe {
+            let id = e
+                .object
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            return Ok(LowerData::Whole(lower.object_path(&id)?));
+        }
+        let (recipe_id, recipe) = chunked::recipe_of(&*lower, e)?;
+        let whole = if self.lock().serves_chunked(ino) {
+            self.assembled.get(&recipe_id, &recipe)
+        } else {
+            self.assembled
+                .assemble_if_local(&*lower, &recipe_id, &recipe)?
+        };
+        Ok(LowerData::Chunked {
+            recipe_file: lower.object_path(&recipe_id)?,
+            reader: Arc::new(ChunkedReader { lower, recipe }),
+            whole,
+        })
     }
 
     /// The kernel lets all passthrough opens of one inode use only one
@@ -252,10 +335,13 @@ impl EltonFs {
         let key = fs::metadata(target).ok().map(|m| (m.dev(), m.ino()));
         let deadline = Instant::now() + BACKING_WAIT;
         loop {
+            // A chunked lower file served by the daemon counts as busy
+            // too: the kernel refuses a passthrough open next to it.
             let busy = st
                 .backing
                 .get(&ino)
-                .is_some_and(|(k, w)| Some(*k) != key && w.strong_count() > 0);
+                .is_some_and(|(k, w)| Some(*k) != key && w.strong_count() > 0)
+                || st.serves_chunked(ino);
             if !busy {
                 return Ok(st);
             }
@@ -922,17 +1008,43 @@ impl Filesystem for EltonFs {
                     .filter(|e| lower_only && !writable && !trunc && e.object.is_some()),
             )
         };
-        let lower_path = match lower_entry.as_ref().and_then(|e| e.object) {
-            Some(id) => {
-                let lower = self.lock().layers.lower.clone();
-                match lower.object_path(&id) {
-                    Ok(p) => Some(p),
-                    Err(e) => return reply.error(errno(e)),
-                }
-            }
+        let lower_data = match lower_entry.as_ref().filter(|e| e.object.is_some()) {
+            Some(e) => match self.lower_data(ino.0, e) {
+                Ok(d) => Some(d),
+                Err(e) => return reply.error(errno(e)),
+            },
             None => None,
         };
         let st = self.lock();
+        let lower_data = lower_data.map(|d| st.lower_open(ino.0, d));
+        if let Some(LowerData::Chunked {
+            reader,
+            recipe_file,
+            ..
+        }) = &lower_data
+        {
+            let handle = Handle {
+                file: match File::open(recipe_file) {
+                    Ok(f) => f,
+                    Err(e) => return reply.error(errno(e)),
+                },
+                ino: ino.0,
+                writable: false,
+                append: false,
+                lower: lower_entry,
+                _backing: None,
+                chunked: Some(reader.clone()),
+            };
+            let mut st = st;
+            let fh = st.fh();
+            st.handles.insert(fh, handle);
+            // Versions are immutable: the page cache stays valid.
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        let lower_path = match lower_data {
+            Some(LowerData::Whole(p)) => Some(p),
+            _ => None,
+        };
         let target = match &lower_path {
             Some(p) => p.clone(),
             None => st.layers.upper_path(&rel),
@@ -974,6 +1086,7 @@ impl Filesystem for EltonFs {
             append,
             lower: lower_entry,
             _backing: None,
+            chunked: None,
         };
         match self.open_handle(&mut st, handle, |f| reply.open_backing(f)) {
             Err(e) => reply.error(e),
@@ -1006,6 +1119,14 @@ impl Filesystem for EltonFs {
         let Some(h) = st.handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if let Some(c) = h.chunked.clone() {
+            // May fetch chunks: not under the lock.
+            drop(st);
+            return match c.read_at(offset, size) {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
@@ -1411,6 +1532,7 @@ impl Filesystem for EltonFs {
             append,
             lower: None,
             _backing: None,
+            chunked: None,
         };
         match self.open_handle(&mut st, handle, |f| reply.open_backing(f)) {
             Err(e) => reply.error(e),
@@ -1477,6 +1599,10 @@ impl Filesystem for EltonFs {
         if !dst.writable {
             return reply.error(Errno::EBADF);
         }
+        if src.chunked.is_some() {
+            // No single file holds the bytes; callers fall back to read/write.
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let (mut off_in, mut off_out) = (offset_in, offset_out);
         let len = usize::try_from(len)
             .unwrap_or(usize::MAX)
@@ -1506,6 +1632,12 @@ impl Filesystem for EltonFs {
         let Some(h) = st.handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if let Some(c) = &h.chunked {
+            return match chunked::seek(c.recipe.size, offset, whence) {
+                Ok(p) => reply.offset(p),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),

@@ -127,6 +127,7 @@ impl Layers {
                 size: 0,
                 mtime: 0,
                 object: Some(id),
+                recipe: false,
                 target: None,
                 xattrs: None,
             });
@@ -263,7 +264,12 @@ impl Layers {
             }
             EntryKind::File => {
                 let tmp = tempfile::NamedTempFile::new_in(&self.work)?;
-                if data {
+                if data && lower.recipe {
+                    // The full bytes, chunk by chunk (fetching missing ones).
+                    let (_, recipe) = super::chunked::recipe_of(&*self.lower, lower)?;
+                    let mut out = tmp.reopen()?;
+                    super::chunked::write_all(&*self.lower, &recipe, &mut out)?;
+                } else if data {
                     let id = lower
                         .object
                         .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
@@ -408,6 +414,7 @@ mod tests {
     /// Lower data held in memory.
     struct FakeLower {
         manifests: HashMap<ObjectId, Arc<DirManifest>>,
+        recipes: HashMap<ObjectId, Arc<elton_proto::Recipe>>,
         objects: tempfile::TempDir,
     }
 
@@ -421,6 +428,15 @@ mod tests {
         fn object_path(&self, id: &ObjectId) -> io::Result<PathBuf> {
             Ok(self.objects.path().join(id.to_hex()))
         }
+        fn recipe(&self, id: &ObjectId) -> io::Result<Arc<elton_proto::Recipe>> {
+            self.recipes
+                .get(id)
+                .cloned()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn is_local(&self, id: &ObjectId) -> bool {
+            self.objects.path().join(id.to_hex()).is_file()
+        }
     }
 
     fn entry(name: &str, kind: EntryKind, object: Option<ObjectId>) -> Entry {
@@ -433,6 +449,7 @@ mod tests {
             size: 1,
             mtime: 1_000_000_000,
             object,
+            recipe: false,
             target: (kind == EntryKind::Symlink).then(|| "t".to_string()),
             xattrs: None,
         }
@@ -443,11 +460,31 @@ mod tests {
         let content = ObjectId::of(b"x");
         fs::write(objects.path().join(content.to_hex()), b"x").unwrap();
         let sub = DirManifest::new(vec![entry("inner", EntryKind::File, Some(content))]).unwrap();
+        // "big" is chunked: "0123" + "45" + "6789".
+        let mut chunks = Vec::new();
+        for part in [&b"0123"[..], b"45", b"6789"] {
+            fs::write(objects.path().join(ObjectId::of(part).to_hex()), part).unwrap();
+            chunks.push(elton_proto::Chunk {
+                object: ObjectId::of(part),
+                size: part.len() as u64,
+            });
+        }
+        let recipe = elton_proto::Recipe::new(chunks).unwrap();
+        let mut big = entry("big", EntryKind::File, Some(recipe.id()));
+        big.recipe = true;
+        big.size = 10;
+        // "liar" names the same recipe with the wrong size.
+        let mut liar = big.clone();
+        liar.name = "liar".into();
+        liar.size = 11;
         let root = DirManifest::new(vec![
+            big,
             entry("d", EntryKind::Dir, Some(sub.id())),
             entry("f", EntryKind::File, Some(content)),
+            liar,
         ])
         .unwrap();
+        let recipes = [(recipe.id(), Arc::new(recipe))].into();
         let root_id = root.id();
         let mut manifests = HashMap::new();
         manifests.insert(sub.id(), Arc::new(sub));
@@ -458,7 +495,11 @@ mod tests {
         let layers = Layers {
             upper: dir.path().join("upper"),
             work: dir.path().join("work"),
-            lower: Arc::new(FakeLower { manifests, objects }),
+            lower: Arc::new(FakeLower {
+                manifests,
+                recipes,
+                objects,
+            }),
             root: Some(root_id),
         };
         (dir, layers)
@@ -494,7 +535,7 @@ mod tests {
         assert_eq!(m.mtime(), 1);
         let root = l.view(Path::new("")).unwrap().unwrap();
         let names: Vec<_> = l.list(Path::new(""), &root).unwrap().into_keys().collect();
-        assert_eq!(names, ["d", "f"]);
+        assert_eq!(names, ["big", "d", "f", "liar"]);
     }
 
     #[test]
@@ -513,5 +554,33 @@ mod tests {
         assert_eq!(m.len(), 0, "copied up empty, for O_TRUNC");
         assert_eq!(m.permissions().mode() & 0o7777, 0o644);
         assert_eq!(m.mtime(), 1);
+    }
+
+    #[test]
+    fn phase4_chunked_files_read_by_chunk_and_copy_up_whole() {
+        let (dir, l) = fixture();
+        let big = l.view(Path::new("big")).unwrap().unwrap().lower.unwrap();
+        let (id, recipe) = super::super::chunked::recipe_of(&*l.lower, &big).unwrap();
+        let reader = super::super::chunked::ChunkedReader {
+            lower: l.lower.clone(),
+            recipe: recipe.clone(),
+        };
+        assert_eq!(reader.read_at(0, 100).unwrap(), b"0123456789");
+        assert_eq!(reader.read_at(3, 4).unwrap(), b"3456");
+        assert_eq!(reader.read_at(10, 4).unwrap(), b"");
+
+        let cache = super::super::chunked::Assembled::new(dir.path().join("assembled"));
+        assert!(cache.get(&id, &recipe).is_none());
+        let whole = cache.assemble_if_local(&*l.lower, &id, &recipe).unwrap();
+        assert_eq!(fs::read(whole.unwrap()).unwrap(), b"0123456789");
+        assert!(cache.get(&id, &recipe).is_some());
+
+        let up = l.copy_up(Path::new("big")).unwrap();
+        assert_eq!(fs::read(&up).unwrap(), b"0123456789");
+
+        // A recipe whose size disagrees with the entry is an error.
+        let liar = l.view(Path::new("liar")).unwrap().unwrap().lower.unwrap();
+        assert!(super::super::chunked::recipe_of(&*l.lower, &liar).is_err());
+        assert!(l.copy_up(Path::new("liar")).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use elton_proto::{DirManifest, ObjectId};
+use elton_proto::{DirManifest, ObjectId, Recipe};
 use elton_slave::ObjectStore;
 
 /// Where lower data comes from; a trait so the overlay logic can be tested
@@ -16,6 +16,10 @@ pub trait LowerSource: Send + Sync {
     fn manifest(&self, id: &ObjectId) -> io::Result<Arc<DirManifest>>;
     /// A local, verified file holding the object's bytes.
     fn object_path(&self, id: &ObjectId) -> io::Result<PathBuf>;
+    /// A chunked file's recipe, verified and decoded (sizes add up).
+    fn recipe(&self, id: &ObjectId) -> io::Result<Arc<Recipe>>;
+    /// Whether the object is local already; never fetches.
+    fn is_local(&self, id: &ObjectId) -> bool;
 }
 
 /// Reads the local slave's store; asks the slave (`HEAD /v1/objects/{id}`,
@@ -26,6 +30,7 @@ pub struct SlaveLower {
     http: reqwest::blocking::Client,
     ensured: Mutex<HashSet<ObjectId>>,
     manifests: Mutex<HashMap<ObjectId, Arc<DirManifest>>>,
+    recipes: Mutex<HashMap<ObjectId, Arc<Recipe>>>,
 }
 
 fn other(msg: String) -> io::Error {
@@ -45,11 +50,21 @@ impl SlaveLower {
             http,
             ensured: Mutex::new(HashSet::new()),
             manifests: Mutex::new(HashMap::new()),
+            recipes: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn store(&self) -> &Arc<ObjectStore> {
         &self.store
+    }
+
+    /// An object's bytes, fetched if needed and verified as read.
+    fn read_small(&self, id: &ObjectId) -> io::Result<Vec<u8>> {
+        self.ensure_local(id)?;
+        self.store
+            .read(id)
+            .map_err(|e| other(e.to_string()))?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
     }
 
     fn ensure_local(&self, id: &ObjectId) -> io::Result<()> {
@@ -90,12 +105,7 @@ impl LowerSource for SlaveLower {
         {
             return Ok(m.clone());
         }
-        self.ensure_local(id)?;
-        let bytes = self
-            .store
-            .read(id)
-            .map_err(|e| other(e.to_string()))?
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        let bytes = self.read_small(id)?;
         let m = Arc::new(DirManifest::decode(&bytes).map_err(|e| {
             tracing::error!(manifest = %id, "{e}");
             io::Error::from_raw_os_error(libc::EIO)
@@ -110,5 +120,30 @@ impl LowerSource for SlaveLower {
     fn object_path(&self, id: &ObjectId) -> io::Result<PathBuf> {
         self.ensure_local(id)?;
         Ok(self.store.path(id))
+    }
+
+    fn recipe(&self, id: &ObjectId) -> io::Result<Arc<Recipe>> {
+        if let Some(r) = self
+            .recipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(r.clone());
+        }
+        let bytes = self.read_small(id)?;
+        let r = Arc::new(Recipe::decode(&bytes).map_err(|e| {
+            tracing::error!(recipe = %id, "{e}");
+            io::Error::from_raw_os_error(libc::EIO)
+        })?);
+        self.recipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id, r.clone());
+        Ok(r)
+    }
+
+    fn is_local(&self, id: &ObjectId) -> bool {
+        self.store.contains(id)
     }
 }

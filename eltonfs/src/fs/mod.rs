@@ -2,12 +2,14 @@
 //!
 //! - [`layers`]: the overlay on paths (pure filesystem logic, no FUSE).
 //! - [`lower`]: where lower manifests and objects come from.
+//! - [`chunked`]: chunked lower files: reads by chunk, assembly, copy-up.
 //! - [`inodes`]: inode numbers for paths.
 //! - [`fuse`]: the FUSE request handlers.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
 //! - [`daemon`]: starting a mount as a detached process.
 
 pub mod changes;
+pub mod chunked;
 pub mod daemon;
 pub mod fuse;
 pub mod inodes;

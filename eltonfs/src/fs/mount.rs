@@ -64,6 +64,8 @@ pub struct MountOptions {
     pub slave_data: PathBuf,
     pub token: Option<String>,
     pub allow_other: bool,
+    /// Files larger than this are committed as chunks plus a recipe.
+    pub chunk_threshold: u64,
 }
 
 /// Requests on the control socket, one JSON object per line.
@@ -253,7 +255,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let listener =
         UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
 
-    let fs = EltonFs::new(state.clone(), socket.clone());
+    let assembled = super::chunked::Assembled::new(opts.state_dir.join("assembled"));
+    let fs = EltonFs::new(state.clone(), socket.clone(), assembled);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("elton:{}", opts.volume)),
@@ -320,6 +323,12 @@ impl super::lower::LowerSource for NoLower {
     }
     fn object_path(&self, _id: &ObjectId) -> std::io::Result<PathBuf> {
         Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn recipe(&self, _id: &ObjectId) -> std::io::Result<Arc<elton_proto::Recipe>> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn is_local(&self, _id: &ObjectId) -> bool {
+        false
     }
 }
 
@@ -490,7 +499,12 @@ fn commit(
             linked: Vec::new(),
         };
         write_json(&journal_path, &started)?;
-        let built = match changes::build(&st.layers, &m.store, &open_for_write) {
+        let built = match changes::build(
+            &st.layers,
+            &m.store,
+            &open_for_write,
+            m.opts.chunk_threshold,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 let _ = changes::unlink_aliases(&st.layers, &m.store);

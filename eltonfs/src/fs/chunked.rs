@@ -1,0 +1,180 @@
+//! Chunked lower files (entries whose object is a recipe).
+//!
+//! Until every chunk of such a file is in the local store, the daemon
+//! serves its reads ([`ChunkedReader`]), fetching only the chunks a read
+//! touches. Once all chunks are local, an open assembles the whole file
+//! once into the mount's cache ([`Assembled`], `<state>/assembled/<recipe
+//! id>`) and later opens pass that file through to the kernel like any
+//! other lower file. Copy-up writes the full bytes, chunk by chunk.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use elton_proto::recipe::Piece;
+use elton_proto::{Entry, ObjectId, Recipe};
+
+use super::lower::LowerSource;
+
+fn eio(why: String) -> io::Error {
+    tracing::error!("{why}");
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+/// The recipe of a chunked entry, checked against the entry's size: a
+/// recipe describing another length is an error, never a short read.
+pub fn recipe_of(lower: &dyn LowerSource, entry: &Entry) -> io::Result<(ObjectId, Arc<Recipe>)> {
+    let id = entry
+        .object
+        .ok_or_else(|| eio(format!("{:?}: chunked file without object", entry.name)))?;
+    let recipe = lower.recipe(&id)?;
+    if recipe.size != entry.size {
+        return Err(eio(format!(
+            "{:?}: recipe {id} describes {} bytes, the entry says {}",
+            entry.name, recipe.size, entry.size
+        )));
+    }
+    Ok((id, recipe))
+}
+
+/// Reads one piece from its chunk's local copy (fetched first if missing;
+/// the slave verifies it against its id).
+fn read_piece(lower: &dyn LowerSource, p: &Piece, buf: &mut [u8]) -> io::Result<()> {
+    let id = p.chunk.object;
+    let path = lower.object_path(&id)?;
+    let file = File::open(&path)?;
+    let len = file.metadata()?.len();
+    if len != p.chunk.size {
+        return Err(eio(format!(
+            "chunk {id} is {len} bytes, its recipe says {}",
+            p.chunk.size
+        )));
+    }
+    file.read_exact_at(buf, p.start)
+}
+
+/// Serves reads of a chunked file that is not assembled yet.
+pub struct ChunkedReader {
+    pub lower: Arc<dyn LowerSource>,
+    pub recipe: Arc<Recipe>,
+}
+
+impl ChunkedReader {
+    /// Bytes `offset .. offset + size` (fewer only at the end of the file).
+    pub fn read_at(&self, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let pieces = self.recipe.pieces(offset, size.into());
+        let mut out = vec![0u8; pieces.iter().map(|p| p.len as usize).sum()];
+        let mut at = 0;
+        for p in &pieces {
+            let end = at + p.len as usize;
+            read_piece(&*self.lower, p, &mut out[at..end])?;
+            at = end;
+        }
+        Ok(out)
+    }
+}
+
+/// `lseek` on a chunked file of `size` bytes: it has no holes. The kernel
+/// keeps the file position itself; only SEEK_DATA/SEEK_HOLE (and, for
+/// completeness, the others) reach the filesystem.
+pub fn seek(size: u64, offset: i64, whence: i32) -> io::Result<i64> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+    let pos = match whence {
+        libc::SEEK_DATA | libc::SEEK_HOLE if offset < 0 => return Err(invalid()),
+        libc::SEEK_DATA | libc::SEEK_HOLE if offset >= size => {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
+        libc::SEEK_DATA => offset,
+        libc::SEEK_HOLE => size,
+        libc::SEEK_END => size.checked_add(offset).ok_or_else(invalid)?,
+        _ => offset,
+    };
+    if pos < 0 {
+        return Err(invalid());
+    }
+    Ok(pos)
+}
+
+/// Writes the whole file into `out`, chunk by chunk, checking each chunk's
+/// bytes against its id once more (they are about to outlive the store's
+/// verification).
+pub fn write_all(lower: &dyn LowerSource, recipe: &Recipe, out: &mut File) -> io::Result<()> {
+    let mut buf = Vec::new();
+    for p in recipe.pieces(0, recipe.size) {
+        buf.resize(p.len as usize, 0);
+        read_piece(lower, &p, &mut buf)?;
+        if ObjectId::of(&buf) != p.chunk.object {
+            return Err(eio(format!("chunk {} changed on disk", p.chunk.object)));
+        }
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// Whole-file copies of chunked lower files whose chunks are all local.
+pub struct Assembled {
+    dir: PathBuf,
+}
+
+impl Assembled {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    fn path(&self, recipe: &ObjectId) -> PathBuf {
+        self.dir.join(recipe.to_hex())
+    }
+
+    /// The assembled file, if it exists with the right length.
+    pub fn get(&self, recipe_id: &ObjectId, recipe: &Recipe) -> Option<PathBuf> {
+        let p = self.path(recipe_id);
+        fs::metadata(&p)
+            .is_ok_and(|m| m.is_file() && m.len() == recipe.size)
+            .then_some(p)
+    }
+
+    /// Assembles the file if every chunk is local now (never fetches);
+    /// `None` when some chunk is missing.
+    pub fn assemble_if_local(
+        &self,
+        lower: &dyn LowerSource,
+        recipe_id: &ObjectId,
+        recipe: &Recipe,
+    ) -> io::Result<Option<PathBuf>> {
+        if let Some(p) = self.get(recipe_id, recipe) {
+            return Ok(Some(p));
+        }
+        if !recipe.chunks.iter().all(|c| lower.is_local(&c.object)) {
+            return Ok(None);
+        }
+        fs::create_dir_all(&self.dir)?;
+        // Written aside and renamed: the cache never holds a partial file.
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        write_all(lower, recipe, tmp.as_file_mut())?;
+        let dest = self.path(recipe_id);
+        tmp.persist(&dest).map_err(|e| e.error)?;
+        tracing::debug!(recipe = %recipe_id, size = recipe.size, "assembled chunked file");
+        Ok(Some(dest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seek_knows_there_are_no_holes() {
+        assert_eq!(seek(10, 3, libc::SEEK_DATA).unwrap(), 3);
+        assert_eq!(seek(10, 3, libc::SEEK_HOLE).unwrap(), 10);
+        assert_eq!(
+            seek(10, 10, libc::SEEK_DATA).unwrap_err().raw_os_error(),
+            Some(libc::ENXIO)
+        );
+        assert_eq!(seek(10, -2, libc::SEEK_END).unwrap(), 8);
+        assert!(seek(10, -11, libc::SEEK_END).is_err());
+        assert_eq!(seek(10, 4, libc::SEEK_SET).unwrap(), 4);
+    }
+}
