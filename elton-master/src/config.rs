@@ -21,6 +21,9 @@ pub struct MasterConfig {
     /// fetch source.
     #[serde(with = "millis")]
     pub down_after: Duration,
+    /// Copies wanted of every object on distinct live slaves; the effective
+    /// factor is min(replication, live slaves). 1 disables backup copies.
+    pub replication: u32,
 }
 
 impl Default for MasterConfig {
@@ -31,13 +34,24 @@ impl Default for MasterConfig {
             listen: "127.0.0.1:7100".into(),
             heartbeat_interval: Duration::from_secs(2),
             down_after: Duration::from_secs(10),
+            replication: 2,
         }
     }
 }
 
 impl MasterConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let c: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses settings that cannot work, whatever set them.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replication == 0 {
+            return Err("replication must be at least 1 (1 = no backup copies)".into());
+        }
+        Ok(())
     }
 }
 
@@ -62,5 +76,15 @@ mod tests {
         assert_eq!(c.down_after, Duration::from_millis(500));
         assert_eq!(c.listen, MasterConfig::default().listen);
         assert!(MasterConfig::from_toml("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn replication_defaults_to_two_and_refuses_zero() {
+        assert_eq!(MasterConfig::default().replication, 2);
+        assert_eq!(
+            MasterConfig::from_toml("replication = 3").unwrap().replication,
+            3
+        );
+        assert!(MasterConfig::from_toml("replication = 0").is_err());
     }
 }

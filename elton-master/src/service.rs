@@ -10,7 +10,9 @@ use elton_proto::{NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName};
 use tonic::{Request, Response, Status};
 
 use crate::fetch::{self, ChunkStream, SourceError};
+use crate::fsck::Fsck;
 use crate::nodes::Liveness;
+use crate::replicator::Replicator;
 use crate::store::{MetaStore, NewVersion, NodeRow, VolumeRow};
 use crate::{MasterConfig, MasterError};
 
@@ -24,6 +26,7 @@ pub struct MasterService {
     store: Arc<MetaStore>,
     liveness: Arc<Liveness>,
     http: reqwest::Client,
+    replicator: Arc<Replicator>,
 }
 
 fn now_unix() -> u64 {
@@ -50,7 +53,18 @@ impl MasterService {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
+            replicator: Arc::new(Replicator::new(config.replication)),
         }
+    }
+
+    /// The background task that plans backup copies and repairs; runs until
+    /// dropped.
+    pub fn replication_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.replicator.clone().run(
+            self.store.clone(),
+            self.liveness.clone(),
+            self.heartbeat_interval,
+        )
     }
 
     pub fn into_server(self) -> MasterServer<Self> {
@@ -223,7 +237,17 @@ impl Master for MasterService {
             .parse()
             .map_err(MasterError::from)?;
         let known = self.liveness.beat(&id, Instant::now());
-        Ok(Response::new(pb::HeartbeatResponse { known }))
+        // A node that must register first gets its work after it has.
+        let replicate = if known {
+            self.replicator
+                .take_work(&id)
+                .iter()
+                .map(|o| o.as_bytes().to_vec())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::HeartbeatResponse { known, replicate }))
     }
 
     async fn list_nodes(
@@ -250,8 +274,13 @@ impl Master for MasterService {
             .iter()
             .map(|o| object_id(o))
             .collect::<Result<Vec<_>, _>>()?;
-        self.with_store(move |s| s.add_locations(&node, &objects))
-            .await?;
+        let replicator = self.replicator.clone();
+        self.with_store(move |s| {
+            s.add_locations(&node, &objects)?;
+            replicator.announced(&node, &objects);
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(pb::AddLocationsResponse {}))
     }
 
@@ -318,5 +347,25 @@ impl Master for MasterService {
             }
             None => MasterError::NoHolder(object.to_string()).into(),
         })
+    }
+
+    type FsckStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FsckEvent, Status>>;
+
+    async fn fsck(
+        &self,
+        req: Request<pb::FsckRequest>,
+    ) -> Result<Response<Self::FsckStream>, Status> {
+        let r = req.into_inner();
+        let check = Fsck {
+            store: self.store.clone(),
+            liveness: self.liveness.clone(),
+            http: self.http.clone(),
+            replication: self.replicator.configured(),
+            check_files: r.check_files,
+            max_listed: r.max_listed,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(check.run(tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }

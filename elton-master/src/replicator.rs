@@ -1,0 +1,257 @@
+//! Keeps every object at its replication factor (backup copies and repair).
+//!
+//! Pull model: each round, the replicator looks at a bounded batch of
+//! objects (first those just announced, then the next slice of a cursor
+//! that walks the whole location table over and over), asks the
+//! [`planner`](crate::planner) which live slave should copy what, and puts
+//! the answer in that slave's mailbox. The slave collects it with its next
+//! heartbeat and fetches each object through the ordinary fetch path, which
+//! verifies, stores and announces it; the announcement completes the
+//! assignment. A slave that goes down stops counting as a holder, so its
+//! objects fall below the factor and are copied again from the survivors.
+//! Nothing is ever deleted: a slave that comes back simply counts again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use elton_proto::{NodeId, ObjectId};
+
+use crate::MasterError;
+use crate::nodes::Liveness;
+use crate::planner::{self, Inflight, Limits};
+use crate::store::MetaStore;
+
+/// Objects read from the location table per round (besides new ones).
+const SCAN_BATCH: usize = 20_000;
+/// Newly announced objects remembered for the next round; beyond that the
+/// cursor finds them later.
+const RECENT_CAP: usize = 100_000;
+/// Newly announced objects examined per round.
+const RECENT_BATCH: usize = 20_000;
+const LIMITS: Limits = Limits {
+    per_round: 512,
+    per_node: 64,
+};
+/// An assignment not completed within this time may be handed out again.
+const ASSIGNMENT_TTL: Duration = Duration::from_secs(120);
+/// Shortest and longest pause between rounds.
+const MIN_ROUND: Duration = Duration::from_millis(100);
+const MAX_ROUND: Duration = Duration::from_secs(2);
+
+pub struct Replicator {
+    configured: u32,
+    state: Mutex<State>,
+}
+
+struct State {
+    inflight: Inflight,
+    mailbox: HashMap<NodeId, Vec<ObjectId>>,
+    recent: VecDeque<ObjectId>,
+    recent_set: HashSet<ObjectId>,
+    cursor: Option<ObjectId>,
+    /// Objects found below the factor since the cursor last wrapped.
+    cycle_below: usize,
+    cycle_lost: usize,
+    /// Whether the last full cycle found work, to log "caught up" once.
+    behind: bool,
+}
+
+impl Replicator {
+    pub fn new(configured: u32) -> Self {
+        Self {
+            configured,
+            state: Mutex::new(State {
+                inflight: Inflight::new(ASSIGNMENT_TTL),
+                mailbox: HashMap::new(),
+                recent: VecDeque::new(),
+                recent_set: HashSet::new(),
+                cursor: None,
+                cycle_below: 0,
+                cycle_lost: 0,
+                behind: false,
+            }),
+        }
+    }
+
+    pub fn configured(&self) -> u32 {
+        self.configured
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent; a panic cannot break it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `node` announced `objects`: completes assignments and queues the
+    /// objects so new ones get their copies without waiting for the cursor.
+    pub fn announced(&self, node: &NodeId, objects: &[ObjectId]) {
+        let mut st = self.state();
+        for o in objects {
+            if st.inflight.complete(o, node) {
+                tracing::debug!(object = %o, %node, "backup copy made");
+            }
+            if self.configured > 1 && st.recent.len() < RECENT_CAP && st.recent_set.insert(*o) {
+                st.recent.push_back(*o);
+            }
+        }
+    }
+
+    /// The copies `node` should make now (emptied by the call).
+    pub fn take_work(&self, node: &NodeId) -> Vec<ObjectId> {
+        self.state().mailbox.remove(node).unwrap_or_default()
+    }
+
+    /// One planning round against the store; blocking (redb reads).
+    pub fn round(
+        &self,
+        store: &MetaStore,
+        live: &BTreeSet<NodeId>,
+        now: Instant,
+    ) -> Result<(), MasterError> {
+        let factor = planner::effective_factor(self.configured, live.len());
+        let (recent, cursor) = {
+            let mut st = self.state();
+            let expired = st.inflight.prune(live, now);
+            if expired > 0 {
+                tracing::info!(expired, "backup copies not confirmed in time or target down; reassigning");
+            }
+            st.mailbox.retain(|n, _| live.contains(n));
+            let take = st.recent.len().min(RECENT_BATCH);
+            let recent: Vec<ObjectId> = st.recent.drain(..take).collect();
+            for o in &recent {
+                st.recent_set.remove(o);
+            }
+            (recent, st.cursor)
+        };
+        if factor <= 1 {
+            // One live slave (or none): no copy can be made; the cursor
+            // stays put so the next real round starts where it left off.
+            return Ok(());
+        }
+        let (scanned, next) = store.scan_holdings(cursor.as_ref(), SCAN_BATCH)?;
+        let fresh = store.holdings(&recent)?;
+        // One entry per object, so no object is planned twice in a round.
+        let batch: BTreeMap<ObjectId, Vec<NodeId>> = fresh
+            .into_iter()
+            .chain(scanned)
+            .map(|h| (h.object, h.holders))
+            .collect();
+        let batch: Vec<planner::Holding> = batch
+            .into_iter()
+            .map(|(object, holders)| planner::Holding { object, holders })
+            .collect();
+
+        let mut st = self.state();
+        let round = planner::plan(&batch, live, factor, &st.inflight, LIMITS);
+        for a in &round.assignments {
+            st.inflight.add(a.object, a.target.clone(), now);
+            st.mailbox.entry(a.target.clone()).or_default().push(a.object);
+            tracing::debug!(object = %a.object, target = %a.target, source = %a.source, "backup copy assigned");
+        }
+        if !round.assignments.is_empty() || round.deferred > 0 {
+            tracing::info!(
+                assigned = round.assignments.len(),
+                below_factor = round.below,
+                deferred = round.deferred,
+                in_flight = st.inflight.len(),
+                factor,
+                "replication round"
+            );
+        }
+        for o in &round.lost {
+            tracing::warn!(object = %o, "no live holder: object cannot be re-replicated until a holder returns");
+        }
+        st.cycle_below += round.below;
+        st.cycle_lost += round.lost.len();
+        st.cursor = next;
+        if next.is_none() {
+            // The cursor wrapped: one full pass over every object is done.
+            let (below, lost) = (st.cycle_below, st.cycle_lost);
+            if below > 0 {
+                tracing::info!(below_factor = below, lost, factor, in_flight = st.inflight.len(), "replication pass finished");
+                st.behind = true;
+            } else if st.behind && st.inflight.is_empty() {
+                tracing::info!(factor, "replication caught up: every object has its copies");
+                st.behind = false;
+            }
+            st.cycle_below = 0;
+            st.cycle_lost = 0;
+        }
+        Ok(())
+    }
+
+    /// Runs rounds forever, paced by the heartbeat interval so new work is
+    /// ready by the next heartbeat.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<MetaStore>,
+        liveness: Arc<Liveness>,
+        heartbeat: Duration,
+    ) {
+        let mut tick = tokio::time::interval(heartbeat.clamp(MIN_ROUND, MAX_ROUND));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let this = self.clone();
+            let store = store.clone();
+            let liveness = liveness.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let now = Instant::now();
+                let live: BTreeSet<NodeId> = store
+                    .nodes()?
+                    .into_iter()
+                    .map(|n| n.id)
+                    .filter(|id| liveness.is_up(id, now))
+                    .collect();
+                this.round(&store, &live, now)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("replication round: {e}"),
+                Err(e) => tracing::warn!("replication task: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_objects_are_assigned_once_and_completed_by_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let (s1, s2): (NodeId, NodeId) = ("s1".parse().unwrap(), "s2".parse().unwrap());
+        let live: BTreeSet<NodeId> = [s1.clone(), s2.clone()].into();
+        let r = Replicator::new(2);
+        let o = ObjectId::of(b"o");
+        store.add_locations(&s1, &[o]).unwrap();
+        r.announced(&s1, &[o]);
+        let t0 = Instant::now();
+        r.round(&store, &live, t0).unwrap();
+        assert!(r.take_work(&s1).is_empty());
+        assert_eq!(r.take_work(&s2), vec![o]);
+        r.round(&store, &live, t0).unwrap();
+        assert!(r.take_work(&s2).is_empty(), "in flight: not handed out twice");
+
+        store.add_locations(&s2, &[o]).unwrap();
+        r.announced(&s2, &[o]);
+        r.round(&store, &live, t0 + ASSIGNMENT_TTL).unwrap();
+        assert!(r.take_work(&s2).is_empty(), "factor met");
+    }
+
+    #[test]
+    fn one_live_slave_plans_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let s1: NodeId = "s1".parse().unwrap();
+        let o = ObjectId::of(b"o");
+        store.add_locations(&s1, &[o]).unwrap();
+        let r = Replicator::new(2);
+        r.round(&store, &[s1.clone()].into(), Instant::now()).unwrap();
+        assert!(r.take_work(&s1).is_empty());
+    }
+}
