@@ -82,7 +82,9 @@ mod tests {
     fn replication_defaults_to_two_and_refuses_zero() {
         assert_eq!(MasterConfig::default().replication, 2);
         assert_eq!(
-            MasterConfig::from_toml("replication = 3").unwrap().replication,
+            MasterConfig::from_toml("replication = 3")
+                .unwrap()
+                .replication,
             3
         );
         assert!(MasterConfig::from_toml("replication = 0").is_err());

@@ -160,7 +160,12 @@ impl Fsck {
             })
             .await?;
         let total = versions.len() as u64;
-        let mut walker = Walker::new(self.store.clone(), self.http.clone(), live, self.check_files);
+        let mut walker = Walker::new(
+            self.store.clone(),
+            self.http.clone(),
+            live,
+            self.check_files,
+        );
         let mut listed = 0;
         for v in versions {
             if let Some(u) = walker.tree(v.root).await? {

@@ -92,6 +92,22 @@ impl Inflight {
         done
     }
 
+    /// The target reported that its copy failed: the assignment stays (so
+    /// the object is not handed out again at once) until `retry_at`.
+    pub fn failed(&mut self, object: &ObjectId, node: &NodeId, retry_at: Instant) -> bool {
+        let Some(targets) = self.by_object.get_mut(object) else {
+            return false;
+        };
+        let mut found = false;
+        for (t, deadline) in targets.iter_mut() {
+            if t == node {
+                *deadline = retry_at.min(*deadline);
+                found = true;
+            }
+        }
+        found
+    }
+
     /// Forgets assignments past their deadline or to nodes no longer live;
     /// returns how many were dropped.
     pub fn prune(&mut self, live: &BTreeSet<NodeId>, now: Instant) -> usize {
@@ -241,7 +257,10 @@ mod tests {
 
     #[test]
     fn objects_at_factor_need_nothing() {
-        let objects = [holding("a", &["s1", "s2"]), holding("b", &["s1", "s2", "s3"])];
+        let objects = [
+            holding("a", &["s1", "s2"]),
+            holding("b", &["s1", "s2", "s3"]),
+        ];
         let inflight = Inflight::new(Duration::from_secs(60));
         let r = plan(&objects, &live(&["s1", "s2", "s3"]), 2, &inflight, WIDE);
         assert_eq!(r, Round::default());
@@ -305,6 +324,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_failure_shortens_the_wait_for_a_new_assignment() {
+        let t0 = Instant::now();
+        let a = holding("a", &["s1"]);
+        let nodes = live(&["s1", "s2"]);
+        let mut inflight = Inflight::new(Duration::from_secs(120));
+        inflight.add(a.object, n("s2"), t0);
+        assert!(!inflight.failed(&a.object, &n("s9"), t0));
+        assert!(inflight.failed(&a.object, &n("s2"), t0 + Duration::from_secs(5)));
+        assert_eq!(inflight.prune(&nodes, t0 + Duration::from_secs(4)), 0);
+        let r = plan(std::slice::from_ref(&a), &nodes, 2, &inflight, WIDE);
+        assert!(r.assignments.is_empty(), "not before the retry delay");
+        assert_eq!(inflight.prune(&nodes, t0 + Duration::from_secs(5)), 1);
+        let r = plan(&[a], &nodes, 2, &inflight, WIDE);
+        assert_eq!(r.assignments.len(), 1);
+    }
+
+    #[test]
     fn completion_clears_only_that_target() {
         let t0 = Instant::now();
         let a = ObjectId::of(b"a");
@@ -322,7 +358,13 @@ mod tests {
     fn higher_factor_uses_distinct_targets() {
         let objects = [holding("a", &["s1"])];
         let inflight = Inflight::new(Duration::from_secs(60));
-        let r = plan(&objects, &live(&["s1", "s2", "s3", "s4"]), 3, &inflight, WIDE);
+        let r = plan(
+            &objects,
+            &live(&["s1", "s2", "s3", "s4"]),
+            3,
+            &inflight,
+            WIDE,
+        );
         let mut targets: Vec<_> = r.assignments.iter().map(|a| a.target.clone()).collect();
         targets.sort();
         targets.dedup();
@@ -332,7 +374,9 @@ mod tests {
 
     #[test]
     fn work_is_bounded_per_round_and_per_node_and_spread() {
-        let objects: Vec<_> = (0..100).map(|i| holding(&format!("o{i}"), &["s1"])).collect();
+        let objects: Vec<_> = (0..100)
+            .map(|i| holding(&format!("o{i}"), &["s1"]))
+            .collect();
         let nodes = live(&["s1", "s2", "s3"]);
         let inflight = Inflight::new(Duration::from_secs(60));
         let r = plan(

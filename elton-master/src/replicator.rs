@@ -35,6 +35,10 @@ const LIMITS: Limits = Limits {
 };
 /// An assignment not completed within this time may be handed out again.
 const ASSIGNMENT_TTL: Duration = Duration::from_secs(120);
+/// A copy reported failed is handed out again after this delay.
+const RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Least time between two "pass finished" progress lines.
+const PASS_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Shortest and longest pause between rounds.
 const MIN_ROUND: Duration = Duration::from_millis(100);
 const MAX_ROUND: Duration = Duration::from_secs(2);
@@ -53,8 +57,11 @@ struct State {
     /// Objects found below the factor since the cursor last wrapped.
     cycle_below: usize,
     cycle_lost: usize,
-    /// Whether the last full cycle found work, to log "caught up" once.
+    /// Whether the last full pass found work, to log "caught up" once.
     behind: bool,
+    last_pass_log: Option<Instant>,
+    /// The effective factor of the previous round, to log changes.
+    factor: Option<usize>,
 }
 
 impl Replicator {
@@ -70,6 +77,8 @@ impl Replicator {
                 cycle_below: 0,
                 cycle_lost: 0,
                 behind: false,
+                last_pass_log: None,
+                factor: None,
             }),
         }
     }
@@ -97,6 +106,17 @@ impl Replicator {
         }
     }
 
+    /// `node` could not make these copies; they are handed out again after
+    /// [`RETRY_DELAY`] (to a node picked afresh).
+    pub fn failed(&self, node: &NodeId, objects: &[ObjectId], now: Instant) {
+        let mut st = self.state();
+        for o in objects {
+            if st.inflight.failed(o, node, now + RETRY_DELAY) {
+                tracing::debug!(object = %o, %node, "backup copy failed; will retry");
+            }
+        }
+    }
+
     /// The copies `node` should make now (emptied by the call).
     pub fn take_work(&self, node: &NodeId) -> Vec<ObjectId> {
         self.state().mailbox.remove(node).unwrap_or_default()
@@ -112,9 +132,24 @@ impl Replicator {
         let factor = planner::effective_factor(self.configured, live.len());
         let (recent, cursor) = {
             let mut st = self.state();
+            if st.factor != Some(factor) {
+                if factor < self.configured as usize {
+                    tracing::warn!(
+                        live_slaves = live.len(),
+                        configured = self.configured,
+                        "fewer live slaves than the replication factor: keeping {factor} copies"
+                    );
+                } else if st.factor.is_some() {
+                    tracing::info!(factor, "replication factor reachable again");
+                }
+                st.factor = Some(factor);
+            }
             let expired = st.inflight.prune(live, now);
             if expired > 0 {
-                tracing::info!(expired, "backup copies not confirmed in time or target down; reassigning");
+                tracing::info!(
+                    expired,
+                    "backup copies failed, timed out or lost their target; reassigning"
+                );
             }
             st.mailbox.retain(|n, _| live.contains(n));
             let take = st.recent.len().min(RECENT_BATCH);
@@ -146,10 +181,13 @@ impl Replicator {
         let round = planner::plan(&batch, live, factor, &st.inflight, LIMITS);
         for a in &round.assignments {
             st.inflight.add(a.object, a.target.clone(), now);
-            st.mailbox.entry(a.target.clone()).or_default().push(a.object);
+            st.mailbox
+                .entry(a.target.clone())
+                .or_default()
+                .push(a.object);
             tracing::debug!(object = %a.object, target = %a.target, source = %a.source, "backup copy assigned");
         }
-        if !round.assignments.is_empty() || round.deferred > 0 {
+        if !round.assignments.is_empty() {
             tracing::info!(
                 assigned = round.assignments.len(),
                 below_factor = round.below,
@@ -160,7 +198,7 @@ impl Replicator {
             );
         }
         for o in &round.lost {
-            tracing::warn!(object = %o, "no live holder: object cannot be re-replicated until a holder returns");
+            tracing::debug!(object = %o, "no live holder: cannot be copied until a holder returns");
         }
         st.cycle_below += round.below;
         st.cycle_lost += round.lost.len();
@@ -168,12 +206,25 @@ impl Replicator {
         if next.is_none() {
             // The cursor wrapped: one full pass over every object is done.
             let (below, lost) = (st.cycle_below, st.cycle_lost);
+            let quiet = st
+                .last_pass_log
+                .is_some_and(|t| now.saturating_duration_since(t) < PASS_LOG_EVERY);
             if below > 0 {
-                tracing::info!(below_factor = below, lost, factor, in_flight = st.inflight.len(), "replication pass finished");
+                if !quiet {
+                    tracing::info!(
+                        below_factor = below,
+                        lost,
+                        factor,
+                        in_flight = st.inflight.len(),
+                        "replication pass finished"
+                    );
+                    st.last_pass_log = Some(now);
+                }
                 st.behind = true;
             } else if st.behind && st.inflight.is_empty() {
                 tracing::info!(factor, "replication caught up: every object has its copies");
                 st.behind = false;
+                st.last_pass_log = None;
             }
             st.cycle_below = 0;
             st.cycle_lost = 0;
@@ -235,7 +286,10 @@ mod tests {
         assert!(r.take_work(&s1).is_empty());
         assert_eq!(r.take_work(&s2), vec![o]);
         r.round(&store, &live, t0).unwrap();
-        assert!(r.take_work(&s2).is_empty(), "in flight: not handed out twice");
+        assert!(
+            r.take_work(&s2).is_empty(),
+            "in flight: not handed out twice"
+        );
 
         store.add_locations(&s2, &[o]).unwrap();
         r.announced(&s2, &[o]);
@@ -251,7 +305,8 @@ mod tests {
         let o = ObjectId::of(b"o");
         store.add_locations(&s1, &[o]).unwrap();
         let r = Replicator::new(2);
-        r.round(&store, &[s1.clone()].into(), Instant::now()).unwrap();
+        r.round(&store, &[s1.clone()].into(), Instant::now())
+            .unwrap();
         assert!(r.take_work(&s1).is_empty());
     }
 }

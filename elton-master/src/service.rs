@@ -231,12 +231,16 @@ impl Master for MasterService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let id: NodeId = req
-            .into_inner()
-            .node_id
-            .parse()
-            .map_err(MasterError::from)?;
-        let known = self.liveness.beat(&id, Instant::now());
+        let r = req.into_inner();
+        let id: NodeId = r.node_id.parse().map_err(MasterError::from)?;
+        let failed = r
+            .copy_failed
+            .iter()
+            .map(|o| object_id(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = Instant::now();
+        let known = self.liveness.beat(&id, now);
+        self.replicator.failed(&id, &failed, now);
         // A node that must register first gets its work after it has.
         let replicate = if known {
             self.replicator
@@ -366,6 +370,8 @@ impl Master for MasterService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(check.run(tx));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }

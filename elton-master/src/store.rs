@@ -332,7 +332,9 @@ impl MetaStore {
         let locations = txn.open_multimap_table(LOCATIONS)?;
         let start = after.map(|a| a.as_bytes().to_vec());
         let range = match &start {
-            Some(a) => locations.range::<&[u8]>((Bound::Excluded(a.as_slice()), Bound::Unbounded))?,
+            Some(a) => {
+                locations.range::<&[u8]>((Bound::Excluded(a.as_slice()), Bound::Unbounded))?
+            }
             None => locations.range::<&[u8]>(..)?,
         };
         let mut out = Vec::new();

@@ -82,7 +82,10 @@ impl Walker {
     }
 
     /// The first unreadable part of the tree under manifest `root`, if any.
-    pub fn tree(&mut self, root: ObjectId) -> BoxFuture<'_, Result<Option<Unreadable>, MasterError>> {
+    pub fn tree(
+        &mut self,
+        root: ObjectId,
+    ) -> BoxFuture<'_, Result<Option<Unreadable>, MasterError>> {
         Box::pin(async move {
             if let Some(v) = self.verdicts.get(&root) {
                 return Ok(v.clone());

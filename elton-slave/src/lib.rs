@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: content-addressed, verified, durable object store.
 //! - [`fetcher`]: fetch on miss through the master, coalesced.
+//! - [`backup`]: backup copies the master asks for.
 //! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
 //! - [`volumes`]: resolving volume paths, publishing versions.
@@ -12,6 +13,7 @@
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves.
 
+pub mod backup;
 pub mod config;
 pub mod durable;
 pub mod error;
@@ -60,6 +62,13 @@ pub async fn run(
         metrics.clone(),
     ));
     let volumes = Arc::new(volumes::Volumes::new(fetcher.clone(), link.clone()));
+    let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(backup::QUEUE);
+    let copier = tokio::spawn(backup::run_copier(
+        backup_rx,
+        fetcher.clone(),
+        link.clone(),
+        metrics.clone(),
+    ));
     let state = Arc::new(http::AppState {
         fetcher,
         volumes,
@@ -68,7 +77,7 @@ pub async fn run(
         max_upload_bytes: config.max_upload_bytes,
     });
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
-    let membership = tokio::spawn(link.run_membership(http_addr, store));
+    let membership = tokio::spawn(link.run_membership(http_addr, store, backup_tx));
     tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
     let result = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
@@ -76,6 +85,7 @@ pub async fn run(
         .map_err(|e| SlaveError::Io(format!("HTTP server: {e}")));
     announcer.abort();
     membership.abort();
+    copier.abort();
     result
 }
 

@@ -1,7 +1,7 @@
 //! This slave's connection to its master: registration, heartbeats, and
 //! announcing stored objects in batches.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elton_proto::pb::master_client::MasterClient;
@@ -15,6 +15,9 @@ use crate::store::ObjectStore;
 
 /// Largest number of ids sent in one `AddLocations` call.
 const ANNOUNCE_BATCH: usize = 8192;
+/// Failed backup copies remembered for the next heartbeat; beyond that the
+/// master's assignment expiry covers them.
+const FAILED_CAP: usize = 4096;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 /// Announcements queued for the announcer task.
@@ -25,6 +28,8 @@ pub struct MasterLink {
     client: MasterClient<Channel>,
     node_id: NodeId,
     announce_tx: mpsc::Sender<(Vec<ObjectId>, Ack)>,
+    /// Backup copies that failed, reported with the next heartbeat.
+    copy_failed: Arc<Mutex<Vec<ObjectId>>>,
 }
 
 impl MasterLink {
@@ -44,6 +49,7 @@ impl MasterLink {
                 client,
                 node_id,
                 announce_tx,
+                copy_failed: Arc::default(),
             },
             rx,
         ))
@@ -70,6 +76,18 @@ impl MasterLink {
         done.await
             .map_err(|_| SlaveError::Io("announcer stopped".into()))?
             .map_err(SlaveError::MasterUnavailable)
+    }
+
+    /// Remembers a backup copy that failed, for the next heartbeat.
+    pub fn report_copy_failed(&self, id: ObjectId) {
+        let mut failed = self.copy_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() < FAILED_CAP {
+            failed.push(id);
+        }
+    }
+
+    fn take_copy_failed(&self) -> Vec<ObjectId> {
+        std::mem::take(&mut *self.copy_failed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     async fn register(&self, http_addr: &str) -> Result<Duration, tonic::Status> {
@@ -125,7 +143,13 @@ impl MasterLink {
 
     /// Registers (retrying until the master answers), announces the whole
     /// store, then heartbeats; re-registers whenever the master forgot us.
-    pub async fn run_membership(self, http_addr: String, store: Arc<ObjectStore>) {
+    /// Backup copies the master asks for go to `backups`.
+    pub async fn run_membership(
+        self,
+        http_addr: String,
+        store: Arc<ObjectStore>,
+        backups: mpsc::Sender<ObjectId>,
+    ) {
         let mut backoff = Duration::from_millis(200);
         loop {
             let interval = match self.register(&http_addr).await {
@@ -151,22 +175,49 @@ impl MasterLink {
                 Ok(Err(e)) => tracing::error!("listing store: {e}"),
                 Err(e) => tracing::error!("listing store: {e}"),
             }
-            self.heartbeat_until_forgotten(interval).await;
+            self.heartbeat_until_forgotten(interval, &backups).await;
         }
     }
 
-    async fn heartbeat_until_forgotten(&self, interval: Duration) {
+    async fn heartbeat_until_forgotten(
+        &self,
+        interval: Duration,
+        backups: &mpsc::Sender<ObjectId>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
+            let failed = self.take_copy_failed();
             let req = HeartbeatRequest {
                 node_id: self.node_id.to_string(),
+                copy_failed: failed.iter().map(|id| id.as_bytes().to_vec()).collect(),
             };
             match self.client().heartbeat(req).await {
-                Ok(r) if r.get_ref().known => {}
+                Ok(r) if r.get_ref().known => queue_backups(&r.into_inner().replicate, backups),
                 Ok(_) => return,
-                Err(e) => tracing::debug!("heartbeat: {}", e.message()),
+                Err(e) => {
+                    tracing::debug!("heartbeat: {}", e.message());
+                    failed
+                        .into_iter()
+                        .for_each(|id| self.report_copy_failed(id));
+                }
             }
+        }
+    }
+}
+
+/// Queues the copies a heartbeat answer asks for. A full queue drops the
+/// rest: the master hands them out again after their assignment expires.
+fn queue_backups(ids: &[Vec<u8>], backups: &mpsc::Sender<ObjectId>) {
+    for raw in ids {
+        match ObjectId::from_bytes(raw) {
+            Ok(id) => {
+                if backups.try_send(id).is_err() {
+                    tracing::warn!("backup queue full; the master will reassign the rest");
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!("master asked to copy an invalid id: {e}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod docker;
+mod fsck;
 mod import;
 mod inspect;
 mod mounts;
@@ -80,6 +81,8 @@ pub enum Command {
     Checkout { mountpoint: PathBuf, version: u64 },
     /// List changed paths between two versions of a volume.
     Diff { volume: String, v1: u64, v2: u64 },
+    /// Check replication and that every version can be read; exit 1 if not.
+    Fsck(fsck::FsckArgs),
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
 }
@@ -181,5 +184,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => mounts::checkout(&mountpoint, version),
         Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
+        Command::Fsck(a) => fsck::fsck(&ep, a).await,
     }
 }

@@ -33,6 +33,9 @@ pub struct MasterArgs {
     /// Silence after which a slave is marked down, in milliseconds [default: 10000].
     #[arg(long)]
     pub down_after_ms: Option<u64>,
+    /// Copies wanted of every object on distinct slaves [default: 2].
+    #[arg(long)]
+    pub replication: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +140,10 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     if let Some(v) = a.down_after_ms {
         c.down_after = Duration::from_millis(v);
     }
+    if let Some(v) = a.replication {
+        c.replication = v;
+    }
+    c.validate().map_err(anyhow::Error::msg)?;
     Ok(c)
 }
 
