@@ -132,18 +132,16 @@ impl Replicator {
         let factor = planner::effective_factor(self.configured, live.len());
         let (recent, cursor) = {
             let mut st = self.state();
-            if st.factor != Some(factor) {
-                if factor < self.configured as usize {
-                    tracing::warn!(
-                        live_slaves = live.len(),
-                        configured = self.configured,
-                        "fewer live slaves than the replication factor: keeping {factor} copies"
-                    );
-                } else if st.factor.is_some() {
-                    tracing::info!(factor, "replication factor reachable again");
-                }
-                st.factor = Some(factor);
+            if st.factor != Some(factor) && (st.factor.is_some() || factor > 0) {
+                // min(configured, live slaves): normal with few slaves, worth a line.
+                tracing::info!(
+                    factor,
+                    configured = self.configured,
+                    live_slaves = live.len(),
+                    "effective replication factor changed"
+                );
             }
+            st.factor = Some(factor);
             let expired = st.inflight.prune(live, now);
             if expired > 0 {
                 tracing::info!(
