@@ -296,6 +296,47 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_copy_is_handed_out_again_after_the_retry_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let (s1, s2): (NodeId, NodeId) = ("s1".parse().unwrap(), "s2".parse().unwrap());
+        let live: BTreeSet<NodeId> = [s1.clone(), s2.clone()].into();
+        let r = Replicator::new(2);
+        let o = ObjectId::of(b"o");
+        store.add_locations(&s1, &[o]).unwrap();
+        let t0 = Instant::now();
+        r.round(&store, &live, t0).unwrap();
+        assert_eq!(r.take_work(&s2), vec![o], "found by the cursor");
+        r.failed(&s2, &[o], t0);
+        r.round(&store, &live, t0 + RETRY_DELAY / 2).unwrap();
+        assert!(r.take_work(&s2).is_empty(), "not in a tight loop");
+        r.round(&store, &live, t0 + RETRY_DELAY).unwrap();
+        assert_eq!(r.take_work(&s2), vec![o]);
+    }
+
+    #[test]
+    fn work_for_a_slave_that_went_down_goes_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let [s1, s2, s3]: [NodeId; 3] = ["s1", "s2", "s3"].map(|s| s.parse().unwrap());
+        let o = ObjectId::of(b"o");
+        store.add_locations(&s1, &[o]).unwrap();
+        let r = Replicator::new(2);
+        let t0 = Instant::now();
+        r.round(&store, &[s1.clone(), s2.clone(), s3.clone()].into(), t0)
+            .unwrap();
+        let (first, other) = if r.take_work(&s2).is_empty() {
+            (s3.clone(), s2.clone())
+        } else {
+            (s2.clone(), s3.clone())
+        };
+        r.round(&store, &[s1.clone(), other.clone()].into(), t0)
+            .unwrap();
+        assert_eq!(r.take_work(&other), vec![o]);
+        assert!(r.take_work(&first).is_empty());
+    }
+
+    #[test]
     fn one_live_slave_plans_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();

@@ -193,7 +193,9 @@ impl MasterLink {
                 copy_failed: failed.iter().map(|id| id.as_bytes().to_vec()).collect(),
             };
             match self.client().heartbeat(req).await {
-                Ok(r) if r.get_ref().known => queue_backups(&r.into_inner().replicate, backups),
+                Ok(r) if r.get_ref().known => {
+                    self.queue_backups(&r.into_inner().replicate, backups);
+                }
                 Ok(_) => return,
                 Err(e) => {
                     tracing::debug!("heartbeat: {}", e.message());
@@ -204,20 +206,24 @@ impl MasterLink {
             }
         }
     }
-}
 
-/// Queues the copies a heartbeat answer asks for. A full queue drops the
-/// rest: the master hands them out again after their assignment expires.
-fn queue_backups(ids: &[Vec<u8>], backups: &mpsc::Sender<ObjectId>) {
-    for raw in ids {
-        match ObjectId::from_bytes(raw) {
-            Ok(id) => {
-                if backups.try_send(id).is_err() {
-                    tracing::warn!("backup queue full; the master will reassign the rest");
-                    return;
+    /// Queues the copies a heartbeat answer asks for. What does not fit in
+    /// the queue is reported failed, so the master hands it out again soon.
+    fn queue_backups(&self, ids: &[Vec<u8>], backups: &mpsc::Sender<ObjectId>) {
+        let mut dropped = 0;
+        for raw in ids {
+            match ObjectId::from_bytes(raw) {
+                Ok(id) => {
+                    if backups.try_send(id).is_err() {
+                        dropped += 1;
+                        self.report_copy_failed(id);
+                    }
                 }
+                Err(e) => tracing::warn!("master asked to copy an invalid id: {e}"),
             }
-            Err(e) => tracing::warn!("master asked to copy an invalid id: {e}"),
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "backup queue full; returning copies to the master");
         }
     }
 }
