@@ -49,9 +49,14 @@ pub struct Round {
     pub below: usize,
     /// Objects without any live holder: nothing to copy from.
     pub lost: Vec<ObjectId>,
-    /// Copies still needed that no live node could take this round (every
-    /// candidate busy, or the round's budget spent).
-    pub deferred: usize,
+    /// Index of the first object left for a later round: the round's budget
+    /// ran out, or every node that could take a copy is at its limit. The
+    /// objects from there on are not counted above (copies already assigned
+    /// to that first object stand).
+    pub stopped_at: Option<usize>,
+    /// Copies that no live node could ever take (fewer live nodes than the
+    /// factor); skipped, not retried by stopping.
+    pub unplaceable: usize,
 }
 
 /// Copies being made: object → (target, deadline). An assignment counts
@@ -159,6 +164,11 @@ fn score(object: &ObjectId, node: &NodeId) -> [u8; 32] {
 /// the caller) count as made. A target is a live node that does not hold
 /// the object (a down holder keeps its data but is not counted), with the
 /// fewest copies in flight, then the best rendezvous score.
+///
+/// Objects are examined in order; planning stops at the first object that
+/// cannot get all its copies because of the limits (see
+/// [`Round::stopped_at`]), so a caller walking the objects in order can
+/// resume there instead of skipping work.
 pub fn plan(
     objects: &[Holding],
     live: &BTreeSet<NodeId>,
@@ -168,7 +178,7 @@ pub fn plan(
 ) -> Round {
     let mut round = Round::default();
     let mut loads = inflight.loads();
-    for h in objects {
+    for (i, h) in objects.iter().enumerate() {
         let live_holders: Vec<&NodeId> = h.holders.iter().filter(|n| live.contains(n)).collect();
         if live_holders.len() >= factor {
             continue;
@@ -181,18 +191,22 @@ pub fn plan(
         let mut taken: Vec<&NodeId> = inflight.targets(&h.object).collect();
         let mut need = factor.saturating_sub(live_holders.len() + taken.len());
         while need > 0 {
-            if round.assignments.len() >= limits.per_round {
-                round.deferred += need;
-                break;
-            }
-            let target = live
+            let mut candidates = live
                 .iter()
                 .filter(|n| !h.holders.contains(n) && !taken.contains(n))
+                .peekable();
+            if candidates.peek().is_none() {
+                round.unplaceable += need;
+                break;
+            }
+            let target = candidates
                 .filter(|n| loads.get(*n).copied().unwrap_or(0) < limits.per_node)
                 .min_by_key(|n| (loads.get(*n).copied().unwrap_or(0), score(&h.object, n)));
-            let Some(target) = target else {
-                round.deferred += need;
-                break;
+            let (Some(target), true) = (target, round.assignments.len() < limits.per_round) else {
+                // Left for later, so not counted now (it will be then).
+                round.below -= 1;
+                round.stopped_at = Some(i);
+                return round;
             };
             *loads.entry(target.clone()).or_default() += 1;
             taken.push(target);
@@ -251,7 +265,7 @@ mod tests {
                 source: n("s1"),
             }]
         );
-        assert_eq!((r.below, r.deferred), (1, 0));
+        assert_eq!((r.below, r.stopped_at, r.unplaceable), (1, None, 0));
         assert!(r.lost.is_empty());
     }
 
@@ -390,10 +404,22 @@ mod tests {
             },
         );
         assert_eq!(r.assignments.len(), 30);
-        assert_eq!(r.below, 100);
-        assert_eq!(r.deferred, 70, "every copy beyond the budget waits");
+        assert_eq!(r.stopped_at, Some(30), "resume at the first object left");
+        assert_eq!(r.below, 30, "objects from the stop on are not counted");
         let on_s2 = r.assignments.iter().filter(|a| a.target == n("s2")).count();
         assert_eq!(on_s2, 15, "least-loaded first spreads evenly");
+        let rest = plan(
+            &objects[30..],
+            &nodes,
+            2,
+            &inflight,
+            Limits {
+                per_round: 1000,
+                per_node: 1000,
+            },
+        );
+        assert_eq!(rest.assignments.len(), 70);
+        assert_eq!(rest.stopped_at, None);
 
         let r = plan(
             &objects,
@@ -405,18 +431,20 @@ mod tests {
                 per_node: 10,
             },
         );
-        assert_eq!(r.assignments.len(), 20);
-        assert_eq!(r.deferred, 80);
+        assert_eq!(r.assignments.len(), 20, "both targets full");
+        assert_eq!(r.stopped_at, Some(20));
     }
 
     #[test]
-    fn a_factor_the_cluster_cannot_reach_defers_the_rest() {
+    fn a_factor_the_cluster_cannot_reach_skips_instead_of_stopping() {
         // Caller passes the configured factor without capping: only one
-        // other node exists, so one copy is made and one is deferred.
-        let objects = [holding("a", &["s1"])];
+        // other node exists, so one copy is made, one cannot be placed, and
+        // planning goes on with the next object.
+        let objects = [holding("a", &["s1"]), holding("b", &["s2"])];
         let inflight = Inflight::new(Duration::from_secs(60));
         let r = plan(&objects, &live(&["s1", "s2"]), 3, &inflight, WIDE);
-        assert_eq!(r.assignments.len(), 1);
-        assert_eq!(r.deferred, 1);
+        assert_eq!(r.assignments.len(), 2);
+        assert_eq!(r.unplaceable, 2);
+        assert_eq!(r.stopped_at, None);
     }
 }

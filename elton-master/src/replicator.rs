@@ -11,7 +11,7 @@
 //! objects fall below the factor and are copied again from the survivors.
 //! Nothing is ever deleted: a slave that comes back simply counts again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,8 @@ const RECENT_CAP: usize = 100_000;
 /// Newly announced objects examined per round.
 const RECENT_BATCH: usize = 20_000;
 const LIMITS: Limits = Limits {
-    per_round: 512,
-    per_node: 64,
+    per_round: 2048,
+    per_node: 256,
 };
 /// An assignment not completed within this time may be handed out again.
 const ASSIGNMENT_TTL: Duration = Duration::from_secs(120);
@@ -164,44 +164,57 @@ impl Replicator {
         }
         let (scanned, next) = store.scan_holdings(cursor.as_ref(), SCAN_BATCH)?;
         let fresh = store.holdings(&recent)?;
-        // One entry per object, so no object is planned twice in a round.
-        let batch: BTreeMap<ObjectId, Vec<NodeId>> = fresh
-            .into_iter()
-            .chain(scanned)
-            .map(|h| (h.object, h.holders))
-            .collect();
-        let batch: Vec<planner::Holding> = batch
-            .into_iter()
-            .map(|(object, holders)| planner::Holding { object, holders })
-            .collect();
 
         let mut st = self.state();
-        let round = planner::plan(&batch, live, factor, &st.inflight, LIMITS);
-        for a in &round.assignments {
-            st.inflight.add(a.object, a.target.clone(), now);
-            st.mailbox
-                .entry(a.target.clone())
-                .or_default()
-                .push(a.object);
-            tracing::debug!(object = %a.object, target = %a.target, source = %a.source, "backup copy assigned");
+        // New objects first; then the cursor's slice, planned against the
+        // first part's assignments so nothing is assigned twice.
+        let first = planner::plan(&fresh, live, factor, &st.inflight, LIMITS);
+        Self::record(&mut st, &first, now);
+        if let Some(i) = first.stopped_at {
+            for h in fresh[i..].iter().rev() {
+                if st.recent_set.insert(h.object) {
+                    st.recent.push_front(h.object);
+                }
+            }
         }
-        if !round.assignments.is_empty() {
+        let limits = Limits {
+            per_round: LIMITS.per_round - first.assignments.len(),
+            ..LIMITS
+        };
+        let second = planner::plan(&scanned, live, factor, &st.inflight, limits);
+        Self::record(&mut st, &second, now);
+        // Resume right before the first object left over, else move on.
+        let next = match second.stopped_at {
+            Some(0) => cursor,
+            Some(i) => Some(scanned[i - 1].object),
+            None => next,
+        };
+        let pass_done = second.stopped_at.is_none() && next.is_none();
+        let assigned = first.assignments.len() + second.assignments.len();
+        if assigned > 0 {
             tracing::info!(
-                assigned = round.assignments.len(),
-                below_factor = round.below,
-                deferred = round.deferred,
+                assigned,
+                below_factor = first.below + second.below,
+                budget_spent = first.stopped_at.or(second.stopped_at).is_some(),
                 in_flight = st.inflight.len(),
                 factor,
                 "replication round"
             );
         }
-        for o in &round.lost {
+        if first.unplaceable + second.unplaceable > 0 {
+            tracing::warn!(
+                copies = first.unplaceable + second.unplaceable,
+                "copies with no slave to go to"
+            );
+        }
+        for o in first.lost.iter().chain(&second.lost) {
             tracing::debug!(object = %o, "no live holder: cannot be copied until a holder returns");
         }
-        st.cycle_below += round.below;
-        st.cycle_lost += round.lost.len();
+        // New objects are seen again by the cursor: count the pass only.
+        st.cycle_below += second.below;
+        st.cycle_lost += second.lost.len();
         st.cursor = next;
-        if next.is_none() {
+        if pass_done {
             // The cursor wrapped: one full pass over every object is done.
             let (below, lost) = (st.cycle_below, st.cycle_lost);
             let quiet = st
@@ -228,6 +241,18 @@ impl Replicator {
             st.cycle_lost = 0;
         }
         Ok(())
+    }
+
+    /// Puts a round's assignments in flight and in the targets' mailboxes.
+    fn record(st: &mut State, round: &planner::Round, now: Instant) {
+        for a in &round.assignments {
+            st.inflight.add(a.object, a.target.clone(), now);
+            st.mailbox
+                .entry(a.target.clone())
+                .or_default()
+                .push(a.object);
+            tracing::debug!(object = %a.object, target = %a.target, source = %a.source, "backup copy assigned");
+        }
     }
 
     /// Runs rounds forever, paced by the heartbeat interval so new work is
@@ -334,6 +359,38 @@ mod tests {
             .unwrap();
         assert_eq!(r.take_work(&other), vec![o]);
         assert!(r.take_work(&first).is_empty());
+    }
+
+    #[test]
+    fn a_long_backlog_resumes_where_the_limits_stopped_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let (s1, s2): (NodeId, NodeId) = ("s1".parse().unwrap(), "s2".parse().unwrap());
+        let live: BTreeSet<NodeId> = [s1.clone(), s2.clone()].into();
+        let ids: Vec<ObjectId> = (0..600u32)
+            .map(|i| ObjectId::of(&i.to_le_bytes()))
+            .collect();
+        store.add_locations(&s1, &ids).unwrap();
+        let r = Replicator::new(2);
+        let t0 = Instant::now();
+        let mut copied = BTreeSet::new();
+        for round in 0..3 {
+            r.round(&store, &live, t0).unwrap();
+            let work = r.take_work(&s2);
+            assert_eq!(
+                work.len(),
+                (600 - copied.len()).min(LIMITS.per_node),
+                "round {round}"
+            );
+            for o in &work {
+                assert!(copied.insert(*o), "{o} assigned twice");
+            }
+            store.add_locations(&s2, &work).unwrap();
+            r.announced(&s2, &work);
+        }
+        assert_eq!(copied.len(), 600, "no object skipped");
+        r.round(&store, &live, t0).unwrap();
+        assert!(r.take_work(&s2).is_empty());
     }
 
     #[test]

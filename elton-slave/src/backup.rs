@@ -17,7 +17,7 @@ use crate::master_link::MasterLink;
 use crate::metrics::{Metrics, inc};
 
 /// Copies made at once; backups share the disk and network with reads.
-const PARALLEL_COPIES: usize = 4;
+const PARALLEL_COPIES: usize = 8;
 /// Ids waiting to be copied; beyond that they are dropped (and reassigned).
 pub const QUEUE: usize = 4096;
 
