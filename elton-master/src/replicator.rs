@@ -41,7 +41,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(5);
 const PASS_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Shortest and longest pause between rounds.
 const MIN_ROUND: Duration = Duration::from_millis(100);
-const MAX_ROUND: Duration = Duration::from_secs(2);
+const MAX_ROUND: Duration = Duration::from_secs(1);
 
 pub struct Replicator {
     configured: u32,

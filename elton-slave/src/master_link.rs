@@ -7,7 +7,7 @@ use std::time::Duration;
 use elton_proto::pb::master_client::MasterClient;
 use elton_proto::pb::{AddLocationsRequest, HeartbeatRequest, RegisterNodeRequest};
 use elton_proto::{NodeId, ObjectId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::SlaveError;
@@ -30,6 +30,9 @@ pub struct MasterLink {
     announce_tx: mpsc::Sender<(Vec<ObjectId>, Ack)>,
     /// Backup copies that failed, reported with the next heartbeat.
     copy_failed: Arc<Mutex<Vec<ObjectId>>>,
+    /// Signalled when the backup copies run low: the next heartbeat goes
+    /// out at once to pull more work.
+    pull_now: Arc<Notify>,
 }
 
 impl MasterLink {
@@ -50,6 +53,7 @@ impl MasterLink {
                 node_id,
                 announce_tx,
                 copy_failed: Arc::default(),
+                pull_now: Arc::default(),
             },
             rx,
         ))
@@ -84,6 +88,12 @@ impl MasterLink {
         if failed.len() < FAILED_CAP {
             failed.push(id);
         }
+    }
+
+    /// Backup copies are running low: heartbeat now (which collects more
+    /// work) rather than at the next tick.
+    pub fn pull_more_work(&self) {
+        self.pull_now.notify_one();
     }
 
     fn take_copy_failed(&self) -> Vec<ObjectId> {
@@ -186,7 +196,10 @@ impl MasterLink {
     ) {
         let mut tick = tokio::time::interval(interval);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.pull_now.notified() => tick.reset(),
+            }
             let failed = self.take_copy_failed();
             let req = HeartbeatRequest {
                 node_id: self.node_id.to_string(),
