@@ -8,7 +8,6 @@
 //! and the master hands it out again after a short delay.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use elton_proto::ObjectId;
 use tokio::sync::{Semaphore, mpsc};
@@ -19,10 +18,6 @@ use crate::metrics::{Metrics, inc};
 
 /// Copies made at once; backups share the disk and network with reads.
 const PARALLEL_COPIES: usize = 8;
-/// When this few copies are left (and again at zero), the slave asks for
-/// more work without waiting for the heartbeat tick, so the master's next
-/// batch arrives while the current one is still being copied.
-const LOW_WATER: usize = 32;
 /// Ids waiting to be copied; beyond that they are dropped (and reassigned).
 pub const QUEUE: usize = 4096;
 
@@ -33,15 +28,11 @@ pub async fn run_copier(
     metrics: Arc<Metrics>,
 ) {
     let slots = Arc::new(Semaphore::new(PARALLEL_COPIES));
-    // Copies received and not finished.
-    let pending = Arc::new(AtomicUsize::new(0));
     while let Some(id) = rx.recv().await {
-        pending.fetch_add(1, Ordering::AcqRel);
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         let (fetcher, link, metrics) = (fetcher.clone(), link.clone(), metrics.clone());
-        let pending = pending.clone();
         tokio::spawn(async move {
             let result = match fetcher.ensure(id).await {
                 Ok(true) => Ok(()),
@@ -61,10 +52,7 @@ pub async fn run_copier(
                 }
             }
             drop(permit);
-            let left = pending.fetch_sub(1, Ordering::AcqRel) - 1;
-            if left == LOW_WATER || left == 0 {
-                link.pull_more_work();
-            }
+            link.copy_finished();
         });
     }
 }

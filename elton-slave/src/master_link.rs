@@ -1,6 +1,7 @@
 //! This slave's connection to its master: registration, heartbeats, and
 //! announcing stored objects in batches.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ const ANNOUNCE_BATCH: usize = 8192;
 /// Failed backup copies remembered for the next heartbeat; beyond that the
 /// master's assignment expiry covers them.
 const FAILED_CAP: usize = 4096;
+/// When this few backup copies are left (and again at zero), heartbeat at
+/// once to collect more work, so the next batch arrives before the current
+/// one is done.
+const LOW_WATER: usize = 32;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 /// Announcements queued for the announcer task.
@@ -30,8 +35,10 @@ pub struct MasterLink {
     announce_tx: mpsc::Sender<(Vec<ObjectId>, Ack)>,
     /// Backup copies that failed, reported with the next heartbeat.
     copy_failed: Arc<Mutex<Vec<ObjectId>>>,
-    /// Signalled when the backup copies run low: the next heartbeat goes
-    /// out at once to pull more work.
+    /// Backup copies queued and not finished.
+    backlog: Arc<AtomicUsize>,
+    /// Signalled when the backlog runs low: the next heartbeat goes out at
+    /// once to pull more work.
     pull_now: Arc<Notify>,
 }
 
@@ -53,6 +60,7 @@ impl MasterLink {
                 node_id,
                 announce_tx,
                 copy_failed: Arc::default(),
+                backlog: Arc::default(),
                 pull_now: Arc::default(),
             },
             rx,
@@ -90,10 +98,15 @@ impl MasterLink {
         }
     }
 
-    /// Backup copies are running low: heartbeat now (which collects more
-    /// work) rather than at the next tick.
-    pub fn pull_more_work(&self) {
-        self.pull_now.notify_one();
+    /// One backup copy handed to the copier is finished (either way).
+    pub fn copy_finished(&self) {
+        let left = self
+            .backlog
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        if left == LOW_WATER || left == 0 {
+            self.pull_now.notify_one();
+        }
     }
 
     fn take_copy_failed(&self) -> Vec<ObjectId> {
@@ -227,7 +240,9 @@ impl MasterLink {
         for raw in ids {
             match ObjectId::from_bytes(raw) {
                 Ok(id) => {
+                    self.backlog.fetch_add(1, Ordering::AcqRel);
                     if backups.try_send(id).is_err() {
+                        self.backlog.fetch_sub(1, Ordering::AcqRel);
                         dropped += 1;
                         self.report_copy_failed(id);
                     }
