@@ -225,6 +225,24 @@ fn backup_copies_survive_a_lost_slave_and_repair_restores_the_factor() {
         assert_eq!(resp.status(), 200, "{f:?}");
     }
     assert_eq!(metric(&s3, "cache_misses_total"), 0, "all local on slave 3");
+
+    // Slave 1 returns: its copies count again and nothing is deleted.
+    c.slaves[0].restart();
+    wait_until("slave1 back", Duration::from_secs(10), || {
+        node_up(&c, "slave1")
+    });
+    wait_until("three live holders", Duration::from_secs(10), || {
+        ids.iter()
+            .all(|id| live_holders(&c, id) == ["slave1", "slave2", "slave3"])
+    });
+    for i in 1..=3 {
+        assert_eq!(
+            stored_on(&c, i, &ids),
+            ids.len(),
+            "slave{i} keeps its copies"
+        );
+    }
+    assert_fsck_clean(&c);
 }
 
 #[test]
