@@ -111,23 +111,27 @@ impl Cluster {
     }
 
     pub fn with_slave_args(slaves: usize, extra: &[&str]) -> Self {
+        Self::with_args(slaves, &[], extra)
+    }
+
+    /// `master_extra` is appended to the master's flags (e.g.
+    /// `["--replication", "1"]`), `slave_extra` to every slave's.
+    pub fn with_args(slaves: usize, master_extra: &[&str], extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let master = Proc::spawn(
-            vec![
-                "master".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                dir.path().join("master").display().to_string(),
-                "--heartbeat-ms".into(),
-                "200".into(),
-                "--down-after-ms".into(),
-                "3000".into(),
-            ],
-            port,
-            dir.path().join("master.log"),
-        );
+        let mut args: Vec<String> = vec![
+            "master".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.path().join("master").display().to_string(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--down-after-ms".into(),
+            "3000".into(),
+        ];
+        args.extend(master_extra.iter().map(|s| s.to_string()));
+        let master = Proc::spawn(args, port, dir.path().join("master.log"));
         std::fs::write(dir.path().join("token"), TOKEN).expect("token");
         let mut c = Self {
             dir,
