@@ -98,7 +98,9 @@ impl Replicator {
         let mut st = self.state();
         for o in objects {
             if st.inflight.complete(o, node) {
+                // A copy we asked for: it needs no second look.
                 tracing::debug!(object = %o, %node, "backup copy made");
+                continue;
             }
             if self.configured > 1 && st.recent.len() < RECENT_CAP && st.recent_set.insert(*o) {
                 st.recent.push_back(*o);
@@ -107,7 +109,7 @@ impl Replicator {
     }
 
     /// `node` could not make these copies; they are handed out again after
-    /// [`RETRY_DELAY`] (to a node picked afresh).
+    /// [`RETRY_DELAY`] (the target is chosen again then).
     pub fn failed(&self, node: &NodeId, objects: &[ObjectId], now: Instant) {
         let mut st = self.state();
         for o in objects {
