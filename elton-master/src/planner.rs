@@ -59,20 +59,30 @@ pub struct Round {
     pub unplaceable: usize,
 }
 
+/// Objects whose failure count is remembered (for back-off); beyond that
+/// the counts are forgotten, which only makes some retries come sooner.
+const FAILURE_MEMORY: usize = 65_536;
+
 /// Copies being made: object → (target, deadline). An assignment counts
 /// until the target announces the object, its deadline passes, or the
 /// target goes down; then the object may be assigned again.
 #[derive(Debug)]
 pub struct Inflight {
     ttl: Duration,
+    /// First wait after a reported failure; doubles with each further one.
+    retry: Duration,
     by_object: HashMap<ObjectId, Vec<(NodeId, Instant)>>,
+    /// Failed copies per object since its last successful copy.
+    failures: HashMap<ObjectId, u32>,
 }
 
 impl Inflight {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, retry: Duration) -> Self {
         Self {
             ttl,
+            retry,
             by_object: HashMap::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -94,23 +104,39 @@ impl Inflight {
         if targets.is_empty() {
             self.by_object.remove(object);
         }
+        if done {
+            self.failures.remove(object);
+        }
         done
     }
 
     /// The target reported that its copy failed: the assignment stays (so
-    /// the object is not handed out again at once) until `retry_at`.
-    pub fn failed(&mut self, object: &ObjectId, node: &NodeId, retry_at: Instant) -> bool {
+    /// the object is not handed out again at once) for the retry delay,
+    /// doubled for each earlier failure of the object and capped at the
+    /// assignment's lifetime, so a copy that cannot succeed is not retried
+    /// in a tight loop.
+    pub fn failed(&mut self, object: &ObjectId, node: &NodeId, now: Instant) -> bool {
         let Some(targets) = self.by_object.get_mut(object) else {
             return false;
         };
-        let mut found = false;
+        if !targets.iter().any(|(t, _)| t == node) {
+            return false;
+        }
+        if self.failures.len() >= FAILURE_MEMORY {
+            self.failures.clear();
+        }
+        let count = self.failures.entry(*object).or_default();
+        let wait = self
+            .retry
+            .saturating_mul(1u32 << (*count).min(16))
+            .min(self.ttl);
+        *count += 1;
         for (t, deadline) in targets.iter_mut() {
             if t == node {
-                *deadline = retry_at.min(*deadline);
-                found = true;
+                *deadline = (now + wait).min(*deadline);
             }
         }
-        found
+        true
     }
 
     /// Forgets assignments past their deadline or to nodes no longer live;
@@ -255,7 +281,7 @@ mod tests {
     #[test]
     fn new_object_gets_a_copy_on_another_live_node() {
         let objects = [holding("a", &["s1"])];
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(&objects, &live(&["s1", "s2"]), 2, &inflight, WIDE);
         assert_eq!(
             r.assignments,
@@ -275,7 +301,7 @@ mod tests {
             holding("a", &["s1", "s2"]),
             holding("b", &["s1", "s2", "s3"]),
         ];
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(&objects, &live(&["s1", "s2", "s3"]), 2, &inflight, WIDE);
         assert_eq!(r, Round::default());
     }
@@ -284,7 +310,7 @@ mod tests {
     fn down_holders_do_not_count_and_are_not_targets() {
         // s1 holds it but is down: s2 is the only live copy, so s3 copies.
         let objects = [holding("a", &["s1", "s2"])];
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(&objects, &live(&["s2", "s3"]), 2, &inflight, WIDE);
         assert_eq!(r.assignments.len(), 1);
         assert_eq!(r.assignments[0].target, n("s3"));
@@ -298,7 +324,7 @@ mod tests {
     #[test]
     fn objects_without_live_holder_are_lost_not_assigned() {
         let objects = [holding("a", &["s1"])];
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(&objects, &live(&["s2", "s3"]), 2, &inflight, WIDE);
         assert!(r.assignments.is_empty());
         assert_eq!(r.lost, vec![objects[0].object]);
@@ -310,7 +336,7 @@ mod tests {
         let t0 = Instant::now();
         let objects = [holding("a", &["s1"])];
         let nodes = live(&["s1", "s2", "s3"]);
-        let mut inflight = Inflight::new(Duration::from_secs(60));
+        let mut inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(&objects, &nodes, 2, &inflight, WIDE);
         assert_eq!(r.assignments.len(), 1);
         let first = r.assignments[0].target.clone();
@@ -330,7 +356,7 @@ mod tests {
     fn a_target_going_down_frees_its_assignment() {
         let t0 = Instant::now();
         let a = holding("a", &["s1"]);
-        let mut inflight = Inflight::new(Duration::from_secs(60));
+        let mut inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         inflight.add(a.object, n("s2"), t0);
         assert_eq!(inflight.prune(&live(&["s1", "s3"]), t0), 1);
         let r = plan(&[a], &live(&["s1", "s3"]), 2, &inflight, WIDE);
@@ -338,27 +364,49 @@ mod tests {
     }
 
     #[test]
-    fn a_reported_failure_shortens_the_wait_for_a_new_assignment() {
+    fn a_reported_failure_shortens_the_wait_and_repeated_ones_back_off() {
+        let secs = Duration::from_secs;
         let t0 = Instant::now();
         let a = holding("a", &["s1"]);
         let nodes = live(&["s1", "s2"]);
-        let mut inflight = Inflight::new(Duration::from_secs(120));
+        let mut inflight = Inflight::new(secs(120), secs(5));
         inflight.add(a.object, n("s2"), t0);
-        assert!(!inflight.failed(&a.object, &n("s9"), t0));
-        assert!(inflight.failed(&a.object, &n("s2"), t0 + Duration::from_secs(5)));
-        assert_eq!(inflight.prune(&nodes, t0 + Duration::from_secs(4)), 0);
+        assert!(!inflight.failed(&a.object, &n("s9"), t0), "not its target");
+        assert!(inflight.failed(&a.object, &n("s2"), t0));
+        assert_eq!(inflight.prune(&nodes, t0 + secs(4)), 0);
         let r = plan(std::slice::from_ref(&a), &nodes, 2, &inflight, WIDE);
         assert!(r.assignments.is_empty(), "not before the retry delay");
-        assert_eq!(inflight.prune(&nodes, t0 + Duration::from_secs(5)), 1);
-        let r = plan(&[a], &nodes, 2, &inflight, WIDE);
+        assert_eq!(inflight.prune(&nodes, t0 + secs(5)), 1);
+        let r = plan(std::slice::from_ref(&a), &nodes, 2, &inflight, WIDE);
         assert_eq!(r.assignments.len(), 1);
+
+        // Second failure: twice the wait; then capped at the lifetime.
+        let t1 = t0 + secs(5);
+        inflight.add(a.object, n("s2"), t1);
+        assert!(inflight.failed(&a.object, &n("s2"), t1));
+        assert_eq!(inflight.prune(&nodes, t1 + secs(9)), 0);
+        assert_eq!(inflight.prune(&nodes, t1 + secs(10)), 1);
+        for _ in 0..10 {
+            inflight.add(a.object, n("s2"), t1);
+            inflight.failed(&a.object, &n("s2"), t1);
+            inflight.prune(&nodes, t1 + secs(120));
+        }
+        inflight.add(a.object, n("s2"), t1);
+        inflight.failed(&a.object, &n("s2"), t1);
+        assert_eq!(inflight.prune(&nodes, t1 + secs(119)), 0, "capped at 120 s");
+
+        // A success resets the count.
+        assert!(inflight.complete(&a.object, &n("s2")));
+        inflight.add(a.object, n("s2"), t1);
+        inflight.failed(&a.object, &n("s2"), t1);
+        assert_eq!(inflight.prune(&nodes, t1 + secs(5)), 1);
     }
 
     #[test]
     fn completion_clears_only_that_target() {
         let t0 = Instant::now();
         let a = ObjectId::of(b"a");
-        let mut inflight = Inflight::new(Duration::from_secs(60));
+        let mut inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         inflight.add(a, n("s2"), t0);
         inflight.add(a, n("s3"), t0);
         assert!(!inflight.complete(&a, &n("s9")));
@@ -371,7 +419,7 @@ mod tests {
     #[test]
     fn higher_factor_uses_distinct_targets() {
         let objects = [holding("a", &["s1"])];
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(
             &objects,
             &live(&["s1", "s2", "s3", "s4"]),
@@ -392,7 +440,7 @@ mod tests {
             .map(|i| holding(&format!("o{i}"), &["s1"]))
             .collect();
         let nodes = live(&["s1", "s2", "s3"]);
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(
             &objects,
             &nodes,
@@ -441,7 +489,7 @@ mod tests {
         // other node exists, so one copy is made, one cannot be placed, and
         // planning goes on with the next object.
         let objects = [holding("a", &["s1"]), holding("b", &["s2"])];
-        let inflight = Inflight::new(Duration::from_secs(60));
+        let inflight = Inflight::new(Duration::from_secs(60), Duration::from_secs(5));
         let r = plan(&objects, &live(&["s1", "s2"]), 3, &inflight, WIDE);
         assert_eq!(r.assignments.len(), 2);
         assert_eq!(r.unplaceable, 2);

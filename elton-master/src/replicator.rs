@@ -35,7 +35,8 @@ const LIMITS: Limits = Limits {
 };
 /// An assignment not completed within this time may be handed out again.
 const ASSIGNMENT_TTL: Duration = Duration::from_secs(120);
-/// A copy reported failed is handed out again after this delay.
+/// A copy reported failed is handed out again after this delay, doubled
+/// for each further failure of the same object (up to the TTL).
 const RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Least time between two "pass finished" progress lines.
 const PASS_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -69,7 +70,7 @@ impl Replicator {
         Self {
             configured,
             state: Mutex::new(State {
-                inflight: Inflight::new(ASSIGNMENT_TTL),
+                inflight: Inflight::new(ASSIGNMENT_TTL, RETRY_DELAY),
                 mailbox: HashMap::new(),
                 recent: VecDeque::new(),
                 recent_set: HashSet::new(),
@@ -109,11 +110,12 @@ impl Replicator {
     }
 
     /// `node` could not make these copies; they are handed out again after
-    /// [`RETRY_DELAY`] (the target is chosen again then).
+    /// [`RETRY_DELAY`], longer if they keep failing (the target is chosen
+    /// again then).
     pub fn failed(&self, node: &NodeId, objects: &[ObjectId], now: Instant) {
         let mut st = self.state();
         for o in objects {
-            if st.inflight.failed(o, node, now + RETRY_DELAY) {
+            if st.inflight.failed(o, node, now) {
                 tracing::debug!(object = %o, %node, "backup copy failed; will retry");
             }
         }
