@@ -32,6 +32,9 @@ pub struct MasterConfig {
     pub peer_timeout: Duration,
     /// HTTP address for Prometheus `/metrics`; off when unset.
     pub metrics_listen: Option<String>,
+    /// Copies wanted of every object on distinct live slaves; the effective
+    /// factor is min(replication, live slaves). 1 disables backup copies.
+    pub replication: u32,
 }
 
 /// One peer master: its cluster name (the `home` of its volumes) and its
@@ -70,6 +73,7 @@ impl Default for MasterConfig {
             peers: Vec::new(),
             peer_timeout: Duration::from_secs(3),
             metrics_listen: None,
+            replication: 2,
         }
     }
 }
@@ -90,8 +94,9 @@ impl MasterConfig {
         }
     }
 
-    /// Peers must have distinct, non-empty names other than our own and
-    /// http(s) URLs; checked before anything starts.
+    /// Refuses settings that cannot work, whatever set them (file or flags),
+    /// before anything starts: peers need distinct, non-empty names other
+    /// than our own and http(s) URLs; replication is at least 1.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
@@ -116,6 +121,9 @@ impl MasterConfig {
         }
         if self.peer_timeout.is_zero() {
             return Err("peer_timeout must be above 0".into());
+        }
+        if self.replication == 0 {
+            return Err("replication must be at least 1 (1 = no backup copies)".into());
         }
         Ok(())
     }
@@ -162,5 +170,17 @@ mod tests {
         ] {
             assert!(MasterConfig::from_toml(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn replication_defaults_to_two_and_refuses_zero() {
+        assert_eq!(MasterConfig::default().replication, 2);
+        assert_eq!(
+            MasterConfig::from_toml("replication = 3")
+                .unwrap()
+                .replication,
+            3
+        );
+        assert!(MasterConfig::from_toml("replication = 0").is_err());
     }
 }

@@ -8,6 +8,8 @@
 //!   other clusters: remote volumes, forwarded commits, cross-cluster
 //!   fetches (one WAN transfer per object at a time).
 //! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
+//! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
+//! - [`fsck`] and [`walk`]: checking replication and version readability.
 //! - [`config`]: settings with documented defaults.
 //! - [`error`]: one error type, mapped to gRPC status in one place.
 //!
@@ -19,12 +21,16 @@ pub mod config;
 pub mod crossfetch;
 pub mod error;
 pub mod fetch;
+pub mod fsck;
 pub mod metrics;
 pub mod nodes;
 pub mod peers;
+pub mod planner;
 pub mod remote;
+pub mod replicator;
 pub mod service;
 pub mod store;
+pub mod walk;
 pub mod wan;
 
 use std::future::Future;
@@ -74,6 +80,7 @@ pub async fn run(
         }))
     });
     let flusher = tokio::spawn(store::flush_periodically(store));
+    let replication = tokio::spawn(service.replication_task());
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
         id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(), "master serving");
     let result = tonic::transport::Server::builder()
@@ -90,5 +97,6 @@ pub async fn run(
         }
     }
     flusher.abort();
+    replication.abort();
     result
 }

@@ -16,9 +16,11 @@ use tonic::{Request, Response, Status};
 use crate::coalesce::{Coalescer, Turn};
 use crate::crossfetch::CrossFetch;
 use crate::fetch::{self, ChunkStream, SourceError};
+use crate::fsck::Fsck;
 use crate::nodes::Liveness;
 use crate::peers::PeerSet;
 use crate::remote::{Lookup, RemoteVolumes};
+use crate::replicator::Replicator;
 use crate::store::{MetaStore, NewVersion, NodeRow, VolumeRow};
 use crate::wan::{Direction, WanStats};
 use crate::{MasterConfig, MasterError};
@@ -38,6 +40,7 @@ pub struct MasterService {
     cross: Arc<CrossFetch>,
     coalescer: Arc<Coalescer>,
     wan: Arc<WanStats>,
+    replicator: Arc<Replicator>,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -88,7 +91,18 @@ impl MasterService {
             cross,
             coalescer: Arc::new(Coalescer::default()),
             wan,
+            replicator: Arc::new(Replicator::new(config.replication)),
         })
+    }
+
+    /// The background task that plans backup copies and repairs; runs until
+    /// dropped.
+    pub fn replication_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.replicator.clone().run(
+            self.store.clone(),
+            self.liveness.clone(),
+            self.heartbeat_interval,
+        )
     }
 
     pub fn into_server(self) -> MasterServer<Self> {
@@ -426,13 +440,27 @@ impl Master for MasterService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let id: NodeId = req
-            .into_inner()
-            .node_id
-            .parse()
-            .map_err(MasterError::from)?;
-        let known = self.liveness.beat(&id, Instant::now());
-        Ok(Response::new(pb::HeartbeatResponse { known }))
+        let r = req.into_inner();
+        let id: NodeId = r.node_id.parse().map_err(MasterError::from)?;
+        let failed = r
+            .copy_failed
+            .iter()
+            .map(|o| object_id(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = Instant::now();
+        let known = self.liveness.beat(&id, now);
+        self.replicator.failed(&id, &failed, now);
+        // A node that must register first gets its work after it has.
+        let replicate = if known {
+            self.replicator
+                .take_work(&id)
+                .iter()
+                .map(|o| o.as_bytes().to_vec())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::HeartbeatResponse { known, replicate }))
     }
 
     async fn list_nodes(
@@ -460,8 +488,13 @@ impl Master for MasterService {
             .map(|o| object_id(o))
             .collect::<Result<Vec<_>, _>>()?;
         let registered = objects.clone();
-        self.with_store(move |s| s.add_locations(&node, &objects))
-            .await?;
+        let replicator = self.replicator.clone();
+        self.with_store(move |s| {
+            s.add_locations(&node, &objects)?;
+            replicator.announced(&node, &objects);
+            Ok(())
+        })
+        .await?;
         // Requests waiting for a cross-cluster transfer can now be served here.
         self.coalescer.settle(&registered);
         Ok(Response::new(pb::AddLocationsResponse {}))
@@ -546,5 +579,27 @@ impl Master for MasterService {
         _req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.wan.to_proto(&self.cluster)))
+    }
+
+    type FsckStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FsckEvent, Status>>;
+
+    async fn fsck(
+        &self,
+        req: Request<pb::FsckRequest>,
+    ) -> Result<Response<Self::FsckStream>, Status> {
+        let r = req.into_inner();
+        let check = Fsck {
+            store: self.store.clone(),
+            liveness: self.liveness.clone(),
+            http: self.http.clone(),
+            replication: self.replicator.configured(),
+            check_files: r.check_files,
+            max_listed: r.max_listed,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(check.run(tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }

@@ -12,6 +12,7 @@
 //! [`flush_periodically`] within a second. A version is only accepted when its
 //! root's location is known, and that commit makes the location durable too.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::MasterError;
+use crate::planner::Holding;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("volumes");
@@ -76,6 +78,11 @@ pub struct MetaStore {
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, MasterError> {
     serde_json::from_slice(bytes)
         .map_err(|e| MasterError::Storage(format!("corrupt {what} row: {e}")))
+}
+
+fn parse_node(raw: &str) -> Result<NodeId, MasterError> {
+    raw.parse()
+        .map_err(|e| MasterError::Storage(format!("corrupt location: {e}")))
 }
 
 fn encode<T: Serialize>(row: &T) -> Vec<u8> {
@@ -312,11 +319,60 @@ impl MetaStore {
         let locations = txn.open_multimap_table(LOCATIONS)?;
         let mut out = Vec::new();
         for item in locations.get(object.as_bytes().as_slice())? {
-            let id = item?.value().to_string();
-            out.push(
-                id.parse()
-                    .map_err(|e| MasterError::Storage(format!("corrupt location: {e}")))?,
-            );
+            out.push(parse_node(item?.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` objects with their holders, in id order, starting after
+    /// `after` (from the first when `None`). Returns the last id read as the
+    /// next cursor, `None` once the end is reached.
+    pub fn scan_holdings(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<(Vec<Holding>, Option<ObjectId>), MasterError> {
+        let txn = self.db.begin_read()?;
+        let locations = txn.open_multimap_table(LOCATIONS)?;
+        let start = after.map(|a| a.as_bytes().to_vec());
+        let range = match &start {
+            Some(a) => {
+                locations.range::<&[u8]>((Bound::Excluded(a.as_slice()), Bound::Unbounded))?
+            }
+            None => locations.range::<&[u8]>(..)?,
+        };
+        let mut out = Vec::new();
+        for item in range {
+            if out.len() == limit {
+                let next = out.last().map(|h: &Holding| h.object);
+                return Ok((out, next));
+            }
+            let (key, values) = item?;
+            let object = ObjectId::from_bytes(key.value())
+                .map_err(|e| MasterError::Storage(format!("corrupt location key: {e}")))?;
+            let mut holders = Vec::new();
+            for v in values {
+                holders.push(parse_node(v?.value())?);
+            }
+            out.push(Holding { object, holders });
+        }
+        Ok((out, None))
+    }
+
+    /// The holders of each of `objects`, in one read transaction.
+    pub fn holdings(&self, objects: &[ObjectId]) -> Result<Vec<Holding>, MasterError> {
+        let txn = self.db.begin_read()?;
+        let locations = txn.open_multimap_table(LOCATIONS)?;
+        let mut out = Vec::with_capacity(objects.len());
+        for object in objects {
+            let mut holders = Vec::new();
+            for v in locations.get(object.as_bytes().as_slice())? {
+                holders.push(parse_node(v?.value())?);
+            }
+            out.push(Holding {
+                object: *object,
+                holders,
+            });
         }
         Ok(out)
     }
@@ -408,8 +464,15 @@ mod tests {
         let store = MetaStore::open(&path).unwrap();
         assert_eq!(store.volume(&vol).unwrap().head, 2);
         assert_eq!(store.versions(&vol).unwrap().len(), 2);
-        assert_eq!(store.holders(&root).unwrap(), vec![node]);
+        assert_eq!(store.holders(&root).unwrap(), vec![node.clone()]);
         assert_eq!(store.version(&vol, 0).unwrap().version.get(), 2);
+        assert_eq!(
+            store.holdings(&[root]).unwrap(),
+            vec![Holding {
+                object: root,
+                holders: vec![node.clone()]
+            }]
+        );
         assert!(matches!(
             store.version(&vol, 9),
             Err(MasterError::UnknownVersion { .. })
@@ -439,5 +502,34 @@ mod tests {
             Err(MasterError::Conflict { head: 1, .. })
         ));
         assert!(store.holders(&root).unwrap().is_empty());
+    }
+
+    #[test]
+    fn scanning_holdings_pages_through_every_object_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let (a, b): (NodeId, NodeId) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let ids: Vec<ObjectId> = (0..7u8).map(|i| ObjectId::of(&[i])).collect();
+        store.add_locations(&a, &ids).unwrap();
+        store.add_locations(&b, &ids[..2]).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = store.scan_holdings(cursor.as_ref(), 3).unwrap();
+            assert!(page.len() <= 3);
+            seen.extend(page);
+            pages += 1;
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(seen.iter().map(|h| h.object).collect::<Vec<_>>(), want);
+        let two = seen.iter().filter(|h| h.holders.len() == 2).count();
+        assert_eq!(two, 2);
     }
 }

@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use elton_proto::{ObjectId, VolumeName};
 use elton_proto::recipe::Piece;
+use elton_proto::{ObjectId, VolumeName};
 use futures::StreamExt;
 
 use crate::SlaveError;

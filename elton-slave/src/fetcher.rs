@@ -132,6 +132,21 @@ impl Fetcher {
         Ok(bytes)
     }
 
+    /// Makes sure a verified copy of `id` is stored here, fetching it if it
+    /// is missing or its local copy turns out corrupt (quarantined). True
+    /// when it was fetched (and therefore announced); false when a good copy
+    /// was already here. Not counted as a read in the cache metrics.
+    pub async fn ensure(&self, id: ObjectId) -> Result<bool, SlaveError> {
+        match self.open_local(id).await {
+            Ok(Some(_)) => return Ok(false),
+            Ok(None) => {}
+            Err(SlaveError::Corrupt(_)) => inc(&self.metrics.corrupt_objects_total, 1),
+            Err(e) => return Err(e),
+        }
+        self.fetch(id).await?;
+        Ok(true)
+    }
+
     /// Fetches `id` through the master unless it is (or becomes) local.
     pub async fn fetch(&self, id: ObjectId) -> Result<(), SlaveError> {
         self.fetch_for(id, None).await

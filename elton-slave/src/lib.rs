@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: content-addressed, verified, durable object store.
 //! - [`fetcher`]: fetch on miss through the master, coalesced.
+//! - [`backup`]: backup copies the master asks for.
 //! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
 //! - [`chunked`]: serving chunked files (recipes) chunk by chunk.
@@ -13,6 +14,7 @@
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves.
 
+pub mod backup;
 pub mod chunked;
 pub mod config;
 pub mod durable;
@@ -62,6 +64,13 @@ pub async fn run(
         metrics.clone(),
     ));
     let volumes = Arc::new(volumes::Volumes::new(fetcher.clone(), link.clone()));
+    let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(backup::QUEUE);
+    let copier = tokio::spawn(backup::run_copier(
+        backup_rx,
+        fetcher.clone(),
+        link.clone(),
+        metrics.clone(),
+    ));
     let state = Arc::new(http::AppState {
         fetcher,
         volumes,
@@ -70,7 +79,7 @@ pub async fn run(
         max_upload_bytes: config.max_upload_bytes,
     });
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
-    let membership = tokio::spawn(link.run_membership(http_addr, store));
+    let membership = tokio::spawn(link.run_membership(http_addr, store, backup_tx));
     tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
     let result = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
@@ -78,6 +87,7 @@ pub async fn run(
         .map_err(|e| SlaveError::Io(format!("HTTP server: {e}")));
     announcer.abort();
     membership.abort();
+    copier.abort();
     result
 }
 

@@ -1,13 +1,14 @@
 //! This slave's connection to its master: registration, heartbeats, and
 //! announcing stored objects in batches.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elton_proto::pb::master_client::MasterClient;
 use elton_proto::pb::{AddLocationsRequest, HeartbeatRequest, RegisterNodeRequest};
 use elton_proto::{NodeId, ObjectId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::SlaveError;
@@ -15,6 +16,13 @@ use crate::store::ObjectStore;
 
 /// Largest number of ids sent in one `AddLocations` call.
 const ANNOUNCE_BATCH: usize = 8192;
+/// Failed backup copies remembered for the next heartbeat; beyond that the
+/// master's assignment expiry covers them.
+const FAILED_CAP: usize = 4096;
+/// When this few backup copies are left (and again at zero), heartbeat at
+/// once to collect more work, so the next batch arrives before the current
+/// one is done.
+const LOW_WATER: usize = 32;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 /// Announcements queued for the announcer task.
@@ -25,6 +33,13 @@ pub struct MasterLink {
     client: MasterClient<Channel>,
     node_id: NodeId,
     announce_tx: mpsc::Sender<(Vec<ObjectId>, Ack)>,
+    /// Backup copies that failed, reported with the next heartbeat.
+    copy_failed: Arc<Mutex<Vec<ObjectId>>>,
+    /// Backup copies queued and not finished.
+    backlog: Arc<AtomicUsize>,
+    /// Signalled when the backlog runs low: the next heartbeat goes out at
+    /// once to pull more work.
+    pull_now: Arc<Notify>,
 }
 
 impl MasterLink {
@@ -44,6 +59,9 @@ impl MasterLink {
                 client,
                 node_id,
                 announce_tx,
+                copy_failed: Arc::default(),
+                backlog: Arc::default(),
+                pull_now: Arc::default(),
             },
             rx,
         ))
@@ -70,6 +88,29 @@ impl MasterLink {
         done.await
             .map_err(|_| SlaveError::Io("announcer stopped".into()))?
             .map_err(SlaveError::MasterUnavailable)
+    }
+
+    /// Remembers a backup copy that failed, for the next heartbeat.
+    pub fn report_copy_failed(&self, id: ObjectId) {
+        let mut failed = self.copy_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() < FAILED_CAP {
+            failed.push(id);
+        }
+    }
+
+    /// One backup copy handed to the copier is finished (either way).
+    pub fn copy_finished(&self) {
+        let left = self
+            .backlog
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        if left == LOW_WATER || left == 0 {
+            self.pull_now.notify_one();
+        }
+    }
+
+    fn take_copy_failed(&self) -> Vec<ObjectId> {
+        std::mem::take(&mut *self.copy_failed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     async fn register(&self, http_addr: &str) -> Result<Duration, tonic::Status> {
@@ -125,7 +166,13 @@ impl MasterLink {
 
     /// Registers (retrying until the master answers), announces the whole
     /// store, then heartbeats; re-registers whenever the master forgot us.
-    pub async fn run_membership(self, http_addr: String, store: Arc<ObjectStore>) {
+    /// Backup copies the master asks for go to `backups`.
+    pub async fn run_membership(
+        self,
+        http_addr: String,
+        store: Arc<ObjectStore>,
+        backups: mpsc::Sender<ObjectId>,
+    ) {
         let mut backoff = Duration::from_millis(200);
         loop {
             let interval = match self.register(&http_addr).await {
@@ -151,22 +198,60 @@ impl MasterLink {
                 Ok(Err(e)) => tracing::error!("listing store: {e}"),
                 Err(e) => tracing::error!("listing store: {e}"),
             }
-            self.heartbeat_until_forgotten(interval).await;
+            self.heartbeat_until_forgotten(interval, &backups).await;
         }
     }
 
-    async fn heartbeat_until_forgotten(&self, interval: Duration) {
+    async fn heartbeat_until_forgotten(
+        &self,
+        interval: Duration,
+        backups: &mpsc::Sender<ObjectId>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.pull_now.notified() => tick.reset(),
+            }
+            let failed = self.take_copy_failed();
             let req = HeartbeatRequest {
                 node_id: self.node_id.to_string(),
+                copy_failed: failed.iter().map(|id| id.as_bytes().to_vec()).collect(),
             };
             match self.client().heartbeat(req).await {
-                Ok(r) if r.get_ref().known => {}
+                Ok(r) if r.get_ref().known => {
+                    self.queue_backups(&r.into_inner().replicate, backups);
+                }
                 Ok(_) => return,
-                Err(e) => tracing::debug!("heartbeat: {}", e.message()),
+                Err(e) => {
+                    tracing::debug!("heartbeat: {}", e.message());
+                    failed
+                        .into_iter()
+                        .for_each(|id| self.report_copy_failed(id));
+                }
             }
+        }
+    }
+
+    /// Queues the copies a heartbeat answer asks for. What does not fit in
+    /// the queue is reported failed, so the master hands it out again soon.
+    fn queue_backups(&self, ids: &[Vec<u8>], backups: &mpsc::Sender<ObjectId>) {
+        let mut dropped = 0;
+        for raw in ids {
+            match ObjectId::from_bytes(raw) {
+                Ok(id) => {
+                    self.backlog.fetch_add(1, Ordering::AcqRel);
+                    if backups.try_send(id).is_err() {
+                        self.backlog.fetch_sub(1, Ordering::AcqRel);
+                        dropped += 1;
+                        self.report_copy_failed(id);
+                    }
+                }
+                Err(e) => tracing::warn!("master asked to copy an invalid id: {e}"),
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "backup queue full; returning copies to the master");
         }
     }
 }

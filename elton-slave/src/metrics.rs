@@ -34,6 +34,8 @@ counters! {
     uploaded_bytes_total => "Bytes received by upload.",
     corrupt_objects_total => "Objects found corrupt on disk and quarantined.",
     commits_total => "Versions committed through this slave.",
+    backup_copies_total => "Backup copies made at the master's request (objects fetched or confirmed).",
+    backup_failures_total => "Backup copies the master asked for that failed.",
 }
 
 pub fn inc(c: &AtomicU64, by: u64) {

@@ -84,7 +84,8 @@ fn recipe_of(c: &Cluster, slave: usize, url_tail: &str) -> (String, Recipe) {
 
 #[test]
 fn large_files_move_only_the_chunks_that_are_read_or_changed() {
-    let c = Cluster::new(2);
+    // No backup copies: the test counts what slave 2 fetches on demand.
+    let c = Cluster::with_args(2, &["--replication", "1"], &[]);
     let src = c.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let mut big = noise(BIG, 1);
@@ -335,7 +336,8 @@ fn commit_entry(c: &Cluster, format: u32, object: &str, size: u64, recipe: bool)
 
 #[test]
 fn missing_chunks_and_bad_recipes_are_errors_never_short_reads() {
-    let c = Cluster::new(2);
+    // No backup copies: the test counts what slave 2 fetches on demand.
+    let c = Cluster::with_args(2, &["--replication", "1"], &[]);
     let src = c.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let data = noise(12 << 20, 3);

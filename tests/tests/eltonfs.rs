@@ -91,7 +91,8 @@ fn out_text(o: &std::process::Output) -> String {
 
 #[test]
 fn phase1_edit_on_host_a_commit_and_host_b_sees_exactly_that_tree() {
-    let c = Cluster::new(2);
+    // No backup copies: host B's store must fill only through its reads.
+    let c = Cluster::with_args(2, &["--replication", "1"], &[]);
     let src = c.dir.path().join("src");
     source_tree(&src);
     c.ok(1, &["import", "--create", src.to_str().unwrap(), "web"]);

@@ -31,7 +31,8 @@ fn get(url: &str) -> reqwest::blocking::Response {
 
 #[test]
 fn phase1_import_on_one_slave_read_everything_from_another() {
-    let c = Cluster::new(2);
+    // No backup copies: every read on slave 2 must go through fetch on miss.
+    let c = Cluster::with_args(2, &["--replication", "1"], &[]);
     let src = c.dir.path().join("src");
     sample_tree(&src);
     c.ok(

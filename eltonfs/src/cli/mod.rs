@@ -3,6 +3,7 @@
 
 mod client;
 mod docker;
+mod fsck;
 mod import;
 mod inspect;
 mod mounts;
@@ -87,6 +88,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check replication and that every version can be read; exit 1 if not.
+    Fsck(fsck::FsckArgs),
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
 }
@@ -189,5 +192,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
         Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
+        Command::Fsck(a) => fsck::fsck(&ep, a).await,
     }
 }

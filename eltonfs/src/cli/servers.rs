@@ -46,6 +46,9 @@ pub struct MasterArgs {
     /// Serve Prometheus /metrics over HTTP on this address [default: off].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Copies wanted of every object on distinct slaves [default: 2].
+    #[arg(long)]
+    pub replication: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +162,9 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     }
     if let Some(v) = a.metrics_listen {
         c.metrics_listen = Some(v);
+    }
+    if let Some(v) = a.replication {
+        c.replication = v;
     }
     c.validate()
         .map_err(|e| anyhow::anyhow!("master config: {e}"))?;

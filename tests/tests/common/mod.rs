@@ -137,6 +137,13 @@ impl Cluster {
         c
     }
 
+    /// `master_extra` is appended to the master's flags (e.g.
+    /// `["--replication", "1"]`), `slave_extra` to every slave's.
+    pub fn with_args(slaves: usize, master_extra: &[&str], slave_extra: &[&str]) -> Self {
+        let master_extra: Vec<String> = master_extra.iter().map(|s| s.to_string()).collect();
+        Self::build(slaves, slave_extra, free_port(), &master_extra)
+    }
+
     fn build(slaves: usize, extra: &[&str], port: u16, master_extra: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = vec![

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# WAN benchmark: two clusters on loopback, their masters joined through the
+# user-space link proxy (`elton-link`), which counts every byte that crosses
+# the "WAN".
+#
+#   bash bench/wan.sh
+#
+# Cluster A and cluster B each run one master and one slave. Master A
+# reaches master B through link A->B, master B reaches master A through link
+# B->A; only masters talk across. Three figures:
+#
+#   1. The thesis scenario: write a $THESIS_MIB MiB file in A (import =
+#      write + commit), then read it $READS times over HTTP from B's slave.
+#      WAN bytes after the write and after each read, next to what an NFS
+#      mount of A's export from B would move: every written and every read
+#      byte crosses (write + $READS full reads), which is what the thesis
+#      measured for NFS. The NFS figure is computed from that rule, not
+#      measured (no NFS server runs here).
+#   2. Cross-cluster cold read throughput: a fresh $TPUT_MIB MiB file per
+#      round is imported in A and read once from B's slave (every byte
+#      crosses the link, verified and stored in B), against a plain HTTP
+#      download of the same file from A's slave through a second instance of
+#      the same proxy. Median of $ROUNDS rounds, ratio per round.
+#   3. The 1-byte edit: a $EDIT_MIB MiB file in A, read in B, then one byte
+#      in the middle changed and imported as the next version in A, read
+#      again in B: WAN bytes of the second read vs the file size.
+#
+# Tunables: THESIS_MIB (64), READS (3), TPUT_MIB (256), ROUNDS (3),
+# EDIT_MIB (256), LATENCY_MS (0, added by both links), RATE (unlimited,
+# bytes/s per link direction), ELTON_BIN / LINK_BIN (skip the build).
+
+set -euo pipefail
+
+THESIS_MIB=${THESIS_MIB:-64}
+READS=${READS:-3}
+TPUT_MIB=${TPUT_MIB:-256}
+ROUNDS=${ROUNDS:-3}
+EDIT_MIB=${EDIT_MIB:-256}
+LATENCY_MS=${LATENCY_MS:-0}
+RATE=${RATE:-}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ELTON="${ELTON_BIN:-$ROOT/target/release/elton}"
+LINK="${LINK_BIN:-$ROOT/target/release/elton-link}"
+TOKEN=bench-wan-token-0123456789abcdef
+
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
+
+log() { printf '[wan.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for t in curl python3 cmp; do
+    command -v "$t" >/dev/null || die "$t is required"
+done
+if [[ -z "${ELTON_BIN:-}" || -z "${LINK_BIN:-}" ]]; then
+    log "building release elton and elton-link"
+    (cd "$ROOT" && cargo build --release -q -p eltonfs -p elton-tests --bin elton --bin elton-link) \
+        || die "cargo build failed"
+fi
+[[ -x "$ELTON" ]] || die "$ELTON is not an executable"
+[[ -x "$LINK" ]] || die "$LINK is not an executable"
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+WORK=$(mktemp -d /tmp/elton-bench-wan.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url
+    for _ in $(seq 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
+    die "$1 did not answer (logs in $WORK)"
+}
+wait_port() { # port
+    for _ in $(seq 200); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',int(sys.argv[1])),0.2)" "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "port $1 did not open (logs in $WORK)"
+}
+
+MA=$(free_port); MB=$(free_port); SA=$(free_port); SB=$(free_port)
+LAB=$(free_port); LBA=$(free_port); LPLAIN=$(free_port)
+echo "$TOKEN" >"$WORK/token"
+
+link_args=()
+[[ "$LATENCY_MS" != 0 ]] && link_args+=(--latency-ms "$LATENCY_MS")
+[[ -n "$RATE" ]] && link_args+=(--rate "$RATE")
+start_link() { # name listen-port target-port
+    "$LINK" "127.0.0.1:$2" "127.0.0.1:$3" "${link_args[@]}" >"$WORK/link-$1.out" 2>&1 &
+    PIDS+=($!)
+}
+start_link ab "$LAB" "$MB"
+start_link ba "$LBA" "$MA"
+start_link plain "$LPLAIN" "$SA"
+
+start_master() { # cluster port peer-name peer-port
+    "$ELTON" master --id "$1" --cluster "$1" --listen "127.0.0.1:$2" --data-dir "$WORK/master-$1" \
+        --peer "$3=http://127.0.0.1:$4" >"$WORK/master-$1.log" 2>&1 &
+    PIDS+=($!)
+}
+start_master a "$MA" b "$LAB"
+start_master b "$MB" a "$LBA"
+wait_port "$MA"; wait_port "$MB"
+start_slave() { # cluster port master-port
+    "$ELTON" slave --listen "127.0.0.1:$2" --data-dir "$WORK/slave-$1" \
+        --master-url "http://127.0.0.1:$3" --token-file "$WORK/token" >"$WORK/slave-$1.log" 2>&1 &
+    PIDS+=($!)
+}
+start_slave a "$SA" "$MA"
+start_slave b "$SB" "$MB"
+wait_http "http://127.0.0.1:$SA/metrics"; wait_http "http://127.0.0.1:$SB/metrics"
+sleep 1 # both slaves registered with their masters
+
+in_a() { ELTON_MASTER="http://127.0.0.1:$MA" ELTON_SLAVE="http://127.0.0.1:$SA" ELTON_TOKEN="$TOKEN" "$ELTON" "$@"; }
+
+# Bytes across both links, both directions, as the links last reported them
+# (they print once a second).
+wan_bytes() {
+    sleep 1.2
+    python3 - "$WORK/link-ab.out" "$WORK/link-ba.out" <<'PY'
+import sys
+total = 0
+for path in sys.argv[1:]:
+    lines = [l for l in open(path) if l.startswith("up=")]
+    if lines:
+        up, down = (int(x.split("=")[1]) for x in lines[-1].split())
+        total += up + down
+print(total)
+PY
+}
+mib() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 2**20:.2f}')" "$1"; }
+random_file() { # path mib seed
+    python3 - "$1" "$2" "$3" <<'PY'
+import random, sys
+path, mib, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+with open(path, "wb") as f:
+    for _ in range(mib):
+        f.write(rng.randbytes(1 << 20))
+PY
+}
+seconds() { python3 -c 'import time; print(time.perf_counter())'; }
+read_b() { # url-path -> downloads from B's slave into $WORK/got, checks it
+    curl -fsS -o "$WORK/got" "http://127.0.0.1:$SB$1" || die "read of $1 in B failed"
+}
+
+# --- 1. the thesis scenario ----------------------------------------------------
+log "thesis scenario: ${THESIS_MIB} MiB written in A, read ${READS} times in B"
+mkdir -p "$WORK/thesis"
+random_file "$WORK/thesis/data.bin" "$THESIS_MIB" 1
+w0=$(wan_bytes)
+in_a import --create "$WORK/thesis" thesis -m "thesis write" >/dev/null
+w_write=$(wan_bytes)
+reads=()
+for i in $(seq "$READS"); do
+    read_b /v1/volumes/thesis/1/data.bin
+    cmp -s "$WORK/got" "$WORK/thesis/data.bin" || die "read $i in B differs"
+    reads+=("$(wan_bytes)")
+done
+size=$((THESIS_MIB << 20))
+nfs=$((size * (READS + 1)))
+
+# --- 2. cold read throughput across the link --------------------------------------
+log "cold cross-cluster reads of ${TPUT_MIB} MiB vs a plain HTTP download through the same proxy"
+tput_e=(); tput_p=(); tput_r=()
+for r in $(seq "$ROUNDS"); do
+    mkdir -p "$WORK/tput-$r"
+    random_file "$WORK/tput-$r/big.bin" "$TPUT_MIB" $((100 + r))
+    in_a import --create "$WORK/tput-$r" "tput-$r" >/dev/null
+    # Warm A's page cache the same way for both: one local read on A.
+    curl -fsS -o /dev/null "http://127.0.0.1:$SA/v1/volumes/tput-$r/1/big.bin"
+    run_e() {
+        local t0 t1; t0=$(seconds); read_b "/v1/volumes/tput-$r/1/big.bin"; t1=$(seconds)
+        cmp -s "$WORK/got" "$WORK/tput-$r/big.bin" || die "cold read in B differs"
+        python3 -c "import sys; print(f'{int(sys.argv[1]) / 2**20 / (float(sys.argv[3]) - float(sys.argv[2])):.0f}')" \
+            $((TPUT_MIB << 20)) "$t0" "$t1"
+    }
+    run_p() {
+        local t0 t1; t0=$(seconds)
+        curl -fsS -o "$WORK/got" "http://127.0.0.1:$LPLAIN/v1/volumes/tput-$r/1/big.bin" || die "plain download failed"
+        t1=$(seconds)
+        python3 -c "import sys; print(f'{int(sys.argv[1]) / 2**20 / (float(sys.argv[3]) - float(sys.argv[2])):.0f}')" \
+            $((TPUT_MIB << 20)) "$t0" "$t1"
+    }
+    if (( r % 2 )); then e=$(run_e); p=$(run_p); else p=$(run_p); e=$(run_e); fi
+    tput_e+=("$e"); tput_p+=("$p")
+    tput_r+=("$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$e" "$p")")
+    log "round $r: elton cold read $e MiB/s, plain download $p MiB/s"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# --- 3. the 1-byte edit -------------------------------------------------------------
+log "1-byte edit of a ${EDIT_MIB} MiB file"
+mkdir -p "$WORK/edit"
+random_file "$WORK/edit/big.bin" "$EDIT_MIB" 7
+in_a import --create "$WORK/edit" edit -m v1 >/dev/null
+read_b /v1/volumes/edit/1/big.bin
+e0=$(wan_bytes)
+python3 - "$WORK/edit/big.bin" <<'PY'
+import os, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(os.path.getsize(sys.argv[1]) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+PY
+in_a import "$WORK/edit" edit -m "one byte" >/dev/null
+e1=$(wan_bytes)
+read_b /v1/volumes/edit/2/big.bin
+cmp -s "$WORK/got" "$WORK/edit/big.bin" || die "edited read in B differs"
+e2=$(wan_bytes)
+
+# --- report -----------------------------------------------------------------------------
+echo
+echo "| thesis scenario, ${THESIS_MIB} MiB | WAN bytes (Elton) | cumulative MiB | NFS would move (cumulative MiB) |"
+echo "|---|---:|---:|---:|"
+echo "| write + commit in A | $((w_write - w0)) | $(mib $((w_write - w0))) | $(mib "$size") |"
+prev=$w_write
+for i in $(seq "$READS"); do
+    cur=${reads[$((i - 1))]}
+    echo "| read $i in B | $((cur - prev)) | $(mib $((cur - w0))) | $(mib $((size * (i + 1)))) |"
+    prev=$cur
+done
+total=$((prev - w0))
+echo "| **total** | $total | **$(mib "$total")** | **$(mib "$nfs")** |"
+echo
+python3 -c "import sys; t,s,n=map(int,sys.argv[1:]); print(f'Elton / file size: {t/s:.4f}x; Elton / NFS: {t/n:.3f}x')" "$total" "$size" "$nfs"
+echo
+echo "| cold read across the link, ${TPUT_MIB} MiB | MiB/s (median of $ROUNDS) |"
+echo "|---|---:|"
+echo "| Elton: slave B, fetched through master B, link, master A, slave A | $(median "${tput_e[@]}") |"
+echo "| plain HTTP download from slave A through the same proxy program | $(median "${tput_p[@]}") |"
+echo "| **Elton / plain** (median of per-round ratios: ${tput_r[*]}) | **$(median "${tput_r[@]}")x** |"
+echo
+echo "| 1-byte edit of a ${EDIT_MIB} MiB file | bytes |"
+echo "|---|---:|"
+echo "| WAN at the edit's import in A | $((e1 - e0)) |"
+echo "| WAN at B's read of the new version | $((e2 - e1)) ($(mib $((e2 - e1))) MiB) |"
+python3 -c "import sys; a,s=map(int,sys.argv[1:]); print(f'| **WAN / file size** | **{a/s:.4f}x** |')" $((e2 - e1)) $((EDIT_MIB << 20))
+echo
+echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"

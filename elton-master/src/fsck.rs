@@ -1,0 +1,212 @@
+//! `Fsck`: checks the cluster and streams what it finds.
+//!
+//! 1. Objects: every object in the location table is compared with its
+//!    target, min(replication, registered slaves). A down slave still counts
+//!    towards the target (it is meant to come back or be replaced), so after
+//!    a slave loss the objects it held show as under-replicated even while
+//!    the planner, which can only use live slaves, has nothing to do.
+//! 2. Versions: every version of every volume is walked ([`Walker`]); a
+//!    version is unreadable when some object of it has no live holder, or
+//!    (manifests always, files on request) no live holder serves it.
+//!
+//! Read-only: it reports, it never repairs or removes locations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use elton_proto::NodeId;
+use elton_proto::pb::{
+    FsckEvent, FsckObjectProblem, FsckProgress, FsckSummary, FsckVersionProblem, fsck_event,
+};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::MasterError;
+use crate::nodes::Liveness;
+use crate::store::MetaStore;
+use crate::walk::Walker;
+
+/// Objects read per store transaction.
+const SCAN_BATCH: usize = 20_000;
+/// Least time between two progress events.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+const DEFAULT_LISTED: u32 = 100;
+
+pub type EventSender = mpsc::Sender<Result<FsckEvent, Status>>;
+
+pub struct Fsck {
+    pub store: Arc<MetaStore>,
+    pub liveness: Arc<Liveness>,
+    pub http: reqwest::Client,
+    pub replication: u32,
+    pub check_files: bool,
+    /// 0 means the default.
+    pub max_listed: u32,
+}
+
+/// Sends one event; false when the client went away.
+async fn send(tx: &EventSender, event: fsck_event::Event) -> bool {
+    tx.send(Ok(FsckEvent { event: Some(event) })).await.is_ok()
+}
+
+struct Throttle(Instant);
+
+impl Throttle {
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.0) >= PROGRESS_EVERY {
+            self.0 = now;
+            return true;
+        }
+        false
+    }
+}
+
+impl Fsck {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MetaStore) -> Result<T, MasterError> + Send + 'static,
+    ) -> Result<T, MasterError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| MasterError::Io(format!("store task: {e}")))?
+    }
+
+    /// Runs the check, sending events to `tx`; a failure ends the stream
+    /// with an error status.
+    pub async fn run(self, tx: EventSender) {
+        if let Err(e) = self.check(&tx).await {
+            let _ = tx.send(Err(e.into())).await;
+        }
+    }
+
+    async fn check(self, tx: &EventSender) -> Result<(), MasterError> {
+        let max_listed = match self.max_listed {
+            0 => DEFAULT_LISTED,
+            n => n,
+        } as u64;
+        let nodes = self.blocking(|s| s.nodes()).await?;
+        let now = Instant::now();
+        let live: HashMap<NodeId, String> = nodes
+            .iter()
+            .filter(|n| self.liveness.is_up(&n.id, now))
+            .map(|n| (n.id.clone(), n.http_addr.clone()))
+            .collect();
+        let target = (self.replication as usize).min(nodes.len());
+        let mut summary = FsckSummary {
+            replication: self.replication,
+            target: target as u32,
+            live_slaves: live.len() as u32,
+            registered_slaves: nodes.len() as u32,
+            ..FsckSummary::default()
+        };
+        tracing::info!(target, live = live.len(), "fsck started");
+
+        let mut throttle = Throttle(Instant::now());
+        let mut cursor = None;
+        let mut listed = 0;
+        loop {
+            let (page, next) = self
+                .blocking(move |s| s.scan_holdings(cursor.as_ref(), SCAN_BATCH))
+                .await?;
+            for h in page {
+                summary.objects += 1;
+                let live_holders = h.holders.iter().filter(|n| live.contains_key(n)).count();
+                if live_holders >= target {
+                    continue;
+                }
+                summary.under_replicated += 1;
+                if live_holders == 0 {
+                    summary.lost += 1;
+                }
+                if listed < max_listed {
+                    listed += 1;
+                    let p = FsckObjectProblem {
+                        object: h.object.as_bytes().to_vec(),
+                        live_holders: live_holders as u32,
+                        holders: h.holders.len() as u32,
+                        target: target as u32,
+                    };
+                    if !send(tx, fsck_event::Event::Object(p)).await {
+                        return Ok(());
+                    }
+                }
+            }
+            let progress = FsckProgress {
+                phase: "objects".into(),
+                done: summary.objects,
+                total: 0,
+            };
+            if (next.is_none() || throttle.due())
+                && !send(tx, fsck_event::Event::Progress(progress)).await
+            {
+                return Ok(());
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+
+        let versions = self
+            .blocking(|s| {
+                let mut all = Vec::new();
+                for v in s.volumes()? {
+                    all.extend(s.versions(&v.name)?);
+                }
+                Ok(all)
+            })
+            .await?;
+        let total = versions.len() as u64;
+        let mut walker = Walker::new(
+            self.store.clone(),
+            self.http.clone(),
+            live,
+            self.check_files,
+        );
+        let mut listed = 0;
+        for v in versions {
+            if let Some(u) = walker.tree(v.root).await? {
+                summary.unreadable_versions += 1;
+                tracing::warn!(volume = %v.volume, version = %v.version, path = %u.path, object = %u.object, "unreadable: {}", u.reason);
+                if listed < max_listed {
+                    listed += 1;
+                    let p = FsckVersionProblem {
+                        volume: v.volume.to_string(),
+                        version: v.version.get(),
+                        path: u.path,
+                        object: u.object.as_bytes().to_vec(),
+                        reason: u.reason,
+                    };
+                    if !send(tx, fsck_event::Event::Version(p)).await {
+                        return Ok(());
+                    }
+                }
+            }
+            summary.versions += 1;
+            let progress = FsckProgress {
+                phase: "versions".into(),
+                done: summary.versions,
+                total,
+            };
+            if (summary.versions == total || throttle.due())
+                && !send(tx, fsck_event::Event::Progress(progress)).await
+            {
+                return Ok(());
+            }
+        }
+        summary.objects_walked = walker.objects_walked();
+        tracing::info!(
+            objects = summary.objects,
+            under_replicated = summary.under_replicated,
+            lost = summary.lost,
+            versions = summary.versions,
+            unreadable = summary.unreadable_versions,
+            "fsck finished"
+        );
+        send(tx, fsck_event::Event::Summary(summary)).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! Walks a version's tree through live holders to decide whether it can be
+//! read (for `fsck`). Manifests are read from a holder's HTTP (local-only),
+//! hashed and decoded; file objects must have a live holder and, when asked,
+//! be served by one (`HEAD`, which makes the holder verify its copy).
+//!
+//! Verdicts are remembered per object, and for a manifest they cover its
+//! whole subtree, so subtrees shared between versions are walked once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elton_proto::manifest::{DirManifest, EntryKind, MAX_MANIFEST_BYTES};
+use elton_proto::{LOCAL_ONLY_HEADER, NodeId, ObjectId};
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::MasterError;
+use crate::planner::Holding;
+use crate::store::MetaStore;
+
+/// File probes in flight at once.
+const PARALLEL_PROBES: usize = 8;
+/// A `HEAD` may make the holder re-hash a large file first.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why part of a tree cannot be read. `path` is relative to the manifest
+/// the verdict belongs to ("" for that manifest itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    pub path: String,
+    pub object: ObjectId,
+    pub reason: String,
+}
+
+pub struct Walker {
+    store: Arc<MetaStore>,
+    http: reqwest::Client,
+    /// Live slaves and their HTTP addresses, fixed for the whole check.
+    live: HashMap<NodeId, String>,
+    check_files: bool,
+    verdicts: HashMap<ObjectId, Option<Unreadable>>,
+}
+
+impl Walker {
+    pub fn new(
+        store: Arc<MetaStore>,
+        http: reqwest::Client,
+        live: HashMap<NodeId, String>,
+        check_files: bool,
+    ) -> Self {
+        Self {
+            store,
+            http,
+            live,
+            check_files,
+            verdicts: HashMap::new(),
+        }
+    }
+
+    /// Distinct objects whose verdict is known.
+    pub fn objects_walked(&self) -> u64 {
+        self.verdicts.len() as u64
+    }
+
+    async fn holdings(&self, objects: Vec<ObjectId>) -> Result<Vec<Holding>, MasterError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.holdings(&objects))
+            .await
+            .map_err(|e| MasterError::Io(format!("store task: {e}")))?
+    }
+
+    /// Live holders with their addresses, in node-id order.
+    fn live_of(&self, h: &Holding) -> Vec<(NodeId, String)> {
+        let mut out: Vec<_> = h
+            .holders
+            .iter()
+            .filter_map(|n| self.live.get(n).map(|a| (n.clone(), a.clone())))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The first unreadable part of the tree under manifest `root`, if any.
+    pub fn tree(
+        &mut self,
+        root: ObjectId,
+    ) -> BoxFuture<'_, Result<Option<Unreadable>, MasterError>> {
+        Box::pin(async move {
+            if let Some(v) = self.verdicts.get(&root) {
+                return Ok(v.clone());
+            }
+            let verdict = self.check_manifest(root).await?;
+            self.verdicts.insert(root, verdict.clone());
+            Ok(verdict)
+        })
+    }
+
+    async fn check_manifest(&mut self, id: ObjectId) -> Result<Option<Unreadable>, MasterError> {
+        let holding = self.holdings(vec![id]).await?.pop();
+        let holding = holding.unwrap_or(Holding {
+            object: id,
+            holders: Vec::new(),
+        });
+        let manifest = match self.read_manifest(&holding).await {
+            Ok(m) => m,
+            Err(reason) => {
+                return Ok(Some(Unreadable {
+                    path: String::new(),
+                    object: id,
+                    reason,
+                }));
+            }
+        };
+        self.check_files_of(&manifest).await?;
+        for e in &manifest.entries {
+            let Some(object) = e.object else { continue };
+            let found = match e.kind {
+                EntryKind::File => self.verdicts.get(&object).cloned().flatten(),
+                EntryKind::Dir => self.tree(object).await?,
+                EntryKind::Symlink => None,
+            };
+            if let Some(u) = found {
+                let path = if u.path.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{}/{}", e.name, u.path)
+                };
+                return Ok(Some(Unreadable { path, ..u }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decides every file object of `manifest` not decided yet.
+    async fn check_files_of(&mut self, manifest: &DirManifest) -> Result<(), MasterError> {
+        let mut todo: Vec<ObjectId> = manifest
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .filter_map(|e| e.object)
+            .filter(|o| !self.verdicts.contains_key(o))
+            .collect();
+        todo.sort();
+        todo.dedup();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let holdings = self.holdings(todo).await?;
+        let this = &*self;
+        let results: Vec<(ObjectId, Option<Unreadable>)> = futures::stream::iter(holdings)
+            .map(|h| async move { (h.object, this.probe_file(&h).await) })
+            .buffer_unordered(PARALLEL_PROBES)
+            .collect()
+            .await;
+        self.verdicts.extend(results);
+        Ok(())
+    }
+
+    async fn probe_file(&self, h: &Holding) -> Option<Unreadable> {
+        let live = self.live_of(h);
+        let fail = |reason: String| {
+            Some(Unreadable {
+                path: String::new(),
+                object: h.object,
+                reason,
+            })
+        };
+        if live.is_empty() {
+            return fail(no_live_holder(h));
+        }
+        if !self.check_files {
+            return None;
+        }
+        let mut last = String::new();
+        for (node, addr) in &live {
+            let resp = self
+                .http
+                .head(format!("http://{addr}/v1/objects/{}", h.object))
+                .header(LOCAL_ONLY_HEADER, "1")
+                .timeout(PROBE_TIMEOUT)
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => return None,
+                Ok(r) => last = format!("{node}: HTTP {}", r.status()),
+                Err(e) => last = format!("{node}: {e}"),
+            }
+        }
+        fail(format!("no live holder can serve it (last: {last})"))
+    }
+
+    async fn read_manifest(&self, h: &Holding) -> Result<DirManifest, String> {
+        let live = self.live_of(h);
+        if live.is_empty() {
+            return Err(no_live_holder(h));
+        }
+        let mut last = String::new();
+        for (node, addr) in &live {
+            match self.get_verified(addr, &h.object).await {
+                Ok(bytes) => {
+                    // Same bytes on every holder: a decode error is final.
+                    return DirManifest::decode(&bytes)
+                        .map_err(|e| format!("manifest does not decode: {e}"));
+                }
+                Err(e) => last = format!("{node}: {e}"),
+            }
+        }
+        Err(format!("no live holder can serve it (last: {last})"))
+    }
+
+    async fn get_verified(&self, addr: &str, id: &ObjectId) -> Result<Vec<u8>, String> {
+        let resp = self
+            .http
+            .get(format!("http://{addr}/v1/objects/{id}"))
+            .header(LOCAL_ONLY_HEADER, "1")
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err("larger than any manifest".into());
+        }
+        let mut body = resp.bytes_stream().map_err(|e| e.to_string());
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.try_next().await? {
+            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err("larger than any manifest".into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if ObjectId::of(&bytes) != *id {
+            return Err("served bytes that do not match the id".into());
+        }
+        Ok(bytes)
+    }
+}
+
+fn no_live_holder(h: &Holding) -> String {
+    match h.holders.len() {
+        0 => "no node holds it".into(),
+        n => format!("no live holder ({n} registered, all down)"),
+    }
+}
