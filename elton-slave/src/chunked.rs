@@ -23,7 +23,7 @@ use crate::metrics::inc;
 /// Chunks opened (and fetched if missing) ahead of the one being sent, so
 /// that a cold sequential read keeps several transfers in flight. Bounds a
 /// response's memory to this many chunks.
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 8;
 
 /// A chunked file as its manifest entry describes it.
 pub struct ChunkedFile {
