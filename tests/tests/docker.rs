@@ -3,9 +3,9 @@
 //! none runs; no registry is needed (the image is `docker import`ed from a
 //! busybox rootfs).
 //!
-//! Everything this test creates in Docker carries the test's process id, and
-//! is removed on drop even when the test fails: containers, volumes, plugin
-//! processes, their sockets and their mounts.
+//! Every container and volume this test creates in Docker carries the test's
+//! process id, and is removed on drop even when the test fails, as are the
+//! plugin processes, their sockets and their mounts.
 
 // Test helpers: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -219,11 +219,18 @@ fn docker_volume_plugin() {
             "v1",
         ],
     );
-    let (name_a, name_b) = (format!("elton-e2e-{pid}"), format!("elton-e2e-{pid}-b"));
+    // Fixed plugin names: dockerd remembers every plugin it has talked to
+    // and waits 15 s for each one that no longer answers on every volume
+    // lookup, so per-run names would make each later run on the same engine
+    // slower. (Docker objects still carry the process id.)
+    let (name_a, name_b) = ("elton-e2e".to_string(), "elton-e2e-b".to_string());
     let (vol_a, vol_b) = (format!("webvol-{pid}"), format!("webvol-b-{pid}"));
     let (c1, c2) = (format!("elton-c1-{pid}"), format!("elton-c2-{pid}"));
     let mut plugin_a = Plugin::start(&cluster, 1, &name_a);
-    let plugin_b = Plugin::start(&cluster, 2, &name_b);
+    // Declared before the cleanup guard, so that guard runs first: Docker
+    // can only remove a volume while its plugin answers (a volume of a dead
+    // plugin stays in Docker's store, and every later lookup waits for it).
+    let _plugin_b = Plugin::start(&cluster, 2, &name_b);
     let _cleanup = DockerCleanup {
         containers: vec![c1.clone(), c2.clone()],
         volumes: vec![
@@ -412,5 +419,4 @@ fn docker_volume_plugin() {
     );
     let listed = docker_ok(&["volume", "ls", "-q"]);
     assert!(!listed.contains(&bad), "{listed}");
-    drop(plugin_b);
 }
