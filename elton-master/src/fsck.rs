@@ -68,10 +68,7 @@ impl Fsck {
         &self,
         f: impl FnOnce(&MetaStore) -> Result<T, MasterError> + Send + 'static,
     ) -> Result<T, MasterError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| MasterError::Io(format!("store task: {e}")))?
+        crate::store::blocking(&self.store, f).await
     }
 
     /// Runs the check, sending events to `tx`; a failure ends the stream

@@ -272,9 +272,8 @@ impl Replicator {
         loop {
             tick.tick().await;
             let this = self.clone();
-            let store = store.clone();
             let liveness = liveness.clone();
-            let result = tokio::task::spawn_blocking(move || {
+            let result = crate::store::blocking(&store, move |store| {
                 let now = Instant::now();
                 let live: BTreeSet<NodeId> = store
                     .nodes()?
@@ -282,13 +281,11 @@ impl Replicator {
                     .map(|n| n.id)
                     .filter(|id| liveness.is_up(id, now))
                     .collect();
-                this.round(&store, &live, now)
+                this.round(store, &live, now)
             })
             .await;
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("replication round: {e}"),
-                Err(e) => tracing::warn!("replication task: {e}"),
+            if let Err(e) = result {
+                tracing::warn!("replication round: {e}");
             }
         }
     }

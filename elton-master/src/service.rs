@@ -116,10 +116,7 @@ impl MasterService {
         &self,
         f: impl FnOnce(&MetaStore) -> Result<T, MasterError> + Send + 'static,
     ) -> Result<T, MasterError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| MasterError::Io(format!("store task: {e}")))?
+        crate::store::blocking(&self.store, f).await
     }
 
     fn node_info(&self, row: &NodeRow) -> NodeInfo {

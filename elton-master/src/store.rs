@@ -387,6 +387,18 @@ impl MetaStore {
     }
 }
 
+/// Runs a blocking store operation off the async workers: the one way the
+/// service, fsck and the version walk reach redb from async code.
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<MetaStore>,
+    f: impl FnOnce(&MetaStore) -> Result<T, MasterError> + Send + 'static,
+) -> Result<T, MasterError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| MasterError::Io(format!("store task: {e}")))?
+}
+
 /// Bounds how long a soft-state write stays volatile.
 pub async fn flush_periodically(store: Arc<MetaStore>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -64,10 +64,7 @@ impl Walker {
     }
 
     async fn holdings(&self, objects: Vec<ObjectId>) -> Result<Vec<Holding>, MasterError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.holdings(&objects))
-            .await
-            .map_err(|e| MasterError::Io(format!("store task: {e}")))?
+        crate::store::blocking(&self.store, move |s| s.holdings(&objects)).await
     }
 
     /// Live holders with their addresses, in node-id order.

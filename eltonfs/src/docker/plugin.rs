@@ -395,120 +395,105 @@ fn bad_request(err: String) -> Response {
     (StatusCode::BAD_REQUEST, reply(&ErrResponse { err })).into_response()
 }
 
-/// Runs a blocking endpoint off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("plugin task failed: {e}"))?
-}
-
 fn err_text(e: &anyhow::Error) -> String {
     format!("elton: {e:#}").replace('\n', " ")
 }
 
-async fn create(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
-    let req: CreateRequest = match decode(&body) {
+/// The body of `/VolumeDriver.List`: nothing to read.
+#[derive(Default, serde::Deserialize)]
+struct NoRequest {}
+
+/// One endpoint: decodes the request, runs `op` off the async workers and
+/// answers through `answer`. Docker expects 200 with the error in the body
+/// (`Err`), except for bodies it could not have sent (400).
+async fn endpoint<Req, T>(
+    name: &'static str,
+    plugin: Arc<Plugin>,
+    body: Bytes,
+    op: impl FnOnce(&Plugin, Req) -> Result<T> + Send + 'static,
+    answer: fn(Result<T, String>) -> Response,
+) -> Response
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    T: Send + 'static,
+{
+    let req: Req = match decode(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let rt = tokio::runtime::Handle::current();
-    let name = req.name.clone();
-    let err = match blocking(move || p.create(req, &rt)).await {
-        Ok(()) => String::new(),
-        Err(e) => {
-            tracing::warn!(volume = %name, "create refused: {e:#}");
-            err_text(&e)
-        }
+    let result = match tokio::task::spawn_blocking(move || op(&plugin, req)).await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow!("plugin task failed: {e}")),
     };
-    reply(&ErrResponse { err })
+    answer(result.map_err(|e| {
+        tracing::warn!(endpoint = name, "refused: {e:#}");
+        err_text(&e)
+    }))
+}
+
+fn err_only(r: Result<(), String>) -> Response {
+    reply(&ErrResponse {
+        err: r.err().unwrap_or_default(),
+    })
+}
+
+fn mountpoint_answer(r: Result<String, String>) -> Response {
+    let (mountpoint, err) = match r {
+        Ok(m) => (m, String::new()),
+        Err(e) => (String::new(), e),
+    };
+    reply(&MountpointResponse { mountpoint, err })
+}
+
+fn volume_answer(r: Result<VolumeView, String>) -> Response {
+    let (volume, err) = match r {
+        Ok(v) => (Some(v), String::new()),
+        Err(e) => (None, e),
+    };
+    reply(&GetResponse { volume, err })
+}
+
+fn volumes_answer(r: Result<Vec<VolumeView>, String>) -> Response {
+    let (volumes, err) = match r {
+        Ok(v) => (v, String::new()),
+        Err(e) => (Vec::new(), e),
+    };
+    reply(&ListResponse { volumes, err })
+}
+
+async fn create(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
+    let rt = tokio::runtime::Handle::current();
+    endpoint(
+        "Create",
+        p,
+        body,
+        move |p, req| p.create(req, &rt),
+        err_only,
+    )
+    .await
 }
 
 async fn remove(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
-    let req: NameRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let err = blocking(move || p.remove(req))
-        .await
-        .err()
-        .map(|e| err_text(&e))
-        .unwrap_or_default();
-    reply(&ErrResponse { err })
+    endpoint("Remove", p, body, Plugin::remove, err_only).await
 }
 
 async fn mount_handler(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
-    let req: MountRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    match blocking(move || p.mount(req)).await {
-        Ok(mountpoint) => reply(&MountpointResponse {
-            mountpoint,
-            err: String::new(),
-        }),
-        Err(e) => reply(&MountpointResponse {
-            mountpoint: String::new(),
-            err: err_text(&e),
-        }),
-    }
+    endpoint("Mount", p, body, Plugin::mount, mountpoint_answer).await
 }
 
 async fn unmount(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
-    let req: MountRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let err = blocking(move || p.unmount(req))
-        .await
-        .err()
-        .map(|e| err_text(&e))
-        .unwrap_or_default();
-    reply(&ErrResponse { err })
+    endpoint("Unmount", p, body, Plugin::unmount, err_only).await
 }
 
 async fn path(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
-    let req: NameRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    match blocking(move || p.path(req)).await {
-        Ok(mountpoint) => reply(&MountpointResponse {
-            mountpoint,
-            err: String::new(),
-        }),
-        Err(e) => reply(&MountpointResponse {
-            mountpoint: String::new(),
-            err: err_text(&e),
-        }),
-    }
+    endpoint("Path", p, body, Plugin::path, mountpoint_answer).await
 }
 
 async fn get(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
-    let req: NameRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    match blocking(move || p.get(req)).await {
-        Ok(v) => reply(&GetResponse {
-            volume: Some(v),
-            err: String::new(),
-        }),
-        Err(e) => reply(&GetResponse {
-            volume: None,
-            err: err_text(&e),
-        }),
-    }
+    endpoint("Get", p, body, Plugin::get, volume_answer).await
 }
 
-async fn list(State(p): State<Arc<Plugin>>) -> Response {
-    match blocking(move || Ok(p.list())).await {
-        Ok(volumes) => reply(&ListResponse {
-            volumes,
-            err: String::new(),
-        }),
-        Err(e) => reply(&ListResponse {
-            volumes: Vec::new(),
-            err: err_text(&e),
-        }),
-    }
+async fn list(State(p): State<Arc<Plugin>>, body: Bytes) -> Response {
+    let op = |p: &Plugin, _: NoRequest| Ok(p.list());
+    endpoint("List", p, body, op, volumes_answer).await
 }
