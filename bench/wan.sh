@@ -183,7 +183,7 @@ tput_e=(); tput_p=(); tput_r=()
 for r in $(seq "$ROUNDS"); do
     mkdir -p "$WORK/tput-$r"
     random_file "$WORK/tput-$r/big.bin" "$TPUT_MIB" $((100 + r))
-    in_a import --create "$WORK/tput-$r" "tput-$r" >/dev/null
+    in_a import --create ${TPUT_IMPORT_ARGS:-} "$WORK/tput-$r" "tput-$r" >/dev/null
     # Warm A's page cache the same way for both: one local read on A.
     curl -fsS -o /dev/null "http://127.0.0.1:$SA/v1/volumes/tput-$r/1/big.bin"
     run_e() {

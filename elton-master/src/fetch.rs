@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 
+use bytes::BytesMut;
 use elton_proto::pb::ObjectChunk;
 use elton_proto::{LOCAL_ONLY_HEADER, NodeId, ObjectId};
 use futures::{FutureExt, Stream, StreamExt};
@@ -54,8 +55,8 @@ pub async fn open_from(
     tokio::spawn(async move {
         let mut ended = false;
         while !ended {
-            let mut buf = match body.next().await {
-                Some(Ok(data)) => data.to_vec(),
+            let first = match body.next().await {
+                Some(Ok(data)) => data,
                 Some(Err(e)) => {
                     let _ = tx
                         .send(Err(Status::unavailable(format!(
@@ -67,11 +68,19 @@ pub async fn open_from(
                 None => return,
             };
             // Whatever else has already arrived goes in the same message:
-            // fewer, larger messages relay faster.
+            // fewer, larger messages relay faster. A frame that is alone is
+            // passed on without a copy.
             let mut failure = None;
-            while buf.len() < MAX_CHUNK {
+            let mut joined: Option<BytesMut> = None;
+            while joined.as_ref().map_or(first.len(), BytesMut::len) < MAX_CHUNK {
                 match body.next().now_or_never() {
-                    Some(Some(Ok(more))) => buf.extend_from_slice(&more),
+                    Some(Some(Ok(more))) => joined
+                        .get_or_insert_with(|| {
+                            let mut b = BytesMut::with_capacity(MAX_CHUNK);
+                            b.extend_from_slice(&first);
+                            b
+                        })
+                        .extend_from_slice(&more),
                     Some(Some(Err(e))) => {
                         failure = Some(format!("reading from {node}: {e}"));
                         break;
@@ -83,7 +92,8 @@ pub async fn open_from(
                     None => break,
                 }
             }
-            if tx.send(Ok(ObjectChunk { data: buf })).await.is_err() {
+            let data = joined.map_or(first, BytesMut::freeze);
+            if tx.send(Ok(ObjectChunk { data })).await.is_err() {
                 return;
             }
             if let Some(e) = failure {

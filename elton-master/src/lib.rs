@@ -84,6 +84,7 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
         id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(), "master serving");
     let result = tonic::transport::Server::builder()
+        .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -254,6 +254,7 @@ fn connect(p: &PeerConfig, timeout: Duration) -> Result<Peer, MasterError> {
         .map_err(|e| MasterError::BadRequest(format!("peer {} URL {:?}: {e}", p.name, p.url)))?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
+        .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
         // Pings only while a stream is open: an idle link costs no bytes,
         // and a transfer over a dead link fails instead of hanging. The ack
         // may queue behind data on a slow, busy link, hence the long wait.

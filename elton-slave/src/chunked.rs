@@ -4,7 +4,7 @@
 //! touches only the chunks it overlaps, so a reader of a slice of a large
 //! file fetches only that slice's chunks.
 
-use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -15,6 +15,7 @@ use elton_proto::{ObjectId, VolumeName};
 use futures::StreamExt;
 
 use crate::SlaveError;
+use crate::fetcher::{Fetcher, IN_MEMORY_MAX};
 use crate::http::{
     AppState, Slice, etag, immutable_headers, not_modified, object_response, unsatisfiable,
 };
@@ -23,7 +24,7 @@ use crate::metrics::inc;
 /// Chunks opened (and fetched if missing) ahead of the one being sent, so
 /// that a cold sequential read keeps several transfers in flight. Bounds a
 /// response's memory to this many chunks.
-const PREFETCH: usize = 8;
+const PREFETCH: usize = 32;
 
 /// A chunked file as its manifest entry describes it.
 pub struct ChunkedFile {
@@ -111,28 +112,27 @@ pub async fn serve(
     ))
 }
 
-/// The bytes of one piece, from a verified local copy of its chunk
-/// (fetched first if missing).
+/// The bytes of one piece, from a verified copy of its chunk (fetched if
+/// missing).
 async fn read_piece(
-    fetcher: &crate::fetcher::Fetcher,
+    fetcher: &Arc<Fetcher>,
     recipe: ObjectId,
     p: Piece,
     volume: Option<&VolumeName>,
 ) -> Result<Bytes, SlaveError> {
     let id = p.chunk.object;
-    let (file, size) = fetcher.open_for(id, false, volume).await?;
+    if p.chunk.size > IN_MEMORY_MAX {
+        return Err(SlaveError::BadRequest(format!(
+            "recipe {recipe}: chunk {} ({id}) is {} bytes, larger than any chunk",
+            p.index, p.chunk.size
+        )));
+    }
+    let (bytes, size) = fetcher.read_range(id, p.start, p.len, volume).await?;
     if size != p.chunk.size {
         return Err(SlaveError::BadRequest(format!(
             "recipe {recipe}: chunk {} ({id}) is {size} bytes, not {}",
             p.index, p.chunk.size
         )));
     }
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; p.len as usize];
-        file.read_exact_at(&mut buf, p.start)?;
-        Ok::<_, std::io::Error>(Bytes::from(buf))
-    })
-    .await
-    .map_err(|e| SlaveError::Io(format!("read task: {e}")))?
-    .map_err(|e| SlaveError::Io(format!("reading chunk {id}: {e}")))
+    Ok(bytes)
 }

@@ -1,15 +1,22 @@
 //! Getting objects into the local store: a miss is fetched through the
 //! master from whichever node holds the object, verified, stored and
 //! announced. Concurrent misses for one object share one transfer.
+//!
+//! A chunk of a chunked file is small enough to verify in memory, so a
+//! fetched chunk is handed to its reader as soon as it is verified, and
+//! stored and announced in the background ([`Fetcher::read_range`]): a cold
+//! read waits for the network, not for fsyncs and the master.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use elton_proto::pb::FetchObjectRequest;
-use elton_proto::{ObjectId, VolumeName};
-use futures::StreamExt;
+use elton_proto::{ObjectId, SIZE_METADATA_KEY, VolumeName};
+use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use crate::SlaveError;
 use crate::hot::HotCache;
@@ -20,12 +27,24 @@ use crate::store::ObjectStore;
 /// Memory for small hot objects (see [`crate::hot`]).
 const HOT_BYTES: usize = 64 << 20;
 
+/// Largest object [`Fetcher::read_range`] verifies in memory (chunks are at
+/// most 4 MiB).
+pub const IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// Fetched chunks being stored in the background at once; more wait, which
+/// bounds their memory (and slows a reader down to the disk's pace).
+const BACKGROUND_STORES: usize = 32;
+
+/// Bytes of an object that passed the network and came out of its hash.
+type VerifiedBytes = Bytes;
+
 pub struct Fetcher {
     store: Arc<ObjectStore>,
     hot: HotCache,
     link: MasterLink,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
+    background: Arc<Semaphore>,
 }
 
 impl Fetcher {
@@ -36,6 +55,7 @@ impl Fetcher {
             link,
             metrics,
             inflight: Mutex::new(HashMap::new()),
+            background: Arc::new(Semaphore::new(BACKGROUND_STORES)),
         }
     }
 
@@ -152,43 +172,202 @@ impl Fetcher {
         self.fetch_for(id, None).await
     }
 
-    async fn fetch_for(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
+    /// Bytes `start..start + len` of a small object (at most
+    /// [`IN_MEMORY_MAX`]), and the object's size. A local copy is read in
+    /// place; a missing one is fetched into memory, verified, returned, and
+    /// stored and announced in the background (concurrent readers of the same
+    /// object wait for that and then read the stored copy).
+    pub async fn read_range(
+        self: &Arc<Self>,
+        id: ObjectId,
+        start: u64,
+        len: u64,
+        volume: Option<&VolumeName>,
+    ) -> Result<(Bytes, u64), SlaveError> {
+        if let Some(found) = self.open_local_counted(id).await? {
+            return read_at(id, found, start, len).await;
+        }
+        inc(&self.metrics.cache_misses_total, 1);
+        let turn = self.turn(id).await;
+        if let Some(found) = self.open_local(id).await? {
+            self.end_turn(id, turn);
+            return read_at(id, found, start, len).await;
+        }
+        let bytes = match self.receive_in_memory(id, volume).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.end_turn(id, turn);
+                return Err(e);
+            }
+        };
+        let size = bytes.len() as u64;
+        let Some(range) = start
+            .checked_add(len)
+            .filter(|&end| end <= size)
+            .map(|end| start as usize..end as usize)
+        else {
+            self.end_turn(id, turn);
+            return Err(SlaveError::BadRequest(format!(
+                "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
+            )));
+        };
+        let permit = self
+            .background
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SlaveError::Io("background stores closed".into()))?;
+        let this = self.clone();
+        let kept = bytes.clone();
+        tokio::spawn(async move { this.store_fetched(id, kept, turn, permit).await });
+        Ok((bytes.slice(range), size))
+    }
+
+    /// Like [`Fetcher::open_local`], counting a hit.
+    async fn open_local_counted(&self, id: ObjectId) -> Result<Option<(File, u64)>, SlaveError> {
+        match self.open_local(id).await {
+            Ok(Some(found)) => {
+                inc(&self.metrics.cache_hits_total, 1);
+                Ok(Some(found))
+            }
+            Ok(None) => Ok(None),
+            // Quarantined: a good copy may still exist elsewhere.
+            Err(SlaveError::Corrupt(_)) => {
+                inc(&self.metrics.corrupt_objects_total, 1);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a chunk fetched by [`Fetcher::read_range`] to the store and
+    /// announces it, then lets waiting readers of it go.
+    async fn store_fetched(
+        &self,
+        id: ObjectId,
+        bytes: VerifiedBytes,
+        turn: OwnedMutexGuard<()>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.put_verified(id, &bytes))
+            .await
+            .map_err(|e| SlaveError::Io(format!("store task: {e}")))
+            .and_then(|r| r);
+        let result = match stored {
+            Ok(()) => self.link.announce(vec![id]).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // The reader has its verified bytes; the next reader fetches again.
+            tracing::warn!(object = %id, "fetched chunk not kept: {e}");
+        }
+        self.end_turn(id, turn);
+    }
+
+    /// Waits until no other request of this slave is fetching `id`.
+    async fn turn(&self, id: ObjectId) -> OwnedMutexGuard<()> {
         let gate = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id).or_default().clone()
         };
-        let _turn = gate.lock().await;
+        gate.lock_owned().await
+    }
+
+    fn end_turn(&self, id: ObjectId, turn: OwnedMutexGuard<()>) {
+        drop(turn);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    async fn fetch_for(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
+        let turn = self.turn(id).await;
         let result = if self.store.contains(&id) {
             Ok(()) // another request fetched it while we waited
         } else {
             self.transfer(id, volume).await
         };
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.end_turn(id, turn);
         result
     }
 
-    async fn transfer(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
+    /// Asks the master for `id`'s bytes.
+    async fn request(
+        &self,
+        id: ObjectId,
+        volume: Option<&VolumeName>,
+    ) -> Result<(Option<u64>, impl Stream<Item = Result<Bytes, String>> + Unpin + use<>), SlaveError>
+    {
         let req = FetchObjectRequest {
             object: id.as_bytes().to_vec(),
             exclude_node: self.link.node_id().to_string(),
             volume: volume.map(|v| v.to_string()).unwrap_or_default(),
         };
-        let stream = match self.link.client().fetch_object(req).await {
-            Ok(r) => r.into_inner(),
+        let (size, stream) = match self.link.client().fetch_object(req).await {
+            Ok(r) => (
+                r.metadata()
+                    .get(SIZE_METADATA_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+                r.into_inner(),
+            ),
             Err(s) if s.code() == tonic::Code::NotFound => {
                 return Err(SlaveError::NotFound(s.message().into()));
             }
             // Whatever failed on the way (master, holders), this is a gateway error.
             Err(s) => return Err(SlaveError::Transfer(s.message().into())),
         };
-        let body = stream.map(|r| {
-            r.map(|c| Bytes::from(c.data))
-                .map_err(|s| s.message().to_string())
-        });
-        let (_, size) = match self.store.ingest(Box::pin(body), Some(id), u64::MAX).await {
+        Ok((
+            size,
+            stream.map(|r| r.map(|c| c.data).map_err(|s| s.message().to_string())),
+        ))
+    }
+
+    /// Fetches a small object into memory and verifies it.
+    async fn receive_in_memory(
+        &self,
+        id: ObjectId,
+        volume: Option<&VolumeName>,
+    ) -> Result<VerifiedBytes, SlaveError> {
+        let (size, mut body) = self.request(id, volume).await?;
+        // The announced size is only a hint for the allocation; the limit
+        // and the hash below decide.
+        let mut buf = BytesMut::with_capacity(size.unwrap_or(0).min(IN_MEMORY_MAX) as usize);
+        while let Some(part) = body.next().await {
+            let part = part.map_err(SlaveError::Transfer)?;
+            if (buf.len() + part.len()) as u64 > IN_MEMORY_MAX {
+                return Err(SlaveError::Transfer(format!(
+                    "object {id} is larger than {IN_MEMORY_MAX} bytes, too large for a chunk"
+                )));
+            }
+            buf.extend_from_slice(&part);
+        }
+        let bytes = buf.freeze();
+        let hashed = bytes.clone();
+        let actual = tokio::task::spawn_blocking(move || ObjectId::of(&hashed))
+            .await
+            .map_err(|e| SlaveError::Io(format!("hash task: {e}")))?;
+        if actual != id {
+            // Bad bytes from the network are a failed transfer, not bad input.
+            return Err(SlaveError::Transfer(
+                SlaveError::HashMismatch {
+                    expected: id,
+                    actual,
+                }
+                .to_string(),
+            ));
+        }
+        inc(&self.metrics.objects_fetched_total, 1);
+        inc(&self.metrics.fetched_bytes_total, bytes.len() as u64);
+        tracing::debug!(object = %id, size = bytes.len(), "fetched into memory");
+        Ok(bytes)
+    }
+
+    async fn transfer(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
+        let (_, body) = self.request(id, volume).await?;
+        let (_, size) = match self.store.ingest(body, Some(id), u64::MAX).await {
             Ok(done) => done,
             // Bad bytes from the network are a failed transfer, not bad input.
             Err(e @ SlaveError::HashMismatch { .. }) => {
@@ -201,4 +380,26 @@ impl Fetcher {
         tracing::debug!(object = %id, size, "fetched");
         self.link.announce(vec![id]).await
     }
+}
+
+/// Reads `start..start + len` of a verified local copy.
+async fn read_at(
+    id: ObjectId,
+    (file, size): (File, u64),
+    start: u64,
+    len: u64,
+) -> Result<(Bytes, u64), SlaveError> {
+    if start.checked_add(len).is_none_or(|end| end > size) {
+        return Err(SlaveError::BadRequest(format!(
+            "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start)?;
+        Ok::<_, std::io::Error>((Bytes::from(buf), size))
+    })
+    .await
+    .map_err(|e| SlaveError::Io(format!("read task: {e}")))?
+    .map_err(|e| SlaveError::Io(format!("reading object {id}: {e}")))
 }

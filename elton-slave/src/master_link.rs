@@ -49,7 +49,8 @@ impl MasterLink {
         let endpoint = Endpoint::from_shared(master_url.to_string())
             .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES);
         let client = MasterClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);

@@ -64,6 +64,7 @@ impl ObjectStore {
         for d in [&store.objects, &store.tmp, &store.corrupt] {
             fs::create_dir_all(d).map_err(|e| io_err("creating", d, e))?;
         }
+        store.create_shards()?;
         Ok(Arc::new(store))
     }
 
@@ -218,7 +219,29 @@ impl ObjectStore {
         }
     }
 
-    /// Creates a shard directory durably (its entry in `objects/` too).
+    /// Creates all 256 shard directories up front (once per store): a
+    /// directory created on the fly would cost every early object an extra
+    /// inode and an fsync of `objects/`.
+    fn create_shards(&self) -> Result<(), SlaveError> {
+        let mut created = false;
+        for b in 0..=255u8 {
+            let shard = self.objects.join(format!("{b:02x}"));
+            match fs::create_dir(&shard) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("creating", &shard, e)),
+            }
+        }
+        if created {
+            File::open(&self.objects)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("fsync", &self.objects, e))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a shard directory durably (its entry in `objects/` too), in
+    /// case one was removed since the store opened.
     fn ensure_shard(&self, shard: &Path) -> Result<(), SlaveError> {
         if shard.is_dir() {
             return Ok(());
@@ -257,23 +280,43 @@ impl ObjectStore {
                 actual: id,
             });
         }
+        self.publish(w.tmp, id)?;
+        Ok(id)
+    }
+
+    /// Stores bytes the caller has already checked to hash to `id` (they
+    /// are not hashed again). Blocking.
+    pub fn put_verified(&self, id: ObjectId, bytes: &[u8]) -> Result<(), SlaveError> {
+        if self.path(&id).is_file() {
+            return Ok(());
+        }
+        let mut w = self.writer()?;
+        w.tmp
+            .write_all(bytes)
+            .map_err(|e| io_err("writing", w.tmp.path(), e))?;
+        self.publish(w.tmp, id)
+    }
+
+    /// Fsyncs a complete temp file holding `id`'s bytes and renames it into
+    /// place durably.
+    fn publish(&self, tmp: tempfile::NamedTempFile, id: ObjectId) -> Result<(), SlaveError> {
         let dest = self.path(&id);
         if dest.is_file() {
             // Same bytes already stored: content addressing makes this a no-op,
             // unless the stored copy went bad, which the next read detects.
-            return Ok(id);
+            return Ok(());
         }
-        let file = w.tmp.as_file();
-        file.sync_all()
-            .map_err(|e| io_err("fsync", w.tmp.path(), e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| io_err("fsync", tmp.path(), e))?;
         let shard = dest.parent().unwrap_or(&self.objects);
         self.ensure_shard(shard)?;
-        let (file, tmp_path) = w.tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
+        let (file, tmp_path) = tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
         crate::durable::publish(&tmp_path, &dest).map_err(|e| io_err("publishing", &dest, e))?;
         if let Ok(meta) = file.metadata() {
             self.verified().insert(id, Stamp::of(&meta));
         }
-        Ok(id)
+        Ok(())
     }
 
     /// Streams bytes into the store. With `expected`, the object must hash to

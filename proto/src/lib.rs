@@ -39,3 +39,7 @@ pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";
 /// gRPC metadata key on calls between peer masters: the calling master's
 /// cluster name. The callee answers from its own state only (no recursion).
 pub const PEER_METADATA_KEY: &str = "x-elton-peer";
+/// Largest HTTP/2 frame a gRPC endpoint of ours accepts. Object bytes cross
+/// every hop in messages of up to 1 MiB; HTTP/2's default of 16 KiB would cut
+/// each into 64 frames, each handled on its own by sender and receiver.
+pub const GRPC_MAX_FRAME_BYTES: u32 = 1 << 20;
