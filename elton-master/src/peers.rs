@@ -5,6 +5,7 @@
 //! counted in [`WanStats`]. Connections are made lazily and re-made after a
 //! failure, so a link that comes back is used again without a restart.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,11 @@ pub struct Peer {
     /// into a black hole is never reported closed, and would otherwise make
     /// every later call wait out its deadline until TCP gives up.
     client: Mutex<MasterClient<Channel>>,
+    /// Connections for object transfers, taken in turn: one HTTP/2
+    /// connection is driven by one task, so parallel transfers over a single
+    /// connection share one core in each master. Replaced with `client`.
+    transfers: Mutex<Vec<MasterClient<Channel>>>,
+    next_transfer: AtomicUsize,
 }
 
 impl Peer {
@@ -44,8 +50,16 @@ impl Peer {
             .clone()
     }
 
+    fn transfer_client(&self) -> MasterClient<Channel> {
+        let transfers = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let i = self.next_transfer.fetch_add(1, Ordering::Relaxed) % transfers.len();
+        transfers[i].clone()
+    }
+
     fn reconnect(&self) {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = new_client(&self.endpoint);
+        *self.transfers.lock().unwrap_or_else(|p| p.into_inner()) =
+            transfer_clients(&self.endpoint);
     }
 }
 
@@ -228,7 +242,7 @@ impl PeerSet {
         self.stats
             .bytes(&peer.name, None, Direction::Out, msg.encoded_len() as u64);
         let req = self.request(msg);
-        let mut client = peer.client();
+        let mut client = peer.transfer_client();
         let opened = tokio::time::timeout(self.timeout, client.fetch_object(req)).await;
         let opened = match opened {
             Ok(r) => r,
@@ -269,6 +283,8 @@ fn connect(p: &PeerConfig, timeout: Duration) -> Result<Peer, MasterError> {
         name: p.name.clone(),
         url: p.url.clone(),
         client: Mutex::new(new_client(&endpoint)),
+        transfers: Mutex::new(transfer_clients(&endpoint)),
+        next_transfer: AtomicUsize::new(0),
         endpoint,
     })
 }
@@ -277,4 +293,10 @@ fn new_client(endpoint: &Endpoint) -> MasterClient<Channel> {
     MasterClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn transfer_clients(endpoint: &Endpoint) -> Vec<MasterClient<Channel>> {
+    (0..elton_proto::TRANSFER_CONNECTIONS)
+        .map(|_| new_client(endpoint))
+        .collect()
 }

@@ -298,14 +298,19 @@ impl Fetcher {
         &self,
         id: ObjectId,
         volume: Option<&VolumeName>,
-    ) -> Result<(Option<u64>, impl Stream<Item = Result<Bytes, String>> + Unpin + use<>), SlaveError>
-    {
+    ) -> Result<
+        (
+            Option<u64>,
+            impl Stream<Item = Result<Bytes, String>> + Unpin + use<>,
+        ),
+        SlaveError,
+    > {
         let req = FetchObjectRequest {
             object: id.as_bytes().to_vec(),
             exclude_node: self.link.node_id().to_string(),
             volume: volume.map(|v| v.to_string()).unwrap_or_default(),
         };
-        let (size, stream) = match self.link.client().fetch_object(req).await {
+        let (size, stream) = match self.link.transfer_client().fetch_object(req).await {
             Ok(r) => (
                 r.metadata()
                     .get(SIZE_METADATA_KEY)

@@ -31,6 +31,11 @@ pub type AnnounceQueue = mpsc::Receiver<(Vec<ObjectId>, Ack)>;
 #[derive(Clone)]
 pub struct MasterLink {
     client: MasterClient<Channel>,
+    /// Connections for object fetches, taken in turn: one HTTP/2 connection
+    /// is driven by one task, so parallel fetches over a single connection
+    /// share one core on each side.
+    transfers: Arc<Vec<MasterClient<Channel>>>,
+    next_transfer: Arc<AtomicUsize>,
     node_id: NodeId,
     announce_tx: mpsc::Sender<(Vec<ObjectId>, Ack)>,
     /// Backup copies that failed, reported with the next heartbeat.
@@ -51,13 +56,22 @@ impl MasterLink {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES);
-        let client = MasterClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let connect = || {
+            MasterClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20)
+        };
+        let client = connect();
+        let transfers = (0..elton_proto::TRANSFER_CONNECTIONS)
+            .map(|_| connect())
+            .collect::<Vec<_>>()
+            .into();
         let (announce_tx, rx) = mpsc::channel(1024);
         Ok((
             Self {
                 client,
+                transfers,
+                next_transfer: Arc::default(),
                 node_id,
                 announce_tx,
                 copy_failed: Arc::default(),
@@ -70,6 +84,12 @@ impl MasterLink {
 
     pub fn client(&self) -> MasterClient<Channel> {
         self.client.clone()
+    }
+
+    /// A client for an object transfer.
+    pub fn transfer_client(&self) -> MasterClient<Channel> {
+        let i = self.next_transfer.fetch_add(1, Ordering::Relaxed) % self.transfers.len();
+        self.transfers[i].clone()
     }
 
     pub fn node_id(&self) -> &NodeId {

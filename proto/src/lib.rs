@@ -43,3 +43,7 @@ pub const PEER_METADATA_KEY: &str = "x-elton-peer";
 /// every hop in messages of up to 1 MiB; HTTP/2's default of 16 KiB would cut
 /// each into 64 frames, each handled on its own by sender and receiver.
 pub const GRPC_MAX_FRAME_BYTES: u32 = 1 << 20;
+/// Connections a slave keeps to its master, and a master to each peer, for
+/// object transfers (see `Fetcher`, `PeerSet`): parallel transfers spread
+/// over several HTTP/2 connections instead of sharing one.
+pub const TRANSFER_CONNECTIONS: usize = 4;
