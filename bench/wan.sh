@@ -154,6 +154,12 @@ cpu_times() {
     done
     echo "$out"
 }
+# CPU-seconds the whole machine has spent busy so far (/proc/stat: user,
+# nice, system, irq, softirq, steal; in USER_HZ ticks of 10 ms).
+machine_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+rate_and_cpu() { # t0 t1 busy0 busy1 -> "MiB/s CPU-seconds"
+    python3 -c "import sys; t0,t1,c0,c1=map(float,sys.argv[1:]); print(f'{$TPUT_MIB / (t1 - t0):.0f} {(c1 - c0) / 100:.2f}')" "$@"
+}
 read_b() { # url-path -> downloads from B's slave into $WORK/got, checks it
     curl -fsS -o "$WORK/got" "http://127.0.0.1:$SB$1" || die "read of $1 in B failed"
 }
@@ -179,32 +185,36 @@ nfs=$((size * (READS + 1)))
 
 # --- 2. cold read throughput across the link --------------------------------------
 log "cold cross-cluster reads of ${TPUT_MIB} MiB vs a plain HTTP download through the same proxy"
-tput_e=(); tput_p=(); tput_r=()
+tput_e=(); tput_p=(); tput_r=(); cpu_e=(); cpu_p=()
 for r in $(seq "$ROUNDS"); do
     mkdir -p "$WORK/tput-$r"
     random_file "$WORK/tput-$r/big.bin" "$TPUT_MIB" $((100 + r))
     in_a import --create ${TPUT_IMPORT_ARGS:-} "$WORK/tput-$r" "tput-$r" >/dev/null
     # Warm A's page cache the same way for both: one local read on A.
     curl -fsS -o /dev/null "http://127.0.0.1:$SA/v1/volumes/tput-$r/1/big.bin"
+    # Each prints "MiB/s CPU-seconds", the CPU-seconds being what the whole
+    # machine (all processes, both cores) spent during the read.
     run_e() {
-        local t0 t1; t0=$(seconds); read_b "/v1/volumes/tput-$r/1/big.bin"; t1=$(seconds)
+        local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
+        read_b "/v1/volumes/tput-$r/1/big.bin"
+        t1=$(seconds); c1=$(machine_busy)
         cmp -s "$WORK/got" "$WORK/tput-$r/big.bin" || die "cold read in B differs"
-        python3 -c "import sys; print(f'{int(sys.argv[1]) / 2**20 / (float(sys.argv[3]) - float(sys.argv[2])):.0f}')" \
-            $((TPUT_MIB << 20)) "$t0" "$t1"
+        rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
     run_p() {
-        local t0 t1; t0=$(seconds)
+        local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
         curl -fsS -o "$WORK/got" "http://127.0.0.1:$LPLAIN/v1/volumes/tput-$r/1/big.bin" || die "plain download failed"
-        t1=$(seconds)
-        python3 -c "import sys; print(f'{int(sys.argv[1]) / 2**20 / (float(sys.argv[3]) - float(sys.argv[2])):.0f}')" \
-            $((TPUT_MIB << 20)) "$t0" "$t1"
+        t1=$(seconds); c1=$(machine_busy)
+        rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
     cpu_before=$(cpu_times)
     if (( r % 2 )); then e=$(run_e); p=$(run_p); else p=$(run_p); e=$(run_e); fi
     [[ -n "${CPU_REPORT:-}" ]] && log "round $r CPU seconds (before -> after): $cpu_before -> $(cpu_times)"
+    read -r e e_cpu <<<"$e"; read -r p p_cpu <<<"$p"
+    cpu_e+=("$e_cpu"); cpu_p+=("$p_cpu")
     tput_e+=("$e"); tput_p+=("$p")
     tput_r+=("$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$e" "$p")")
-    log "round $r: elton cold read $e MiB/s, plain download $p MiB/s"
+    log "round $r: elton cold read $e MiB/s ($e_cpu CPU-s), plain download $p MiB/s ($p_cpu CPU-s)"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -250,6 +260,8 @@ echo "|---|---:|"
 echo "| Elton: slave B, fetched through master B, link, master A, slave A | $(median "${tput_e[@]}") |"
 echo "| plain HTTP download from slave A through the same proxy program | $(median "${tput_p[@]}") |"
 echo "| **Elton / plain** (median of per-round ratios: ${tput_r[*]}) | **$(median "${tput_r[@]}")x** |"
+echo
+echo "CPU-seconds the whole machine ($(nproc) cores) spent per read, median: Elton $(median "${cpu_e[@]}"), plain $(median "${cpu_p[@]}")."
 echo
 echo "| 1-byte edit of a ${EDIT_MIB} MiB file | bytes |"
 echo "|---|---:|"

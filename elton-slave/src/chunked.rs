@@ -24,7 +24,7 @@ use crate::metrics::inc;
 /// Chunks opened (and fetched if missing) ahead of the one being sent, so
 /// that a cold sequential read keeps several transfers in flight. Bounds a
 /// response's memory to this many chunks.
-const PREFETCH: usize = 32;
+const PREFETCH: usize = 16;
 
 /// A chunked file as its manifest entry describes it.
 pub struct ChunkedFile {
