@@ -38,6 +38,14 @@ const BACKGROUND_STORES: usize = 32;
 /// Bytes of an object that passed the network and came out of its hash.
 type VerifiedBytes = Bytes;
 
+/// How a miss of [`Fetcher::read_range`] ended, when it did not fail.
+enum Miss {
+    /// Another request of this slave stored the object while this one waited.
+    StoredMeanwhile((File, u64)),
+    /// Fetched and verified here; the permit bounds its background store.
+    Fetched(VerifiedBytes, OwnedSemaphorePermit),
+}
+
 pub struct Fetcher {
     store: Arc<ObjectStore>,
     hot: HotCache,
@@ -99,22 +107,8 @@ impl Fetcher {
         local_only: bool,
         volume: Option<&VolumeName>,
     ) -> Result<(File, u64), SlaveError> {
-        match self.open_local(id).await {
-            Ok(Some(found)) => {
-                inc(&self.metrics.cache_hits_total, 1);
-                return Ok(found);
-            }
-            Ok(None) => {}
-            // Quarantined: a good copy may still exist elsewhere.
-            Err(SlaveError::Corrupt(_)) if !local_only => {
-                inc(&self.metrics.corrupt_objects_total, 1);
-            }
-            Err(e) => {
-                if matches!(e, SlaveError::Corrupt(_)) {
-                    inc(&self.metrics.corrupt_objects_total, 1);
-                }
-                return Err(e);
-            }
+        if let Some(found) = self.open_local_counted(id, local_only).await? {
+            return Ok(found);
         }
         if local_only {
             return Err(SlaveError::NotFound(format!(
@@ -184,57 +178,67 @@ impl Fetcher {
         len: u64,
         volume: Option<&VolumeName>,
     ) -> Result<(Bytes, u64), SlaveError> {
-        if let Some(found) = self.open_local_counted(id).await? {
+        if let Some(found) = self.open_local_counted(id, false).await? {
             return read_at(id, found, start, len).await;
         }
         inc(&self.metrics.cache_misses_total, 1);
         let turn = self.turn(id).await;
-        if let Some(found) = self.open_local(id).await? {
-            self.end_turn(id, turn);
-            return read_at(id, found, start, len).await;
+        let fetched = async {
+            if let Some(found) = self.open_local(id).await? {
+                return Ok(Miss::StoredMeanwhile(found));
+            }
+            let bytes = self.receive_in_memory(id, volume).await?;
+            let size = bytes.len() as u64;
+            if start.checked_add(len).is_none_or(|end| end > size) {
+                return Err(SlaveError::BadRequest(format!(
+                    "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
+                )));
+            }
+            let permit = self
+                .background
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| SlaveError::Io("background stores closed".into()))?;
+            Ok(Miss::Fetched(bytes, permit))
         }
-        let bytes = match self.receive_in_memory(id, volume).await {
-            Ok(bytes) => bytes,
+        .await;
+        match fetched {
+            Ok(Miss::Fetched(bytes, permit)) => {
+                let this = self.clone();
+                let kept = bytes.clone();
+                tokio::spawn(async move { this.store_fetched(id, kept, turn, permit).await });
+                let size = bytes.len() as u64;
+                Ok((bytes.slice(start as usize..(start + len) as usize), size))
+            }
+            Ok(Miss::StoredMeanwhile(found)) => {
+                self.end_turn(id, turn);
+                read_at(id, found, start, len).await
+            }
             Err(e) => {
                 self.end_turn(id, turn);
-                return Err(e);
+                Err(e)
             }
-        };
-        let size = bytes.len() as u64;
-        let Some(range) = start
-            .checked_add(len)
-            .filter(|&end| end <= size)
-            .map(|end| start as usize..end as usize)
-        else {
-            self.end_turn(id, turn);
-            return Err(SlaveError::BadRequest(format!(
-                "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
-            )));
-        };
-        let permit = self
-            .background
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SlaveError::Io("background stores closed".into()))?;
-        let this = self.clone();
-        let kept = bytes.clone();
-        tokio::spawn(async move { this.store_fetched(id, kept, turn, permit).await });
-        Ok((bytes.slice(range), size))
+        }
     }
 
-    /// Like [`Fetcher::open_local`], counting a hit.
-    async fn open_local_counted(&self, id: ObjectId) -> Result<Option<(File, u64)>, SlaveError> {
+    /// A verified local copy, counting a hit; a quarantined copy counts as
+    /// corrupt and, unless `local_only`, as absent (a good copy may still
+    /// exist elsewhere).
+    async fn open_local_counted(
+        &self,
+        id: ObjectId,
+        local_only: bool,
+    ) -> Result<Option<(File, u64)>, SlaveError> {
         match self.open_local(id).await {
             Ok(Some(found)) => {
                 inc(&self.metrics.cache_hits_total, 1);
                 Ok(Some(found))
             }
             Ok(None) => Ok(None),
-            // Quarantined: a good copy may still exist elsewhere.
-            Err(SlaveError::Corrupt(_)) => {
+            Err(e @ SlaveError::Corrupt(_)) => {
                 inc(&self.metrics.corrupt_objects_total, 1);
-                Ok(None)
+                if local_only { Err(e) } else { Ok(None) }
             }
             Err(e) => Err(e),
         }

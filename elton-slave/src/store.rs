@@ -469,6 +469,24 @@ mod tests {
     }
 
     #[test]
+    fn shards_exist_from_the_start_and_verified_bytes_publish_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let shards = fs::read_dir(dir.path().join("objects")).unwrap().count();
+        assert_eq!(shards, 256);
+        // Re-opening an existing store keeps them (and creates nothing).
+        drop(store);
+        let store = ObjectStore::open(dir.path()).unwrap();
+
+        let id = ObjectId::of(b"chunk bytes");
+        store.put_verified(id, b"chunk bytes").unwrap();
+        assert_eq!(store.read(&id).unwrap().unwrap(), b"chunk bytes");
+        // Content addressing: a second store of the same id is a no-op.
+        store.put_verified(id, b"chunk bytes").unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
     fn corrupted_object_is_detected_and_quarantined() {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectStore::open(dir.path()).unwrap();
