@@ -20,7 +20,11 @@
 #      round is imported in A and read once from B's slave (every byte
 #      crosses the link, verified and stored in B), against a plain HTTP
 #      download of the same file from A's slave through a second instance of
-#      the same proxy. Median of $ROUNDS rounds, ratio per round.
+#      the same proxy. Median of $ROUNDS rounds, ratio per round. A third
+#      download goes through four proxy processes in a row (as many
+#      relaying processes as Elton's path has), to tell the cost of the
+#      path's length from the cost of Elton's code. Each read also reports
+#      the CPU-seconds the whole machine spent during it.
 #   3. The 1-byte edit: a $EDIT_MIB MiB file in A, read in B, then one byte
 #      in the middle changed and imported as the next version in A, read
 #      again in B: WAN bytes of the second read vs the file size.
@@ -86,6 +90,7 @@ wait_port() { # port
 
 MA=$(free_port); MB=$(free_port); SA=$(free_port); SB=$(free_port)
 LAB=$(free_port); LBA=$(free_port); LPLAIN=$(free_port)
+LCHAIN=(); for _ in 1 2 3 4; do LCHAIN+=("$(free_port)"); done
 echo "$TOKEN" >"$WORK/token"
 
 link_args=()
@@ -98,6 +103,13 @@ start_link() { # name listen-port target-port
 start_link ab "$LAB" "$MB"
 start_link ba "$LBA" "$MA"
 start_link plain "$LPLAIN" "$SA"
+# Four proxy processes in a row: as many relaying processes as Elton's path
+# has between slave A and the client (master A, the link, master B, slave
+# B), doing nothing but copying bytes.
+start_link chain4 "${LCHAIN[3]}" "$SA"
+start_link chain3 "${LCHAIN[2]}" "${LCHAIN[3]}"
+start_link chain2 "${LCHAIN[1]}" "${LCHAIN[2]}"
+start_link chain1 "${LCHAIN[0]}" "${LCHAIN[1]}"
 
 start_master() { # cluster port peer-name peer-port
     "$ELTON" master --id "$1" --cluster "$1" --listen "127.0.0.1:$2" --data-dir "$WORK/master-$1" \
@@ -185,7 +197,7 @@ nfs=$((size * (READS + 1)))
 
 # --- 2. cold read throughput across the link --------------------------------------
 log "cold cross-cluster reads of ${TPUT_MIB} MiB vs a plain HTTP download through the same proxy"
-tput_e=(); tput_p=(); tput_r=(); cpu_e=(); cpu_p=()
+tput_e=(); tput_p=(); tput_r=(); cpu_e=(); cpu_p=(); tput_c=(); tput_rc=(); cpu_c=()
 for r in $(seq "$ROUNDS"); do
     mkdir -p "$WORK/tput-$r"
     random_file "$WORK/tput-$r/big.bin" "$TPUT_MIB" $((100 + r))
@@ -207,14 +219,21 @@ for r in $(seq "$ROUNDS"); do
         t1=$(seconds); c1=$(machine_busy)
         rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
+    run_c() {
+        local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
+        curl -fsS -o "$WORK/got" "http://127.0.0.1:${LCHAIN[0]}/v1/volumes/tput-$r/1/big.bin" || die "chained download failed"
+        t1=$(seconds); c1=$(machine_busy)
+        rate_and_cpu "$t0" "$t1" "$c0" "$c1"
+    }
     cpu_before=$(cpu_times)
-    if (( r % 2 )); then e=$(run_e); p=$(run_p); else p=$(run_p); e=$(run_e); fi
+    if (( r % 2 )); then e=$(run_e); p=$(run_p); c=$(run_c); else c=$(run_c); p=$(run_p); e=$(run_e); fi
     [[ -n "${CPU_REPORT:-}" ]] && log "round $r CPU seconds (before -> after): $cpu_before -> $(cpu_times)"
-    read -r e e_cpu <<<"$e"; read -r p p_cpu <<<"$p"
-    cpu_e+=("$e_cpu"); cpu_p+=("$p_cpu")
+    read -r e e_cpu <<<"$e"; read -r p p_cpu <<<"$p"; read -r c c_cpu <<<"$c"
+    cpu_e+=("$e_cpu"); cpu_p+=("$p_cpu"); cpu_c+=("$c_cpu"); tput_c+=("$c")
+    tput_rc+=("$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$e" "$c")")
     tput_e+=("$e"); tput_p+=("$p")
     tput_r+=("$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$e" "$p")")
-    log "round $r: elton cold read $e MiB/s ($e_cpu CPU-s), plain download $p MiB/s ($p_cpu CPU-s)"
+    log "round $r: elton cold read $e MiB/s ($e_cpu CPU-s), plain download $p MiB/s ($p_cpu CPU-s), through 4 proxies $c MiB/s ($c_cpu CPU-s)"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -260,8 +279,10 @@ echo "|---|---:|"
 echo "| Elton: slave B, fetched through master B, link, master A, slave A | $(median "${tput_e[@]}") |"
 echo "| plain HTTP download from slave A through the same proxy program | $(median "${tput_p[@]}") |"
 echo "| **Elton / plain** (median of per-round ratios: ${tput_r[*]}) | **$(median "${tput_r[@]}")x** |"
+echo "| plain HTTP download from slave A through 4 proxy processes in a row | $(median "${tput_c[@]}") |"
+echo "| Elton / 4 proxies (median of per-round ratios: ${tput_rc[*]}) | $(median "${tput_rc[@]}")x |"
 echo
-echo "CPU-seconds the whole machine ($(nproc) cores) spent per read, median: Elton $(median "${cpu_e[@]}"), plain $(median "${cpu_p[@]}")."
+echo "CPU-seconds the whole machine ($(nproc) cores) spent per read, median: Elton $(median "${cpu_e[@]}"), plain $(median "${cpu_p[@]}"), 4 proxies $(median "${cpu_c[@]}")."
 echo
 echo "| 1-byte edit of a ${EDIT_MIB} MiB file | bytes |"
 echo "|---|---:|"
