@@ -1,7 +1,9 @@
 //! Walks a version's tree through live holders to decide whether it can be
 //! read (for `fsck`). Manifests are read from a holder's HTTP (local-only),
 //! hashed and decoded; file objects must have a live holder and, when asked,
-//! be served by one (`HEAD`, which makes the holder verify its copy).
+//! be served by one (`HEAD`, which makes the holder verify its copy). A
+//! chunked file's recipe is read and decoded the same way, and each of its
+//! chunks is checked like a file object.
 //!
 //! Verdicts are remembered per object, and for a manifest they cover its
 //! whole subtree, so subtrees shared between versions are walked once.
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use elton_proto::manifest::{DirManifest, EntryKind, MAX_MANIFEST_BYTES};
+use elton_proto::recipe::{MAX_RECIPE_BYTES, Recipe};
 use elton_proto::{LOCAL_ONLY_HEADER, NodeId, ObjectId};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -129,21 +132,37 @@ impl Walker {
         Ok(None)
     }
 
-    /// Decides every file object of `manifest` not decided yet.
+    /// Decides every file object of `manifest` not decided yet; for a
+    /// chunked file, its recipe and every chunk.
     async fn check_files_of(&mut self, manifest: &DirManifest) -> Result<(), MasterError> {
-        let mut todo: Vec<ObjectId> = manifest
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .filter_map(|e| e.object)
-            .filter(|o| !self.verdicts.contains_key(o))
-            .collect();
-        todo.sort();
-        todo.dedup();
-        if todo.is_empty() {
+        let undecided = |recipe: bool| {
+            let mut ids: Vec<ObjectId> = manifest
+                .entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File && e.recipe == recipe)
+                .filter_map(|e| e.object)
+                .filter(|o| !self.verdicts.contains_key(o))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let (files, recipes) = (undecided(false), undecided(true));
+        self.probe_files(files).await?;
+        for recipe in recipes {
+            let verdict = self.check_recipe(recipe).await?;
+            self.verdicts.insert(recipe, verdict);
+        }
+        Ok(())
+    }
+
+    /// Decides the given objects as file objects (those not decided yet).
+    async fn probe_files(&mut self, mut ids: Vec<ObjectId>) -> Result<(), MasterError> {
+        ids.retain(|o| !self.verdicts.contains_key(o));
+        if ids.is_empty() {
             return Ok(());
         }
-        let holdings = self.holdings(todo).await?;
+        let holdings = self.holdings(ids).await?;
         let this = &*self;
         let results: Vec<(ObjectId, Option<Unreadable>)> = futures::stream::iter(holdings)
             .map(|h| async move { (h.object, this.probe_file(&h).await) })
@@ -152,6 +171,41 @@ impl Walker {
             .await;
         self.verdicts.extend(results);
         Ok(())
+    }
+
+    /// A chunked file is readable when its recipe is and every chunk is;
+    /// the first chunk that is not is reported (chunks shared between
+    /// versions are decided once).
+    async fn check_recipe(&mut self, id: ObjectId) -> Result<Option<Unreadable>, MasterError> {
+        let holding = self.holdings(vec![id]).await?.pop();
+        let holding = holding.unwrap_or(Holding {
+            object: id,
+            holders: Vec::new(),
+        });
+        let recipe = match self.read_small(&holding, MAX_RECIPE_BYTES).await {
+            Ok(bytes) => Recipe::decode(&bytes).map_err(|e| format!("recipe does not decode: {e}")),
+            Err(reason) => Err(reason),
+        };
+        let recipe = match recipe {
+            Ok(r) => r,
+            Err(reason) => {
+                return Ok(Some(Unreadable {
+                    path: String::new(),
+                    object: id,
+                    reason,
+                }));
+            }
+        };
+        self.probe_files(recipe.chunks.iter().map(|c| c.object).collect())
+            .await?;
+        let first_bad = recipe.chunks.iter().enumerate().find_map(|(i, c)| {
+            let u = self.verdicts.get(&c.object).cloned().flatten()?;
+            Some(Unreadable {
+                reason: format!("chunk {i} of recipe {id}: {}", u.reason),
+                ..u
+            })
+        });
+        Ok(first_bad)
     }
 
     async fn probe_file(&self, h: &Holding) -> Option<Unreadable> {
@@ -188,25 +242,34 @@ impl Walker {
     }
 
     async fn read_manifest(&self, h: &Holding) -> Result<DirManifest, String> {
+        let bytes = self.read_small(h, MAX_MANIFEST_BYTES).await?;
+        // Same bytes on every holder: a decode error is final.
+        DirManifest::decode(&bytes).map_err(|e| format!("manifest does not decode: {e}"))
+    }
+
+    /// A small object's verified bytes from the first live holder that
+    /// serves them.
+    async fn read_small(&self, h: &Holding, limit: usize) -> Result<Vec<u8>, String> {
         let live = self.live_of(h);
         if live.is_empty() {
             return Err(no_live_holder(h));
         }
         let mut last = String::new();
         for (node, addr) in &live {
-            match self.get_verified(addr, &h.object).await {
-                Ok(bytes) => {
-                    // Same bytes on every holder: a decode error is final.
-                    return DirManifest::decode(&bytes)
-                        .map_err(|e| format!("manifest does not decode: {e}"));
-                }
+            match self.get_verified(addr, &h.object, limit).await {
+                Ok(bytes) => return Ok(bytes),
                 Err(e) => last = format!("{node}: {e}"),
             }
         }
         Err(format!("no live holder can serve it (last: {last})"))
     }
 
-    async fn get_verified(&self, addr: &str, id: &ObjectId) -> Result<Vec<u8>, String> {
+    async fn get_verified(
+        &self,
+        addr: &str,
+        id: &ObjectId,
+        limit: usize,
+    ) -> Result<Vec<u8>, String> {
         let resp = self
             .http
             .get(format!("http://{addr}/v1/objects/{id}"))
@@ -218,17 +281,15 @@ impl Walker {
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err("larger than any manifest".into());
+        let too_large = || format!("larger than {limit} bytes");
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
         }
         let mut body = resp.bytes_stream().map_err(|e| e.to_string());
         let mut bytes = Vec::new();
         while let Some(chunk) = body.try_next().await? {
-            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err("larger than any manifest".into());
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
             }
             bytes.extend_from_slice(&chunk);
         }

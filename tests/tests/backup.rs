@@ -283,6 +283,30 @@ fn fsck_reports_unreadable_versions_and_lost_objects() {
     assert!(stdout.contains("web@2: data/raw/part03.bin"), "{stdout}");
     assert!(stdout.contains("2 checked, 2 unreadable"), "{stdout}");
 
+    // A chunk of the chunked file disappears: its recipe is intact, so only
+    // a check that descends into the recipe notices. `big.bin` comes before
+    // `part03.bin` in the walk, so it is what both versions report now.
+    let chunk = *scan.chunks.keys().next().unwrap();
+    let chunk_path = object_path(&c, 1, &chunk);
+    let saved = fs::read(&chunk_path).unwrap();
+    fs::remove_file(&chunk_path).unwrap();
+    let (out, stdout) = fsck(&c, &["--check-files"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains(&format!(
+            "unreadable version web@1: data/raw/big.bin (object {chunk}): chunk "
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" of recipe "), "{stdout}");
+    assert!(stdout.contains("web@2: data/raw/big.bin"), "{stdout}");
+    fs::write(&chunk_path, &saved).unwrap();
+    let (_, stdout) = fsck(&c, &["--check-files"]);
+    assert!(
+        stdout.contains("web@1: data/raw/part03.bin"),
+        "chunk restored: {stdout}"
+    );
+
     // A manifest missing is noticed without --check-files.
     let css = scan
         .manifests
