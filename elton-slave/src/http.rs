@@ -12,14 +12,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use elton_proto::{LOCAL_ONLY_HEADER, ObjectId, Version, VolumeName, VolumePath};
+use elton_proto::{LOCAL_ONLY_HEADER, ObjectId, Version, VolumeName, VolumePath, chunking};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
 use crate::fetcher::Fetcher;
 use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
-use crate::volumes::{Proposal, Resolved, Volumes};
+use crate::volumes::{Proposal, Resolved, StoredFile, Volumes};
 use crate::{SlaveError, chunked, range};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -478,16 +478,27 @@ async fn put_volume_file(
     }
     state.check_declared_length(&headers)?;
     let stream = body.into_data_stream();
-    let (id, size) = state
-        .fetcher
-        .store()
-        .ingest(stream, None, state.max_upload_bytes)
-        .await?;
+    let store = state.fetcher.store().clone();
+    let spooled = store.spool(stream, state.max_upload_bytes).await?;
+    let size = spooled.size();
+    // A large file is stored as chunks and a recipe, as `elton import` and
+    // Eltonfs commits store it, so readers fetch only the chunks they
+    // touch and a re-upload with a small change adds only the changed ones.
+    let file = tokio::task::spawn_blocking(move || {
+        if chunking::is_chunked(size, chunking::DEFAULT_THRESHOLD) {
+            let (recipe, chunks) = store.chunk_spooled(spooled)?;
+            Ok::<_, SlaveError>(StoredFile::chunked(recipe, size, chunks))
+        } else {
+            Ok(StoredFile::whole(store.publish_spooled(spooled)?, size))
+        }
+    })
+    .await
+    .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
     inc(&state.metrics.objects_uploaded_total, 1);
     inc(&state.metrics.uploaded_bytes_total, size);
     let info = state
         .volumes
-        .put_file(&volume, q.parent, &path, id, size, "http".into())
+        .put_file(&volume, q.parent, &path, file, "http".into())
         .await?;
     inc(&state.metrics.commits_total, 1);
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use elton_proto::ObjectId;
+use elton_proto::{ObjectId, chunking};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -324,10 +324,31 @@ impl ObjectStore {
     /// verified.
     pub async fn ingest<S, E>(
         self: &Arc<Self>,
-        mut body: S,
+        body: S,
         expected: Option<ObjectId>,
         limit: u64,
     ) -> Result<(ObjectId, u64), SlaveError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let spooled = self.spool(body, limit).await?;
+        let size = spooled.size();
+        let store = self.clone();
+        let id = tokio::task::spawn_blocking(move || store.finish(spooled.0, expected))
+            .await
+            .map_err(|e| SlaveError::Io(format!("finish task: {e}")))??;
+        Ok((id, size))
+    }
+
+    /// Streams bytes into a temp file of the store, hashing them; `limit`
+    /// bounds the size. Nothing is published: see [`Self::publish_spooled`]
+    /// and [`Self::chunk_spooled`]. The temp file goes when dropped.
+    pub async fn spool<S, E>(
+        self: &Arc<Self>,
+        mut body: S,
+        limit: u64,
+    ) -> Result<Spooled, SlaveError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -339,8 +360,7 @@ impl ObjectStore {
             while let Some(chunk) = rx.blocking_recv() {
                 w.write(&chunk)?;
             }
-            let size = w.size;
-            Ok::<_, SlaveError>((w, size))
+            Ok::<_, SlaveError>(w)
         });
         let mut received = 0u64;
         let mut failure = None;
@@ -369,12 +389,31 @@ impl ObjectStore {
         if let Some(f) = failure {
             return Err(f); // the temp file is deleted when `written` drops
         }
-        let (w, size) = written?;
-        let store = self.clone();
-        let id = tokio::task::spawn_blocking(move || store.finish(w, expected))
-            .await
-            .map_err(|e| SlaveError::Io(format!("finish task: {e}")))??;
-        Ok((id, size))
+        Ok(Spooled(written?))
+    }
+
+    /// Publishes a spooled body as one object. Blocking.
+    pub fn publish_spooled(&self, spooled: Spooled) -> Result<ObjectId, SlaveError> {
+        self.finish(spooled.0, None)
+    }
+
+    /// Stores a spooled body as content-defined chunks plus their recipe
+    /// (see [`elton_proto::chunking`]); returns the recipe's id and the
+    /// chunks' ids. The whole body is never an object of its own. Blocking.
+    pub fn chunk_spooled(&self, spooled: Spooled) -> Result<(ObjectId, Vec<ObjectId>), SlaveError> {
+        let tmp = spooled.0.tmp;
+        let source = tmp
+            .reopen()
+            .map_err(|e| io_err("reopening", tmp.path(), e))?;
+        let mut chunks = Vec::new();
+        let recipe = chunking::chunk(source, |_, id, bytes| {
+            self.put_verified(id, bytes).map_err(io::Error::other)?;
+            chunks.push(id);
+            Ok(())
+        })
+        .map_err(|e| io_err("chunking", tmp.path(), e))?;
+        let recipe = self.put_bytes(&recipe.encode())?;
+        Ok((recipe, chunks))
     }
 
     /// Every object id present (for re-announcing to the master). Blocking.
@@ -395,6 +434,15 @@ impl ObjectStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// A complete body in a temp file of the store, hashed, not yet published.
+pub struct Spooled(ObjectWriter);
+
+impl Spooled {
+    pub fn size(&self) -> u64 {
+        self.0.size
     }
 }
 

@@ -29,6 +29,36 @@ pub enum Resolved {
     Symlink(Entry),
 }
 
+/// A file's content as stored for [`Volumes::put_file`].
+pub struct StoredFile {
+    /// The file's object, or its recipe when `recipe`.
+    pub object: ObjectId,
+    pub size: u64,
+    pub recipe: bool,
+    /// The recipe's chunks (empty for a whole object).
+    pub chunks: Vec<ObjectId>,
+}
+
+impl StoredFile {
+    pub fn whole(object: ObjectId, size: u64) -> Self {
+        Self {
+            object,
+            size,
+            recipe: false,
+            chunks: Vec::new(),
+        }
+    }
+
+    pub fn chunked(recipe: ObjectId, size: u64, chunks: Vec<ObjectId>) -> Self {
+        Self {
+            object: recipe,
+            size,
+            recipe: true,
+            chunks,
+        }
+    }
+}
+
 pub struct Volumes {
     fetcher: Arc<Fetcher>,
     link: MasterLink,
@@ -296,14 +326,13 @@ impl Volumes {
     }
 
     /// Publishes a version whose tree is the parent's with one file placed
-    /// at `path` (content already stored as `object`).
+    /// at `path` (content already stored).
     pub async fn put_file(
         &self,
         volume: &VolumeName,
         parent: Option<u64>,
         path: &VolumePath,
-        object: ObjectId,
-        size: u64,
+        file: StoredFile,
         author: String,
     ) -> Result<VersionInfo, SlaveError> {
         let base = match parent {
@@ -336,16 +365,17 @@ impl Volumes {
             mode: 0o644,
             uid: 0,
             gid: 0,
-            size,
+            size: file.size,
             mtime: now,
-            object: Some(object),
-            recipe: false,
+            object: Some(file.object),
+            recipe: file.recipe,
             target: None,
             xattrs: None,
         };
         let dir_template = Entry {
             kind: EntryKind::Dir,
             mode: 0o755,
+            recipe: false,
             ..leaf.clone()
         };
         // Manifests on the path are already cached from resolving the base.
@@ -376,7 +406,8 @@ impl Volumes {
         .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
         let root = *ids.last().ok_or_else(|| SlaveError::Io("no root".into()))?;
         let mut announce = ids;
-        announce.push(object);
+        announce.push(file.object);
+        announce.extend(file.chunks);
         self.link.announce(announce).await?;
         self.commit(Proposal {
             volume: volume.clone(),

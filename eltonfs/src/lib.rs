@@ -8,7 +8,7 @@
 //! - [`spec`]: `volume@version:path` arguments.
 //! - [`walk`]: turning a local directory into manifests and objects.
 
-pub mod chunking;
+pub use elton_proto::chunking;
 pub mod cli;
 pub mod docker;
 pub mod fs;

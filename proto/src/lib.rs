@@ -3,12 +3,14 @@
 //! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
 //! - [`recipe`]: chunk lists of large files (content-defined chunking).
+//! - [`chunking`]: how a large file is cut into the chunks of its recipe.
 //! - [`record`]: version records as served in JSON.
 //! - [`path`]: validated relative paths inside a volume.
 //! - [`pb`]: the generated gRPC types and services (`elton.v1`).
 //!
 //! Formats are documented in `docs/formats.md`.
 
+pub mod chunking;
 pub mod error;
 pub mod ids;
 pub mod manifest;

@@ -425,3 +425,77 @@ fn missing_chunks_and_bad_recipes_are_errors_never_short_reads() {
     );
     assert!((out.stdout.len() as u64) < size);
 }
+
+/// Objects in slave `i`'s store.
+fn stored_objects(c: &Cluster, i: usize) -> usize {
+    fs::read_dir(c.slave_dir(i).join("objects"))
+        .unwrap()
+        .map(|shard| fs::read_dir(shard.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+#[test]
+fn http_upload_of_a_large_file_is_chunked() {
+    let c = Cluster::with_args(2, &["--replication", "1"], &[]);
+    c.ok(1, &["volume", "create", "up"]);
+    let put = |data: &[u8]| {
+        let r = http()
+            .put(format!("{}/v1/volumes/up/dir/big.bin", c.slave_url(1)))
+            .bearer_auth(common::TOKEN)
+            .body(data.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    };
+    const SIZE: usize = 12 << 20;
+    let mut data = noise(SIZE, 11);
+    put(&data);
+
+    // Stored as a recipe of chunks: the ETag names the recipe, and the
+    // whole file is never an object of its own.
+    let (_, recipe) = recipe_of(&c, 1, "up/1/dir/big.bin");
+    assert_eq!(recipe.size, SIZE as u64);
+    assert!(recipe.chunks.len() >= 3, "{} chunks", recipe.chunks.len());
+    let whole = elton_proto::ObjectId::of(&data).to_string();
+    assert!(
+        !c.slave_dir(1)
+            .join("objects")
+            .join(&whole[..2])
+            .join(&whole[2..])
+            .exists()
+    );
+    let got = http()
+        .get(format!("{}/v1/volumes/up/1/dir/big.bin", c.slave_url(1)))
+        .send()
+        .unwrap();
+    assert_eq!(body_hash(got), (blake3::hash(&data), SIZE as u64));
+
+    // A range read on the other slave fetches only the chunks it touches.
+    let before = fetched(&c, 2);
+    let r = http()
+        .get(format!("{}/v1/volumes/up/1/dir/big.bin", c.slave_url(2)))
+        .header("Range", "bytes=6291456-6356991")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap(), &data[6 << 20..(6 << 20) + (64 << 10)]);
+    let moved = fetched(&c, 2) - before;
+    let recipe_bytes = recipe.encode().len() as u64;
+    assert!(
+        moved <= 2 * 4 * MIB + recipe_bytes && moved < SIZE as u64 / 2,
+        "a 64 KiB range moved {moved} bytes"
+    );
+
+    // A one-byte change uploaded again adds its chunk or two, a recipe and
+    // the manifests on the way, nothing else.
+    let objects = stored_objects(&c, 1);
+    data[SIZE / 2] ^= 0xff;
+    put(&data);
+    let added = stored_objects(&c, 1) - objects;
+    assert!((2..=5).contains(&added), "{added} new objects");
+    let got = http()
+        .get(format!("{}/v1/volumes/up/2/dir/big.bin", c.slave_url(2)))
+        .send()
+        .unwrap();
+    assert_eq!(body_hash(got), (blake3::hash(&data), SIZE as u64));
+}

@@ -6,12 +6,12 @@
 
 use std::io::{self, Read};
 
-use elton_proto::recipe::Chunk;
-use elton_proto::{ObjectId, Recipe};
+use crate::recipe::Chunk;
+use crate::{ObjectId, Recipe};
 use fastcdc::v2020::StreamCDC;
 
 /// Files larger than this are chunked by default (`elton import
-/// --chunk-threshold`); smaller files stay one object, exactly as before
+/// --chunk-threshold`, and always for a slave's one-file HTTP upload); smaller files stay one object, exactly as before
 /// chunking existed, so their trees keep their hashes.
 pub const DEFAULT_THRESHOLD: u64 = 4 << 20;
 /// FastCDC parameters: chunks of 256 KiB to 4 MiB, about 1 MiB on average.
