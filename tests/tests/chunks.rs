@@ -3,7 +3,9 @@
 //! imported on slave 1 is read on slave 2 over HTTP (whole, and a range
 //! that fetches only its chunks), edited by one byte through an Eltonfs
 //! mount on slave 1 and committed (only the changed chunks are new), and
-//! read again on slave 2 over HTTP and through an Eltonfs mount.
+//! read again on slave 2 over HTTP and through an Eltonfs mount. Reads
+//! through a mount fetch the chunks ahead of a sequential reader in the
+//! background, and never more.
 
 mod common;
 
@@ -11,13 +13,26 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::Duration;
 
-use common::{Cluster, Mount, metric};
+use common::{Cluster, Mount, metric, wait_until};
 use elton_proto::Recipe;
+use eltonfs::chunking::MAX_CHUNK;
+use eltonfs::fs::readahead::READ_AHEAD_CHUNKS;
 
 const MIB: u64 = 1 << 20;
 const BIG: usize = 256 << 20;
-const OTHER: usize = 48 << 20;
+/// Most a small read through a mount may fetch besides the recipe: the
+/// (at most 2) chunks it touches, and the chunks read-ahead makes local
+/// after them if the kernel happened to split it into READs that look
+/// sequential (a lone READ in the middle of a file does not trigger
+/// read-ahead, so usually it is just the touched chunks).
+const SMALL_READ_MOST: u64 = (2 + READ_AHEAD_CHUNKS as u64) * MAX_CHUNK as u64;
+/// Large enough that a quarter of it is more than [`SMALL_READ_MOST`], so
+/// "a small read moves less than a quarter of the file" is a claim about
+/// the design, not about how large the chunks near the read happen to be.
+const OTHER: usize = 176 << 20;
+const _: () = assert!(OTHER as u64 / 4 > SMALL_READ_MOST + MIB);
 
 /// Fast deterministic pseudo-random bytes (xorshift64*): the shared
 /// BLAKE3-based generator is too slow for 256 MiB in a debug build.
@@ -272,7 +287,7 @@ fn large_files_move_only_the_chunks_that_are_read_or_changed() {
     let moved = fetched(&c, 2) - before;
     let recipe_bytes = other_recipe.encode().len() as u64;
     assert!(
-        moved <= 2 * 4 * MIB + recipe_bytes && moved < OTHER as u64 / 4,
+        moved <= SMALL_READ_MOST + recipe_bytes && moved < OTHER as u64 / 4,
         "a 64 KiB read fetched {moved} bytes"
     );
     assert!(!state2.join("assembled").join(&other_etag).exists());
@@ -316,6 +331,99 @@ fn large_files_move_only_the_chunks_that_are_read_or_changed() {
     let total = fetched(&c, 2);
     assert!(total <= (BIG + OTHER) as u64 + 5 * MIB, "{total}");
     drop(m2);
+}
+
+/// Whether slave `slave` stores object `id` (hex).
+fn stored(c: &Cluster, slave: usize, id: &str) -> bool {
+    c.slave_dir(slave)
+        .join("objects")
+        .join(&id[..2])
+        .join(&id[2..])
+        .is_file()
+}
+
+#[test]
+fn sequential_fuse_reads_fetch_the_next_chunks_in_the_background() {
+    const K: usize = READ_AHEAD_CHUNKS;
+    let c = Cluster::with_args(2, &["--replication", "1"], &[]);
+    let src = c.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = noise(32 << 20, 4);
+    fs::write(src.join("f.bin"), &data).unwrap();
+    c.ok(1, &["import", "--create", src.to_str().unwrap(), "ra"]);
+    let (_, recipe) = recipe_of(&c, 1, "ra/1/f.bin");
+    let n = recipe.chunks.len();
+    let starts: Vec<u64> = recipe
+        .chunks
+        .iter()
+        .scan(0, |at, ch| {
+            let s = *at;
+            *at += ch.size;
+            Some(s)
+        })
+        .collect();
+    let chunk_at = |offset: u64| starts.partition_point(|&s| s <= offset) - 1;
+    let local = |i: usize| stored(&c, 2, &recipe.chunks[i].object.to_hex());
+    assert!((0..n).all(|i| !local(i)), "cold on slave 2");
+
+    let m = Mount::new(
+        &c,
+        2,
+        "ra",
+        &c.dir.path().join("mnt"),
+        &c.dir.path().join("state"),
+        &[],
+    );
+    let f = fs::File::open(m.path("f.bin")).unwrap();
+    // Read the first two chunks sequentially, 128 KiB at a time.
+    let upto = starts[2];
+    let mut buf = vec![0u8; 128 << 10];
+    let mut at = 0;
+    while at < upto {
+        let len = buf.len().min((upto - at) as usize);
+        f.read_exact_at(&mut buf[..len], at).unwrap();
+        assert_eq!(&buf[..len], &data[at as usize..at as usize + len]);
+        at += len as u64;
+    }
+    // The K chunks after the read position become local in the
+    // background, with no further read.
+    wait_until(
+        "the chunks after the read position",
+        Duration::from_secs(60),
+        || (2..(2 + K).min(n)).all(local),
+    );
+    // And no more: the kernel's own read-ahead may have sent READs up to
+    // 1 MiB past what was read, but nothing K chunks past those is fetched.
+    let beyond = chunk_at(upto + MIB) + K + 1;
+    assert!(beyond < n, "{n} chunks: the file is too small for the test");
+    assert!(
+        (beyond..n).all(|i| !local(i)),
+        "read-ahead went further than {K} chunks"
+    );
+
+    // Random reads return the right bytes: inside the fetched chunks,
+    // across the edge of them, in cold chunks, at the end of the file.
+    let len = data.len() as u64;
+    for (start, size) in [
+        (starts[5] + 1_000, 300_000),
+        (starts[beyond] - 5_000, 10_000),
+        (17 * MIB + 3, 1),
+        (starts[n - 2] + 7, 2 * MIB),
+        (len - 100_000, 100_000),
+    ] {
+        let size = size.min(len - start) as usize;
+        let mut got = vec![0u8; size];
+        f.read_exact_at(&mut got, start).unwrap();
+        assert!(
+            got == data[start as usize..start as usize + size],
+            "{size} bytes at {start}"
+        );
+    }
+    let mut all = Vec::new();
+    (&f).read_to_end(&mut all).unwrap();
+    assert!(all == data, "whole file through the mount");
+    drop(f);
+    drop(m);
 }
 
 fn put_object(c: &Cluster, bytes: &[u8]) -> String {
@@ -385,6 +493,10 @@ fn missing_chunks_and_bad_recipes_are_errors_never_short_reads() {
 
     // Lose a chunk in the middle (slave 1 held the only copy).
     let k = recipe.chunks.len() / 2;
+    assert!(
+        k <= READ_AHEAD_CHUNKS,
+        "read-ahead from the start reaches it"
+    );
     let lost = recipe.chunks[k].object.to_hex().to_string();
     fs::remove_file(
         c.slave_dir(1)
@@ -393,6 +505,7 @@ fn missing_chunks_and_bad_recipes_are_errors_never_short_reads() {
             .join(&lost[2..]),
     )
     .unwrap();
+    assert!(!stored(&c, 2, &lost));
     let lost_at: u64 = recipe.chunks[..k].iter().map(|c| c.size).sum();
     let url = format!("{s2}/v1/volumes/d/1/big.bin");
 
@@ -424,6 +537,32 @@ fn missing_chunks_and_bad_recipes_are_errors_never_short_reads() {
         out.stdout.len()
     );
     assert!((out.stdout.len() as u64) < size);
+
+    // Through a mount on slave 2: read-ahead from the start of the file
+    // asks for the lost chunk too, and only logs the failure; the reads
+    // before it succeed, and a read of it is an error, not a short read.
+    // (The kernel reads whole pages, or larger folios, so the bytes just
+    // before the lost chunk share a page with it: stay 2 MiB clear.)
+    let m = Mount::new(
+        &c,
+        2,
+        "d",
+        &c.dir.path().join("mnt"),
+        &c.dir.path().join("state"),
+        &[],
+    );
+    let f = fs::File::open(m.path("big.bin")).unwrap();
+    let clear = lost_at.checked_sub(2 * MIB).unwrap() as usize;
+    let mut before = vec![0u8; clear];
+    f.read_exact_at(&mut before, 0).unwrap();
+    assert!(before == data[..clear]);
+    let mut b = [0u8; 10];
+    let e = f.read_exact_at(&mut b, lost_at).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let mut all = Vec::new();
+    assert!((&f).read_to_end(&mut all).is_err());
+    drop(f);
+    drop(m);
 }
 
 /// Objects in slave `i`'s store.

@@ -1,22 +1,26 @@
 //! Chunked lower files (entries whose object is a recipe).
 //!
 //! Until every chunk of such a file is in the local store, the daemon
-//! serves its reads ([`ChunkedReader`]), fetching only the chunks a read
-//! touches. Once all chunks are local, an open assembles the whole file
-//! once into the mount's cache ([`Assembled`], `<state>/assembled/<recipe
-//! id>`) and later opens pass that file through to the kernel like any
-//! other lower file. Copy-up writes the full bytes, chunk by chunk.
+//! serves its reads ([`ChunkedReader`]), fetching the chunks a read
+//! touches and, for a sequential reader, the next few in the background
+//! ([`super::readahead`]). Once all chunks are local, an open assembles
+//! the whole file once into the mount's cache ([`Assembled`],
+//! `<state>/assembled/<recipe id>`) and later opens pass that file through
+//! to the kernel like any other lower file. Copy-up writes the full bytes,
+//! chunk by chunk.
 
+use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use elton_proto::recipe::Piece;
+use elton_proto::recipe::{Chunk, Piece};
 use elton_proto::{Entry, ObjectId, Recipe};
 
 use super::lower::LowerSource;
+use super::readahead::{AheadPlan, ReadAhead};
 
 fn eio(why: String) -> io::Error {
     tracing::error!("{why}");
@@ -39,40 +43,125 @@ pub fn recipe_of(lower: &dyn LowerSource, entry: &Entry) -> io::Result<(ObjectId
     Ok((id, recipe))
 }
 
-/// Reads one piece from its chunk's local copy (fetched first if missing;
-/// the slave verifies it against its id).
-fn read_piece(lower: &dyn LowerSource, p: &Piece, buf: &mut [u8]) -> io::Result<()> {
-    let id = p.chunk.object;
+/// Opens a chunk's local copy (fetched first if missing; the slave
+/// verifies it against its id) and checks its length against the recipe.
+fn open_chunk(lower: &dyn LowerSource, chunk: &Chunk) -> io::Result<File> {
+    let id = chunk.object;
     let path = lower.object_path(&id)?;
     let file = File::open(&path)?;
     let len = file.metadata()?.len();
-    if len != p.chunk.size {
+    if len != chunk.size {
         return Err(eio(format!(
             "chunk {id} is {len} bytes, its recipe says {}",
-            p.chunk.size
+            chunk.size
         )));
     }
-    file.read_exact_at(buf, p.start)
+    Ok(file)
 }
 
-/// Serves reads of a chunked file that is not assembled yet.
+/// Reads one piece from its chunk's local copy.
+fn read_piece(lower: &dyn LowerSource, p: &Piece, buf: &mut [u8]) -> io::Result<()> {
+    open_chunk(lower, &p.chunk)?.read_exact_at(buf, p.start)
+}
+
+/// How many chunk files a reader keeps open. A READ usually lies in one
+/// chunk or straddles two, and the READs of one sequential stream arrive
+/// close together, so a few cover them; each costs a file descriptor per
+/// open handle for as long as the handle stays open.
+const OPEN_CHUNKS: usize = 4;
+
+/// The chunk files a reader opened last, most recent first, so that the
+/// many READs within one chunk open it (and check its length) once.
+#[derive(Default)]
+struct OpenChunks {
+    files: VecDeque<(ObjectId, Arc<File>)>,
+}
+
+impl OpenChunks {
+    fn get(&mut self, id: &ObjectId) -> Option<Arc<File>> {
+        let at = self.files.iter().position(|(i, _)| i == id)?;
+        let hit = self.files.remove(at)?;
+        let file = hit.1.clone();
+        self.files.push_front(hit);
+        Some(file)
+    }
+
+    fn put(&mut self, id: ObjectId, file: Arc<File>) {
+        // A concurrent READ may have opened it too: keep one.
+        self.files.retain(|(i, _)| *i != id);
+        self.files.push_front((id, file));
+        self.files.truncate(OPEN_CHUNKS);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves the reads of one open of a chunked file that is not assembled
+/// yet: keeps its chunk files open across READs and, for a sequential
+/// reader, has the mount's [`ReadAhead`] make the next chunks local.
 pub struct ChunkedReader {
-    pub lower: Arc<dyn LowerSource>,
-    pub recipe: Arc<Recipe>,
+    lower: Arc<dyn LowerSource>,
+    recipe: Arc<Recipe>,
+    read_ahead: Arc<ReadAhead>,
+    plan: Mutex<AheadPlan>,
+    open: Mutex<OpenChunks>,
 }
 
 impl ChunkedReader {
+    pub fn new(
+        lower: Arc<dyn LowerSource>,
+        recipe: Arc<Recipe>,
+        read_ahead: Arc<ReadAhead>,
+    ) -> Self {
+        Self {
+            lower,
+            recipe,
+            read_ahead,
+            plan: Mutex::new(AheadPlan::default()),
+            open: Mutex::new(OpenChunks::default()),
+        }
+    }
+
+    /// The file's length.
+    pub fn size(&self) -> u64 {
+        self.recipe.size
+    }
+
     /// Bytes `offset .. offset + size` (fewer only at the end of the file).
     pub fn read_at(&self, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let pieces = self.recipe.pieces(offset, size.into());
         let mut out = vec![0u8; pieces.iter().map(|p| p.len as usize).sum()];
+        if let Some(last) = pieces.last() {
+            // Asked for before this READ's own fetches, so they overlap.
+            let end = offset + out.len() as u64;
+            let ahead =
+                lock(&self.plan).after_read(offset, end, last.index, self.recipe.chunks.len());
+            for c in ahead.iter().filter_map(|&i| self.recipe.chunks.get(i)) {
+                self.read_ahead.request(&self.lower, c.object);
+            }
+        }
         let mut at = 0;
         for p in &pieces {
             let end = at + p.len as usize;
-            read_piece(&*self.lower, p, &mut out[at..end])?;
+            self.chunk_file(&p.chunk)?
+                .read_exact_at(&mut out[at..end], p.start)?;
             at = end;
         }
         Ok(out)
+    }
+
+    /// The open local copy of `chunk`, fetched first if missing.
+    fn chunk_file(&self, chunk: &Chunk) -> io::Result<Arc<File>> {
+        if let Some(f) = lock(&self.open).get(&chunk.object) {
+            return Ok(f);
+        }
+        // Not under the lock: this may wait for a fetch, and other READs of
+        // this file need not.
+        let file = Arc::new(open_chunk(&*self.lower, chunk)?);
+        lock(&self.open).put(chunk.object, file.clone());
+        Ok(file)
     }
 }
 
@@ -176,5 +265,37 @@ mod tests {
         assert_eq!(seek(10, -2, libc::SEEK_END).unwrap(), 8);
         assert!(seek(10, -11, libc::SEEK_END).is_err());
         assert_eq!(seek(10, 4, libc::SEEK_SET).unwrap(), 4);
+    }
+
+    #[test]
+    fn open_chunks_keeps_the_most_recent_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<ObjectId> = (0..=OPEN_CHUNKS as u8)
+            .map(|i| ObjectId::of(&[i]))
+            .collect();
+        let file = |i: usize| {
+            let p = dir.path().join(i.to_string());
+            fs::write(&p, [i as u8]).unwrap();
+            Arc::new(File::open(p).unwrap())
+        };
+        let mut open = OpenChunks::default();
+        assert!(open.get(&ids[0]).is_none());
+        for (i, id) in ids.iter().enumerate().take(OPEN_CHUNKS) {
+            open.put(*id, file(i));
+        }
+        // A hit makes chunk 0 the most recent, so adding one more evicts
+        // chunk 1, the least recently used.
+        let first = open.get(&ids[0]).unwrap();
+        let mut b = [0u8];
+        first.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(b, [0]);
+        open.put(ids[OPEN_CHUNKS], file(OPEN_CHUNKS));
+        assert!(open.get(&ids[1]).is_none());
+        for id in ids.iter().filter(|&id| *id != ids[1]) {
+            assert!(open.get(id).is_some());
+        }
+        // Putting an id again replaces it instead of holding it twice.
+        open.put(ids[0], file(0));
+        assert_eq!(open.files.len(), OPEN_CHUNKS);
     }
 }

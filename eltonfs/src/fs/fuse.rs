@@ -27,6 +27,7 @@ use super::inodes::{Inodes, ROOT};
 use super::layers::{
     EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, mtime_of, set_opaque,
 };
+use super::readahead::ReadAhead;
 
 /// Lower entries never change within a version: cache them long. Switching
 /// versions invalidates explicitly.
@@ -257,6 +258,8 @@ pub struct EltonFs {
     released: Condvar,
     /// Whole copies of chunked lower files whose chunks are all local.
     assembled: Assembled,
+    /// Background fetches of chunks for the daemon-served chunked files.
+    read_ahead: Arc<ReadAhead>,
 }
 
 /// Where a read-only open of a lower file gets its bytes.
@@ -284,6 +287,7 @@ impl EltonFs {
             control_socket,
             released: Condvar::new(),
             assembled,
+            read_ahead: Arc::default(),
         }
     }
 
@@ -308,7 +312,7 @@ impl EltonFs {
         };
         Ok(LowerData::Chunked {
             recipe_file: lower.object_path(&recipe_id)?,
-            reader: Arc::new(ChunkedReader { lower, recipe }),
+            reader: Arc::new(ChunkedReader::new(lower, recipe, self.read_ahead.clone())),
             whole,
         })
     }
@@ -1633,7 +1637,7 @@ impl Filesystem for EltonFs {
             return reply.error(Errno::EBADF);
         };
         if let Some(c) = &h.chunked {
-            return match chunked::seek(c.recipe.size, offset, whence) {
+            return match chunked::seek(c.size(), offset, whence) {
                 Ok(p) => reply.offset(p),
                 Err(e) => reply.error(errno(e)),
             };

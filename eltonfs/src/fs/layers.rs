@@ -561,10 +561,11 @@ mod tests {
         let (dir, l) = fixture();
         let big = l.view(Path::new("big")).unwrap().unwrap().lower.unwrap();
         let (id, recipe) = super::super::chunked::recipe_of(&*l.lower, &big).unwrap();
-        let reader = super::super::chunked::ChunkedReader {
-            lower: l.lower.clone(),
-            recipe: recipe.clone(),
-        };
+        let reader = super::super::chunked::ChunkedReader::new(
+            l.lower.clone(),
+            recipe.clone(),
+            Default::default(),
+        );
         assert_eq!(reader.read_at(0, 100).unwrap(), b"0123456789");
         assert_eq!(reader.read_at(3, 4).unwrap(), b"3456");
         assert_eq!(reader.read_at(10, 4).unwrap(), b"");

@@ -3,6 +3,8 @@
 //! - [`layers`]: the overlay on paths (pure filesystem logic, no FUSE).
 //! - [`lower`]: where lower manifests and objects come from.
 //! - [`chunked`]: chunked lower files: reads by chunk, assembly, copy-up.
+//! - [`readahead`]: background fetches of the chunks a sequential reader
+//!   needs next.
 //! - [`inodes`]: inode numbers for paths.
 //! - [`fuse`]: the FUSE request handlers.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
@@ -16,3 +18,4 @@ pub mod inodes;
 pub mod layers;
 pub mod lower;
 pub mod mount;
+pub mod readahead;
