@@ -34,6 +34,10 @@ pub struct MountArgs {
     /// chunks plus a recipe.
     #[arg(long, env = "ELTON_CHUNK_THRESHOLD", default_value_t = crate::chunking::DEFAULT_THRESHOLD)]
     pub chunk_threshold: u64,
+    /// Disk space for whole copies of chunked files read through the mount
+    /// (`<state>/assembled/`); least recently used copies go first.
+    #[arg(long, env = "ELTON_ASSEMBLED_MAX_BYTES", default_value_t = crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES)]
+    pub assembled_max_bytes: u64,
 }
 
 fn canonical(p: &Path) -> Result<PathBuf> {
@@ -75,6 +79,7 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
             token: ep.token().ok(),
             allow_other: a.allow_other,
             chunk_threshold: a.chunk_threshold,
+            assembled_max_bytes: a.assembled_max_bytes,
         });
     }
     let info = Detached {
@@ -86,6 +91,7 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
         token: ep.token().ok(),
         allow_other: a.allow_other,
         chunk_threshold: a.chunk_threshold,
+        assembled_max_bytes: a.assembled_max_bytes,
     }
     .spawn()?;
     println!(

@@ -365,6 +365,7 @@ async fn mount_default(
         token: read_token(token_path).ok(),
         allow_other: false,
         chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
+        assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
     };
     std::fs::create_dir_all(&opts.state_dir)?;
     let (tx, rx) = tokio::sync::oneshot::channel();

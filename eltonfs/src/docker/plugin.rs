@@ -121,6 +121,7 @@ impl Plugin {
             // Containers run as any user; permissions still apply.
             allow_other: true,
             chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
+            assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
         }
         .spawn()?;
         tracing::info!(volume = %name, elton = %o.volume, version = info.version.unwrap_or(0), "mounted");

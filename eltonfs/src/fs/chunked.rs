@@ -13,8 +13,9 @@ use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use elton_proto::recipe::{Chunk, Piece};
 use elton_proto::{Entry, ObjectId, Recipe};
@@ -204,29 +205,54 @@ pub fn write_all(lower: &dyn LowerSource, recipe: &Recipe, out: &mut File) -> io
 }
 
 /// Whole-file copies of chunked lower files whose chunks are all local.
+/// Default bound of a mount's assembled copies (`--assembled-max-bytes`).
+pub const DEFAULT_ASSEMBLED_MAX_BYTES: u64 = 8 << 30;
+
+/// An assembled copy used or made this recently is never evicted: whoever
+/// got its path from [`Assembled::get`] opens it right after. (An open
+/// backing file stays valid after unlink; only that window matters.)
+const EVICT_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// Whole copies of chunked files, one per recipe, bounded in size: when a
+/// new copy would exceed the bound, the least recently used ones go (their
+/// next open assembles again, from chunks still in the store). A file
+/// larger than the bound is never assembled: the daemon keeps serving it.
 pub struct Assembled {
     dir: PathBuf,
+    max_bytes: u64,
+    /// Serialises eviction (concurrent opens may assemble at once).
+    evicting: Mutex<()>,
 }
 
 impl Assembled {
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        Self {
+            dir,
+            max_bytes,
+            evicting: Mutex::new(()),
+        }
     }
 
     fn path(&self, recipe: &ObjectId) -> PathBuf {
         self.dir.join(recipe.to_hex())
     }
 
-    /// The assembled file, if it exists with the right length.
+    /// The assembled file, if it exists with the right length; marks it
+    /// used (its mtime orders eviction).
     pub fn get(&self, recipe_id: &ObjectId, recipe: &Recipe) -> Option<PathBuf> {
         let p = self.path(recipe_id);
-        fs::metadata(&p)
-            .is_ok_and(|m| m.is_file() && m.len() == recipe.size)
-            .then_some(p)
+        let file = File::open(&p).ok()?;
+        let m = file.metadata().ok()?;
+        if !m.is_file() || m.len() != recipe.size {
+            return None;
+        }
+        // Best effort: a copy that keeps an old mtime is only evicted sooner.
+        let _ = file.set_modified(SystemTime::now());
+        Some(p)
     }
 
     /// Assembles the file if every chunk is local now (never fetches);
-    /// `None` when some chunk is missing.
+    /// `None` when some chunk is missing or the file exceeds the bound.
     pub fn assemble_if_local(
         &self,
         lower: &dyn LowerSource,
@@ -236,10 +262,20 @@ impl Assembled {
         if let Some(p) = self.get(recipe_id, recipe) {
             return Ok(Some(p));
         }
+        if recipe.size > self.max_bytes {
+            return Ok(None);
+        }
         if !recipe.chunks.iter().all(|c| lower.is_local(&c.object)) {
             return Ok(None);
         }
         fs::create_dir_all(&self.dir)?;
+        {
+            let _turn = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+            let removed = evict(&self.dir, recipe.size, self.max_bytes, SystemTime::now())?;
+            if removed > 0 {
+                tracing::debug!(removed, "assembled copies evicted");
+            }
+        }
         // Written aside and renamed: the cache never holds a partial file.
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         write_all(lower, recipe, tmp.as_file_mut())?;
@@ -250,9 +286,120 @@ impl Assembled {
     }
 }
 
+/// Removes the least recently modified copies in `dir` (files named by a
+/// recipe id) until `need` more bytes fit under `max`, sparing those
+/// modified within [`EVICT_MIN_AGE`] of `now` (the bound may then be
+/// exceeded for a while). Returns how many were removed.
+fn evict(dir: &Path, need: u64, max: u64, now: SystemTime) -> io::Result<usize> {
+    let mut copies = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if name
+            .to_str()
+            .and_then(|n| n.parse::<ObjectId>().ok())
+            .is_none()
+        {
+            continue; // a temp file of an assembly in progress
+        }
+        let m = e.metadata()?;
+        if m.is_file() {
+            copies.push((m.modified()?, m.len(), e.path()));
+        }
+    }
+    let mut total: u64 = copies.iter().map(|(_, len, _)| len).sum();
+    copies.sort();
+    let mut removed = 0;
+    for (modified, len, path) in copies {
+        if total.saturating_add(need) <= max {
+            break;
+        }
+        if now.duration_since(modified).unwrap_or_default() < EVICT_MIN_AGE {
+            break; // sorted: every later copy is as recent
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        total -= len;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy named like a recipe id, `age` old.
+    fn copy(dir: &Path, seed: &[u8], len: usize, age: Duration) -> PathBuf {
+        let p = dir.join(ObjectId::of(seed).to_hex());
+        fs::write(&p, vec![0u8; len]).unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn eviction_removes_least_recently_used_copies_and_spares_recent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let oldest = copy(dir.path(), b"a", 400, 3 * hour);
+        let older = copy(dir.path(), b"b", 400, 2 * hour);
+        let recent = copy(dir.path(), b"c", 400, Duration::from_secs(1));
+        fs::write(dir.path().join(".tmpXYZ"), vec![0u8; 5000]).unwrap();
+        let now = SystemTime::now();
+
+        // 1200 held + 300 needed > 1500 is false: nothing to do.
+        assert_eq!(evict(dir.path(), 300, 1500, now).unwrap(), 0);
+        // 1200 + 500 > 1500: the oldest goes, which is enough.
+        assert_eq!(evict(dir.path(), 500, 1500, now).unwrap(), 1);
+        assert!(!oldest.exists() && older.exists() && recent.exists());
+        // Room for everything is asked: the recent copy stays regardless.
+        assert_eq!(evict(dir.path(), 1500, 1500, now).unwrap(), 1);
+        assert!(!older.exists() && recent.exists());
+        assert!(
+            dir.path().join(".tmpXYZ").exists(),
+            "temp files are not copies"
+        );
+    }
+
+    #[test]
+    fn a_file_larger_than_the_bound_is_never_assembled() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Assembled::new(dir.path().join("assembled"), 10);
+        let recipe = Recipe::new(vec![Chunk {
+            object: ObjectId::of(b"twelve bytes"),
+            size: 12,
+        }])
+        .unwrap();
+        struct Nothing;
+        impl LowerSource for Nothing {
+            fn manifest(&self, _: &ObjectId) -> io::Result<Arc<elton_proto::DirManifest>> {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            fn object_path(&self, _: &ObjectId) -> io::Result<PathBuf> {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            fn recipe(&self, _: &ObjectId) -> io::Result<Arc<Recipe>> {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            fn is_local(&self, _: &ObjectId) -> bool {
+                true
+            }
+        }
+        let id = ObjectId::of(b"recipe");
+        assert!(
+            cache
+                .assemble_if_local(&Nothing, &id, &recipe)
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn seek_knows_there_are_no_holes() {

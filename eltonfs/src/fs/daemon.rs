@@ -22,6 +22,8 @@ pub struct Detached {
     pub allow_other: bool,
     /// Passed on as `--chunk-threshold`.
     pub chunk_threshold: u64,
+    /// Passed on as `--assembled-max-bytes`.
+    pub assembled_max_bytes: u64,
 }
 
 /// How long a mount may take to come up (resolving the version, recovering
@@ -55,6 +57,8 @@ impl Detached {
             .arg("--foreground")
             .arg("--chunk-threshold")
             .arg(self.chunk_threshold.to_string())
+            .arg("--assembled-max-bytes")
+            .arg(self.assembled_max_bytes.to_string())
             .env("ELTON_SLAVE", &self.slave_url)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

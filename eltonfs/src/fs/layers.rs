@@ -570,7 +570,7 @@ mod tests {
         assert_eq!(reader.read_at(3, 4).unwrap(), b"3456");
         assert_eq!(reader.read_at(10, 4).unwrap(), b"");
 
-        let cache = super::super::chunked::Assembled::new(dir.path().join("assembled"));
+        let cache = super::super::chunked::Assembled::new(dir.path().join("assembled"), 1 << 20);
         assert!(cache.get(&id, &recipe).is_none());
         let whole = cache.assemble_if_local(&*l.lower, &id, &recipe).unwrap();
         assert_eq!(fs::read(whole.unwrap()).unwrap(), b"0123456789");

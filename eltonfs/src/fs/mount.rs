@@ -66,6 +66,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Files larger than this are committed as chunks plus a recipe.
     pub chunk_threshold: u64,
+    /// Bound of `<state>/assembled/` (see [`super::chunked::Assembled`]).
+    pub assembled_max_bytes: u64,
 }
 
 /// Requests on the control socket, one JSON object per line.
@@ -255,7 +257,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let listener =
         UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
 
-    let assembled = super::chunked::Assembled::new(opts.state_dir.join("assembled"));
+    let assembled =
+        super::chunked::Assembled::new(opts.state_dir.join("assembled"), opts.assembled_max_bytes);
     let fs = EltonFs::new(state.clone(), socket.clone(), assembled);
     let mut config = Config::default();
     config.mount_options = vec![
