@@ -637,4 +637,25 @@ fn http_upload_of_a_large_file_is_chunked() {
         .send()
         .unwrap();
     assert_eq!(body_hash(got), (blake3::hash(&data), SIZE as u64));
+
+    // A mount whose assembled copies may not exceed 1 MiB never assembles
+    // this file: every open stays daemon-served, and reads are right.
+    let state = c.dir.path().join("state-up");
+    let m = Mount::new(
+        &c,
+        2,
+        "up@2",
+        &c.dir.path().join("mnt-up"),
+        &state,
+        &["--assembled-max-bytes", "1048576"],
+    );
+    for _ in 0..3 {
+        assert_eq!(file_hash(&m.path("dir/big.bin")).0, blake3::hash(&data));
+        // Past the kernel's asynchronous RELEASE, so that the next open
+        // would assemble if the bound allowed it.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let assembled = fs::read_dir(state.join("assembled")).map_or(0, |d| d.count());
+    assert_eq!(assembled, 0, "a file above the bound was assembled");
+    drop(m);
 }
