@@ -340,15 +340,16 @@ impl Fetcher {
         id: ObjectId,
         volume: Option<&VolumeName>,
     ) -> Result<VerifiedBytes, SlaveError> {
-        let (size, mut body) = self.request(id, volume).await?;
-        // The announced size is only a hint for the allocation; the limit
-        // and the hash below decide.
-        let mut buf = BytesMut::with_capacity(size.unwrap_or(0).min(IN_MEMORY_MAX) as usize);
+        let (announced, mut body) = self.request(id, volume).await?;
+        // The announced size sizes the buffer and bounds what is received;
+        // the hash below decides what is kept.
+        let limit = announced.unwrap_or(IN_MEMORY_MAX).min(IN_MEMORY_MAX);
+        let mut buf = BytesMut::with_capacity(limit as usize);
         while let Some(part) = body.next().await {
             let part = part.map_err(SlaveError::Transfer)?;
-            if (buf.len() + part.len()) as u64 > IN_MEMORY_MAX {
+            if (buf.len() + part.len()) as u64 > limit {
                 return Err(SlaveError::Transfer(format!(
-                    "object {id} is larger than {IN_MEMORY_MAX} bytes, too large for a chunk"
+                    "object {id}: more than {limit} bytes (the announced size, at most {IN_MEMORY_MAX} for a chunk)"
                 )));
             }
             buf.extend_from_slice(&part);
@@ -375,9 +376,17 @@ impl Fetcher {
     }
 
     async fn transfer(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
-        let (_, body) = self.request(id, volume).await?;
-        let (_, size) = match self.store.ingest(body, Some(id), u64::MAX).await {
+        let (announced, body) = self.request(id, volume).await?;
+        // The announced size bounds what is written (a holder or peer that
+        // sends more is cut off); the hash decides what is kept.
+        let limit = announced.unwrap_or(u64::MAX);
+        let (_, size) = match self.store.ingest(body, Some(id), limit).await {
             Ok(done) => done,
+            Err(SlaveError::TooLarge(n)) => {
+                return Err(SlaveError::Transfer(format!(
+                    "object {id}: more than the {n} bytes announced"
+                )));
+            }
             // Bad bytes from the network are a failed transfer, not bad input.
             Err(e @ SlaveError::HashMismatch { .. }) => {
                 return Err(SlaveError::Transfer(e.to_string()));
