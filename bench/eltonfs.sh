@@ -28,64 +28,16 @@ VOLUME_FILES=${VOLUME_FILES:-100000}
 CHANGED=${CHANGED:-100}
 WRITE_ROUNDS=${WRITE_ROUNDS:-5}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ELTON="${ELTON_BIN:-$ROOT/target/release/elton}"
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-log() { printf '[eltonfs.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+require_fuse
+require git python3 curl
+release_bins elton
+bench_start fs
+elton_up "$WORK/home"
 
-[[ -e /dev/fuse ]] || die "/dev/fuse is missing"
-command -v git >/dev/null || die "git is required"
-command -v fusermount3 >/dev/null || die "fusermount3 is required (apt-get install fuse3)"
-command -v python3 >/dev/null || die "python3 is required"
-if [[ -z "${ELTON_BIN:-}" ]]; then
-    log "building release elton"
-    (cd "$ROOT" && cargo build --release -q -p eltonfs) || die "cargo build failed"
-fi
-
-WORK=$(mktemp -d /tmp/elton-bench-fs.XXXXXX)
-UP_PID=""
-MOUNTS=()
-cleanup() {
-    for m in "${MOUNTS[@]:-}"; do
-        [[ -n "$m" ]] && { fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
-    done
-    [[ -n "$UP_PID" ]] && kill "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MP=$(free_port); SP=$(free_port)
-export ELTON_HOME="$WORK/home" ELTON_MASTER="http://127.0.0.1:$MP" ELTON_SLAVE="http://127.0.0.1:$SP"
-"$ELTON" up --no-mount --master-listen "127.0.0.1:$MP" --slave-listen "127.0.0.1:$SP" >"$WORK/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$SP/metrics" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://127.0.0.1:$SP/metrics" >/dev/null || die "elton up did not start (see $WORK/up.log)"
-
-mount_volume() { # volume mountpoint -> mounts (detached), records for cleanup
-    mkdir -p "$2"
-    "$ELTON" mount "$1" "$2" --upper "$WORK/state-$(basename "$2")" >/dev/null
-    MOUNTS+=("$2")
-}
 unmount() { fusermount3 -u "$1"; }
-
-# dd prints "... bytes ... copied, S s, ..." on stderr; print MiB/s.
-dd_mibs() {
-    local out
-    out=$(LC_ALL=C dd "$@" 2>&1 >/dev/null | tail -n 1)
-    python3 - "$out" <<'PY'
-import re, sys
-m = re.search(r"^(\d+) bytes.* copied, ([0-9.e+-]+) s", sys.argv[1])
-print(f"{int(m.group(1)) / float(m.group(2)) / 2**20:.0f}")
-PY
-}
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-seconds() { python3 -c 'import time; print(time.perf_counter())'; }
 small_tree() { # root n: n files of 100 random bytes, 1,000 per directory
     python3 - "$1" "$2" <<'PY'
 import os, sys
@@ -126,12 +78,6 @@ done
 # onto the disk, the figure a storage user cares about and a far steadier one.
 # The order alternates per round so neither side always runs first, and the
 # ratio is taken per round (back-to-back pairs) before the median.
-write_once() { # dir bs count mode
-    local extra=()
-    [[ $4 == durable ]] && extra=(conv=fdatasync)
-    dd_mibs if=/dev/zero of="$1/w.bin" bs="$2" count="$3" "${extra[@]}"
-    rm -f "$1/w.bin"; sync
-}
 for mode in cached durable; do
     for bs in 4k 1M; do
         count=$(( (BIG_MIB << 20) / $( [[ $bs == 4k ]] && echo 4096 || echo 1048576 ) ))
@@ -142,7 +88,7 @@ for mode in cached durable; do
             else
                 b=$(write_once "$WORK/native" $bs $count $mode); a=$(write_once "$WORK/mnt-big" $bs $count $mode)
             fi
-            e+=("$a"); n+=("$b"); q+=("$(python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$a" "$b")")
+            e+=("$a"); n+=("$b"); q+=("$(ratio "$a" "$b")")
         done
         R[write_${mode}_$bs]="$(median "${e[@]}") $(median "${n[@]}") $(median "${q[@]}")"
         log "write $mode bs=$bs: eltonfs ${e[*]} MiB/s, native ${n[*]} MiB/s, ratios ${q[*]}"
@@ -213,8 +159,6 @@ R[commit]="$(median "${e[@]}") $(median "${g[@]}")"
 unmount "$WORK/mnt-vol"
 
 # --- report --------------------------------------------------------------------
-ratio() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{a/b:.2f}')" "$@"; }
-inv() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{b/a:.2f}')" "$@"; }
 printf '\n| figure | eltonfs | native | eltonfs/native |\n|---|---|---|---|\n'
 for k in read_4k read_1M; do
     set -- ${R[$k]}
@@ -226,8 +170,8 @@ for mode in cached durable; do
         printf '| write %s bs=%s (MiB/s) | %s | %s | %s (median of per-round ratios) |\n' "$mode" "$bs" "$1" "$2" "$3"
     done
 done
-set -- ${R[stat]};   printf '| stat %s lower files (s) | %s | %s | %s (speed) |\n' "$STAT_FILES" "$1" "$2" "$(inv "$1" "$2")"
-set -- ${R[create]}; printf '| create %s upper files (s) | %s | %s | %s (speed) |\n' "$CREATE_FILES" "$1" "$2" "$(inv "$1" "$2")"
+set -- ${R[stat]};   printf '| stat %s lower files (s) | %s | %s | %s (speed) |\n' "$STAT_FILES" "$1" "$2" "$(ratio "$2" "$1")"
+set -- ${R[create]}; printf '| create %s upper files (s) | %s | %s | %s (speed) |\n' "$CREATE_FILES" "$1" "$2" "$(ratio "$2" "$1")"
 set -- ${R[commit]}
 printf '\n| commit of %s changed files in a %s-file volume | elton commit | git add -A && git commit | ratio |\n|---|---|---|---|\n' "$CHANGED" "$VOLUME_FILES"
 printf '| time (s) | %s | %s | %s |\n' "$1" "$2" "$(ratio "$1" "$2")"

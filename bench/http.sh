@@ -32,15 +32,8 @@ SMALL_CONNS=${SMALL_CONNS:-32}
 BIG_CONNS=${BIG_CONNS:-4}
 VOLUME=bench-http
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ELTON="${ELTON_BIN:-$ROOT/target/release/elton}"
-
-# Loopback only: never send benchmark traffic through a proxy.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
-
-log() { printf '[http.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- tools -------------------------------------------------------------------
 NGINX_BIN=$(command -v nginx || true)
@@ -53,66 +46,12 @@ if [[ -z "$NGINX_BIN" ]] || ! command -v wrk >/dev/null; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
     NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 fi
-for t in curl wrk python3 cmp; do
-    command -v "$t" >/dev/null || die "$t is required"
-done
+require curl wrk python3 cmp
 [[ -x "$NGINX_BIN" ]] || die "nginx not found"
-
-if [[ -z "${ELTON_BIN:-}" ]]; then
-    log "building release elton"
-    (cd "$ROOT" && cargo build --release -q -p eltonfs) || die "cargo build failed"
-fi
-[[ -x "$ELTON" ]] || die "$ELTON is not an executable"
-log "elton binary: $ELTON"
+release_bins elton
 
 # --- temp dir, cleanup ---------------------------------------------------------
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/elton-bench-http.XXXXXX")
-ELTON_PID=""
-NGINX_PIDS=()
-
-stop_pid() { # pid name: TERM, wait up to 5 s, then KILL
-    local pid=$1 name=$2 i
-    [[ -n "$pid" ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$name ($pid) did not stop; killing"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p
-    for p in "${NGINX_PIDS[@]}"; do stop_pid "$p" nginx; done
-    stop_pid "$ELTON_PID" elton
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() { # asks the kernel for a free loopback port
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_http() { # url pid name: up to 20 s
-    local url=$1 pid=$2 name=$3 i
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited early (see logs above)"
-        if curl -s -o /dev/null --max-time 1 "$url"; then return 0; fi
-        sleep 0.1
-    done
-    die "$name not answering at $url after 20 s"
-}
+bench_start http
 
 # --- test data ------------------------------------------------------------------
 SRC="$WORK/src"
@@ -125,26 +64,7 @@ SMALL_BYTES=4096
 BIG_BYTES=$((64 << 20))
 
 # --- elton -----------------------------------------------------------------------
-export ELTON_HOME="$WORK/elton-home"
-MASTER_PORT=$(free_port)
-SLAVE_PORT=$(free_port)
-while [[ "$SLAVE_PORT" == "$MASTER_PORT" ]]; do SLAVE_PORT=$(free_port); done
-log "starting elton up (master 127.0.0.1:$MASTER_PORT, slave 127.0.0.1:$SLAVE_PORT)"
-UP_EXTRA=()
-# Newer `elton up` also mounts a volume; the benchmark needs only the servers.
-if "$ELTON" up --help 2>/dev/null | grep -q -- '--no-mount'; then UP_EXTRA=(--no-mount); fi
-ELTON_LOG=warn "$ELTON" up "${UP_EXTRA[@]}" --data-dir "$ELTON_HOME" \
-    --master-listen "127.0.0.1:$MASTER_PORT" \
-    --slave-listen "127.0.0.1:$SLAVE_PORT" >"$WORK/elton.out" 2>"$WORK/elton.err" &
-ELTON_PID=$!
-if ! (wait_http "http://127.0.0.1:$SLAVE_PORT/metrics" "$ELTON_PID" elton); then
-    cat "$WORK/elton.out" "$WORK/elton.err" >&2 || true
-    exit 1
-fi
-export ELTON_MASTER="http://127.0.0.1:$MASTER_PORT"
-export ELTON_SLAVE="http://127.0.0.1:$SLAVE_PORT"
-ELTON_TOKEN=$(cat "$ELTON_HOME/token")
-export ELTON_TOKEN
+elton_up "$WORK/elton-home"
 
 log "importing test files"
 IMPORT_OUT=$("$ELTON" import --create "$SRC" "$VOLUME")
@@ -159,7 +79,7 @@ if [[ $(id -u) -eq 0 ]]; then
     # Workers would drop to `nobody`, who cannot read the 0700 temp dir.
     USER_LINE="user root $(id -gn);"
 fi
-USED_PORTS=" $MASTER_PORT $SLAVE_PORT "
+USED_PORTS=("$MASTER_PORT" "$SLAVE_PORT")
 
 # start_nginx NAME SENDFILE(on|off): sets NGINX_URL. worker_processes 2:
 # elton's tokio runtime also runs 2 worker threads (one per core on this
@@ -167,9 +87,8 @@ USED_PORTS=" $MASTER_PORT $SLAVE_PORT "
 # keeps each wrk connection open for the whole run.
 start_nginx() {
     local name=$1 sendfile=$2 dir="$WORK/$1" port pid
-    port=$(free_port)
-    while [[ "$USED_PORTS" == *" $port "* ]]; do port=$(free_port); done
-    USED_PORTS+="$port "
+    port=$(free_port "${USED_PORTS[@]}")
+    USED_PORTS+=("$port")
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<NGINX_CONF
 $USER_LINE
@@ -199,11 +118,8 @@ NGINX_CONF
     log "starting $name (sendfile $sendfile) on 127.0.0.1:$port"
     "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr" &
     pid=$!
-    NGINX_PIDS+=("$pid")
-    if ! (wait_http "http://127.0.0.1:$port/small.bin" "$pid" "$name"); then
-        cat "$dir/stderr" "$dir/error.log" >&2 || true
-        exit 1
-    fi
+    track_pid "$pid" "$name"
+    wait_http "http://127.0.0.1:$port/small.bin" "$pid" "$name" "$dir/stderr" "$dir/error.log"
     NGINX_URL="http://127.0.0.1:$port"
 }
 
@@ -247,10 +163,6 @@ run_wrk() { # conns duration url
     echo "$rps $tps"
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {
-    if (NR == 0) exit 1;
-    if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
 log "warming up (${WARMUP}s each)"
 for base in "$ELTON_BASE" "$NGINX_BASE" "$NOSF_BASE"; do
     run_wrk "$SMALL_CONNS" "$WARMUP" "$base/small.bin" >/dev/null
@@ -275,12 +187,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
     log "  64 MiB MiB/s elton ${E_MIB[-1]}  nginx ${N_MIB[-1]}  nginx-nosendfile ${S_MIB[-1]}"
 done
 
-e_rps=$(printf '%s\n' "${E_RPS[@]}" | median)
-n_rps=$(printf '%s\n' "${N_RPS[@]}" | median)
-e_mib=$(printf '%s\n' "${E_MIB[@]}" | median)
-n_mib=$(printf '%s\n' "${N_MIB[@]}" | median)
-s_mib=$(printf '%s\n' "${S_MIB[@]}" | median)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
+e_rps=$(median -a "${E_RPS[@]}")
+n_rps=$(median -a "${N_RPS[@]}")
+e_mib=$(median -a "${E_MIB[@]}")
+n_mib=$(median -a "${N_MIB[@]}")
+s_mib=$(median -a "${S_MIB[@]}")
 
 echo
 echo "HTTP read benchmark ($(nproc) cores; wrk -t1, ${DURATION}s runs, median of $ROUNDS rounds)"
@@ -297,4 +208,4 @@ echo
 echo "rounds: elton req/s ${E_RPS[*]} | nginx req/s ${N_RPS[*]}"
 echo "        elton MiB/s ${E_MIB[*]} | nginx MiB/s ${N_MIB[*]} | nginx sendfile off MiB/s ${S_MIB[*]}"
 echo
-echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+load_line

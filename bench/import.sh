@@ -36,94 +36,13 @@ FILES=${FILES:-100}
 RUNS=${RUNS:-3}
 VOLUME=bench-import
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ELTON="${ELTON_BIN:-$ROOT/target/release/elton}"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
-
-log() { printf '[import.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for t in curl python3 cmp cp sync; do
-    command -v "$t" >/dev/null || die "$t is required"
-done
+require curl python3 cmp cp sync
 [[ ${BASH_VERSINFO[0]} -ge 5 ]] || die "bash 5 is required (EPOCHREALTIME)"
-
-if [[ -z "${ELTON_BIN:-}" ]]; then
-    log "building release elton"
-    (cd "$ROOT" && cargo build --release -q -p eltonfs) || die "cargo build failed"
-fi
-[[ -x "$ELTON" ]] || die "$ELTON is not an executable"
-log "elton binary: $ELTON"
-
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/elton-bench-import.XXXXXX")
-ELTON_PID=""
-
-stop_elton() {
-    local i
-    [[ -n "$ELTON_PID" ]] || return 0
-    if kill -0 "$ELTON_PID" 2>/dev/null; then
-        kill -TERM "$ELTON_PID" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$ELTON_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$ELTON_PID" 2>/dev/null; then
-            log "elton ($ELTON_PID) did not stop; killing"
-            kill -KILL "$ELTON_PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$ELTON_PID" 2>/dev/null || true
-    ELTON_PID=""
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_elton
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-UP_EXTRA=()
-# Newer `elton up` also mounts a volume; the benchmark needs only the servers.
-if "$ELTON" up --help 2>/dev/null | grep -q -- '--no-mount'; then UP_EXTRA=(--no-mount); fi
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# Starts `elton up` with an empty data dir $WORK/home-$1 and exports the
-# ELTON_* variables for the client.
-start_elton() {
-    local home="$WORK/home-$1" mport sport i
-    stop_elton
-    mport=$(free_port)
-    sport=$(free_port)
-    while [[ "$sport" == "$mport" ]]; do sport=$(free_port); done
-    ELTON_LOG=warn "$ELTON" up "${UP_EXTRA[@]}" --data-dir "$home" --master-listen "127.0.0.1:$mport" \
-        --slave-listen "127.0.0.1:$sport" >"$WORK/elton.out" 2>"$WORK/elton.err" &
-    ELTON_PID=$!
-    for ((i = 0; i < 200; i++)); do
-        if ! kill -0 "$ELTON_PID" 2>/dev/null; then
-            cat "$WORK/elton.out" "$WORK/elton.err" >&2 || true
-            die "elton up exited early"
-        fi
-        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$sport/metrics" && break
-        sleep 0.1
-    done
-    ((i < 200)) || die "elton up not answering after 20 s"
-    export ELTON_HOME="$home"
-    export ELTON_MASTER="http://127.0.0.1:$mport"
-    export ELTON_SLAVE="http://127.0.0.1:$sport"
-    ELTON_TOKEN=$(cat "$home/token")
-    export ELTON_TOKEN
-}
+release_bins elton
+bench_start import
 
 # --- the tree ---------------------------------------------------------------------
 TREE="$WORK/tree"
@@ -146,9 +65,8 @@ log "tree: $TREE_FILES files, $TREE_BYTES bytes"
 
 # --- timing helpers ----------------------------------------------------------------
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}'; }
-stats() { # prints "median min max" of the arguments
-    printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
-        m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
+stats() { # prints "median min max" of the arguments (the median of an even count: the mean of the middle two)
+    printf '%s\n' "$@" | sort -g | awk -v m="$(median -a "$@")" '{a[NR] = $1} END {
         printf "%.3f %.3f %.3f", m, a[1], a[NR] }'
 }
 
@@ -179,7 +97,8 @@ done
 
 # elton import into an empty store
 for ((r = 0; r <= RUNS; r++)); do
-    start_elton "fresh-$r"
+    stop_pid "$ELTON_PID"
+    elton_up "$WORK/home-fresh-$r"
     sync
     t0=$EPOCHREALTIME
     out=$("$ELTON" import --create "$TREE" "$VOLUME")
@@ -207,7 +126,7 @@ for ((r = 1; r <= RUNS; r++)); do
     log "elton again run $r: ${t}s"
     T_AGAIN+=("$t")
 done
-stop_elton
+stop_pid "$ELTON_PID"
 
 read -r cp_med cp_min cp_max <<<"$(stats "${T_CP[@]}")"
 row() { # label times...
@@ -229,4 +148,4 @@ row "cp -r && sync" "${T_CPSYNC[@]}"
 row "elton import (empty store)" "${T_FRESH[@]}"
 row "elton import (again, same volume)" "${T_AGAIN[@]}"
 echo
-echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+load_line

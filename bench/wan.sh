@@ -43,49 +43,23 @@ EDIT_MIB=${EDIT_MIB:-256}
 LATENCY_MS=${LATENCY_MS:-0}
 RATE=${RATE:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ELTON="${ELTON_BIN:-$ROOT/target/release/elton}"
-LINK="${LINK_BIN:-$ROOT/target/release/elton-link}"
 TOKEN=bench-wan-token-0123456789abcdef
 
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-log() { printf '[wan.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+require curl python3 cmp
+release_bins elton elton-link
+bench_start wan
 
-for t in curl python3 cmp; do
-    command -v "$t" >/dev/null || die "$t is required"
-done
-if [[ -z "${ELTON_BIN:-}" || -z "${LINK_BIN:-}" ]]; then
-    log "building release elton and elton-link"
-    (cd "$ROOT" && cargo build --release -q -p eltonfs -p elton-tests --bin elton --bin elton-link) \
-        || die "cargo build failed"
-fi
-[[ -x "$ELTON" ]] || die "$ELTON is not an executable"
-[[ -x "$LINK" ]] || die "$LINK is not an executable"
-
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-WORK=$(mktemp -d /tmp/elton-bench-wan.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url
-    for _ in $(seq 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-    die "$1 did not answer (logs in $WORK)"
-}
-wait_port() { # port
+wait_port() { # port pid name log
     for _ in $(seq 200); do
         python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',int(sys.argv[1])),0.2)" "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || { cat "$4" >&2 || true; die "$3 exited early"; }
         sleep 0.05
     done
-    die "port $1 did not open (logs in $WORK)"
+    cat "$4" >&2 || true
+    die "$3: port $1 did not open"
 }
 
 MA=$(free_port); MB=$(free_port); SA=$(free_port); SB=$(free_port)
@@ -98,7 +72,7 @@ link_args=()
 [[ -n "$RATE" ]] && link_args+=(--rate "$RATE")
 start_link() { # name listen-port target-port
     "$LINK" "127.0.0.1:$2" "127.0.0.1:$3" "${link_args[@]}" >"$WORK/link-$1.out" 2>&1 &
-    PIDS+=($!)
+    track_pid $! "link $1"
 }
 start_link ab "$LAB" "$MB"
 start_link ba "$LBA" "$MA"
@@ -114,19 +88,21 @@ start_link chain1 "${LCHAIN[0]}" "${LCHAIN[1]}"
 start_master() { # cluster port peer-name peer-port
     "$ELTON" master --id "$1" --cluster "$1" --listen "127.0.0.1:$2" --data-dir "$WORK/master-$1" \
         --peer "$3=http://127.0.0.1:$4" >"$WORK/master-$1.log" 2>&1 &
-    PIDS+=($!)
+    track_pid $! "master $1"
 }
-start_master a "$MA" b "$LAB"
-start_master b "$MB" a "$LBA"
-wait_port "$MA"; wait_port "$MB"
+start_master a "$MA" b "$LAB"; pid_ma=$!
+start_master b "$MB" a "$LBA"; pid_mb=$!
+wait_port "$MA" "$pid_ma" "master a" "$WORK/master-a.log"
+wait_port "$MB" "$pid_mb" "master b" "$WORK/master-b.log"
 start_slave() { # cluster port master-port
     "$ELTON" slave --listen "127.0.0.1:$2" --data-dir "$WORK/slave-$1" \
         --master-url "http://127.0.0.1:$3" --token-file "$WORK/token" >"$WORK/slave-$1.log" 2>&1 &
-    PIDS+=($!)
+    track_pid $! "slave $1"
 }
-start_slave a "$SA" "$MA"
-start_slave b "$SB" "$MB"
-wait_http "http://127.0.0.1:$SA/metrics"; wait_http "http://127.0.0.1:$SB/metrics"
+start_slave a "$SA" "$MA"; pid_sa=$!
+start_slave b "$SB" "$MB"; pid_sb=$!
+wait_http "http://127.0.0.1:$SA/metrics" "$pid_sa" "slave a" "$WORK/slave-a.log"
+wait_http "http://127.0.0.1:$SB/metrics" "$pid_sb" "slave b" "$WORK/slave-b.log"
 sleep 1 # both slaves registered with their masters
 
 in_a() { ELTON_MASTER="http://127.0.0.1:$MA" ELTON_SLAVE="http://127.0.0.1:$SA" ELTON_TOKEN="$TOKEN" "$ELTON" "$@"; }
@@ -157,11 +133,10 @@ with open(path, "wb") as f:
         f.write(rng.randbytes(1 << 20))
 PY
 }
-seconds() { python3 -c 'import time; print(time.perf_counter())'; }
 # user+system CPU seconds of each server process (for CPU_REPORT=1).
 cpu_times() {
     local out="" p
-    for p in "${PIDS[@]}"; do
+    for p in "${BENCH_PIDS[@]}"; do
         out+="$(awk -v p="$p" '{printf "%s:%.2f ", p, ($14+$15)/100}' "/proc/$p/stat" 2>/dev/null)"
     done
     echo "$out"
@@ -230,12 +205,11 @@ for r in $(seq "$ROUNDS"); do
     [[ -n "${CPU_REPORT:-}" ]] && log "round $r CPU seconds (before -> after): $cpu_before -> $(cpu_times)"
     read -r e e_cpu <<<"$e"; read -r p p_cpu <<<"$p"; read -r c c_cpu <<<"$c"
     cpu_e+=("$e_cpu"); cpu_p+=("$p_cpu"); cpu_c+=("$c_cpu"); tput_c+=("$c")
-    tput_rc+=("$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$e" "$c")")
+    tput_rc+=("$(ratio "$e" "$c")")
     tput_e+=("$e"); tput_p+=("$p")
-    tput_r+=("$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$e" "$p")")
+    tput_r+=("$(ratio "$e" "$p")")
     log "round $r: elton cold read $e MiB/s ($e_cpu CPU-s), plain download $p MiB/s ($p_cpu CPU-s), through 4 proxies $c MiB/s ($c_cpu CPU-s)"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # --- 3. the 1-byte edit -------------------------------------------------------------
 log "1-byte edit of a ${EDIT_MIB} MiB file"
@@ -290,4 +264,4 @@ echo "| WAN at the edit's import in A | $((e1 - e0)) |"
 echo "| WAN at B's read of the new version | $((e2 - e1)) ($(mib $((e2 - e1))) MiB) |"
 python3 -c "import sys; a,s=map(int,sys.argv[1:]); print(f'| **WAN / file size** | **{a/s:.4f}x** |')" $((e2 - e1)) $((EDIT_MIB << 20))
 echo
-echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+load_line
