@@ -8,22 +8,27 @@
 //! 2. Versions: every version of every volume is walked ([`Walker`]); a
 //!    version is unreadable when some object of it has no live holder, or
 //!    (manifests always, files on request) no live holder serves it.
+//! 3. Names: the volumes homed here are compared with each peer's; a name
+//!    homed on both sides (created on each while they were partitioned) is
+//!    reported. Peers that cannot be reached are listed as unchecked.
 //!
 //! Read-only: it reports, it never repairs or removes locations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use elton_proto::NodeId;
 use elton_proto::pb::{
-    FsckEvent, FsckObjectProblem, FsckProgress, FsckSummary, FsckVersionProblem, fsck_event,
+    FsckEvent, FsckNameConflict, FsckObjectProblem, FsckProgress, FsckSummary, FsckVersionProblem,
+    fsck_event,
 };
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::MasterError;
 use crate::nodes::Liveness;
+use crate::peers::PeerSet;
 use crate::store::MetaStore;
 use crate::walk::Walker;
 
@@ -40,6 +45,8 @@ pub struct Fsck {
     pub liveness: Arc<Liveness>,
     pub http: reqwest::Client,
     pub replication: u32,
+    /// Asked for their volume names, to find names homed on both sides.
+    pub peers: Arc<PeerSet>,
     pub check_files: bool,
     /// 0 means the default.
     pub max_listed: u32,
@@ -64,6 +71,57 @@ impl Throttle {
 }
 
 impl Fsck {
+    /// Compares the volume names homed here with each reachable peer's.
+    /// False when the client went away.
+    async fn name_conflicts(
+        &self,
+        tx: &EventSender,
+        summary: &mut FsckSummary,
+        max_listed: u64,
+    ) -> Result<bool, MasterError> {
+        if self.peers.is_empty() {
+            return Ok(true);
+        }
+        let local: HashSet<String> = self
+            .blocking(|s| s.volumes())
+            .await?
+            .into_iter()
+            .map(|v| v.name.to_string())
+            .collect();
+        let mut listed = 0;
+        for peer in self.peers.all() {
+            let theirs = match self.peers.list_volumes(peer).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(peer = %peer.name, "volume names not compared: {e:?}");
+                    summary.peers_unchecked.push(peer.name.clone());
+                    continue;
+                }
+            };
+            let mut both: Vec<String> = theirs
+                .into_iter()
+                .map(|v| v.name)
+                .filter(|n| local.contains(n))
+                .collect();
+            both.sort();
+            for volume in both {
+                summary.name_conflicts += 1;
+                tracing::warn!(%volume, peer = %peer.name, "volume name homed here and by a peer");
+                if listed < max_listed {
+                    listed += 1;
+                    let c = FsckNameConflict {
+                        volume,
+                        peer: peer.name.clone(),
+                    };
+                    if !send(tx, fsck_event::Event::Conflict(c)).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&MetaStore) -> Result<T, MasterError> + Send + 'static,
@@ -195,6 +253,9 @@ impl Fsck {
             }
         }
         summary.objects_walked = walker.objects_walked();
+        if !self.name_conflicts(tx, &mut summary, max_listed).await? {
+            return Ok(());
+        }
         tracing::info!(
             objects = summary.objects,
             under_replicated = summary.under_replicated,

@@ -185,6 +185,14 @@ impl PeerSet {
             .await
     }
 
+    /// The volumes `peer` homes.
+    pub async fn list_volumes(&self, peer: &Peer) -> Result<Vec<pb::VolumeInfo>, PeerFailure> {
+        let msg = pb::ListVolumesRequest {};
+        self.unary(peer, msg, |mut c, r| async move { c.list_volumes(r).await })
+            .await
+            .map(|r| r.volumes)
+    }
+
     pub async fn get_version(
         &self,
         peer: &Peer,

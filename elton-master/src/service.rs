@@ -590,6 +590,7 @@ impl Master for MasterService {
             liveness: self.liveness.clone(),
             http: self.http.clone(),
             replication: self.replicator.configured(),
+            peers: self.peers.clone(),
             check_files: r.check_files,
             max_listed: r.max_listed,
         };

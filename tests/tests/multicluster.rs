@@ -468,6 +468,18 @@ fn phase5_partition_local_works_cached_served_remote_fails_fast_then_resumes() {
     );
     assert!(!stats(&p.b, "alpha")["reachable"].as_bool().unwrap());
 
+    // A name created on both sides while partitioned: neither side can
+    // check the other, so both succeed; fsck notes what it could not compare.
+    p.a.ok(1, &["volume", "create", "twice"]);
+    p.b.ok(1, &["volume", "create", "twice"]);
+    let fsck_b = p.b.cli(1, &["fsck"]);
+    let out_b = String::from_utf8_lossy(&fsck_b.stdout).into_owned();
+    assert!(
+        out_b.contains("not compared with unreachable peers: alpha"),
+        "{out_b}{}",
+        stderr(&fsck_b)
+    );
+
     // The link returns: everything resumes without a restart.
     p.restore();
     let (s, body, _) = timed_get(&format!("{b1}/v1/volumes/avol/1/f2"));
@@ -485,6 +497,18 @@ fn phase5_partition_local_works_cached_served_remote_fails_fast_then_resumes() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(p.a.ok(1, &["log", "avol"]).contains("version 2"));
     assert!(stats(&p.b, "alpha")["reachable"].as_bool().unwrap());
+    // Now fsck finds the name homed on both sides, and fails.
+    let fsck_a = p.a.cli(1, &["fsck"]);
+    let out_a = String::from_utf8_lossy(&fsck_a.stdout).into_owned();
+    assert!(!fsck_a.status.success(), "{out_a}");
+    assert!(
+        out_a.contains("volume name conflict: twice is homed here and by peer beta"),
+        "{out_a}"
+    );
+    assert!(
+        out_a.contains("volume names: 1 homed here and by a peer"),
+        "{out_a}"
+    );
 
     // A restarted master B forgot its remote caches; it asks the peers again.
     let mut b = p.b;

@@ -73,6 +73,12 @@ pub async fn fsck(ep: &Endpoints, a: FsckArgs) -> Result<()> {
                     v.reason
                 );
             }),
+            Some(fsck_event::Event::Conflict(c)) => progress.suspend(|| {
+                println!(
+                    "volume name conflict: {} is homed here and by peer {} (created on both sides while they were partitioned; each side keeps serving its own)",
+                    c.volume, c.peer
+                );
+            }),
             Some(fsck_event::Event::Summary(s)) => summary = Some(s),
             None => {}
         }
@@ -82,12 +88,13 @@ pub async fn fsck(ep: &Endpoints, a: FsckArgs) -> Result<()> {
         bail!("the master ended the check without a summary");
     };
     print_summary(&s);
-    if s.under_replicated > 0 || s.unreadable_versions > 0 {
+    if s.under_replicated > 0 || s.unreadable_versions > 0 || s.name_conflicts > 0 {
         bail!(
-            "fsck found problems: {} objects under-replicated ({} lost), {} versions unreadable",
+            "fsck found problems: {} objects under-replicated ({} lost), {} versions unreadable, {} volume names homed on two sides",
             s.under_replicated,
             s.lost,
-            s.unreadable_versions
+            s.unreadable_versions,
+            s.name_conflicts
         );
     }
     println!("fsck: clean");
@@ -107,6 +114,18 @@ fn print_summary(s: &FsckSummary) {
         "versions: {} checked, {} unreadable ({} distinct objects walked)",
         s.versions, s.unreadable_versions, s.objects_walked
     );
+    if !s.peers_unchecked.is_empty() {
+        println!(
+            "volume names: {} homed here and by a peer; not compared with unreachable peers: {}",
+            s.name_conflicts,
+            s.peers_unchecked.join(", ")
+        );
+    } else if s.name_conflicts > 0 {
+        println!(
+            "volume names: {} homed here and by a peer",
+            s.name_conflicts
+        );
+    }
     if s.under_replicated > s.lost && (s.live_slaves as u64) < s.target as u64 {
         println!(
             "note: {} live slaves cannot hold {} copies; missing copies are made when slaves return or join",
