@@ -9,10 +9,10 @@
 //! to the kernel like any other lower file. Copy-up writes the full bytes,
 //! chunk by chunk.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -204,16 +204,16 @@ pub fn write_all(lower: &dyn LowerSource, recipe: &Recipe, out: &mut File) -> io
     Ok(())
 }
 
-/// Whole-file copies of chunked lower files whose chunks are all local.
 /// Default bound of a mount's assembled copies (`--assembled-max-bytes`).
 pub const DEFAULT_ASSEMBLED_MAX_BYTES: u64 = 8 << 30;
 
 /// An assembled copy used or made this recently is never evicted: whoever
-/// got its path from [`Assembled::get`] opens it right after. (An open
-/// backing file stays valid after unlink; only that window matters.)
+/// got its path from [`Assembled::get`] opens it right after. Copies open
+/// for passthrough are spared too (see [`Assembled::assemble_if_local`]).
 const EVICT_MIN_AGE: Duration = Duration::from_secs(60);
 
-/// Whole copies of chunked files, one per recipe, bounded in size: when a
+/// Whole-file copies of chunked lower files whose chunks are all local, one
+/// per recipe, bounded in size: when a
 /// new copy would exceed the bound, the least recently used ones go (their
 /// next open assembles again, from chunks still in the store). A file
 /// larger than the bound is never assembled: the daemon keeps serving it.
@@ -253,11 +253,15 @@ impl Assembled {
 
     /// Assembles the file if every chunk is local now (never fetches);
     /// `None` when some chunk is missing or the file exceeds the bound.
+    /// `in_use` lists the (device, inode) of copies open for passthrough:
+    /// they are never evicted, since the kernel allows one backing file per
+    /// inode, and a new copy could not be used while the old one is open.
     pub fn assemble_if_local(
         &self,
         lower: &dyn LowerSource,
         recipe_id: &ObjectId,
         recipe: &Recipe,
+        in_use: &HashSet<(u64, u64)>,
     ) -> io::Result<Option<PathBuf>> {
         if let Some(p) = self.get(recipe_id, recipe) {
             return Ok(Some(p));
@@ -271,7 +275,13 @@ impl Assembled {
         fs::create_dir_all(&self.dir)?;
         {
             let _turn = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
-            let removed = evict(&self.dir, recipe.size, self.max_bytes, SystemTime::now())?;
+            let removed = evict(
+                &self.dir,
+                recipe.size,
+                self.max_bytes,
+                in_use,
+                SystemTime::now(),
+            )?;
             if removed > 0 {
                 tracing::debug!(removed, "assembled copies evicted");
             }
@@ -288,9 +298,15 @@ impl Assembled {
 
 /// Removes the least recently modified copies in `dir` (files named by a
 /// recipe id) until `need` more bytes fit under `max`, sparing those
-/// modified within [`EVICT_MIN_AGE`] of `now` (the bound may then be
-/// exceeded for a while). Returns how many were removed.
-fn evict(dir: &Path, need: u64, max: u64, now: SystemTime) -> io::Result<usize> {
+/// modified within [`EVICT_MIN_AGE`] of `now` and those `in_use` (the bound
+/// may then be exceeded for a while). Returns how many were removed.
+fn evict(
+    dir: &Path,
+    need: u64,
+    max: u64,
+    in_use: &HashSet<(u64, u64)>,
+    now: SystemTime,
+) -> io::Result<usize> {
     let mut copies = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;
@@ -302,20 +318,28 @@ fn evict(dir: &Path, need: u64, max: u64, now: SystemTime) -> io::Result<usize> 
         {
             continue; // a temp file of an assembly in progress
         }
-        let m = e.metadata()?;
+        let m = match e.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if m.is_file() {
-            copies.push((m.modified()?, m.len(), e.path()));
+            let busy = in_use.contains(&(m.dev(), m.ino()));
+            copies.push((m.modified()?, m.len(), busy, e.path()));
         }
     }
-    let mut total: u64 = copies.iter().map(|(_, len, _)| len).sum();
+    let mut total: u64 = copies.iter().map(|(_, len, _, _)| len).sum();
     copies.sort();
     let mut removed = 0;
-    for (modified, len, path) in copies {
+    for (modified, len, busy, path) in copies {
         if total.saturating_add(need) <= max {
             break;
         }
         if now.duration_since(modified).unwrap_or_default() < EVICT_MIN_AGE {
             break; // sorted: every later copy is as recent
+        }
+        if busy {
+            continue;
         }
         match fs::remove_file(&path) {
             Ok(()) => removed += 1,
@@ -354,14 +378,20 @@ mod tests {
         fs::write(dir.path().join(".tmpXYZ"), vec![0u8; 5000]).unwrap();
         let now = SystemTime::now();
 
+        let none = HashSet::new();
         // 1200 held + 300 needed > 1500 is false: nothing to do.
-        assert_eq!(evict(dir.path(), 300, 1500, now).unwrap(), 0);
-        // 1200 + 500 > 1500: the oldest goes, which is enough.
-        assert_eq!(evict(dir.path(), 500, 1500, now).unwrap(), 1);
-        assert!(!oldest.exists() && older.exists() && recent.exists());
+        assert_eq!(evict(dir.path(), 300, 1500, &none, now).unwrap(), 0);
+        // A copy open for passthrough is skipped; the next oldest goes.
+        let m = fs::metadata(&oldest).unwrap();
+        let busy = HashSet::from([(m.dev(), m.ino())]);
+        assert_eq!(evict(dir.path(), 500, 1500, &busy, now).unwrap(), 1);
+        assert!(oldest.exists() && !older.exists() && recent.exists());
+        // Once closed, it is the oldest and goes first: 800 + 1000 > 1500.
+        assert_eq!(evict(dir.path(), 1000, 1500, &none, now).unwrap(), 1);
+        assert!(!oldest.exists() && recent.exists());
         // Room for everything is asked: the recent copy stays regardless.
-        assert_eq!(evict(dir.path(), 1500, 1500, now).unwrap(), 1);
-        assert!(!older.exists() && recent.exists());
+        assert_eq!(evict(dir.path(), 1500, 1500, &none, now).unwrap(), 0);
+        assert!(recent.exists());
         assert!(
             dir.path().join(".tmpXYZ").exists(),
             "temp files are not copies"
@@ -395,7 +425,7 @@ mod tests {
         let id = ObjectId::of(b"recipe");
         assert!(
             cache
-                .assemble_if_local(&Nothing, &id, &recipe)
+                .assemble_if_local(&Nothing, &id, &recipe, &HashSet::new())
                 .unwrap()
                 .is_none()
         );

@@ -3,7 +3,7 @@
 //! files happen outside it, and file data of opened files bypasses this
 //! process entirely through FUSE passthrough when the kernel allows it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
@@ -102,6 +102,15 @@ impl MountState {
             next_fh: 1,
             backing: HashMap::new(),
         }
+    }
+
+    /// The backing files (device, inode) of passthrough opens still open.
+    fn backing_in_use(&self) -> HashSet<(u64, u64)> {
+        self.backing
+            .values()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .map(|(key, _)| *key)
+            .collect()
     }
 
     fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
@@ -304,11 +313,21 @@ impl EltonFs {
             return Ok(LowerData::Whole(lower.object_path(&id)?));
         }
         let (recipe_id, recipe) = chunked::recipe_of(&*lower, e)?;
-        let whole = if self.lock().serves_chunked(ino) {
+        let (serves_chunked, in_use) = {
+            let st = self.lock();
+            (st.serves_chunked(ino), st.backing_in_use())
+        };
+        let whole = if serves_chunked {
             self.assembled.get(&recipe_id, &recipe)
         } else {
+            // Assembling is an optimisation: when it fails (a full disk, a
+            // vanished entry), the daemon serves the file instead.
             self.assembled
-                .assemble_if_local(&*lower, &recipe_id, &recipe)?
+                .assemble_if_local(&*lower, &recipe_id, &recipe, &in_use)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(recipe = %recipe_id, "not assembled, served by the daemon: {e}");
+                    None
+                })
         };
         Ok(LowerData::Chunked {
             recipe_file: lower.object_path(&recipe_id)?,

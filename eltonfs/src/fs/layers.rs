@@ -572,7 +572,9 @@ mod tests {
 
         let cache = super::super::chunked::Assembled::new(dir.path().join("assembled"), 1 << 20);
         assert!(cache.get(&id, &recipe).is_none());
-        let whole = cache.assemble_if_local(&*l.lower, &id, &recipe).unwrap();
+        let whole = cache
+            .assemble_if_local(&*l.lower, &id, &recipe, &Default::default())
+            .unwrap();
         assert_eq!(fs::read(whole.unwrap()).unwrap(), b"0123456789");
         assert!(cache.get(&id, &recipe).is_some());
 
