@@ -15,7 +15,7 @@ use elton_proto::{ObjectId, VolumeName};
 use futures::StreamExt;
 
 use crate::SlaveError;
-use crate::fetcher::{Fetcher, IN_MEMORY_MAX};
+use crate::fetcher::Fetcher;
 use crate::http::{
     AppState, Slice, etag, immutable_headers, not_modified, object_response, unsatisfiable,
 };
@@ -121,12 +121,6 @@ async fn read_piece(
     volume: Option<&VolumeName>,
 ) -> Result<Bytes, SlaveError> {
     let id = p.chunk.object;
-    if p.chunk.size > IN_MEMORY_MAX {
-        return Err(SlaveError::BadRequest(format!(
-            "recipe {recipe}: chunk {} ({id}) is {} bytes, larger than any chunk",
-            p.index, p.chunk.size
-        )));
-    }
     let (bytes, size) = fetcher.read_range(id, p.start, p.len, volume).await?;
     if size != p.chunk.size {
         return Err(SlaveError::BadRequest(format!(

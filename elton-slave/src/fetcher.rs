@@ -7,29 +7,36 @@
 //! stored and announced in the background ([`Fetcher::read_range`]): a cold
 //! read waits for the network, not for fsyncs and the master.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use elton_proto::pb::FetchObjectRequest;
 use elton_proto::{ObjectId, SIZE_METADATA_KEY, VolumeName};
 use futures::{Stream, StreamExt};
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::SlaveError;
 use crate::hot::HotCache;
 use crate::master_link::MasterLink;
 use crate::metrics::{Metrics, inc};
 use crate::store::ObjectStore;
+use crate::turns::{Turn, Turns};
 
 /// Memory for small hot objects (see [`crate::hot`]).
 const HOT_BYTES: usize = 64 << 20;
 
-/// Largest object [`Fetcher::read_range`] verifies in memory (chunks are at
-/// most 4 MiB).
-pub const IN_MEMORY_MAX: u64 = 16 << 20;
+/// Largest object [`Fetcher::read_range`] verifies in memory: the largest
+/// chunk a recipe may list.
+pub const IN_MEMORY_MAX: u64 = elton_proto::recipe::MAX_CHUNK_BYTES;
+
+/// Attempts to announce a chunk stored in the background, and the pause
+/// before the first retry (doubled each time): a master that stays down
+/// longer learns the chunk when this slave registers again.
+const ANNOUNCE_ATTEMPTS: u32 = 5;
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 
 /// Fetched chunks being stored in the background at once; more wait, which
 /// bounds their memory (and slows a reader down to the disk's pace).
@@ -51,7 +58,7 @@ pub struct Fetcher {
     hot: HotCache,
     link: MasterLink,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
+    turns: Turns,
     background: Arc<Semaphore>,
 }
 
@@ -62,7 +69,7 @@ impl Fetcher {
             hot: HotCache::new(HOT_BYTES),
             link,
             metrics,
-            inflight: Mutex::new(HashMap::new()),
+            turns: Turns::default(),
             background: Arc::new(Semaphore::new(BACKGROUND_STORES)),
         }
     }
@@ -182,7 +189,7 @@ impl Fetcher {
             return read_at(id, found, start, len).await;
         }
         inc(&self.metrics.cache_misses_total, 1);
-        let turn = self.turn(id).await;
+        let turn = self.turns.take(id).await;
         let fetched = async {
             if let Some(found) = self.open_local(id).await? {
                 return Ok(Miss::StoredMeanwhile(found));
@@ -212,13 +219,10 @@ impl Fetcher {
                 Ok((bytes.slice(start as usize..(start + len) as usize), size))
             }
             Ok(Miss::StoredMeanwhile(found)) => {
-                self.end_turn(id, turn);
+                drop(turn);
                 read_at(id, found, start, len).await
             }
-            Err(e) => {
-                self.end_turn(id, turn);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -244,57 +248,47 @@ impl Fetcher {
         }
     }
 
-    /// Writes a chunk fetched by [`Fetcher::read_range`] to the store and
-    /// announces it, then lets waiting readers of it go.
+    /// Writes a chunk fetched by [`Fetcher::read_range`] to the store, lets
+    /// waiting readers of it go, then announces it.
     async fn store_fetched(
         &self,
         id: ObjectId,
         bytes: VerifiedBytes,
-        turn: OwnedMutexGuard<()>,
-        _permit: OwnedSemaphorePermit,
+        turn: Turn,
+        permit: OwnedSemaphorePermit,
     ) {
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.put_verified(id, &bytes))
             .await
             .map_err(|e| SlaveError::Io(format!("store task: {e}")))
             .and_then(|r| r);
-        let result = match stored {
-            Ok(()) => self.link.announce(vec![id]).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        drop((turn, permit));
+        if let Err(e) = stored {
             // The reader has its verified bytes; the next reader fetches again.
             tracing::warn!(object = %id, "fetched chunk not kept: {e}");
+            return;
         }
-        self.end_turn(id, turn);
-    }
-
-    /// Waits until no other request of this slave is fetching `id`.
-    async fn turn(&self, id: ObjectId) -> OwnedMutexGuard<()> {
-        let gate = {
-            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(id).or_default().clone()
-        };
-        gate.lock_owned().await
-    }
-
-    fn end_turn(&self, id: ObjectId, turn: OwnedMutexGuard<()>) {
-        drop(turn);
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        let mut pause = ANNOUNCE_RETRY;
+        for attempt in 1..=ANNOUNCE_ATTEMPTS {
+            match self.link.announce(vec![id]).await {
+                Ok(()) => return,
+                Err(e) if attempt == ANNOUNCE_ATTEMPTS => {
+                    tracing::warn!(object = %id, "stored chunk not announced (the master learns it when this slave registers again): {e}");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
     }
 
     async fn fetch_for(&self, id: ObjectId, volume: Option<&VolumeName>) -> Result<(), SlaveError> {
-        let turn = self.turn(id).await;
-        let result = if self.store.contains(&id) {
-            Ok(()) // another request fetched it while we waited
-        } else {
-            self.transfer(id, volume).await
-        };
-        self.end_turn(id, turn);
-        result
+        let _turn = self.turns.take(id).await;
+        if self.store.contains(&id) {
+            return Ok(()); // another request fetched it while we waited
+        }
+        self.transfer(id, volume).await
     }
 
     /// Asks the master for `id`'s bytes.
@@ -343,13 +337,19 @@ impl Fetcher {
         let (announced, mut body) = self.request(id, volume).await?;
         // The announced size sizes the buffer and bounds what is received;
         // the hash below decides what is kept.
-        let limit = announced.unwrap_or(IN_MEMORY_MAX).min(IN_MEMORY_MAX);
-        let mut buf = BytesMut::with_capacity(limit as usize);
+        if let Some(n) = announced.filter(|&n| n > IN_MEMORY_MAX) {
+            return Err(SlaveError::Transfer(format!(
+                "object {id} is {n} bytes, larger than any chunk ({IN_MEMORY_MAX})"
+            )));
+        }
+        let limit = announced.unwrap_or(IN_MEMORY_MAX);
+        let expected = announced.unwrap_or(elton_proto::chunking::MAX_CHUNK as u64);
+        let mut buf = BytesMut::with_capacity(expected as usize);
         while let Some(part) = body.next().await {
             let part = part.map_err(SlaveError::Transfer)?;
             if (buf.len() + part.len()) as u64 > limit {
                 return Err(SlaveError::Transfer(format!(
-                    "object {id}: more than {limit} bytes (the announced size, at most {IN_MEMORY_MAX} for a chunk)"
+                    "object {id}: more than {limit} bytes (the announced size, or the largest chunk)"
                 )));
             }
             buf.extend_from_slice(&part);

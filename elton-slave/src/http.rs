@@ -486,8 +486,8 @@ async fn put_volume_file(
     // touch and a re-upload with a small change adds only the changed ones.
     let file = tokio::task::spawn_blocking(move || {
         if chunking::is_chunked(size, chunking::DEFAULT_THRESHOLD) {
-            let (recipe, chunks) = store.chunk_spooled(spooled)?;
-            Ok::<_, SlaveError>(StoredFile::chunked(recipe, size, chunks))
+            let recipe = store.chunk_spooled(spooled)?;
+            Ok::<_, SlaveError>(StoredFile::chunked(recipe, size))
         } else {
             Ok(StoredFile::whole(store.publish_spooled(spooled)?, size))
         }

@@ -1,7 +1,7 @@
 //! The Elton slave: the storage node of every host.
 //!
 //! - [`store`]: content-addressed, verified, durable object store.
-//! - [`fetcher`]: fetch on miss through the master, coalesced.
+//! - [`fetcher`]: fetch on miss through the master, coalesced ([`turns`]).
 //! - [`backup`]: backup copies the master asks for.
 //! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod range;
 pub mod store;
 pub mod tree;
+pub mod turns;
 pub mod volumes;
 
 use std::future::Future;

@@ -16,6 +16,8 @@ use crate::store::ObjectStore;
 
 /// Largest number of ids sent in one `AddLocations` call.
 const ANNOUNCE_BATCH: usize = 8192;
+/// Longest wait for the master to record one `AddLocations` batch.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Failed backup copies remembered for the next heartbeat; beyond that the
 /// master's assignment expiry covers them.
 const FAILED_CAP: usize = 4096;
@@ -150,12 +152,21 @@ impl MasterLink {
 
     async fn send_locations(&self, ids: &[ObjectId]) -> Result<(), tonic::Status> {
         for chunk in ids.chunks(ANNOUNCE_BATCH) {
-            self.client()
-                .add_locations(AddLocationsRequest {
-                    node_id: self.node_id.to_string(),
-                    objects: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
-                })
-                .await?;
+            let mut client = self.client();
+            let call = client.add_locations(AddLocationsRequest {
+                node_id: self.node_id.to_string(),
+                objects: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            });
+            // A master stuck on a half-open connection must not hold up
+            // everything queued behind this call.
+            tokio::time::timeout(ANNOUNCE_TIMEOUT, call)
+                .await
+                .map_err(|_| {
+                    tonic::Status::deadline_exceeded(format!(
+                        "master did not answer AddLocations within {} s",
+                        ANNOUNCE_TIMEOUT.as_secs()
+                    ))
+                })??;
         }
         Ok(())
     }

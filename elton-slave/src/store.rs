@@ -398,22 +398,18 @@ impl ObjectStore {
     }
 
     /// Stores a spooled body as content-defined chunks plus their recipe
-    /// (see [`elton_proto::chunking`]); returns the recipe's id and the
-    /// chunks' ids. The whole body is never an object of its own. Blocking.
-    pub fn chunk_spooled(&self, spooled: Spooled) -> Result<(ObjectId, Vec<ObjectId>), SlaveError> {
+    /// (see [`elton_proto::chunking`]); returns the recipe's id. The whole
+    /// body is never an object of its own. Blocking.
+    pub fn chunk_spooled(&self, spooled: Spooled) -> Result<ObjectId, SlaveError> {
         let tmp = spooled.0.tmp;
         let source = tmp
             .reopen()
             .map_err(|e| io_err("reopening", tmp.path(), e))?;
-        let mut chunks = Vec::new();
         let recipe = chunking::chunk(source, |_, id, bytes| {
-            self.put_verified(id, bytes).map_err(io::Error::other)?;
-            chunks.push(id);
-            Ok(())
+            self.put_verified(id, bytes).map_err(io::Error::other)
         })
         .map_err(|e| io_err("chunking", tmp.path(), e))?;
-        let recipe = self.put_bytes(&recipe.encode())?;
-        Ok((recipe, chunks))
+        self.put_bytes(&recipe.encode())
     }
 
     /// Every object id present (for re-announcing to the master). Blocking.

@@ -35,8 +35,6 @@ pub struct StoredFile {
     pub object: ObjectId,
     pub size: u64,
     pub recipe: bool,
-    /// The recipe's chunks (empty for a whole object).
-    pub chunks: Vec<ObjectId>,
 }
 
 impl StoredFile {
@@ -45,16 +43,14 @@ impl StoredFile {
             object,
             size,
             recipe: false,
-            chunks: Vec::new(),
         }
     }
 
-    pub fn chunked(recipe: ObjectId, size: u64, chunks: Vec<ObjectId>) -> Self {
+    pub fn chunked(recipe: ObjectId, size: u64) -> Self {
         Self {
             object: recipe,
             size,
             recipe: true,
-            chunks,
         }
     }
 }
@@ -405,9 +401,9 @@ impl Volumes {
         .await
         .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
         let root = *ids.last().ok_or_else(|| SlaveError::Io("no root".into()))?;
+        // The chunks of a recipe are announced by the commit's validation.
         let mut announce = ids;
         announce.push(file.object);
-        announce.extend(file.chunks);
         self.link.announce(announce).await?;
         self.commit(Proposal {
             volume: volume.clone(),
