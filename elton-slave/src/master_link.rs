@@ -57,7 +57,13 @@ impl MasterLink {
             .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES);
+            .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
+            // A master gone without closing the connection (host lost,
+            // half-open TCP) fails the calls in flight instead of hanging
+            // them; pings only while a call is open.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(false);
         let connect = || {
             MasterClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(64 << 20)
