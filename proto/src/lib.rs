@@ -22,7 +22,7 @@ pub use error::ProtoError;
 pub use ids::{NodeId, ObjectId, Version, VolumeName};
 pub use manifest::{DirManifest, Entry, EntryKind};
 pub use path::VolumePath;
-pub use recipe::{Chunk, Recipe};
+pub use recipe::{Chunk, ChunkIndex, Recipe};
 pub use record::VersionInfo;
 
 /// Generated code for `proto/elton.proto`.

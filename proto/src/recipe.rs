@@ -121,26 +121,35 @@ impl Recipe {
     /// The chunks that hold bytes `start .. start + len` of the file, in
     /// order, each with the part of it the range covers. The range is
     /// clipped to the file; an empty or out-of-file range touches nothing.
+    /// Builds a [`ChunkIndex`] each time: a reader with many ranges of one
+    /// recipe keeps one and calls [`Recipe::pieces_in`].
     pub fn pieces(&self, start: u64, len: u64) -> Vec<Piece> {
+        let index = ChunkIndex::new(self);
+        // Fits by construction, so this does not come back here.
+        self.pieces_in(&index, start, len)
+    }
+
+    /// As [`Recipe::pieces`], finding the first chunk by binary search in
+    /// `index`, built from this recipe (an index that does not fit is
+    /// replaced by a fresh one, never trusted).
+    pub fn pieces_in(&self, index: &ChunkIndex, start: u64, len: u64) -> Vec<Piece> {
+        if index.starts.len() != self.chunks.len() {
+            return self.pieces(start, len);
+        }
         let end = start.saturating_add(len).min(self.size);
         let mut out = Vec::new();
         if start >= end {
             return out;
         }
-        // Chunk start offsets are increasing: find the first chunk that
-        // ends after `start`, then walk until the range is covered.
-        let mut offset = 0u64;
-        let first = self.chunks.iter().position(|c| {
-            let hit = offset + c.size > start;
-            if !hit {
-                offset += c.size;
-            }
-            hit
-        });
-        let Some(first) = first else {
-            return out;
-        };
-        for (index, chunk) in self.chunks.iter().enumerate().skip(first) {
+        // starts[0] is 0 <= start, so at least one start is <= start.
+        let first = index.starts.partition_point(|&s| s <= start) - 1;
+        for (index, (chunk, &offset)) in self
+            .chunks
+            .iter()
+            .zip(&index.starts)
+            .enumerate()
+            .skip(first)
+        {
             if offset >= end {
                 break;
             }
@@ -152,9 +161,33 @@ impl Recipe {
                 start: from,
                 len: to - from,
             });
-            offset += chunk.size;
         }
         out
+    }
+}
+
+/// Where each chunk of a recipe starts in the file, for finding the chunks
+/// of a byte range by binary search instead of a walk from the first chunk
+/// (a reader of a large file asks once per read).
+#[derive(Clone, Debug, Default)]
+pub struct ChunkIndex {
+    starts: Vec<u64>,
+}
+
+impl ChunkIndex {
+    pub fn new(recipe: &Recipe) -> Self {
+        let mut offset = 0u64;
+        let starts = recipe
+            .chunks
+            .iter()
+            .map(|c| {
+                let at = offset;
+                // A validated recipe's sizes add up without overflow.
+                offset = offset.saturating_add(c.size);
+                at
+            })
+            .collect();
+        Self { starts }
     }
 }
 
@@ -233,5 +266,38 @@ mod tests {
         assert_eq!(spans(9, 1), [(2, 3, 1)]);
         assert!(spans(10, 1).is_empty());
         assert!(spans(2, 0).is_empty());
+    }
+
+    #[test]
+    fn an_index_finds_the_same_pieces_as_a_walk() {
+        let chunks: Vec<Chunk> = (1..=40u64)
+            .map(|i| Chunk {
+                object: ObjectId::of(&i.to_le_bytes()),
+                size: i * 7 % 13 + 1,
+            })
+            .collect();
+        let r = Recipe::new(chunks).unwrap();
+        let index = ChunkIndex::new(&r);
+        // The walk, written out: every byte's chunk and offset in it.
+        let mut owner = Vec::new();
+        for (i, c) in r.chunks.iter().enumerate() {
+            owner.extend((0..c.size).map(|o| (i, o)));
+        }
+        for start in 0..=r.size + 1 {
+            for len in [0, 1, 5, 13, 40, r.size] {
+                let got = r.pieces_in(&index, start, len);
+                let bytes: Vec<(usize, u64)> = got
+                    .iter()
+                    .flat_map(|p| (p.start..p.start + p.len).map(move |o| (p.index, o)))
+                    .collect();
+                let end = (start + len).min(r.size) as usize;
+                let want = owner.get(start as usize..end).unwrap_or(&[]);
+                assert_eq!(bytes, want, "range {start}+{len}");
+                assert_eq!(got, r.pieces(start, len));
+            }
+        }
+        // An index that does not fit is not trusted.
+        let other = Recipe::new(vec![chunk(b"x")]).unwrap();
+        assert_eq!(r.pieces_in(&ChunkIndex::new(&other), 3, 9), r.pieces(3, 9));
     }
 }

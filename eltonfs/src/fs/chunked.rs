@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use elton_proto::recipe::{Chunk, Piece};
-use elton_proto::{Entry, ObjectId, Recipe};
+use elton_proto::{ChunkIndex, Entry, ObjectId, Recipe};
 
 use super::lower::LowerSource;
 use super::readahead::{AheadPlan, ReadAhead};
@@ -105,6 +105,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct ChunkedReader {
     lower: Arc<dyn LowerSource>,
     recipe: Arc<Recipe>,
+    index: ChunkIndex,
     read_ahead: Arc<ReadAhead>,
     plan: Mutex<AheadPlan>,
     open: Mutex<OpenChunks>,
@@ -118,6 +119,7 @@ impl ChunkedReader {
     ) -> Self {
         Self {
             lower,
+            index: ChunkIndex::new(&recipe),
             recipe,
             read_ahead,
             plan: Mutex::new(AheadPlan::default()),
@@ -132,7 +134,7 @@ impl ChunkedReader {
 
     /// Bytes `offset .. offset + size` (fewer only at the end of the file).
     pub fn read_at(&self, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let pieces = self.recipe.pieces(offset, size.into());
+        let pieces = self.recipe.pieces_in(&self.index, offset, size.into());
         let mut out = vec![0u8; pieces.iter().map(|p| p.len as usize).sum()];
         if let Some(last) = pieces.last() {
             // Asked for before this READ's own fetches, so they overlap.
