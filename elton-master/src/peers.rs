@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use elton_proto::PEER_METADATA_KEY;
 use elton_proto::pb::master_client::MasterClient;
 use elton_proto::pb::{self, ObjectChunk};
-use elton_proto::{PEER_METADATA_KEY, SIZE_METADATA_KEY};
 use futures::Stream;
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -259,11 +259,7 @@ impl PeerSet {
         match opened {
             Ok(resp) => {
                 self.stats.set_reachable(&peer.name, true);
-                let size = resp
-                    .metadata()
-                    .get(SIZE_METADATA_KEY)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
+                let size = elton_proto::announced_size(resp.metadata());
                 Ok((size, resp.into_inner()))
             }
             Err(s) => Err(self.failure(peer, s)),

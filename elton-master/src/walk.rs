@@ -70,6 +70,14 @@ impl Walker {
         crate::store::blocking(&self.store, move |s| s.holdings(&objects)).await
     }
 
+    /// One object's holders (none when it has no location).
+    async fn holding(&self, id: ObjectId) -> Result<Holding, MasterError> {
+        Ok(self.holdings(vec![id]).await?.pop().unwrap_or(Holding {
+            object: id,
+            holders: Vec::new(),
+        }))
+    }
+
     /// Live holders with their addresses, in node-id order.
     fn live_of(&self, h: &Holding) -> Vec<(NodeId, String)> {
         let mut out: Vec<_> = h
@@ -97,11 +105,7 @@ impl Walker {
     }
 
     async fn check_manifest(&mut self, id: ObjectId) -> Result<Option<Unreadable>, MasterError> {
-        let holding = self.holdings(vec![id]).await?.pop();
-        let holding = holding.unwrap_or(Holding {
-            object: id,
-            holders: Vec::new(),
-        });
+        let holding = self.holding(id).await?;
         let manifest = match self.read_manifest(&holding).await {
             Ok(m) => m,
             Err(reason) => {
@@ -177,11 +181,7 @@ impl Walker {
     /// the first chunk that is not is reported (chunks shared between
     /// versions are decided once).
     async fn check_recipe(&mut self, id: ObjectId) -> Result<Option<Unreadable>, MasterError> {
-        let holding = self.holdings(vec![id]).await?.pop();
-        let holding = holding.unwrap_or(Holding {
-            object: id,
-            holders: Vec::new(),
-        });
+        let holding = self.holding(id).await?;
         let recipe = match self.read_small(&holding, MAX_RECIPE_BYTES).await {
             Ok(bytes) => Recipe::decode(&bytes).map_err(|e| format!("recipe does not decode: {e}")),
             Err(reason) => Err(reason),

@@ -8,13 +8,14 @@
 //! read waits for the network, not for fsyncs and the master.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use elton_proto::pb::FetchObjectRequest;
-use elton_proto::{ObjectId, SIZE_METADATA_KEY, VolumeName};
+use elton_proto::{ObjectId, VolumeName};
 use futures::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -49,8 +50,9 @@ type VerifiedBytes = Bytes;
 enum Miss {
     /// Another request of this slave stored the object while this one waited.
     StoredMeanwhile((File, u64)),
-    /// Fetched and verified here; the permit bounds its background store.
-    Fetched(VerifiedBytes, OwnedSemaphorePermit),
+    /// Fetched and verified here, with the range asked for; the permit
+    /// bounds its background store.
+    Fetched(VerifiedBytes, Range<usize>, OwnedSemaphorePermit),
 }
 
 pub struct Fetcher {
@@ -195,28 +197,23 @@ impl Fetcher {
                 return Ok(Miss::StoredMeanwhile(found));
             }
             let bytes = self.receive_in_memory(id, volume).await?;
-            let size = bytes.len() as u64;
-            if start.checked_add(len).is_none_or(|end| end > size) {
-                return Err(SlaveError::BadRequest(format!(
-                    "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
-                )));
-            }
+            let range = range_in(id, bytes.len() as u64, start, len)?;
             let permit = self
                 .background
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| SlaveError::Io("background stores closed".into()))?;
-            Ok(Miss::Fetched(bytes, permit))
+            Ok(Miss::Fetched(bytes, range, permit))
         }
         .await;
         match fetched {
-            Ok(Miss::Fetched(bytes, permit)) => {
+            Ok(Miss::Fetched(bytes, range, permit)) => {
                 let this = self.clone();
                 let kept = bytes.clone();
                 tokio::spawn(async move { this.store_fetched(id, kept, turn, permit).await });
                 let size = bytes.len() as u64;
-                Ok((bytes.slice(start as usize..(start + len) as usize), size))
+                Ok((bytes.slice(range), size))
             }
             Ok(Miss::StoredMeanwhile(found)) => {
                 drop(turn);
@@ -309,13 +306,7 @@ impl Fetcher {
             volume: volume.map(|v| v.to_string()).unwrap_or_default(),
         };
         let (size, stream) = match self.link.transfer_client().fetch_object(req).await {
-            Ok(r) => (
-                r.metadata()
-                    .get(SIZE_METADATA_KEY)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
-                r.into_inner(),
-            ),
+            Ok(r) => (elton_proto::announced_size(r.metadata()), r.into_inner()),
             Err(s) if s.code() == tonic::Code::NotFound => {
                 return Err(SlaveError::NotFound(s.message().into()));
             }
@@ -400,6 +391,18 @@ impl Fetcher {
     }
 }
 
+/// `start..start + len` as a range inside an object of `size` bytes.
+fn range_in(id: ObjectId, size: u64, start: u64, len: u64) -> Result<Range<usize>, SlaveError> {
+    match start.checked_add(len) {
+        // Both fit in usize: they are at most `size`, which is in memory
+        // or at most a chunk's size.
+        Some(end) if end <= size => Ok(start as usize..end as usize),
+        _ => Err(SlaveError::BadRequest(format!(
+            "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
+        ))),
+    }
+}
+
 /// Reads `start..start + len` of a verified local copy.
 async fn read_at(
     id: ObjectId,
@@ -407,11 +410,7 @@ async fn read_at(
     start: u64,
     len: u64,
 ) -> Result<(Bytes, u64), SlaveError> {
-    if start.checked_add(len).is_none_or(|end| end > size) {
-        return Err(SlaveError::BadRequest(format!(
-            "object {id} is {size} bytes: no bytes {start}..{start}+{len}"
-        )));
-    }
+    range_in(id, size, start, len)?;
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, start)?;

@@ -35,6 +35,14 @@ pub mod pb {
 pub const HEAD_METADATA_KEY: &str = "x-elton-head";
 /// Metadata key carrying an object's size on `FetchObject`.
 pub const SIZE_METADATA_KEY: &str = "x-elton-size";
+
+/// The size a `FetchObject` answer announces, when it carries a valid one.
+pub fn announced_size(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata
+        .get(SIZE_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
 /// HTTP header a master sets when it proxies a fetch from a slave: answer
 /// from the local store only, never fetch (no recursion between nodes).
 pub const LOCAL_ONLY_HEADER: &str = "x-elton-local-only";

@@ -595,14 +595,7 @@ fn http_upload_of_a_large_file_is_chunked() {
     let (_, recipe) = recipe_of(&c, 1, "up/1/dir/big.bin");
     assert_eq!(recipe.size, SIZE as u64);
     assert!(recipe.chunks.len() >= 3, "{} chunks", recipe.chunks.len());
-    let whole = elton_proto::ObjectId::of(&data).to_string();
-    assert!(
-        !c.slave_dir(1)
-            .join("objects")
-            .join(&whole[..2])
-            .join(&whole[2..])
-            .exists()
-    );
+    assert!(!stored(&c, 1, &elton_proto::ObjectId::of(&data).to_hex()));
     let got = http()
         .get(format!("{}/v1/volumes/up/1/dir/big.bin", c.slave_url(1)))
         .send()

@@ -215,10 +215,10 @@ pub const DEFAULT_ASSEMBLED_MAX_BYTES: u64 = 8 << 30;
 const EVICT_MIN_AGE: Duration = Duration::from_secs(60);
 
 /// Whole-file copies of chunked lower files whose chunks are all local, one
-/// per recipe, bounded in size: when a
-/// new copy would exceed the bound, the least recently used ones go (their
-/// next open assembles again, from chunks still in the store). A file
-/// larger than the bound is never assembled: the daemon keeps serving it.
+/// per recipe, bounded in size: when a new copy would exceed the bound, the
+/// least recently used ones go (their next open assembles again, from
+/// chunks still in the store). A file larger than the bound is never
+/// assembled: the daemon keeps serving it.
 pub struct Assembled {
     dir: PathBuf,
     max_bytes: u64,
@@ -276,7 +276,7 @@ impl Assembled {
         }
         fs::create_dir_all(&self.dir)?;
         {
-            let _turn = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+            let _turn = lock(&self.evicting);
             let removed = evict(
                 &self.dir,
                 recipe.size,
