@@ -35,28 +35,58 @@ pub struct MasterConfig {
     /// Copies wanted of every object on distinct live slaves; the effective
     /// factor is min(replication, live slaves). 1 disables backup copies.
     pub replication: u32,
+    /// Serve without TLS and check no credentials (a benchmark baseline or
+    /// a throwaway single host). Refused on a non-loopback address unless
+    /// `insecure_allow_network` is also set.
+    pub insecure: bool,
+    /// Allows `insecure` on a non-loopback address. Anyone who reaches the
+    /// port can then do anything.
+    pub insecure_allow_network: bool,
+    /// Where the cluster CA and this master's certificate live; created on
+    /// the first start. Default: `<data_dir>/pki`.
+    pub tls_dir: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for this master's certificate (only
+    /// used when it is issued).
+    pub tls_names: Vec<String>,
+    /// On a start with no tokens at all: an admin token is read from this
+    /// file if it exists, else created in it (mode 0600). Default:
+    /// `<data_dir>/admin.token`.
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
-/// One peer master: its cluster name (the `home` of its volumes) and its
-/// gRPC URL.
+/// One peer master: its cluster name (the `home` of its volumes), its
+/// gRPC URL, and the file holding its cluster's CA certificate (exported
+/// there with `elton cert export-ca`), which is all this master trusts of it.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub name: String,
     pub url: String,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 impl std::str::FromStr for PeerConfig {
     type Err = String;
 
-    /// `name=url`, the form of the `--peer` flag.
+    /// `NAME=URL[,ca=PATH]`, the form of the `--peer` flag.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, url) = s
+        let (name, rest) = s
             .split_once('=')
-            .ok_or_else(|| format!("peer {s:?}: expected NAME=URL"))?;
+            .ok_or_else(|| format!("peer {s:?}: expected NAME=URL[,ca=PATH]"))?;
+        let mut parts = rest.split(',');
+        let url = parts.next().unwrap_or_default().trim().to_string();
+        let mut ca = None;
+        for option in parts {
+            match option.trim().split_once('=') {
+                Some(("ca", path)) if !path.is_empty() => ca = Some(PathBuf::from(path)),
+                _ => return Err(format!("peer {s:?}: unknown option {option:?} (expected ca=PATH)")),
+            }
+        }
         Ok(Self {
             name: name.trim().to_string(),
-            url: url.trim().to_string(),
+            url,
+            ca,
         })
     }
 }
@@ -74,6 +104,11 @@ impl Default for MasterConfig {
             peer_timeout: Duration::from_secs(3),
             metrics_listen: None,
             replication: 2,
+            insecure: false,
+            insecure_allow_network: false,
+            tls_dir: None,
+            tls_names: Vec::new(),
+            bootstrap_token_file: None,
         }
     }
 }
@@ -94,10 +129,34 @@ impl MasterConfig {
         }
     }
 
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"))
+    }
+
+    pub fn bootstrap_token_file(&self) -> PathBuf {
+        self.bootstrap_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
     /// Refuses settings that cannot work, whatever set them (file or flags),
-    /// before anything starts: peers need distinct, non-empty names other
-    /// than our own and http(s) URLs; replication is at least 1.
+    /// before anything starts: names fit in certificates; peers need
+    /// distinct, non-empty names other than our own, https URLs and a CA
+    /// (http without one when insecure); replication is at least 1; an
+    /// insecure master stays on loopback unless explicitly allowed.
     pub fn validate(&self) -> Result<(), String> {
+        elton_trust::pki::check_name("master id", &self.id).map_err(|e| e.to_string())?;
+        elton_trust::pki::check_name("cluster", self.cluster_name()).map_err(|e| e.to_string())?;
+        if self.insecure && !self.insecure_allow_network && !is_loopback(&self.listen) {
+            return Err(format!(
+                "refusing to serve without TLS and authentication on {} (not a loopback \
+                 address); drop --insecure, or add --insecure-allow-network if every host \
+                 that can reach it is trusted",
+                self.listen
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
             if p.name.is_empty() || p.name.contains(char::is_whitespace) {
@@ -112,10 +171,20 @@ impl MasterConfig {
             if !seen.insert(p.name.as_str()) {
                 return Err(format!("peer {:?} is listed twice", p.name));
             }
-            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+            let scheme = if self.insecure { "http://" } else { "https://" };
+            if !p.url.starts_with(scheme) {
                 return Err(format!(
-                    "peer {:?}: URL {:?} must start with http:// or https://",
-                    p.name, p.url
+                    "peer {:?}: URL {:?} must start with {scheme}{}",
+                    p.name,
+                    p.url,
+                    if self.insecure { " (this master is insecure)" } else { "" }
+                ));
+            }
+            if !self.insecure && p.ca.is_none() {
+                return Err(format!(
+                    "peer {:?} needs its cluster's CA certificate: --peer {}={},ca=PATH \
+                     (export it on the peer with `elton cert export-ca`)",
+                    p.name, p.name, p.url
                 ));
             }
         }
@@ -127,6 +196,16 @@ impl MasterConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `listen` (`host:port`) can only be reached from this host.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host == "localhost")
 }
 
 mod millis {
@@ -156,20 +235,39 @@ mod tests {
     #[test]
     fn peers_from_file_and_flag_are_validated() {
         let c = MasterConfig::from_toml(
-            "cluster = \"b\"\n[[peers]]\nname = \"a\"\nurl = \"http://10.0.0.1:7100\"\n",
+            "cluster = \"b\"\n[[peers]]\nname = \"a\"\nurl = \"https://10.0.0.1:7100\"\nca = \"a.pem\"\n",
         )
         .unwrap();
         assert_eq!(c.cluster_name(), "b");
-        assert_eq!(c.peers, vec!["a=http://10.0.0.1:7100".parse().unwrap()]);
+        assert_eq!(c.peers, vec!["a=https://10.0.0.1:7100,ca=a.pem".parse().unwrap()]);
         assert!("a".parse::<PeerConfig>().is_err());
+        assert!("a=https://x,cert=y".parse::<PeerConfig>().is_err());
         for bad in [
-            "cluster = \"a\"\n[[peers]]\nname = \"a\"\nurl = \"http://x\"\n",
-            "[[peers]]\nname = \"a\"\nurl = \"x:1\"\n",
-            "[[peers]]\nname = \"a\"\nurl = \"http://x\"\n[[peers]]\nname = \"a\"\nurl = \"http://y\"\n",
-            "[[peers]]\nname = \"\"\nurl = \"http://x\"\n",
+            "cluster = \"a\"\n[[peers]]\nname = \"a\"\nurl = \"https://x\"\nca = \"p\"\n",
+            "[[peers]]\nname = \"a\"\nurl = \"x:1\"\nca = \"p\"\n",
+            "[[peers]]\nname = \"a\"\nurl = \"https://x\"\nca = \"p\"\n[[peers]]\nname = \"a\"\nurl = \"https://y\"\nca = \"p\"\n",
+            "[[peers]]\nname = \"\"\nurl = \"https://x\"\nca = \"p\"\n",
+            // Without a CA, or in clear, a peer could not be authenticated.
+            "[[peers]]\nname = \"a\"\nurl = \"https://x\"\n",
+            "[[peers]]\nname = \"a\"\nurl = \"http://x\"\nca = \"p\"\n",
+            "cluster = \"a b\"\n",
         ] {
             assert!(MasterConfig::from_toml(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn insecure_stays_on_loopback_unless_allowed() {
+        assert!(MasterConfig::from_toml("insecure = true\nlisten = \"127.0.0.1:1\"").is_ok());
+        assert!(MasterConfig::from_toml("insecure = true\nlisten = \"localhost:1\"").is_ok());
+        assert!(MasterConfig::from_toml("insecure = true\nlisten = \"0.0.0.0:1\"").is_err());
+        assert!(
+            MasterConfig::from_toml(
+                "insecure = true\ninsecure_allow_network = true\nlisten = \"0.0.0.0:1\""
+            )
+            .is_ok()
+        );
+        assert!(MasterConfig::from_toml("listen = \"0.0.0.0:1\"").is_ok());
     }
 
     #[test]

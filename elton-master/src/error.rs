@@ -43,6 +43,12 @@ pub enum MasterError {
     },
     #[error("object {object}: every holder failed; last: {last}")]
     HoldersFailed { object: String, last: String },
+    /// No credentials, or credentials that prove nothing.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Credentials that do not allow this call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("metadata store: {0}")]
     Storage(String),
     #[error("{0}")]
@@ -89,6 +95,8 @@ impl From<MasterError> for Status {
             MasterError::Remote { code, .. } => *code,
             MasterError::Conflict { .. } => Code::Aborted,
             MasterError::RootNotStored(_) | MasterError::UnknownNode(_) => Code::FailedPrecondition,
+            MasterError::Unauthenticated(_) => Code::Unauthenticated,
+            MasterError::PermissionDenied(_) => Code::PermissionDenied,
             MasterError::Storage(_) | MasterError::Io(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());

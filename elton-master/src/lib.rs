@@ -10,12 +10,15 @@
 //! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
 //! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
+//! - [`auth`]: who is calling (certificates, tokens) and what they may do;
+//!   [`provision`]: the master's TLS identity and first admin token.
 //! - [`config`]: settings with documented defaults.
 //! - [`error`]: one error type, mapped to gRPC status in one place.
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves, so
 //! tests can start a master on port 0 in-process.
 
+pub mod auth;
 pub mod coalesce;
 pub mod config;
 pub mod crossfetch;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod peers;
 pub mod planner;
+pub mod provision;
 pub mod remote;
 pub mod replicator;
 pub mod service;
@@ -55,13 +59,16 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| MasterError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
     let store = Arc::new(MetaStore::open(&config.data_dir.join("master.redb"))?);
+    let identity = provision::Identity::load(&config)?;
+    let auth = Arc::new(auth::Auth::new(identity.anchors()?, &store)?);
+    provision::bootstrap_token(&config, &store, &auth)?;
     let wan = Arc::new(WanStats::new(
         config
             .peers
             .iter()
             .map(|p| (p.name.as_str(), p.url.as_str())),
     ));
-    let service = MasterService::new(store.clone(), &config, wan.clone())?;
+    let service = MasterService::new(store.clone(), &config, wan.clone(), auth, &identity)?;
     // Bind before serving anything, so a bad address fails the start.
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(
@@ -82,8 +89,15 @@ pub async fn run(
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
-        id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(), "master serving");
-    let result = tonic::transport::Server::builder()
+        id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(),
+        tls = !config.insecure, "master serving");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = identity.server_tls()? {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| MasterError::Io(format!("TLS settings: {e}")))?;
+    }
+    let result = server
         .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -1,7 +1,9 @@
 //! Calls to peer masters over the WAN.
 //!
-//! Every call carries `x-elton-peer: <our cluster>` (the peer answers from
-//! its own state only, so calls never loop), has a short deadline, and is
+//! Every call goes over mutual TLS: this master presents its certificate and
+//! trusts only the peer's CA (an insecure master calls in clear and sends
+//! `x-elton-peer: <our cluster>` instead). The peer answers from its own
+//! state only, so calls never loop. Every call has a short deadline and is
 //! counted in [`WanStats`]. Connections are made lazily and re-made after a
 //! failure, so a link that comes back is used again without a restart.
 
@@ -15,10 +17,11 @@ use elton_proto::pb::{self, ObjectChunk};
 use futures::Stream;
 use prost::Message;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::config::PeerConfig;
+use crate::provision::Identity;
 use crate::wan::{Direction, WanStats};
 use crate::{MasterConfig, MasterError};
 
@@ -82,11 +85,15 @@ pub struct PeerSet {
 }
 
 impl PeerSet {
-    pub fn new(config: &MasterConfig, stats: Arc<WanStats>) -> Result<Self, MasterError> {
+    pub fn new(
+        config: &MasterConfig,
+        stats: Arc<WanStats>,
+        identity: &Identity,
+    ) -> Result<Self, MasterError> {
         let peers = config
             .peers
             .iter()
-            .map(|p| connect(p, config.peer_timeout))
+            .map(|p| connect(p, config.peer_timeout, identity.peer_client_tls(&p.name)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             cluster: config.cluster_name().to_string(),
@@ -267,9 +274,19 @@ impl PeerSet {
     }
 }
 
-fn connect(p: &PeerConfig, timeout: Duration) -> Result<Peer, MasterError> {
-    let endpoint = Endpoint::from_shared(p.url.clone())
-        .map_err(|e| MasterError::BadRequest(format!("peer {} URL {:?}: {e}", p.name, p.url)))?
+fn connect(
+    p: &PeerConfig,
+    timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Peer, MasterError> {
+    let mut endpoint = Endpoint::from_shared(p.url.clone())
+        .map_err(|e| MasterError::BadRequest(format!("peer {} URL {:?}: {e}", p.name, p.url)))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| MasterError::BadRequest(format!("peer {} TLS: {e}", p.name)))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)

@@ -8,22 +8,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use elton_proto::pb::master_server::{Master, MasterServer};
 use elton_proto::pb::{self, NodeInfo};
-use elton_proto::{NodeId, ObjectId, PEER_METADATA_KEY, SIZE_METADATA_KEY, VolumeName};
+use elton_proto::{NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName};
 use futures::StreamExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Caller, Need};
 use crate::coalesce::{Coalescer, Turn};
 use crate::crossfetch::CrossFetch;
 use crate::fetch::{self, ChunkStream, SourceError};
 use crate::fsck::Fsck;
 use crate::nodes::Liveness;
+use crate::provision::Identity;
 use crate::peers::PeerSet;
 use crate::remote::{Lookup, RemoteVolumes};
 use crate::replicator::Replicator;
 use crate::store::{MetaStore, NewVersion, NodeRow, VolumeRow};
 use crate::wan::{Direction, WanStats};
 use crate::{MasterConfig, MasterError};
+use elton_trust::Scope;
 
 /// Largest gRPC message accepted (a batch of locations, a listing).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -41,6 +44,7 @@ pub struct MasterService {
     coalescer: Arc<Coalescer>,
     wan: Arc<WanStats>,
     replicator: Arc<Replicator>,
+    auth: Arc<Auth>,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -61,6 +65,8 @@ impl MasterService {
         store: Arc<MetaStore>,
         config: &MasterConfig,
         wan: Arc<WanStats>,
+        auth: Arc<Auth>,
+        identity: &Identity,
     ) -> Result<Self, MasterError> {
         let known = store
             .nodes()
@@ -69,7 +75,7 @@ impl MasterService {
             tracing::warn!("reading node registry: {e}");
             Vec::new()
         });
-        let peers = Arc::new(PeerSet::new(config, wan.clone())?);
+        let peers = Arc::new(PeerSet::new(config, wan.clone(), identity)?);
         let remote = Arc::new(RemoteVolumes::new(peers.clone()));
         let cross = Arc::new(CrossFetch::new(
             peers.clone(),
@@ -92,6 +98,7 @@ impl MasterService {
             coalescer: Arc::new(Coalescer::default()),
             wan,
             replicator: Arc::new(Replicator::new(config.replication)),
+            auth,
         })
     }
 
@@ -149,19 +156,16 @@ impl MasterService {
             .collect())
     }
 
-    /// The calling peer's cluster name, when the call comes from a peer
-    /// master; such a call is counted as a WAN request of that peer.
-    fn peer_call<T>(&self, req: &Request<T>) -> Option<String> {
-        let peer = req
-            .metadata()
-            .get(PEER_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string);
+    /// Authenticates and authorizes a call (see [`crate::auth`]); returns
+    /// the calling peer's cluster name when it comes from a peer master,
+    /// counted as a WAN request of that peer.
+    fn admit<T>(&self, req: &Request<T>, need: Need) -> Result<(Caller, Option<String>), Status> {
+        let caller = self.auth.check(req, need)?;
+        let peer = caller.peer().map(str::to_string);
         if let Some(p) = &peer {
             self.wan.request(p, Direction::In);
         }
-        peer
+        Ok((caller, peer))
     }
 
     /// Counts the reply to a peer's call as WAN bytes sent to it.
@@ -270,6 +274,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
+        self.admit(&req, Need::Write)?;
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
         if !self.peers.is_empty() {
             match self.remote.lookup(&name).await? {
@@ -299,7 +304,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
-        let peer = self.peer_call(&req);
+        let (_, peer) = self.admit(&req, Need::Read)?;
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
         let n = name.clone();
         let info = match self.with_store(move |s| s.volume(&n)).await {
@@ -315,8 +320,9 @@ impl Master for MasterService {
 
     async fn list_volumes(
         &self,
-        _req: Request<pb::ListVolumesRequest>,
+        req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        self.admit(&req, Need::Read)?;
         let rows = self.with_store(|s| s.volumes()).await?;
         Ok(Response::new(pb::ListVolumesResponse {
             volumes: rows.into_iter().map(volume_info).collect(),
@@ -327,7 +333,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
-        let peer = self.peer_call(&req);
+        let (_, peer) = self.admit(&req, Need::Commit)?;
         let r = req.into_inner();
         let volume: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let root = object_id(&r.root)?;
@@ -375,7 +381,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
-        let peer = self.peer_call(&req);
+        let (_, peer) = self.admit(&req, Need::Read)?;
         let r = req.into_inner();
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let n = name.clone();
@@ -394,7 +400,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let peer = self.peer_call(&req);
+        let (_, peer) = self.admit(&req, Need::Read)?;
         let name: VolumeName = req.into_inner().volume.parse().map_err(MasterError::from)?;
         let n = name.clone();
         let list = match self.with_store(move |s| s.versions(&n)).await {
@@ -414,8 +420,9 @@ impl Master for MasterService {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let id: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
+        self.admit(&req, Need::SpeakAs(id.clone()))?;
         let r = req.into_inner();
-        let id: NodeId = r.node_id.parse().map_err(MasterError::from)?;
         if r.http_addr.is_empty() || r.http_addr.contains('/') {
             return Err(
                 MasterError::BadRequest(format!("invalid http_addr {:?}", r.http_addr)).into(),
@@ -437,8 +444,9 @@ impl Master for MasterService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let id: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
+        self.admit(&req, Need::SpeakAs(id.clone()))?;
         let r = req.into_inner();
-        let id: NodeId = r.node_id.parse().map_err(MasterError::from)?;
         let failed = r
             .copy_failed
             .iter()
@@ -462,8 +470,9 @@ impl Master for MasterService {
 
     async fn list_nodes(
         &self,
-        _req: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.admit(&req, Need::Read)?;
         let rows = self.with_store(|s| s.nodes()).await?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: rows.iter().map(|r| self.node_info(r)).collect(),
@@ -474,8 +483,9 @@ impl Master for MasterService {
         &self,
         req: Request<pb::AddLocationsRequest>,
     ) -> Result<Response<pb::AddLocationsResponse>, Status> {
+        let node: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
+        self.admit(&req, Need::SpeakAs(node.clone()))?;
         let r = req.into_inner();
-        let node: NodeId = r.node_id.parse().map_err(MasterError::from)?;
         if self.liveness.last_seen(&node).is_none() {
             return Err(MasterError::UnknownNode(node.to_string()).into());
         }
@@ -501,7 +511,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
-        let peer = self.peer_call(&req);
+        let (_, peer) = self.admit(&req, Need::Read)?;
         let object = object_id(&req.into_inner().object)?;
         let rows = self.with_store(move |s| {
             let holders = s.holders(&object)?;
@@ -524,7 +534,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::FetchObjectRequest>,
     ) -> Result<Response<Self::FetchObjectStream>, Status> {
-        let peer = self.peer_call(&req);
+        let (_, peer) = self.admit(&req, Need::Read)?;
         let r = req.into_inner();
         let object = object_id(&r.object)?;
         let exclude = if r.exclude_node.is_empty() {
@@ -573,8 +583,9 @@ impl Master for MasterService {
 
     async fn stats(
         &self,
-        _req: Request<pb::StatsRequest>,
+        req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.admit(&req, Need::Read)?;
         Ok(Response::new(self.wan.to_proto(&self.cluster)))
     }
 
@@ -584,6 +595,7 @@ impl Master for MasterService {
         &self,
         req: Request<pb::FsckRequest>,
     ) -> Result<Response<Self::FsckStream>, Status> {
+        self.admit(&req, Need::Read)?;
         let r = req.into_inner();
         let check = Fsck {
             store: self.store.clone(),
@@ -599,5 +611,93 @@ impl Master for MasterService {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.admit(&req, Need::Admin)?;
+        let r = req.into_inner();
+        let scope: Scope = r
+            .scope
+            .parse()
+            .map_err(|e: elton_trust::TrustError| MasterError::BadRequest(e.to_string()))?;
+        let secret = elton_trust::token::new_secret()
+            .map_err(|e| MasterError::Io(e.to_string()))?;
+        let name = if r.name.is_empty() { "token".to_string() } else { r.name };
+        let (auth, now) = (self.auth.clone(), now_unix());
+        let s = secret.clone();
+        let row = self
+            .with_store(move |store| auth.add(store, &s, &name, scope, now))
+            .await?;
+        tracing::info!(id = %row.id, name = %row.name, scope = %row.scope, "token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_info(row)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.admit(&req, Need::Admin)?;
+        let mut rows = self.with_store(|s| s.tokens()).await?;
+        rows.sort_by(|a, b| (a.1.created_unix, &a.1.id).cmp(&(b.1.created_unix, &b.1.id)));
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: rows.into_iter().map(|(_, row)| token_info(row)).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.admit(&req, Need::Admin)?;
+        let id = req.into_inner().id;
+        let auth = self.auth.clone();
+        let revoked = id.clone();
+        self.with_store(move |s| auth.revoke(s, &revoked)).await?;
+        tracing::info!(%id, "token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let (caller, _) = self.admit(&req, Need::Read)?;
+        Ok(Response::new(caller.who()))
+    }
+
+    async fn check_token(
+        &self,
+        req: Request<pb::CheckTokenRequest>,
+    ) -> Result<Response<pb::CheckTokenResponse>, Status> {
+        self.admit(&req, Need::Node)?;
+        let secret = req.into_inner().secret;
+        let row = if self.auth.insecure() {
+            crate::store::TokenRow {
+                id: String::new(),
+                name: "insecure".into(),
+                scope: Scope::Admin.to_string(),
+                created_unix: 0,
+            }
+        } else {
+            self.auth.lookup(&secret)?
+        };
+        Ok(Response::new(pb::CheckTokenResponse {
+            token: Some(token_info(row)),
+        }))
+    }
+}
+
+fn token_info(row: crate::store::TokenRow) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: row.id,
+        name: row.name,
+        scope: row.scope,
+        created_unix: row.created_unix,
     }
 }

@@ -5,6 +5,8 @@
 //! - `versions`: (name, number) → JSON [`VersionInfo`]
 //! - `nodes`: node id → JSON [`NodeRow`]
 //! - `locations`: object id (32 bytes) →→ node ids (multimap)
+//! - `tokens`: BLAKE3 hash of a bearer token's secret (hex) → JSON
+//!   [`TokenRow`] (added in place: a file without it gets it on open)
 //!
 //! Version commits are durable when they return. Location updates are soft
 //! state (slaves re-announce what they hold), so they are written without an
@@ -35,6 +37,7 @@ const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("
 const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 const LOCATIONS: MultimapTableDefinition<'_, &[u8], &str> =
     MultimapTableDefinition::new("locations");
+const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 
 /// Schema of this file; bump on any incompatible change.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -46,6 +49,17 @@ pub struct VolumeRow {
     pub created_unix: u64,
     /// 0 while the volume has no version.
     pub head: u64,
+}
+
+/// A bearer token as the master keeps it: never the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRow {
+    /// Public id: the first 16 hex digits of the secret's hash.
+    pub id: String,
+    pub name: String,
+    /// "read", "write" or "admin".
+    pub scope: String,
+    pub created_unix: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +127,7 @@ impl MetaStore {
             txn.open_table(VERSIONS)?;
             txn.open_table(NODES)?;
             txn.open_multimap_table(LOCATIONS)?;
+            txn.open_table(TOKENS)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -256,6 +271,42 @@ impl MetaStore {
             out.push(decode("version", v.value())?);
         }
         Ok(out)
+    }
+
+    /// Stores a token under the hash of its secret; durable on return.
+    pub fn put_token(&self, hash: &str, row: &TokenRow) -> Result<(), MasterError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TOKENS)?
+            .insert(hash, encode(row).as_slice())?;
+        self.commit_durable(txn)
+    }
+
+    /// Every token, with the hash of its secret.
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRow)>, MasterError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOKENS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), decode("token", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes the token with public id `id`; false when there is none.
+    pub fn remove_token(&self, id: &str) -> Result<bool, MasterError> {
+        let hash = self
+            .tokens()?
+            .into_iter()
+            .find(|(_, row)| row.id == id)
+            .map(|(hash, _)| hash);
+        let Some(hash) = hash else {
+            return Ok(false);
+        };
+        let txn = self.db.begin_write()?;
+        txn.open_table(TOKENS)?.remove(hash.as_str())?;
+        self.commit_durable(txn)?;
+        Ok(true)
     }
 
     pub fn put_node(&self, row: &NodeRow) -> Result<(), MasterError> {

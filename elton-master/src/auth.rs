@@ -1,0 +1,263 @@
+//! Who is calling, and whether they may.
+//!
+//! A caller proves who it is with a client certificate (nodes of this
+//! cluster, masters of peer clusters; verified by [`TrustAnchors`]) and/or a
+//! bearer token (clients; looked up by the hash of its secret). Each method
+//! states what it needs ([`Need`]); [`Auth::check`] answers UNAUTHENTICATED
+//! when the caller proves nothing that could allow it, and
+//! PERMISSION_DENIED when what it proves does not. A master started with
+//! `--insecure` (loopback only, see [`crate::config`]) checks nothing.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use elton_proto::{NodeId, PEER_METADATA_KEY};
+use elton_trust::token::{self, Scope};
+use elton_trust::{Authenticated, TrustAnchors};
+use tonic::Request;
+
+use crate::MasterError;
+use crate::store::{MetaStore, TokenRow};
+
+/// What a call requires.
+#[derive(Clone, Debug)]
+pub enum Need {
+    /// Any authenticated caller: a node, a peer master, or a token.
+    Read,
+    /// A token of scope write or admin.
+    Write,
+    /// A token of scope admin.
+    Admin,
+    /// Node `id` itself (its certificate), or an admin token.
+    SpeakAs(NodeId),
+    /// A node of this cluster, or an admin token.
+    Node,
+    /// A commit: a write token, or a peer master forwarding one.
+    Commit,
+}
+
+/// A verified caller.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    cert: Option<Authenticated>,
+    token: Option<TokenRow>,
+    /// Insecure mode: the peer name the caller claims, believed.
+    claimed_peer: Option<String>,
+    insecure: bool,
+}
+
+impl Caller {
+    /// The peer cluster a call comes from: proven by its certificate (or,
+    /// on an insecure master, claimed).
+    pub fn peer(&self) -> Option<&str> {
+        match &self.cert {
+            Some(Authenticated::Peer(id)) => Some(&id.cluster),
+            _ => self.claimed_peer.as_deref(),
+        }
+    }
+
+    fn scope(&self) -> Option<Scope> {
+        self.token.as_ref().and_then(|t| t.scope.parse().ok())
+    }
+
+    fn describe(&self) -> String {
+        match (&self.cert, &self.token) {
+            (_, Some(t)) => format!("token {:?} (scope {})", t.name, t.scope),
+            (Some(Authenticated::Member(id)), None) => format!("{} {}", id.role, id.node),
+            (Some(Authenticated::Peer(id)), None) => {
+                format!("master {} of peer {}", id.node, id.cluster)
+            }
+            (None, None) => "an anonymous caller".into(),
+        }
+    }
+
+    pub fn who(&self) -> elton_proto::pb::WhoAmIResponse {
+        let mut r = elton_proto::pb::WhoAmIResponse::default();
+        if self.insecure {
+            r.kind = "insecure".into();
+            return r;
+        }
+        if let Some(t) = &self.token {
+            r.kind = "token".into();
+            r.name = t.name.clone();
+            r.scope = t.scope.clone();
+        }
+        if let Some(cert) = &self.cert {
+            let (kind, id) = match cert {
+                Authenticated::Member(id) => ("node", id),
+                Authenticated::Peer(id) => ("peer", id),
+            };
+            if self.token.is_none() {
+                r.kind = kind.into();
+                r.name = id.node.clone();
+            }
+            r.cluster = id.cluster.clone();
+            r.role = id.role.to_string();
+        }
+        r
+    }
+}
+
+pub struct Auth {
+    /// `None`: insecure mode.
+    anchors: Option<TrustAnchors>,
+    /// Secret hash → token; mirrors the store's `tokens` table.
+    tokens: RwLock<HashMap<String, TokenRow>>,
+}
+
+impl Auth {
+    pub fn new(anchors: Option<TrustAnchors>, store: &MetaStore) -> Result<Self, MasterError> {
+        Ok(Self {
+            anchors,
+            tokens: RwLock::new(store.tokens()?.into_iter().collect()),
+        })
+    }
+
+    pub fn insecure(&self) -> bool {
+        self.anchors.is_none()
+    }
+
+    /// Authenticates the caller and checks it may do what `need` says.
+    pub fn check<T>(&self, req: &Request<T>, need: Need) -> Result<Caller, MasterError> {
+        let caller = self.authenticate(req)?;
+        if caller.insecure {
+            return Ok(caller);
+        }
+        let scope = caller.scope();
+        let member = match &caller.cert {
+            Some(Authenticated::Member(id)) => Some(id),
+            _ => None,
+        };
+        let is_peer = matches!(caller.cert, Some(Authenticated::Peer(_)));
+        let allowed = match &need {
+            Need::Read => caller.cert.is_some() || scope.is_some(),
+            Need::Write => scope.is_some_and(|s| s.allows(Scope::Write)),
+            Need::Admin => scope == Some(Scope::Admin),
+            Need::SpeakAs(node) => {
+                member.is_some_and(|id| id.node == node.as_str()) || scope == Some(Scope::Admin)
+            }
+            Need::Node => member.is_some() || scope == Some(Scope::Admin),
+            Need::Commit => is_peer || scope.is_some_and(|s| s.allows(Scope::Write)),
+        };
+        if allowed {
+            return Ok(caller);
+        }
+        if caller.cert.is_none() && caller.token.is_none() {
+            return Err(MasterError::Unauthenticated(
+                "this call needs a client certificate of the cluster or a bearer token \
+                 (`authorization: Bearer <token>`)"
+                    .into(),
+            ));
+        }
+        let what = match need {
+            Need::Read => "read".to_string(),
+            Need::Write | Need::Commit => "a token of scope write".to_string(),
+            Need::Admin => "a token of scope admin".to_string(),
+            Need::SpeakAs(node) => format!("node {node}'s certificate or an admin token"),
+            Need::Node => "a node certificate of this cluster or an admin token".to_string(),
+        };
+        Err(MasterError::PermissionDenied(format!(
+            "{} may not do this; it needs {what}",
+            caller.describe()
+        )))
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, MasterError> {
+        let Some(anchors) = &self.anchors else {
+            let claimed_peer = req
+                .metadata()
+                .get(PEER_METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
+            return Ok(Caller {
+                claimed_peer,
+                insecure: true,
+                ..Caller::default()
+            });
+        };
+        let cert = match req.peer_certs() {
+            Some(chain) => match chain.first() {
+                Some(leaf) => Some(
+                    anchors
+                        .authenticate(leaf.as_ref())
+                        .map_err(|e| MasterError::Unauthenticated(e.to_string()))?,
+                ),
+                None => None,
+            },
+            None => None,
+        };
+        let token = match token::bearer(req.metadata())
+            .map_err(|e| MasterError::Unauthenticated(e.to_string()))?
+        {
+            Some(secret) => Some(self.lookup(secret)?),
+            None => None,
+        };
+        Ok(Caller {
+            cert,
+            token,
+            ..Caller::default()
+        })
+    }
+
+    /// The token whose secret this is; a wrong or revoked one is refused.
+    pub fn lookup(&self, secret: &str) -> Result<TokenRow, MasterError> {
+        token::check_secret(secret).map_err(|e| MasterError::Unauthenticated(e.to_string()))?;
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&token::secret_hash(secret))
+            .cloned()
+            .ok_or_else(|| MasterError::Unauthenticated("unknown or revoked token".into()))
+    }
+
+    /// Stores a token for `secret` (durably) and starts accepting it.
+    pub fn add(
+        &self,
+        store: &MetaStore,
+        secret: &str,
+        name: &str,
+        scope: Scope,
+        now_unix: u64,
+    ) -> Result<TokenRow, MasterError> {
+        token::check_secret(secret).map_err(|e| MasterError::BadRequest(e.to_string()))?;
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(MasterError::BadRequest(
+                "a token name is 1 to 64 characters, no control characters".into(),
+            ));
+        }
+        let hash = token::secret_hash(secret);
+        let row = TokenRow {
+            id: hash[..16].to_string(),
+            name: name.to_string(),
+            scope: scope.to_string(),
+            created_unix: now_unix,
+        };
+        store.put_token(&hash, &row)?;
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, row.clone());
+        Ok(row)
+    }
+
+    /// Revokes the token with public id `id`, durably, then stops accepting
+    /// it.
+    pub fn revoke(&self, store: &MetaStore, id: &str) -> Result<(), MasterError> {
+        if !store.remove_token(id)? {
+            return Err(MasterError::BadRequest(format!("no token with id {id:?}")));
+        }
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, row| row.id != id);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
