@@ -12,20 +12,32 @@ pub struct SlaveConfig {
     /// `host:port` the master and peers use to reach this slave's HTTP; when
     /// `None`, the listener's address.
     pub advertise: Option<String>,
-    /// Bearer token for writes; `None` disables writes.
-    pub token: Option<String>,
+    /// This node's certificate, key and cluster CA (`node.pem`, `node.key`,
+    /// `ca.pem`), used when the master URL is https. Default: `<data>/tls`.
+    pub tls_dir: Option<PathBuf>,
     /// Largest upload body accepted.
     pub max_upload_bytes: u64,
 }
 
 impl SlaveConfig {
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls"))
+    }
+
+    /// Whether the master is reached over TLS (an https URL).
+    pub fn tls(&self) -> bool {
+        self.master.starts_with("https://")
+    }
+
     pub fn new(data_dir: PathBuf, master: String) -> Self {
         Self {
             data_dir,
             master,
             node_id: None,
             advertise: None,
-            token: None,
+            tls_dir: None,
             max_upload_bytes: 16 << 30,
         }
     }

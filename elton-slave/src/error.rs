@@ -11,10 +11,10 @@ pub enum SlaveError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
-    #[error("writes are disabled on this slave (no token configured)")]
-    WritesDisabled,
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("body exceeds the limit of {0} bytes")]
     TooLarge(u64),
     #[error("content hashes to {actual}, not {expected}")]
@@ -55,6 +55,8 @@ impl From<tonic::Status> for SlaveError {
             },
             Code::AlreadyExists | Code::FailedPrecondition => Self::PathConflict(msg),
             Code::Unavailable | Code::DeadlineExceeded => Self::MasterUnavailable(msg),
+            Code::Unauthenticated => Self::Unauthorized(msg),
+            Code::PermissionDenied => Self::Forbidden(msg),
             _ => Self::Master(msg),
         }
     }
@@ -67,8 +69,8 @@ impl SlaveError {
                 StatusCode::BAD_REQUEST
             }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::WritesDisabled => StatusCode::FORBIDDEN,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict { .. } | Self::PathConflict(_) => StatusCode::CONFLICT,
             Self::Corrupt(_) | Self::Transfer(_) | Self::Master(_) => StatusCode::BAD_GATEWAY,
@@ -88,7 +90,7 @@ impl IntoResponse for SlaveError {
         }
         let body = serde_json::json!({ "error": self.to_string() }).to_string();
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-        if let Self::Unauthorized = self {
+        if let Self::Unauthorized(_) = self {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::fetcher::Fetcher;
 use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
+use crate::tokens::{Bearer, Tokens};
 use crate::volumes::{Proposal, Resolved, StoredFile, Volumes};
 use crate::{SlaveError, chunked, range};
 
@@ -48,7 +49,7 @@ pub struct AppState {
     pub fetcher: Arc<Fetcher>,
     pub volumes: Arc<Volumes>,
     pub metrics: Arc<Metrics>,
-    pub token: Option<String>,
+    pub tokens: Tokens,
     pub max_upload_bytes: u64,
 }
 
@@ -70,21 +71,9 @@ impl AppState {
         inc(&self.metrics.http_requests_total, 1);
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), SlaveError> {
-        let Some(expected) = &self.token else {
-            return Err(SlaveError::WritesDisabled);
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(SlaveError::Unauthorized)?;
-        // Comparing hashes is constant-time (blake3::Hash's Eq is).
-        if blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes()) {
-            Ok(())
-        } else {
-            Err(SlaveError::Unauthorized)
-        }
+    /// The writer's token, accepted by the master (see [`Tokens`]).
+    async fn authorize(&self, headers: &HeaderMap) -> Result<Bearer, SlaveError> {
+        self.tokens.writer(headers).await
     }
 
     fn check_declared_length(&self, headers: &HeaderMap) -> Result<(), SlaveError> {
@@ -319,7 +308,7 @@ async fn put_object(
     body: Body,
 ) -> Result<Response, SlaveError> {
     state.count_request();
-    state.authorize(&headers)?;
+    state.authorize(&headers).await?;
     let id: ObjectId = id.parse()?;
     state.check_declared_length(&headers)?;
     let existed = state.fetcher.store().contains(&id);
@@ -468,7 +457,7 @@ async fn put_volume_file(
     body: Body,
 ) -> Result<Response, SlaveError> {
     state.count_request();
-    state.authorize(&headers)?;
+    let bearer = state.authorize(&headers).await?;
     let (volume, path) = split_volume(&rest)?;
     let path = VolumePath::parse(path)?;
     if path.is_root() {
@@ -498,7 +487,7 @@ async fn put_volume_file(
     inc(&state.metrics.uploaded_bytes_total, size);
     let info = state
         .volumes
-        .put_file(&volume, q.parent, &path, file, "http".into())
+        .put_file(&volume, q.parent, &path, file, "http".into(), &bearer)
         .await?;
     inc(&state.metrics.commits_total, 1);
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
@@ -524,7 +513,7 @@ async fn post_version(
     body: Body,
 ) -> Result<Response, SlaveError> {
     state.count_request();
-    state.authorize(&headers)?;
+    let bearer = state.authorize(&headers).await?;
     let (volume, tail) = split_volume(&rest)?;
     if tail != "versions" {
         return Err(SlaveError::NotFound(format!(
@@ -545,6 +534,7 @@ async fn post_version(
             message: c.message,
             author: c.author,
             host: c.host,
+            bearer,
         })
         .await?;
     inc(&state.metrics.commits_total, 1);

@@ -9,6 +9,7 @@
 //! - [`volumes`]: resolving volume paths, publishing versions.
 //! - [`tree`]: pure tree edits (one-file commits).
 //! - [`http`]: the CDN-style HTTP interface; [`range`], [`metrics`].
+//! - [`tokens`]: writers' bearer tokens, checked by the master.
 //! - [`durable`]: the one durable-write helper.
 //! - [`error`]: one error type, mapped to HTTP status in one place.
 //!
@@ -26,6 +27,7 @@ pub mod master_link;
 pub mod metrics;
 pub mod range;
 pub mod store;
+pub mod tokens;
 pub mod tree;
 pub mod turns;
 pub mod volumes;
@@ -49,7 +51,8 @@ pub async fn run(
 ) -> Result<(), SlaveError> {
     let store = ObjectStore::open(&config.data_dir)?;
     store.clean_tmp(std::time::Duration::from_secs(3600));
-    let node_id = node_id(&config)?;
+    let creds = credentials(&config)?;
+    let node_id = node_id(&config, creds.as_ref())?;
     let local = listener
         .local_addr()
         .map_err(|e| SlaveError::Io(e.to_string()))?;
@@ -57,7 +60,11 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or_else(|| local.to_string());
-    let (link, announcements) = master_link::MasterLink::new(&config.master, node_id.clone())?;
+    let tls = creds
+        .as_ref()
+        .map(|c| elton_trust::tls::node_client(c, &c.ca_pem));
+    let (link, announcements) =
+        master_link::MasterLink::new(&config.master, node_id.clone(), tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let fetcher = Arc::new(fetcher::Fetcher::new(
         store.clone(),
@@ -76,7 +83,7 @@ pub async fn run(
         fetcher,
         volumes,
         metrics,
-        token: config.token.clone(),
+        tokens: tokens::Tokens::new(link.clone()),
         max_upload_bytes: config.max_upload_bytes,
     });
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
@@ -92,15 +99,67 @@ pub async fn run(
     result
 }
 
-/// The configured id, else the one saved in `<data>/node-id`, else a new
-/// random one saved there.
-fn node_id(config: &SlaveConfig) -> Result<NodeId, SlaveError> {
+/// This node's certificate when the master is reached over TLS.
+fn credentials(config: &SlaveConfig) -> Result<Option<elton_trust::NodeCredentials>, SlaveError> {
+    if !config.tls() {
+        return Ok(None);
+    }
+    let creds = elton_trust::TlsDir::new(config.tls_dir())
+        .load_node()
+        .map_err(|e| SlaveError::BadRequest(e.to_string()))?;
+    if creds.identity.role != elton_trust::Role::Slave {
+        return Err(SlaveError::BadRequest(format!(
+            "{}: the certificate is for a {}, not a slave",
+            config.tls_dir().display(),
+            creds.identity.role
+        )));
+    }
+    Ok(Some(creds))
+}
+
+/// The node id: the one its certificate names (a configured or saved id
+/// must agree), else the configured id, else the one saved in
+/// `<data>/node-id`, else a new random one saved there.
+pub fn node_id(
+    config: &SlaveConfig,
+    creds: Option<&elton_trust::NodeCredentials>,
+) -> Result<NodeId, SlaveError> {
+    let local = local_node_id(config, creds.is_none())?;
+    let Some(creds) = creds else {
+        return local.ok_or_else(|| SlaveError::Io("no node id".into()));
+    };
+    let certified: NodeId = creds.identity.node.parse()?;
+    match local {
+        Some(id) if id != certified => Err(SlaveError::BadRequest(format!(
+            "node id {id} differs from the id its certificate names ({certified}); a node \
+             speaks only as itself: issue a certificate for {id}, or drop the id"
+        ))),
+        Some(_) => Ok(certified),
+        None => {
+            save_node_id(&config.data_dir.join("node-id"), &certified)?;
+            Ok(certified)
+        }
+    }
+}
+
+fn save_node_id(path: &Path, id: &NodeId) -> Result<(), SlaveError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SlaveError::Io(format!("creating {}: {e}", dir.display())))?;
+    }
+    durable::write_file(path, id.as_str().as_bytes())
+        .map_err(|e| SlaveError::Io(format!("writing {}: {e}", path.display())))
+}
+
+/// The configured or saved id; a new one (saved) only if `create`.
+fn local_node_id(config: &SlaveConfig, create: bool) -> Result<Option<NodeId>, SlaveError> {
     if let Some(id) = &config.node_id {
-        return Ok(id.parse()?);
+        return Ok(Some(id.parse()?));
     }
     let path = config.data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(s.trim().parse()?),
+        Ok(s) => Ok(Some(s.trim().parse()?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let seed = format!(
                 "{:?}{}{:?}",
@@ -110,9 +169,8 @@ fn node_id(config: &SlaveConfig) -> Result<NodeId, SlaveError> {
             );
             let id: NodeId =
                 format!("node-{}", &blake3::hash(seed.as_bytes()).to_hex()[..12]).parse()?;
-            durable::write_file(&path, id.as_str().as_bytes())
-                .map_err(|e| SlaveError::Io(format!("writing {}: {e}", path.display())))?;
-            Ok(id)
+            save_node_id(&path, &id)?;
+            Ok(Some(id))
         }
         Err(e) => Err(SlaveError::Io(format!(
             "reading {}: {e}",

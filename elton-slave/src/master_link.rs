@@ -9,7 +9,7 @@ use elton_proto::pb::master_client::MasterClient;
 use elton_proto::pb::{AddLocationsRequest, HeartbeatRequest, RegisterNodeRequest};
 use elton_proto::{NodeId, ObjectId};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::SlaveError;
 use crate::store::ObjectStore;
@@ -52,9 +52,21 @@ pub struct MasterLink {
 impl MasterLink {
     /// Connects lazily: the slave serves its store even while the master is
     /// down, and calls fail with a clear error until it is back.
-    pub fn new(master_url: &str, node_id: NodeId) -> Result<(Self, AnnounceQueue), SlaveError> {
-        let endpoint = Endpoint::from_shared(master_url.to_string())
-            .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?
+    /// `tls`: how to reach a master over TLS (this node's certificate and
+    /// its cluster's CA); `None` for an insecure master (http URL).
+    pub fn new(
+        master_url: &str,
+        node_id: NodeId,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<(Self, AnnounceQueue), SlaveError> {
+        let mut endpoint = Endpoint::from_shared(master_url.to_string())
+            .map_err(|e| SlaveError::BadRequest(format!("master URL {master_url:?}: {e}")))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| SlaveError::BadRequest(format!("TLS to the master: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)

@@ -13,6 +13,7 @@ use elton_proto::{
 use crate::SlaveError;
 use crate::fetcher::Fetcher;
 use crate::master_link::MasterLink;
+use crate::tokens::Bearer;
 
 /// Decoded manifests kept in memory; they never change, so no invalidation.
 const MANIFEST_CACHE_ENTRIES: usize = 4096;
@@ -71,6 +72,9 @@ pub struct Proposal {
     pub message: String,
     pub author: String,
     pub host: String,
+    /// The writer's token, relayed: the master decides whether it may
+    /// commit.
+    pub bearer: Bearer,
 }
 
 impl Volumes {
@@ -316,6 +320,10 @@ impl Volumes {
             author: p.author,
             host: p.host,
         };
+        let mut req = tonic::Request::new(req);
+        elton_trust::BearerAuth::new(Some(&p.bearer.0))
+            .map_err(|e| SlaveError::Unauthorized(e.to_string()))?
+            .apply(&mut req);
         let record = self.link.client().commit(req).await?.into_inner();
         VersionInfo::try_from(record)
             .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
@@ -330,6 +338,7 @@ impl Volumes {
         path: &VolumePath,
         file: StoredFile,
         author: String,
+        bearer: &Bearer,
     ) -> Result<VersionInfo, SlaveError> {
         let base = match parent {
             Some(0) => None,
@@ -412,6 +421,7 @@ impl Volumes {
             message: format!("upload {path}"),
             author,
             host: "http".into(),
+            bearer: bearer.clone(),
         })
         .await
     }

@@ -1,20 +1,32 @@
 //! Where the CLI finds the master and the slave, and how it talks to them.
+//!
+//! The master is reached over TLS, trusting the cluster's CA (`--ca`,
+//! default `$ELTON_HOME/pki/ca.pem`, which `elton up` writes), and every
+//! call carries the bearer token (`--token`, default `$ELTON_HOME/token`).
+//! An `http://` master URL means an insecure master: no TLS.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use elton_proto::pb::master_client::MasterClient;
-use tonic::transport::Channel;
+use elton_trust::BearerAuth;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 use super::default_data_dir;
 
+/// A client of the master that sends the CLI's token with every call.
+pub type Master = MasterClient<InterceptedService<Channel, BearerAuth>>;
+
 #[derive(Args, Debug, Clone)]
 pub struct Endpoints {
-    /// Master gRPC URL.
+    /// Master gRPC URL (https; http only for an --insecure master).
     #[arg(
         long,
         global = true,
         env = "ELTON_MASTER",
-        default_value = "http://127.0.0.1:7100"
+        default_value = "https://127.0.0.1:7100"
     )]
     pub master: String,
     /// Slave HTTP URL.
@@ -25,35 +37,66 @@ pub struct Endpoints {
         default_value = "http://127.0.0.1:7200"
     )]
     pub slave: String,
-    /// Write token for the slave; default: the token file of `elton up`.
+    /// Bearer token; default: the file $ELTON_HOME/token (`elton up` writes it).
     #[arg(long, global = true, env = "ELTON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA certificate that the master's must chain to
+    /// [default: $ELTON_HOME/pki/ca.pem].
+    #[arg(long, global = true, env = "ELTON_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl Endpoints {
-    pub async fn master(&self) -> Result<MasterClient<Channel>> {
-        let channel = Channel::from_shared(self.master.clone())
-            .with_context(|| format!("master URL {:?}", self.master))?
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("pki").join("ca.pem"))
+    }
+
+    pub async fn master(&self) -> Result<Master> {
+        let mut endpoint = Endpoint::from_shared(self.master.clone())
+            .with_context(|| format!("master URL {:?}", self.master))?;
+        if !self.master.starts_with("http://") {
+            let path = self.ca_path();
+            let ca = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading the cluster CA {} (pass --ca or ELTON_CA; on the master's \
+                     host, `elton cert export-ca` prints it)",
+                    path.display()
+                )
+            })?;
+            endpoint = endpoint
+                .tls_config(elton_trust::tls::anonymous_client(&ca))
+                .context("TLS settings")?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("connecting to master {}", self.master))?;
-        Ok(MasterClient::new(channel).max_decoding_message_size(64 << 20))
+        let auth = BearerAuth::new(self.token().ok().as_deref()).map_err(|e| anyhow!("{e}"))?;
+        Ok(MasterClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
     }
 
     pub fn slave_url(&self, path: &str) -> String {
         format!("{}{path}", self.slave.trim_end_matches('/'))
     }
 
+    pub fn token_path() -> PathBuf {
+        default_data_dir().join("token")
+    }
+
     pub fn token(&self) -> Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
         }
-        let path = default_data_dir().join("token");
+        let path = Self::token_path();
         std::fs::read_to_string(&path)
             .map(|t| t.trim().to_string())
             .map_err(|_| {
                 anyhow!(
-                    "no write token: pass --token or ELTON_TOKEN (elton up writes one to {})",
+                    "no token: pass --token or ELTON_TOKEN (elton up writes one to {})",
                     path.display()
                 )
             })
@@ -64,6 +107,11 @@ impl Endpoints {
 pub fn status(e: tonic::Status) -> anyhow::Error {
     match e.code() {
         tonic::Code::Unavailable => anyhow!("master unavailable: {}", e.message()),
+        tonic::Code::Unauthenticated => anyhow!(
+            "{} (pass a token with --token or ELTON_TOKEN; `elton up` writes one to {})",
+            e.message(),
+            Endpoints::token_path().display()
+        ),
         _ => anyhow!("{}", e.message()),
     }
 }

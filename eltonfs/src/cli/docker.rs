@@ -55,7 +55,7 @@ pub async fn docker_plugin(ep: &Endpoints, a: DockerPluginArgs) -> Result<()> {
         .unwrap_or_else(|| default_data_dir().join("slave"));
     let plugin = Plugin::open(PluginConfig {
         state_dir: state_dir.clone(),
-        master_url: ep.master.clone(),
+        endpoints: ep.clone(),
         slave_url: ep.slave.clone(),
         slave_data,
         token: ep.token().ok(),

@@ -9,6 +9,7 @@ mod inspect;
 mod mounts;
 mod servers;
 mod stats;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +93,17 @@ pub enum Command {
     Fsck(fsck::FsckArgs),
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
+    /// Issue node certificates, export the cluster CA.
+    #[command(subcommand)]
+    Cert(trust::CertCommand),
+    /// Create, list and revoke bearer tokens (admin).
+    #[command(subcommand)]
+    Token(trust::TokenCommand),
+    /// Show who the master takes you for.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,5 +205,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
         Command::Fsck(a) => fsck::fsck(&ep, a).await,
+        Command::Cert(c) => trust::cert(c),
+        Command::Token(c) => trust::token(&ep, c).await,
+        Command::Whoami { json } => trust::whoami(&ep, json).await,
     }
 }

@@ -36,9 +36,10 @@ pub struct MasterArgs {
     /// This master's cluster name, the home of its volumes [default: the id].
     #[arg(long)]
     pub cluster: Option<String>,
-    /// A peer master of another cluster, NAME=URL (repeatable; adds to the
-    /// config file's peers).
-    #[arg(long = "peer", value_name = "NAME=URL")]
+    /// A peer master of another cluster and its cluster's CA certificate,
+    /// NAME=https://HOST:PORT,ca=PATH (repeatable; adds to the config
+    /// file's peers).
+    #[arg(long = "peer", value_name = "NAME=URL,ca=PATH")]
     pub peers: Vec<elton_master::config::PeerConfig>,
     /// Deadline of one call to a peer master, in milliseconds [default: 3000].
     #[arg(long)]
@@ -49,6 +50,25 @@ pub struct MasterArgs {
     /// Copies wanted of every object on distinct slaves [default: 2].
     #[arg(long)]
     pub replication: Option<u32>,
+    /// Cluster CA and this master's certificate, created on the first
+    /// start [default: <data-dir>/pki].
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Extra DNS name or IP address for this master's certificate when it
+    /// is issued (repeatable).
+    #[arg(long = "tls-name")]
+    pub tls_names: Vec<String>,
+    /// First admin token: read from this file on a start with no tokens, or
+    /// created there [default: <data-dir>/admin.token].
+    #[arg(long)]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// No TLS and no authentication: anyone who reaches the port may do
+    /// anything. Only on loopback addresses (benchmarks, a throwaway host).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Allow --insecure on a non-loopback address.
+    #[arg(long, requires = "insecure")]
+    pub insecure_allow_network: bool,
 }
 
 #[derive(Args, Debug)]
@@ -59,8 +79,8 @@ pub struct SlaveArgs {
     /// Data directory (object store) [default: <ELTON_HOME>/slave].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Master gRPC URL.
-    #[arg(long = "master-url", default_value = "http://127.0.0.1:7100")]
+    /// Master gRPC URL (https; http only for an --insecure master).
+    #[arg(long = "master-url", default_value = "https://127.0.0.1:7100")]
     pub master_url: String,
     /// Node id [default: kept in <data-dir>/node-id].
     #[arg(long)]
@@ -68,9 +88,10 @@ pub struct SlaveArgs {
     /// host:port others use to reach this slave [default: the listen address].
     #[arg(long)]
     pub advertise: Option<String>,
-    /// File holding the bearer token for writes; without it writes are disabled.
+    /// This node's certificate, key and cluster CA (node.pem, node.key,
+    /// ca.pem; `elton cert issue --out` writes them) [default: <data-dir>/tls].
     #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    pub tls_dir: Option<PathBuf>,
     /// Largest upload accepted, in bytes.
     #[arg(long, default_value_t = 16 << 30)]
     pub max_upload_bytes: u64,
@@ -166,6 +187,15 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     if let Some(v) = a.replication {
         c.replication = v;
     }
+    if let Some(v) = a.tls_dir {
+        c.tls_dir = Some(v);
+    }
+    c.tls_names.extend(a.tls_names);
+    if let Some(v) = a.bootstrap_token_file {
+        c.bootstrap_token_file = Some(v);
+    }
+    c.insecure |= a.insecure;
+    c.insecure_allow_network |= a.insecure_allow_network;
     c.validate()
         .map_err(|e| anyhow::anyhow!("master config: {e}"))?;
     Ok(c)
@@ -178,17 +208,6 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_token(path: &Path) -> Result<String> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let t = t.trim().to_string();
-    anyhow::ensure!(
-        t.len() >= 16,
-        "{}: token must be at least 16 characters",
-        path.display()
-    );
-    Ok(t)
-}
-
 pub async fn slave(a: SlaveArgs) -> Result<()> {
     let mut config = SlaveConfig::new(
         a.data_dir
@@ -198,26 +217,51 @@ pub async fn slave(a: SlaveArgs) -> Result<()> {
     config.node_id = a.node_id;
     config.advertise = a.advertise;
     config.max_upload_bytes = a.max_upload_bytes;
-    config.token = a.token_file.as_deref().map(read_token).transpose()?;
+    config.tls_dir = a.tls_dir;
     let listener = bind(&a.listen).await?;
     elton_slave::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
 
-/// Reads the token file, creating it (0600, random) on first start.
+/// Reads the token file, creating it (0600, random) on first start. The
+/// master takes it as its first admin token (its bootstrap file).
 fn ensure_token(path: &Path) -> Result<String> {
     if path.exists() {
-        return read_token(path);
+        return elton_trust::token::read_secret_file(path).map_err(|e| anyhow::anyhow!("{e}"));
     }
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-        .context("reading /dev/urandom")?;
-    let token = blake3::hash(&seed).to_hex().to_string();
-    elton_slave::durable::write_file(path, token.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let token = elton_trust::token::new_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
+    elton_trust::pki::write_private(path, format!("{token}\n").as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(token)
+}
+
+/// The single node's certificates: the cluster CA and the master's (as a
+/// master's first start makes them), and the slave's, issued for its node
+/// id. Made before either starts, so the slave never waits for them.
+fn provision_single_node(data: &Path, master: &MasterConfig, slave: &mut SlaveConfig) -> Result<()> {
+    let pki = elton_trust::TlsDir::new(master.tls_dir());
+    elton_trust::pki::ensure_master(&pki, master.cluster_name(), &master.id, &[])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ca = elton_trust::ClusterCa::load(&pki).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node = elton_slave::node_id(slave, None)?;
+    let slave_tls = elton_trust::TlsDir::new(data.join("slave").join("tls"));
+    let current = slave_tls
+        .load_node()
+        .ok()
+        .filter(|c| c.identity.node == node.as_str() && c.ca_pem == ca.cert_pem());
+    if current.is_none() {
+        let issued = ca
+            .issue(node.as_str(), elton_trust::Role::Slave, &[])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A CA left from an earlier cluster must not stay next to the new
+        // certificate.
+        let _ = std::fs::remove_file(slave_tls.ca_cert());
+        slave_tls
+            .save_node(&issued, ca.cert_pem())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    slave.tls_dir = Some(slave_tls.path().to_path_buf());
+    Ok(())
 }
 
 pub async fn up(a: UpArgs) -> Result<()> {
@@ -233,10 +277,12 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let master_config = MasterConfig {
         data_dir: data.join("master"),
         listen: master_addr.to_string(),
+        tls_dir: Some(data.join("pki")),
+        bootstrap_token_file: Some(token_path.clone()),
         ..MasterConfig::default()
     };
-    let mut slave_config = SlaveConfig::new(data.join("slave"), format!("http://{master_addr}"));
-    slave_config.token = Some(token);
+    let mut slave_config = SlaveConfig::new(data.join("slave"), format!("https://{master_addr}"));
+    provision_single_node(&data, &master_config, &mut slave_config)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -260,16 +306,13 @@ pub async fn up(a: UpArgs) -> Result<()> {
             .mountpoint
             .clone()
             .unwrap_or_else(|| data.join("volumes").join(&a.volume));
-        match mount_default(
-            &a.volume,
-            &mountpoint,
-            &data,
-            master_addr,
-            slave_addr,
-            &token_path,
-        )
-        .await
-        {
+        let endpoints = super::Endpoints {
+            master: format!("https://{master_addr}"),
+            slave: format!("http://{slave_addr}"),
+            token: Some(token.clone()),
+            ca: Some(data.join("pki").join("ca.pem")),
+        };
+        match mount_default(&a.volume, &mountpoint, &data, &endpoints).await {
             Ok(()) => Some(mountpoint),
             Err(e) => {
                 eprintln!("elton: warning: not mounting {}: {e:#}", a.volume);
@@ -282,7 +325,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
     println!("  master (gRPC)  http://{master_addr}");
     println!("  slave  (HTTP)  http://{slave_addr}");
     println!("  data           {}", data.display());
-    println!("  write token    {}", token_path.display());
+    println!("  admin token    {}", token_path.display());
+    println!("  cluster CA     {}", data.join("pki").join("ca.pem").display());
     if let Some(m) = &mounted {
         println!("  volume {:<7} mounted at {}", a.volume, m.display());
     }
@@ -319,16 +363,13 @@ async fn mount_default(
     volume: &str,
     mountpoint: &Path,
     data: &Path,
-    master: SocketAddr,
-    slave: SocketAddr,
-    token_path: &Path,
+    endpoints: &super::Endpoints,
 ) -> Result<()> {
     use elton_proto::pb::CreateVolumeRequest;
-    use elton_proto::pb::master_client::MasterClient;
     let volume: elton_proto::VolumeName = volume.parse()?;
     let mut client = None;
     for _ in 0..100 {
-        if let Ok(c) = MasterClient::connect(format!("http://{master}")).await {
+        if let Ok(c) = endpoints.master().await {
             client = Some(c);
             break;
         }
@@ -360,9 +401,9 @@ async fn mount_default(
         volume,
         version: None,
         mountpoint: mountpoint.to_path_buf(),
-        slave_url: format!("http://{slave}"),
+        slave_url: endpoints.slave.clone(),
         slave_data,
-        token: read_token(token_path).ok(),
+        token: endpoints.token.clone(),
         allow_other: false,
         chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
         assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,

@@ -18,7 +18,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use elton_proto::pb::master_client::MasterClient;
 use elton_proto::pb::{GetVersionRequest, GetVolumeRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,8 +32,9 @@ pub struct PluginConfig {
     /// Where the plugin keeps `plugin.json` and, per Docker volume,
     /// `volumes/<name>/{mnt,state}`.
     pub state_dir: PathBuf,
-    /// The local master (volumes are checked there unless `-o master=`).
-    pub master_url: String,
+    /// The local master and the credentials for it (volumes are checked
+    /// there unless `-o master=`).
+    pub endpoints: crate::cli::Endpoints,
     /// The local slave, through which mounts read and commit.
     pub slave_url: String,
     /// The local slave's data directory (the mounts' cache).
@@ -150,11 +150,11 @@ impl Plugin {
     fn create(&self, req: CreateRequest, rt: &tokio::runtime::Handle) -> Result<()> {
         check_docker_name(&req.name)?;
         let options = VolumeOptions::parse(&req.name, &req.opts.unwrap_or_default())?;
-        let master = options
-            .master
-            .clone()
-            .unwrap_or_else(|| self.config.master_url.clone());
-        rt.block_on(check_on_master(&master, &options))?;
+        let mut endpoints = self.config.endpoints.clone();
+        if let Some(m) = &options.master {
+            endpoints.master = m.clone();
+        }
+        rt.block_on(check_on_master(&endpoints, &options))?;
         let mut reg = self.registry();
         reg.create(&req.name, options)?;
         reg.save()?;
@@ -296,10 +296,9 @@ fn is_mounted(p: &Path) -> bool {
 }
 
 /// Refuses volumes and versions the master does not know, with its words.
-async fn check_on_master(master: &str, o: &VolumeOptions) -> Result<()> {
-    let mut client = MasterClient::connect(master.to_string())
-        .await
-        .with_context(|| format!("connecting to master {master}"))?;
+async fn check_on_master(endpoints: &crate::cli::Endpoints, o: &VolumeOptions) -> Result<()> {
+    let master = &endpoints.master;
+    let mut client = endpoints.master().await?;
     let info = client
         .get_volume(GetVolumeRequest {
             name: o.volume.to_string(),
