@@ -61,9 +61,7 @@ fn live_holders(c: &Cluster, id: &ObjectId) -> Vec<String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut m = elton_proto::pb::master_client::MasterClient::connect(c.master.url())
-            .await
-            .unwrap();
+        let mut m = c.master_client().await;
         let mut out: Vec<String> = m
             .locate(elton_proto::pb::LocateRequest {
                 object: id.as_bytes().to_vec(),
@@ -87,9 +85,7 @@ fn node_up(c: &Cluster, node: &str) -> bool {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut m = elton_proto::pb::master_client::MasterClient::connect(c.master.url())
-            .await
-            .unwrap();
+        let mut m = c.master_client().await;
         m.list_nodes(elton_proto::pb::ListNodesRequest {})
             .await
             .unwrap()

@@ -111,7 +111,8 @@ impl Plugin {
                 cluster.slave_dir(slave).display().to_string(),
             ],
             env: vec![
-                ("ELTON_MASTER".into(), cluster.master.url()),
+                ("ELTON_MASTER".into(), cluster.master_url()),
+                ("ELTON_CA".into(), cluster.ca_path().display().to_string()),
                 ("ELTON_SLAVE".into(), cluster.slave_url(slave)),
                 ("ELTON_TOKEN".into(), TOKEN.into()),
                 ("ELTON_LOG".into(), "info".into()),

@@ -10,7 +10,7 @@ use std::fs;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Mount, free_port, pseudo_random, wait_until};
+use common::{Cluster, Mount, Pki, free_port, pseudo_random, wait_until};
 use elton_tests::link::{Link, Way};
 
 /// The phases move tens of MiB through several processes each; running
@@ -33,8 +33,9 @@ impl Pair {
         let (pa, pb) = (free_port(), free_port());
         let to_a = Link::start(([127, 0, 0, 1], pa).into()).unwrap();
         let to_b = Link::start(([127, 0, 0, 1], pb).into()).unwrap();
-        let a = Cluster::federated(2, "alpha", pa, &[("beta", to_b.url())]);
-        let b = Cluster::federated(2, "beta", pb, &[("alpha", to_a.url())]);
+        let (pki_a, pki_b) = (Pki::new("alpha"), Pki::new("beta"));
+        let a = Cluster::federated(2, pki_a, pa, &[(&pki_b, to_b.url())]);
+        let b = Cluster::federated(2, pki_b, pb, &[(a.pki(), to_a.url())]);
         Self { a, b, to_a, to_b }
     }
 

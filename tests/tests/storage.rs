@@ -451,7 +451,8 @@ fn phase6_kill9_during_import_publishes_nothing() {
     let s1 = c.slave_url(1);
     let mut child = std::process::Command::new(common::bin())
         .args(["import", src.to_str().unwrap(), "imp"])
-        .env("ELTON_MASTER", c.master.url())
+        .env("ELTON_MASTER", c.master_url())
+        .env("ELTON_CA", c.ca_path())
         .env("ELTON_SLAVE", &s1)
         .env("ELTON_TOKEN", TOKEN)
         .stdout(std::process::Stdio::null())

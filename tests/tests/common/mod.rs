@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The admin token of every test cluster (its masters' bootstrap token).
 pub const TOKEN: &str = "e2e-test-token-0123456789";
 
 pub fn bin() -> &'static str {
@@ -98,9 +99,45 @@ impl Drop for Proc {
     }
 }
 
+/// A cluster's CA and master certificate, made before its master starts
+/// (so that peers can be given each other's CA first).
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub cluster: String,
+}
+
+impl Pki {
+    pub fn new(cluster: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(bin())
+            .args(["cert", "init", "--cluster", cluster, "--pki"])
+            .arg(dir.path())
+            .output()
+            .expect("elton cert init");
+        assert!(
+            out.status.success(),
+            "elton cert init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir,
+            cluster: cluster.to_string(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
 /// A master with any number of slaves, each in its own data directory.
+/// Everything runs as in production: the master over TLS with the cluster
+/// CA in `<dir>/master/pki` (or a [`Pki`] given up front), slaves with
+/// certificates issued by it, clients with [`TOKEN`].
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Set when the CA was made before the master (federated clusters).
+    pki: Option<Pki>,
     pub master: Proc,
     pub slaves: Vec<Proc>,
     /// The master's Prometheus port, when started with one.
@@ -116,23 +153,26 @@ impl Cluster {
         Self::build(slaves, extra, free_port(), &[])
     }
 
-    /// A cluster named `name` whose master listens on `port` (chosen by the
-    /// caller, so peers' link proxies can point at it before it starts) and
-    /// knows `peers` (name, URL). Its Prometheus endpoint is on
-    /// [`Cluster::metrics_port`].
-    pub fn federated(slaves: usize, name: &str, port: u16, peers: &[(&str, String)]) -> Self {
+    /// A cluster named after `pki` whose master listens on `port` (chosen
+    /// by the caller, so peers' link proxies can point at it before it
+    /// starts) and knows `peers` (their CA, and the URL that reaches them,
+    /// over TLS). Its Prometheus endpoint is on [`Cluster::metrics_port`].
+    pub fn federated(slaves: usize, pki: Pki, port: u16, peers: &[(&Pki, String)]) -> Self {
         let metrics = free_port();
         let mut args = vec![
             "--cluster".to_string(),
-            name.to_string(),
+            pki.cluster.clone(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{metrics}"),
+            "--tls-dir".into(),
+            pki.dir.path().display().to_string(),
         ];
         for (peer, url) in peers {
+            let url = url.replacen("http://", "https://", 1);
             args.push("--peer".into());
-            args.push(format!("{peer}={url}"));
+            args.push(format!("{}={url},ca={}", peer.cluster, peer.ca().display()));
         }
-        let mut c = Self::build(slaves, &[], port, &args);
+        let mut c = Self::build_with(slaves, &[], port, &args, Some(pki));
         c.metrics_port = Some(metrics);
         c
     }
@@ -145,7 +185,18 @@ impl Cluster {
     }
 
     fn build(slaves: usize, extra: &[&str], port: u16, master_extra: &[String]) -> Self {
+        Self::build_with(slaves, extra, port, master_extra, None)
+    }
+
+    fn build_with(
+        slaves: usize,
+        extra: &[&str],
+        port: u16,
+        master_extra: &[String],
+        pki: Option<Pki>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
         let mut args = vec![
             "master".into(),
             "--listen".into(),
@@ -156,12 +207,14 @@ impl Cluster {
             "200".into(),
             "--down-after-ms".into(),
             "3000".into(),
+            "--bootstrap-token-file".into(),
+            dir.path().join("token").display().to_string(),
         ];
         args.extend(master_extra.iter().cloned());
         let master = Proc::spawn(args, port, dir.path().join("master.log"));
-        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
         let mut c = Self {
             dir,
+            pki,
             master,
             slaves: Vec::new(),
             metrics_port: None,
@@ -172,9 +225,49 @@ impl Cluster {
         c
     }
 
+    /// The CA made before the master (federated clusters only).
+    pub fn pki(&self) -> &Pki {
+        self.pki.as_ref().expect("a federated cluster")
+    }
+
+    /// The master's TLS directory (CA key and certificate).
+    pub fn pki_dir(&self) -> PathBuf {
+        match &self.pki {
+            Some(p) => p.dir.path().to_path_buf(),
+            None => self.dir.path().join("master").join("pki"),
+        }
+    }
+
+    /// The cluster CA certificate clients trust (`ELTON_CA`).
+    pub fn ca_path(&self) -> PathBuf {
+        self.pki_dir().join("ca.pem")
+    }
+
+    /// The master's gRPC URL (TLS).
+    pub fn master_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.master.port)
+    }
+
+    /// Issues a certificate for node `node` of this cluster into `out`.
+    pub fn issue_cert(&self, node: &str, out: &Path) {
+        let out_arg = out.display().to_string();
+        let pki = self.pki_dir().display().to_string();
+        let o = Command::new(bin())
+            .args(["cert", "issue", "--node", node, "--out", &out_arg, "--pki", &pki])
+            .output()
+            .expect("elton cert issue");
+        assert!(
+            o.status.success(),
+            "elton cert issue: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     pub fn add_slave(&mut self, extra: &[&str]) {
         let i = self.slaves.len() + 1;
         let port = free_port();
+        let tls = self.slave_dir(i).join("tls");
+        self.issue_cert(&format!("slave{i}"), &tls);
         let mut args = vec![
             "slave".to_string(),
             "--listen".into(),
@@ -182,22 +275,18 @@ impl Cluster {
             "--data-dir".into(),
             self.slave_dir(i).display().to_string(),
             "--master-url".into(),
-            self.master.url(),
+            self.master_url(),
             "--node-id".into(),
             format!("slave{i}"),
-            "--token-file".into(),
-            self.dir.path().join("token").display().to_string(),
+            "--tls-dir".into(),
+            tls.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let p = Proc::spawn(args, port, self.dir.path().join(format!("slave{i}.log")));
         self.slaves.push(p);
-        let master = self.master.url();
         let id = format!("slave{i}");
         wait_until(&format!("{id} registered"), Duration::from_secs(20), || {
-            let out = Command::new(bin())
-                .args(["--master", &master, "volume", "ls"])
-                .output();
-            out.is_ok_and(|o| o.status.success()) && registered(&master, &id)
+            registered(self, &id)
         });
     }
 
@@ -210,9 +299,10 @@ impl Cluster {
     pub fn cli(&self, slave: usize, args: &[&str]) -> Output {
         Command::new(bin())
             .args(args)
-            .env("ELTON_MASTER", self.master.url())
+            .env("ELTON_MASTER", self.master_url())
             .env("ELTON_SLAVE", self.slaves[slave - 1].url())
             .env("ELTON_TOKEN", TOKEN)
+            .env("ELTON_CA", self.ca_path())
             .env("ELTON_HOME", self.dir.path().join("home"))
             .output()
             .expect("running elton")
@@ -233,39 +323,81 @@ impl Cluster {
         self.slaves[i - 1].url()
     }
 
-    /// A gRPC client of the master holding the harness's admin credentials.
+    /// A gRPC client of the master holding the harness's admin token.
     pub async fn master_client(&self) -> MasterGrpc {
-        elton_proto::pb::master_client::MasterClient::connect(self.master.url())
-            .await
-            .expect("connecting to the master")
+        self.client_with(Some(TOKEN), None).await
     }
 
     /// A gRPC client of the master that authenticates as node `node_id` of
-    /// this cluster (for tests that play a node, e.g. a fake holder).
+    /// this cluster (for tests that play a node, e.g. a fake holder): a
+    /// certificate is issued for it, and no token is sent.
     pub async fn node_client(&self, node_id: &str) -> MasterGrpc {
-        let _ = node_id;
-        elton_proto::pb::master_client::MasterClient::connect(self.master.url())
+        let dir = self.dir.path().join(format!("certs-{node_id}"));
+        if !dir.join("node.pem").exists() {
+            self.issue_cert(node_id, &dir);
+        }
+        let creds = elton_trust::TlsDir::new(&dir)
+            .load_node()
+            .expect("node credentials");
+        self.client_with(None, Some(&creds)).await
+    }
+
+    /// A client with exactly the given credentials (either may be absent).
+    pub async fn client_with(
+        &self,
+        token: Option<&str>,
+        creds: Option<&elton_trust::NodeCredentials>,
+    ) -> MasterGrpc {
+        let ca = std::fs::read_to_string(self.ca_path()).expect("cluster CA");
+        let tls = match creds {
+            Some(c) => elton_trust::tls::node_client(c, &ca),
+            None => elton_trust::tls::anonymous_client(&ca),
+        };
+        let channel = tonic::transport::Endpoint::from_shared(self.master_url())
+            .expect("master URL")
+            .tls_config(tls)
+            .expect("TLS settings")
+            .connect()
             .await
-            .expect("connecting to the master")
+            .expect("connecting to the master");
+        let auth = elton_trust::BearerAuth::new(token).expect("token");
+        elton_proto::pb::master_client::MasterClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// Runs `f` with an admin client on a runtime of its own (for
+    /// synchronous tests).
+    pub fn with_master<T>(&self, f: impl AsyncFnOnce(&mut MasterGrpc) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut m = self.master_client().await;
+            f(&mut m).await
+        })
     }
 }
 
 /// The client type [`Cluster::master_client`] and [`Cluster::node_client`]
 /// return; name it only through this alias.
-pub type MasterGrpc = elton_proto::pb::master_client::MasterClient<tonic::transport::Channel>;
+pub type MasterGrpc = elton_proto::pb::master_client::MasterClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        elton_trust::BearerAuth,
+    >,
+>;
 
-fn registered(master: &str, node: &str) -> bool {
+fn registered(c: &Cluster, node: &str) -> bool {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("rt");
     rt.block_on(async {
-        let Ok(mut c) =
-            elton_proto::pb::master_client::MasterClient::connect(master.to_string()).await
-        else {
+        let Some(mut m) = admin_client(&c.master_url(), &c.ca_path()).await else {
             return false;
         };
-        c.list_nodes(elton_proto::pb::ListNodesRequest {})
+        m.list_nodes(elton_proto::pb::ListNodesRequest {})
             .await
             .is_ok_and(|r| {
                 r.into_inner()
@@ -274,6 +406,20 @@ fn registered(master: &str, node: &str) -> bool {
                     .any(|n| n.node_id == node && n.up)
             })
     })
+}
+
+/// An admin client, or `None` while the master does not answer yet.
+async fn admin_client(url: &str, ca: &Path) -> Option<MasterGrpc> {
+    let ca = std::fs::read_to_string(ca).ok()?;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .tls_config(elton_trust::tls::anonymous_client(&ca))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let auth = elton_trust::BearerAuth::new(Some(TOKEN)).ok()?;
+    Some(elton_proto::pb::master_client::MasterClient::with_interceptor(channel, auth))
 }
 
 /// Reads a Prometheus counter from a slave's `/metrics`.
@@ -411,8 +557,9 @@ impl Mount {
         let child = Command::new(bin())
             .args(&args)
             .env("ELTON_SLAVE", cluster.slave_url(slave))
-            .env("ELTON_MASTER", cluster.master.url())
+            .env("ELTON_MASTER", cluster.master_url())
             .env("ELTON_TOKEN", TOKEN)
+            .env("ELTON_CA", cluster.ca_path())
             .env("ELTON_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
