@@ -10,6 +10,7 @@
 //! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
 //! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
+//! - [`validate`]: the check of a commit's tree before it is published.
 //! - [`config`]: settings with documented defaults.
 //! - [`error`]: one error type, mapped to gRPC status in one place.
 //!
@@ -30,6 +31,7 @@ pub mod remote;
 pub mod replicator;
 pub mod service;
 pub mod store;
+pub mod validate;
 pub mod walk;
 pub mod wan;
 
