@@ -22,6 +22,10 @@ pub enum MasterError {
         head: u64,
         parent: u64,
     },
+    /// A commit's tree that must not be published; `path` names the first
+    /// bad entry (see `elton_proto::validate`).
+    #[error("invalid tree: {path}: {reason}")]
+    InvalidTree { path: String, reason: String },
     #[error("root object {0} is not stored on any node; upload it before committing")]
     RootNotStored(String),
     #[error("unknown node {0:?}; register first")]
@@ -83,7 +87,9 @@ storage_from!(
 impl From<MasterError> for Status {
     fn from(e: MasterError) -> Self {
         let code = match &e {
-            MasterError::Invalid(_) | MasterError::BadRequest(_) => Code::InvalidArgument,
+            MasterError::Invalid(_)
+            | MasterError::BadRequest(_)
+            | MasterError::InvalidTree { .. } => Code::InvalidArgument,
             MasterError::UnknownVolume(_)
             | MasterError::UnknownVersion { .. }
             | MasterError::EmptyVolume(_)

@@ -6,6 +6,8 @@
 //! receives before storing or serving it.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use elton_proto::pb::ObjectChunk;
@@ -14,6 +16,10 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use crate::MasterError;
+use crate::nodes::Liveness;
+use crate::store::{MetaStore, NodeRow};
 
 /// Largest `ObjectChunk` assembled from what a holder has already sent.
 const MAX_CHUNK: usize = 1 << 20;
@@ -25,6 +31,25 @@ pub enum SourceError {
     Missing,
     /// Unreachable, or an error status: try another holder.
     Failed(String),
+}
+
+/// The registered holders of `object` that are up, but `exclude`: the
+/// nodes worth asking for its bytes.
+pub async fn live_holders(
+    store: &Arc<MetaStore>,
+    liveness: &Liveness,
+    object: ObjectId,
+    exclude: Option<&NodeId>,
+) -> Result<Vec<NodeRow>, MasterError> {
+    let (holders, nodes) =
+        crate::store::blocking(store, move |s| Ok((s.holders(&object)?, s.nodes()?))).await?;
+    let now = Instant::now();
+    Ok(nodes
+        .into_iter()
+        .filter(|n| holders.contains(&n.id))
+        .filter(|n| Some(&n.id) != exclude)
+        .filter(|n| liveness.is_up(&n.id, now))
+        .collect())
 }
 
 /// Opens the object on one holder; returns its size and a stream of chunks.

@@ -12,6 +12,7 @@
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
 //! - [`auth`]: who is calling (certificates, tokens) and what they may do;
 //!   [`provision`]: the master's TLS identity and first admin token.
+//! - [`validate`]: the check of a commit's tree before it is published.
 //! - [`config`]: settings with documented defaults.
 //! - [`error`]: one error type, mapped to gRPC status in one place.
 //!
@@ -34,6 +35,7 @@ pub mod remote;
 pub mod replicator;
 pub mod service;
 pub mod store;
+pub mod validate;
 pub mod walk;
 pub mod wan;
 

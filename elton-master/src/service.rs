@@ -24,6 +24,7 @@ use crate::peers::PeerSet;
 use crate::remote::{Lookup, RemoteVolumes};
 use crate::replicator::Replicator;
 use crate::store::{MetaStore, NewVersion, NodeRow, VolumeRow};
+use crate::validate::TreeValidator;
 use crate::wan::{Direction, WanStats};
 use crate::{MasterConfig, MasterError};
 use elton_trust::Scope;
@@ -45,6 +46,7 @@ pub struct MasterService {
     wan: Arc<WanStats>,
     replicator: Arc<Replicator>,
     auth: Arc<Auth>,
+    validator: Arc<TreeValidator>,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -83,14 +85,21 @@ impl MasterService {
             wan.clone(),
             config.peer_timeout,
         ));
+        let liveness = Arc::new(Liveness::new(config.down_after, known, Instant::now()));
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
         Ok(Self {
             heartbeat_interval: config.heartbeat_interval,
-            liveness: Arc::new(Liveness::new(config.down_after, known, Instant::now())),
+            validator: Arc::new(TreeValidator::new(
+                store.clone(),
+                liveness.clone(),
+                http.clone(),
+            )),
+            liveness,
             store,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            http,
             cluster: config.cluster_name().to_string(),
             peers,
             remote,
@@ -144,16 +153,7 @@ impl MasterService {
         object: ObjectId,
         exclude: Option<NodeId>,
     ) -> Result<Vec<NodeRow>, MasterError> {
-        let (holders, nodes) = self
-            .with_store(move |s| Ok((s.holders(&object)?, s.nodes()?)))
-            .await?;
-        let now = Instant::now();
-        Ok(nodes
-            .into_iter()
-            .filter(|n| holders.contains(&n.id))
-            .filter(|n| Some(&n.id) != exclude.as_ref())
-            .filter(|n| self.liveness.is_up(&n.id, now))
-            .collect())
+        fetch::live_holders(&self.store, &self.liveness, object, exclude.as_ref()).await
     }
 
     /// Authenticates and authorizes a call (see [`crate::auth`]); returns
@@ -253,6 +253,40 @@ impl MasterService {
             }
         }
     }
+
+    /// A commit to a volume homed by a peer. The tree is checked here, where
+    /// its new objects live and the home's readers will fetch them from,
+    /// against the parent version's tree as the home records it; the root's
+    /// location is made durable before the version exists anywhere, as a
+    /// local commit's transaction does; then the home decides.
+    async fn commit_at_home(
+        &self,
+        volume: &VolumeName,
+        root: ObjectId,
+        r: pb::CommitRequest,
+    ) -> Result<pb::VersionRecord, MasterError> {
+        let parent_root =
+            match r.parent {
+                0 => None,
+                n => {
+                    let parent = self.remote.version(volume, n).await?;
+                    Some(ObjectId::from_bytes(&parent.root).map_err(|e| {
+                        MasterError::Io(format!("version record from the home: {e}"))
+                    })?)
+                }
+            };
+        self.validator.check(root, parent_root).await?;
+        self.with_store(move |s| {
+            if s.holders(&root)?.is_empty() {
+                return Err(MasterError::RootNotStored(root.to_string()));
+            }
+            s.flush()
+        })
+        .await?;
+        let record = self.remote.commit(volume, r).await?;
+        tracing::info!(volume = %volume, version = record.version, "committed at the home master");
+        Ok(record)
+    }
 }
 
 fn volume_info(row: VolumeRow) -> pb::VolumeInfo {
@@ -337,39 +371,34 @@ impl Master for MasterService {
         let r = req.into_inner();
         let volume: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let root = object_id(&r.root)?;
-        // A configured peer checked the root in its cluster, where it lives.
+        // A configured peer checked the tree in its cluster, where it lives.
         let forwarded_by_peer = peer.as_deref().is_some_and(|p| self.peers.get(p).is_some());
-        let new = NewVersion {
-            volume: volume.clone(),
-            parent: r.parent,
-            root,
-            message: r.message.clone(),
-            author: r.author.clone(),
-            host: r.host.clone(),
-            time: now_unix(),
-            check_root: !forwarded_by_peer,
-        };
-        let record: pb::VersionRecord = match self.with_store(move |s| s.commit(new)).await {
-            Ok(info) => {
+        let (v, parent) = (volume.clone(), r.parent);
+        let record: pb::VersionRecord = match self
+            .with_store(move |s| s.parent_root(&v, parent))
+            .await
+        {
+            Ok(parent_root) => {
+                if !forwarded_by_peer {
+                    self.validator.check(root, parent_root).await?;
+                }
+                let new = NewVersion {
+                    volume: volume.clone(),
+                    parent: r.parent,
+                    root,
+                    message: r.message.clone(),
+                    author: r.author.clone(),
+                    host: r.host.clone(),
+                    time: now_unix(),
+                    check_root: !forwarded_by_peer,
+                };
+                let info = self.with_store(move |s| s.commit(new)).await?;
                 tracing::info!(volume = %info.volume, version = %info.version, root = %info.root,
                     via = peer.as_deref().unwrap_or("-"), "committed");
                 (&info).into()
             }
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
-                // Homed elsewhere: the root must be stored in this cluster,
-                // where the home's readers will fetch it from. Its location
-                // is made durable before the version exists anywhere, as a
-                // local commit's transaction does.
-                self.with_store(move |s| {
-                    if s.holders(&root)?.is_empty() {
-                        return Err(MasterError::RootNotStored(root.to_string()));
-                    }
-                    s.flush()
-                })
-                .await?;
-                let record = self.remote.commit(&volume, r).await?;
-                tracing::info!(volume = %volume, version = record.version, "committed at the home master");
-                record
+                self.commit_at_home(&volume, root, r).await?
             }
             Err(e) => return Err(e.into()),
         };

@@ -227,6 +227,28 @@ impl MetaStore {
         Ok(info)
     }
 
+    /// The root of version `parent` (`None` for 0, a first commit), for
+    /// checking a commit on it. A parent that is not the head is answered
+    /// with the conflict the compare-and-set would give, before any work.
+    pub fn parent_root(
+        &self,
+        volume: &VolumeName,
+        parent: u64,
+    ) -> Result<Option<ObjectId>, MasterError> {
+        let row = self.volume(volume)?;
+        if row.head != parent {
+            return Err(MasterError::Conflict {
+                volume: volume.to_string(),
+                head: row.head,
+                parent,
+            });
+        }
+        if parent == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.version(volume, parent)?.root))
+    }
+
     /// `version` 0 means the head.
     pub fn version(&self, volume: &VolumeName, version: u64) -> Result<VersionInfo, MasterError> {
         let txn = self.db.begin_read()?;
@@ -543,6 +565,31 @@ mod tests {
         let other: VolumeName = "nope".parse().unwrap();
         assert!(matches!(
             store.version(&other, 1),
+            Err(MasterError::UnknownVolume(_))
+        ));
+    }
+
+    #[test]
+    fn parent_root_is_the_parents_root_or_the_conflict_to_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let vol: VolumeName = "v".parse().unwrap();
+        let node: NodeId = "n".parse().unwrap();
+        let root = ObjectId::of(b"r1");
+        store.create_volume(&vol, "m", 0).unwrap();
+        assert_eq!(store.parent_root(&vol, 0).unwrap(), None);
+        store.add_locations(&node, &[root]).unwrap();
+        store.commit(new_version(&vol, 0, root)).unwrap();
+        assert_eq!(store.parent_root(&vol, 1).unwrap(), Some(root));
+        for stale in [0, 2] {
+            assert!(matches!(
+                store.parent_root(&vol, stale),
+                Err(MasterError::Conflict { head: 1, .. })
+            ));
+        }
+        let other: VolumeName = "w".parse().unwrap();
+        assert!(matches!(
+            store.parent_root(&other, 0),
             Err(MasterError::UnknownVolume(_))
         ));
     }

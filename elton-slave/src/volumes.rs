@@ -7,8 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use elton_proto::pb::{CommitRequest, GetVersionRequest, LocateRequest};
 use elton_proto::{
-    DirManifest, Entry, EntryKind, ObjectId, Recipe, Version, VersionInfo, VolumeName, VolumePath,
+    DirManifest, Entry, EntryKind, FetchError, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
+    Version, VersionInfo, VolumeName, VolumePath, validate_tree,
 };
+use futures::{StreamExt, TryStreamExt};
 
 use crate::SlaveError;
 use crate::fetcher::Fetcher;
@@ -19,6 +21,9 @@ use crate::tokens::Bearer;
 const MANIFEST_CACHE_ENTRIES: usize = 4096;
 /// Decoded recipes kept in memory (immutable too).
 const RECIPE_CACHE_ENTRIES: usize = 1024;
+
+/// Locate calls in flight at once while a commit's objects are checked.
+const PARALLEL_LOCATES: usize = 16;
 
 /// What a path names inside a version.
 pub enum Resolved {
@@ -136,62 +141,71 @@ impl Volumes {
     }
 
     pub async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, SlaveError> {
-        if let Some(m) = self
-            .manifests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
-            return Ok(m.clone());
-        }
-        let bytes = self.fetcher.read(id).await?;
-        let m = Arc::new(
-            DirManifest::decode(&bytes)
-                .map_err(|e| SlaveError::BadRequest(format!("manifest {id}: {e}")))?,
-        );
-        let mut cache = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MANIFEST_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(id, m.clone());
-        Ok(m)
+        self.read_manifest(id)
+            .await?
+            .map_err(|e| SlaveError::BadRequest(format!("manifest {id}: {e}")))
     }
 
     /// A chunked file's recipe, read through the fetcher (verified) and
     /// decoded; a recipe whose sizes do not add up is refused.
     pub async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, SlaveError> {
-        if let Some(r) = self
-            .recipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
-            return Ok(r.clone());
-        }
-        let bytes = self.fetcher.read(id).await?;
-        let r = Arc::new(
-            Recipe::decode(&bytes)
-                .map_err(|e| SlaveError::BadRequest(format!("recipe {id}: {e}")))?,
-        );
-        let mut cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= RECIPE_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(id, r.clone());
-        Ok(r)
+        self.read_recipe(id)
+            .await?
+            .map_err(|e| SlaveError::BadRequest(format!("recipe {id}: {e}")))
     }
 
-    /// Checks that `id` is stored here (then it goes into `local`, to be
-    /// announced) or held by some node the master knows.
-    async fn check_held(
+    /// The outer error is the fetch's, the inner one the decoding's: the
+    /// tree check reports a malformed manifest against the entry naming it.
+    async fn read_manifest(
         &self,
-        name: &str,
         id: ObjectId,
-        local: &mut Vec<ObjectId>,
-    ) -> Result<(), SlaveError> {
+    ) -> Result<Result<Arc<DirManifest>, ProtoError>, SlaveError> {
+        self.read_decoded(
+            &self.manifests,
+            MANIFEST_CACHE_ENTRIES,
+            id,
+            DirManifest::decode,
+        )
+        .await
+    }
+
+    async fn read_recipe(
+        &self,
+        id: ObjectId,
+    ) -> Result<Result<Arc<Recipe>, ProtoError>, SlaveError> {
+        self.read_decoded(&self.recipes, RECIPE_CACHE_ENTRIES, id, Recipe::decode)
+            .await
+    }
+
+    /// An immutable object read through the fetcher (verified) and decoded,
+    /// from `cache` when there; the cache is emptied when it reaches `cap`.
+    async fn read_decoded<T>(
+        &self,
+        cache: &Mutex<HashMap<ObjectId, Arc<T>>>,
+        cap: usize,
+        id: ObjectId,
+        decode: fn(&[u8]) -> Result<T, ProtoError>,
+    ) -> Result<Result<Arc<T>, ProtoError>, SlaveError> {
+        if let Some(v) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(Ok(v.clone()));
+        }
+        let bytes = self.fetcher.read(id).await?;
+        let v = match decode(&bytes) {
+            Ok(v) => Arc::new(v),
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= cap {
+            cache.clear();
+        }
+        cache.insert(id, v.clone());
+        Ok(Ok(v))
+    }
+
+    /// Whether `id` is stored here or held by some node the master knows.
+    async fn is_held(&self, id: ObjectId) -> Result<bool, SlaveError> {
         if self.fetcher.store().contains(&id) {
-            local.push(id);
-            return Ok(());
+            return Ok(true);
         }
         let holders = self
             .link
@@ -202,12 +216,7 @@ impl Volumes {
             .await?
             .into_inner()
             .holders;
-        if holders.is_empty() {
-            return Err(SlaveError::BadRequest(format!(
-                "{name:?} refers to object {id}, which no node holds"
-            )));
-        }
-        Ok(())
+        Ok(!holders.is_empty())
     }
 
     pub async fn resolve(&self, root: ObjectId, path: &VolumePath) -> Result<Resolved, SlaveError> {
@@ -240,13 +249,11 @@ impl Volumes {
         Ok(Resolved::Dir { id, manifest: dir })
     }
 
-    /// Checks that the tree under `root` is complete and well formed before
-    /// it is published, visiting only what differs from the parent's tree
-    /// (identical subtrees share hashes and were checked when published):
-    /// every new manifest must decode, and every new object must be stored
-    /// here or held by a node the master knows. Returns the new objects
+    /// Checks the tree under `root` with [`validate_tree`] (only what
+    /// differs from the parent's tree). The root must be stored here: this
+    /// slave vouches for it. Returns the objects the tree adds that are
     /// stored here, which the master must learn about.
-    async fn validate_tree(
+    async fn validate(
         &self,
         root: ObjectId,
         parent_root: Option<ObjectId>,
@@ -256,51 +263,14 @@ impl Volumes {
                 "root manifest {root} is not stored on this slave; upload it first"
             )));
         }
-        let mut local = Vec::new();
-        let mut pending = vec![(root, parent_root)];
-        while let Some((id, old_id)) = pending.pop() {
-            if Some(id) == old_id {
-                continue;
-            }
-            let manifest = self.manifest(id).await?;
-            if self.fetcher.store().contains(&id) {
-                local.push(id);
-            }
-            let old = match old_id {
-                Some(o) => Some(self.manifest(o).await?),
-                None => None,
-            };
-            for e in &manifest.entries {
-                let Some(obj) = e.object else { continue };
-                let before = old.as_ref().and_then(|o| o.get(&e.name));
-                if before.is_some_and(|b| b.object == Some(obj)) {
-                    continue;
-                }
-                if e.kind == EntryKind::Dir {
-                    let old_child = before
-                        .filter(|b| b.kind == EntryKind::Dir)
-                        .and_then(|b| b.object);
-                    pending.push((obj, old_child));
-                } else if e.recipe {
-                    // The recipe must decode with sizes matching the entry,
-                    // and every chunk must exist somewhere.
-                    let recipe = self.recipe(obj).await?;
-                    if recipe.size != e.size {
-                        return Err(SlaveError::BadRequest(format!(
-                            "{:?}: recipe {obj} describes {} bytes, the entry says {}",
-                            e.name, recipe.size, e.size
-                        )));
-                    }
-                    self.check_held(&e.name, obj, &mut local).await?;
-                    for c in &recipe.chunks {
-                        self.check_held(&e.name, c.object, &mut local).await?;
-                    }
-                } else {
-                    self.check_held(&e.name, obj, &mut local).await?;
-                }
-            }
-        }
-        Ok(local)
+        let added = validate_tree(&CommitSource(self), root, parent_root)
+            .await
+            .map_err(|e| match e {
+                e @ TreeError::Invalid { .. } => SlaveError::BadRequest(e.to_string()),
+                TreeError::Source(e) => e,
+            })?;
+        let store = self.fetcher.store();
+        Ok(added.into_iter().filter(|id| store.contains(id)).collect())
     }
 
     /// Validates the tree, makes sure the master knows where its new
@@ -310,7 +280,7 @@ impl Volumes {
             Some(v) => Some(self.version(&p.volume, v).await?.root),
             None => None,
         };
-        let local = self.validate_tree(p.root, parent_root).await?;
+        let local = self.validate(p.root, parent_root).await?;
         self.link.announce(local).await?;
         let req = CommitRequest {
             volume: p.volume.to_string(),
@@ -424,5 +394,47 @@ impl Volumes {
             bearer: bearer.clone(),
         })
         .await
+    }
+}
+
+/// A fetch failure as the tree check sees it: the master knowing no holder
+/// is the tree's fault, anything else is not.
+fn not_held(e: SlaveError) -> FetchError<SlaveError> {
+    match e {
+        SlaveError::NotFound(_) => FetchError::NotHeld,
+        e => FetchError::Failed(e),
+    }
+}
+
+/// Where this slave's commit check finds objects: its own store, fetching
+/// through the master what it lacks (fetched objects are stored and
+/// announced, as any miss), and the master's locations.
+struct CommitSource<'a>(&'a Volumes);
+
+impl TreeSource for CommitSource<'_> {
+    type Error = SlaveError;
+
+    async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, FetchError<SlaveError>> {
+        self.0
+            .read_manifest(id)
+            .await
+            .map_err(not_held)?
+            .map_err(FetchError::Malformed)
+    }
+
+    async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, FetchError<SlaveError>> {
+        self.0
+            .read_recipe(id)
+            .await
+            .map_err(not_held)?
+            .map_err(FetchError::Malformed)
+    }
+
+    async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, SlaveError> {
+        futures::stream::iter(ids.iter().copied())
+            .map(|id| self.0.is_held(id))
+            .buffered(PARALLEL_LOCATES)
+            .try_collect()
+            .await
     }
 }

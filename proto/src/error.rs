@@ -20,3 +20,39 @@ pub enum ProtoError {
     #[error("malformed recipe: {0}")]
     Recipe(String),
 }
+
+/// Why a [`crate::validate::TreeSource`] could not supply a manifest or a
+/// recipe. The first two are the tree's fault (the commit is refused); the
+/// third is the source's own (the check could not be made).
+#[derive(Debug, Error)]
+pub enum FetchError<E> {
+    /// No node holds the object.
+    #[error("no node holds it")]
+    NotHeld,
+    /// The object's bytes are not a canonical manifest (or recipe).
+    #[error(transparent)]
+    Malformed(ProtoError),
+    /// Reading it failed (unreachable holders, I/O, ...).
+    #[error("{0}")]
+    Failed(E),
+}
+
+impl<E> From<E> for FetchError<E> {
+    fn from(e: E) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// The outcome of [`crate::validate::validate_tree`] when it does not
+/// accept the tree.
+#[derive(Debug, Error)]
+pub enum TreeError<E> {
+    /// The tree must not be published. `path` names the first bad entry
+    /// found, relative to the root (`/` is the root directory itself,
+    /// directories end in `/`).
+    #[error("invalid tree: {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    /// The source failed: nothing is known about the tree.
+    #[error("{0}")]
+    Source(E),
+}

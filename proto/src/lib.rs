@@ -6,6 +6,8 @@
 //! - [`chunking`]: how a large file is cut into the chunks of its recipe.
 //! - [`record`]: version records as served in JSON.
 //! - [`path`]: validated relative paths inside a volume.
+//! - [`validate`]: the check a tree passes before it is published (slave
+//!   and master run the same one).
 //! - [`pb`]: the generated gRPC types and services (`elton.v1`).
 //!
 //! Formats are documented in `docs/formats.md`.
@@ -17,13 +19,15 @@ pub mod manifest;
 pub mod path;
 pub mod recipe;
 pub mod record;
+pub mod validate;
 
-pub use error::ProtoError;
+pub use error::{FetchError, ProtoError, TreeError};
 pub use ids::{NodeId, ObjectId, Version, VolumeName};
 pub use manifest::{DirManifest, Entry, EntryKind};
 pub use path::VolumePath;
 pub use recipe::{Chunk, ChunkIndex, Recipe};
 pub use record::VersionInfo;
+pub use validate::{TreeSource, validate_tree};
 
 /// Generated code for `proto/elton.proto`.
 #[allow(clippy::all, clippy::unwrap_used, rust_2018_idioms)]

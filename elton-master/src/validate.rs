@@ -1,0 +1,394 @@
+//! The master's check of a tree before it publishes it (or forwards it to
+//! a peer home): [`elton_proto::validate_tree`], the slave's own check, run
+//! again here because a master believes no node by default.
+//!
+//! Manifests and recipes are read whole from live holders of this cluster,
+//! verified against their id, then decoded. A holder that serves other
+//! bytes loses that location ([`TreeValidator::note_bad_location`]) and the
+//! next holder is tried. An object counts as held when some node of this
+//! cluster is registered for it. Decoded manifests and recipes are kept in
+//! a bounded cache (they are immutable): the new manifests of one commit
+//! are the parent manifests of the next.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use elton_proto::manifest::MAX_MANIFEST_BYTES;
+use elton_proto::recipe::MAX_RECIPE_BYTES;
+use elton_proto::{
+    DirManifest, FetchError, NodeId, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
+    validate_tree,
+};
+use futures::StreamExt;
+
+use crate::MasterError;
+use crate::fetch::{self, SourceError};
+use crate::nodes::Liveness;
+use crate::store::{MetaStore, NodeRow, blocking};
+
+/// Decoded objects kept, by the size of their bytes. One commit's walk
+/// reads a few manifests; this keeps many commits' worth.
+const CACHE_BYTES: usize = 64 << 20;
+/// Larger objects are decoded but not kept: one would evict everything.
+const CACHE_MAX_OBJECT: usize = CACHE_BYTES / 8;
+/// How long one holder may take to serve a whole manifest or recipe
+/// (at most 64 MiB) before the next is tried.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TreeValidator {
+    store: Arc<MetaStore>,
+    liveness: Arc<Liveness>,
+    http: reqwest::Client,
+    cache: Mutex<Decoded>,
+}
+
+#[derive(Default)]
+struct Decoded {
+    manifests: HashMap<ObjectId, Arc<DirManifest>>,
+    recipes: HashMap<ObjectId, Arc<Recipe>>,
+    bytes: usize,
+}
+
+/// Why one holder gave no bytes.
+enum Unread {
+    Source(SourceError),
+    /// It announced, or sent, more than the object may have.
+    TooLarge,
+}
+
+impl TreeValidator {
+    pub fn new(store: Arc<MetaStore>, liveness: Arc<Liveness>, http: reqwest::Client) -> Self {
+        Self {
+            store,
+            liveness,
+            http,
+            cache: Mutex::new(Decoded::default()),
+        }
+    }
+
+    /// Accepts the tree under `root` or says why not: the root must be held
+    /// in this cluster (as the commit's transaction checks again), and
+    /// everything the tree adds to the parent's tree (`parent_root`) must
+    /// pass [`validate_tree`].
+    pub async fn check(
+        &self,
+        root: ObjectId,
+        parent_root: Option<ObjectId>,
+    ) -> Result<(), MasterError> {
+        if blocking(&self.store, move |s| s.holders(&root))
+            .await?
+            .is_empty()
+        {
+            return Err(MasterError::RootNotStored(root.to_string()));
+        }
+        match validate_tree(self, root, parent_root).await {
+            Ok(_) => Ok(()),
+            Err(TreeError::Invalid { path, reason }) => {
+                Err(MasterError::InvalidTree { path, reason })
+            }
+            Err(TreeError::Source(e)) => Err(e),
+        }
+    }
+
+    /// `node` served bytes for `object` that do not hash to its id: it is
+    /// not asked for that object again (until it announces it again).
+    /// The one place to learn of lying or failing holders.
+    pub async fn note_bad_location(
+        &self,
+        node: &NodeId,
+        object: ObjectId,
+    ) -> Result<(), MasterError> {
+        tracing::warn!(%object, %node, "holder served bytes that do not match the id; location removed");
+        let node = node.clone();
+        blocking(&self.store, move |s| s.remove_location(&object, &node)).await
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Decoded> {
+        // The maps stay consistent whatever panicked while holding the lock.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A decoded manifest or recipe: from the cache when some node still
+    /// holds it, else read and verified from a live holder, decoded, cached.
+    async fn decoded<T>(
+        &self,
+        id: ObjectId,
+        limit: usize,
+        slot: fn(&mut Decoded) -> &mut HashMap<ObjectId, Arc<T>>,
+        decode: fn(&[u8]) -> Result<T, ProtoError>,
+        too_large: fn(String) -> ProtoError,
+    ) -> Result<Arc<T>, FetchError<MasterError>> {
+        let cached = slot(&mut self.cache()).get(&id).cloned();
+        if let Some(v) = cached {
+            if blocking(&self.store, move |s| s.holders(&id))
+                .await?
+                .is_empty()
+            {
+                return Err(FetchError::NotHeld);
+            }
+            return Ok(v);
+        }
+        let bytes = self.read(id, limit, too_large).await?;
+        let v = Arc::new(decode(&bytes).map_err(FetchError::Malformed)?);
+        if bytes.len() <= CACHE_MAX_OBJECT {
+            let mut cache = self.cache();
+            if cache.bytes + bytes.len() > CACHE_BYTES {
+                *cache = Decoded::default();
+            }
+            cache.bytes += bytes.len();
+            slot(&mut cache).insert(id, v.clone());
+        }
+        Ok(v)
+    }
+
+    /// The verified bytes of `id` from the first live holder that serves
+    /// them; stale and lying holders lose the location on the way.
+    async fn read(
+        &self,
+        id: ObjectId,
+        limit: usize,
+        too_large: fn(String) -> ProtoError,
+    ) -> Result<Vec<u8>, FetchError<MasterError>> {
+        let mut last_error = None;
+        let mut oversized = false;
+        for holder in fetch::live_holders(&self.store, &self.liveness, id, None).await? {
+            let read = tokio::time::timeout(READ_TIMEOUT, self.read_from(&holder, id, limit)).await;
+            match read {
+                Ok(Ok(bytes)) if ObjectId::of(&bytes) == id => return Ok(bytes),
+                Ok(Ok(_)) => self.note_bad_location(&holder.id, id).await?,
+                Ok(Err(Unread::Source(SourceError::Missing))) => {
+                    tracing::warn!(object = %id, node = %holder.id, "stale location removed");
+                    let node = holder.id.clone();
+                    blocking(&self.store, move |s| s.remove_location(&id, &node)).await?;
+                }
+                Ok(Err(Unread::Source(SourceError::Failed(e)))) => last_error = Some(e),
+                Ok(Err(Unread::TooLarge)) => oversized = true,
+                Err(_) => {
+                    last_error = Some(format!(
+                        "{}: no whole answer within {} s",
+                        holder.id,
+                        READ_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+        if oversized {
+            // No holder served it, and one says it is larger than any
+            // valid manifest or recipe: whatever its bytes, it is not one.
+            return Err(FetchError::Malformed(too_large(format!(
+                "more than {limit} bytes"
+            ))));
+        }
+        if let Some(last) = last_error {
+            return Err(FetchError::Failed(MasterError::HoldersFailed {
+                object: id.to_string(),
+                last,
+            }));
+        }
+        let registered = blocking(&self.store, move |s| s.holders(&id)).await?;
+        if registered.is_empty() {
+            Err(FetchError::NotHeld)
+        } else {
+            // Held, but by nodes that are down: not the tree's fault.
+            Err(FetchError::Failed(MasterError::HoldersFailed {
+                object: id.to_string(),
+                last: format!("no live holder ({} registered, all down)", registered.len()),
+            }))
+        }
+    }
+
+    /// The whole object from one holder, unverified, refusing more than
+    /// `limit` bytes.
+    async fn read_from(
+        &self,
+        holder: &NodeRow,
+        id: ObjectId,
+        limit: usize,
+    ) -> Result<Vec<u8>, Unread> {
+        let (size, mut stream) = fetch::open_from(&self.http, &holder.id, &holder.http_addr, &id)
+            .await
+            .map_err(Unread::Source)?;
+        if size > limit as u64 {
+            return Err(Unread::TooLarge);
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|s| Unread::Source(SourceError::Failed(s.message().to_string())))?;
+            if bytes.len() + chunk.data.len() > limit {
+                return Err(Unread::TooLarge);
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Where [`validate_tree`] reads from on a master: this cluster's holders.
+impl TreeSource for TreeValidator {
+    type Error = MasterError;
+
+    async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, FetchError<MasterError>> {
+        self.decoded(
+            id,
+            MAX_MANIFEST_BYTES,
+            |c| &mut c.manifests,
+            DirManifest::decode,
+            ProtoError::Manifest,
+        )
+        .await
+    }
+
+    async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, FetchError<MasterError>> {
+        self.decoded(
+            id,
+            MAX_RECIPE_BYTES,
+            |c| &mut c.recipes,
+            Recipe::decode,
+            ProtoError::Recipe,
+        )
+        .await
+    }
+
+    async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, MasterError> {
+        let ids = ids.to_vec();
+        let holdings = blocking(&self.store, move |s| s.holdings(&ids)).await?;
+        Ok(holdings.iter().map(|h| !h.holders.is_empty()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    use axum::Router;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use elton_proto::{Entry, EntryKind};
+
+    use super::*;
+
+    type Objects = Arc<HashMap<String, Vec<u8>>>;
+
+    /// A holder's `GET /v1/objects/{id}`; a liar answers garbage for all.
+    async fn serve(liar: bool, objects: Objects) -> String {
+        let app = Router::new()
+            .route(
+                "/v1/objects/{id}",
+                get(
+                    move |State(objects): State<Objects>, Path(id): Path<String>| async move {
+                        match objects.get(&id) {
+                            Some(_) if liar => Ok(b"not what you asked for".to_vec()),
+                            Some(bytes) => Ok(bytes.clone()),
+                            None => Err(StatusCode::NOT_FOUND),
+                        }
+                    },
+                ),
+            )
+            .with_state(objects);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn file(name: &str, content: &[u8]) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: content.len() as u64,
+            mtime: 0,
+            object: Some(ObjectId::of(content)),
+            recipe: false,
+            target: None,
+            xattrs: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_past_a_lying_holder_and_refuses_bad_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MetaStore::open(&dir.path().join("m.redb")).unwrap());
+        let mut objects = HashMap::new();
+        let mut put = |bytes: Vec<u8>| {
+            let id = ObjectId::of(&bytes);
+            objects.insert(id.to_string(), bytes);
+            id
+        };
+        put(b"hello".to_vec());
+        let root = put(DirManifest::new(vec![file("a.txt", b"hello")])
+            .unwrap()
+            .encode());
+        let junk = put(b"{not json".to_vec());
+        let mut sub = file("sub", b"");
+        sub.kind = EntryKind::Dir;
+        sub.mode = 0o755;
+        sub.object = Some(junk);
+        let bad_root = put(DirManifest::new(vec![sub]).unwrap().encode());
+        let orphan_root = put(DirManifest::new(vec![file("gone", b"no one has it")])
+            .unwrap()
+            .encode());
+        let ids: Vec<ObjectId> = objects.keys().map(|k| k.parse().unwrap()).collect();
+        let objects = Arc::new(objects);
+
+        // Node ids sort the liar first: it is asked first.
+        let (liar, good): (NodeId, NodeId) = ("a-liar".parse().unwrap(), "b-good".parse().unwrap());
+        for (id, lies) in [(&liar, true), (&good, false)] {
+            let http_addr = serve(lies, objects.clone()).await;
+            store
+                .put_node(&NodeRow {
+                    id: id.clone(),
+                    http_addr,
+                })
+                .unwrap();
+            store.add_locations(id, &ids).unwrap();
+        }
+        let liveness = Arc::new(Liveness::new(
+            Duration::from_secs(60),
+            [liar.clone(), good.clone()],
+            Instant::now(),
+        ));
+        let v = TreeValidator::new(store.clone(), liveness, reqwest::Client::new());
+
+        v.check(root, None).await.unwrap();
+        assert_eq!(
+            store.holders(&root).unwrap(),
+            vec![good.clone()],
+            "liar's location dropped"
+        );
+
+        match v.check(bad_root, None).await {
+            Err(MasterError::InvalidTree { path, reason }) => {
+                assert_eq!(path, "sub/");
+                assert!(
+                    reason.starts_with(&format!("manifest {junk}: ")),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected an invalid tree, got {other:?}"),
+        }
+        let e = v.check(orphan_root, None).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid tree: gone: refers to object"),
+            "{e}"
+        );
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+        // A root no node holds is the commit's own precondition.
+        let unknown = ObjectId::of(b"never announced");
+        assert!(matches!(
+            v.check(unknown, None).await,
+            Err(MasterError::RootNotStored(_))
+        ));
+        // Decoded manifests are cached, but only used while still held.
+        store.remove_location(&root, &good).unwrap();
+        store.add_locations(&good, &[root]).unwrap();
+        v.check(root, None).await.unwrap();
+    }
+}
