@@ -219,6 +219,11 @@ impl Cluster {
             slaves: Vec::new(),
             metrics_port: None,
         };
+        // The port is bound before the master has made its CA and first
+        // token: wait until it answers an admin call.
+        wait_until("master ready", Duration::from_secs(20), || {
+            master_answers(&c)
+        });
         for _ in 0..slaves {
             c.add_slave(extra);
         }
@@ -405,6 +410,21 @@ fn registered(c: &Cluster, node: &str) -> bool {
                     .iter()
                     .any(|n| n.node_id == node && n.up)
             })
+    })
+}
+
+fn master_answers(c: &Cluster) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let Some(mut m) = admin_client(&c.master_url(), &c.ca_path()).await else {
+            return false;
+        };
+        m.list_volumes(elton_proto::pb::ListVolumesRequest {})
+            .await
+            .is_ok()
     })
 }
 
