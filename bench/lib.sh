@@ -162,7 +162,7 @@ elton_up() {
     ELTON_PID=$!
     track_pid "$ELTON_PID" elton
     wait_http "http://127.0.0.1:$SLAVE_PORT/metrics" "$ELTON_PID" elton "$WORK/elton.out" "$WORK/elton.err"
-    export ELTON_MASTER="http://127.0.0.1:$MASTER_PORT"
+    export ELTON_MASTER="https://127.0.0.1:$MASTER_PORT"
     export ELTON_SLAVE="http://127.0.0.1:$SLAVE_PORT"
     ELTON_TOKEN=$(cat "$ELTON_HOME/token")
     export ELTON_TOKEN

@@ -42,6 +42,9 @@ ROUNDS=${ROUNDS:-3}
 EDIT_MIB=${EDIT_MIB:-256}
 LATENCY_MS=${LATENCY_MS:-0}
 RATE=${RATE:-}
+# INSECURE=1: masters without TLS or authentication (the baseline of the
+# "TLS between masters vs without" figure); default: mutual TLS everywhere.
+INSECURE=${INSECURE:-}
 
 TOKEN=bench-wan-token-0123456789abcdef
 
@@ -85,9 +88,16 @@ start_link chain3 "${LCHAIN[2]}" "${LCHAIN[3]}"
 start_link chain2 "${LCHAIN[1]}" "${LCHAIN[2]}"
 start_link chain1 "${LCHAIN[0]}" "${LCHAIN[1]}"
 
+if [[ -n "$INSECURE" ]]; then SCHEME=http; else SCHEME=https; fi
+for c in a b; do
+    [[ -n "$INSECURE" ]] || "$ELTON" cert init --pki "$WORK/pki-$c" --cluster "$c" --id "$c" >/dev/null
+done
 start_master() { # cluster port peer-name peer-port
+    local security=(--tls-dir "$WORK/pki-$1" --bootstrap-token-file "$WORK/token"
+        --peer "$3=https://127.0.0.1:$4,ca=$WORK/pki-$3/ca.pem")
+    [[ -z "$INSECURE" ]] || security=(--insecure --peer "$3=http://127.0.0.1:$4")
     "$ELTON" master --id "$1" --cluster "$1" --listen "127.0.0.1:$2" --data-dir "$WORK/master-$1" \
-        --peer "$3=http://127.0.0.1:$4" >"$WORK/master-$1.log" 2>&1 &
+        "${security[@]}" >"$WORK/master-$1.log" 2>&1 &
     track_pid $! "master $1"
 }
 start_master a "$MA" b "$LAB"; pid_ma=$!
@@ -95,8 +105,10 @@ start_master b "$MB" a "$LBA"; pid_mb=$!
 wait_port "$MA" "$pid_ma" "master a" "$WORK/master-a.log"
 wait_port "$MB" "$pid_mb" "master b" "$WORK/master-b.log"
 start_slave() { # cluster port master-port
-    "$ELTON" slave --listen "127.0.0.1:$2" --data-dir "$WORK/slave-$1" \
-        --master-url "http://127.0.0.1:$3" --token-file "$WORK/token" >"$WORK/slave-$1.log" 2>&1 &
+    [[ -n "$INSECURE" ]] || "$ELTON" cert issue --pki "$WORK/pki-$1" --node "slave-$1" \
+        --out "$WORK/tls-slave-$1" >/dev/null
+    "$ELTON" slave --listen "127.0.0.1:$2" --data-dir "$WORK/slave-$1" --node-id "slave-$1" \
+        --master-url "$SCHEME://127.0.0.1:$3" --tls-dir "$WORK/tls-slave-$1" >"$WORK/slave-$1.log" 2>&1 &
     track_pid $! "slave $1"
 }
 start_slave a "$SA" "$MA"; pid_sa=$!
@@ -105,7 +117,8 @@ wait_http "http://127.0.0.1:$SA/metrics" "$pid_sa" "slave a" "$WORK/slave-a.log"
 wait_http "http://127.0.0.1:$SB/metrics" "$pid_sb" "slave b" "$WORK/slave-b.log"
 sleep 1 # both slaves registered with their masters
 
-in_a() { ELTON_MASTER="http://127.0.0.1:$MA" ELTON_SLAVE="http://127.0.0.1:$SA" ELTON_TOKEN="$TOKEN" "$ELTON" "$@"; }
+in_a() { ELTON_MASTER="$SCHEME://127.0.0.1:$MA" ELTON_SLAVE="http://127.0.0.1:$SA" ELTON_TOKEN="$TOKEN" \
+    ELTON_CA="$WORK/pki-a/ca.pem" "$ELTON" "$@"; }
 
 # Bytes across both links, both directions, as the links last reported them
 # (they print once a second).
