@@ -1,6 +1,7 @@
 //! Elton's contracts, shared by every crate.
 //!
 //! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
+//! - [`addr`]: a node's HTTP address (`HttpAddr`, exactly `host:port`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
 //! - [`recipe`]: chunk lists of large files (content-defined chunking).
 //! - [`chunking`]: how a large file is cut into the chunks of its recipe.
@@ -10,6 +11,7 @@
 //!
 //! Formats are documented in `docs/formats.md`.
 
+pub mod addr;
 pub mod chunking;
 pub mod error;
 pub mod ids;
@@ -18,6 +20,7 @@ pub mod path;
 pub mod recipe;
 pub mod record;
 
+pub use addr::HttpAddr;
 pub use error::ProtoError;
 pub use ids::{NodeId, ObjectId, Version, VolumeName};
 pub use manifest::{DirManifest, Entry, EntryKind};
@@ -57,3 +60,7 @@ pub const GRPC_MAX_FRAME_BYTES: u32 = 1 << 20;
 /// object transfers (see `Fetcher`, `PeerSet`): parallel transfers spread
 /// over several HTTP/2 connections instead of sharing one.
 pub const TRANSFER_CONNECTIONS: usize = 4;
+/// Most object ids one `AddLocations` call may carry. A slave sends at most
+/// 8192 per call; the margin leaves room for other clients' batch sizes
+/// while keeping one call's work (one redb transaction) bounded.
+pub const MAX_LOCATIONS_PER_CALL: usize = 10_000;
