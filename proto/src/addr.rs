@@ -57,8 +57,7 @@ fn invalid(addr: &str, reason: &'static str) -> ProtoError {
 
 /// A port in canonical decimal: digits only, no sign, no leading zero.
 fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
-    {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse().ok()
@@ -74,7 +73,9 @@ fn valid_dns(s: &str) -> bool {
     }
     let labels_ok = s.split('.').all(|label| {
         (1..=MAX_LABEL).contains(&label.len())
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     });
