@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use crate::conn_clock::HttpTimeouts;
+
 /// Slave settings; defaults are documented in `docs/operations.md`.
 #[derive(Clone, Debug)]
 pub struct SlaveConfig {
@@ -16,6 +18,8 @@ pub struct SlaveConfig {
     pub token: Option<String>,
     /// Largest upload body accepted.
     pub max_upload_bytes: u64,
+    /// Deadlines of the HTTP server's connections.
+    pub http_timeouts: HttpTimeouts,
 }
 
 impl SlaveConfig {
@@ -27,6 +31,7 @@ impl SlaveConfig {
             advertise: None,
             token: None,
             max_upload_bytes: 16 << 30,
+            http_timeouts: HttpTimeouts::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`volumes`]: resolving volume paths, publishing versions.
 //! - [`tree`]: pure tree edits (one-file commits).
 //! - [`http`]: the CDN-style HTTP interface; [`range`], [`metrics`].
+//! - [`serve`]: the HTTP server (connection deadlines of [`conn_clock`]).
 //! - [`durable`]: the one durable-write helper.
 //! - [`error`]: one error type, mapped to HTTP status in one place.
 //!
@@ -17,6 +18,7 @@
 pub mod backup;
 pub mod chunked;
 pub mod config;
+pub mod conn_clock;
 pub mod durable;
 pub mod error;
 pub mod fetcher;
@@ -25,6 +27,7 @@ pub mod http;
 pub mod master_link;
 pub mod metrics;
 pub mod range;
+pub mod serve;
 pub mod store;
 pub mod tree;
 pub mod turns;
@@ -34,7 +37,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use elton_proto::NodeId;
+use elton_proto::{HttpAddr, NodeId};
 use tokio::net::TcpListener;
 
 pub use config::SlaveConfig;
@@ -53,10 +56,17 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| SlaveError::Io(e.to_string()))?;
-    let http_addr = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    // Refused here rather than by the master: a bad address would make the
+    // slave retry registration forever.
+    let http_addr: HttpAddr = match &config.advertise {
+        Some(a) => a
+            .parse()
+            .map_err(|e| SlaveError::BadRequest(format!("--advertise: {e}")))?,
+        None => local
+            .to_string()
+            .parse()
+            .map_err(|e| SlaveError::BadRequest(format!("listen address: {e}")))?,
+    };
     let (link, announcements) = master_link::MasterLink::new(&config.master, node_id.clone())?;
     let metrics = Arc::new(metrics::Metrics::default());
     let fetcher = Arc::new(fetcher::Fetcher::new(
@@ -80,12 +90,15 @@ pub async fn run(
         max_upload_bytes: config.max_upload_bytes,
     });
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
-    let membership = tokio::spawn(link.run_membership(http_addr, store, backup_tx));
+    let membership = tokio::spawn(link.run_membership(http_addr.to_string(), store, backup_tx));
     tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
-    let result = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| SlaveError::Io(format!("HTTP server: {e}")));
+    let result = serve::serve(
+        listener,
+        http::router(state),
+        config.http_timeouts,
+        shutdown,
+    )
+    .await;
     announcer.abort();
     membership.abort();
     copier.abort();

@@ -74,6 +74,13 @@ pub struct SlaveArgs {
     /// Largest upload accepted, in bytes.
     #[arg(long, default_value_t = 16 << 30)]
     pub max_upload_bytes: u64,
+    /// Time a client has to send a request head (from its first byte, or
+    /// from connecting for the first request), in milliseconds.
+    #[arg(long, default_value_t = elton_slave::conn_clock::HEADER_READ_TIMEOUT.as_millis() as u64)]
+    pub http_header_timeout_ms: u64,
+    /// Time an HTTP connection may stay unused between requests, in milliseconds.
+    #[arg(long, default_value_t = elton_slave::conn_clock::IDLE_TIMEOUT.as_millis() as u64)]
+    pub http_idle_timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -198,6 +205,14 @@ pub async fn slave(a: SlaveArgs) -> Result<()> {
     config.node_id = a.node_id;
     config.advertise = a.advertise;
     config.max_upload_bytes = a.max_upload_bytes;
+    anyhow::ensure!(
+        a.http_header_timeout_ms > 0 && a.http_idle_timeout_ms > 0,
+        "HTTP timeouts must be at least 1 ms"
+    );
+    config.http_timeouts = elton_slave::conn_clock::HttpTimeouts {
+        header_read: Duration::from_millis(a.http_header_timeout_ms),
+        idle: Duration::from_millis(a.http_idle_timeout_ms),
+    };
     config.token = a.token_file.as_deref().map(read_token).transpose()?;
     let listener = bind(&a.listen).await?;
     elton_slave::run(listener, config, shutdown_signal()).await?;
