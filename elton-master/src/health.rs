@@ -97,13 +97,20 @@ impl NodeHealth {
         });
     }
 
+    /// Reads `node`'s state without creating a record for it, so lookups
+    /// (every fetch, every `ListNodes`) add no entries to `/metrics`.
+    fn read<T: Default>(&self, node: &NodeId, f: impl FnOnce(&State) -> T) -> T {
+        let map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node).map(f).unwrap_or_default()
+    }
+
     /// Failures since the node's last resync; fetches try such nodes last.
     pub fn recent_failures(&self, node: &NodeId) -> u64 {
-        self.with(node, |s| s.since_resync)
+        self.read(node, |s| s.since_resync)
     }
 
     pub fn counters(&self, node: &NodeId) -> Counters {
-        self.with(node, |s| s.totals)
+        self.read(node, |s| s.totals)
     }
 
     /// Every node with a record, in id order (for `/metrics`).
@@ -152,7 +159,9 @@ impl NodeHealth {
     /// claimed (no second one is handed out) until [`Self::started`] gives
     /// it an id, [`Self::abandon`] drops it, or it times out.
     pub fn claim(&self, node: &NodeId, now: Instant) -> bool {
-        self.with(node, |s| {
+        let mut map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        // Asked at every heartbeat: a node without a record has nothing due.
+        map.get_mut(node).is_some_and(|s| {
             if let Some((_, since)) = s.pending
                 && now.saturating_duration_since(since) < self.timeout
             {
@@ -186,7 +195,7 @@ impl NodeHealth {
     /// only then may its final batch sweep the node's locations.
     pub fn is_current(&self, node: &NodeId, id: u64, now: Instant) -> bool {
         id != 0
-            && self.with(node, |s| {
+            && self.read(node, |s| {
                 s.pending.is_some_and(|(p, since)| {
                     p == id && now.saturating_duration_since(since) < self.timeout
                 })
@@ -207,7 +216,10 @@ impl NodeHealth {
     /// The node registered (again): whatever resync it was doing is gone
     /// with its previous process, and registration re-announces everything.
     pub fn registered(&self, node: &NodeId) {
-        self.with(node, |s| s.pending = None);
+        let mut map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get_mut(node) {
+            s.pending = None;
+        }
     }
 }
 
@@ -283,7 +295,9 @@ mod tests {
         h.registered(&a);
         assert!(!h.is_current(&a, 4, t0));
         assert!(!h.claim(&a, t0));
-        assert_eq!(h.snapshot().len(), 1);
+        assert_eq!(h.counters(&n("b")), Counters::default());
+        h.registered(&n("c"));
+        assert_eq!(h.snapshot().len(), 1, "lookups create no records");
         let text = h.prometheus();
         assert!(text.contains("elton_master_node_resyncs_total{node=\"a\"} 1\n"));
         assert!(text.contains("# TYPE elton_master_node_failed_transfers_total counter\n"));

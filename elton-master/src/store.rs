@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use elton_proto::record::RECORD_FORMAT;
-use elton_proto::{NodeId, ObjectId, Version, VersionInfo, VolumeName};
+use elton_proto::{HttpAddr, NodeId, ObjectId, Version, VersionInfo, VolumeName};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable,
     ReadableTable, TableDefinition,
@@ -274,7 +274,8 @@ impl MetaStore {
         Ok(out)
     }
 
-    /// Records a node's registration. Refuses an address registered by
+    /// Records a node's registration (`row.http_addr` in the canonical form
+    /// of [`HttpAddr`]). Refuses an address registered by
     /// another node for which `is_up` holds: the master reads a node's
     /// objects from its address, so a second node there would answer 404
     /// for the first one's objects and every such read would delete one of
@@ -293,7 +294,13 @@ impl MetaStore {
             for item in nodes.iter()? {
                 let (_, v) = item?;
                 let other: NodeRow = decode("node", v.value())?;
-                if other.id != row.id && other.http_addr == row.http_addr && is_up(&other.id) {
+                // Rows written before addresses were canonicalised may
+                // spell the same address differently.
+                let other_addr = other
+                    .http_addr
+                    .parse::<HttpAddr>()
+                    .map_or(other.http_addr.clone(), |a| a.to_string());
+                if other.id != row.id && other_addr == row.http_addr && is_up(&other.id) {
                     return Err(MasterError::AddressTaken {
                         addr: row.http_addr.clone(),
                         node: other.id.to_string(),
