@@ -436,8 +436,13 @@ impl Master for MasterService {
         };
         let liveness = self.liveness.clone();
         let now = Instant::now();
-        self.with_store(move |s| s.put_node(&row, |other| liveness.is_up(other, now)))
+        let displaced = self
+            .with_store(move |s| s.put_node(&row, |other| liveness.is_up(other, now)))
             .await?;
+        for other in displaced {
+            tracing::warn!(node = %id, %other, "address taken over from a node that is down");
+            self.liveness.forget(&other);
+        }
         self.liveness.register(id.clone(), Instant::now());
         self.health.registered(&id);
         tracing::info!(node = %id, "node registered");

@@ -280,15 +280,17 @@ impl MetaStore {
     /// objects from its address, so a second node there would answer 404
     /// for the first one's objects and every such read would delete one of
     /// its locations. An address of a node that is down may be taken over
-    /// (a host replaced under a new id); the old node is then no source.
-    /// The check runs inside the write transaction, so two nodes
-    /// registering one address at once cannot both succeed.
+    /// (a host replaced under a new id); those nodes are returned: they must
+    /// register again before they serve reads, or their reads would go to
+    /// the new node. The check runs inside the write transaction, so two
+    /// nodes registering one address at once cannot both succeed.
     pub fn put_node(
         &self,
         row: &NodeRow,
         is_up: impl Fn(&NodeId) -> bool,
-    ) -> Result<(), MasterError> {
+    ) -> Result<Vec<NodeId>, MasterError> {
         let txn = self.db.begin_write()?;
+        let mut displaced = Vec::new();
         {
             let mut nodes = txn.open_table(NODES)?;
             for item in nodes.iter()? {
@@ -300,17 +302,21 @@ impl MetaStore {
                     .http_addr
                     .parse::<HttpAddr>()
                     .map_or(other.http_addr.clone(), |a| a.to_string());
-                if other.id != row.id && other_addr == row.http_addr && is_up(&other.id) {
+                if other.id == row.id || other_addr != row.http_addr {
+                    continue;
+                }
+                if is_up(&other.id) {
                     return Err(MasterError::AddressTaken {
                         addr: row.http_addr.clone(),
                         node: other.id.to_string(),
                     });
                 }
+                displaced.push(other.id);
             }
             nodes.insert(row.id.as_str(), encode(row).as_slice())?;
         }
         self.commit_durable(txn)?;
-        Ok(())
+        Ok(displaced)
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, MasterError> {
@@ -751,7 +757,10 @@ mod tests {
         store.put_node(&node("a", "h:2"), |_| true).unwrap();
         store.put_node(&node("b", "h:1"), |_| true).unwrap();
         // A node that is down leaves its address to a new one.
-        store.put_node(&node("c", "h:2"), |_| false).unwrap();
+        assert_eq!(
+            store.put_node(&node("c", "h:2"), |_| false).unwrap(),
+            vec!["a".parse::<NodeId>().unwrap()]
+        );
         let rows = store.nodes().unwrap();
         assert_eq!(rows.len(), 3);
     }
