@@ -133,3 +133,25 @@ fn node_id(config: &SlaveConfig) -> Result<NodeId, SlaveError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_advertised_address_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = SlaveConfig::new(dir.path().to_path_buf(), "http://127.0.0.1:1".into());
+        config.advertise = Some("127.0.0.1:7460?".into());
+        let started = run(listener, config, std::future::pending());
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), started)
+            .await
+            .expect("run returned")
+            .expect_err("refused");
+        assert!(
+            matches!(err, SlaveError::BadRequest(ref m) if m.contains("--advertise")),
+            "{err}"
+        );
+    }
+}
