@@ -80,7 +80,11 @@ impl std::str::FromStr for PeerConfig {
         for option in parts {
             match option.trim().split_once('=') {
                 Some(("ca", path)) if !path.is_empty() => ca = Some(PathBuf::from(path)),
-                _ => return Err(format!("peer {s:?}: unknown option {option:?} (expected ca=PATH)")),
+                _ => {
+                    return Err(format!(
+                        "peer {s:?}: unknown option {option:?} (expected ca=PATH)"
+                    ));
+                }
             }
         }
         Ok(Self {
@@ -177,7 +181,11 @@ impl MasterConfig {
                     "peer {:?}: URL {:?} must start with {scheme}{}",
                     p.name,
                     p.url,
-                    if self.insecure { " (this master is insecure)" } else { "" }
+                    if self.insecure {
+                        " (this master is insecure)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             if !self.insecure && p.ca.is_none() {
@@ -239,7 +247,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.cluster_name(), "b");
-        assert_eq!(c.peers, vec!["a=https://10.0.0.1:7100,ca=a.pem".parse().unwrap()]);
+        assert_eq!(
+            c.peers,
+            vec!["a=https://10.0.0.1:7100,ca=a.pem".parse().unwrap()]
+        );
         assert!("a".parse::<PeerConfig>().is_err());
         assert!("a=https://x,cert=y".parse::<PeerConfig>().is_err());
         for bad in [

@@ -28,6 +28,8 @@ pub enum MasterError {
     InvalidTree { path: String, reason: String },
     #[error("root object {0} is not stored on any node; upload it before committing")]
     RootNotStored(String),
+    #[error("http_addr {addr} is registered by node {node:?}, which is up")]
+    AddressTaken { addr: String, node: String },
     #[error("unknown node {0:?}; register first")]
     UnknownNode(String),
     #[error("no live node holds object {0}")]
@@ -94,7 +96,9 @@ impl From<MasterError> for Status {
             | MasterError::UnknownVersion { .. }
             | MasterError::EmptyVolume(_)
             | MasterError::NoHolder(_) => Code::NotFound,
-            MasterError::VolumeExists(_) | MasterError::HomedByPeer { .. } => Code::AlreadyExists,
+            MasterError::VolumeExists(_)
+            | MasterError::HomedByPeer { .. }
+            | MasterError::AddressTaken { .. } => Code::AlreadyExists,
             MasterError::HomeUnreachable { .. }
             | MasterError::PeersUnreachable { .. }
             | MasterError::HoldersFailed { .. } => Code::Unavailable,

@@ -3,7 +3,10 @@
 //! - [`store`]: redb tables for volumes, versions, object locations and nodes.
 //! - [`nodes`]: which registered slaves are alive (heartbeats).
 //! - [`service`]: the `elton.v1.Master` gRPC service.
-//! - [`fetch`]: proxying an object's bytes from a holder to a requester.
+//! - [`fetch`]: proxying an object's bytes from holders to a requester,
+//!   under the deadlines and failover order of [`holder_policy`] (pure).
+//! - [`health`] and [`resync`]: per-node read failures, and asking a node
+//!   to re-announce its inventory so its wrong locations are swept.
 //! - [`peers`], [`remote`], [`crossfetch`], [`coalesce`]: peer masters of
 //!   other clusters: remote volumes, forwarded commits, cross-cluster
 //!   fetches (one WAN transfer per object at a time).
@@ -25,7 +28,10 @@ pub mod config;
 pub mod crossfetch;
 pub mod error;
 pub mod fetch;
+pub mod fetch_whole;
 pub mod fsck;
+pub mod health;
+pub mod holder_policy;
 pub mod metrics;
 pub mod nodes;
 pub mod peers;
@@ -33,6 +39,7 @@ pub mod planner;
 pub mod provision;
 pub mod remote;
 pub mod replicator;
+pub mod resync;
 pub mod service;
 pub mod store;
 pub mod validate;
@@ -84,9 +91,14 @@ pub async fn run(
     let metrics_task = metrics_listener.map(|l| {
         let mut rx = stop_rx.clone();
         tracing::info!(addr = ?l.local_addr().ok(), "master metrics serving");
-        tokio::spawn(metrics::serve(l, wan.clone(), async move {
-            let _ = rx.changed().await;
-        }))
+        tokio::spawn(metrics::serve(
+            l,
+            wan.clone(),
+            service.health(),
+            async move {
+                let _ = rx.changed().await;
+            },
+        ))
     });
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());

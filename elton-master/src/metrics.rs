@@ -1,5 +1,6 @@
 //! The master's Prometheus endpoint (`GET /metrics`), off unless
-//! `metrics_listen` is set. It exposes the WAN counters of [`WanStats`].
+//! `metrics_listen` is set. It exposes the WAN counters of [`WanStats`] and
+//! the per-node read failures of [`NodeHealth`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,12 +13,15 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::MasterError;
+use crate::health::NodeHealth;
 use crate::wan::WanStats;
 
-async fn metrics(State(wan): State<Arc<WanStats>>) -> impl IntoResponse {
+type Sources = (Arc<WanStats>, Arc<NodeHealth>);
+
+async fn metrics(State((wan, health)): State<Sources>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        wan.prometheus(),
+        wan.prometheus() + &health.prometheus(),
     )
 }
 
@@ -25,11 +29,12 @@ async fn metrics(State(wan): State<Arc<WanStats>>) -> impl IntoResponse {
 pub async fn serve(
     listener: TcpListener,
     wan: Arc<WanStats>,
+    health: Arc<NodeHealth>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(wan);
+        .with_state((wan, health));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

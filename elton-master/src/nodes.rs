@@ -52,6 +52,13 @@ impl Liveness {
         self.map().insert(id, (now, true));
     }
 
+    /// Forgets `id` until it registers again: it is down, its heartbeats
+    /// are answered "unknown" and do not bring it up (its address was given
+    /// to another node while it was down, so reads must not go there).
+    pub fn forget(&self, id: &NodeId) {
+        self.map().remove(id);
+    }
+
     pub fn is_up(&self, id: &NodeId, now: Instant) -> bool {
         self.map()
             .get(id)
@@ -82,5 +89,8 @@ mod tests {
         assert!(l.beat(&n, t0 + Duration::from_secs(11)));
         assert!(l.is_up(&n, t0 + Duration::from_secs(12)));
         assert!(!l.beat(&"other".parse().unwrap(), t0));
+        l.forget(&n);
+        assert!(!l.beat(&n, t0 + Duration::from_secs(12)));
+        assert!(!l.is_up(&n, t0 + Duration::from_secs(12)));
     }
 }

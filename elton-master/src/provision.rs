@@ -48,7 +48,10 @@ impl Identity {
         let mut peer_cas = Vec::new();
         for p in &config.peers {
             let Some(path) = &p.ca else {
-                return Err(MasterError::BadRequest(format!("peer {} has no CA", p.name)));
+                return Err(MasterError::BadRequest(format!(
+                    "peer {} has no CA",
+                    p.name
+                )));
             };
             let pem = std::fs::read_to_string(path).map_err(|e| {
                 MasterError::BadRequest(format!("CA of peer {}: {}: {e}", p.name, path.display()))
@@ -78,7 +81,9 @@ impl Identity {
         let Some(s) = &self.secure else {
             return Ok(None);
         };
-        let anchors = self.anchors()?.ok_or_else(|| MasterError::Io("no anchors".into()))?;
+        let anchors = self
+            .anchors()?
+            .ok_or_else(|| MasterError::Io("no anchors".into()))?;
         Ok(Some(elton_trust::tls::master_server(&s.creds, &anchors)))
     }
 

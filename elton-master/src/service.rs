@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use elton_proto::pb::master_server::{Master, MasterServer};
 use elton_proto::pb::{self, NodeInfo};
-use elton_proto::{NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName};
+use elton_proto::{
+    HttpAddr, MAX_LOCATIONS_PER_CALL, NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName,
+};
 use futures::StreamExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -16,13 +18,16 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Auth, Caller, Need};
 use crate::coalesce::{Coalescer, Turn};
 use crate::crossfetch::CrossFetch;
-use crate::fetch::{self, ChunkStream, SourceError};
+use crate::fetch::{ChunkStream, HolderReader, Opened};
 use crate::fsck::Fsck;
+use crate::health::NodeHealth;
+use crate::holder_policy::HolderPolicy;
 use crate::nodes::Liveness;
-use crate::provision::Identity;
 use crate::peers::PeerSet;
+use crate::provision::Identity;
 use crate::remote::{Lookup, RemoteVolumes};
 use crate::replicator::Replicator;
+use crate::resync::Resyncs;
 use crate::store::{MetaStore, NewVersion, NodeRow, VolumeRow};
 use crate::validate::TreeValidator;
 use crate::wan::{Direction, WanStats};
@@ -47,6 +52,9 @@ pub struct MasterService {
     replicator: Arc<Replicator>,
     auth: Arc<Auth>,
     validator: Arc<TreeValidator>,
+    holders: HolderReader,
+    health: Arc<NodeHealth>,
+    resyncs: Arc<Resyncs>,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -90,6 +98,9 @@ impl MasterService {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
+        let health = Arc::new(NodeHealth::default());
+        let holders = HolderReader::new(store.clone(), health.clone(), HolderPolicy::default());
+        let resyncs = Arc::new(Resyncs::new(store.clone(), health.clone()));
         Ok(Self {
             heartbeat_interval: config.heartbeat_interval,
             validator: Arc::new(TreeValidator::new(
@@ -108,7 +119,15 @@ impl MasterService {
             wan,
             replicator: Arc::new(Replicator::new(config.replication)),
             auth,
+            holders,
+            health,
+            resyncs,
         })
+    }
+
+    /// Per-node read failures, for the metrics endpoint.
+    pub fn health(&self) -> Arc<NodeHealth> {
+        self.health.clone()
     }
 
     /// The background task that plans backup copies and repairs; runs until
@@ -140,11 +159,15 @@ impl MasterService {
         let last_seen_unix = self.liveness.last_seen(&row.id).map_or(0, |t| {
             now_unix().saturating_sub(now.saturating_duration_since(t).as_secs())
         });
+        let health = self.health.counters(&row.id);
         NodeInfo {
             node_id: row.id.to_string(),
             http_addr: row.http_addr.clone(),
             up: self.liveness.is_up(&row.id, now),
             last_seen_unix,
+            stale_locations: health.stale_locations,
+            failed_transfers: health.failed_transfers,
+            resyncs: health.resyncs,
         }
     }
 
@@ -153,7 +176,8 @@ impl MasterService {
         object: ObjectId,
         exclude: Option<NodeId>,
     ) -> Result<Vec<NodeRow>, MasterError> {
-        fetch::live_holders(&self.store, &self.liveness, object, exclude.as_ref()).await
+        crate::fetch_whole::live_holders(&self.store, &self.liveness, object, exclude.as_ref())
+            .await
     }
 
     /// Authenticates and authorizes a call (see [`crate::auth`]); returns
@@ -182,30 +206,19 @@ impl MasterService {
         from_peer.is_none() && !self.peers.is_empty()
     }
 
-    /// Streams `object` from a live holder of this cluster, dropping stale
-    /// locations on the way.
+    /// Streams `object` from the live holders of this cluster (failing
+    /// over between them, see [`crate::fetch`]), dropping stale locations
+    /// on the way.
     async fn open_local(
         &self,
         object: ObjectId,
         exclude: Option<NodeId>,
     ) -> Result<Local, MasterError> {
-        let mut last_error = None;
-        for holder in self.live_holders(object, exclude).await? {
-            match fetch::open_from(&self.http, &holder.id, &holder.http_addr, &object).await {
-                Ok((size, stream)) => return Ok(Local::Served(size, stream)),
-                Err(SourceError::Missing) => {
-                    tracing::warn!(%object, node = %holder.id, "stale location removed");
-                    let node = holder.id.clone();
-                    self.with_store(move |s| s.remove_location(&object, &node))
-                        .await?;
-                }
-                Err(SourceError::Failed(e)) => {
-                    tracing::warn!(%object, "fetch source failed: {e}");
-                    last_error = Some(e);
-                }
-            }
-        }
-        Ok(Local::Miss { last_error })
+        let holders = self.live_holders(object, exclude).await?;
+        Ok(match self.holders.open(object, holders).await {
+            Opened::Served(size, stream) => Local::Served(size, stream),
+            Opened::Miss { last_error } => Local::Miss { last_error },
+        })
     }
 
     /// Serves from this cluster when possible, else from a peer: one WAN
@@ -452,17 +465,22 @@ impl Master for MasterService {
         let id: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
         self.admit(&req, Need::SpeakAs(id.clone()))?;
         let r = req.into_inner();
-        if r.http_addr.is_empty() || r.http_addr.contains('/') {
-            return Err(
-                MasterError::BadRequest(format!("invalid http_addr {:?}", r.http_addr)).into(),
-            );
-        }
+        let addr: HttpAddr = r.http_addr.parse().map_err(MasterError::from)?;
         let row = NodeRow {
             id: id.clone(),
-            http_addr: r.http_addr,
+            http_addr: addr.to_string(),
         };
-        self.with_store(move |s| s.put_node(&row)).await?;
+        let liveness = self.liveness.clone();
+        let now = Instant::now();
+        let displaced = self
+            .with_store(move |s| s.put_node(&row, |other| liveness.is_up(other, now)))
+            .await?;
+        for other in displaced {
+            tracing::warn!(node = %id, %other, "address taken over from a node that is down");
+            self.liveness.forget(&other);
+        }
         self.liveness.register(id.clone(), Instant::now());
+        self.health.registered(&id);
         tracing::info!(node = %id, "node registered");
         Ok(Response::new(pb::RegisterNodeResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
@@ -494,7 +512,16 @@ impl Master for MasterService {
         } else {
             Vec::new()
         };
-        Ok(Response::new(pb::HeartbeatResponse { known, replicate }))
+        let resync = if known {
+            self.resyncs.issue(&id, now).await
+        } else {
+            0
+        };
+        Ok(Response::new(pb::HeartbeatResponse {
+            known,
+            replicate,
+            resync,
+        }))
     }
 
     async fn list_nodes(
@@ -508,6 +535,24 @@ impl Master for MasterService {
         }))
     }
 
+    async fn resync_node(
+        &self,
+        req: Request<pb::ResyncNodeRequest>,
+    ) -> Result<Response<pb::ResyncNodeResponse>, Status> {
+        self.admit(&req, Need::Admin)?;
+        let id: NodeId = req
+            .into_inner()
+            .node_id
+            .parse()
+            .map_err(MasterError::from)?;
+        if self.liveness.last_seen(&id).is_none() {
+            return Err(MasterError::UnknownNode(id.to_string()).into());
+        }
+        self.health.request(&id);
+        tracing::info!(node = %id, "resync requested");
+        Ok(Response::new(pb::ResyncNodeResponse {}))
+    }
+
     async fn add_locations(
         &self,
         req: Request<pb::AddLocationsRequest>,
@@ -518,6 +563,13 @@ impl Master for MasterService {
         if self.liveness.last_seen(&node).is_none() {
             return Err(MasterError::UnknownNode(node.to_string()).into());
         }
+        if r.objects.len() > MAX_LOCATIONS_PER_CALL {
+            return Err(MasterError::BadRequest(format!(
+                "{} objects in one AddLocations call; at most {MAX_LOCATIONS_PER_CALL}",
+                r.objects.len()
+            ))
+            .into());
+        }
         let objects = r
             .objects
             .iter()
@@ -525,12 +577,14 @@ impl Master for MasterService {
             .collect::<Result<Vec<_>, _>>()?;
         let registered = objects.clone();
         let replicator = self.replicator.clone();
+        let n = node.clone();
         self.with_store(move |s| {
-            s.add_locations(&node, &objects)?;
-            replicator.announced(&node, &objects);
+            s.add_locations(&n, &objects)?;
+            replicator.announced(&n, &objects);
             Ok(())
         })
         .await?;
+        self.resyncs.announced(&node, r.resync_id, r.last).await?;
         // Requests waiting for a cross-cluster transfer can now be served here.
         self.coalescer.settle(&registered);
         Ok(Response::new(pb::AddLocationsResponse {}))
@@ -652,9 +706,13 @@ impl Master for MasterService {
             .scope
             .parse()
             .map_err(|e: elton_trust::TrustError| MasterError::BadRequest(e.to_string()))?;
-        let secret = elton_trust::token::new_secret()
-            .map_err(|e| MasterError::Io(e.to_string()))?;
-        let name = if r.name.is_empty() { "token".to_string() } else { r.name };
+        let secret =
+            elton_trust::token::new_secret().map_err(|e| MasterError::Io(e.to_string()))?;
+        let name = if r.name.is_empty() {
+            "token".to_string()
+        } else {
+            r.name
+        };
         let (auth, now) = (self.auth.clone(), now_unix());
         let s = secret.clone();
         let row = self

@@ -7,6 +7,9 @@
 //! - `locations`: object id (32 bytes) →→ node ids (multimap)
 //! - `tokens`: BLAKE3 hash of a bearer token's secret (hex) → JSON
 //!   [`TokenRow`] (added in place: a file without it gets it on open)
+//! - `node_locations`: (node id, object id) → announce epoch: the same
+//!   locations indexed by node, so one node's set can be swept (resync)
+//!   without reading every location of the cluster
 //!
 //! Version commits are durable when they return. Location updates are soft
 //! state (slaves re-announce what they hold), so they are written without an
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use elton_proto::record::RECORD_FORMAT;
-use elton_proto::{NodeId, ObjectId, Version, VersionInfo, VolumeName};
+use elton_proto::{HttpAddr, NodeId, ObjectId, Version, VersionInfo, VolumeName};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable,
     ReadableTable, TableDefinition,
@@ -38,9 +41,16 @@ const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 const LOCATIONS: MultimapTableDefinition<'_, &[u8], &str> =
     MultimapTableDefinition::new("locations");
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
+const NODE_LOCATIONS: TableDefinition<'_, (&str, &[u8]), u64> =
+    TableDefinition::new("node_locations");
+/// `meta` key of the announce epoch: every location written is stamped with
+/// it, and a resync starts by raising it (see [`MetaStore::begin_resync`]).
+const EPOCH_KEY: &str = "announce_epoch";
 
-/// Schema of this file; bump on any incompatible change.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Schema of this file; bump on any incompatible change. 2 added
+/// `node_locations`, which a build that does not maintain it would let go
+/// stale, so 1-readers must not open a 2 file; 1 files are upgraded in place.
+pub const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRow {
@@ -116,6 +126,11 @@ impl MetaStore {
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    index_by_node(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                    tracing::info!(path = %path.display(), "metadata store upgraded to schema 2");
+                }
                 Some(other) => {
                     return Err(MasterError::Storage(format!(
                         "{} has schema {other}; this build reads {SCHEMA_VERSION}",
@@ -128,6 +143,7 @@ impl MetaStore {
             txn.open_table(NODES)?;
             txn.open_multimap_table(LOCATIONS)?;
             txn.open_table(TOKENS)?;
+            txn.open_table(NODE_LOCATIONS)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -331,12 +347,49 @@ impl MetaStore {
         Ok(true)
     }
 
-    pub fn put_node(&self, row: &NodeRow) -> Result<(), MasterError> {
+    /// Records a node's registration (`row.http_addr` in the canonical form
+    /// of [`HttpAddr`]). Refuses an address registered by
+    /// another node for which `is_up` holds: the master reads a node's
+    /// objects from its address, so a second node there would answer 404
+    /// for the first one's objects and every such read would delete one of
+    /// its locations. An address of a node that is down may be taken over
+    /// (a host replaced under a new id); those nodes are returned: they must
+    /// register again before they serve reads, or their reads would go to
+    /// the new node. The check runs inside the write transaction, so two
+    /// nodes registering one address at once cannot both succeed.
+    pub fn put_node(
+        &self,
+        row: &NodeRow,
+        is_up: impl Fn(&NodeId) -> bool,
+    ) -> Result<Vec<NodeId>, MasterError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(NODES)?
-            .insert(row.id.as_str(), encode(row).as_slice())?;
+        let mut displaced = Vec::new();
+        {
+            let mut nodes = txn.open_table(NODES)?;
+            for item in nodes.iter()? {
+                let (_, v) = item?;
+                let other: NodeRow = decode("node", v.value())?;
+                // Rows written before addresses were canonicalised may
+                // spell the same address differently.
+                let other_addr = other
+                    .http_addr
+                    .parse::<HttpAddr>()
+                    .map_or(other.http_addr.clone(), |a| a.to_string());
+                if other.id == row.id || other_addr != row.http_addr {
+                    continue;
+                }
+                if is_up(&other.id) {
+                    return Err(MasterError::AddressTaken {
+                        addr: row.http_addr.clone(),
+                        node: other.id.to_string(),
+                    });
+                }
+                displaced.push(other.id);
+            }
+            nodes.insert(row.id.as_str(), encode(row).as_slice())?;
+        }
         self.commit_durable(txn)?;
-        Ok(())
+        Ok(displaced)
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, MasterError> {
@@ -363,13 +416,21 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Records `node` as a holder of `objects`, stamped with the current
+    /// announce epoch.
     pub fn add_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         {
+            let epoch = txn
+                .open_table(META)?
+                .get(EPOCH_KEY)?
+                .map_or(0, |g| g.value());
             let mut locations = txn.open_multimap_table(LOCATIONS)?;
+            let mut by_node = txn.open_table(NODE_LOCATIONS)?;
             for id in objects {
                 locations.insert(id.as_bytes().as_slice(), node.as_str())?;
+                by_node.insert((node.as_str(), id.as_bytes().as_slice()), epoch)?;
             }
         }
         txn.commit()?;
@@ -382,9 +443,57 @@ impl MetaStore {
         txn.set_durability(Durability::None)?;
         txn.open_multimap_table(LOCATIONS)?
             .remove(object.as_bytes().as_slice(), node.as_str())?;
+        txn.open_table(NODE_LOCATIONS)?
+            .remove((node.as_str(), object.as_bytes().as_slice()))?;
         txn.commit()?;
         self.unflushed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Starts a resync: raises the announce epoch and returns it as the
+    /// resync id. Every location written from now on, by any node and in
+    /// any call, carries a stamp of at least this value, so
+    /// [`Self::sweep_node`] with it removes exactly the locations of the
+    /// node that were not announced since this call. Durable, so an id is
+    /// never handed out twice.
+    pub fn begin_resync(&self) -> Result<u64, MasterError> {
+        let txn = self.db.begin_write()?;
+        let epoch = {
+            let mut meta = txn.open_table(META)?;
+            let epoch = meta.get(EPOCH_KEY)?.map_or(0, |g| g.value()) + 1;
+            meta.insert(EPOCH_KEY, epoch)?;
+            epoch
+        };
+        self.commit_durable(txn)?;
+        Ok(epoch)
+    }
+
+    /// Ends resync `epoch` of `node`: removes the node's locations stamped
+    /// before it (not re-announced). Returns how many were removed.
+    pub fn sweep_node(&self, node: &NodeId, epoch: u64) -> Result<u64, MasterError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let removed = {
+            let mut by_node = txn.open_table(NODE_LOCATIONS)?;
+            // Object ids are 32 bytes: every key of the node lies in here.
+            let (first, last): (&[u8], &[u8]) = (&[], &[0xff; ObjectId::LEN]);
+            let mut old = Vec::new();
+            for item in by_node.range((node.as_str(), first)..=(node.as_str(), last))? {
+                let (k, v) = item?;
+                if v.value() < epoch {
+                    old.push(k.value().1.to_vec());
+                }
+            }
+            let mut locations = txn.open_multimap_table(LOCATIONS)?;
+            for object in &old {
+                by_node.remove((node.as_str(), object.as_slice()))?;
+                locations.remove(object.as_slice(), node.as_str())?;
+            }
+            old.len() as u64
+        };
+        txn.commit()?;
+        self.unflushed.store(true, Ordering::Release);
+        Ok(removed)
     }
 
     pub fn holders(&self, object: &ObjectId) -> Result<Vec<NodeId>, MasterError> {
@@ -458,6 +567,20 @@ impl MetaStore {
         }
         Ok(())
     }
+}
+
+/// Schema 1 to 2: indexes every existing location by node, at epoch 0 (so
+/// the first resync of each node sweeps what it does not re-announce).
+fn index_by_node(txn: &redb::WriteTransaction) -> Result<(), MasterError> {
+    let locations = txn.open_multimap_table(LOCATIONS)?;
+    let mut by_node = txn.open_table(NODE_LOCATIONS)?;
+    for item in locations.iter()? {
+        let (key, values) = item?;
+        for v in values {
+            by_node.insert((v?.value(), key.value()), 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs a blocking store operation off the async workers: the one way the
@@ -641,5 +764,102 @@ mod tests {
         assert_eq!(seen.iter().map(|h| h.object).collect::<Vec<_>>(), want);
         let two = seen.iter().filter(|h| h.holders.len() == 2).count();
         assert_eq!(two, 2);
+    }
+
+    fn node(id: &str, addr: &str) -> NodeRow {
+        NodeRow {
+            id: id.parse().unwrap(),
+            http_addr: addr.into(),
+        }
+    }
+
+    #[test]
+    fn sweep_removes_only_what_was_not_announced_since_the_resync_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let (a, b): (NodeId, NodeId) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let ids: Vec<ObjectId> = (0..6u8).map(|i| ObjectId::of(&[i])).collect();
+        store.add_locations(&a, &ids).unwrap();
+        store.add_locations(&b, &ids).unwrap();
+
+        let epoch = store.begin_resync().unwrap();
+        assert!(store.begin_resync().unwrap() > epoch, "ids never repeat");
+        // a re-announces 0..3 in its resync, and 5 in an ordinary call
+        // (fetched while the resync ran): both count.
+        store.add_locations(&a, &ids[..3]).unwrap();
+        store.add_locations(&a, &ids[5..]).unwrap();
+        assert_eq!(store.sweep_node(&a, epoch).unwrap(), 2);
+        for (i, id) in ids.iter().enumerate() {
+            let holders = store.holders(id).unwrap();
+            assert_eq!(holders.contains(&a), i != 3 && i != 4, "object {i}");
+            assert!(holders.contains(&b), "another node's locations stay");
+        }
+        // Sweeping again removes nothing; a later resync with nothing
+        // announced empties the node.
+        assert_eq!(store.sweep_node(&a, epoch).unwrap(), 0);
+        let next = store.begin_resync().unwrap();
+        assert_eq!(store.sweep_node(&a, next).unwrap(), 4);
+        assert!(
+            ids.iter()
+                .all(|id| store.holders(id).unwrap() == [b.clone()])
+        );
+        // A removed stale location leaves no index entry behind.
+        store.remove_location(&ids[0], &b).unwrap();
+        let last = store.begin_resync().unwrap();
+        assert_eq!(store.sweep_node(&b, last).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_schema_1_file_is_indexed_by_node_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let a: NodeId = "a".parse().unwrap();
+        let ids: Vec<ObjectId> = (0..3u8).map(|i| ObjectId::of(&[i])).collect();
+        {
+            let store = MetaStore::open(&path).unwrap();
+            store.add_locations(&a, &ids).unwrap();
+            // Make it look like a file written by a schema-1 build.
+            let txn = store.db.begin_write().unwrap();
+            txn.delete_table(NODE_LOCATIONS).unwrap();
+            txn.open_table(META).unwrap().insert("schema", 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = MetaStore::open(&path).unwrap();
+        let epoch = store.begin_resync().unwrap();
+        store.add_locations(&a, &ids[..1]).unwrap();
+        assert_eq!(store.sweep_node(&a, epoch).unwrap(), 2);
+        drop(store);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("schema", 3).unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(
+            MetaStore::open(&path),
+            Err(MasterError::Storage(e)) if e.contains("schema 3")
+        ));
+    }
+
+    #[test]
+    fn an_address_of_a_node_that_is_up_cannot_be_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        store.put_node(&node("a", "h:1"), |_| true).unwrap();
+        match store.put_node(&node("b", "h:1"), |n| n.as_str() == "a") {
+            Err(MasterError::AddressTaken { node, .. }) => assert_eq!(node, "a"),
+            other => panic!("expected AddressTaken, got {other:?}"),
+        }
+        // The same node may register again, also under a new address.
+        store.put_node(&node("a", "h:1"), |_| true).unwrap();
+        store.put_node(&node("a", "h:2"), |_| true).unwrap();
+        store.put_node(&node("b", "h:1"), |_| true).unwrap();
+        // A node that is down leaves its address to a new one.
+        assert_eq!(
+            store.put_node(&node("c", "h:2"), |_| false).unwrap(),
+            vec!["a".parse::<NodeId>().unwrap()]
+        );
+        let rows = store.nodes().unwrap();
+        assert_eq!(rows.len(), 3);
     }
 }

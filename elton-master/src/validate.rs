@@ -23,7 +23,7 @@ use elton_proto::{
 use futures::StreamExt;
 
 use crate::MasterError;
-use crate::fetch::{self, SourceError};
+use crate::fetch_whole::{self as fetch, SourceError};
 use crate::nodes::Liveness;
 use crate::store::{MetaStore, NodeRow, blocking};
 
@@ -342,10 +342,13 @@ mod tests {
         for (id, lies) in [(&liar, true), (&good, false)] {
             let http_addr = serve(lies, objects.clone()).await;
             store
-                .put_node(&NodeRow {
-                    id: id.clone(),
-                    http_addr,
-                })
+                .put_node(
+                    &NodeRow {
+                        id: id.clone(),
+                        http_addr,
+                    },
+                    |_| false,
+                )
                 .unwrap();
             store.add_locations(id, &ids).unwrap();
         }

@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use crate::conn_clock::HttpTimeouts;
+
 /// Slave settings; defaults are documented in `docs/operations.md`.
 #[derive(Clone, Debug)]
 pub struct SlaveConfig {
@@ -17,6 +19,8 @@ pub struct SlaveConfig {
     pub tls_dir: Option<PathBuf>,
     /// Largest upload body accepted.
     pub max_upload_bytes: u64,
+    /// Deadlines of the HTTP server's connections.
+    pub http_timeouts: HttpTimeouts,
 }
 
 impl SlaveConfig {
@@ -39,6 +43,7 @@ impl SlaveConfig {
             advertise: None,
             tls_dir: None,
             max_upload_bytes: 16 << 30,
+            http_timeouts: HttpTimeouts::default(),
         }
     }
 }

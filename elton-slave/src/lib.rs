@@ -10,6 +10,7 @@
 //! - [`tree`]: pure tree edits (one-file commits).
 //! - [`http`]: the CDN-style HTTP interface; [`range`], [`metrics`].
 //! - [`tokens`]: writers' bearer tokens, checked by the master.
+//! - [`serve`]: the HTTP server (connection deadlines of [`conn_clock`]).
 //! - [`durable`]: the one durable-write helper.
 //! - [`error`]: one error type, mapped to HTTP status in one place.
 //!
@@ -18,6 +19,7 @@
 pub mod backup;
 pub mod chunked;
 pub mod config;
+pub mod conn_clock;
 pub mod durable;
 pub mod error;
 pub mod fetcher;
@@ -26,6 +28,7 @@ pub mod http;
 pub mod master_link;
 pub mod metrics;
 pub mod range;
+pub mod serve;
 pub mod store;
 pub mod tokens;
 pub mod tree;
@@ -36,7 +39,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use elton_proto::NodeId;
+use elton_proto::{HttpAddr, NodeId};
 use tokio::net::TcpListener;
 
 pub use config::SlaveConfig;
@@ -56,15 +59,21 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| SlaveError::Io(e.to_string()))?;
-    let http_addr = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    // Refused here rather than by the master: a bad address would make the
+    // slave retry registration forever.
+    let http_addr: HttpAddr = match &config.advertise {
+        Some(a) => a
+            .parse()
+            .map_err(|e| SlaveError::BadRequest(format!("--advertise: {e}")))?,
+        None => local
+            .to_string()
+            .parse()
+            .map_err(|e| SlaveError::BadRequest(format!("listen address: {e}")))?,
+    };
     let tls = creds
         .as_ref()
         .map(|c| elton_trust::tls::node_client(c, &c.ca_pem));
-    let (link, announcements) =
-        master_link::MasterLink::new(&config.master, node_id.clone(), tls)?;
+    let (link, announcements) = master_link::MasterLink::new(&config.master, node_id.clone(), tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let fetcher = Arc::new(fetcher::Fetcher::new(
         store.clone(),
@@ -87,12 +96,15 @@ pub async fn run(
         max_upload_bytes: config.max_upload_bytes,
     });
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
-    let membership = tokio::spawn(link.run_membership(http_addr, store, backup_tx));
+    let membership = tokio::spawn(link.run_membership(http_addr.to_string(), store, backup_tx));
     tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
-    let result = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| SlaveError::Io(format!("HTTP server: {e}")));
+    let result = serve::serve(
+        listener,
+        http::router(state),
+        config.http_timeouts,
+        shutdown,
+    )
+    .await;
     announcer.abort();
     membership.abort();
     copier.abort();
@@ -176,5 +188,27 @@ fn local_node_id(config: &SlaveConfig, create: bool) -> Result<Option<NodeId>, S
             "reading {}: {e}",
             Path::new(&path).display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_advertised_address_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = SlaveConfig::new(dir.path().to_path_buf(), "http://127.0.0.1:1".into());
+        config.advertise = Some("127.0.0.1:7460?".into());
+        let started = run(listener, config, std::future::pending());
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), started)
+            .await
+            .expect("run returned")
+            .expect_err("refused");
+        assert!(
+            matches!(err, SlaveError::BadRequest(ref m) if m.contains("--advertise")),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! This slave's connection to its master: registration, heartbeats, and
-//! announcing stored objects in batches.
+//! announcing stored objects in batches, also as a resync of the whole
+//! inventory when the master asks for one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::store::ObjectStore;
 
 /// Largest number of ids sent in one `AddLocations` call.
 const ANNOUNCE_BATCH: usize = 8192;
+const _: () = assert!(ANNOUNCE_BATCH <= elton_proto::MAX_LOCATIONS_PER_CALL);
 /// Longest wait for the master to record one `AddLocations` batch.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Failed backup copies remembered for the next heartbeat; beyond that the
@@ -47,6 +49,8 @@ pub struct MasterLink {
     /// Signalled when the backlog runs low: the next heartbeat goes out at
     /// once to pull more work.
     pull_now: Arc<Notify>,
+    /// A resync is being sent; another request waits for it to end.
+    resyncing: Arc<AtomicBool>,
 }
 
 impl MasterLink {
@@ -97,6 +101,7 @@ impl MasterLink {
                 copy_failed: Arc::default(),
                 backlog: Arc::default(),
                 pull_now: Arc::default(),
+                resyncing: Arc::default(),
             },
             rx,
         ))
@@ -168,12 +173,25 @@ impl MasterLink {
         ))
     }
 
-    async fn send_locations(&self, ids: &[ObjectId]) -> Result<(), tonic::Status> {
-        for chunk in ids.chunks(ANNOUNCE_BATCH) {
+    /// Announces `ids` in batches. With a non-zero `resync_id` the batches
+    /// form that resync, the final one marked `last` (one empty batch for an
+    /// empty store): the master then forgets what they did not name. A
+    /// failed batch ends the call, so `last` is never sent after a gap.
+    async fn send_locations(&self, ids: &[ObjectId], resync_id: u64) -> Result<(), tonic::Status> {
+        let empty: &[ObjectId] = &[];
+        let batches: Vec<&[ObjectId]> = if ids.is_empty() && resync_id != 0 {
+            vec![empty]
+        } else {
+            ids.chunks(ANNOUNCE_BATCH).collect()
+        };
+        let count = batches.len();
+        for (i, chunk) in batches.into_iter().enumerate() {
             let mut client = self.client();
             let call = client.add_locations(AddLocationsRequest {
                 node_id: self.node_id.to_string(),
                 objects: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                resync_id,
+                last: resync_id != 0 && i + 1 == count,
             });
             // A master stuck on a half-open connection must not hold up
             // everything queued behind this call.
@@ -205,7 +223,7 @@ impl MasterLink {
                 .flat_map(|(ids, _)| ids.iter().copied())
                 .collect();
             let result = self
-                .send_locations(&ids)
+                .send_locations(&ids, 0)
                 .await
                 .map_err(|s| s.message().to_string());
             for (_, ack) in batch {
@@ -238,7 +256,7 @@ impl MasterLink {
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.list()).await {
                 Ok(Ok(ids)) => {
-                    if let Err(e) = self.send_locations(&ids).await {
+                    if let Err(e) = self.send_locations(&ids, 0).await {
                         tracing::warn!("announcing inventory: {}", e.message());
                         tokio::time::sleep(backoff).await;
                         continue;
@@ -248,13 +266,15 @@ impl MasterLink {
                 Ok(Err(e)) => tracing::error!("listing store: {e}"),
                 Err(e) => tracing::error!("listing store: {e}"),
             }
-            self.heartbeat_until_forgotten(interval, &backups).await;
+            self.heartbeat_until_forgotten(interval, &store, &backups)
+                .await;
         }
     }
 
     async fn heartbeat_until_forgotten(
         &self,
         interval: Duration,
+        store: &Arc<ObjectStore>,
         backups: &mpsc::Sender<ObjectId>,
     ) {
         let mut tick = tokio::time::interval(interval);
@@ -270,7 +290,11 @@ impl MasterLink {
             };
             match self.client().heartbeat(req).await {
                 Ok(r) if r.get_ref().known => {
-                    self.queue_backups(&r.into_inner().replicate, backups);
+                    let r = r.into_inner();
+                    self.queue_backups(&r.replicate, backups);
+                    if r.resync != 0 {
+                        self.start_resync(r.resync, store.clone());
+                    }
                 }
                 Ok(_) => return,
                 Err(e) => {
@@ -281,6 +305,32 @@ impl MasterLink {
                 }
             }
         }
+    }
+
+    /// Re-announces the whole store as resync `id`, in the background so
+    /// heartbeats go on meanwhile. A resync asked for while one is being
+    /// sent is skipped: the master asks again once its own times out.
+    fn start_resync(&self, id: u64, store: Arc<ObjectStore>) {
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            tracing::debug!(resync = id, "a resync is already being sent");
+            return;
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || store.list()).await {
+                Ok(Ok(ids)) => match link.send_locations(&ids, id).await {
+                    Ok(()) => {
+                        tracing::info!(resync = id, objects = ids.len(), "inventory re-announced");
+                    }
+                    Err(e) => {
+                        tracing::warn!(resync = id, "re-announcing inventory: {}", e.message())
+                    }
+                },
+                Ok(Err(e)) => tracing::error!("listing store for a resync: {e}"),
+                Err(e) => tracing::error!("listing store for a resync: {e}"),
+            }
+            link.resyncing.store(false, Ordering::Release);
+        });
     }
 
     /// Queues the copies a heartbeat answer asks for. What does not fit in

@@ -11,6 +11,8 @@ pub enum ProtoError {
     VolumeName(String),
     #[error("invalid node id {0:?}: use 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
     NodeId(String),
+    #[error("invalid http_addr {addr:?}: {reason}")]
+    HttpAddr { addr: String, reason: &'static str },
     #[error("invalid version {0:?}: expected a number >= 1")]
     Version(String),
     #[error("invalid path {path:?}: {reason}")]

@@ -1,6 +1,7 @@
 //! Elton's contracts, shared by every crate.
 //!
 //! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
+//! - [`addr`]: a node's HTTP address (`HttpAddr`, exactly `host:port`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
 //! - [`recipe`]: chunk lists of large files (content-defined chunking).
 //! - [`chunking`]: how a large file is cut into the chunks of its recipe.
@@ -12,6 +13,7 @@
 //!
 //! Formats are documented in `docs/formats.md`.
 
+pub mod addr;
 pub mod chunking;
 pub mod error;
 pub mod ids;
@@ -21,6 +23,7 @@ pub mod recipe;
 pub mod record;
 pub mod validate;
 
+pub use addr::HttpAddr;
 pub use error::{FetchError, ProtoError, TreeError};
 pub use ids::{NodeId, ObjectId, Version, VolumeName};
 pub use manifest::{DirManifest, Entry, EntryKind};
@@ -61,3 +64,7 @@ pub const GRPC_MAX_FRAME_BYTES: u32 = 1 << 20;
 /// object transfers (see `Fetcher`, `PeerSet`): parallel transfers spread
 /// over several HTTP/2 connections instead of sharing one.
 pub const TRANSFER_CONNECTIONS: usize = 4;
+/// Most object ids one `AddLocations` call may carry. A slave sends at most
+/// 8192 per call; the margin leaves room for other clients' batch sizes
+/// while keeping one call's work (one redb transaction) bounded.
+pub const MAX_LOCATIONS_PER_CALL: usize = 10_000;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Every call to a master is authenticated and authorized. The clients here
 //! are plain tonic (TLS settings and metadata set by hand), playing an
 //! attacker, a node, and clients with tokens of each scope.
@@ -57,9 +58,12 @@ async fn mutating_codes(ch: Channel, token: Option<&str>) -> Vec<(&'static str, 
         (
             "CreateVolume",
             code(
-                m.create_volume(with_token(pb::CreateVolumeRequest { name: "x".into() }, token))
-                    .await
-                    .map(|_| ()),
+                m.create_volume(with_token(
+                    pb::CreateVolumeRequest { name: "x".into() },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
             ),
         ),
         (
@@ -138,12 +142,9 @@ async fn mutating_codes(ch: Channel, token: Option<&str>) -> Vec<(&'static str, 
         (
             "RevokeToken",
             code(
-                m.revoke_token(with_token(
-                    pb::RevokeTokenRequest { id: "x".into() },
-                    token,
-                ))
-                .await
-                .map(|_| ()),
+                m.revoke_token(with_token(pb::RevokeTokenRequest { id: "x".into() }, token))
+                    .await
+                    .map(|_| ()),
             ),
         ),
     ]
@@ -166,14 +167,14 @@ fn every_call_to_a_master_is_authenticated_and_authorized() {
             assert_eq!(code, Code::Unauthenticated, "{method} without credentials");
         }
         let mut m = MasterClient::new(ch);
-        let err = m
-            .list_volumes(pb::ListVolumesRequest {})
-            .await
-            .unwrap_err();
+        let err = m.list_volumes(pb::ListVolumesRequest {}).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         // A wrong token is no better than none.
         let err = m
-            .list_volumes(with_token(pb::ListVolumesRequest {}, Some("not-a-real-token-at-all")))
+            .list_volumes(with_token(
+                pb::ListVolumesRequest {},
+                Some("not-a-real-token-at-all"),
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
@@ -250,7 +251,10 @@ fn every_call_to_a_master_is_authenticated_and_authorized() {
         let err = m.commit(req).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
         let info = m
-            .get_volume(with_token(pb::GetVolumeRequest { name: "web".into() }, Some(TOKEN)))
+            .get_volume(with_token(
+                pb::GetVolumeRequest { name: "web".into() },
+                Some(TOKEN),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -292,7 +296,11 @@ fn every_call_to_a_master_is_authenticated_and_authorized() {
             .list_volumes(with_token(pb::ListVolumesRequest {}, Some(&write.1)))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated, "a revoked token: {err:?}");
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "a revoked token: {err:?}"
+        );
     });
 
     // Phase 5: the slave's HTTP writes ask the master about the token.
@@ -323,7 +331,12 @@ fn every_call_to_a_master_is_authenticated_and_authorized() {
 
 /// Creates a token with the CLI; returns (id, secret).
 fn token(c: &Cluster, name: &str, scope: &str) -> (String, String) {
-    let out = c.ok(1, &["token", "create", "--name", name, "--scope", scope, "--json"]);
+    let out = c.ok(
+        1,
+        &[
+            "token", "create", "--name", name, "--scope", scope, "--json",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     (
         v["id"].as_str().unwrap().to_string(),

@@ -56,9 +56,12 @@ fn identity_of(cert: &X509Certificate<'_>) -> Result<CertIdentity, TrustError> {
     Ok(CertIdentity {
         node: one("common name (node)", subject.iter_common_name())?,
         cluster: one("organization (cluster)", subject.iter_organization())?,
-        role: one("organizational unit (role)", subject.iter_organizational_unit())?
-            .parse()
-            .map_err(|e: TrustError| TrustError::Untrusted(e.to_string()))?,
+        role: one(
+            "organizational unit (role)",
+            subject.iter_organizational_unit(),
+        )?
+        .parse()
+        .map_err(|e: TrustError| TrustError::Untrusted(e.to_string()))?,
     })
 }
 
@@ -92,9 +95,8 @@ impl TrustAnchors {
             pem: own_ca_pem.to_string(),
         }];
         for (name, pem) in peers {
-            let der = first_der(pem).map_err(|e| {
-                TrustError::Certificate(format!("CA of peer {name:?}: {e}"))
-            })?;
+            let der = first_der(pem)
+                .map_err(|e| TrustError::Certificate(format!("CA of peer {name:?}: {e}")))?;
             if anchors.iter().any(|a| a.der == der) {
                 return Err(TrustError::Invalid(format!(
                     "peer {name:?} has the same CA as another cluster; every cluster needs its own"
@@ -133,10 +135,7 @@ impl TrustAnchors {
         if cache.len() >= CACHE_CAP {
             cache.clear();
         }
-        cache.insert(
-            key,
-            result.as_ref().map_err(ToString::to_string).cloned(),
-        );
+        cache.insert(key, result.as_ref().map_err(ToString::to_string).cloned());
         result
     }
 
@@ -211,9 +210,17 @@ mod tests {
         }
         // A peer's slave may not call; nor may any unknown CA's node.
         assert!(anchors.authenticate(&leaf(&b, "sb", Role::Slave)).is_err());
-        assert!(anchors.authenticate(&leaf(&stranger, "x", Role::Master)).is_err());
+        assert!(
+            anchors
+                .authenticate(&leaf(&stranger, "x", Role::Master))
+                .is_err()
+        );
         // Twice, from the cache.
-        assert!(anchors.authenticate(&leaf(&stranger, "x", Role::Master)).is_err());
+        assert!(
+            anchors
+                .authenticate(&leaf(&stranger, "x", Role::Master))
+                .is_err()
+        );
     }
 
     #[test]

@@ -445,7 +445,10 @@ mod tests {
             .save_node(&ca.issue("s1", Role::Slave, &[]).unwrap(), ca.cert_pem())
             .unwrap();
         let s = slave_dir.load_node().unwrap();
-        assert_eq!((s.identity.node.as_str(), s.identity.role), ("s1", Role::Slave));
+        assert_eq!(
+            (s.identity.node.as_str(), s.identity.role),
+            ("s1", Role::Slave)
+        );
         assert!(!slave_dir.has_ca_key());
     }
 

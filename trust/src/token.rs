@@ -70,7 +70,10 @@ impl std::str::FromStr for Scope {
 pub fn new_secret() -> Result<String, TrustError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| TrustError::Random(e.to_string()))?;
-    Ok(format!("{SECRET_PREFIX}{}", blake3::Hash::from(seed).to_hex()))
+    Ok(format!(
+        "{SECRET_PREFIX}{}",
+        blake3::Hash::from(seed).to_hex()
+    ))
 }
 
 /// What the master stores of a secret.

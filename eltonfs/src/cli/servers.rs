@@ -95,6 +95,13 @@ pub struct SlaveArgs {
     /// Largest upload accepted, in bytes.
     #[arg(long, default_value_t = 16 << 30)]
     pub max_upload_bytes: u64,
+    /// Time a client has to send a request head (from its first byte, or
+    /// from connecting for the first request), in milliseconds.
+    #[arg(long, default_value_t = elton_slave::conn_clock::HEADER_READ_TIMEOUT.as_millis() as u64)]
+    pub http_header_timeout_ms: u64,
+    /// Time an HTTP connection may stay unused between requests, in milliseconds.
+    #[arg(long, default_value_t = elton_slave::conn_clock::IDLE_TIMEOUT.as_millis() as u64)]
+    pub http_idle_timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +225,14 @@ pub async fn slave(a: SlaveArgs) -> Result<()> {
     config.advertise = a.advertise;
     config.max_upload_bytes = a.max_upload_bytes;
     config.tls_dir = a.tls_dir;
+    anyhow::ensure!(
+        a.http_header_timeout_ms > 0 && a.http_idle_timeout_ms > 0,
+        "HTTP timeouts must be at least 1 ms"
+    );
+    config.http_timeouts = elton_slave::conn_clock::HttpTimeouts {
+        header_read: Duration::from_millis(a.http_header_timeout_ms),
+        idle: Duration::from_millis(a.http_idle_timeout_ms),
+    };
     let listener = bind(&a.listen).await?;
     elton_slave::run(listener, config, shutdown_signal()).await?;
     Ok(())
@@ -238,7 +253,11 @@ fn ensure_token(path: &Path) -> Result<String> {
 /// The single node's certificates: the cluster CA and the master's (as a
 /// master's first start makes them), and the slave's, issued for its node
 /// id. Made before either starts, so the slave never waits for them.
-fn provision_single_node(data: &Path, master: &MasterConfig, slave: &mut SlaveConfig) -> Result<()> {
+fn provision_single_node(
+    data: &Path,
+    master: &MasterConfig,
+    slave: &mut SlaveConfig,
+) -> Result<()> {
     let pki = elton_trust::TlsDir::new(master.tls_dir());
     elton_trust::pki::ensure_master(&pki, master.cluster_name(), &master.id, &[])
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -326,7 +345,10 @@ pub async fn up(a: UpArgs) -> Result<()> {
     println!("  slave  (HTTP)  http://{slave_addr}");
     println!("  data           {}", data.display());
     println!("  admin token    {}", token_path.display());
-    println!("  cluster CA     {}", data.join("pki").join("ca.pem").display());
+    println!(
+        "  cluster CA     {}",
+        data.join("pki").join("ca.pem").display()
+    );
     if let Some(m) = &mounted {
         println!("  volume {:<7} mounted at {}", a.volume, m.display());
     }

@@ -170,7 +170,9 @@ pub async fn token(ep: &Endpoints, c: TokenCommand) -> Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            let t = r.token.ok_or_else(|| anyhow!("the master returned no token"))?;
+            let t = r
+                .token
+                .ok_or_else(|| anyhow!("the master returned no token"))?;
             if json {
                 let mut v = token_json(&t);
                 v["secret"] = r.secret.into();

@@ -258,7 +258,9 @@ impl Cluster {
         let out_arg = out.display().to_string();
         let pki = self.pki_dir().display().to_string();
         let o = Command::new(bin())
-            .args(["cert", "issue", "--node", node, "--out", &out_arg, "--pki", &pki])
+            .args([
+                "cert", "issue", "--node", node, "--out", &out_arg, "--pki", &pki,
+            ])
             .output()
             .expect("elton cert issue");
         assert!(
