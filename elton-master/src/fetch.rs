@@ -18,15 +18,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use elton_proto::pb::ObjectChunk;
-use elton_proto::{LOCAL_ONLY_HEADER, ObjectId};
+use elton_proto::{LOCAL_ONLY_HEADER, NodeId, ObjectId};
 use futures::{FutureExt, Stream, StreamExt};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::MasterError;
 use crate::health::NodeHealth;
 use crate::holder_policy::{Answer, Candidate, Failover, HolderPolicy};
+use crate::nodes::Liveness;
 use crate::store::{self, MetaStore, NodeRow};
 
 /// Largest `ObjectChunk` assembled from what a holder has already sent.
@@ -63,6 +65,25 @@ enum Pumped {
     Gone,
     /// The holder failed; the reason.
     Failed(String),
+}
+
+/// The registered holders of `object` that are up, but `exclude`: the
+/// nodes worth asking for its bytes.
+pub async fn live_holders(
+    store: &Arc<MetaStore>,
+    liveness: &Liveness,
+    object: ObjectId,
+    exclude: Option<&NodeId>,
+) -> Result<Vec<NodeRow>, MasterError> {
+    let (holders, nodes) =
+        store::blocking(store, move |s| Ok((s.holders(&object)?, s.nodes()?))).await?;
+    let now = Instant::now();
+    Ok(nodes
+        .into_iter()
+        .filter(|n| holders.contains(&n.id))
+        .filter(|n| Some(&n.id) != exclude)
+        .filter(|n| liveness.is_up(&n.id, now))
+        .collect())
 }
 
 /// Reads objects from holders under the deadlines of a [`HolderPolicy`].

@@ -28,7 +28,6 @@ pub mod config;
 pub mod crossfetch;
 pub mod error;
 pub mod fetch;
-pub mod fetch_whole;
 pub mod fsck;
 pub mod health;
 pub mod holder_policy;

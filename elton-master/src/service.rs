@@ -106,7 +106,7 @@ impl MasterService {
             validator: Arc::new(TreeValidator::new(
                 store.clone(),
                 liveness.clone(),
-                http.clone(),
+                holders.clone(),
             )),
             liveness,
             store,
@@ -176,8 +176,7 @@ impl MasterService {
         object: ObjectId,
         exclude: Option<NodeId>,
     ) -> Result<Vec<NodeRow>, MasterError> {
-        crate::fetch_whole::live_holders(&self.store, &self.liveness, object, exclude.as_ref())
-            .await
+        crate::fetch::live_holders(&self.store, &self.liveness, object, exclude.as_ref()).await
     }
 
     /// Authenticates and authorizes a call (see [`crate::auth`]); returns

@@ -23,7 +23,7 @@ use elton_proto::{
 use futures::StreamExt;
 
 use crate::MasterError;
-use crate::fetch_whole::{self as fetch, SourceError};
+use crate::fetch::{self, HolderReader, Opened};
 use crate::nodes::Liveness;
 use crate::store::{MetaStore, NodeRow, blocking};
 
@@ -39,7 +39,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TreeValidator {
     store: Arc<MetaStore>,
     liveness: Arc<Liveness>,
-    http: reqwest::Client,
+    /// The relay's reader: its deadlines, stale-location removal and node
+    /// health apply to the validator's reads too.
+    holders: HolderReader,
     cache: Mutex<Decoded>,
 }
 
@@ -52,17 +54,20 @@ struct Decoded {
 
 /// Why one holder gave no bytes.
 enum Unread {
-    Source(SourceError),
+    /// It no longer has the object (the reader removed the location).
+    Missing,
+    /// Unreachable, an error, a missed deadline.
+    Failed(String),
     /// It announced, or sent, more than the object may have.
     TooLarge,
 }
 
 impl TreeValidator {
-    pub fn new(store: Arc<MetaStore>, liveness: Arc<Liveness>, http: reqwest::Client) -> Self {
+    pub fn new(store: Arc<MetaStore>, liveness: Arc<Liveness>, holders: HolderReader) -> Self {
         Self {
             store,
             liveness,
-            http,
+            holders,
             cache: Mutex::new(Decoded::default()),
         }
     }
@@ -157,12 +162,8 @@ impl TreeValidator {
             match read {
                 Ok(Ok(bytes)) if ObjectId::of(&bytes) == id => return Ok(bytes),
                 Ok(Ok(_)) => self.note_bad_location(&holder.id, id).await?,
-                Ok(Err(Unread::Source(SourceError::Missing))) => {
-                    tracing::warn!(object = %id, node = %holder.id, "stale location removed");
-                    let node = holder.id.clone();
-                    blocking(&self.store, move |s| s.remove_location(&id, &node)).await?;
-                }
-                Ok(Err(Unread::Source(SourceError::Failed(e)))) => last_error = Some(e),
+                Ok(Err(Unread::Missing)) => {}
+                Ok(Err(Unread::Failed(e))) => last_error = Some(e),
                 Ok(Err(Unread::TooLarge)) => oversized = true,
                 Err(_) => {
                     last_error = Some(format!(
@@ -206,16 +207,19 @@ impl TreeValidator {
         id: ObjectId,
         limit: usize,
     ) -> Result<Vec<u8>, Unread> {
-        let (size, mut stream) = fetch::open_from(&self.http, &holder.id, &holder.http_addr, &id)
-            .await
-            .map_err(Unread::Source)?;
+        let (size, mut stream) = match self.holders.open(id, vec![holder.clone()]).await {
+            Opened::Served(size, stream) => (size, stream),
+            Opened::Miss { last_error: None } => return Err(Unread::Missing),
+            Opened::Miss {
+                last_error: Some(e),
+            } => return Err(Unread::Failed(e)),
+        };
         if size > limit as u64 {
             return Err(Unread::TooLarge);
         }
         let mut bytes = Vec::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|s| Unread::Source(SourceError::Failed(s.message().to_string())))?;
+            let chunk = chunk.map_err(|s| Unread::Failed(s.message().to_string()))?;
             if bytes.len() + chunk.data.len() > limit {
                 return Err(Unread::TooLarge);
             }
@@ -357,7 +361,12 @@ mod tests {
             [liar.clone(), good.clone()],
             Instant::now(),
         ));
-        let v = TreeValidator::new(store.clone(), liveness, reqwest::Client::new());
+        let holders = HolderReader::new(
+            store.clone(),
+            Arc::new(crate::health::NodeHealth::default()),
+            crate::holder_policy::HolderPolicy::default(),
+        );
+        let v = TreeValidator::new(store.clone(), liveness, holders);
 
         v.check(root, None).await.unwrap();
         assert_eq!(

@@ -355,34 +355,9 @@ impl Cluster {
         token: Option<&str>,
         creds: Option<&elton_trust::NodeCredentials>,
     ) -> MasterGrpc {
-        let ca = std::fs::read_to_string(self.ca_path()).expect("cluster CA");
-        let tls = match creds {
-            Some(c) => elton_trust::tls::node_client(c, &ca),
-            None => elton_trust::tls::anonymous_client(&ca),
-        };
-        let channel = tonic::transport::Endpoint::from_shared(self.master_url())
-            .expect("master URL")
-            .tls_config(tls)
-            .expect("TLS settings")
-            .connect()
+        try_client(self, token, creds)
             .await
-            .expect("connecting to the master");
-        let auth = elton_trust::BearerAuth::new(token).expect("token");
-        elton_proto::pb::master_client::MasterClient::with_interceptor(channel, auth)
-            .max_decoding_message_size(64 << 20)
-    }
-
-    /// Runs `f` with an admin client on a runtime of its own (for
-    /// synchronous tests).
-    pub fn with_master<T>(&self, f: impl AsyncFnOnce(&mut MasterGrpc) -> T) -> T {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut m = self.master_client().await;
-            f(&mut m).await
-        })
+            .unwrap_or_else(|e| panic!("connecting to the master: {e}"))
     }
 }
 
@@ -396,14 +371,7 @@ pub type MasterGrpc = elton_proto::pb::master_client::MasterClient<
 >;
 
 fn registered(c: &Cluster, node: &str) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let Some(mut m) = admin_client(&c.master_url(), &c.ca_path()).await else {
-            return false;
-        };
+    ask_master(c, async |m| {
         m.list_nodes(elton_proto::pb::ListNodesRequest {})
             .await
             .is_ok_and(|r| {
@@ -416,32 +384,51 @@ fn registered(c: &Cluster, node: &str) -> bool {
 }
 
 fn master_answers(c: &Cluster) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let Some(mut m) = admin_client(&c.master_url(), &c.ca_path()).await else {
-            return false;
-        };
+    ask_master(c, async |m| {
         m.list_volumes(elton_proto::pb::ListVolumesRequest {})
             .await
             .is_ok()
     })
 }
 
-/// An admin client, or `None` while the master does not answer yet.
-async fn admin_client(url: &str, ca: &Path) -> Option<MasterGrpc> {
-    let ca = std::fs::read_to_string(ca).ok()?;
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .ok()?
-        .tls_config(elton_trust::tls::anonymous_client(&ca))
-        .ok()?
+/// `ask` with an admin client; false while the master does not answer.
+fn ask_master(c: &Cluster, ask: impl AsyncFnOnce(&mut MasterGrpc) -> bool) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        match try_client(c, Some(TOKEN), None).await {
+            Ok(mut m) => ask(&mut m).await,
+            Err(_) => false,
+        }
+    })
+}
+
+/// A client with exactly the given credentials, or why there is none
+/// (e.g. the master does not answer yet).
+async fn try_client(
+    c: &Cluster,
+    token: Option<&str>,
+    creds: Option<&elton_trust::NodeCredentials>,
+) -> Result<MasterGrpc, String> {
+    let ca = std::fs::read_to_string(c.ca_path()).map_err(|e| format!("cluster CA: {e}"))?;
+    let tls = match creds {
+        Some(creds) => elton_trust::tls::node_client(creds, &ca),
+        None => elton_trust::tls::anonymous_client(&ca),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(c.master_url())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
         .connect()
         .await
-        .ok()?;
-    let auth = elton_trust::BearerAuth::new(Some(TOKEN)).ok()?;
-    Some(elton_proto::pb::master_client::MasterClient::with_interceptor(channel, auth))
+        .map_err(|e| e.to_string())?;
+    let auth = elton_trust::BearerAuth::new(token).map_err(|e| e.to_string())?;
+    Ok(
+        elton_proto::pb::master_client::MasterClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(64 << 20),
+    )
 }
 
 /// Reads a Prometheus counter from a slave's `/metrics`.
