@@ -300,19 +300,7 @@ mod tests {
     }
 
     fn file(name: &str, content: &[u8]) -> Entry {
-        Entry {
-            name: name.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: content.len() as u64,
-            mtime: 0,
-            object: Some(ObjectId::of(content)),
-            recipe: false,
-            target: None,
-            xattrs: None,
-        }
+        Entry::file(name, ObjectId::of(content), content.len() as u64)
     }
 
     #[tokio::test]

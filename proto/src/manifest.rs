@@ -60,6 +60,33 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A file entry owned by root, mode 0644, mtime 0; other fields are set
+    /// with struct update syntax where they matter.
+    pub fn file(name: &str, object: ObjectId, size: u64) -> Self {
+        Self {
+            name: name.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            object: Some(object),
+            recipe: false,
+            target: None,
+            xattrs: None,
+        }
+    }
+
+    /// A directory entry as [`Entry::file`] makes files, mode 0755.
+    pub fn dir(name: &str, object: ObjectId, entries: u64) -> Self {
+        Self {
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            ..Self::file(name, object, entries)
+        }
+    }
+
     fn validate(&self) -> Result<(), ProtoError> {
         let bad = |why: String| Err(ProtoError::Manifest(why));
         if !valid_entry_name(&self.name) {
@@ -244,17 +271,8 @@ mod tests {
 
     fn file(name: &str, content: &[u8]) -> Entry {
         Entry {
-            name: name.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: content.len() as u64,
             mtime: 1_700_000_000_000_000_000,
-            object: Some(ObjectId::of(content)),
-            recipe: false,
-            target: None,
-            xattrs: None,
+            ..Entry::file(name, ObjectId::of(content), content.len() as u64)
         }
     }
 

@@ -396,27 +396,11 @@ mod tests {
     }
 
     fn file_entry(name: &str, object: ObjectId, size: u64) -> Entry {
-        Entry {
-            name: name.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
-            mtime: 1_700_000_000_000_000_000,
-            object: Some(object),
-            recipe: false,
-            target: None,
-            xattrs: None,
-        }
+        Entry::file(name, object, size)
     }
 
     fn dir_entry(name: &str, object: ObjectId) -> Entry {
-        Entry {
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            ..file_entry(name, object, 1)
-        }
+        Entry::dir(name, object, 1)
     }
 
     /// A root holding `sub/` with the given (possibly invalid) manifest.

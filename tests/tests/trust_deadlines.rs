@@ -61,7 +61,7 @@ fn holders(c: &Cluster, rt: &tokio::runtime::Runtime, id: &ObjectId) -> Vec<Node
     })
 }
 
-fn node_info(c: &Cluster, rt: &tokio::runtime::Runtime, node: &str) -> NodeInfo {
+fn nodes(c: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<NodeInfo> {
     rt.block_on(async {
         c.master_client()
             .await
@@ -70,10 +70,14 @@ fn node_info(c: &Cluster, rt: &tokio::runtime::Runtime, node: &str) -> NodeInfo 
             .unwrap()
             .into_inner()
             .nodes
-            .into_iter()
-            .find(|n| n.node_id == node)
-            .unwrap()
     })
+}
+
+fn node_info(c: &Cluster, rt: &tokio::runtime::Runtime, node: &str) -> NodeInfo {
+    nodes(c, rt)
+        .into_iter()
+        .find(|n| n.node_id == node)
+        .unwrap()
 }
 
 /// Heartbeats as `node` every 200 ms (the harness's interval) until the
@@ -278,18 +282,10 @@ fn node_addresses_must_be_host_and_port_and_unique() {
             .await
             .unwrap();
     });
-    let nodes: Vec<String> = rt.block_on(async {
-        c.master_client()
-            .await
-            .list_nodes(ListNodesRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes
-            .into_iter()
-            .map(|n| format!("{}={}", n.node_id, n.http_addr))
-            .collect()
-    });
+    let nodes: Vec<String> = nodes(&c, &rt)
+        .into_iter()
+        .map(|n| format!("{}={}", n.node_id, n.http_addr))
+        .collect();
     assert!(
         nodes.contains(&"intruder=[::1]:7461".to_string()),
         "{nodes:?}"

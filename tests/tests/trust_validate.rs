@@ -11,7 +11,7 @@ mod common;
 
 use common::{Cluster, MasterGrpc, TOKEN};
 use elton_proto::pb;
-use elton_proto::{Chunk, DirManifest, Entry, EntryKind, ObjectId, PEER_METADATA_KEY, Recipe};
+use elton_proto::{Chunk, DirManifest, Entry, ObjectId, PEER_METADATA_KEY, Recipe};
 
 const VOLUME: &str = "trusted";
 
@@ -113,27 +113,11 @@ fn commit_request(parent: u64, root: ObjectId) -> pb::CommitRequest {
 }
 
 fn file_entry(name: &str, object: ObjectId, size: u64) -> Entry {
-    Entry {
-        name: name.into(),
-        kind: EntryKind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size,
-        mtime: 1_700_000_000_000_000_000,
-        object: Some(object),
-        recipe: false,
-        target: None,
-        xattrs: None,
-    }
+    Entry::file(name, object, size)
 }
 
 fn dir_entry(name: &str, object: ObjectId) -> Entry {
-    Entry {
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        ..file_entry(name, object, 1)
-    }
+    Entry::dir(name, object, 1)
 }
 
 #[test]

@@ -17,7 +17,7 @@ use rcgen::{
 };
 
 use crate::TrustError;
-use crate::identity::{CertIdentity, parse_identity};
+use crate::identity::CertIdentity;
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
@@ -310,14 +310,13 @@ impl TlsDir {
         let key_pem = read(&self.node_key())?;
         let leaf = first_der(&cert_pem)?;
         let anchors = crate::TrustAnchors::new(&ca_cluster(&ca_pem)?, &ca_pem, &[])?;
-        let identity = match anchors.authenticate(&leaf)? {
-            crate::Authenticated::Member(id) => id,
-            crate::Authenticated::Peer(id) => id,
-        };
-        // Parse once more for a clear error if the key does not fit.
+        // One anchor: whatever verifies is a member of its cluster.
+        let (crate::Authenticated::Member(identity) | crate::Authenticated::Peer(identity)) =
+            anchors.authenticate(&leaf)?;
+        // A key that is not a key fails here, with its path, not at the
+        // first handshake.
         KeyPair::from_pem(&key_pem)
             .map_err(|e| TrustError::Certificate(format!("{}: {e}", self.node_key().display())))?;
-        let _ = parse_identity(&leaf)?;
         Ok(NodeCredentials {
             ca_pem,
             cert_pem,
