@@ -21,7 +21,7 @@
 #   track_mount DIR          cleanup lazily unmounts DIR, before stopping PIDs
 #   free_port [PORT...]      a free loopback port, none of the given PORTs
 #   wait_http URL [PID NAME [LOG...]]  waits 20 s for URL; dies, showing LOGs, if PID exits
-#   elton_up HOME            tracked `elton up` (no mount, data dir HOME, free ports), waited for;
+#   elton_up HOME [FLAGS..]  tracked `elton up` (no mount, data dir HOME, free ports), waited for;
 #                            sets ELTON_PID MASTER_PORT SLAVE_PORT, exports ELTON_HOME/MASTER/SLAVE/TOKEN
 #   mount_volume VOL DIR     mounts VOL at DIR, upper layer $WORK/state-<basename DIR>; tracked
 #   seconds                  a monotonic clock, in seconds
@@ -146,14 +146,15 @@ wait_http() {
     die "$name not answering at $url after 20 s"
 }
 
-elton_up() {
-    local extra=()
+elton_up() { # ELTON_HOME [extra `elton up` flags, e.g. --insecure]
+    local extra=("${@:2}") scheme=https
     MASTER_PORT=$(free_port)
     SLAVE_PORT=$(free_port "$MASTER_PORT")
     # Newer `elton up` also mounts a volume; the benchmarks need only the
     # servers. (The help is captured first: `| grep -q` under pipefail fails
     # when grep exits before elton has written all of it.)
-    if grep -q -- '--no-mount' <<<"$("$ELTON" up --help 2>/dev/null)"; then extra=(--no-mount); fi
+    if grep -q -- '--no-mount' <<<"$("$ELTON" up --help 2>/dev/null)"; then extra+=(--no-mount); fi
+    [[ " ${extra[*]} " != *" --insecure "* ]] || scheme=http
     export ELTON_HOME=$1
     log "starting elton up (master 127.0.0.1:$MASTER_PORT, slave 127.0.0.1:$SLAVE_PORT)"
     ELTON_LOG=warn "$ELTON" up "${extra[@]}" --data-dir "$ELTON_HOME" \
@@ -162,7 +163,7 @@ elton_up() {
     ELTON_PID=$!
     track_pid "$ELTON_PID" elton
     wait_http "http://127.0.0.1:$SLAVE_PORT/metrics" "$ELTON_PID" elton "$WORK/elton.out" "$WORK/elton.err"
-    export ELTON_MASTER="https://127.0.0.1:$MASTER_PORT"
+    export ELTON_MASTER="$scheme://127.0.0.1:$MASTER_PORT"
     export ELTON_SLAVE="http://127.0.0.1:$SLAVE_PORT"
     ELTON_TOKEN=$(cat "$ELTON_HOME/token")
     export ELTON_TOKEN

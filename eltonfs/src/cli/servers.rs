@@ -122,6 +122,10 @@ pub struct UpArgs {
     /// Do not mount anything.
     #[arg(long)]
     pub no_mount: bool,
+    /// No TLS and no authentication on the master (loopback addresses
+    /// only): the baseline the benchmarks compare against.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 async fn shutdown_signal() {
@@ -298,10 +302,14 @@ pub async fn up(a: UpArgs) -> Result<()> {
         listen: master_addr.to_string(),
         tls_dir: Some(data.join("pki")),
         bootstrap_token_file: Some(token_path.clone()),
+        insecure: a.insecure,
         ..MasterConfig::default()
     };
-    let mut slave_config = SlaveConfig::new(data.join("slave"), format!("https://{master_addr}"));
-    provision_single_node(&data, &master_config, &mut slave_config)?;
+    let scheme = if a.insecure { "http" } else { "https" };
+    let mut slave_config = SlaveConfig::new(data.join("slave"), format!("{scheme}://{master_addr}"));
+    if !a.insecure {
+        provision_single_node(&data, &master_config, &mut slave_config)?;
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -326,7 +334,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| data.join("volumes").join(&a.volume));
         let endpoints = super::Endpoints {
-            master: format!("https://{master_addr}"),
+            master: format!("{scheme}://{master_addr}"),
             slave: format!("http://{slave_addr}"),
             token: Some(token.clone()),
             ca: Some(data.join("pki").join("ca.pem")),
@@ -341,7 +349,10 @@ pub async fn up(a: UpArgs) -> Result<()> {
     };
 
     println!("Elton is up (single node: master and slave in this process).");
-    println!("  master (gRPC)  http://{master_addr}");
+    println!("  master (gRPC)  {scheme}://{master_addr}");
+    if a.insecure {
+        println!("                 (insecure: no TLS, no authentication)");
+    }
     println!("  slave  (HTTP)  http://{slave_addr}");
     println!("  data           {}", data.display());
     println!("  admin token    {}", token_path.display());
