@@ -306,7 +306,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
         ..MasterConfig::default()
     };
     let scheme = if a.insecure { "http" } else { "https" };
-    let mut slave_config = SlaveConfig::new(data.join("slave"), format!("{scheme}://{master_addr}"));
+    let mut slave_config =
+        SlaveConfig::new(data.join("slave"), format!("{scheme}://{master_addr}"));
     if !a.insecure {
         provision_single_node(&data, &master_config, &mut slave_config)?;
     }
