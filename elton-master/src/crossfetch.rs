@@ -112,7 +112,7 @@ impl CrossFetch {
         let stats = self.stats.clone();
         let idle = self.idle;
         tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
+            let mut stream = Box::pin(stream);
             let mut received = 0u64;
             let complete = loop {
                 let item = match tokio::time::timeout(idle, stream.next()).await {
@@ -160,6 +160,10 @@ impl CrossFetch {
                 }
                 _ => complete,
             };
+            // The finished response still holds its HTTP/2 stream's share of
+            // the connection: kept through the grace below, the connection
+            // looks busy and keeps pinging the peer over an idle WAN.
+            drop(stream);
             drop(tx);
             if complete {
                 tokio::time::sleep(SETTLE_GRACE).await;
