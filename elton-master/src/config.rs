@@ -52,6 +52,11 @@ pub struct MasterConfig {
     /// file if it exists, else created in it (mode 0600). Default:
     /// `<data_dir>/admin.token`.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Start a new incarnation on empty metadata when the data directory's
+    /// metadata is missing or unusable (see `docs/operations.md`). A flag
+    /// only: a config file cannot set it, so it is never left on.
+    #[serde(skip)]
+    pub new_incarnation: bool,
 }
 
 /// One peer master: its cluster name (the `home` of its volumes), its
@@ -113,6 +118,7 @@ impl Default for MasterConfig {
             tls_dir: None,
             tls_names: Vec::new(),
             bootstrap_token_file: None,
+            new_incarnation: false,
         }
     }
 }

@@ -57,6 +57,20 @@ pub enum MasterError {
     PermissionDenied(String),
     #[error("metadata store: {0}")]
     Storage(String),
+    /// `master.redb` was removed, replaced or truncated under the running
+    /// master: nothing more is confirmed (see `file_guard`).
+    #[error(
+        "metadata file lost ({0}); this master confirms no more writes: restart it, then \
+         restore the metadata (`elton master --restore FILE`) or start a new incarnation \
+         (`elton master --new-incarnation`)"
+    )]
+    MetadataLost(String),
+    /// The data directory's metadata cannot be served (see `incarnation`).
+    #[error("refusing to start: {0}")]
+    Refused(String),
+    /// A client's view of the metadata is from another incarnation.
+    #[error("{0}")]
+    WrongIncarnation(String),
     #[error("{0}")]
     Io(String),
 }
@@ -104,7 +118,11 @@ impl From<MasterError> for Status {
             | MasterError::HoldersFailed { .. } => Code::Unavailable,
             MasterError::Remote { code, .. } => *code,
             MasterError::Conflict { .. } => Code::Aborted,
-            MasterError::RootNotStored(_) | MasterError::UnknownNode(_) => Code::FailedPrecondition,
+            MasterError::RootNotStored(_)
+            | MasterError::UnknownNode(_)
+            | MasterError::MetadataLost(_)
+            | MasterError::Refused(_)
+            | MasterError::WrongIncarnation(_) => Code::FailedPrecondition,
             MasterError::Unauthenticated(_) => Code::Unauthenticated,
             MasterError::PermissionDenied(_) => Code::PermissionDenied,
             MasterError::Storage(_) | MasterError::Io(_) => Code::Internal,

@@ -1,6 +1,9 @@
 //! The Elton master: the metadata authority of one cluster.
 //!
 //! - [`store`]: redb tables for volumes, versions, object locations and nodes.
+//! - [`incarnation`] (pure), [`datadir`] and [`file_guard`]: the cluster id
+//!   and incarnation of the metadata, which a master checks before it
+//!   starts and while it runs; backup and restore.
 //! - [`nodes`]: which registered slaves are alive (heartbeats).
 //! - [`service`]: the `elton.v1.Master` gRPC service.
 //! - [`fetch`]: proxying an object's bytes from holders to a requester,
@@ -13,6 +16,7 @@
 //! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
 //! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
+//! - [`backup`]: the online copy of the metadata.
 //! - [`auth`]: who is calling (certificates, tokens) and what they may do;
 //!   [`provision`]: the master's TLS identity and first admin token.
 //! - [`validate`]: the check of a commit's tree before it is published.
@@ -23,14 +27,18 @@
 //! tests can start a master on port 0 in-process.
 
 pub mod auth;
+pub mod backup;
 pub mod coalesce;
 pub mod config;
 pub mod crossfetch;
+pub mod datadir;
 pub mod error;
 pub mod fetch;
+pub mod file_guard;
 pub mod fsck;
 pub mod health;
 pub mod holder_policy;
+pub mod incarnation;
 pub mod metrics;
 pub mod nodes;
 pub mod peers;
@@ -64,9 +72,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), MasterError> {
     config.validate().map_err(MasterError::BadRequest)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| MasterError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
-    let store = Arc::new(MetaStore::open(&config.data_dir.join("master.redb"))?);
+    let opened = datadir::open(&config.data_dir, config.new_incarnation)?;
+    let stamp = opened.stamp;
+    let store = Arc::new(opened.store);
     let identity = provision::Identity::load(&config)?;
     let auth = Arc::new(auth::Auth::new(identity.anchors()?, &store)?);
     provision::bootstrap_token(&config, &store, &auth)?;
@@ -76,7 +84,8 @@ pub async fn run(
             .iter()
             .map(|p| (p.name.as_str(), p.url.as_str())),
     ));
-    let service = MasterService::new(store.clone(), &config, wan.clone(), auth, &identity)?;
+    let service =
+        MasterService::new(store.clone(), &config, wan.clone(), auth, &identity, stamp)?;
     // Bind before serving anything, so a bad address fails the start.
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(
@@ -102,7 +111,7 @@ pub async fn run(
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
-        id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(),
+        id = %config.id, cluster = %config.cluster_name(), %stamp, peers = config.peers.len(),
         tls = !config.insecure, "master serving");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = identity.server_tls()? {

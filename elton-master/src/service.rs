@@ -21,6 +21,7 @@ use crate::crossfetch::CrossFetch;
 use crate::fetch::{ChunkStream, HolderReader, Opened};
 use crate::fsck::Fsck;
 use crate::health::NodeHealth;
+use crate::incarnation::Stamp;
 use crate::holder_policy::HolderPolicy;
 use crate::nodes::Liveness;
 use crate::peers::PeerSet;
@@ -55,6 +56,10 @@ pub struct MasterService {
     holders: HolderReader,
     health: Arc<NodeHealth>,
     resyncs: Arc<Resyncs>,
+    /// Which cluster and incarnation this metadata is: stamped on every
+    /// record served, checked on commits that name one.
+    stamp: Stamp,
+    data_dir: std::path::PathBuf,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -77,6 +82,7 @@ impl MasterService {
         wan: Arc<WanStats>,
         auth: Arc<Auth>,
         identity: &Identity,
+        stamp: Stamp,
     ) -> Result<Self, MasterError> {
         let known = store
             .nodes()
@@ -122,6 +128,8 @@ impl MasterService {
             holders,
             health,
             resyncs,
+            stamp,
+            data_dir: config.data_dir.clone(),
         })
     }
 
@@ -189,6 +197,29 @@ impl MasterService {
             self.wan.request(p, Direction::In);
         }
         Ok((caller, peer))
+    }
+
+    /// A version record of this master's metadata, as served.
+    fn record(&self, info: &elton_proto::VersionInfo) -> pb::VersionRecord {
+        pb::VersionRecord {
+            incarnation: self.stamp.incarnation.to_string(),
+            ..info.into()
+        }
+    }
+
+    /// Refuses a commit whose parent was read from another incarnation of
+    /// this metadata: the same number may name another tree now.
+    fn check_incarnation(&self, r: &pb::CommitRequest) -> Result<(), MasterError> {
+        let mine = self.stamp.incarnation.to_string();
+        if r.incarnation.is_empty() || r.incarnation == mine {
+            return Ok(());
+        }
+        Err(MasterError::WrongIncarnation(format!(
+            "version {} of {:?} was read from metadata incarnation {}, but this master is at \
+             incarnation {mine} (the metadata was restored or started again): that number may \
+             name another tree now; read the volume again",
+            r.parent, r.volume, r.incarnation
+        )))
     }
 
     /// Counts the reply to a peer's call as WAN bytes sent to it.
@@ -391,6 +422,7 @@ impl Master for MasterService {
             .await
         {
             Ok(parent_root) => {
+                self.check_incarnation(&r)?;
                 if !forwarded_by_peer {
                     self.validator.check(root, parent_root).await?;
                 }
@@ -407,7 +439,7 @@ impl Master for MasterService {
                 let info = self.with_store(move |s| s.commit(new)).await?;
                 tracing::info!(volume = %info.volume, version = %info.version, root = %info.root,
                     via = peer.as_deref().unwrap_or("-"), "committed");
-                (&info).into()
+                self.record(&info)
             }
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
                 self.commit_at_home(&volume, root, r).await?
@@ -427,7 +459,7 @@ impl Master for MasterService {
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let n = name.clone();
         let record = match self.with_store(move |s| s.version(&n, r.version)).await {
-            Ok(info) => (&info).into(),
+            Ok(info) => self.record(&info),
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
                 self.remote.version(&name, r.version).await?
             }
@@ -446,7 +478,7 @@ impl Master for MasterService {
         let n = name.clone();
         let list = match self.with_store(move |s| s.versions(&n)).await {
             Ok(list) => pb::ListVersionsResponse {
-                versions: list.iter().map(Into::into).collect(),
+                versions: list.iter().map(|v| self.record(v)).collect(),
             },
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
                 self.remote.versions(&name).await?
@@ -483,6 +515,7 @@ impl Master for MasterService {
         tracing::info!(node = %id, "node registered");
         Ok(Response::new(pb::RegisterNodeResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            incarnation: self.stamp.incarnation.to_string(),
         }))
     }
 
@@ -520,6 +553,7 @@ impl Master for MasterService {
             known,
             replicate,
             resync,
+            incarnation: self.stamp.incarnation.to_string(),
         }))
     }
 
@@ -776,6 +810,20 @@ impl Master for MasterService {
         Ok(Response::new(pb::CheckTokenResponse {
             token: Some(token_info(row)),
         }))
+    }
+
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.admit(&req, Need::Admin)?;
+        tracing::info!("backup requested");
+        Ok(Response::new(crate::backup::start(
+            self.store.clone(),
+            self.data_dir.clone(),
+        )))
     }
 }
 

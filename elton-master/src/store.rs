@@ -32,6 +32,8 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::MasterError;
+use crate::file_guard::FileGuard;
+use crate::incarnation::{Id, Stamp};
 use crate::planner::Holding;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -46,6 +48,10 @@ const NODE_LOCATIONS: TableDefinition<'_, (&str, &[u8]), u64> =
 /// `meta` key of the announce epoch: every location written is stamped with
 /// it, and a resync starts by raising it (see [`MetaStore::begin_resync`]).
 const EPOCH_KEY: &str = "announce_epoch";
+/// `meta` keys of the cluster id and incarnation (see [`crate::incarnation`];
+/// absent in files of builds before them).
+const CLUSTER_KEY: &str = "cluster_id";
+const INCARNATION_KEY: &str = "incarnation";
 
 /// Schema of this file; bump on any incompatible change. 2 added
 /// `node_locations`, which a build that does not maintain it would let go
@@ -97,6 +103,8 @@ pub struct NewVersion {
 pub struct MetaStore {
     db: Database,
     unflushed: AtomicBool,
+    /// Notices the file being removed, replaced or truncated under us.
+    guard: FileGuard,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, MasterError> {
@@ -115,8 +123,24 @@ fn encode<T: Serialize>(row: &T) -> Vec<u8> {
 }
 
 impl MetaStore {
+    /// Opens `path`, creating an empty database if there is none.
     pub fn open(path: &Path) -> Result<Self, MasterError> {
-        let db = Database::create(path)?;
+        Self::init(path, Database::create(path)?)
+    }
+
+    /// Opens `path`, which must exist.
+    pub fn open_existing(path: &Path) -> Result<Self, MasterError> {
+        let db = Database::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => MasterError::Storage(format!(
+                "{} is in use by another process (is a master running on it?)",
+                path.display()
+            )),
+            e => MasterError::Storage(e.to_string()),
+        })?;
+        Self::init(path, db)
+    }
+
+    fn init(path: &Path, db: Database) -> Result<Self, MasterError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -149,6 +173,86 @@ impl MetaStore {
         Ok(Self {
             db,
             unflushed: AtomicBool::new(false),
+            guard: FileGuard::new(path)?,
+        })
+    }
+
+    /// The cluster id and incarnation recorded in this file; `None` in a
+    /// file of a build before them.
+    pub fn stamp(&self) -> Result<Option<Stamp>, MasterError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |key: &str| -> Result<Option<u64>, MasterError> {
+            Ok(meta.get(key)?.map(|g| g.value()))
+        };
+        match (get(CLUSTER_KEY)?, get(INCARNATION_KEY)?) {
+            (None, None) => Ok(None),
+            (Some(c), Some(i)) => match (Id::new(c), Id::new(i)) {
+                (Some(cluster), Some(incarnation)) => Ok(Some(Stamp {
+                    cluster,
+                    incarnation,
+                })),
+                _ => Err(MasterError::Storage("corrupt identity: a zero id".into())),
+            },
+            _ => Err(MasterError::Storage(
+                "corrupt identity: cluster id or incarnation missing".into(),
+            )),
+        }
+    }
+
+    /// Records the cluster id and incarnation; durable on return.
+    pub fn set_stamp(&self, stamp: Stamp) -> Result<(), MasterError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(CLUSTER_KEY, stamp.cluster.get())?;
+            meta.insert(INCARNATION_KEY, stamp.incarnation.get())?;
+        }
+        self.commit_durable(txn)
+    }
+
+    /// Refuses every write from now on when the file was removed, replaced
+    /// or truncated; see [`FileGuard`].
+    pub fn check_file(&self) -> Result<(), MasterError> {
+        self.guard.check()
+    }
+
+    /// Writes a consistent copy of the whole database (one read
+    /// transaction) to `dest`, a new redb file: the online backup.
+    pub fn backup_to(&self, dest: &Path) -> Result<BackupInfo, MasterError> {
+        let src = self.db.begin_read()?;
+        let out = Database::create(dest)?;
+        let txn = out.begin_write()?;
+        let volumes = {
+            copy_table(&src, &txn, META)?;
+            let volumes = copy_table(&src, &txn, VOLUMES)?;
+            copy_table(&src, &txn, VERSIONS)?;
+            copy_table(&src, &txn, NODES)?;
+            copy_table(&src, &txn, TOKENS)?;
+            copy_table(&src, &txn, NODE_LOCATIONS)?;
+            let from = src.open_multimap_table(LOCATIONS)?;
+            let mut to = txn.open_multimap_table(LOCATIONS)?;
+            for item in from.iter()? {
+                let (k, values) = item?;
+                for v in values {
+                    to.insert(k.value(), v?.value())?;
+                }
+            }
+            volumes
+        };
+        txn.commit()?;
+        drop(out);
+        let stamp = {
+            let meta = src.open_table(META)?;
+            let get = |key: &str| -> Result<u64, MasterError> {
+                Ok(meta.get(key)?.map_or(0, |g| g.value()))
+            };
+            (get(CLUSTER_KEY)?, get(INCARNATION_KEY)?)
+        };
+        Ok(BackupInfo {
+            volumes,
+            cluster: Id::new(stamp.0),
+            incarnation: Id::new(stamp.1),
         })
     }
 
@@ -408,11 +512,20 @@ impl MetaStore {
     /// transaction still excludes other writers, and restored on failure.
     fn commit_durable(&self, txn: redb::WriteTransaction) -> Result<(), MasterError> {
         let was = self.unflushed.swap(false, Ordering::AcqRel);
-        txn.commit().inspect_err(|_| {
-            if was {
-                self.unflushed.store(true, Ordering::Release);
-            }
-        })?;
+        self.guard
+            .commit(|| txn.commit().map_err(MasterError::from))
+            .inspect_err(|_| {
+                if was {
+                    self.unflushed.store(true, Ordering::Release);
+                }
+            })
+    }
+
+    /// Commits a transaction written without an fsync (soft state).
+    fn commit_soft(&self, txn: redb::WriteTransaction) -> Result<(), MasterError> {
+        self.guard
+            .commit(|| txn.commit().map_err(MasterError::from))?;
+        self.unflushed.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -433,8 +546,7 @@ impl MetaStore {
                 by_node.insert((node.as_str(), id.as_bytes().as_slice()), epoch)?;
             }
         }
-        txn.commit()?;
-        self.unflushed.store(true, Ordering::Release);
+        self.commit_soft(txn)?;
         Ok(())
     }
 
@@ -445,8 +557,7 @@ impl MetaStore {
             .remove(object.as_bytes().as_slice(), node.as_str())?;
         txn.open_table(NODE_LOCATIONS)?
             .remove((node.as_str(), object.as_bytes().as_slice()))?;
-        txn.commit()?;
-        self.unflushed.store(true, Ordering::Release);
+        self.commit_soft(txn)?;
         Ok(())
     }
 
@@ -491,8 +602,7 @@ impl MetaStore {
             }
             old.len() as u64
         };
-        txn.commit()?;
-        self.unflushed.store(true, Ordering::Release);
+        self.commit_soft(txn)?;
         Ok(removed)
     }
 
@@ -569,6 +679,31 @@ impl MetaStore {
     }
 }
 
+/// What a backup holds, for the report.
+#[derive(Clone, Copy, Debug)]
+pub struct BackupInfo {
+    pub volumes: u64,
+    pub cluster: Option<Id>,
+    pub incarnation: Option<Id>,
+}
+
+/// Copies every row of `table` from `src` into `dest`; returns how many.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &redb::ReadTransaction,
+    dest: &redb::WriteTransaction,
+    table: TableDefinition<'_, K, V>,
+) -> Result<u64, MasterError> {
+    let from = src.open_table(table)?;
+    let mut to = dest.open_table(table)?;
+    let mut n = 0;
+    for item in from.iter()? {
+        let (k, v) = item?;
+        to.insert(k.value(), v.value())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Schema 1 to 2: indexes every existing location by node, at epoch 0 (so
 /// the first resync of each node sweeps what it does not re-announce).
 fn index_by_node(txn: &redb::WriteTransaction) -> Result<(), MasterError> {
@@ -595,13 +730,20 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| MasterError::Io(format!("store task: {e}")))?
 }
 
-/// Bounds how long a soft-state write stays volatile.
+/// Bounds how long a soft-state write stays volatile, and notices a
+/// removed or replaced database file within a second even when nothing
+/// writes (the guard logs it once; every write is refused from then on).
 pub async fn flush_periodically(store: Arc<MetaStore>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
+        let flushed = tokio::task::spawn_blocking(move || {
+            store.check_file()?;
+            store.flush()
+        });
+        match flushed.await {
+            Ok(Err(MasterError::MetadataLost(_))) => {}
             Ok(Err(e)) => tracing::warn!("flushing locations: {e}"),
             Err(e) => tracing::warn!("flush task: {e}"),
             Ok(Ok(())) => {}

@@ -49,6 +49,8 @@ impl From<&VersionInfo> for pb::VersionRecord {
             author: v.author.clone(),
             host: v.host.clone(),
             time_unix: v.time,
+            // Filled in by the master that serves the record.
+            incarnation: String::new(),
         }
     }
 }

@@ -1,0 +1,474 @@
+//! The master's data directory: the `identity` file next to `master.redb`,
+//! opening the database only when the two agree ([`crate::incarnation`]
+//! decides), new incarnations, and installing a backup (offline restore).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::MasterError;
+use crate::incarnation::{self, DbState, FileState, Id, Plan, Stamp};
+use crate::store::MetaStore;
+
+pub const DB_FILE: &str = "master.redb";
+pub const IDENTITY_FILE: &str = "identity";
+/// Format of the identity file; bump on any incompatible change.
+pub const IDENTITY_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    format: u32,
+    cluster_id: String,
+    incarnation: String,
+}
+
+/// The metadata a master serves, and which cluster and incarnation it is.
+pub struct Opened {
+    pub store: MetaStore,
+    pub stamp: Stamp,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> MasterError {
+    MasterError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A new random id (never 0).
+pub fn new_id() -> Result<Id, MasterError> {
+    loop {
+        let raw = getrandom::u64().map_err(|e| MasterError::Io(format!("random id: {e}")))?;
+        if let Some(id) = Id::new(raw) {
+            return Ok(id);
+        }
+    }
+}
+
+/// Reads `<dir>/identity`.
+pub fn read_identity(dir: &Path) -> FileState {
+    let path = dir.join(IDENTITY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileState::Missing,
+        Err(e) => return FileState::Unreadable(format!("{}: {e}", path.display())),
+    };
+    let parsed = toml::from_str::<IdentityFile>(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            if f.format != IDENTITY_FORMAT {
+                return Err(format!(
+                    "format {} (this build reads {IDENTITY_FORMAT})",
+                    f.format
+                ));
+            }
+            Ok(Stamp {
+                cluster: f.cluster_id.parse()?,
+                incarnation: f.incarnation.parse()?,
+            })
+        });
+    match parsed {
+        Ok(s) => FileState::Present(s),
+        Err(e) => FileState::Unreadable(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes `<dir>/identity` durably (temp file, fsync, rename, fsync of the
+/// directory): after a crash it holds the old or the new stamp.
+pub fn write_identity(dir: &Path, stamp: Stamp) -> Result<(), MasterError> {
+    let body = toml::to_string(&IdentityFile {
+        format: IDENTITY_FORMAT,
+        cluster_id: stamp.cluster.to_string(),
+        incarnation: stamp.incarnation.to_string(),
+    })
+    .map_err(|e| MasterError::Io(format!("encoding the identity file: {e}")))?;
+    let text = format!(
+        "# Which cluster and incarnation {DB_FILE} in this directory must be; the master\n\
+         # refuses to start when they differ. Do not edit; see docs/operations.md.\n{body}"
+    );
+    write_durably(&dir.join(IDENTITY_FILE), text.as_bytes())
+}
+
+fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), MasterError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| io_err("creating a file in", dir, e))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| io_err("writing", tmp.path(), e))?;
+    tmp.persist(dest)
+        .map_err(|e| io_err("renaming into", dest, e.error))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MasterError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("syncing", dir, e))
+}
+
+/// Opens the database at `path` if there is one, and reads its stamp.
+fn probe(path: &Path) -> (DbState, Option<MetaStore>) {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (DbState::Missing, None),
+        Err(e) => return (DbState::Unreadable(e.to_string()), None),
+        Ok(_) => {}
+    }
+    let store = match MetaStore::open_existing(path) {
+        Ok(s) => s,
+        Err(e) => return (DbState::Unreadable(e.to_string()), None),
+    };
+    match store.stamp() {
+        Ok(stamp) => (DbState::Readable(stamp), Some(store)),
+        Err(e) => (DbState::Unreadable(e.to_string()), None),
+    }
+}
+
+/// Moves `path` aside (never deleting it) as `<name>.<why>-<unix time>`.
+fn set_aside(path: &Path, why: &str) -> Result<PathBuf, MasterError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| DB_FILE.into(), |n| n.to_string_lossy().into_owned());
+    let aside = path.with_file_name(format!("{name}.{why}-{}", now_unix()));
+    std::fs::rename(path, &aside).map_err(|e| io_err("moving aside", path, e))?;
+    Ok(aside)
+}
+
+/// Opens the data directory's metadata for serving, or says why not.
+pub fn open(dir: &Path, new_incarnation: bool) -> Result<Opened, MasterError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+    let db_path = dir.join(DB_FILE);
+    let file = read_identity(dir);
+    let (db, store) = probe(&db_path);
+    match incarnation::plan(&file, &db, new_incarnation) {
+        Plan::Open(stamp) => Ok(Opened {
+            store: store.ok_or_else(|| MasterError::Io("database not open".into()))?,
+            stamp,
+        }),
+        Plan::RewriteFile(stamp) => {
+            tracing::warn!(%stamp, "identity file missing: written again from {DB_FILE}");
+            write_identity(dir, stamp)?;
+            Ok(Opened {
+                store: store.ok_or_else(|| MasterError::Io("database not open".into()))?,
+                stamp,
+            })
+        }
+        Plan::Init | Plan::Adopt => {
+            let store = match store {
+                Some(s) => s,
+                None => MetaStore::open(&db_path)?,
+            };
+            let stamp = Stamp {
+                cluster: new_id()?,
+                incarnation: new_id()?,
+            };
+            store.set_stamp(stamp)?;
+            write_identity(dir, stamp)?;
+            tracing::info!(%stamp, dir = %dir.display(), "metadata initialised");
+            Ok(Opened { store, stamp })
+        }
+        Plan::NewIncarnation { cluster, set_aside: aside } => {
+            drop(store);
+            let previous = match &file {
+                FileState::Present(s) => s.incarnation.to_string(),
+                _ => "none".into(),
+            };
+            let moved = if aside {
+                Some(set_aside(&db_path, "set-aside")?)
+            } else {
+                None
+            };
+            let store = MetaStore::open(&db_path)?;
+            let stamp = Stamp {
+                cluster: match cluster {
+                    Some(c) => c,
+                    None => new_id()?,
+                },
+                incarnation: new_id()?,
+            };
+            store.set_stamp(stamp)?;
+            write_identity(dir, stamp)?;
+            tracing::error!(%stamp, previous_incarnation = %previous,
+                set_aside = %moved.as_ref().map_or("-".into(), |p| p.display().to_string()),
+                "NEW INCARNATION: starting on EMPTY metadata; version numbers start again at 1; \
+                 slaves drop what they cached of earlier incarnations");
+            Ok(Opened { store, stamp })
+        }
+        Plan::Refuse(why) => Err(MasterError::Refused(format!("{}: {why}", dir.display()))),
+    }
+}
+
+/// A volume whose head the restore moves back (or drops).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RolledBack {
+    pub volume: String,
+    /// Head in the database being replaced.
+    pub last_head: u64,
+    /// Head after the restore; `None`: the backup does not have the volume.
+    pub restored_head: Option<u64>,
+}
+
+/// Pure: the volumes whose head moves back when `restored` replaces
+/// `current` (name → head).
+pub fn rolled_back(
+    current: &BTreeMap<String, u64>,
+    restored: &BTreeMap<String, u64>,
+) -> Vec<RolledBack> {
+    current
+        .iter()
+        .filter_map(|(name, &last)| {
+            let now = restored.get(name).copied();
+            (now.unwrap_or(0) < last).then(|| RolledBack {
+                volume: name.clone(),
+                last_head: last,
+                restored_head: now,
+            })
+        })
+        .collect()
+}
+
+/// What a restore did, for the operator (printed, or as JSON).
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    pub cluster_id: String,
+    /// Incarnation recorded in the backup.
+    pub backup_incarnation: Option<String>,
+    /// Incarnation of the data directory before the restore.
+    pub previous_incarnation: Option<String>,
+    /// The new incarnation the restored metadata serves under.
+    pub incarnation: String,
+    pub volumes: u64,
+    /// Whether the replaced database could be read to compare heads.
+    pub compared: bool,
+    /// Why it could not, if so.
+    pub not_compared_because: Option<String>,
+    pub rolled_back: Vec<RolledBack>,
+    /// Where the replaced database was moved.
+    pub set_aside: Option<PathBuf>,
+}
+
+fn heads(store: &MetaStore) -> Result<BTreeMap<String, u64>, MasterError> {
+    Ok(store
+        .volumes()?
+        .into_iter()
+        .map(|v| (v.name.to_string(), v.head))
+        .collect())
+}
+
+/// Installs the backup `backup` as the data directory's metadata, under a
+/// new incarnation (version numbers the lost metadata handed out after the
+/// backup may be handed out again, so slaves must tell them apart), and
+/// reports which volumes it moves back. The master must not be running.
+pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, MasterError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+    let dir_stamp = match read_identity(dir) {
+        FileState::Unreadable(e) => {
+            return Err(MasterError::Refused(format!(
+                "the identity file cannot be read ({e}); repair or remove it first"
+            )));
+        }
+        FileState::Present(s) => Some(s),
+        FileState::Missing => None,
+    };
+    let db_path = dir.join(DB_FILE);
+    // Checked on a copy in the data directory, so the backup file itself
+    // is never written, and the final rename stays on one filesystem.
+    let staging = dir.join(format!("{DB_FILE}.restoring"));
+    std::fs::copy(backup, &staging).map_err(|e| io_err("copying", backup, e))?;
+    let result = stage(dir, dir_stamp, &staging, &db_path);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result
+}
+
+fn stage(
+    dir: &Path,
+    dir_stamp: Option<Stamp>,
+    staging: &Path,
+    db_path: &Path,
+) -> Result<RestoreReport, MasterError> {
+    File::open(staging)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err("syncing", staging, e))?;
+    let restored = MetaStore::open_existing(staging)
+        .map_err(|e| MasterError::BadRequest(format!("the backup cannot be read: {e}")))?;
+    let backup_stamp = restored
+        .stamp()
+        .map_err(|e| MasterError::BadRequest(format!("the backup cannot be read: {e}")))?;
+    let cluster = match (dir_stamp, backup_stamp) {
+        (Some(d), Some(b)) if d.cluster != b.cluster => {
+            return Err(MasterError::Refused(format!(
+                "the backup is of cluster {}, this data directory of cluster {}",
+                b.cluster, d.cluster
+            )));
+        }
+        (Some(d), _) => d.cluster,
+        (None, Some(b)) => b.cluster,
+        (None, None) => new_id()?,
+    };
+    let restored_heads = heads(&restored)?;
+    let (current, why_not) = match probe(db_path) {
+        (DbState::Missing, _) => (None, Some("there is no current database".to_string())),
+        (DbState::Unreadable(e), _) => (None, Some(format!("the current database: {e}"))),
+        (DbState::Readable(s), _) if s.is_some_and(|s| s.cluster != cluster) => (
+            None,
+            Some("the current database is another cluster's".to_string()),
+        ),
+        (DbState::Readable(_), Some(store)) => (Some(heads(&store)?), None),
+        (DbState::Readable(_), None) => (None, Some("the current database is not open".into())),
+    };
+    let stamp = Stamp {
+        cluster,
+        incarnation: new_id()?,
+    };
+    restored.set_stamp(stamp)?;
+    drop(restored);
+    let moved = if db_path.exists() {
+        Some(set_aside(db_path, "before-restore")?)
+    } else {
+        None
+    };
+    std::fs::rename(staging, db_path).map_err(|e| io_err("installing", db_path, e))?;
+    sync_dir(dir)?;
+    write_identity(dir, stamp)?;
+    Ok(RestoreReport {
+        cluster_id: cluster.to_string(),
+        backup_incarnation: backup_stamp.map(|s| s.incarnation.to_string()),
+        previous_incarnation: dir_stamp.map(|s| s.incarnation.to_string()),
+        incarnation: stamp.incarnation.to_string(),
+        volumes: restored_heads.len() as u64,
+        compared: current.is_some(),
+        not_compared_because: why_not,
+        rolled_back: current
+            .map(|c| rolled_back(&c, &restored_heads))
+            .unwrap_or_default(),
+        set_aside: moved,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolled_back_lists_heads_that_move_back_or_vanish() {
+        let current: BTreeMap<String, u64> =
+            [("a".into(), 5), ("b".into(), 2), ("c".into(), 3), ("d".into(), 0)].into();
+        let restored: BTreeMap<String, u64> =
+            [("a".into(), 3), ("b".into(), 2), ("e".into(), 1), ("d".into(), 0)].into();
+        assert_eq!(
+            rolled_back(&current, &restored),
+            vec![
+                RolledBack {
+                    volume: "a".into(),
+                    last_head: 5,
+                    restored_head: Some(3)
+                },
+                RolledBack {
+                    volume: "c".into(),
+                    last_head: 3,
+                    restored_head: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_data_directory_opens_again_and_refuses_a_lost_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), false).unwrap().stamp;
+        let again = open(dir.path(), false).unwrap().stamp;
+        assert_eq!(first, again);
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        match open(dir.path(), false) {
+            Err(MasterError::Refused(m)) => assert!(m.contains("--new-incarnation"), "{m}"),
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        let next = open(dir.path(), true).unwrap().stamp;
+        assert_eq!(next.cluster, first.cluster);
+        assert_ne!(next.incarnation, first.incarnation);
+        assert!(matches!(open(dir.path(), true), Err(MasterError::Refused(_))));
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DB_FILE);
+        drop(open(dir.path(), false).unwrap());
+        let full = std::fs::read(&db).unwrap();
+        for len in [0, 100, full.len() / 2] {
+            std::fs::write(&db, &full[..len]).unwrap();
+            match open(dir.path(), false) {
+                Err(MasterError::Refused(m)) => assert!(m.contains("cannot be read"), "{m}"),
+                other => panic!("truncated to {len}: expected a refusal, got {:?}", other.err()),
+            }
+        }
+        let other = tempfile::tempdir().unwrap();
+        drop(open(other.path(), false).unwrap());
+        std::fs::copy(other.path().join(DB_FILE), &db).unwrap();
+        match open(dir.path(), false) {
+            Err(MasterError::Refused(m)) => assert!(m.contains("belongs to cluster"), "{m}"),
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn restore_starts_a_new_incarnation_and_reports_what_moved_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol: elton_proto::VolumeName = "web".parse().unwrap();
+        let backup = dir.path().join("backup.redb");
+        let first = {
+            let opened = open(dir.path(), false).unwrap();
+            opened.store.create_volume(&vol, "m", 0).unwrap();
+            opened.store.backup_to(&backup).unwrap();
+            opened.stamp
+        };
+        {
+            let opened = open(dir.path(), false).unwrap();
+            let root = elton_proto::ObjectId::of(b"r");
+            opened.store.add_locations(&"n".parse().unwrap(), &[root]).unwrap();
+            let new = crate::store::NewVersion {
+                volume: vol.clone(),
+                parent: 0,
+                root,
+                message: String::new(),
+                author: String::new(),
+                host: String::new(),
+                time: 0,
+                check_root: true,
+            };
+            opened.store.commit(new).unwrap();
+        }
+        let report = restore(dir.path(), &backup).unwrap();
+        assert!(report.compared);
+        assert_eq!(
+            report.rolled_back,
+            vec![RolledBack {
+                volume: "web".into(),
+                last_head: 1,
+                restored_head: Some(0)
+            }]
+        );
+        let opened = open(dir.path(), false).unwrap();
+        assert_eq!(opened.stamp.cluster, first.cluster);
+        assert_ne!(opened.stamp.incarnation, first.incarnation);
+        assert_eq!(report.incarnation, opened.stamp.incarnation.to_string());
+        assert_eq!(opened.store.volume(&vol).unwrap().head, 0);
+        drop(opened);
+        // Another cluster's backup is refused and changes nothing.
+        let other = tempfile::tempdir().unwrap();
+        let foreign = other.path().join("b.redb");
+        open(other.path(), false).unwrap().store.backup_to(&foreign).unwrap();
+        assert!(matches!(restore(dir.path(), &foreign), Err(MasterError::Refused(_))));
+        assert!(open(dir.path(), false).is_ok());
+    }
+}
