@@ -362,7 +362,7 @@ async fn get_volume_path(
             state.volumes.head(&volume).await?.ok_or_else(|| {
                 SlaveError::NotFound(format!("volume {volume:?} has no version yet"))
             })?;
-        let mut location = format!("/v1/volumes/{volume}/{}", head.version);
+        let mut location = format!("/v1/volumes/{volume}/{}", head.info.version);
         if !path.is_root() {
             location.push('/');
             location.push_str(&encode_path(&path));
@@ -379,7 +379,8 @@ async fn get_volume_path(
         return Ok(resp);
     }
     let version: Version = version.parse()?;
-    let info = state.volumes.version(&volume, version).await?;
+    let issued = state.volumes.version_record(&volume, version).await?;
+    let info = &issued.info;
     match state.volumes.resolve(info.root, &path).await? {
         Resolved::File(entry) => {
             let id = entry
@@ -425,6 +426,7 @@ async fn get_volume_path(
                 "path": path.to_string(),
                 "manifest": id,
                 "entries": manifest.entries,
+                "incarnation": issued.incarnation,
             });
             let mut resp = axum::Json(listing).into_response();
             immutable_headers(&mut resp, &tag);
@@ -504,6 +506,11 @@ struct CommitBody {
     author: String,
     #[serde(default)]
     host: String,
+    /// The incarnation `parent` was read from (the `incarnation` of its
+    /// record or listing); the commit is refused if the metadata is now
+    /// another one.
+    #[serde(default)]
+    incarnation: Option<String>,
 }
 
 async fn post_version(
@@ -535,6 +542,7 @@ async fn post_version(
             author: c.author,
             host: c.host,
             bearer,
+            incarnation: c.incarnation,
         })
         .await?;
     inc(&state.metrics.commits_total, 1);

@@ -24,6 +24,7 @@ pub mod durable;
 pub mod error;
 pub mod fetcher;
 pub mod hot;
+pub mod incarnation;
 pub mod http;
 pub mod master_link;
 pub mod metrics;

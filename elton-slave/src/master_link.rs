@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::SlaveError;
+use crate::incarnation::VersionCache;
 use crate::store::ObjectStore;
 
 /// Largest number of ids sent in one `AddLocations` call.
@@ -51,6 +52,9 @@ pub struct MasterLink {
     pull_now: Arc<Notify>,
     /// A resync is being sent; another request waits for it to end.
     resyncing: Arc<AtomicBool>,
+    /// Version records, kept only while the master's incarnation is the
+    /// one they came from (the membership loop tells it).
+    versions: Arc<VersionCache>,
 }
 
 impl MasterLink {
@@ -102,6 +106,7 @@ impl MasterLink {
                 backlog: Arc::default(),
                 pull_now: Arc::default(),
                 resyncing: Arc::default(),
+                versions: Arc::default(),
             },
             rx,
         ))
@@ -119,6 +124,10 @@ impl MasterLink {
 
     pub fn node_id(&self) -> &NodeId {
         &self.node_id
+    }
+
+    pub fn versions(&self) -> &VersionCache {
+        &self.versions
     }
 
     /// Records that this node holds `ids`; returns once the master knows.
@@ -168,6 +177,7 @@ impl MasterLink {
             })
             .await?
             .into_inner();
+        self.versions.master_answered(&resp.incarnation);
         Ok(Duration::from_millis(
             resp.heartbeat_interval_ms.clamp(100, 60_000),
         ))
@@ -291,14 +301,21 @@ impl MasterLink {
             match self.client().heartbeat(req).await {
                 Ok(r) if r.get_ref().known => {
                     let r = r.into_inner();
+                    self.versions.master_answered(&r.incarnation);
                     self.queue_backups(&r.replicate, backups);
                     if r.resync != 0 {
                         self.start_resync(r.resync, store.clone());
                     }
                 }
-                Ok(_) => return,
+                Ok(_) => {
+                    // Another master's state (restarted, restored): nothing
+                    // cached is trusted until it has answered a registration.
+                    self.versions.master_unreachable();
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!("heartbeat: {}", e.message());
+                    self.versions.master_unreachable();
                     failed
                         .into_iter()
                         .for_each(|id| self.report_copy_failed(id));

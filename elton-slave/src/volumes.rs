@@ -64,9 +64,18 @@ impl StoredFile {
 pub struct Volumes {
     fetcher: Arc<Fetcher>,
     link: MasterLink,
-    versions: Mutex<HashMap<(VolumeName, Version), VersionInfo>>,
     manifests: Mutex<HashMap<ObjectId, Arc<DirManifest>>>,
     recipes: Mutex<HashMap<ObjectId, Arc<Recipe>>>,
+}
+
+/// A version record and the incarnation of the metadata that issued it;
+/// in JSON, the record's fields plus `incarnation`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Issued {
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub incarnation: String,
 }
 
 /// A version to publish.
@@ -80,6 +89,10 @@ pub struct Proposal {
     /// The writer's token, relayed: the master decides whether it may
     /// commit.
     pub bearer: Bearer,
+    /// The incarnation the writer read `parent` from, when it says; else
+    /// the one of the parent record this slave checks the tree against.
+    /// The master refuses the commit if it is not its own.
+    pub incarnation: Option<String>,
 }
 
 impl Volumes {
@@ -87,7 +100,6 @@ impl Volumes {
         Self {
             fetcher,
             link,
-            versions: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             recipes: Mutex::new(HashMap::new()),
         }
@@ -98,46 +110,79 @@ impl Volumes {
         self.link.announce(ids).await
     }
 
-    /// A numbered version's record (cached: records never change).
+    /// A numbered version's record.
     pub async fn version(
         &self,
         volume: &VolumeName,
         v: Version,
     ) -> Result<VersionInfo, SlaveError> {
-        let key = (volume.clone(), v);
-        if let Some(info) = self
-            .versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(info.clone());
+        Ok(self.version_record(volume, v).await?.info)
+    }
+
+    /// A numbered version's record and the incarnation of the metadata
+    /// that issued it. Cached (a record never changes within an
+    /// incarnation; see [`crate::incarnation`]); a cached record is asked
+    /// for again while the master's answers are not confirmed, and used
+    /// only if the master cannot be reached.
+    pub async fn version_record(
+        &self,
+        volume: &VolumeName,
+        v: Version,
+    ) -> Result<Issued, SlaveError> {
+        let cache = self.link.versions();
+        let stale = match cache.get(volume, v) {
+            Some(hit) if hit.confirmed => {
+                return Ok(Issued {
+                    info: hit.info,
+                    incarnation: hit.incarnation,
+                });
+            }
+            stale => stale,
+        };
+        match self.fetch_record(volume, v.get()).await {
+            Ok(issued) => {
+                cache.put(&issued.incarnation, &issued.info);
+                Ok(issued)
+            }
+            Err(SlaveError::MasterUnavailable(e)) => match stale {
+                // The master is down: no other tree can have been issued
+                // under this number that it could tell us about.
+                Some(hit) => {
+                    tracing::debug!(%volume, version = %v, "master unreachable ({e}); \
+                        serving the cached record");
+                    Ok(Issued {
+                        info: hit.info,
+                        incarnation: hit.incarnation,
+                    })
+                }
+                None => Err(SlaveError::MasterUnavailable(e)),
+            },
+            Err(e) => Err(e),
         }
-        let info = self.fetch_record(volume, v.get()).await?;
-        self.versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, info.clone());
-        Ok(info)
     }
 
     /// The head's record; `None` while the volume has no version.
-    pub async fn head(&self, volume: &VolumeName) -> Result<Option<VersionInfo>, SlaveError> {
+    pub async fn head(&self, volume: &VolumeName) -> Result<Option<Issued>, SlaveError> {
         match self.fetch_record(volume, 0).await {
-            Ok(info) => Ok(Some(info)),
+            Ok(issued) => {
+                self.link.versions().seen(&issued.incarnation, volume);
+                Ok(Some(issued))
+            }
             Err(SlaveError::NotFound(msg)) if msg.contains("has no version yet") => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    async fn fetch_record(&self, volume: &VolumeName, v: u64) -> Result<VersionInfo, SlaveError> {
+    async fn fetch_record(&self, volume: &VolumeName, v: u64) -> Result<Issued, SlaveError> {
         let req = GetVersionRequest {
             volume: volume.to_string(),
             version: v,
         };
         let record = self.link.client().get_version(req).await?.into_inner();
-        VersionInfo::try_from(record)
-            .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
+        let incarnation = record.incarnation.clone();
+        let info = VersionInfo::try_from(record)
+            .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))?;
+        Ok(Issued { info, incarnation })
     }
 
     pub async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, SlaveError> {
@@ -275,11 +320,25 @@ impl Volumes {
 
     /// Validates the tree, makes sure the master knows where its new
     /// objects are, and compare-and-sets the head.
-    pub async fn commit(&self, p: Proposal) -> Result<VersionInfo, SlaveError> {
-        let parent_root = match Version::new(p.parent) {
-            Some(v) => Some(self.version(&p.volume, v).await?.root),
-            None => None,
+    pub async fn commit(&self, p: Proposal) -> Result<Issued, SlaveError> {
+        let (parent_root, parent_incarnation) = match Version::new(p.parent) {
+            Some(v) => {
+                let parent = self.version_record(&p.volume, v).await?;
+                (Some(parent.info.root), Some(parent.incarnation))
+            }
+            None => (None, None),
         };
+        if let (Some(asked), Some(read)) = (&p.incarnation, &parent_incarnation)
+            && !asked.is_empty()
+            && asked != read
+        {
+            return Err(SlaveError::PathConflict(format!(
+                "version {} of {:?} was read from metadata incarnation {asked}, but is now of \
+                 incarnation {read} (the metadata was restored or started again): that number \
+                 may name another tree now; read the volume again",
+                p.parent, p.volume.as_str()
+            )));
+        }
         let local = self.validate(p.root, parent_root).await?;
         self.link.announce(local).await?;
         let req = CommitRequest {
@@ -289,14 +348,19 @@ impl Volumes {
             message: p.message,
             author: p.author,
             host: p.host,
+            incarnation: p.incarnation.or(parent_incarnation).unwrap_or_default(),
         };
         let mut req = tonic::Request::new(req);
         elton_trust::BearerAuth::new(Some(&p.bearer.0))
             .map_err(|e| SlaveError::Unauthorized(e.to_string()))?
             .apply(&mut req);
         let record = self.link.client().commit(req).await?.into_inner();
-        VersionInfo::try_from(record)
-            .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))
+        let incarnation = record.incarnation.clone();
+        let info = VersionInfo::try_from(record)
+            .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))?;
+        let issued = Issued { info, incarnation };
+        self.link.versions().put(&issued.incarnation, &issued.info);
+        Ok(issued)
     }
 
     /// Publishes a version whose tree is the parent's with one file placed
@@ -309,16 +373,18 @@ impl Volumes {
         file: StoredFile,
         author: String,
         bearer: &Bearer,
-    ) -> Result<VersionInfo, SlaveError> {
+    ) -> Result<Issued, SlaveError> {
         let base = match parent {
             Some(0) => None,
             Some(n) => {
                 let v =
                     Version::new(n).ok_or_else(|| SlaveError::BadRequest("bad parent".into()))?;
-                Some(self.version(volume, v).await?)
+                Some(self.version_record(volume, v).await?)
             }
             None => self.head(volume).await?,
         };
+        let incarnation = base.as_ref().map(|b| b.incarnation.clone());
+        let base = base.map(|b| b.info);
         let root = match &base {
             Some(info) => (*self.manifest(info.root).await?).clone(),
             None => {
@@ -392,6 +458,7 @@ impl Volumes {
             author,
             host: "http".into(),
             bearer: bearer.clone(),
+            incarnation,
         })
         .await
     }

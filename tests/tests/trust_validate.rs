@@ -109,6 +109,7 @@ fn commit_request(parent: u64, root: ObjectId) -> pb::CommitRequest {
         message: "m".into(),
         author: "a".into(),
         host: "h".into(),
+        ..Default::default()
     }
 }
 

@@ -6,6 +6,7 @@ mod docker;
 mod fsck;
 mod import;
 mod inspect;
+mod metadata;
 mod mounts;
 mod servers;
 mod stats;
@@ -99,6 +100,8 @@ pub enum Command {
     /// Create, list and revoke bearer tokens (admin).
     #[command(subcommand)]
     Token(trust::TokenCommand),
+    /// Copy the master's metadata (a consistent snapshot; admin token).
+    Backup(metadata::BackupArgs),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -207,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fsck(a) => fsck::fsck(&ep, a).await,
         Command::Cert(c) => trust::cert(c),
         Command::Token(c) => trust::token(&ep, c).await,
+        Command::Backup(a) => metadata::backup(&ep, a).await,
         Command::Whoami { json } => trust::whoami(&ep, json).await,
     }
 }

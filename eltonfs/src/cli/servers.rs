@@ -69,6 +69,19 @@ pub struct MasterArgs {
     /// Allow --insecure on a non-loopback address.
     #[arg(long, requires = "insecure")]
     pub insecure_allow_network: bool,
+    /// Start a new incarnation on empty metadata when the data directory's
+    /// master.redb is missing or unusable (it is moved aside, not deleted):
+    /// version numbers start again at 1 and slaves drop what they cached.
+    #[arg(long, conflicts_with = "restore")]
+    pub new_incarnation: bool,
+    /// Install a backup (`elton backup FILE`) into the data directory under
+    /// a new incarnation, report what it rolls back, and exit. The master
+    /// must be stopped.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
+    /// With --restore: print the report as JSON.
+    #[arg(long, requires = "restore")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -207,13 +220,22 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     }
     c.insecure |= a.insecure;
     c.insecure_allow_network |= a.insecure_allow_network;
+    c.new_incarnation = a.new_incarnation;
     c.validate()
         .map_err(|e| anyhow::anyhow!("master config: {e}"))?;
     Ok(c)
 }
 
 pub async fn master(a: MasterArgs) -> Result<()> {
+    let (restore, json) = (a.restore.clone(), a.json);
     let config = master_config(a)?;
+    if let Some(file) = restore {
+        let dir = config.data_dir.clone();
+        let report =
+            tokio::task::spawn_blocking(move || elton_master::datadir::restore(&dir, &file))
+                .await??;
+        return super::metadata::print_restore(&report, json);
+    }
     let listener = bind(&config.listen).await?;
     elton_master::run(listener, config, shutdown_signal()).await?;
     Ok(())
