@@ -50,7 +50,11 @@ fn send(
         .metadata()
         .map_err(|e| MasterError::Io(format!("reading the backup copy: {e}")))?
         .len();
-    tracing::info!(bytes = size, volumes = info.volumes, "backup taken; sending");
+    tracing::info!(
+        bytes = size,
+        volumes = info.volumes,
+        "backup taken; sending"
+    );
     let mut first = Some(pb::BackupChunk {
         data: Vec::new(),
         size,

@@ -175,7 +175,10 @@ pub fn open(dir: &Path, new_incarnation: bool) -> Result<Opened, MasterError> {
             tracing::info!(%stamp, dir = %dir.display(), "metadata initialised");
             Ok(Opened { store, stamp })
         }
-        Plan::NewIncarnation { cluster, set_aside: aside } => {
+        Plan::NewIncarnation {
+            cluster,
+            set_aside: aside,
+        } => {
             drop(store);
             let previous = match &file {
                 FileState::Present(s) => s.incarnation.to_string(),
@@ -361,10 +364,20 @@ mod tests {
 
     #[test]
     fn rolled_back_lists_heads_that_move_back_or_vanish() {
-        let current: BTreeMap<String, u64> =
-            [("a".into(), 5), ("b".into(), 2), ("c".into(), 3), ("d".into(), 0)].into();
-        let restored: BTreeMap<String, u64> =
-            [("a".into(), 3), ("b".into(), 2), ("e".into(), 1), ("d".into(), 0)].into();
+        let current: BTreeMap<String, u64> = [
+            ("a".into(), 5),
+            ("b".into(), 2),
+            ("c".into(), 3),
+            ("d".into(), 0),
+        ]
+        .into();
+        let restored: BTreeMap<String, u64> = [
+            ("a".into(), 3),
+            ("b".into(), 2),
+            ("e".into(), 1),
+            ("d".into(), 0),
+        ]
+        .into();
         assert_eq!(
             rolled_back(&current, &restored),
             vec![
@@ -396,7 +409,10 @@ mod tests {
         let next = open(dir.path(), true).unwrap().stamp;
         assert_eq!(next.cluster, first.cluster);
         assert_ne!(next.incarnation, first.incarnation);
-        assert!(matches!(open(dir.path(), true), Err(MasterError::Refused(_))));
+        assert!(matches!(
+            open(dir.path(), true),
+            Err(MasterError::Refused(_))
+        ));
     }
 
     #[test]
@@ -409,7 +425,10 @@ mod tests {
             std::fs::write(&db, &full[..len]).unwrap();
             match open(dir.path(), false) {
                 Err(MasterError::Refused(m)) => assert!(m.contains("cannot be read"), "{m}"),
-                other => panic!("truncated to {len}: expected a refusal, got {:?}", other.err()),
+                other => panic!(
+                    "truncated to {len}: expected a refusal, got {:?}",
+                    other.err()
+                ),
             }
         }
         let other = tempfile::tempdir().unwrap();
@@ -435,7 +454,10 @@ mod tests {
         {
             let opened = open(dir.path(), false).unwrap();
             let root = elton_proto::ObjectId::of(b"r");
-            opened.store.add_locations(&"n".parse().unwrap(), &[root]).unwrap();
+            opened
+                .store
+                .add_locations(&"n".parse().unwrap(), &[root])
+                .unwrap();
             let new = crate::store::NewVersion {
                 volume: vol.clone(),
                 parent: 0,
@@ -467,8 +489,15 @@ mod tests {
         // Another cluster's backup is refused and changes nothing.
         let other = tempfile::tempdir().unwrap();
         let foreign = other.path().join("b.redb");
-        open(other.path(), false).unwrap().store.backup_to(&foreign).unwrap();
-        assert!(matches!(restore(dir.path(), &foreign), Err(MasterError::Refused(_))));
+        open(other.path(), false)
+            .unwrap()
+            .store
+            .backup_to(&foreign)
+            .unwrap();
+        assert!(matches!(
+            restore(dir.path(), &foreign),
+            Err(MasterError::Refused(_))
+        ));
         assert!(open(dir.path(), false).is_ok());
     }
 }

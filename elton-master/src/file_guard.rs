@@ -72,8 +72,8 @@ fn stat(path: &Path) -> Result<Seen, std::io::Error> {
 impl FileGuard {
     /// Remembers the file now at `path` (just opened) as ours.
     pub fn new(path: &Path) -> Result<Self, MasterError> {
-        let seen = stat(path)
-            .map_err(|e| MasterError::Storage(format!("{}: {e}", path.display())))?;
+        let seen =
+            stat(path).map_err(|e| MasterError::Storage(format!("{}: {e}", path.display())))?;
         Ok(Self {
             path: path.to_path_buf(),
             opened: (seen.dev, seen.ino),
@@ -131,10 +131,25 @@ mod tests {
 
     #[test]
     fn only_the_opened_file_at_full_length_passes() {
-        assert_eq!(judge((1, 2), 10, seen(1, 2, 12)), Ok(Seen { dev: 1, ino: 2, len: 12 }));
-        assert!(judge((1, 2), 10, seen(1, 3, 12)).unwrap_err().contains("another file"));
+        assert_eq!(
+            judge((1, 2), 10, seen(1, 2, 12)),
+            Ok(Seen {
+                dev: 1,
+                ino: 2,
+                len: 12
+            })
+        );
+        assert!(
+            judge((1, 2), 10, seen(1, 3, 12))
+                .unwrap_err()
+                .contains("another file")
+        );
         assert!(judge((1, 2), 10, seen(9, 2, 12)).is_err());
-        assert!(judge((1, 2), 10, seen(1, 2, 4)).unwrap_err().contains("truncated"));
+        assert!(
+            judge((1, 2), 10, seen(1, 2, 4))
+                .unwrap_err()
+                .contains("truncated")
+        );
         let gone = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
         assert!(judge((1, 2), 0, gone).unwrap_err().contains("removed"));
         let denied = Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
@@ -149,7 +164,10 @@ mod tests {
         let guard = FileGuard::new(&path).unwrap();
         assert_eq!(guard.commit(|| Ok(1)).unwrap(), 1);
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(guard.commit(|| Ok(2)), Err(MasterError::MetadataLost(_))));
+        assert!(matches!(
+            guard.commit(|| Ok(2)),
+            Err(MasterError::MetadataLost(_))
+        ));
         // Putting a file back does not make it ours.
         std::fs::write(&path, b"abc").unwrap();
         assert!(matches!(guard.check(), Err(MasterError::MetadataLost(_))));
@@ -157,9 +175,8 @@ mod tests {
         let path2 = dir.path().join("g");
         std::fs::write(&path2, b"abc").unwrap();
         let guard = FileGuard::new(&path2).unwrap();
-        let r = guard.commit(|| {
-            std::fs::remove_file(&path2).map_err(|e| MasterError::Io(e.to_string()))
-        });
+        let r = guard
+            .commit(|| std::fs::remove_file(&path2).map_err(|e| MasterError::Io(e.to_string())));
         assert!(matches!(r, Err(MasterError::MetadataLost(m)) if m.contains("removed")));
     }
 }

@@ -57,7 +57,11 @@ pub struct Stamp {
 
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cluster {} incarnation {}", self.cluster, self.incarnation)
+        write!(
+            f,
+            "cluster {} incarnation {}",
+            self.cluster, self.incarnation
+        )
     }
 }
 
@@ -106,9 +110,18 @@ pub enum Plan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     Missing(Stamp),
-    Unreadable { error: String, dir: Option<Stamp> },
-    OtherCluster { dir: Stamp, db: Stamp },
-    OtherIncarnation { dir: Stamp, db: Stamp },
+    Unreadable {
+        error: String,
+        dir: Option<Stamp>,
+    },
+    OtherCluster {
+        dir: Stamp,
+        db: Stamp,
+    },
+    OtherIncarnation {
+        dir: Stamp,
+        db: Stamp,
+    },
     NoIdentityInDb(Stamp),
     IdentityUnreadable(String),
     /// `--new-incarnation` over metadata that is fine.
@@ -186,9 +199,7 @@ pub fn plan(file: &FileState, db: &DbState, new_incarnation: bool) -> Plan {
     };
     if new_incarnation {
         return match (dir, db) {
-            (Some(d), DbState::Readable(Some(s))) if *s == d => {
-                Plan::Refuse(Refusal::Intact(d))
-            }
+            (Some(d), DbState::Readable(Some(s))) if *s == d => Plan::Refuse(Refusal::Intact(d)),
             (None, DbState::Readable(Some(s))) => Plan::Refuse(Refusal::Intact(*s)),
             (dir, db) => Plan::NewIncarnation {
                 cluster: dir.map(|d| d.cluster),
@@ -233,7 +244,13 @@ mod tests {
         assert_eq!(id.to_string(), "00000000000000ab");
         assert_eq!("00000000000000ab".parse::<Id>().unwrap(), id);
         assert!(Id::new(0).is_none());
-        for bad in ["", "ab", "0000000000000000", "zz000000000000ab", "000000000000000ab"] {
+        for bad in [
+            "",
+            "ab",
+            "0000000000000000",
+            "zz000000000000ab",
+            "000000000000000ab",
+        ] {
             assert!(bad.parse::<Id>().is_err(), "{bad}");
         }
     }
@@ -243,7 +260,10 @@ mod tests {
         let s = stamp(1, 2);
         let f = FileState::Present(s);
         assert_eq!(plan(&f, &DbState::Readable(Some(s)), false), Plan::Open(s));
-        assert_eq!(plan(&FileState::Missing, &DbState::Missing, false), Plan::Init);
+        assert_eq!(
+            plan(&FileState::Missing, &DbState::Missing, false),
+            Plan::Init
+        );
         assert_eq!(
             plan(&FileState::Missing, &DbState::Readable(None), false),
             Plan::Adopt
@@ -348,7 +368,10 @@ mod tests {
     fn refusals_name_the_way_out() {
         let s = stamp(1, 2);
         let text = Refusal::Missing(s).to_string();
-        assert!(text.contains(NEW_INCARNATION_FLAG) && text.contains("--restore"), "{text}");
+        assert!(
+            text.contains(NEW_INCARNATION_FLAG) && text.contains("--restore"),
+            "{text}"
+        );
         let text = Refusal::OtherCluster {
             dir: s,
             db: stamp(9, 2),

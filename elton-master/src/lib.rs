@@ -84,8 +84,7 @@ pub async fn run(
             .iter()
             .map(|p| (p.name.as_str(), p.url.as_str())),
     ));
-    let service =
-        MasterService::new(store.clone(), &config, wan.clone(), auth, &identity, stamp)?;
+    let service = MasterService::new(store.clone(), &config, wan.clone(), auth, &identity, stamp)?;
     // Bind before serving anything, so a bad address fails the start.
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(

@@ -336,7 +336,8 @@ impl Volumes {
                 "version {} of {:?} was read from metadata incarnation {asked}, but is now of \
                  incarnation {read} (the metadata was restored or started again): that number \
                  may name another tree now; read the volume again",
-                p.parent, p.volume.as_str()
+                p.parent,
+                p.volume.as_str()
             )));
         }
         let local = self.validate(p.root, parent_root).await?;

@@ -23,11 +23,10 @@ pub struct BackupArgs {
 
 fn bar(len: u64) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "   backup [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("   backup [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
     pb.set_style(style);
     pb
 }
@@ -134,7 +133,9 @@ pub fn print_restore(r: &RestoreReport, json: bool) -> Result<()> {
         ),
         None if r.rolled_back.is_empty() => println!("nothing rolled back"),
         None => {
-            println!("rolled back (version numbers after the restored head will be issued again, under the new incarnation):");
+            println!(
+                "rolled back (version numbers after the restored head will be issued again, under the new incarnation):"
+            );
             for v in &r.rolled_back {
                 match v.restored_head {
                     Some(h) => println!("  {:<20} head {} -> {h}", v.volume, v.last_head),

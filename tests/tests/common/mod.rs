@@ -84,6 +84,55 @@ impl Proc {
         *self = Self::spawn(self.args.clone(), self.port, self.log.clone());
     }
 
+    /// Stops it and starts it again with `extra` flags appended, for this
+    /// start only (a later [`Proc::restart`] uses the original flags).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        let base = self.args.clone();
+        let mut args = base.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        *self = Self::spawn(args, self.port, self.log.clone());
+        self.args = base;
+    }
+
+    /// Runs its command once more in the foreground with `extra` flags
+    /// appended, and returns the output: a start that must be refused, or
+    /// a one-shot command such as `--restore`. Stop it first. Killed after
+    /// 30 s (a start that was not refused).
+    pub fn run_once(&self, extra: &[&str]) -> Output {
+        let child = Command::new(bin())
+            .args(&self.args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning elton");
+        let mut child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.0.try_wait().expect("waiting").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "elton {extra:?} still running after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let read = |r: Option<&mut dyn std::io::Read>| {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                r.read_to_end(&mut buf).expect("reading output");
+            }
+            buf
+        };
+        let stdout = read(child.0.stdout.as_mut().map(|r| r as _));
+        let stderr = read(child.0.stderr.as_mut().map(|r| r as _));
+        Output {
+            status: child.0.wait().expect("status"),
+            stdout,
+            stderr,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -370,7 +419,7 @@ pub type MasterGrpc = elton_proto::pb::master_client::MasterClient<
     >,
 >;
 
-fn registered(c: &Cluster, node: &str) -> bool {
+pub fn registered(c: &Cluster, node: &str) -> bool {
     ask_master(c, async |m| {
         m.list_nodes(elton_proto::pb::ListNodesRequest {})
             .await
