@@ -3,6 +3,8 @@
 //! incarnation seen by a slave that cached the old one, and an online
 //! backup taken during a stream of commits, then restored.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
