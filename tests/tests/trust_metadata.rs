@@ -308,3 +308,84 @@ fn phase3_truncated_or_foreign_metadata_refuses_to_start() {
     });
     assert_eq!(identity(&c), before);
 }
+
+/// Runs `cmd` to completion (killed after 30 s: it did not fail).
+fn output_within_30s(cmd: &mut std::process::Command) -> std::process::Output {
+    let mut child = common::KillOnDrop(
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "still running after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = Vec::new();
+    if let Some(e) = child.0.stderr.as_mut() {
+        std::io::Read::read_to_end(e, &mut err).unwrap();
+    }
+    std::process::Output {
+        status: child.0.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: err,
+    }
+}
+
+#[test]
+fn phase4_a_mount_of_an_old_incarnation_cannot_commit() {
+    let mut c = Cluster::new(1);
+    c.ok(1, &["volume", "create", "web"]);
+    put(&c, "web", "index.html", "old tree").unwrap();
+    let mp = c.dir.path().join("mnt");
+    let state = c.dir.path().join("state");
+    let mut m = common::Mount::new(&c, 1, "web@1", &mp, &state, &[]);
+    assert_eq!(
+        std::fs::read_to_string(m.path("index.html")).unwrap(),
+        "old tree"
+    );
+    std::fs::write(m.path("new.txt"), "work on the old web@1").unwrap();
+    let record = std::fs::read_to_string(state.join("mount.json")).unwrap();
+    assert!(record.contains("incarnation"), "{record}");
+
+    std::fs::remove_file(master_dir(&c).join("master.redb")).unwrap();
+    c.master.kill9();
+    c.master.restart_with(&["--new-incarnation"]);
+    wait_registered(&c);
+    c.ok(1, &["volume", "create", "web"]);
+    put(&c, "web", "index.html", "another tree").unwrap();
+
+    // The running mount's commit is refused: its parent web@1 is another
+    // tree now.
+    let out = m.elton(&["commit", mp.to_str().unwrap(), "-m", "mixed"]);
+    assert!(!out.status.success(), "a commit mixed two incarnations");
+    assert!(stderr(&out).contains("incarnation"), "{}", stderr(&out));
+    let log = c.ok(1, &["log", "web", "--json"]);
+    assert_eq!(log.lines().count(), 1, "{log}");
+
+    // Mounting the state directory again is refused too, with the reason.
+    m.kill9();
+    let out = output_within_30s(
+        std::process::Command::new(common::bin())
+            .args([
+                "mount",
+                "web",
+                mp.to_str().unwrap(),
+                "--foreground",
+                "--upper",
+            ])
+            .arg(&state)
+            .arg("--slave-data")
+            .arg(c.slave_dir(1))
+            .env("ELTON_SLAVE", c.slave_url(1))
+            .env("ELTON_TOKEN", TOKEN),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("now incarnation"), "{}", stderr(&out));
+    assert!(
+        state.join("upper").join("new.txt").exists(),
+        "the work is kept"
+    );
+}

@@ -41,6 +41,21 @@ pub struct MountRecord {
     pub volume: VolumeName,
     /// 0: the volume had no version yet.
     pub version: u64,
+    /// Incarnation of the master's metadata `version` was read from (empty
+    /// for version 0 or an older master): a commit on it is refused once
+    /// the metadata is another incarnation, where the number may name
+    /// another tree.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub incarnation: String,
+}
+
+/// A version as the slave resolved it.
+pub struct ResolvedVersion {
+    /// 0: the volume has no version yet.
+    pub version: u64,
+    pub root: Option<ObjectId>,
+    /// Incarnation of the metadata that issued it (empty: none, or unknown).
+    pub incarnation: String,
 }
 
 /// Written before the head is compare-and-set, removed after; its presence
@@ -124,16 +139,21 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     }
 }
 
-/// A version's root manifest, asked of the slave; `Ok(None)` when the
-/// volume has no version yet (version 0).
+/// A version's root manifest, asked of the slave; no root when the volume
+/// has no version yet (version 0).
 pub fn resolve(
     http: &reqwest::blocking::Client,
     slave: &str,
     volume: &VolumeName,
     version: Option<u64>,
-) -> Result<(u64, Option<ObjectId>)> {
+) -> Result<ResolvedVersion> {
+    let none = ResolvedVersion {
+        version: 0,
+        root: None,
+        incarnation: String::new(),
+    };
     let v = match version {
-        Some(0) => return Ok((0, None)),
+        Some(0) => return Ok(none),
         Some(n) => n.to_string(),
         None => "latest".into(),
     };
@@ -147,7 +167,7 @@ pub fn resolve(
     if !status.is_success() {
         let msg = body["error"].as_str().unwrap_or("").to_string();
         if version.is_none() && msg.contains("has no version yet") {
-            return Ok((0, None));
+            return Ok(none);
         }
         bail!("{volume}@{v}: {msg} (HTTP {})", status.as_u16());
     }
@@ -159,7 +179,11 @@ pub fn resolve(
         .unwrap_or("")
         .parse()
         .map_err(|e| anyhow!("slave answered a bad manifest id: {e}"))?;
-    Ok((number, Some(root)))
+    Ok(ResolvedVersion {
+        version: number,
+        root: Some(root),
+        incarnation: body["incarnation"].as_str().unwrap_or("").to_string(),
+    })
 }
 
 fn upper_is_empty(upper: &Path) -> Result<bool> {
@@ -236,11 +260,32 @@ pub fn run(opts: MountOptions) -> Result<()> {
         (_, Some(p), None) if dirty => Some(p.version),
         (_, _, asked) => asked,
     };
-    let (version, root) = resolve(&http, &opts.slave_url, &opts.volume, wanted)?;
+    let resolved = resolve(&http, &opts.slave_url, &opts.volume, wanted)?;
+    let (version, root) = (resolved.version, resolved.root);
+    if dirty
+        && let Some(p) = &previous
+        && p.version == version
+        && !p.incarnation.is_empty()
+        && !resolved.incarnation.is_empty()
+        && p.incarnation != resolved.incarnation
+    {
+        bail!(
+            "the upper holds uncommitted changes to {}@{version} of metadata incarnation {}, \
+             but the master's metadata is now incarnation {} (restored or started again), \
+             where version {version} may be another tree: they cannot be committed on it; copy \
+             what you need out of {} and remove {}",
+            opts.volume,
+            p.incarnation,
+            resolved.incarnation,
+            upper.display(),
+            opts.state_dir.display()
+        );
+    }
     let record = MountRecord {
         format: STATE_FORMAT,
         volume: opts.volume.clone(),
         version,
+        incarnation: resolved.incarnation,
     };
     write_json(&record_path, &record)?;
 
@@ -442,14 +487,14 @@ fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<Cont
                         "the mount has uncommitted changes; commit them or remount with a fresh upper first"
                     );
                 }
-                let (number, root) =
-                    resolve(&m.http, &m.opts.slave_url, &record.volume, Some(version))?;
-                st.layers.root = root;
+                let resolved = resolve(&m.http, &m.opts.slave_url, &record.volume, Some(version))?;
+                st.layers.root = resolved.root;
                 changes::clear_upper(&st.layers, &HashSet::new())?;
                 let rec = MountRecord {
                     format: STATE_FORMAT,
                     volume: record.volume.clone(),
-                    version: number,
+                    version: resolved.version,
+                    incarnation: resolved.incarnation,
                 };
                 write_json(&m.opts.state_dir.join("mount.json"), &rec)?;
                 *m.record.lock().unwrap_or_else(|p| p.into_inner()) = rec;
@@ -535,13 +580,19 @@ fn commit(
             m.opts.slave_url.trim_end_matches('/'),
             record.volume
         );
-        let body = serde_json::json!({ "parent": record.version, "root": built.root, "message": message, "author": author, "host": host });
+        let mut body = serde_json::json!({ "parent": record.version, "root": built.root, "message": message, "author": author, "host": host });
+        // The slave and the master refuse the commit if the parent was read
+        // from another incarnation of the metadata.
+        if !record.incarnation.is_empty() {
+            body["incarnation"] = record.incarnation.clone().into();
+        }
         let outcome = m.http.post(&url).bearer_auth(&token).json(&body).send();
         let published = match outcome {
             Ok(resp) if resp.status().is_success() => {
                 let v: serde_json::Value = resp.json().unwrap_or_default();
                 v["version"]
                     .as_u64()
+                    .map(|n| (n, v["incarnation"].as_str().unwrap_or("").to_string()))
                     .ok_or_else(|| anyhow!("slave answered without a version"))
             }
             Ok(resp) => {
@@ -555,7 +606,7 @@ fn commit(
             }
             Err(e) => Err(anyhow!("contacting slave: {e}")),
         };
-        let version = match published {
+        let (version, incarnation) = match published {
             Ok(v) => v,
             Err(e) => {
                 // Undo: the store must not alias upper files that stay writable.
@@ -573,6 +624,7 @@ fn commit(
             format: STATE_FORMAT,
             volume: record.volume.clone(),
             version,
+            incarnation,
         };
         write_json(&m.opts.state_dir.join("mount.json"), &rec)?;
         std::fs::remove_file(&journal_path)?;
