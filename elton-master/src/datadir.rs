@@ -124,6 +124,7 @@ fn probe(path: &Path) -> (DbState, Option<MetaStore>) {
     }
     let store = match MetaStore::open_existing(path) {
         Ok(s) => s,
+        Err(MasterError::InUse(e)) => return (DbState::InUse(e), None),
         Err(e) => return (DbState::Unreadable(e.to_string()), None),
     };
     match store.stamp() {
@@ -171,6 +172,9 @@ pub fn open(dir: &Path, new_incarnation: bool) -> Result<Opened, MasterError> {
                 incarnation: new_id()?,
             };
             store.set_stamp(stamp)?;
+            // Nothing was ever issued under another incarnation of these
+            // versions: commits need not wait for slaves (see `settle`).
+            store.set_incarnation_served()?;
             write_identity(dir, stamp)?;
             tracing::info!(%stamp, dir = %dir.display(), "metadata initialised");
             Ok(Opened { store, stamp })
@@ -320,6 +324,7 @@ fn stage(
     };
     let restored_heads = heads(&restored)?;
     let (current, why_not) = match probe(db_path) {
+        (DbState::InUse(e), _) => return Err(MasterError::Refused(format!("{e}; stop it first"))),
         (DbState::Missing, _) => (None, Some("there is no current database".to_string())),
         (DbState::Unreadable(e), _) => (None, Some(format!("the current database: {e}"))),
         (DbState::Readable(s), _) if s.is_some_and(|s| s.cluster != cluster) => (
@@ -399,14 +404,22 @@ mod tests {
     fn a_data_directory_opens_again_and_refuses_a_lost_database() {
         let dir = tempfile::tempdir().unwrap();
         let first = open(dir.path(), false).unwrap().stamp;
-        let again = open(dir.path(), false).unwrap().stamp;
+        let again = open(dir.path(), false).unwrap();
+        assert!(again.store.incarnation_served().unwrap());
+        let again = again.stamp;
         assert_eq!(first, again);
         std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
         match open(dir.path(), false) {
             Err(MasterError::Refused(m)) => assert!(m.contains("--new-incarnation"), "{m}"),
             other => panic!("expected a refusal, got {:?}", other.err()),
         }
-        let next = open(dir.path(), true).unwrap().stamp;
+        let next = open(dir.path(), true).unwrap();
+        assert!(!next.store.incarnation_served().unwrap());
+        // Never while the database is open elsewhere.
+        assert!(
+            matches!(open(dir.path(), true), Err(MasterError::Refused(m)) if m.contains("in use"))
+        );
+        let next = next.stamp;
         assert_eq!(next.cluster, first.cluster);
         assert_ne!(next.incarnation, first.incarnation);
         assert!(matches!(
@@ -481,6 +494,10 @@ mod tests {
             }]
         );
         let opened = open(dir.path(), false).unwrap();
+        assert!(
+            !opened.store.incarnation_served().unwrap(),
+            "commits wait for slaves"
+        );
         assert_eq!(opened.stamp.cluster, first.cluster);
         assert_ne!(opened.stamp.incarnation, first.incarnation);
         assert_eq!(report.incarnation, opened.stamp.incarnation.to_string());

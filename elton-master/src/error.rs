@@ -65,9 +65,20 @@ pub enum MasterError {
          (`elton master --new-incarnation`)"
     )]
     MetadataLost(String),
+    /// The database file is locked by another process.
+    #[error("{0}")]
+    InUse(String),
     /// The data directory's metadata cannot be served (see `incarnation`).
     #[error("refusing to start: {0}")]
     Refused(String),
+    /// A new incarnation waits for every slave to hear of it before it
+    /// issues versions (see `settle`).
+    #[error(
+        "the metadata is a new incarnation: commits open in {} ms, once every slave has \
+         heard of it; retry",
+        .0.as_millis()
+    )]
+    Settling(std::time::Duration),
     /// A client's view of the metadata is from another incarnation.
     #[error("{0}")]
     WrongIncarnation(String),
@@ -115,13 +126,15 @@ impl From<MasterError> for Status {
             | MasterError::AddressTaken { .. } => Code::AlreadyExists,
             MasterError::HomeUnreachable { .. }
             | MasterError::PeersUnreachable { .. }
-            | MasterError::HoldersFailed { .. } => Code::Unavailable,
+            | MasterError::HoldersFailed { .. }
+            | MasterError::Settling(_) => Code::Unavailable,
             MasterError::Remote { code, .. } => *code,
             MasterError::Conflict { .. } => Code::Aborted,
             MasterError::RootNotStored(_)
             | MasterError::UnknownNode(_)
             | MasterError::MetadataLost(_)
             | MasterError::Refused(_)
+            | MasterError::InUse(_)
             | MasterError::WrongIncarnation(_) => Code::FailedPrecondition,
             MasterError::Unauthenticated(_) => Code::Unauthenticated,
             MasterError::PermissionDenied(_) => Code::PermissionDenied,

@@ -79,6 +79,8 @@ pub enum DbState {
     Missing,
     /// Cannot be opened or read (truncated, corrupt, newer schema...).
     Unreadable(String),
+    /// Locked by another process (a master running on it).
+    InUse(String),
     /// `None`: written by a build that recorded no identity.
     Readable(Option<Stamp>),
 }
@@ -109,6 +111,7 @@ pub enum Plan {
 /// Why a master does not start; the message says what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    InUse(String),
     Missing(Stamp),
     Unreadable {
         error: String,
@@ -142,6 +145,7 @@ impl fmt::Display for Refusal {
             RESTORE_FILE = RESTORE_FLAG
         );
         match self {
+            Refusal::InUse(e) => write!(f, "{e}; stop it first"),
             Refusal::Missing(s) => write!(
                 f,
                 "master.redb is missing, but this data directory holds {s}: the metadata \
@@ -197,6 +201,9 @@ pub fn plan(file: &FileState, db: &DbState, new_incarnation: bool) -> Plan {
         FileState::Present(s) => Some(*s),
         FileState::Missing => None,
     };
+    if let DbState::InUse(e) = db {
+        return Plan::Refuse(Refusal::InUse(e.clone()));
+    }
     if new_incarnation {
         return match (dir, db) {
             (Some(d), DbState::Readable(Some(s))) if *s == d => Plan::Refuse(Refusal::Intact(d)),
@@ -208,6 +215,7 @@ pub fn plan(file: &FileState, db: &DbState, new_incarnation: bool) -> Plan {
         };
     }
     match (dir, db) {
+        (_, DbState::InUse(e)) => Plan::Refuse(Refusal::InUse(e.clone())),
         (None, DbState::Missing) => Plan::Init,
         (None, DbState::Readable(None)) => Plan::Adopt,
         (None, DbState::Readable(Some(s))) => Plan::RewriteFile(*s),
@@ -311,6 +319,15 @@ mod tests {
             plan(&f, &DbState::Readable(None), false),
             Plan::Refuse(Refusal::NoIdentityInDb(s))
         );
+        for new in [false, true] {
+            for file in [FileState::Missing, f.clone()] {
+                assert_eq!(
+                    plan(&file, &DbState::InUse("locked".into()), new),
+                    Plan::Refuse(Refusal::InUse("locked".into())),
+                    "a running master's file is never touched"
+                );
+            }
+        }
         for db in [DbState::Missing, DbState::Readable(Some(s))] {
             for new in [false, true] {
                 assert_eq!(

@@ -3,7 +3,8 @@
 //! - [`store`]: redb tables for volumes, versions, object locations and nodes.
 //! - [`incarnation`] (pure), [`datadir`] and [`file_guard`]: the cluster id
 //!   and incarnation of the metadata, which a master checks before it
-//!   starts and while it runs; backup and restore.
+//!   starts and while it runs; backup and restore; [`settle`] (pure): commits
+//!   wait until slaves have heard of a new incarnation.
 //! - [`nodes`]: which registered slaves are alive (heartbeats).
 //! - [`service`]: the `elton.v1.Master` gRPC service.
 //! - [`fetch`]: proxying an object's bytes from holders to a requester,
@@ -48,6 +49,7 @@ pub mod remote;
 pub mod replicator;
 pub mod resync;
 pub mod service;
+pub mod settle;
 pub mod store;
 pub mod validate;
 pub mod walk;
@@ -75,6 +77,11 @@ pub async fn run(
     let opened = datadir::open(&config.data_dir, config.new_incarnation)?;
     let stamp = opened.stamp;
     let store = Arc::new(opened.store);
+    let commits_open_at = settle::opens_at(
+        store.incarnation_served()?,
+        std::time::Instant::now(),
+        config.heartbeat_interval,
+    );
     let identity = provision::Identity::load(&config)?;
     let auth = Arc::new(auth::Auth::new(identity.anchors()?, &store)?);
     provision::bootstrap_token(&config, &store, &auth)?;
@@ -84,7 +91,27 @@ pub async fn run(
             .iter()
             .map(|p| (p.name.as_str(), p.url.as_str())),
     ));
-    let service = MasterService::new(store.clone(), &config, wan.clone(), auth, &identity, stamp)?;
+    let service = MasterService::new(
+        store.clone(),
+        &config,
+        wan.clone(),
+        auth,
+        &identity,
+        stamp,
+        commits_open_at,
+    )?;
+    if let Some(at) = commits_open_at {
+        tracing::warn!(%stamp, wait_ms = at.saturating_duration_since(std::time::Instant::now())
+            .as_millis() as u64, "new incarnation: commits open once every slave has heard of it");
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            match store::blocking(&store, |s| s.set_incarnation_served()).await {
+                Ok(()) => tracing::info!("commits open under the new incarnation"),
+                Err(e) => tracing::warn!("recording the incarnation as served: {e}"),
+            }
+        });
+    }
     // Bind before serving anything, so a bad address fails the start.
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(

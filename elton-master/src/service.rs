@@ -60,6 +60,8 @@ pub struct MasterService {
     /// record served, checked on commits that name one.
     stamp: Stamp,
     data_dir: std::path::PathBuf,
+    /// Until when commits wait for slaves to hear of a new incarnation.
+    commits_open_at: Option<Instant>,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -83,6 +85,7 @@ impl MasterService {
         auth: Arc<Auth>,
         identity: &Identity,
         stamp: Stamp,
+        commits_open_at: Option<Instant>,
     ) -> Result<Self, MasterError> {
         let known = store
             .nodes()
@@ -130,6 +133,7 @@ impl MasterService {
             resyncs,
             stamp,
             data_dir: config.data_dir.clone(),
+            commits_open_at,
         })
     }
 
@@ -423,6 +427,7 @@ impl Master for MasterService {
         {
             Ok(parent_root) => {
                 self.check_incarnation(&r)?;
+                crate::settle::check(self.commits_open_at, Instant::now())?;
                 if !forwarded_by_peer {
                     self.validator.check(root, parent_root).await?;
                 }

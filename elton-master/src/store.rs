@@ -52,6 +52,9 @@ const EPOCH_KEY: &str = "announce_epoch";
 /// absent in files of builds before them).
 const CLUSTER_KEY: &str = "cluster_id";
 const INCARNATION_KEY: &str = "incarnation";
+/// `meta` key of the last incarnation whose commits were opened to all
+/// (see [`crate::settle`]).
+const SERVED_KEY: &str = "served_incarnation";
 
 /// Schema of this file; bump on any incompatible change. 2 added
 /// `node_locations`, which a build that does not maintain it would let go
@@ -131,7 +134,7 @@ impl MetaStore {
     /// Opens `path`, which must exist.
     pub fn open_existing(path: &Path) -> Result<Self, MasterError> {
         let db = Database::open(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => MasterError::Storage(format!(
+            redb::DatabaseError::DatabaseAlreadyOpen => MasterError::InUse(format!(
                 "{} is in use by another process (is a master running on it?)",
                 path.display()
             )),
@@ -207,6 +210,27 @@ impl MetaStore {
             let mut meta = txn.open_table(META)?;
             meta.insert(CLUSTER_KEY, stamp.cluster.get())?;
             meta.insert(INCARNATION_KEY, stamp.incarnation.get())?;
+        }
+        self.commit_durable(txn)
+    }
+
+    /// Whether commits were ever opened under the current incarnation
+    /// (false right after a restore or a new incarnation).
+    pub fn incarnation_served(&self) -> Result<bool, MasterError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let served = meta.get(SERVED_KEY)?.map(|g| g.value());
+        let current = meta.get(INCARNATION_KEY)?.map(|g| g.value());
+        Ok(served.is_some() && served == current)
+    }
+
+    /// Records that commits are open under the current incarnation.
+    pub fn set_incarnation_served(&self) -> Result<(), MasterError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let current = meta.get(INCARNATION_KEY)?.map_or(0, |g| g.value());
+            meta.insert(SERVED_KEY, current)?;
         }
         self.commit_durable(txn)
     }

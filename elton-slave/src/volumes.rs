@@ -22,6 +22,10 @@ const MANIFEST_CACHE_ENTRIES: usize = 4096;
 /// Decoded recipes kept in memory (immutable too).
 const RECIPE_CACHE_ENTRIES: usize = 1024;
 
+/// Wait before asking the master a second time, when a cached record is
+/// about to be served because it did not answer.
+const STALE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Locate calls in flight at once while a commit's objects are checked.
 const PARALLEL_LOCATES: usize = 16;
 
@@ -139,14 +143,23 @@ impl Volumes {
             }
             stale => stale,
         };
-        match self.fetch_record(volume, v.get()).await {
+        let mut fetched = self.fetch_record(volume, v.get()).await;
+        if stale.is_some() && matches!(fetched, Err(SlaveError::MasterUnavailable(_))) {
+            // A connection broken by the master's restart fails the first
+            // call; the next one reconnects. Before serving from the cache,
+            // make sure the master is really unreachable, not just back
+            // under a new incarnation.
+            tokio::time::sleep(STALE_RETRY_DELAY).await;
+            fetched = self.fetch_record(volume, v.get()).await;
+        }
+        match fetched {
             Ok(issued) => {
                 cache.put(&issued.incarnation, &issued.info);
                 Ok(issued)
             }
             Err(SlaveError::MasterUnavailable(e)) => match stale {
-                // The master is down: no other tree can have been issued
-                // under this number that it could tell us about.
+                // The master cannot be reached: it cannot have told anyone
+                // else of another tree under this number either.
                 Some(hit) => {
                     tracing::debug!(%volume, version = %v, "master unreachable ({e}); \
                         serving the cached record");
