@@ -429,6 +429,27 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_an_earlier_build_is_adopted_with_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol: elton_proto::VolumeName = "web".parse().unwrap();
+        MetaStore::open(&dir.path().join(DB_FILE))
+            .unwrap()
+            .create_volume(&vol, "m", 0)
+            .unwrap();
+        let opened = open(dir.path(), false).unwrap();
+        assert_eq!(opened.store.stamp().unwrap(), Some(opened.stamp));
+        assert_eq!(read_identity(dir.path()), FileState::Present(opened.stamp));
+        assert!(opened.store.volume(&vol).is_ok());
+        assert!(opened.store.incarnation_served().unwrap());
+        drop(opened);
+        // The identity file lost alone is written again from the database.
+        let stamp = open(dir.path(), false).unwrap().stamp;
+        std::fs::remove_file(dir.path().join(IDENTITY_FILE)).unwrap();
+        assert_eq!(open(dir.path(), false).unwrap().stamp, stamp);
+        assert_eq!(read_identity(dir.path()), FileState::Present(stamp));
+    }
+
+    #[test]
     fn a_truncated_or_foreign_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join(DB_FILE);

@@ -409,3 +409,51 @@ fn phase4_a_mount_of_an_old_incarnation_cannot_commit() {
         "the work is kept"
     );
 }
+
+/// `elton up` (master and slave in one process) on `home`: started, one
+/// volume listed through it, stopped.
+fn up_once(home: &Path, create: Option<&str>) -> String {
+    let (master, slave) = (common::free_port(), common::free_port());
+    let log = std::fs::File::create(home.with_extension("log")).unwrap();
+    let _up = common::KillOnDrop(
+        std::process::Command::new(common::bin())
+            .args(["up", "--no-mount", "--data-dir"])
+            .arg(home)
+            .args(["--master-listen", &format!("127.0.0.1:{master}")])
+            .args(["--slave-listen", &format!("127.0.0.1:{slave}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args(args)
+            .env("ELTON_HOME", home)
+            .env("ELTON_MASTER", format!("https://127.0.0.1:{master}"))
+            .env("ELTON_SLAVE", format!("http://127.0.0.1:{slave}"))
+            .output()
+            .unwrap()
+    };
+    wait_until("elton up", Duration::from_secs(30), || {
+        cli(&["volume", "ls"]).status.success()
+    });
+    if let Some(v) = create {
+        let out = cli(&["volume", "create", v]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = cli(&["volume", "ls"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn phase5_elton_up_on_a_fresh_and_an_existing_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("elton");
+    assert!(up_once(&home, Some("docs")).contains("docs"));
+    let first = std::fs::read_to_string(home.join("master").join("identity")).unwrap();
+    // The same directory again: same identity, same metadata.
+    assert!(up_once(&home, None).contains("docs"));
+    let again = std::fs::read_to_string(home.join("master").join("identity")).unwrap();
+    assert_eq!(first, again);
+}
