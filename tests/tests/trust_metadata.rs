@@ -126,6 +126,23 @@ fn phase1_metadata_removed_while_running() {
         c.master.log_text().contains("metadata file lost")
     });
 
+    // What was confirmed can still be saved: the backup reads the open
+    // database, and installs into a new data directory.
+    let saved = c.dir.path().join("saved.redb");
+    let out = c.ok(1, &["backup", saved.to_str().unwrap(), "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["incarnation"], old_incarnation.as_str());
+    let elsewhere = c.dir.path().join("elsewhere");
+    let out = std::process::Command::new(common::bin())
+        .args(["master", "--data-dir", elsewhere.to_str().unwrap()])
+        .args(["--restore", saved.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["volumes"], 1);
+    assert_eq!(report["compared"], false);
+
     // phase 2: a restart refuses to start, naming the way out.
     c.master.kill9();
     let out = c.master.run_once(&[]);
