@@ -196,18 +196,21 @@ fn phase1_metadata_removed_while_running() {
     assert_eq!(get(&c, "web", 1, "index.html"), (200, "new tree".into()));
 }
 
-/// Runs commits through slave 1 until `stop` is set; returns every
+/// Runs commits through slave 1 until `stop` is set, recording every
 /// acknowledged version with the instant its acknowledgement arrived.
-fn commit_stream(c: &Cluster, stop: &std::sync::atomic::AtomicBool) -> Vec<(u64, Instant)> {
-    let mut acked = Vec::new();
+fn commit_stream(
+    c: &Cluster,
+    stop: &std::sync::atomic::AtomicBool,
+    acked: &std::sync::Mutex<Vec<(u64, Instant)>>,
+) {
     let mut i = 0;
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         i += 1;
         let rec = put(c, "stream", "f.txt", &format!("commit {i}"))
             .unwrap_or_else(|e| panic!("commit {i}: {e}"));
-        acked.push((rec["version"].as_u64().unwrap(), Instant::now()));
+        let v = rec["version"].as_u64().unwrap();
+        acked.lock().unwrap().push((v, Instant::now()));
     }
-    acked
 }
 
 #[test]
@@ -216,17 +219,33 @@ fn phase2_backup_during_commits_then_restore() {
     c.ok(1, &["volume", "create", "stream"]);
     let backup = c.dir.path().join("meta.backup");
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (acked, started, summary) = std::thread::scope(|s| {
-        let committer = s.spawn(|| commit_stream(&c, &stop));
-        std::thread::sleep(Duration::from_millis(1500));
+    let acked = std::sync::Mutex::new(Vec::new());
+    let acked_after = |t: Instant| {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, at)| *at > t)
+            .count()
+    };
+    let (started, summary) = std::thread::scope(|s| {
+        let committer = s.spawn(|| commit_stream(&c, &stop, &acked));
+        let t0 = Instant::now();
+        wait_until("commits before the backup", Duration::from_secs(30), || {
+            acked_after(t0) >= 3
+        });
         let started = Instant::now();
         let out = c.ok(1, &["backup", backup.to_str().unwrap(), "--json"]);
         // Some commits after the backup, so the restore rolls them back.
-        std::thread::sleep(Duration::from_millis(1500));
+        let done = Instant::now();
+        wait_until("commits after the backup", Duration::from_secs(30), || {
+            acked_after(done) >= 2
+        });
         stop.store(true, std::sync::atomic::Ordering::Release);
-        let acked = committer.join().unwrap();
-        (acked, started, out)
+        committer.join().unwrap();
+        (started, out)
     });
+    let acked = acked.into_inner().unwrap();
     let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
     let before: Vec<u64> = acked
         .iter()
