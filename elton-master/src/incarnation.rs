@@ -139,10 +139,9 @@ pub const RESTORE_FLAG: &str = "--restore FILE";
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fix = format!(
-            "restore a backup with `elton master {RESTORE_FILE}`, or start a new incarnation \
+            "restore a backup with `elton master {RESTORE_FLAG}`, or start a new incarnation \
              with `elton master {NEW_INCARNATION_FLAG}` (version numbers start again at 1; \
-             slaves drop what they cached of the old incarnation)",
-            RESTORE_FILE = RESTORE_FLAG
+             slaves drop what they cached of the old incarnation)"
         );
         match self {
             Refusal::InUse(e) => write!(f, "{e}; stop it first"),

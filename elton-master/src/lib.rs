@@ -1,7 +1,7 @@
 //! The Elton master: the metadata authority of one cluster.
 //!
 //! - [`store`]: redb tables for volumes, versions, object locations and nodes.
-//! - [`incarnation`] (pure), [`datadir`] and [`file_guard`]: the cluster id
+//! - [`incarnation`] (pure), [`datadir`], [`restore`] and [`file_guard`]: the cluster id
 //!   and incarnation of the metadata, which a master checks before it
 //!   starts and while it runs; backup and restore; [`settle`] (pure): commits
 //!   wait until slaves have heard of a new incarnation.
@@ -47,6 +47,7 @@ pub mod planner;
 pub mod provision;
 pub mod remote;
 pub mod replicator;
+pub mod restore;
 pub mod resync;
 pub mod service;
 pub mod settle;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use elton_master::datadir::RestoreReport;
+use elton_master::restore::RestoreReport;
 use elton_proto::pb::BackupRequest;
 use indicatif::{ProgressBar, ProgressStyle};
 

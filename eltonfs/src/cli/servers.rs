@@ -232,7 +232,7 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     if let Some(file) = restore {
         let dir = config.data_dir.clone();
         let report =
-            tokio::task::spawn_blocking(move || elton_master::datadir::restore(&dir, &file))
+            tokio::task::spawn_blocking(move || elton_master::restore::restore(&dir, &file))
                 .await??;
         return super::metadata::print_restore(&report, json);
     }
