@@ -52,6 +52,14 @@ pub struct MasterConfig {
     /// file if it exists, else created in it (mode 0600). Default:
     /// `<data_dir>/admin.token`.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Objects younger than this (arrival or last use on the slave) are
+    /// never removed by garbage collection, whether referenced or not.
+    #[serde(with = "millis")]
+    pub gc_grace: Duration,
+    /// How often garbage collection runs by itself; 0 never (only
+    /// `elton gc`).
+    #[serde(with = "millis")]
+    pub gc_interval: Duration,
 }
 
 /// One peer master: its cluster name (the `home` of its volumes), its
@@ -113,6 +121,8 @@ impl Default for MasterConfig {
             tls_dir: None,
             tls_names: Vec::new(),
             bootstrap_token_file: None,
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(6 * 3600),
         }
     }
 }

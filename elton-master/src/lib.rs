@@ -13,6 +13,8 @@
 //! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
 //! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
+//! - [`gc`], [`gc_walk`] and [`gc_plan`] (pure): garbage collection and
+//!   retention.
 //! - [`auth`]: who is calling (certificates, tokens) and what they may do;
 //!   [`provision`]: the master's TLS identity and first admin token.
 //! - [`validate`]: the check of a commit's tree before it is published.
@@ -29,6 +31,9 @@ pub mod crossfetch;
 pub mod error;
 pub mod fetch;
 pub mod fsck;
+pub mod gc;
+pub mod gc_plan;
+pub mod gc_walk;
 pub mod health;
 pub mod holder_policy;
 pub mod metrics;
@@ -101,6 +106,7 @@ pub async fn run(
     });
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());
+    let gc = tokio::spawn(service.gc_task());
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
         id = %config.id, cluster = %config.cluster_name(), peers = config.peers.len(),
         tls = !config.insecure, "master serving");
@@ -126,5 +132,6 @@ pub async fn run(
     }
     flusher.abort();
     replication.abort();
+    gc.abort();
     result
 }
