@@ -51,6 +51,9 @@ pub struct MasterLink {
     pull_now: Arc<Notify>,
     /// A resync is being sent; another request waits for it to end.
     resyncing: Arc<AtomicBool>,
+    /// Held by a resync and by a garbage-collection sweep: a resync must
+    /// not announce an object the sweep is deleting.
+    maintenance: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MasterLink {
@@ -102,6 +105,7 @@ impl MasterLink {
                 backlog: Arc::default(),
                 pull_now: Arc::default(),
                 resyncing: Arc::default(),
+                maintenance: Arc::default(),
             },
             rx,
         ))
@@ -115,6 +119,10 @@ impl MasterLink {
     pub fn transfer_client(&self) -> MasterClient<Channel> {
         let i = self.next_transfer.fetch_add(1, Ordering::Relaxed) % self.transfers.len();
         self.transfers[i].clone()
+    }
+
+    pub fn maintenance(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.maintenance.clone()
     }
 
     pub fn node_id(&self) -> &NodeId {
@@ -295,6 +303,14 @@ impl MasterLink {
                     if r.resync != 0 {
                         self.start_resync(r.resync, store.clone());
                     }
+                    if r.gc != 0 {
+                        let a = crate::sweep::Assignment {
+                            id: r.gc,
+                            cutoff: Duration::from_millis(r.gc_grace_ms),
+                            dry_run: r.gc_dry_run,
+                        };
+                        tokio::spawn(crate::sweep::run(self.clone(), store.clone(), a));
+                    }
                 }
                 Ok(_) => return,
                 Err(e) => {
@@ -317,6 +333,7 @@ impl MasterLink {
         }
         let link = self.clone();
         tokio::spawn(async move {
+            let _exclusive = link.maintenance.clone().lock_owned().await;
             match tokio::task::spawn_blocking(move || store.list()).await {
                 Ok(Ok(ids)) => match link.send_locations(&ids, id).await {
                     Ok(()) => {

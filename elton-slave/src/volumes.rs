@@ -309,6 +309,7 @@ impl Volumes {
         file: StoredFile,
         author: String,
         bearer: &Bearer,
+        undo: &mut crate::undo::Undo,
     ) -> Result<VersionInfo, SlaveError> {
         let base = match parent {
             Some(0) => None,
@@ -371,14 +372,22 @@ impl Volumes {
         };
         let manifests = crate::tree::put_entry(root, path, leaf, &dir_template, &mut load)?;
         let store = self.fetcher.store().clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            manifests
+        let (ids, stored) = tokio::task::spawn_blocking(move || {
+            let mut stored = Vec::new();
+            let ids = manifests
                 .iter()
-                .map(|m| store.put_bytes(&m.encode()))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|m| {
+                    let id = store.put_bytes(&m.encode())?;
+                    stored.push(id);
+                    Ok(id)
+                })
+                .collect::<Result<Vec<_>, SlaveError>>();
+            (ids, stored)
         })
         .await
-        .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
+        .map_err(|e| SlaveError::Io(format!("store task: {e}")))?;
+        undo.record_all(stored);
+        let ids = ids?;
         let root = *ids.last().ok_or_else(|| SlaveError::Io("no root".into()))?;
         // The chunks of a recipe are announced by the commit's validation.
         let mut announce = ids;
