@@ -427,6 +427,7 @@ async fn mount_default(
     match client
         .create_volume(CreateVolumeRequest {
             name: volume.to_string(),
+            ..Default::default()
         })
         .await
     {
