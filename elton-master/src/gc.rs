@@ -38,9 +38,9 @@ use crate::store::{self, MetaStore};
 pub const SWEEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Least time between two progress events.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// Added to the time since the walk began: clocks of slave and master
-/// advance at the same rate, but the heartbeat carrying the age takes time.
-const CUTOFF_SLACK: Duration = Duration::from_secs(2);
+/// Added to the time since the walk began, computed when the heartbeat
+/// answer is made: covers its transit to the slave.
+const CUTOFF_SLACK: Duration = Duration::from_secs(1);
 
 /// What a heartbeat answer hands a slave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +68,9 @@ pub struct Gc {
     fence: Arc<RwLock<()>>,
     pub default_grace: Duration,
     run: tokio::sync::Mutex<Option<Run>>,
-    /// Slaves still to be handed the current run (taken by heartbeats).
-    pending: Mutex<HashMap<NodeId, Assignment>>,
+    /// Slaves still to be handed the current run (taken by heartbeats),
+    /// with when its walk began and its grace period.
+    pending: Mutex<HashMap<NodeId, (Assignment, Instant, Duration)>>,
     busy: Mutex<bool>,
     reported: Notify,
 }
@@ -107,13 +108,22 @@ impl Gc {
         self.fence.clone()
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Assignment>> {
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<NodeId, (Assignment, Instant, Duration)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The run `node` is to take part in, once (for its heartbeat answer).
+    /// Its cutoff age is fixed now, so that nothing stored after the walk
+    /// began is older than it when the slave applies it.
     pub fn assignment(&self, node: &NodeId) -> Option<Assignment> {
-        self.pending().remove(node)
+        let (a, walk_started, grace) = self.pending().remove(node)?;
+        let cutoff = grace.max(walk_started.elapsed() + CUTOFF_SLACK);
+        Some(Assignment {
+            cutoff_ms: cutoff.as_millis() as u64,
+            ..a
+        })
     }
 
     async fn all_versions(&self) -> Result<Vec<VersionInfo>, MasterError> {
@@ -190,11 +200,10 @@ impl Gc {
                 });
             }
         }
-        let cutoff = grace.max(started.elapsed() + CUTOFF_SLACK);
         let asked: Vec<NodeId> = live_addrs.keys().cloned().collect();
         let assignment = Assignment {
             id,
-            cutoff_ms: cutoff.as_millis() as u64,
+            cutoff_ms: 0,
             dry_run,
         };
         *self.run.lock().await = Some(Run {
@@ -204,8 +213,11 @@ impl Gc {
             sweep: SweepProgress::new(asked.iter().cloned()),
             aborted: None,
         });
-        self.pending()
-            .extend(asked.iter().map(|n| (n.clone(), assignment)));
+        self.pending().extend(
+            asked
+                .iter()
+                .map(|n| (n.clone(), (assignment, started, grace))),
+        );
         let deadline = Instant::now() + SWEEP_TIMEOUT;
         loop {
             let notified = self.reported.notified();
