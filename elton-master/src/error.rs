@@ -57,7 +57,9 @@ pub enum MasterError {
     PermissionDenied(String),
     /// Garbage collection could not walk a version's tree: it deletes
     /// nothing (fail-closed).
-    #[error("gc deleted nothing: {volume}@{version} cannot be walked: {path}: object {object}: {reason}")]
+    #[error(
+        "gc deleted nothing: {volume}@{version} cannot be walked: {path}: object {object}: {reason}"
+    )]
     GcUnwalkable {
         volume: String,
         version: u64,

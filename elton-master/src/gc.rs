@@ -177,7 +177,12 @@ impl Gc {
             .filter(|n| self.liveness.is_up(&n.id, Instant::now()))
             .map(|n| (n.id.clone(), n.http_addr.clone()))
             .collect();
-        tracing::info!(run = id, dry_run, grace_ms = grace.as_millis() as u64, "gc started");
+        tracing::info!(
+            run = id,
+            dry_run,
+            grace_ms = grace.as_millis() as u64,
+            "gc started"
+        );
         let mut live = LiveSet::new(crate::gc_walk::reader(
             self.store.clone(),
             self.http.clone(),
@@ -274,8 +279,14 @@ impl Gc {
             tracing::warn!(run = id, "gc stopped deleting: {reason}");
             return Err(MasterError::GcBusy(format!("stopped deleting: {reason}")));
         }
-        tracing::info!(run = id, deleted = summary.deleted, bytes = summary.deleted_bytes,
-            live = summary.live_objects, skipped = summary.nodes_skipped.len(), "gc finished");
+        tracing::info!(
+            run = id,
+            deleted = summary.deleted,
+            bytes = summary.deleted_bytes,
+            live = summary.live_objects,
+            skipped = summary.nodes_skipped.len(),
+            "gc finished"
+        );
         Ok(summary)
     }
 
@@ -340,7 +351,11 @@ impl Gc {
         loop {
             tick.tick().await;
             match self.run(false, self.default_grace, None).await {
-                Ok(s) => tracing::info!(deleted = s.deleted, bytes = s.deleted_bytes, "periodic gc done"),
+                Ok(s) => tracing::info!(
+                    deleted = s.deleted,
+                    bytes = s.deleted_bytes,
+                    "periodic gc done"
+                ),
                 Err(e) => tracing::warn!("periodic gc: {e}"),
             }
         }

@@ -53,15 +53,14 @@ impl LiveSet {
         if self.has_walked(v) {
             return Ok(());
         }
-        let unwalkable = |path: String, object: ObjectId, reason: String| {
-            MasterError::GcUnwalkable {
+        let unwalkable =
+            |path: String, object: ObjectId, reason: String| MasterError::GcUnwalkable {
                 volume: v.volume.to_string(),
                 version: v.version.get(),
                 path: if path.is_empty() { "/".into() } else { path },
                 object: object.to_string(),
                 reason,
-            }
-        };
+            };
         let mut stack = vec![(v.root, String::new())];
         while let Some((dir, path)) = stack.pop() {
             if self.objects.contains(&dir) {

@@ -547,11 +547,7 @@ impl Master for MasterService {
         } else {
             0
         };
-        let gc = if known {
-            self.gc.assignment(&id)
-        } else {
-            None
-        };
+        let gc = if known { self.gc.assignment(&id) } else { None };
         Ok(Response::new(pb::HeartbeatResponse {
             known,
             replicate,

@@ -21,7 +21,7 @@ use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
 use crate::tokens::{Bearer, Tokens};
 use crate::undo::Undo;
-use crate::volumes::{Proposal, Resolved, StoredFile, Volumes};
+use crate::volumes::{FilePut, Proposal, Resolved, StoredFile, Volumes};
 use crate::{SlaveError, chunked, range};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -498,7 +498,17 @@ async fn put_volume_file(
             inc(&state.metrics.uploaded_bytes_total, size);
             state
                 .volumes
-                .put_file(&volume, q.parent, &path, file, "http".into(), &bearer, &mut undo)
+                .put_file(
+                    FilePut {
+                        volume: &volume,
+                        parent: q.parent,
+                        path: &path,
+                        file,
+                        author: "http".into(),
+                    },
+                    &bearer,
+                    &mut undo,
+                )
                 .await
         }
         Err(e) => Err(e),

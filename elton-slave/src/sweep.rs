@@ -53,8 +53,14 @@ pub async fn run(link: MasterLink, store: Arc<ObjectStore>, a: Assignment) {
         Err(e) => e.to_string(),
     };
     match &outcome {
-        Ok(()) => tracing::info!(gc = a.id, dry_run = a.dry_run, deleted = totals.deleted,
-            bytes = totals.deleted_bytes, kept = totals.kept_in_use, "gc sweep done"),
+        Ok(()) => tracing::info!(
+            gc = a.id,
+            dry_run = a.dry_run,
+            deleted = totals.deleted,
+            bytes = totals.deleted_bytes,
+            kept = totals.kept_in_use,
+            "gc sweep done"
+        ),
         Err(e) => tracing::warn!(gc = a.id, "gc sweep failed: {e}"),
     }
     let done = GcDoneRequest {
@@ -140,10 +146,7 @@ async fn sweep(
 }
 
 /// Stored objects that may be offered, with their sizes. Blocking.
-fn candidates(
-    store: &ObjectStore,
-    cutoff: SystemTime,
-) -> Result<Vec<(ObjectId, u64)>, SlaveError> {
+fn candidates(store: &ObjectStore, cutoff: SystemTime) -> Result<Vec<(ObjectId, u64)>, SlaveError> {
     let mut out = Vec::new();
     for id in store.list()? {
         let Ok(meta) = std::fs::symlink_metadata(store.path(&id)) else {

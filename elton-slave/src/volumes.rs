@@ -300,17 +300,21 @@ impl Volumes {
     }
 
     /// Publishes a version whose tree is the parent's with one file placed
-    /// at `path` (content already stored).
+    /// at `path` (content already stored). The manifests it stores are
+    /// recorded in `undo`.
     pub async fn put_file(
         &self,
-        volume: &VolumeName,
-        parent: Option<u64>,
-        path: &VolumePath,
-        file: StoredFile,
-        author: String,
+        put: FilePut<'_>,
         bearer: &Bearer,
         undo: &mut crate::undo::Undo,
     ) -> Result<VersionInfo, SlaveError> {
+        let FilePut {
+            volume,
+            parent,
+            path,
+            file,
+            author,
+        } = put;
         let base = match parent {
             Some(0) => None,
             Some(n) => {
@@ -404,6 +408,16 @@ impl Volumes {
         })
         .await
     }
+}
+
+/// A one-file commit: `file` (stored) placed at `path` on `parent` (the
+/// head when `None`).
+pub struct FilePut<'a> {
+    pub volume: &'a VolumeName,
+    pub parent: Option<u64>,
+    pub path: &'a VolumePath,
+    pub file: StoredFile,
+    pub author: String,
 }
 
 /// A fetch failure as the tree check sees it: the master knowing no holder

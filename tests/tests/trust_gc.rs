@@ -41,7 +41,10 @@ impl Tmpfs {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let n: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let n: Vec<u64> = text
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
         (n[0] - n[1]) * n[2]
     }
 }
@@ -81,7 +84,10 @@ fn put_file(c: &Cluster, slave: usize, volume: &str, path: &str, bytes: Vec<u8>)
 }
 
 fn read(c: &Cluster, slave: usize, volume: &str, version: u64, path: &str) -> Vec<u8> {
-    let url = format!("{}/v1/volumes/{volume}/{version}/{path}", c.slave_url(slave));
+    let url = format!(
+        "{}/v1/volumes/{volume}/{version}/{path}",
+        c.slave_url(slave)
+    );
     let r = reqwest::blocking::get(&url).unwrap();
     assert!(r.status().is_success(), "GET {url}: {}", r.status());
     r.bytes().unwrap().to_vec()
@@ -95,7 +101,14 @@ fn objects_on(c: &Cluster, slave: usize) -> usize {
 fn phase1_failed_uploads_and_commit_on_a_full_disk_give_their_space_back() {
     let mut c = Cluster::with_args(
         0,
-        &["--replication", "1", "--gc-grace-ms", "1000", "--gc-interval-ms", "0"],
+        &[
+            "--replication",
+            "1",
+            "--gc-grace-ms",
+            "1000",
+            "--gc-interval-ms",
+            "0",
+        ],
         &[],
     );
     let fs = Tmpfs::mount(&c.slave_dir(1), 64);
@@ -114,9 +127,22 @@ fn phase1_failed_uploads_and_commit_on_a_full_disk_give_their_space_back() {
     // Three uploads that cannot fit: each fails part-way and removes what
     // it stored.
     for i in 0..3 {
-        let status = put_file(&c, 1, "space", &format!("huge{i}"), pseudo_random(30 * MIB as usize, 10 + i));
-        assert!(status >= 400 || status == 0, "upload {i} should fail, got {status}");
-        assert!(fs.used() <= base + MIB, "upload {i} left {} bytes", fs.used() - base);
+        let status = put_file(
+            &c,
+            1,
+            "space",
+            &format!("huge{i}"),
+            pseudo_random(30 * MIB as usize, 10 + i),
+        );
+        assert!(
+            status >= 400 || status == 0,
+            "upload {i} should fail, got {status}"
+        );
+        assert!(
+            fs.used() <= base + MIB,
+            "upload {i} left {} bytes",
+            fs.used() - base
+        );
     }
 
     // A mount commit that runs out of space while chunking its file.
@@ -124,8 +150,15 @@ fn phase1_failed_uploads_and_commit_on_a_full_disk_give_their_space_back() {
     let m = Mount::new(&c, 1, "space", &c.dir.path().join("mnt"), &state, &[]);
     std::fs::write(m.path("huge"), pseudo_random(50 * MIB as usize, 20)).unwrap();
     let out = m.elton(&["commit", m.mountpoint.to_str().unwrap(), "-m", "too big"]);
-    assert!(!out.status.success(), "commit should fail for lack of space");
-    assert!(fs.used() <= base + MIB, "failed commit left {} bytes", fs.used() - base);
+    assert!(
+        !out.status.success(),
+        "commit should fail for lack of space"
+    );
+    assert!(
+        fs.used() <= base + MIB,
+        "failed commit left {} bytes",
+        fs.used() - base
+    );
     drop(m);
 
     // Garbage only gc can find: objects uploaded for a commit that never
@@ -197,9 +230,15 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
                 std::fs::create_dir_all(src.join("sub")).unwrap();
                 let mut files = BTreeMap::new();
                 files.insert("shared".to_string(), b"shared by every version".to_vec());
-                files.insert("sub/round".to_string(), format!("round {round}").into_bytes());
-                if round % 3 == 0 {
-                    files.insert("sub/big".to_string(), pseudo_random(6 * MIB as usize, round));
+                files.insert(
+                    "sub/round".to_string(),
+                    format!("round {round}").into_bytes(),
+                );
+                if round.is_multiple_of(3) {
+                    files.insert(
+                        "sub/big".to_string(),
+                        pseudo_random(6 * MIB as usize, round),
+                    );
                 }
                 for (p, b) in &files {
                     std::fs::write(src.join(p), b).unwrap();
@@ -214,6 +253,8 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
                         .and_then(|n| n.parse().ok())
                         .unwrap_or_else(|| panic!("version in {text:?}"));
                     expected.lock().unwrap().insert(("imp".into(), v), files);
+                } else {
+                    eprintln!("import failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 let _ = std::fs::remove_dir_all(&src);
             }
@@ -244,6 +285,8 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
                         .unwrap_or_default();
                     files.insert(format!("f{}", round % 4), body);
                     all.insert(("up".into(), v), files);
+                } else {
+                    eprintln!("upload failed: {}", r.status());
                 }
             }
         })
@@ -269,7 +312,11 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
                 std::fs::write(m.path(&name), &body).unwrap();
                 let out = m.elton(&["commit", m.mountpoint.to_str().unwrap(), "-m", "edit"]);
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                assert!(out.status.success(), "mount commit: {text} {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "mount commit: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 files.insert(name, body);
                 let v: u64 = text
                     .split("mnt@")
@@ -277,7 +324,10 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
                     .and_then(|t| t.split(|ch: char| !ch.is_ascii_digit()).next())
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_else(|| panic!("version in {text:?}"));
-                expected.lock().unwrap().insert(("mnt".into(), v), files.clone());
+                expected
+                    .lock()
+                    .unwrap()
+                    .insert(("mnt".into(), v), files.clone());
             }
         })
     };
@@ -294,7 +344,9 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
     mounter.join().unwrap();
     // Once more with everything quiet, then check every kept version.
     std::thread::sleep(Duration::from_millis(1200));
-    deleted += gc_json(&c, &["--grace-secs", "1"])["deleted"].as_u64().unwrap();
+    deleted += gc_json(&c, &["--grace-secs", "1"])["deleted"]
+        .as_u64()
+        .unwrap();
     assert!(deleted > 0, "retention made garbage that gc removed");
 
     // Backup copies of the last commits may still be on their way.
@@ -332,7 +384,14 @@ fn phase2_gc_during_commits_imports_and_mounts_never_deletes_a_referenced_object
 fn phase3_a_version_that_cannot_be_walked_makes_gc_delete_nothing() {
     let mut c = Cluster::with_args(
         1,
-        &["--replication", "1", "--gc-grace-ms", "1000", "--gc-interval-ms", "0"],
+        &[
+            "--replication",
+            "1",
+            "--gc-grace-ms",
+            "1000",
+            "--gc-interval-ms",
+            "0",
+        ],
         &[],
     );
     let src = c.dir.path().join("src");
@@ -344,9 +403,17 @@ fn phase3_a_version_that_cannot_be_walked_makes_gc_delete_nothing() {
 
     // Lose the manifest of `sub/` on the only holder.
     let r = reqwest::blocking::get(format!("{}/v1/volumes/web/1/sub/", c.slave_url(1))).unwrap();
-    let etag = r.headers()["etag"].to_str().unwrap().trim_matches('"').to_string();
+    let etag = r.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
     let sub: ObjectId = etag.parse().unwrap();
-    let path = c.slave_dir(1).join("objects").join(&etag[..2]).join(&etag[2..]);
+    let path = c
+        .slave_dir(1)
+        .join("objects")
+        .join(&etag[..2])
+        .join(&etag[2..]);
     std::fs::remove_file(&path).unwrap();
     // Restarted, so that no memory cache still serves it.
     c.slaves[0].restart();
@@ -357,12 +424,22 @@ fn phase3_a_version_that_cannot_be_walked_makes_gc_delete_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "gc must refuse");
     assert!(
-        err.contains("deleted nothing") && err.contains("web@1") && err.contains("sub/") && err.contains(&sub.to_string()),
+        err.contains("deleted nothing")
+            && err.contains("web@1")
+            && err.contains("sub/")
+            && err.contains(&sub.to_string()),
         "{err}"
     );
     assert_eq!(objects_on(&c, 1), before, "nothing deleted");
-    let stored = c.slave_dir(1).join("objects").join(&garbage.to_hex()[..2]).join(&garbage.to_hex()[2..]);
-    assert!(stored.exists(), "the garbage object stays until the tree is whole");
+    let stored = c
+        .slave_dir(1)
+        .join("objects")
+        .join(&garbage.to_hex()[..2])
+        .join(&garbage.to_hex()[2..]);
+    assert!(
+        stored.exists(),
+        "the garbage object stays until the tree is whole"
+    );
 
     // With the manifest back (re-imported), gc proceeds.
     c.ok(1, &["import", src.to_str().unwrap(), "web"]);

@@ -67,10 +67,7 @@ pub async fn gc(ep: &Endpoints, a: GcArgs) -> Result<()> {
         print_summary(&s);
     }
     if !s.nodes_skipped.is_empty() {
-        eprintln!(
-            "elton: warning: not swept: {}",
-            s.nodes_skipped.join("; ")
-        );
+        eprintln!("elton: warning: not swept: {}", s.nodes_skipped.join("; "));
     }
     Ok(())
 }

@@ -335,7 +335,11 @@ pub fn remove_stored(store: &ObjectStore, stored: &[ObjectId], since: std::time:
         }
     }
     if bytes > 0 {
-        tracing::info!(objects = stored.len(), bytes, "removed the objects of a failed commit");
+        tracing::info!(
+            objects = stored.len(),
+            bytes,
+            "removed the objects of a failed commit"
+        );
     }
 }
 
