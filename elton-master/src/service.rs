@@ -553,7 +553,7 @@ impl Master for MasterService {
             replicate,
             resync,
             gc: gc.map_or(0, |g| g.id),
-            gc_grace_ms: gc.map_or(0, |g| g.cutoff_ms),
+            gc_cutoff_ms: gc.map_or(0, |g| g.cutoff_ms),
             gc_dry_run: gc.is_some_and(|g| g.dry_run),
         }))
     }
@@ -904,7 +904,8 @@ impl Master for MasterService {
         &self,
         req: Request<pb::SetRetentionRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
-        self.admit(&req, Need::Write)?;
+        // Dropping versions destroys history: an admin's decision.
+        self.admit(&req, Need::Admin)?;
         let r = req.into_inner();
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let keep = r.keep;

@@ -306,7 +306,7 @@ impl MasterLink {
                     if r.gc != 0 {
                         let a = crate::sweep::Assignment {
                             id: r.gc,
-                            cutoff: Duration::from_millis(r.gc_grace_ms),
+                            cutoff: Duration::from_millis(r.gc_cutoff_ms),
                             dry_run: r.gc_dry_run,
                         };
                         tokio::spawn(crate::sweep::run(self.clone(), store.clone(), a));

@@ -183,15 +183,18 @@ impl ObjectStore {
         self.used().retain(|_, t| *t >= before);
     }
 
-    /// Removes `id` unless it was used at or after `since`, or (with
-    /// `arrived_before`) its file arrived at or after `since` (ctime or
-    /// mtime: a hard link or rename counts as an arrival). Returns the
-    /// size removed; `None` when kept or already absent.
+    /// Removes `id` unless it was used at or after `since`, or its file's
+    /// arrival (ctime or mtime: a hard link or rename counts as an arrival)
+    /// is on the wrong side of `since`: garbage collection removes only what
+    /// arrived before its cutoff ([`Arrived::Before`]); a failed write undoes
+    /// only what arrived since it began ([`Arrived::Since`]), never an
+    /// object that was there before it. Returns the size removed; `None`
+    /// when kept or already absent.
     pub fn remove_unused(
         &self,
         id: &ObjectId,
         since: SystemTime,
-        arrived_before: bool,
+        arrived: Arrived,
     ) -> Result<Option<u64>, SlaveError> {
         let used = self.used();
         if used.get(id).is_some_and(|t| *t >= since) {
@@ -203,7 +206,8 @@ impl ObjectStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("stat", &path, e)),
         };
-        if arrived_before && arrival(&meta) >= since {
+        let arrived_before = arrival(&meta) < since;
+        if arrived_before != (arrived == Arrived::Before) {
             return Ok(None);
         }
         match fs::remove_file(&path) {
@@ -532,6 +536,15 @@ impl ObjectWriter {
             .write_all(chunk)
             .map_err(|e| io_err("writing", self.tmp.path(), e))
     }
+}
+
+/// Which objects [`ObjectStore::remove_unused`] may remove, by arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrived {
+    /// Arrived before the given time (garbage collection).
+    Before,
+    /// Arrived at or after it (undoing a failed write).
+    Since,
 }
 
 /// When a store file arrived: the later of its ctime (set by the link or

@@ -14,11 +14,14 @@ use elton_proto::{MAX_LOCATIONS_PER_CALL, ObjectId};
 
 use crate::SlaveError;
 use crate::master_link::MasterLink;
-use crate::store::{ObjectStore, arrival};
+use crate::store::{Arrived, ObjectStore, arrival};
 
 /// Objects offered per `GcCandidates` call.
 const OFFER_BATCH: usize = 8192;
 const _: () = assert!(OFFER_BATCH <= MAX_LOCATIONS_PER_CALL);
+
+/// Use marks younger than this survive a sweep.
+const MARKS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// A run as a heartbeat answer hands it out.
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +120,7 @@ async fn sweep(
         let (deleted, bytes, kept) = tokio::task::spawn_blocking(move || {
             let (mut n, mut bytes, mut kept) = (0u64, 0u64, Vec::new());
             for id in delete {
-                match s.remove_unused(&id, cutoff, true) {
+                match s.remove_unused(&id, cutoff, Arrived::Before) {
                     Ok(Some(size)) => {
                         n += 1;
                         bytes += size;
@@ -141,7 +144,9 @@ async fn sweep(
         let kept: Vec<ObjectId> = kept.into_iter().filter(|id| store.contains(id)).collect();
         link.announce(kept).await?;
     }
-    store.forget_uses_before(cutoff);
+    // Marks also protect the undo of failed writes still running: keep a
+    // day of them even when the cutoff is shorter.
+    store.forget_uses_before(cutoff.min(SystemTime::now() - MARKS_KEPT));
     Ok(())
 }
 
@@ -185,14 +190,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let fresh = store.put_bytes(b"fresh").unwrap();
         assert_eq!(store.put_bytes(b"reused").unwrap(), reused);
-        assert_eq!(store.remove_unused(&old, cutoff, true).unwrap(), Some(3));
+        let gc = Arrived::Before;
+        assert_eq!(store.remove_unused(&old, cutoff, gc).unwrap(), Some(3));
         assert!(!store.contains(&old));
-        assert_eq!(store.remove_unused(&reused, cutoff, true).unwrap(), None);
-        assert_eq!(store.remove_unused(&fresh, cutoff, true).unwrap(), None);
+        assert_eq!(store.remove_unused(&reused, cutoff, gc).unwrap(), None);
+        assert_eq!(store.remove_unused(&fresh, cutoff, gc).unwrap(), None);
         assert!(store.contains(&reused) && store.contains(&fresh));
-        // Undoing one's own writes ignores arrival times, not later uses.
-        assert_eq!(store.remove_unused(&fresh, cutoff, false).unwrap(), Some(5));
-        assert_eq!(store.remove_unused(&reused, cutoff, false).unwrap(), None);
-        assert_eq!(store.remove_unused(&old, cutoff, false).unwrap(), None);
+        // Undoing a write removes only what arrived since it began, and not
+        // what was used since either.
+        let old2 = store.put_bytes(b"old").unwrap();
+        let undo = Arrived::Since;
+        assert_eq!(store.remove_unused(&reused, cutoff, undo).unwrap(), None);
+        assert_eq!(store.remove_unused(&fresh, cutoff, undo).unwrap(), Some(5));
+        assert_eq!(store.remove_unused(&old2, cutoff, undo).unwrap(), Some(3));
+        let before = store.put_bytes(b"before").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let since = SystemTime::now();
+        assert_eq!(store.remove_unused(&before, since, undo).unwrap(), None);
+        assert!(store.contains(&before), "there before the write began");
     }
 }

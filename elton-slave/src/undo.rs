@@ -3,16 +3,15 @@
 //! refused must not leave its chunks, recipe and manifests behind.
 //!
 //! Every object the request stored is recorded, new or not; on failure
-//! each is removed unless it was used since the request began. Storing an
-//! object that is already there marks it used
-//! ([`ObjectStore::note_used`]), so objects that existed before the request,
-//! or that another request stored or committed meanwhile, stay.
+//! each is removed if its file arrived after the request began (so it did
+//! not exist before) and nobody stored it again since (storing an object
+//! that is already there marks it used, [`ObjectStore::note_used`]).
 
 use std::time::SystemTime;
 
 use elton_proto::ObjectId;
 
-use crate::store::ObjectStore;
+use crate::store::{Arrived, ObjectStore};
 
 pub struct Undo {
     since: SystemTime,
@@ -46,7 +45,7 @@ impl Undo {
     pub fn undo(self, store: &ObjectStore) -> (u64, u64) {
         let (mut n, mut bytes) = (0, 0);
         for id in self.stored {
-            match store.remove_unused(&id, self.since, false) {
+            match store.remove_unused(&id, self.since, Arrived::Since) {
                 Ok(Some(size)) => {
                     n += 1;
                     bytes += size;

@@ -399,6 +399,27 @@ fn phase3_a_version_that_cannot_be_walked_makes_gc_delete_nothing() {
     std::fs::write(src.join("sub/a"), b"a").unwrap();
     c.ok(1, &["import", "--create", src.to_str().unwrap(), "web"]);
     let garbage = put_object(&c, 1, b"unreferenced");
+
+    // Only an admin may collect garbage.
+    let out = c.ok(
+        1,
+        &[
+            "token", "create", "--name", "w", "--scope", "write", "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let writer = Command::new(common::bin())
+        .args(["gc"])
+        .env("ELTON_MASTER", c.master_url())
+        .env("ELTON_TOKEN", v["secret"].as_str().unwrap())
+        .env("ELTON_CA", c.ca_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&writer.stderr);
+    assert!(
+        !writer.status.success() && err.contains("permission denied"),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
 
     // Lose the manifest of `sub/` on the only holder.

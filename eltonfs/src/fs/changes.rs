@@ -323,12 +323,13 @@ fn store_chunked(
     Ok((id, recipe.size))
 }
 
-/// Removes objects a failed commit stored, unless something else stored
-/// them again since `since` (see `ObjectStore::remove_unused`).
+/// Removes objects a failed commit stored, unless they were there before
+/// `since` or this process stored them again since (see
+/// `ObjectStore::remove_unused`).
 pub fn remove_stored(store: &ObjectStore, stored: &[ObjectId], since: std::time::SystemTime) {
     let mut bytes = 0;
     for id in stored {
-        match store.remove_unused(id, since, false) {
+        match store.remove_unused(id, since, elton_slave::store::Arrived::Since) {
             Ok(Some(n)) => bytes += n,
             Ok(None) => {}
             Err(e) => tracing::warn!(object = %id, "undoing a failed commit: {e}"),
