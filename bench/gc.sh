@@ -127,4 +127,5 @@ printf '%-22s %12s %10s %10s\n' "" "objects/s" "MiB/s" "seconds"
 printf '%-22s %12s %10s %10.2f\n' "elton gc" "$(rate "$N" "$gc_s")" "$(mibs "$N" "$gc_s")" "$gc_s"
 printf '%-22s %12s %10s %10.2f\n' "find -delete (base)" "$(rate "$N" "$rm_s")" "$(mibs "$N" "$rm_s")" "$rm_s"
 echo "ratio gc / baseline (objects/s): $(ratio "$rm_s" "$gc_s")"
+echo "per round, s: gc ${GC_S[*]} | find -delete ${RM_S[*]}"
 load_line
