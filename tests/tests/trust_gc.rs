@@ -468,3 +468,35 @@ fn phase3_a_version_that_cannot_be_walked_makes_gc_delete_nothing() {
     assert_eq!(s["deleted"], 1, "{s}");
     assert!(!stored.exists());
 }
+
+#[test]
+fn phase4_the_background_run_collects_by_itself() {
+    let c = Cluster::with_args(
+        1,
+        &[
+            "--replication",
+            "1",
+            "--gc-grace-ms",
+            "500",
+            "--gc-interval-ms",
+            "1500",
+        ],
+        &[],
+    );
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("kept"), b"referenced").unwrap();
+    c.ok(1, &["import", "--create", src.to_str().unwrap(), "bg"]);
+    let garbage = put_object(&c, 1, b"left behind by a commit that never came");
+    let hex = garbage.to_hex();
+    let stored = c
+        .slave_dir(1)
+        .join("objects")
+        .join(&hex[..2])
+        .join(&hex[2..]);
+    common::wait_until("background gc", Duration::from_secs(30), || {
+        !stored.exists()
+    });
+    assert_eq!(read(&c, 1, "bg", 1, "kept"), b"referenced");
+    assert!(c.master.log_text().contains("periodic gc done"));
+}
