@@ -226,10 +226,9 @@ impl Gc {
         let deadline = Instant::now() + SWEEP_TIMEOUT;
         loop {
             let notified = self.reported.notified();
-            let (done, total) = {
-                let run = self.run.lock().await;
-                let sweep = &run.as_ref().map(|r| (r.sweep.done(), r.sweep.total()));
-                sweep.unwrap_or((0, 0))
+            let (done, total) = match self.run.lock().await.as_ref() {
+                Some(r) => (r.sweep.done(), r.sweep.total()),
+                None => (0, 0),
             };
             send(GcProgress {
                 phase: "sweep".into(),
