@@ -57,6 +57,14 @@ pub struct MasterConfig {
     /// only: a config file cannot set it, so it is never left on.
     #[serde(skip)]
     pub new_incarnation: bool,
+    /// Objects younger than this (arrival or last use on the slave) are
+    /// never removed by garbage collection, whether referenced or not.
+    #[serde(with = "millis")]
+    pub gc_grace: Duration,
+    /// How often garbage collection runs by itself; 0 never (only
+    /// `elton gc`).
+    #[serde(with = "millis")]
+    pub gc_interval: Duration,
 }
 
 /// One peer master: its cluster name (the `home` of its volumes), its
@@ -119,6 +127,8 @@ impl Default for MasterConfig {
             tls_names: Vec::new(),
             bootstrap_token_file: None,
             new_incarnation: false,
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(6 * 3600),
         }
     }
 }

@@ -55,6 +55,20 @@ pub enum MasterError {
     /// Credentials that do not allow this call.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// Garbage collection could not walk a version's tree: it deletes
+    /// nothing (fail-closed).
+    #[error(
+        "gc deleted nothing: {volume}@{version} cannot be walked: {path}: object {object}: {reason}"
+    )]
+    GcUnwalkable {
+        volume: String,
+        version: u64,
+        path: String,
+        object: String,
+        reason: String,
+    },
+    #[error("gc: {0}")]
+    GcBusy(String),
     #[error("metadata store: {0}")]
     Storage(String),
     /// `master.redb` was removed, replaced or truncated under the running
@@ -136,6 +150,8 @@ impl From<MasterError> for Status {
             | MasterError::Refused(_)
             | MasterError::InUse(_)
             | MasterError::WrongIncarnation(_) => Code::FailedPrecondition,
+            | MasterError::GcUnwalkable { .. } => Code::FailedPrecondition,
+            MasterError::GcBusy(_) => Code::Aborted,
             MasterError::Unauthenticated(_) => Code::Unauthenticated,
             MasterError::PermissionDenied(_) => Code::PermissionDenied,
             MasterError::Storage(_) | MasterError::Io(_) => Code::Internal,

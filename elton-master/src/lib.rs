@@ -18,6 +18,8 @@
 //! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
 //! - [`backup`]: the online copy of the metadata.
+//! - [`gc`], [`gc_walk`] and [`gc_plan`] (pure): garbage collection and
+//!   retention.
 //! - [`auth`]: who is calling (certificates, tokens) and what they may do;
 //!   [`provision`]: the master's TLS identity and first admin token.
 //! - [`validate`]: the check of a commit's tree before it is published.
@@ -37,6 +39,9 @@ pub mod error;
 pub mod fetch;
 pub mod file_guard;
 pub mod fsck;
+pub mod gc;
+pub mod gc_plan;
+pub mod gc_walk;
 pub mod health;
 pub mod holder_policy;
 pub mod incarnation;
@@ -137,6 +142,7 @@ pub async fn run(
     });
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());
+    let gc = tokio::spawn(service.gc_task());
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
         id = %config.id, cluster = %config.cluster_name(), %stamp, peers = config.peers.len(),
         tls = !config.insecure, "master serving");
@@ -162,5 +168,6 @@ pub async fn run(
     }
     flusher.abort();
     replication.abort();
+    gc.abort();
     result
 }

@@ -20,6 +20,8 @@ use crate::coalesce::{Coalescer, Turn};
 use crate::crossfetch::CrossFetch;
 use crate::fetch::{ChunkStream, HolderReader, Opened};
 use crate::fsck::Fsck;
+use crate::gc::Gc;
+use crate::gc_plan::NodeReport;
 use crate::health::NodeHealth;
 use crate::holder_policy::HolderPolicy;
 use crate::incarnation::Stamp;
@@ -62,6 +64,8 @@ pub struct MasterService {
     data_dir: std::path::PathBuf,
     /// Until when commits wait for slaves to hear of a new incarnation.
     commits_open_at: Option<Instant>,
+    gc: Arc<Gc>,
+    gc_interval: Duration,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -110,7 +114,15 @@ impl MasterService {
         let health = Arc::new(NodeHealth::default());
         let holders = HolderReader::new(store.clone(), health.clone(), HolderPolicy::default());
         let resyncs = Arc::new(Resyncs::new(store.clone(), health.clone()));
+        let gc = Arc::new(Gc::new(
+            store.clone(),
+            liveness.clone(),
+            http.clone(),
+            config.gc_grace,
+        ));
         Ok(Self {
+            gc,
+            gc_interval: config.gc_interval,
             heartbeat_interval: config.heartbeat_interval,
             validator: Arc::new(TreeValidator::new(
                 store.clone(),
@@ -150,6 +162,12 @@ impl MasterService {
             self.liveness.clone(),
             self.heartbeat_interval,
         )
+    }
+
+    /// The background task that collects garbage every `--gc-interval`;
+    /// returns at once when it is 0.
+    pub fn gc_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.gc.clone().run_periodically(self.gc_interval)
     }
 
     pub fn into_server(self) -> MasterServer<Self> {
@@ -342,6 +360,8 @@ fn volume_info(row: VolumeRow) -> pb::VolumeInfo {
         home: row.home,
         created_unix: row.created_unix,
         head: row.head,
+        keep: row.keep,
+        oldest: 0,
     }
 }
 
@@ -356,7 +376,9 @@ impl Master for MasterService {
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::VolumeInfo>, Status> {
         self.admit(&req, Need::Write)?;
-        let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
+        let r = req.into_inner();
+        let name: VolumeName = r.name.parse().map_err(MasterError::from)?;
+        let keep = r.keep;
         if !self.peers.is_empty() {
             match self.remote.lookup(&name).await? {
                 Lookup::Found(peer) => {
@@ -375,7 +397,7 @@ impl Master for MasterService {
         }
         let home = self.cluster.clone();
         let row = self
-            .with_store(move |s| s.create_volume(&name, &home, now_unix()))
+            .with_store(move |s| s.create_volume(&name, &home, now_unix(), keep))
             .await?;
         tracing::info!(volume = %row.name, "volume created");
         Ok(Response::new(volume_info(row)))
@@ -388,8 +410,14 @@ impl Master for MasterService {
         let (_, peer) = self.admit(&req, Need::Read)?;
         let name: VolumeName = req.into_inner().name.parse().map_err(MasterError::from)?;
         let n = name.clone();
-        let info = match self.with_store(move |s| s.volume(&n)).await {
-            Ok(row) => volume_info(row),
+        let found = self
+            .with_store(move |s| Ok((s.volume(&n)?, s.oldest_version(&n)?)))
+            .await;
+        let info = match found {
+            Ok((row, oldest)) => pb::VolumeInfo {
+                oldest,
+                ..volume_info(row)
+            },
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
                 self.remote.volume(&name).await?
             }
@@ -428,6 +456,9 @@ impl Master for MasterService {
             Ok(parent_root) => {
                 self.check_incarnation(&r)?;
                 crate::settle::check(self.commits_open_at, Instant::now())?;
+                // No garbage-collection decision between check and record.
+                let fence = self.gc.fence();
+                let _fence = fence.read().await;
                 if !forwarded_by_peer {
                     self.validator.check(root, parent_root).await?;
                 }
@@ -554,11 +585,15 @@ impl Master for MasterService {
         } else {
             0
         };
+        let gc = if known { self.gc.assignment(&id) } else { None };
         Ok(Response::new(pb::HeartbeatResponse {
             known,
             replicate,
             resync,
             incarnation: self.stamp.incarnation.to_string(),
+            gc: gc.map_or(0, |g| g.id),
+            gc_cutoff_ms: gc.map_or(0, |g| g.cutoff_ms),
+            gc_dry_run: gc.is_some_and(|g| g.dry_run),
         }))
     }
 
@@ -829,6 +864,114 @@ impl Master for MasterService {
             self.store.clone(),
             self.data_dir.clone(),
         )))
+    }
+    type GcStream = tokio_stream::wrappers::ReceiverStream<Result<pb::GcEvent, Status>>;
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<Self::GcStream>, Status> {
+        self.admit(&req, Need::Admin)?;
+        let r = req.into_inner();
+        let grace = match r.grace_ms {
+            0 => self.gc.default_grace,
+            ms => Duration::from_millis(ms),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (ptx, mut prx) = tokio::sync::mpsc::channel(64);
+        let gc = self.gc.clone();
+        let events = tx.clone();
+        tokio::spawn(async move {
+            while let Some(p) = prx.recv().await {
+                let e = pb::GcEvent {
+                    event: Some(pb::gc_event::Event::Progress(p)),
+                };
+                if events.send(Ok(e)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let outcome = gc.run(r.dry_run, grace, Some(ptx)).await;
+            let last = outcome
+                .map(|s| pb::GcEvent {
+                    event: Some(pb::gc_event::Event::Summary(s)),
+                })
+                .map_err(Status::from);
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn gc_candidates(
+        &self,
+        req: Request<pb::GcCandidatesRequest>,
+    ) -> Result<Response<pb::GcCandidatesResponse>, Status> {
+        let node: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
+        self.admit(&req, Need::SpeakAs(node.clone()))?;
+        let r = req.into_inner();
+        if r.objects.len() > MAX_LOCATIONS_PER_CALL {
+            return Err(MasterError::BadRequest(format!(
+                "{} objects in one GcCandidates call; at most {MAX_LOCATIONS_PER_CALL}",
+                r.objects.len()
+            ))
+            .into());
+        }
+        let objects = r
+            .objects
+            .iter()
+            .map(|o| object_id(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reply = match self.gc.offered(&node, r.gc, objects).await? {
+            Ok(delete) => pb::GcCandidatesResponse {
+                delete: delete.iter().map(|o| o.as_bytes().to_vec()).collect(),
+                abort: String::new(),
+            },
+            Err(abort) => pb::GcCandidatesResponse {
+                delete: Vec::new(),
+                abort,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn gc_done(
+        &self,
+        req: Request<pb::GcDoneRequest>,
+    ) -> Result<Response<pb::GcDoneResponse>, Status> {
+        let node: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
+        self.admit(&req, Need::SpeakAs(node.clone()))?;
+        let r = req.into_inner();
+        let report = NodeReport {
+            candidates: r.candidates,
+            deleted: r.deleted,
+            deleted_bytes: r.deleted_bytes,
+            kept_in_use: r.kept_in_use,
+            error: (!r.error.is_empty()).then_some(r.error),
+        };
+        self.gc.finished(&node, r.gc, report).await;
+        Ok(Response::new(pb::GcDoneResponse {}))
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::VolumeInfo>, Status> {
+        // Dropping versions destroys history: an admin's decision.
+        self.admit(&req, Need::Admin)?;
+        let r = req.into_inner();
+        let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
+        let keep = r.keep;
+        let (row, oldest) = self
+            .with_store(move |s| {
+                let (row, _) = s.set_retention(&name, keep)?;
+                let oldest = s.oldest_version(&name)?;
+                Ok((row, oldest))
+            })
+            .await?;
+        Ok(Response::new(pb::VolumeInfo {
+            oldest,
+            ..volume_info(row)
+        }))
     }
 }
 

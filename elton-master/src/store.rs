@@ -68,6 +68,14 @@ pub struct VolumeRow {
     pub created_unix: u64,
     /// 0 while the volume has no version.
     pub head: u64,
+    /// Retention: keep only the newest `keep` versions; absent (or 0) keeps
+    /// every version. Absent in rows written before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A bearer token as the master keeps it: never the secret itself.
@@ -285,6 +293,7 @@ impl MetaStore {
         name: &VolumeName,
         home: &str,
         now: u64,
+        keep: u64,
     ) -> Result<VolumeRow, MasterError> {
         let txn = self.db.begin_write()?;
         let row = {
@@ -297,6 +306,7 @@ impl MetaStore {
                 home: home.into(),
                 created_unix: now,
                 head: 0,
+                keep,
             };
             volumes.insert(name.as_str(), encode(&row).as_slice())?;
             row
@@ -365,6 +375,7 @@ impl MetaStore {
             )?;
             row.head = version.get();
             volumes.insert(new.volume.as_str(), encode(&row).as_slice())?;
+            drop_beyond_retention(&mut versions, &row)?;
             info
         };
         self.commit_durable(txn)?;
@@ -693,6 +704,63 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// Sets a volume's retention (0: keep every version) and drops the
+    /// versions beyond it, in one durable transaction. Returns the row and
+    /// how many versions were dropped.
+    pub fn set_retention(
+        &self,
+        name: &VolumeName,
+        keep: u64,
+    ) -> Result<(VolumeRow, u64), MasterError> {
+        let txn = self.db.begin_write()?;
+        let (row, dropped) = {
+            let mut volumes = txn.open_table(VOLUMES)?;
+            let mut row: VolumeRow = match volumes.get(name.as_str())? {
+                Some(g) => decode("volume", g.value())?,
+                None => return Err(MasterError::UnknownVolume(name.to_string())),
+            };
+            row.keep = keep;
+            volumes.insert(name.as_str(), encode(&row).as_slice())?;
+            let mut versions = txn.open_table(VERSIONS)?;
+            let dropped = drop_beyond_retention(&mut versions, &row)?;
+            (row, dropped)
+        };
+        self.commit_durable(txn)?;
+        if dropped > 0 {
+            tracing::info!(volume = %name, keep, dropped, "versions beyond retention dropped");
+        }
+        Ok((row, dropped))
+    }
+
+    /// The oldest version of `name` still recorded (0 when none).
+    pub fn oldest_version(&self, name: &VolumeName) -> Result<u64, MasterError> {
+        let txn = self.db.begin_read()?;
+        let versions = txn.open_table(VERSIONS)?;
+        let first = versions
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+            .next()
+            .transpose()?;
+        Ok(first.map_or(0, |(k, _)| k.value().1))
+    }
+
+    /// Removes `node`'s locations of `objects` (garbage collection decided
+    /// the node deletes them), in one transaction.
+    pub fn remove_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut locations = txn.open_multimap_table(LOCATIONS)?;
+            let mut by_node = txn.open_table(NODE_LOCATIONS)?;
+            for id in objects {
+                locations.remove(id.as_bytes().as_slice(), node.as_str())?;
+                by_node.remove((node.as_str(), id.as_bytes().as_slice()))?;
+            }
+        }
+        txn.commit()?;
+        self.unflushed.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Makes every earlier non-durable write durable.
     pub fn flush(&self) -> Result<(), MasterError> {
         if self.unflushed.load(Ordering::Acquire) {
@@ -726,6 +794,26 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
         n += 1;
     }
     Ok(n)
+}
+
+/// Removes the version records of `row`'s volume that its retention no
+/// longer keeps (see [`crate::gc_plan::retained_from`]); returns how many.
+fn drop_beyond_retention(
+    versions: &mut redb::Table<'_, (&str, u64), &[u8]>,
+    row: &VolumeRow,
+) -> Result<u64, MasterError> {
+    let Some(first_kept) = crate::gc_plan::retained_from(row.head, row.keep) else {
+        return Ok(0);
+    };
+    let name = row.name.as_str();
+    let mut old = Vec::new();
+    for item in versions.range((name, 0)..(name, first_kept))? {
+        old.push(item?.0.value().1);
+    }
+    for v in &old {
+        versions.remove((name, *v))?;
+    }
+    Ok(old.len() as u64)
 }
 
 /// Schema 1 to 2: indexes every existing location by node, at epoch 0 (so
@@ -800,9 +888,9 @@ mod tests {
         let vol: VolumeName = "web".parse().unwrap();
         let node: NodeId = "n1".parse().unwrap();
         let root = ObjectId::of(b"root");
-        store.create_volume(&vol, "m", 0).unwrap();
+        store.create_volume(&vol, "m", 0, 0).unwrap();
         assert!(matches!(
-            store.create_volume(&vol, "m", 0),
+            store.create_volume(&vol, "m", 0, 0),
             Err(MasterError::VolumeExists(_))
         ));
 
@@ -865,7 +953,7 @@ mod tests {
         let vol: VolumeName = "v".parse().unwrap();
         let node: NodeId = "n".parse().unwrap();
         let root = ObjectId::of(b"r1");
-        store.create_volume(&vol, "m", 0).unwrap();
+        store.create_volume(&vol, "m", 0, 0).unwrap();
         assert_eq!(store.parent_root(&vol, 0).unwrap(), None);
         store.add_locations(&node, &[root]).unwrap();
         store.commit(new_version(&vol, 0, root)).unwrap();
@@ -888,7 +976,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
         let vol: VolumeName = "shared".parse().unwrap();
-        store.create_volume(&vol, "a", 0).unwrap();
+        store.create_volume(&vol, "a", 0, 0).unwrap();
         let root = ObjectId::of(b"held in the peer's cluster");
         let forwarded = NewVersion {
             check_root: false,

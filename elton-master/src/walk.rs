@@ -241,6 +241,17 @@ impl Walker {
         fail(format!("no live holder can serve it (last: {last})"))
     }
 
+    /// A small object's verified bytes from the first live holder that
+    /// serves them, or why none did (for the garbage collector's walk).
+    pub async fn read_object(
+        &self,
+        id: ObjectId,
+        limit: usize,
+    ) -> Result<Result<Vec<u8>, String>, MasterError> {
+        let holding = self.holding(id).await?;
+        Ok(self.read_small(&holding, limit).await)
+    }
+
     async fn read_manifest(&self, h: &Holding) -> Result<DirManifest, String> {
         let bytes = self.read_small(h, MAX_MANIFEST_BYTES).await?;
         // Same bytes on every holder: a decode error is final.

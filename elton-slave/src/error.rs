@@ -63,6 +63,18 @@ impl From<tonic::Status> for SlaveError {
 }
 
 impl SlaveError {
+    /// Whether a commit that failed with this error surely published
+    /// nothing: the master refused it, or it never got that far. An
+    /// unreachable master or an unexpected answer may hide a commit that
+    /// was recorded, so its objects are not undone (garbage collection
+    /// removes them later if they are unreferenced).
+    pub fn surely_not_committed(&self) -> bool {
+        !matches!(
+            self,
+            Self::Master(_) | Self::MasterUnavailable(_) | Self::Transfer(_) | Self::Corrupt(_)
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::BadRequest(_) | Self::HashMismatch { .. } => {

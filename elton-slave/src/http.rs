@@ -20,7 +20,8 @@ use crate::fetcher::Fetcher;
 use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
 use crate::tokens::{Bearer, Tokens};
-use crate::volumes::{Proposal, Resolved, StoredFile, Volumes};
+use crate::undo::Undo;
+use crate::volumes::{FilePut, Proposal, Resolved, StoredFile, Volumes};
 use crate::{SlaveError, chunked, range};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -475,22 +476,55 @@ async fn put_volume_file(
     // A large file is stored as chunks and a recipe, as `elton import` and
     // Eltonfs commits store it, so readers fetch only the chunks they
     // touch and a re-upload with a small change adds only the changed ones.
-    let file = tokio::task::spawn_blocking(move || {
-        if chunking::is_chunked(size, chunking::DEFAULT_THRESHOLD) {
-            let recipe = store.chunk_spooled(spooled)?;
-            Ok::<_, SlaveError>(StoredFile::chunked(recipe, size))
+    let mut undo = Undo::new();
+    let (file, stored) = tokio::task::spawn_blocking(move || {
+        let mut stored = Vec::new();
+        let file = if chunking::is_chunked(size, chunking::DEFAULT_THRESHOLD) {
+            store
+                .chunk_spooled(spooled, &mut stored)
+                .map(|recipe| StoredFile::chunked(recipe, size))
         } else {
-            Ok(StoredFile::whole(store.publish_spooled(spooled)?, size))
-        }
+            store.publish_spooled(spooled).map(|id| {
+                stored.push(id);
+                StoredFile::whole(id, size)
+            })
+        };
+        (file, stored)
     })
     .await
-    .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
-    inc(&state.metrics.objects_uploaded_total, 1);
-    inc(&state.metrics.uploaded_bytes_total, size);
-    let info = state
-        .volumes
-        .put_file(&volume, q.parent, &path, file, "http".into(), &bearer)
-        .await?;
+    .map_err(|e| SlaveError::Io(format!("store task: {e}")))?;
+    undo.record_all(stored);
+    let outcome = match file {
+        Ok(file) => {
+            inc(&state.metrics.objects_uploaded_total, 1);
+            inc(&state.metrics.uploaded_bytes_total, size);
+            state
+                .volumes
+                .put_file(
+                    FilePut {
+                        volume: &volume,
+                        parent: q.parent,
+                        path: &path,
+                        file,
+                        author: "http".into(),
+                    },
+                    &bearer,
+                    &mut undo,
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let info = match outcome {
+        Ok(info) => info,
+        Err(e) => {
+            if e.surely_not_committed() {
+                let store = state.fetcher.store().clone();
+                let _ = tokio::task::spawn_blocking(move || undo.undo(&store)).await;
+            }
+            return Err(e);
+        }
+    };
     inc(&state.metrics.commits_total, 1);
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }

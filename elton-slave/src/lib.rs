@@ -31,9 +31,11 @@ pub mod metrics;
 pub mod range;
 pub mod serve;
 pub mod store;
+pub mod sweep;
 pub mod tokens;
 pub mod tree;
 pub mod turns;
+pub mod undo;
 pub mod volumes;
 
 use std::future::Future;

@@ -55,6 +55,9 @@ pub struct MasterLink {
     /// Version records, kept only while the master's incarnation is the
     /// one they came from (the membership loop tells it).
     versions: Arc<VersionCache>,
+    /// Held by a resync and by a garbage-collection sweep: a resync must
+    /// not announce an object the sweep is deleting.
+    maintenance: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MasterLink {
@@ -107,6 +110,7 @@ impl MasterLink {
                 pull_now: Arc::default(),
                 resyncing: Arc::default(),
                 versions: Arc::default(),
+                maintenance: Arc::default(),
             },
             rx,
         ))
@@ -120,6 +124,10 @@ impl MasterLink {
     pub fn transfer_client(&self) -> MasterClient<Channel> {
         let i = self.next_transfer.fetch_add(1, Ordering::Relaxed) % self.transfers.len();
         self.transfers[i].clone()
+    }
+
+    pub fn maintenance(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.maintenance.clone()
     }
 
     pub fn node_id(&self) -> &NodeId {
@@ -306,6 +314,14 @@ impl MasterLink {
                     if r.resync != 0 {
                         self.start_resync(r.resync, store.clone());
                     }
+                    if r.gc != 0 {
+                        let a = crate::sweep::Assignment {
+                            id: r.gc,
+                            cutoff: Duration::from_millis(r.gc_cutoff_ms),
+                            dry_run: r.gc_dry_run,
+                        };
+                        tokio::spawn(crate::sweep::run(self.clone(), store.clone(), a));
+                    }
                 }
                 Ok(_) => {
                     // Another master's state (restarted, restored): nothing
@@ -334,6 +350,7 @@ impl MasterLink {
         }
         let link = self.clone();
         tokio::spawn(async move {
+            let _exclusive = link.maintenance.clone().lock_owned().await;
             match tokio::task::spawn_blocking(move || store.list()).await {
                 Ok(Ok(ids)) => match link.send_locations(&ids, id).await {
                     Ok(()) => {

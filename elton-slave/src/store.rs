@@ -47,6 +47,10 @@ pub struct ObjectStore {
     tmp: PathBuf,
     corrupt: PathBuf,
     verified: Mutex<HashMap<ObjectId, Stamp>>,
+    /// When an object already stored was last stored again or vouched for
+    /// by a commit (see [`Self::note_used`]): garbage collection keeps what
+    /// was used after its cutoff, whatever the file's own times say.
+    used: Mutex<HashMap<ObjectId, SystemTime>>,
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> SlaveError {
@@ -60,6 +64,7 @@ impl ObjectStore {
             tmp: data_dir.join("tmp"),
             corrupt: data_dir.join("corrupt"),
             verified: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
         };
         for d in [&store.objects, &store.tmp, &store.corrupt] {
             fs::create_dir_all(d).map_err(|e| io_err("creating", d, e))?;
@@ -149,6 +154,70 @@ impl ObjectStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("removing", &self.path(id), e)),
         }
+    }
+
+    fn used(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, SystemTime>> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id` is stored; if it is, records that it was used now (a
+    /// store of the same bytes again, or a commit relying on it). Checked
+    /// and recorded under the lock that [`Self::remove_unused`] holds, so
+    /// an object is either still there and marked, or already gone.
+    pub fn note_used(&self, id: &ObjectId) -> bool {
+        let mut used = self.used();
+        if self.path(id).is_file() {
+            used.insert(*id, SystemTime::now());
+            return true;
+        }
+        false
+    }
+
+    /// Whether `id` was marked used at or after `since`.
+    pub fn used_since(&self, id: &ObjectId, since: SystemTime) -> bool {
+        self.used().get(id).is_some_and(|t| *t >= since)
+    }
+
+    /// Forgets use marks older than `before` (they protect nothing any more).
+    pub fn forget_uses_before(&self, before: SystemTime) {
+        self.used().retain(|_, t| *t >= before);
+    }
+
+    /// Removes `id` unless it was used at or after `since`, or its file's
+    /// arrival (ctime or mtime: a hard link or rename counts as an arrival)
+    /// is on the wrong side of `since`: garbage collection removes only what
+    /// arrived before its cutoff ([`Arrived::Before`]); a failed write undoes
+    /// only what arrived since it began ([`Arrived::Since`]), never an
+    /// object that was there before it. Returns the size removed; `None`
+    /// when kept or already absent.
+    pub fn remove_unused(
+        &self,
+        id: &ObjectId,
+        since: SystemTime,
+        arrived: Arrived,
+    ) -> Result<Option<u64>, SlaveError> {
+        let used = self.used();
+        if used.get(id).is_some_and(|t| *t >= since) {
+            return Ok(None);
+        }
+        let path = self.path(id);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("stat", &path, e)),
+        };
+        let arrived_before = arrival(&meta) < since;
+        if arrived_before != (arrived == Arrived::Before) {
+            return Ok(None);
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("removing", &path, e)),
+        }
+        drop(used);
+        self.verified().remove(id);
+        Ok(Some(meta.size()))
     }
 
     pub fn path(&self, id: &ObjectId) -> PathBuf {
@@ -287,7 +356,7 @@ impl ObjectStore {
     /// Stores bytes the caller has already checked to hash to `id` (they
     /// are not hashed again). Blocking.
     pub fn put_verified(&self, id: ObjectId, bytes: &[u8]) -> Result<(), SlaveError> {
-        if self.path(&id).is_file() {
+        if self.note_used(&id) {
             return Ok(());
         }
         let mut w = self.writer()?;
@@ -301,7 +370,7 @@ impl ObjectStore {
     /// place durably.
     fn publish(&self, tmp: tempfile::NamedTempFile, id: ObjectId) -> Result<(), SlaveError> {
         let dest = self.path(&id);
-        if dest.is_file() {
+        if self.note_used(&id) {
             // Same bytes already stored: content addressing makes this a no-op,
             // unless the stored copy went bad, which the next read detects.
             return Ok(());
@@ -400,16 +469,27 @@ impl ObjectStore {
     /// Stores a spooled body as content-defined chunks plus their recipe
     /// (see [`elton_proto::chunking`]); returns the recipe's id. The whole
     /// body is never an object of its own. Blocking.
-    pub fn chunk_spooled(&self, spooled: Spooled) -> Result<ObjectId, SlaveError> {
+    ///
+    /// Every chunk and the recipe are added to `stored` as they are stored,
+    /// also when a later one fails, so a failed upload can undo them.
+    pub fn chunk_spooled(
+        &self,
+        spooled: Spooled,
+        stored: &mut Vec<ObjectId>,
+    ) -> Result<ObjectId, SlaveError> {
         let tmp = spooled.0.tmp;
         let source = tmp
             .reopen()
             .map_err(|e| io_err("reopening", tmp.path(), e))?;
         let recipe = chunking::chunk(source, |_, id, bytes| {
-            self.put_verified(id, bytes).map_err(io::Error::other)
+            self.put_verified(id, bytes).map_err(io::Error::other)?;
+            stored.push(id);
+            Ok(())
         })
         .map_err(|e| io_err("chunking", tmp.path(), e))?;
-        self.put_bytes(&recipe.encode())
+        let id = self.put_bytes(&recipe.encode())?;
+        stored.push(id);
+        Ok(id)
     }
 
     /// Every object id present (for re-announcing to the master). Blocking.
@@ -456,6 +536,26 @@ impl ObjectWriter {
             .write_all(chunk)
             .map_err(|e| io_err("writing", self.tmp.path(), e))
     }
+}
+
+/// Which objects [`ObjectStore::remove_unused`] may remove, by arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrived {
+    /// Arrived before the given time (garbage collection).
+    Before,
+    /// Arrived at or after it (undoing a failed write).
+    Since,
+}
+
+/// When a store file arrived: the later of its ctime (set by the link or
+/// rename that put it in place) and its mtime.
+pub fn arrival(meta: &fs::Metadata) -> SystemTime {
+    let at = |secs: i64, nanos: i64| {
+        UNIX_EPOCH
+            + std::time::Duration::from_secs(secs.max(0) as u64)
+            + std::time::Duration::from_nanos(nanos.max(0) as u64)
+    };
+    at(meta.ctime(), meta.ctime_nsec()).max(at(meta.mtime(), meta.mtime_nsec()))
 }
 
 fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {

@@ -378,16 +378,21 @@ impl Volumes {
     }
 
     /// Publishes a version whose tree is the parent's with one file placed
-    /// at `path` (content already stored).
+    /// at `path` (content already stored). The manifests it stores are
+    /// recorded in `undo`.
     pub async fn put_file(
         &self,
-        volume: &VolumeName,
-        parent: Option<u64>,
-        path: &VolumePath,
-        file: StoredFile,
-        author: String,
+        put: FilePut<'_>,
         bearer: &Bearer,
+        undo: &mut crate::undo::Undo,
     ) -> Result<Issued, SlaveError> {
+        let FilePut {
+            volume,
+            parent,
+            path,
+            file,
+            author,
+        } = put;
         let base = match parent {
             Some(0) => None,
             Some(n) => {
@@ -451,14 +456,22 @@ impl Volumes {
         };
         let manifests = crate::tree::put_entry(root, path, leaf, &dir_template, &mut load)?;
         let store = self.fetcher.store().clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            manifests
+        let (ids, stored) = tokio::task::spawn_blocking(move || {
+            let mut stored = Vec::new();
+            let ids = manifests
                 .iter()
-                .map(|m| store.put_bytes(&m.encode()))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|m| {
+                    let id = store.put_bytes(&m.encode())?;
+                    stored.push(id);
+                    Ok(id)
+                })
+                .collect::<Result<Vec<_>, SlaveError>>();
+            (ids, stored)
         })
         .await
-        .map_err(|e| SlaveError::Io(format!("store task: {e}")))??;
+        .map_err(|e| SlaveError::Io(format!("store task: {e}")))?;
+        undo.record_all(stored);
+        let ids = ids?;
         let root = *ids.last().ok_or_else(|| SlaveError::Io("no root".into()))?;
         // The chunks of a recipe are announced by the commit's validation.
         let mut announce = ids;
@@ -476,6 +489,16 @@ impl Volumes {
         })
         .await
     }
+}
+
+/// A one-file commit: `file` (stored) placed at `path` on `parent` (the
+/// head when `None`).
+pub struct FilePut<'a> {
+    pub volume: &'a VolumeName,
+    pub parent: Option<u64>,
+    pub path: &'a VolumePath,
+    pub file: StoredFile,
+    pub author: String,
 }
 
 /// A fetch failure as the tree check sees it: the master knowing no holder

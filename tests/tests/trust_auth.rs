@@ -59,7 +59,10 @@ async fn mutating_codes(ch: Channel, token: Option<&str>) -> Vec<(&'static str, 
             "CreateVolume",
             code(
                 m.create_volume(with_token(
-                    pb::CreateVolumeRequest { name: "x".into() },
+                    pb::CreateVolumeRequest {
+                        name: "x".into(),
+                        keep: 0,
+                    },
                     token,
                 ))
                 .await
@@ -276,7 +279,10 @@ fn every_call_to_a_master_is_authenticated_and_authorized() {
         // A write token may create volumes and commit, not manage tokens or
         // speak for nodes.
         m.create_volume(with_token(
-            pb::CreateVolumeRequest { name: "w".into() },
+            pb::CreateVolumeRequest {
+                name: "w".into(),
+                keep: 0,
+            },
             Some(&write.1),
         ))
         .await

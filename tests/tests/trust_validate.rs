@@ -134,6 +134,7 @@ fn master_refuses_malformed_trees_and_accepts_a_changed_subtree() {
     f.rt.block_on(async {
         let req = pb::CreateVolumeRequest {
             name: VOLUME.into(),
+            keep: 0,
         };
         f.master().await.create_volume(req).await.unwrap();
     });

@@ -64,6 +64,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             master
                 .create_volume(CreateVolumeRequest {
                     name: volume.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status)?;

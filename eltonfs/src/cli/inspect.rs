@@ -10,11 +10,14 @@ use futures::StreamExt;
 use super::client::{Endpoints, check, status};
 use crate::spec::Spec;
 
-pub async fn volume_create(ep: &Endpoints, name: &str) -> Result<()> {
+pub async fn volume_create(ep: &Endpoints, name: &str, keep: u64) -> Result<()> {
     let v = ep
         .master()
         .await?
-        .create_volume(CreateVolumeRequest { name: name.into() })
+        .create_volume(CreateVolumeRequest {
+            name: name.into(),
+            keep,
+        })
         .await
         .map_err(status)?
         .into_inner();

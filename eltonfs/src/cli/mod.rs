@@ -4,6 +4,7 @@
 mod client;
 mod docker;
 mod fsck;
+mod gc;
 mod import;
 mod inspect;
 mod metadata;
@@ -92,6 +93,9 @@ pub enum Command {
     },
     /// Check replication and that every version can be read; exit 1 if not.
     Fsck(fsck::FsckArgs),
+    /// Delete objects no version references, older than the grace period
+    /// (admin token). Deletes nothing if any version cannot be walked.
+    Gc(gc::GcArgs),
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
     /// Issue node certificates, export the cluster CA.
@@ -112,9 +116,22 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
     /// Create a volume homed on this master.
-    Create { name: String },
+    Create {
+        name: String,
+        /// Keep only the newest N versions (older ones are dropped and
+        /// their objects garbage-collected) [default: every version].
+        #[arg(long, default_value_t = 0)]
+        keep: u64,
+    },
     /// List the master's volumes.
     Ls,
+    /// Set how many versions a volume keeps: --keep N (the newest N) or
+    /// --keep 0 (every version). Older versions are dropped at once.
+    Retention {
+        volume: String,
+        #[arg(long)]
+        keep: u64,
+    },
 }
 
 /// Default data directory: `$ELTON_HOME`, else `$XDG_DATA_HOME/elton`, else
@@ -176,7 +193,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(a) => servers::up(a).await,
         Command::Master(a) => servers::master(a).await,
         Command::Slave(a) => servers::slave(a).await,
-        Command::Volume(VolumeCommand::Create { name }) => inspect::volume_create(&ep, &name).await,
+        Command::Volume(VolumeCommand::Create { name, keep }) => {
+            inspect::volume_create(&ep, &name, keep).await
+        }
+        Command::Volume(VolumeCommand::Retention { volume, keep }) => {
+            gc::retention(&ep, &volume, keep).await
+        }
         Command::Volume(VolumeCommand::Ls) => inspect::volume_ls(&ep).await,
         Command::Import(a) => import::import(&ep, a).await,
         Command::Ls { spec } => inspect::ls(&ep, &spec).await,
@@ -208,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
         Command::Fsck(a) => fsck::fsck(&ep, a).await,
+        Command::Gc(a) => gc::gc(&ep, a).await,
         Command::Cert(c) => trust::cert(c),
         Command::Token(c) => trust::token(&ep, c).await,
         Command::Backup(a) => metadata::backup(&ep, a).await,

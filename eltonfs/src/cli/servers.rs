@@ -50,6 +50,14 @@ pub struct MasterArgs {
     /// Copies wanted of every object on distinct slaves [default: 2].
     #[arg(long)]
     pub replication: Option<u32>,
+    /// Garbage collection never removes objects that arrived or were used
+    /// on their slave less than this many milliseconds ago [default: 3600000].
+    #[arg(long)]
+    pub gc_grace_ms: Option<u64>,
+    /// Run garbage collection every this many milliseconds; 0 only on
+    /// `elton gc` [default: 21600000, 6 h].
+    #[arg(long)]
+    pub gc_interval_ms: Option<u64>,
     /// Cluster CA and this master's certificate, created on the first
     /// start [default: <data-dir>/pki].
     #[arg(long)]
@@ -210,6 +218,12 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     }
     if let Some(v) = a.replication {
         c.replication = v;
+    }
+    if let Some(v) = a.gc_grace_ms {
+        c.gc_grace = Duration::from_millis(v);
+    }
+    if let Some(v) = a.gc_interval_ms {
+        c.gc_interval = Duration::from_millis(v);
     }
     if let Some(v) = a.tls_dir {
         c.tls_dir = Some(v);
@@ -435,6 +449,7 @@ async fn mount_default(
     match client
         .create_volume(CreateVolumeRequest {
             name: volume.to_string(),
+            ..Default::default()
         })
         .await
     {

@@ -127,24 +127,42 @@ pub struct Built {
     pub manifests: Vec<DirManifest>,
     /// Objects this commit hard-linked into the store (undone on failure).
     pub linked: Vec<ObjectId>,
+    /// Objects this commit copied into the store that were not there
+    /// before (chunks, recipes, snapshots): removed when it fails.
+    pub stored: Vec<ObjectId>,
     pub skipped: Vec<String>,
 }
 
 /// Builds the new tree: lower manifests with the upper's changes applied.
 /// File contents go into `store`: hard-linked (no copy) unless the file is
 /// open for writing or has other links, in which case a snapshot is copied.
+/// On failure, `stored` holds the objects copied into the store so far.
 pub fn build(
     layers: &Layers,
     store: &ObjectStore,
     open_for_write: &HashSet<(u64, u64)>,
     chunk_threshold: u64,
+    stored: &mut Vec<ObjectId>,
 ) -> io::Result<Built> {
     let mut built = Built {
         root: ObjectId::of(b""),
         manifests: Vec::new(),
         linked: Vec::new(),
+        stored: Vec::new(),
         skipped: Vec::new(),
     };
+    let outcome = build_root(layers, store, open_for_write, chunk_threshold, &mut built);
+    stored.extend(built.stored.iter().copied());
+    outcome.map(|()| built)
+}
+
+fn build_root(
+    layers: &Layers,
+    store: &ObjectStore,
+    open_for_write: &HashSet<(u64, u64)>,
+    chunk_threshold: u64,
+    built: &mut Built,
+) -> io::Result<()> {
     let root_lower = root_lower(layers)?;
     let root = build_dir(
         layers,
@@ -153,11 +171,11 @@ pub fn build(
         chunk_threshold,
         Path::new(""),
         root_lower,
-        &mut built,
+        built,
     )?;
     built.root = root.id();
     built.manifests.push(root);
-    Ok(built)
+    Ok(())
 }
 
 fn build_dir(
@@ -230,7 +248,7 @@ fn build_dir(
             // Large files are stored as chunks (copies, so nothing to undo
             // on failure): unchanged chunks of an edited file keep their ids
             // and are already stored.
-            let (id, size) = store_chunked(store, &path)?;
+            let (id, size) = store_chunked(store, &path, &mut built.stored)?;
             Entry {
                 size,
                 object: Some(id),
@@ -247,6 +265,8 @@ fn build_dir(
             let (id, added) = adopted.map_err(|e| io::Error::other(e.to_string()))?;
             if added && !snapshot {
                 built.linked.push(id);
+            } else if added {
+                built.stored.push(id);
             }
             // The size is what was hashed: re-read from the store's copy.
             let size = fs::metadata(store.path(&id))?.len();
@@ -277,20 +297,51 @@ fn build_dir(
 /// Chunks a large upper file into the store; returns the recipe's id and
 /// the content's size. The bytes are read once, so the recipe is a
 /// consistent snapshot of them even if the file is being written.
-fn store_chunked(store: &ObjectStore, path: &Path) -> io::Result<(ObjectId, u64)> {
+fn store_chunked(
+    store: &ObjectStore,
+    path: &Path,
+    stored: &mut Vec<ObjectId>,
+) -> io::Result<(ObjectId, u64)> {
     let file = fs::File::open(path)?;
     let recipe = crate::chunking::chunk(file, |_, id, data| {
         if !store.contains(&id) {
             store
                 .put_bytes(data)
                 .map_err(|e| io::Error::other(e.to_string()))?;
+            stored.push(id);
         }
         Ok(())
     })?;
-    let id = store
-        .put_bytes(&recipe.encode())
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let bytes = recipe.encode();
+    let id = ObjectId::of(&bytes);
+    if !store.contains(&id) {
+        store
+            .put_bytes(&bytes)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        stored.push(id);
+    }
     Ok((id, recipe.size))
+}
+
+/// Removes objects a failed commit stored, unless they were there before
+/// `since` or this process stored them again since (see
+/// `ObjectStore::remove_unused`).
+pub fn remove_stored(store: &ObjectStore, stored: &[ObjectId], since: std::time::SystemTime) {
+    let mut bytes = 0;
+    for id in stored {
+        match store.remove_unused(id, since, elton_slave::store::Arrived::Since) {
+            Ok(Some(n)) => bytes += n,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(object = %id, "undoing a failed commit: {e}"),
+        }
+    }
+    if bytes > 0 {
+        tracing::info!(
+            objects = stored.len(),
+            bytes,
+            "removed the objects of a failed commit"
+        );
+    }
 }
 
 /// Users' xattrs of an upper entry (hex-encoded), without the overlay's own.

@@ -547,23 +547,37 @@ fn commit(
             linked: Vec::new(),
         };
         write_json(&journal_path, &started)?;
+        let since = std::time::SystemTime::now();
+        let mut stored = Vec::new();
         let built = match changes::build(
             &st.layers,
             &m.store,
             &open_for_write,
             m.opts.chunk_threshold,
+            &mut stored,
         ) {
             Ok(b) => b,
             Err(e) => {
                 let _ = changes::unlink_aliases(&st.layers, &m.store);
+                changes::remove_stored(&m.store, &stored, since);
                 let _ = std::fs::remove_file(&journal_path);
                 return Err(e.into());
             }
         };
         for manifest in &built.manifests {
-            m.store
-                .put_bytes(&manifest.encode())
-                .map_err(|e| anyhow!("{e}"))?;
+            let bytes = manifest.encode();
+            let id = manifest.id();
+            let new = !m.store.contains(&id);
+            let put = m.store.put_bytes(&bytes);
+            if new && put.is_ok() {
+                stored.push(id);
+            }
+            if let Err(e) = put {
+                let _ = changes::unlink_aliases(&st.layers, &m.store);
+                changes::remove_stored(&m.store, &stored, since);
+                let _ = std::fs::remove_file(&journal_path);
+                return Err(anyhow!("{e}"));
+            }
         }
         write_json(
             &journal_path,
@@ -587,6 +601,7 @@ fn commit(
             body["incarnation"] = record.incarnation.clone().into();
         }
         let outcome = m.http.post(&url).bearer_auth(&token).json(&body).send();
+        let mut refused = false;
         let published = match outcome {
             Ok(resp) if resp.status().is_success() => {
                 let v: serde_json::Value = resp.json().unwrap_or_default();
@@ -598,6 +613,10 @@ fn commit(
             Ok(resp) => {
                 let status = resp.status();
                 let v: serde_json::Value = resp.json().unwrap_or_default();
+                // A client error (refused: conflict, invalid tree, token)
+                // surely published nothing; a server error may hide a
+                // commit the master recorded.
+                refused = status.is_client_error();
                 Err(anyhow!(
                     "{} (HTTP {})",
                     v["error"].as_str().unwrap_or("commit failed"),
@@ -612,6 +631,9 @@ fn commit(
                 // Undo: the store must not alias upper files that stay writable.
                 if let Err(undo) = changes::unlink_aliases(&st.layers, &m.store) {
                     tracing::error!("undoing store links after a failed commit: {undo}");
+                }
+                if refused {
+                    changes::remove_stored(&m.store, &stored, since);
                 }
                 let _ = std::fs::remove_file(&journal_path);
                 return Err(e);
