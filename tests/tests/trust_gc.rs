@@ -467,6 +467,17 @@ fn phase3_a_version_that_cannot_be_walked_makes_gc_delete_nothing() {
     let s = gc_json(&c, &[]);
     assert_eq!(s["deleted"], 1, "{s}");
     assert!(!stored.exists());
+
+    // The only holder unreachable (killed, not yet marked down): the trees
+    // cannot be read, so again nothing is decided.
+    c.slaves[0].kill9();
+    let out = c.cli(1, &["gc"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "gc must refuse");
+    assert!(
+        err.contains("deleted nothing") && err.contains("web@1") && err.contains("slave1"),
+        "{err}"
+    );
 }
 
 #[test]
