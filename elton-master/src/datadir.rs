@@ -250,7 +250,7 @@ mod tests {
         let vol: elton_proto::VolumeName = "web".parse().unwrap();
         MetaStore::open(&dir.path().join(DB_FILE))
             .unwrap()
-            .create_volume(&vol, "m", 0)
+            .create_volume(&vol, "m", 0, 0)
             .unwrap();
         let opened = open(dir.path(), false).unwrap();
         assert_eq!(opened.store.stamp().unwrap(), Some(opened.stamp));

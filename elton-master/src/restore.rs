@@ -209,7 +209,7 @@ mod tests {
         let backup = dir.path().join("backup.redb");
         let first = {
             let opened = open(dir.path(), false).unwrap();
-            opened.store.create_volume(&vol, "m", 0).unwrap();
+            opened.store.create_volume(&vol, "m", 0, 0).unwrap();
             opened.store.backup_to(&backup).unwrap();
             opened.stamp
         };
