@@ -450,6 +450,24 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Forgets `node` as a holder of `objects` (those it withdrew), in one
+    /// transaction.
+    pub fn remove_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut locations = txn.open_multimap_table(LOCATIONS)?;
+            let mut by_node = txn.open_table(NODE_LOCATIONS)?;
+            for id in objects {
+                locations.remove(id.as_bytes().as_slice(), node.as_str())?;
+                by_node.remove((node.as_str(), id.as_bytes().as_slice()))?;
+            }
+        }
+        txn.commit()?;
+        self.unflushed.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Starts a resync: raises the announce epoch and returns it as the
     /// resync id. Every location written from now on, by any node and in
     /// any call, carries a stamp of at least this value, so
