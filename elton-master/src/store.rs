@@ -828,6 +828,29 @@ mod tests {
     }
 
     #[test]
+    fn withdrawn_locations_go_from_both_indexes_and_only_for_that_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let a: NodeId = "a".parse().unwrap();
+        let b: NodeId = "b".parse().unwrap();
+        let ids: Vec<ObjectId> = (0..3u8).map(|i| ObjectId::of(&[i])).collect();
+        store.add_locations(&a, &ids).unwrap();
+        store.add_locations(&b, &ids[..1]).unwrap();
+        // One unknown id among them changes nothing else.
+        let unknown = ObjectId::of(b"never announced");
+        store
+            .remove_locations(&a, &[ids[0], ids[2], unknown])
+            .unwrap();
+        assert_eq!(store.holders(&ids[0]).unwrap(), [b.clone()]);
+        assert_eq!(store.holders(&ids[1]).unwrap(), [a.clone()]);
+        assert!(store.holders(&ids[2]).unwrap().is_empty());
+        // The node index agrees: a resync with nothing announced sweeps
+        // exactly the one location left.
+        let epoch = store.begin_resync().unwrap();
+        assert_eq!(store.sweep_node(&a, epoch).unwrap(), 1);
+    }
+
+    #[test]
     fn a_schema_1_file_is_indexed_by_node_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.redb");

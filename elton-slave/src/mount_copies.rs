@@ -127,7 +127,7 @@ fn cut_off(store: &ObjectStore, path: &Path, recipe_id: &ObjectId, ino: u64) {
     let evidence = store
         .corrupt_dir()
         .join(format!("assembled-{recipe_id}.{stamp}"));
-    match crate::quarantine::cut_off(path, &evidence, Some(ino)) {
+    match crate::quarantine::cut_off(path, Some(&evidence), Some(ino)) {
         Ok(_) => tracing::error!(
             path = %path.display(),
             moved_to = %evidence.display(),

@@ -16,13 +16,18 @@ use std::path::Path;
 
 use elton_proto::ObjectId;
 
-/// Moves the bytes of the bad file at `path` to `evidence`, removes `path`
-/// and empties the inode. Returns the emptied inode (open for writing, for
+/// Moves the bytes of the bad file at `path` to `evidence` (dropped when
+/// `None`: a cache's copy needs no evidence), removes `path` and empties
+/// the inode. Returns the emptied inode (open for writing, for
 /// [`refill`]), or `None` when nothing was emptied: `path` is gone, is no
 /// longer inode `expected_ino` (someone replaced it with another copy: it is
 /// left alone), or the inode has other names (a mount's upper file being
 /// committed), in which case the file is only renamed to `evidence`.
-pub fn cut_off(path: &Path, evidence: &Path, expected_ino: Option<u64>) -> io::Result<Option<File>> {
+pub fn cut_off(
+    path: &Path,
+    evidence: Option<&Path>,
+    expected_ino: Option<u64>,
+) -> io::Result<Option<File>> {
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -34,11 +39,15 @@ pub fn cut_off(path: &Path, evidence: &Path, expected_ino: Option<u64>) -> io::R
     }
     if meta.nlink() > 1 {
         // Emptying would change the other name's contents too.
-        fs::rename(path, evidence)?;
+        match evidence {
+            Some(e) => fs::rename(path, e)?,
+            None => fs::remove_file(path)?,
+        }
         return Ok(None);
     }
-    let mut copy = File::create(evidence)?;
-    io::copy(&mut file, &mut copy)?;
+    if let Some(evidence) = evidence {
+        io::copy(&mut file, &mut File::create(evidence)?)?;
+    }
     // Unlink only the inode just copied; a replacement that appeared since
     // is a good copy published by a fetch.
     match fs::metadata(path) {
@@ -87,7 +96,7 @@ mod tests {
         let mut reader = File::open(&path).unwrap();
         fs::write(&path, b"bad! bytes").unwrap();
 
-        let mut emptied = cut_off(&path, &evidence, None).unwrap().expect("cut off");
+        let mut emptied = cut_off(&path, Some(&evidence), None).unwrap().expect("cut off");
         assert!(!path.exists());
         assert_eq!(fs::read(&evidence).unwrap(), b"bad! bytes");
         let mut seen = Vec::new();
@@ -113,15 +122,15 @@ mod tests {
         fs::write(&path, b"x").unwrap();
         let ino = fs::metadata(&path).unwrap().ino();
         let ev = dir.path().join("ev");
-        assert!(cut_off(&path, &ev, Some(ino + 1)).unwrap().is_none());
+        assert!(cut_off(&path, Some(&ev), Some(ino + 1)).unwrap().is_none());
         assert_eq!(fs::read(&path).unwrap(), b"x");
         assert!(!ev.exists());
 
         let other = dir.path().join("other-name");
         fs::hard_link(&path, &other).unwrap();
-        assert!(cut_off(&path, &ev, Some(ino)).unwrap().is_none());
+        assert!(cut_off(&path, Some(&ev), Some(ino)).unwrap().is_none());
         assert!(!path.exists());
         assert_eq!(fs::read(&other).unwrap(), b"x", "the other name keeps its bytes");
-        assert!(cut_off(&path, &ev, None).unwrap().is_none(), "gone: nothing to do");
+        assert!(cut_off(&path, None, None).unwrap().is_none(), "gone: nothing to do");
     }
 }

@@ -37,9 +37,10 @@ use crate::store::{ObjectStore, hash_reader};
 pub const SHARDS: u32 = 256;
 /// Pause between two background passes.
 const PASS_PAUSE: Duration = Duration::from_secs(3600);
-/// Pause before the first background pass: a starting slave registers and
-/// announces first.
-const FIRST_PASS_DELAY: Duration = Duration::from_secs(10);
+/// Pause before the first background pass after a start: a starting slave
+/// registers, announces and serves its first reads first (a restarted one
+/// then resumes its interrupted pass).
+const FIRST_PASS_DELAY: Duration = Duration::from_secs(300);
 /// Format of `<data>/scrub.json`.
 const CURSOR_FORMAT: u32 = 1;
 

@@ -219,7 +219,7 @@ impl ObjectStore {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let dest = self.corrupt.join(format!("{id}.{stamp}"));
-        match crate::quarantine::cut_off(&self.path(id), &dest, ino) {
+        match crate::quarantine::cut_off(&self.path(id), Some(&dest), ino) {
             Ok(emptied) => {
                 if dest.exists() {
                     tracing::error!(object = %id, moved_to = %dest.display(), "corrupt object quarantined");

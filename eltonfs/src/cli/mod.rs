@@ -7,6 +7,7 @@ mod fsck;
 mod import;
 mod inspect;
 mod mounts;
+mod scrub;
 mod servers;
 mod stats;
 mod trust;
@@ -91,6 +92,8 @@ pub enum Command {
     },
     /// Check replication and that every version can be read; exit 1 if not.
     Fsck(fsck::FsckArgs),
+    /// Re-hash stored objects now; quarantine and repair bad ones (admin).
+    Scrub(scrub::ScrubArgs),
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
     /// Issue node certificates, export the cluster CA.
@@ -205,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
         Command::Fsck(a) => fsck::fsck(&ep, a).await,
+        Command::Scrub(a) => scrub::scrub(&ep, a).await,
         Command::Cert(c) => trust::cert(c),
         Command::Token(c) => trust::token(&ep, c).await,
         Command::Whoami { json } => trust::whoami(&ep, json).await,
