@@ -133,7 +133,9 @@ fn cut_off(store: &ObjectStore, path: &Path, recipe_id: &ObjectId, ino: u64) {
             moved_to = %evidence.display(),
             "corrupt assembled copy of a mount removed"
         ),
-        Err(e) => tracing::error!(path = %path.display(), "corrupt assembled copy could not be removed: {e}"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), "corrupt assembled copy could not be removed: {e}")
+        }
     }
 }
 

@@ -96,7 +96,9 @@ mod tests {
         let mut reader = File::open(&path).unwrap();
         fs::write(&path, b"bad! bytes").unwrap();
 
-        let mut emptied = cut_off(&path, Some(&evidence), None).unwrap().expect("cut off");
+        let mut emptied = cut_off(&path, Some(&evidence), None)
+            .unwrap()
+            .expect("cut off");
         assert!(!path.exists());
         assert_eq!(fs::read(&evidence).unwrap(), b"bad! bytes");
         let mut seen = Vec::new();
@@ -130,7 +132,14 @@ mod tests {
         fs::hard_link(&path, &other).unwrap();
         assert!(cut_off(&path, Some(&ev), Some(ino)).unwrap().is_none());
         assert!(!path.exists());
-        assert_eq!(fs::read(&other).unwrap(), b"x", "the other name keeps its bytes");
-        assert!(cut_off(&path, None, None).unwrap().is_none(), "gone: nothing to do");
+        assert_eq!(
+            fs::read(&other).unwrap(),
+            b"x",
+            "the other name keeps its bytes"
+        );
+        assert!(
+            cut_off(&path, None, None).unwrap().is_none(),
+            "gone: nothing to do"
+        );
     }
 }

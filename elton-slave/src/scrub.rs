@@ -17,7 +17,7 @@
 //! after a restart.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use crate::master_link::MasterLink;
 use crate::metrics::{Metrics, inc};
 use crate::mount_copies;
 use crate::scrub_pace::Pace;
-use crate::store::{ObjectStore, hash_reader};
+use crate::store::ObjectStore;
 
 /// Shards of the store (`objects/<2 hex>/`).
 pub const SHARDS: u32 = 256;
@@ -41,6 +41,8 @@ const PASS_PAUSE: Duration = Duration::from_secs(3600);
 /// registers, announces and serves its first reads first (a restarted one
 /// then resumes its interrupted pass).
 const FIRST_PASS_DELAY: Duration = Duration::from_secs(300);
+/// Read size while hashing.
+const HASH_BUF: usize = 256 << 10;
 /// Format of `<data>/scrub.json`.
 const CURSOR_FORMAT: u32 = 1;
 
@@ -150,8 +152,14 @@ impl Scrubber {
                 }
             };
             pace = p;
-            inc(&self.metrics.scrubbed_objects_total, counts.objects - report.objects);
-            inc(&self.metrics.scrubbed_bytes_total, counts.bytes - report.bytes);
+            inc(
+                &self.metrics.scrubbed_objects_total,
+                counts.objects - report.objects,
+            );
+            inc(
+                &self.metrics.scrubbed_bytes_total,
+                counts.bytes - report.bytes,
+            );
             report = counts;
             for f in found {
                 let id = f.id;
@@ -208,9 +216,19 @@ impl Scrubber {
         if let Err(e) = self.link.withdraw(&[id]).await {
             tracing::warn!(object = %id, "withdrawing the corrupt copy from the master: {e}");
         }
-        if let Err(e) = self.fetcher.ensure(id).await {
-            tracing::error!(object = %id, "no good copy of the corrupt object could be fetched: {e}");
-            return false;
+        match self.fetcher.ensure(id).await {
+            Ok(true) => {} // fetched, so announced
+            Ok(false) => {
+                // A read fetched a good copy (and announced it) before the
+                // withdrawal above: announce it again.
+                if let Err(e) = self.link.announce(vec![id]).await {
+                    tracing::warn!(object = %id, "announcing the repaired object: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(object = %id, "no good copy of the corrupt object could be fetched: {e}");
+                return false;
+            }
         }
         inc(&self.metrics.scrub_repaired_total, 1);
         if let Some(mut emptied) = emptied {
@@ -225,7 +243,9 @@ impl Scrubber {
             .await;
             match refilled {
                 Ok(Ok(true)) => {}
-                Ok(Ok(false)) => tracing::warn!(object = %id, "old descriptors of the corrupt copy stay empty"),
+                Ok(Ok(false)) => {
+                    tracing::warn!(object = %id, "old descriptors of the corrupt copy stay empty")
+                }
                 Ok(Err(e)) => tracing::warn!(object = %id, "{e}"),
                 Err(e) => tracing::warn!(object = %id, "refill task: {e}"),
             }
@@ -306,8 +326,11 @@ fn check_shard(
         }
     };
     let mut found = Vec::new();
+    // One buffer for the shard: a fresh 1 MiB buffer per small object
+    // would cost more than hashing it.
+    let mut buf = vec![0u8; HASH_BUF];
     for id in ids {
-        match check_object(store, &id, pace, report) {
+        match check_object(store, &id, pace, report, &mut buf) {
             Ok(Some(ino)) => found.push(Found {
                 id,
                 emptied: store.quarantine_inode(&id, Some(ino)),
@@ -325,6 +348,7 @@ fn check_object(
     id: &ObjectId,
     pace: &mut Pace,
     report: &mut ScrubReport,
+    buf: &mut [u8],
 ) -> io::Result<Option<u64>> {
     let mut file = match File::open(store.path(id)) {
         Ok(f) => f,
@@ -336,7 +360,15 @@ fn check_object(
     if !wait.is_zero() {
         std::thread::sleep(wait);
     }
-    let actual = hash_reader(&mut file)?;
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let n = file.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual = ObjectId::from_hash(hasher.finalize());
     report.objects += 1;
     report.bytes += meta.len();
     if actual == *id {
@@ -346,4 +378,40 @@ fn check_object(
         return Ok(None);
     }
     Ok(Some(meta.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_scrub_finds_and_quarantines_only_the_bad_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let good = store.put_bytes(b"good").unwrap();
+        let bad = store.put_bytes(b"soon bad").unwrap();
+        std::fs::write(store.path(&bad), b"rotten!!").unwrap();
+        let mut reader = File::open(store.path(&bad)).unwrap();
+
+        let mut pace = Pace::new(0, Instant::now());
+        let mut report = ScrubReport::default();
+        let mut found = Vec::new();
+        for shard in 0..=255u8 {
+            found.extend(check_shard(&store, shard, &mut pace, &mut report));
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, bad);
+        assert!(found[0].emptied.is_some());
+        assert_eq!((report.objects, report.bytes), (2, 12));
+        assert!(store.contains(&good) && !store.contains(&bad));
+        let evidence: Vec<_> = std::fs::read_dir(store.corrupt_dir())
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(evidence, vec![b"rotten!!".to_vec()]);
+        // A reader that had the file open sees nothing, not the bad bytes.
+        let mut seen = Vec::new();
+        reader.read_to_end(&mut seen).unwrap();
+        assert!(seen.is_empty());
+    }
 }

@@ -458,7 +458,11 @@ impl ObjectStore {
         };
         Ok(files
             .flatten()
-            .filter_map(|f| format!("{prefix}{}", f.file_name().to_string_lossy()).parse().ok())
+            .filter_map(|f| {
+                format!("{prefix}{}", f.file_name().to_string_lossy())
+                    .parse()
+                    .ok()
+            })
             .collect())
     }
 }
@@ -488,8 +492,7 @@ impl ObjectWriter {
     }
 }
 
-/// The id of everything `r` yields.
-pub fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {
+fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -28,7 +28,11 @@ fn object_path(c: &Cluster, slave: usize, id: &str) -> PathBuf {
 /// (the mtime changes too, which is what lets a mount notice it without a
 /// scrub; phase 1 and 2 do not rely on that).
 fn flip(path: &Path, at: u64) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0xff;
@@ -139,7 +143,9 @@ fn phase1_a_rotten_store_object_is_found_repaired_and_never_served_again() {
     assert!(s["objects"].as_u64().unwrap() >= 4, "{s}");
     assert_eq!(s["slaves"][0]["bad_objects"][0], w.small_id.as_str());
     // The bad bytes are kept aside as evidence; the store holds good ones.
-    let corrupt = fs::read_dir(c.slave_dir(1).join("corrupt")).unwrap().count();
+    let corrupt = fs::read_dir(c.slave_dir(1).join("corrupt"))
+        .unwrap()
+        .count();
     assert_eq!(corrupt, 1);
     let stored = fs::read(object_path(c, 1, &w.small_id)).unwrap();
     assert_eq!(stored, w.small);
@@ -249,7 +255,9 @@ fn phase4_without_a_good_copy_nothing_serves_the_bad_bytes() {
     assert_eq!(s["repaired"], 0, "{s}");
     assert_eq!(s["slaves"].as_array().unwrap().len(), 2);
     for i in [1, 2] {
-        let quarantined = fs::read_dir(c.slave_dir(i).join("corrupt")).unwrap().count();
+        let quarantined = fs::read_dir(c.slave_dir(i).join("corrupt"))
+            .unwrap()
+            .count();
         assert_eq!(quarantined, 1, "slave {i}");
     }
     // Both copies were withdrawn from the master.
