@@ -841,8 +841,8 @@ mod tests {
         store
             .remove_locations(&a, &[ids[0], ids[2], unknown])
             .unwrap();
-        assert_eq!(store.holders(&ids[0]).unwrap(), [b.clone()]);
-        assert_eq!(store.holders(&ids[1]).unwrap(), [a.clone()]);
+        assert_eq!(store.holders(&ids[0]).unwrap(), std::slice::from_ref(&b));
+        assert_eq!(store.holders(&ids[1]).unwrap(), std::slice::from_ref(&a));
         assert!(store.holders(&ids[2]).unwrap().is_empty());
         // The node index agrees: a resync with nothing announced sweeps
         // exactly the one location left.
