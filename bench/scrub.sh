@@ -20,13 +20,13 @@
 # measured alternately within a round.
 #
 # b3sum comes from Debian's `b3sum` package (apt-get install b3sum, done
-# here if missing). Tunables (environment): OBJECTS (100000), MAX_KIB (32),
+# here if missing). Tunables (environment): OBJECTS (100000), MAX_KIB (8),
 # ROUNDS (3), DURATION (10), CONNS (32), ELTON_BIN. Loopback only.
 
 set -euo pipefail
 
 OBJECTS=${OBJECTS:-100000}
-MAX_KIB=${MAX_KIB:-32}
+MAX_KIB=${MAX_KIB:-8}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
@@ -74,6 +74,8 @@ for line in sys.stdin:
     os.makedirs(d, exist_ok=True)
     os.rename(os.path.join(stage, name.strip()), os.path.join(d, h[2:]))
 ' "$STAGE" "$HOME_DIR/slave/objects"
+LEFT=$(find "$STAGE" -type f | wc -l)
+[[ "$LEFT" == 0 ]] || log "$LEFT generated files were not moved into the store"
 STORED=$(find "$HOME_DIR/slave/objects" -type f | wc -l)
 STORE_BYTES=$(du -sb "$HOME_DIR/slave/objects" | cut -f1)
 log "$STORED objects, $((STORE_BYTES >> 20)) MiB (with directories)"
@@ -106,7 +108,8 @@ scrub_run() {
     python3 -c '
 import json, sys
 s = json.loads(sys.argv[1])
-print(f"{float(sys.argv[3]) - float(sys.argv[2]):.3f} {s[\"objects\"]} {s[\"bytes\"]} {s[\"bad\"]}")' "$out" "$t0" "$t1"
+secs = float(sys.argv[3]) - float(sys.argv[2])
+print("%.3f %d %d %d" % (secs, s["objects"], s["bytes"], s["bad"]))' "$out" "$t0" "$t1"
 }
 log "warming the page cache (one pass of each)"
 b3sum_secs >/dev/null
