@@ -287,7 +287,29 @@ fn phase5_scrub_needs_an_admin_token_and_a_known_node() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 401);
+    // A write token is not enough.
+    let out = c.ok(
+        1,
+        &["token", "create", "--name", "w", "--scope", "write", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/scrub", c.slave_url(1)))
+        .bearer_auth(v["secret"].as_str().unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("scrubbing needs admin"));
+    assert_eq!(
+        common::metric(&c.slave_url(1), "scrubbed_objects_total"),
+        0,
+        "nothing was scrubbed"
+    );
     let out = c.cli(1, &["scrub", "--node", "no-such-node"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node"));
+    let (ok, s) = scrub(c, &["--node", "slave2"]);
+    assert!(ok);
+    assert_eq!(s["slaves"][0]["slave"], c.slave_url(2).as_str());
+    assert!(s["objects"].as_u64().unwrap() >= 4, "{s}");
 }
