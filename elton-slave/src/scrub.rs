@@ -414,4 +414,51 @@ mod tests {
         reader.read_to_end(&mut seen).unwrap();
         assert!(seen.is_empty());
     }
+
+    fn scrubber(dir: &std::path::Path) -> Scrubber {
+        let store = ObjectStore::open(dir).unwrap();
+        // Connects lazily: nothing here talks to a master.
+        let (link, _queue) =
+            MasterLink::new("http://127.0.0.1:9", "n1".parse().unwrap(), None).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let fetcher = Arc::new(Fetcher::new(store, link.clone(), metrics.clone()));
+        Scrubber::new(fetcher, link, metrics, dir.to_path_buf())
+    }
+
+    #[tokio::test]
+    async fn a_resumed_pass_starts_at_its_shard_and_the_cursor_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scrubber(dir.path());
+        // Objects until both a low and a high shard hold one.
+        let (mut low, mut high) = (0, 0);
+        for i in 0u32.. {
+            let id = s.store.put_bytes(&i.to_le_bytes()).unwrap();
+            match id.as_bytes()[0] {
+                0..=127 => low += 1,
+                _ => high += 1,
+            }
+            if low > 0 && high > 0 {
+                break;
+            }
+        }
+        assert_eq!(s.load_cursor(), 0, "no cursor yet");
+        let mut events = Vec::new();
+        let r = s
+            .pass(128, 0, true, &mut |e| {
+                events.push(e);
+                true
+            })
+            .await;
+        assert_eq!(r.objects, high, "only shards 128..=255");
+        assert_eq!(r.shards_done, SHARDS);
+        assert_eq!(events.len(), 128, "one progress event per shard");
+        assert_eq!(s.load_cursor(), 0, "a finished pass starts over");
+
+        // A sink that stops after the first shard leaves the cursor there.
+        let r = s.pass(7, 0, true, &mut |_| false).await;
+        assert_eq!(r.shards_done, 8);
+        assert_eq!(s.load_cursor(), 8);
+        std::fs::write(dir.path().join("scrub.json"), b"{junk").unwrap();
+        assert_eq!(s.load_cursor(), 0, "an unreadable cursor starts a new pass");
+    }
 }

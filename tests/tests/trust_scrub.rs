@@ -290,7 +290,9 @@ fn phase5_scrub_needs_an_admin_token_and_a_known_node() {
     // A write token is not enough.
     let out = c.ok(
         1,
-        &["token", "create", "--name", "w", "--scope", "write", "--json"],
+        &[
+            "token", "create", "--name", "w", "--scope", "write", "--json",
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let r = reqwest::blocking::Client::new()
