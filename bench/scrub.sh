@@ -14,8 +14,9 @@
 #      page cache (the store fits in RAM; both are warmed once first), so the
 #      figure compares hashing and per-file overhead, not the disk.
 #   2. rounds of: wrk (-t1 -c$CONNS) on the 4 KiB file for $DURATION s with
-#      no scrub, then again while `elton scrub --rate $DEFAULT_RATE` (the
-#      background scrub's default pace) runs; req/s of each, their ratio.
+#      no scrub, and again while `elton scrub --rate $DEFAULT_RATE` (the
+#      background scrub's default pace) runs, in alternating order; req/s of
+#      each, their ratio.
 # Each figure is the median of $ROUNDS rounds; the two sides of a ratio are
 # measured alternately within a round.
 #
@@ -142,17 +143,30 @@ run_wrk() { # duration
 log "warming up wrk"
 run_wrk 3 >/dev/null
 declare -a IDLE=() BUSY=() BUSY_SCRUBBED=()
-for ((r = 1; r <= ROUNDS; r++)); do
-    IDLE+=("$(run_wrk "$DURATION")")
-    before=$(curl -sf "http://127.0.0.1:$SLAVE_PORT/metrics" | awk '/^elton_slave_scrubbed_objects_total/ {print $2}')
+scrubbed() { curl -sf "http://127.0.0.1:$SLAVE_PORT/metrics" | awk '/^elton_slave_scrubbed_objects_total/ {print $2}'; }
+busy_run() {
+    local before after
+    before=$(scrubbed)
     "$ELTON" scrub --rate "$DEFAULT_RATE" --json >/dev/null 2>&1 &
     SCRUB_PID=$!
     track_pid "$SCRUB_PID" "elton scrub"
     sleep 1 # the scrub is under way
     BUSY+=("$(run_wrk "$DURATION")")
-    after=$(curl -sf "http://127.0.0.1:$SLAVE_PORT/metrics" | awk '/^elton_slave_scrubbed_objects_total/ {print $2}')
+    after=$(scrubbed)
     stop_pid "$SCRUB_PID"
     BUSY_SCRUBBED+=("$(awk -v a="$before" -v b="$after" -v d="$DURATION" 'BEGIN {printf "%.0f", (b - a) / (d + 1)}')")
+    sleep 1 # the scrub stops after its current shard
+}
+# Odd rounds measure idle first, even rounds busy first: the order shows
+# in the figures of this loaded machine.
+for ((r = 1; r <= ROUNDS; r++)); do
+    if ((r % 2)); then
+        IDLE+=("$(run_wrk "$DURATION")")
+        busy_run
+    else
+        busy_run
+        IDLE+=("$(run_wrk "$DURATION")")
+    fi
     log "round $r/$ROUNDS: 4 KiB req/s idle ${IDLE[-1]}  scrubbing ${BUSY[-1]} (scrub: ${BUSY_SCRUBBED[-1]} objects/s)"
 done
 

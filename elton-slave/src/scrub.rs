@@ -161,24 +161,25 @@ impl Scrubber {
                 counts.bytes - report.bytes,
             );
             report = counts;
+            // Every object found is already quarantined: repair them all,
+            // even if the listener has gone.
+            let mut listening = true;
             for f in found {
                 let id = f.id;
                 let repaired = self.repair(f).await;
                 report.bad += 1;
                 report.repaired += u64::from(repaired);
-                if !sink(ScrubEvent::Bad {
+                listening &= sink(ScrubEvent::Bad {
                     what: "object".into(),
                     object: id.to_string(),
                     repaired,
-                }) {
-                    return report;
-                }
+                });
             }
             report.shards_done = shard + 1;
             if persist {
                 self.save_cursor((shard + 1) % SHARDS);
             }
-            if !sink(ScrubEvent::Progress(report.clone())) {
+            if !listening || !sink(ScrubEvent::Progress(report.clone())) {
                 return report;
             }
         }
