@@ -61,7 +61,9 @@ import os, random, sys
 stage, n, max_kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(42)
 for i in range(n):
-    size = rnd.randint(1, max_kib) * 1024 - rnd.randint(0, 1023)
+    # At least 64 bytes: a few 1-byte files would share their content
+    # (and so their id), leaving fewer objects than asked for.
+    size = max(64, rnd.randint(1, max_kib) * 1024 - rnd.randint(0, 1023))
     with open(os.path.join(stage, f"{i:07d}"), "wb") as f:
         f.write(os.urandom(size))
 PY
