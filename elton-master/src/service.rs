@@ -663,6 +663,31 @@ impl Master for MasterService {
         Ok(Response::new(pb::AddLocationsResponse {}))
     }
 
+    async fn remove_locations(
+        &self,
+        req: Request<pb::RemoveLocationsRequest>,
+    ) -> Result<Response<pb::RemoveLocationsResponse>, Status> {
+        let node: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
+        self.admit(&req, Need::SpeakAs(node.clone()))?;
+        let r = req.into_inner();
+        if r.objects.len() > MAX_LOCATIONS_PER_CALL {
+            return Err(MasterError::BadRequest(format!(
+                "{} objects in one RemoveLocations call; at most {MAX_LOCATIONS_PER_CALL}",
+                r.objects.len()
+            ))
+            .into());
+        }
+        let objects = r
+            .objects
+            .iter()
+            .map(|o| object_id(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(node = %node, objects = objects.len(), "locations withdrawn");
+        self.with_store(move |s| s.remove_locations(&node, &objects))
+            .await?;
+        Ok(Response::new(pb::RemoveLocationsResponse {}))
+    }
+
     async fn locate(
         &self,
         req: Request<pb::LocateRequest>,

@@ -596,6 +596,22 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Forgets `node` as a holder of `objects` (those it withdrew after a
+    /// scrub, or garbage collection decided it deletes), in one transaction.
+    pub fn remove_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut locations = txn.open_multimap_table(LOCATIONS)?;
+            let mut by_node = txn.open_table(NODE_LOCATIONS)?;
+            for id in objects {
+                locations.remove(id.as_bytes().as_slice(), node.as_str())?;
+                by_node.remove((node.as_str(), id.as_bytes().as_slice()))?;
+            }
+        }
+        self.commit_soft(txn)
+    }
+
     /// Starts a resync: raises the announce epoch and returns it as the
     /// resync id. Every location written from now on, by any node and in
     /// any call, carries a stamp of at least this value, so
@@ -741,24 +757,6 @@ impl MetaStore {
             .next()
             .transpose()?;
         Ok(first.map_or(0, |(k, _)| k.value().1))
-    }
-
-    /// Removes `node`'s locations of `objects` (garbage collection decided
-    /// the node deletes them), in one transaction.
-    pub fn remove_locations(&self, node: &NodeId, objects: &[ObjectId]) -> Result<(), MasterError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        {
-            let mut locations = txn.open_multimap_table(LOCATIONS)?;
-            let mut by_node = txn.open_table(NODE_LOCATIONS)?;
-            for id in objects {
-                locations.remove(id.as_bytes().as_slice(), node.as_str())?;
-                by_node.remove((node.as_str(), id.as_bytes().as_slice()))?;
-            }
-        }
-        txn.commit()?;
-        self.unflushed.store(true, Ordering::Release);
-        Ok(())
     }
 
     /// Makes every earlier non-durable write durable.
@@ -1061,6 +1059,29 @@ mod tests {
         store.remove_location(&ids[0], &b).unwrap();
         let last = store.begin_resync().unwrap();
         assert_eq!(store.sweep_node(&b, last).unwrap(), 5);
+    }
+
+    #[test]
+    fn withdrawn_locations_go_from_both_indexes_and_only_for_that_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let a: NodeId = "a".parse().unwrap();
+        let b: NodeId = "b".parse().unwrap();
+        let ids: Vec<ObjectId> = (0..3u8).map(|i| ObjectId::of(&[i])).collect();
+        store.add_locations(&a, &ids).unwrap();
+        store.add_locations(&b, &ids[..1]).unwrap();
+        // One unknown id among them changes nothing else.
+        let unknown = ObjectId::of(b"never announced");
+        store
+            .remove_locations(&a, &[ids[0], ids[2], unknown])
+            .unwrap();
+        assert_eq!(store.holders(&ids[0]).unwrap(), std::slice::from_ref(&b));
+        assert_eq!(store.holders(&ids[1]).unwrap(), std::slice::from_ref(&a));
+        assert!(store.holders(&ids[2]).unwrap().is_empty());
+        // The node index agrees: a resync with nothing announced sweeps
+        // exactly the one location left.
+        let epoch = store.begin_resync().unwrap();
+        assert_eq!(store.sweep_node(&a, epoch).unwrap(), 1);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct SlaveConfig {
     pub max_upload_bytes: u64,
     /// Deadlines of the HTTP server's connections.
     pub http_timeouts: HttpTimeouts,
+    /// Background scrub rate in MiB/s (`--scrub-rate`); 0 disables it.
+    pub scrub_rate_mib: u64,
 }
 
 impl SlaveConfig {
@@ -44,6 +46,7 @@ impl SlaveConfig {
             tls_dir: None,
             max_upload_bytes: 16 << 30,
             http_timeouts: HttpTimeouts::default(),
+            scrub_rate_mib: crate::scrub_pace::DEFAULT_RATE_MIB,
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::fetcher::Fetcher;
 use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
+use crate::scrub::{ScrubEvent, Scrubber};
 use crate::tokens::{Bearer, Tokens};
 use crate::undo::Undo;
 use crate::volumes::{FilePut, Proposal, Resolved, StoredFile, Volumes};
@@ -48,6 +49,7 @@ const SEGMENT: &AsciiSet = &CONTROLS
 
 pub struct AppState {
     pub fetcher: Arc<Fetcher>,
+    pub scrubber: Arc<Scrubber>,
     pub volumes: Arc<Volumes>,
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
@@ -63,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/volumes/{*rest}",
             get(get_volume_path).put(put_volume_file).post(post_version),
         )
+        .route("/v1/scrub", axum::routing::post(post_scrub))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -590,4 +593,42 @@ async fn metrics(State(state): Shared) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct ScrubQuery {
+    /// MiB/s; absent or 0: as fast as the disk goes.
+    #[serde(default)]
+    rate: u64,
+}
+
+/// `POST /v1/scrub[?rate=MiB/s]` (admin token): scrubs the whole store now
+/// and streams JSON lines: `progress` after each shard, `bad` per bad
+/// object, `summary` last. Closing the connection stops the scrub after
+/// the current shard.
+async fn post_scrub(
+    State(state): Shared,
+    Query(q): Query<ScrubQuery>,
+    headers: HeaderMap,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    state.tokens.admin(&headers, "scrubbing").await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ScrubEvent>(64);
+    let scrubber = state.scrubber.clone();
+    tokio::spawn(async move {
+        let mut sink = |e: ScrubEvent| tx.try_send(e).is_ok() || !tx.is_closed();
+        let report = scrubber.pass(0, q.rate, false, &mut sink).await;
+        let _ = tx.send(ScrubEvent::Summary(report)).await;
+    });
+    use futures::StreamExt as _;
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }

@@ -5,6 +5,8 @@
 //! - [`backup`]: backup copies the master asks for.
 //! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
+//! - [`scrub`]: re-hashing the store at a bounded rate ([`scrub_pace`]),
+//!   [`quarantine`] of bad objects, mounts' copies ([`mount_copies`]).
 //! - [`chunked`]: serving chunked files (recipes) chunk by chunk.
 //! - [`volumes`]: resolving volume paths, publishing versions.
 //! - [`tree`]: pure tree edits (one-file commits).
@@ -28,7 +30,11 @@ pub mod http;
 pub mod incarnation;
 pub mod master_link;
 pub mod metrics;
+pub mod mount_copies;
+pub mod quarantine;
 pub mod range;
+pub mod scrub;
+pub mod scrub_pace;
 pub mod serve;
 pub mod store;
 pub mod sweep;
@@ -91,8 +97,16 @@ pub async fn run(
         link.clone(),
         metrics.clone(),
     ));
+    let scrubber = Arc::new(scrub::Scrubber::new(
+        fetcher.clone(),
+        link.clone(),
+        metrics.clone(),
+        config.data_dir.clone(),
+    ));
+    let background_scrub = tokio::spawn(scrubber.clone().run_background(config.scrub_rate_mib));
     let state = Arc::new(http::AppState {
         fetcher,
+        scrubber,
         volumes,
         metrics,
         tokens: tokens::Tokens::new(link.clone()),
@@ -111,6 +125,7 @@ pub async fn run(
     announcer.abort();
     membership.abort();
     copier.abort();
+    background_scrub.abort();
     result
 }
 

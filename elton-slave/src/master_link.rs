@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elton_proto::pb::master_client::MasterClient;
-use elton_proto::pb::{AddLocationsRequest, HeartbeatRequest, RegisterNodeRequest};
+use elton_proto::pb::{
+    AddLocationsRequest, HeartbeatRequest, RegisterNodeRequest, RemoveLocationsRequest,
+};
 use elton_proto::{NodeId, ObjectId};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -151,6 +153,22 @@ impl MasterLink {
         done.await
             .map_err(|_| SlaveError::Io("announcer stopped".into()))?
             .map_err(SlaveError::MasterUnavailable)
+    }
+
+    /// Tells the master this node no longer holds `ids` (quarantined), so
+    /// it stops counting these copies and fetches never try them here.
+    pub async fn withdraw(&self, ids: &[ObjectId]) -> Result<(), SlaveError> {
+        for chunk in ids.chunks(ANNOUNCE_BATCH) {
+            let mut client = self.client();
+            let call = client.remove_locations(RemoveLocationsRequest {
+                node_id: self.node_id.to_string(),
+                objects: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            });
+            tokio::time::timeout(ANNOUNCE_TIMEOUT, call)
+                .await
+                .map_err(|_| SlaveError::MasterUnavailable("RemoveLocations timed out".into()))??;
+        }
+        Ok(())
     }
 
     /// Remembers a backup copy that failed, for the next heartbeat.

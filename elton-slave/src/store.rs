@@ -273,19 +273,44 @@ impl ObjectStore {
         Ok(Some(buf))
     }
 
-    /// Moves a corrupt object aside so that it is fetched again.
+    /// Moves a corrupt object aside so that it is fetched again (see
+    /// [`crate::quarantine`]: descriptors opened earlier stop seeing it).
     pub fn quarantine(&self, id: &ObjectId) {
+        self.quarantine_inode(id, None);
+    }
+
+    /// Quarantines `id` if its file is still inode `ino` (any inode when
+    /// `None`). Returns the emptied inode, for
+    /// [`crate::quarantine::refill`] once a good copy is stored.
+    pub fn quarantine_inode(&self, id: &ObjectId, ino: Option<u64>) -> Option<File> {
         self.verified().remove(id);
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let dest = self.corrupt.join(format!("{id}.{stamp}"));
-        match fs::rename(self.path(id), &dest) {
-            Ok(()) => {
-                tracing::error!(object = %id, moved_to = %dest.display(), "corrupt object quarantined")
+        match crate::quarantine::cut_off(&self.path(id), Some(&dest), ino) {
+            Ok(emptied) => {
+                if dest.exists() {
+                    tracing::error!(object = %id, moved_to = %dest.display(), "corrupt object quarantined");
+                }
+                emptied
             }
-            Err(e) => tracing::error!(object = %id, "corrupt object could not be moved: {e}"),
+            Err(e) => {
+                tracing::error!(object = %id, "corrupt object could not be moved: {e}");
+                None
+            }
         }
+    }
+
+    /// Where quarantined objects go.
+    pub fn corrupt_dir(&self) -> &Path {
+        &self.corrupt
+    }
+
+    /// Records that the file behind `id`, as `meta` describes it, was just
+    /// hashed and found good (by the scrub), so reads need not hash it again.
+    pub fn mark_verified(&self, id: ObjectId, meta: &fs::Metadata) {
+        self.verified().insert(id, Stamp::of(meta));
     }
 
     /// Creates all 256 shard directories up front (once per store): a
@@ -495,21 +520,30 @@ impl ObjectStore {
     /// Every object id present (for re-announcing to the master). Blocking.
     pub fn list(&self) -> Result<Vec<ObjectId>, SlaveError> {
         let mut out = Vec::new();
-        let shards =
-            fs::read_dir(&self.objects).map_err(|e| io_err("listing", &self.objects, e))?;
-        for shard in shards.flatten() {
-            let prefix = shard.file_name().to_string_lossy().into_owned();
-            let Ok(files) = fs::read_dir(shard.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = format!("{prefix}{}", f.file_name().to_string_lossy());
-                if let Ok(id) = name.parse() {
-                    out.push(id);
-                }
-            }
+        for shard in 0..=255u8 {
+            out.extend(self.list_shard(shard)?);
         }
         Ok(out)
+    }
+
+    /// The ids stored in one shard directory (`objects/<shard as hex>/`).
+    /// Blocking.
+    pub fn list_shard(&self, shard: u8) -> Result<Vec<ObjectId>, SlaveError> {
+        let prefix = format!("{shard:02x}");
+        let dir = self.objects.join(&prefix);
+        let files = match fs::read_dir(&dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("listing", &dir, e)),
+        };
+        Ok(files
+            .flatten()
+            .filter_map(|f| {
+                format!("{prefix}{}", f.file_name().to_string_lossy())
+                    .parse()
+                    .ok()
+            })
+            .collect())
     }
 }
 

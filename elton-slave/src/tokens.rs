@@ -43,20 +43,35 @@ impl Tokens {
     /// The request's token, if the master accepts it with a scope that
     /// allows writes.
     pub async fn writer(&self, headers: &HeaderMap) -> Result<Bearer, SlaveError> {
+        self.require(headers, Scope::Write, "writing").await
+    }
+
+    /// The request's token, if the master accepts it with admin scope;
+    /// `what` names the operation in errors.
+    pub async fn admin(&self, headers: &HeaderMap, what: &str) -> Result<Bearer, SlaveError> {
+        self.require(headers, Scope::Admin, what).await
+    }
+
+    async fn require(
+        &self,
+        headers: &HeaderMap,
+        needed: Scope,
+        what: &str,
+    ) -> Result<Bearer, SlaveError> {
         let secret = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| {
-                SlaveError::Unauthorized(
-                    "writes need a bearer token (Authorization: Bearer <token>)".into(),
-                )
+                SlaveError::Unauthorized(format!(
+                    "{what} needs a bearer token (Authorization: Bearer <token>)"
+                ))
             })?;
         let scope = self.scope(secret).await?;
-        if !scope.allows(Scope::Write) {
+        if !scope.allows(needed) {
             return Err(SlaveError::Forbidden(format!(
-                "the token has scope {scope}; writes need write"
+                "the token has scope {scope}; {what} needs {needed}"
             )));
         }
         Ok(Bearer(secret.to_string()))

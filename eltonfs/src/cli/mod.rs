@@ -9,6 +9,7 @@ mod import;
 mod inspect;
 mod metadata;
 mod mounts;
+mod scrub;
 mod servers;
 mod stats;
 mod trust;
@@ -96,6 +97,8 @@ pub enum Command {
     /// Delete objects no version references, older than the grace period
     /// (admin token). Deletes nothing if any version cannot be walked.
     Gc(gc::GcArgs),
+    /// Re-hash stored objects now; quarantine and repair bad ones (admin).
+    Scrub(scrub::ScrubArgs),
     /// Serve Docker's volume plugin protocol (`docker volume create -d elton`).
     DockerPlugin(docker::DockerPluginArgs),
     /// Issue node certificates, export the cluster CA.
@@ -231,6 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,
         Command::Fsck(a) => fsck::fsck(&ep, a).await,
         Command::Gc(a) => gc::gc(&ep, a).await,
+        Command::Scrub(a) => scrub::scrub(&ep, a).await,
         Command::Cert(c) => trust::cert(c),
         Command::Token(c) => trust::token(&ep, c).await,
         Command::Backup(a) => metadata::backup(&ep, a).await,

@@ -123,6 +123,10 @@ pub struct SlaveArgs {
     /// Time an HTTP connection may stay unused between requests, in milliseconds.
     #[arg(long, default_value_t = elton_slave::conn_clock::IDLE_TIMEOUT.as_millis() as u64)]
     pub http_idle_timeout_ms: u64,
+    /// Background scrub: re-hash stored objects at this many MiB/s (every
+    /// object counts at least 64 KiB); 0 disables it.
+    #[arg(long, default_value_t = elton_slave::scrub_pace::DEFAULT_RATE_MIB)]
+    pub scrub_rate: u64,
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +151,9 @@ pub struct UpArgs {
     /// only): the baseline the benchmarks compare against.
     #[arg(long)]
     pub insecure: bool,
+    /// The slave's background scrub rate in MiB/s; 0 disables it.
+    #[arg(long, default_value_t = elton_slave::scrub_pace::DEFAULT_RATE_MIB)]
+    pub scrub_rate: u64,
 }
 
 async fn shutdown_signal() {
@@ -265,6 +272,7 @@ pub async fn slave(a: SlaveArgs) -> Result<()> {
     config.advertise = a.advertise;
     config.max_upload_bytes = a.max_upload_bytes;
     config.tls_dir = a.tls_dir;
+    config.scrub_rate_mib = a.scrub_rate;
     anyhow::ensure!(
         a.http_header_timeout_ms > 0 && a.http_idle_timeout_ms > 0,
         "HTTP timeouts must be at least 1 ms"
@@ -344,6 +352,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let scheme = if a.insecure { "http" } else { "https" };
     let mut slave_config =
         SlaveConfig::new(data.join("slave"), format!("{scheme}://{master_addr}"));
+    slave_config.scrub_rate_mib = a.scrub_rate;
     if !a.insecure {
         provision_single_node(&data, &master_config, &mut slave_config)?;
     }

@@ -9,7 +9,7 @@
 //! to the kernel like any other lower file. Copy-up writes the full bytes,
 //! chunk by chunk.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -22,6 +22,7 @@ use elton_proto::{ChunkIndex, Entry, ObjectId, Recipe};
 
 use super::lower::LowerSource;
 use super::readahead::{AheadPlan, ReadAhead};
+use super::stamp::FileStamp;
 
 fn eio(why: String) -> io::Error {
     tracing::error!("{why}");
@@ -219,11 +220,20 @@ const EVICT_MIN_AGE: Duration = Duration::from_secs(60);
 /// least recently used ones go (their next open assembles again, from
 /// chunks still in the store). A file larger than the bound is never
 /// assembled: the daemon keeps serving it.
+///
+/// A copy is passed through to the kernel, which reads it without any hash
+/// check, so it is used only while it is the file this process wrote or
+/// checked against the recipe (same [`FileStamp`]); any other copy (left by
+/// an earlier mount process, or changed since) is checked chunk by chunk
+/// first, and a bad one is cut off ([`elton_slave::quarantine`]: opens
+/// made earlier read end-of-file) and assembled again.
 pub struct Assembled {
     dir: PathBuf,
     max_bytes: u64,
     /// Serialises eviction (concurrent opens may assemble at once).
     evicting: Mutex<()>,
+    /// Copies known good, as they were then.
+    checked: Mutex<HashMap<ObjectId, FileStamp>>,
 }
 
 impl Assembled {
@@ -232,6 +242,7 @@ impl Assembled {
             dir,
             max_bytes,
             evicting: Mutex::new(()),
+            checked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -239,8 +250,8 @@ impl Assembled {
         self.dir.join(recipe.to_hex())
     }
 
-    /// The assembled file, if it exists with the right length; marks it
-    /// used (its mtime orders eviction).
+    /// The assembled file, if it exists with the right length and holds the
+    /// recipe's bytes; marks it used (its mtime orders eviction).
     pub fn get(&self, recipe_id: &ObjectId, recipe: &Recipe) -> Option<PathBuf> {
         let p = self.path(recipe_id);
         let file = File::open(&p).ok()?;
@@ -248,9 +259,33 @@ impl Assembled {
         if !m.is_file() || m.len() != recipe.size {
             return None;
         }
+        let known = lock(&self.checked).get(recipe_id).copied();
+        if known != Some(FileStamp::of(&m)) {
+            match elton_slave::mount_copies::matches_recipe(&mut &file, m.len(), recipe) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(recipe = %recipe_id, path = %p.display(), "assembled copy is corrupt; removed, assembled again");
+                    lock(&self.checked).remove(recipe_id);
+                    let _ = elton_slave::quarantine::cut_off(&p, None, Some(m.ino()));
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(recipe = %recipe_id, "checking the assembled copy: {e}");
+                    return None;
+                }
+            }
+        }
         // Best effort: a copy that keeps an old mtime is only evicted sooner.
         let _ = file.set_modified(SystemTime::now());
+        self.remember(recipe_id, &file);
         Some(p)
+    }
+
+    /// Records the copy's current stamp as checked.
+    fn remember(&self, recipe_id: &ObjectId, file: &File) {
+        if let Ok(m) = file.metadata() {
+            lock(&self.checked).insert(*recipe_id, FileStamp::of(&m));
+        }
     }
 
     /// Assembles the file if every chunk is local now (never fetches);
@@ -292,7 +327,8 @@ impl Assembled {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         write_all(lower, recipe, tmp.as_file_mut())?;
         let dest = self.path(recipe_id);
-        tmp.persist(&dest).map_err(|e| e.error)?;
+        let file = tmp.persist(&dest).map_err(|e| e.error)?;
+        self.remember(recipe_id, &file);
         tracing::debug!(recipe = %recipe_id, size = recipe.size, "assembled chunked file");
         Ok(Some(dest))
     }

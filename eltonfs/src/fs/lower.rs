@@ -1,7 +1,7 @@
 //! The lower layer's source: directory manifests and file objects, taken
 //! from the local slave's store and fetched through the slave on a miss.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use elton_proto::{DirManifest, ObjectId, Recipe};
 use elton_slave::ObjectStore;
+
+use super::stamp::FileStamp;
 
 /// Where lower data comes from; a trait so the overlay logic can be tested
 /// without servers.
@@ -23,12 +25,16 @@ pub trait LowerSource: Send + Sync {
 }
 
 /// Reads the local slave's store; asks the slave (`HEAD /v1/objects/{id}`,
-/// which fetches and verifies on a miss) before first use of an object.
+/// which fetches and verifies on a miss) before first use of an object, and
+/// again whenever the store's file is no longer the one the slave verified
+/// then (another inode, size, mtime or ctime: rewritten, quarantined by a
+/// scrub, repaired), so the slave hashes it again before the mount uses it.
 pub struct SlaveLower {
     slave_url: String,
     store: Arc<ObjectStore>,
     http: reqwest::blocking::Client,
-    ensured: Mutex<HashSet<ObjectId>>,
+    /// Objects the slave verified for us, with their file as it was then.
+    ensured: Mutex<HashMap<ObjectId, FileStamp>>,
     manifests: Mutex<HashMap<ObjectId, Arc<DirManifest>>>,
     recipes: Mutex<HashMap<ObjectId, Arc<Recipe>>>,
 }
@@ -48,7 +54,7 @@ impl SlaveLower {
             slave_url: slave_url.trim_end_matches('/').to_string(),
             store,
             http,
-            ensured: Mutex::new(HashSet::new()),
+            ensured: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             recipes: Mutex::new(HashMap::new()),
         })
@@ -68,13 +74,15 @@ impl SlaveLower {
     }
 
     fn ensure_local(&self, id: &ObjectId) -> io::Result<()> {
-        if self
+        let path = self.store.path(id);
+        let current = FileStamp::of_path(&path);
+        let known = self
             .ensured
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-            && self.store.contains(id)
-        {
+            .get(id)
+            .copied();
+        if current.is_some() && known == current {
             return Ok(());
         }
         let url = format!("{}/v1/objects/{id}", self.slave_url);
@@ -87,11 +95,19 @@ impl SlaveLower {
             tracing::warn!(object = %id, status = %resp.status(), "lower object unavailable");
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        self.ensured
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*id);
-        Ok(())
+        let mut ensured = self.ensured.lock().unwrap_or_else(|p| p.into_inner());
+        match FileStamp::of_path(&path) {
+            Some(stamp) => {
+                ensured.insert(*id, stamp);
+                Ok(())
+            }
+            None => {
+                // Gone again right after the slave verified it (a commit's
+                // undo or a scrub); the caller's next attempt asks again.
+                ensured.remove(id);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`readahead`]: background fetches of the chunks a sequential reader
 //!   needs next.
 //! - [`inodes`]: inode numbers for paths.
+//! - [`stamp`]: whether a local file is still the one that was checked.
 //! - [`fuse`]: the FUSE request handlers.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
 //! - [`daemon`]: starting a mount as a detached process.
@@ -19,3 +20,4 @@ pub mod layers;
 pub mod lower;
 pub mod mount;
 pub mod readahead;
+pub mod stamp;
