@@ -241,3 +241,6 @@ impl Request {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

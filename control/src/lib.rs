@@ -23,6 +23,8 @@
 
 pub mod command;
 pub mod error;
+pub mod execution;
+pub mod state;
 pub mod store;
 pub mod types;
 

@@ -20,7 +20,7 @@ mod log_store;
 mod state_machine;
 
 pub use log_store::LogStore;
-pub use state_machine::{StateMachineStore, StateReader};
+pub use state_machine::{SNAPSHOT_FORMAT, SnapshotBuilder, StateMachineStore, StateReader};
 
 /// Format of `control.redb`; bump on any incompatible change.
 pub const STORE_FORMAT: u64 = 1;
@@ -34,6 +34,17 @@ pub(crate) const KEY_FORMAT: &str = "format";
 pub(crate) const KEY_VOTE: &str = "vote";
 pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+
+/// Runs blocking redb work off the async threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ControlError>
+where
+    F: FnOnce() -> Result<T, ControlError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::Storage(format!("storage task failed: {e}")))?
+}
 
 /// Opens (creating if absent) the control store at `path` and returns its
 /// two halves, ready to hand to `openraft::Raft::new`.
