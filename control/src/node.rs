@@ -85,6 +85,12 @@ impl ControlNode {
         &self.raft
     }
 
+    /// Connections to other members (and, for a joining learner, to its
+    /// master), with this member's certificate.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     pub fn id(&self) -> NodeId {
         self.id
     }

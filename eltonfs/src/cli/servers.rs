@@ -170,6 +170,14 @@ pub struct SlaveArgs {
     /// Time an HTTP connection may stay unused between requests, in milliseconds.
     #[arg(long, default_value_t = elton_slave::conn_clock::IDLE_TIMEOUT.as_millis() as u64)]
     pub http_idle_timeout_ms: u64,
+    /// Join the control plane's Raft group as a learner, serving its gRPC
+    /// endpoint on this host:port [default: not a member].
+    #[arg(long)]
+    pub control_listen: Option<String>,
+    /// URL the masters reach the control endpoint at
+    /// [default: https://<control-listen>].
+    #[arg(long, requires = "control_listen")]
+    pub control_advertise: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -298,6 +306,8 @@ pub async fn slave(a: SlaveArgs) -> Result<()> {
     config.advertise = a.advertise;
     config.max_upload_bytes = a.max_upload_bytes;
     config.tls_dir = a.tls_dir;
+    config.control_listen = a.control_listen;
+    config.control_advertise = a.control_advertise;
     anyhow::ensure!(
         a.http_header_timeout_ms > 0 && a.http_idle_timeout_ms > 0,
         "HTTP timeouts must be at least 1 ms"
