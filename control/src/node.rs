@@ -427,12 +427,14 @@ impl ControlNode {
     }
 
     /// This member's own view of itself.
-    fn self_view(m: &Metrics) -> SelfView {
+    fn self_view(&self, m: &Metrics) -> SelfView {
         SelfView {
             state: state_name(m.state).into(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied: m.last_applied.map_or(0, |l| l.index),
+            state_digest: self.reader.digest(),
+            applied_requests: self.reader.applied_requests(),
         }
     }
 
@@ -453,7 +455,7 @@ impl ControlNode {
                 members.push((self.id, self.me.clone(), false));
             }
         }
-        let mut views = BTreeMap::from([(self.id, Ok(Self::self_view(&m)))]);
+        let mut views = BTreeMap::from([(self.id, Ok(self.self_view(&m)))]);
         let asks =
             members
                 .iter()
@@ -476,6 +478,8 @@ impl ControlNode {
                                 term: row.term,
                                 last_log_index: row.last_log_index,
                                 last_applied: row.last_applied,
+                                state_digest: row.state_digest,
+                                applied_requests: row.applied_requests,
                             })
                             .ok_or_else(|| "answered no status".to_string()),
                         Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),

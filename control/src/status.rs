@@ -13,6 +13,8 @@ pub struct SelfView {
     pub term: u64,
     pub last_log_index: u64,
     pub last_applied: u64,
+    pub state_digest: String,
+    pub applied_requests: u64,
 }
 
 /// One row per member of `membership` (voters first, then learners, by
@@ -46,6 +48,8 @@ pub fn rows(
                     row.last_log_index = v.last_log_index;
                     row.last_applied = v.last_applied;
                     row.lag = head.saturating_sub(v.last_applied);
+                    row.state_digest = v.state_digest.clone();
+                    row.applied_requests = v.applied_requests;
                 }
                 Some(Err(e)) => {
                     row.state = "unreachable".into();
@@ -89,6 +93,8 @@ mod tests {
                 term: 4,
                 last_log_index: log,
                 last_applied: applied,
+                state_digest: String::new(),
+                applied_requests: 0,
             })
         };
         let views = BTreeMap::from([

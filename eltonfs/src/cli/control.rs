@@ -175,6 +175,8 @@ fn status_json(r: &StatusResponse) -> serde_json::Value {
                 "last_log_index": m.last_log_index,
                 "last_applied": m.last_applied,
                 "lag": m.lag,
+                "state_digest": m.state_digest,
+                "applied_requests": m.applied_requests,
                 "error": if m.error.is_empty() { None } else { Some(&m.error) },
             })
         })
