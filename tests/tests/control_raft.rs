@@ -27,7 +27,12 @@ fn control_raft() {
 }
 
 fn phase1_every_member_sees_one_leader_three_voters_two_learners(g: &Group) {
-    g.submit(1, "p1", 1, r#"{"kind":"put","key":"hello","value":"world"}"#);
+    g.submit(
+        1,
+        "p1",
+        1,
+        r#"{"kind":"put","key":"hello","value":"world"}"#,
+    );
     let reference = g.converged(1, CONVERGE);
     for i in 1..=3 {
         let s = g.converged(i, CONVERGE);
@@ -78,7 +83,11 @@ fn phase2_a_cut_follower_and_a_stopped_learner_catch_up(g: &mut Group) {
         });
         let s = g.status(2).expect("m2 answers");
         let leader = s["leader"].as_str().expect("leader").to_string();
-        if Group::member(&s, &leader)["purged"].as_u64().expect("purged") > before {
+        if Group::member(&s, &leader)["purged"]
+            .as_u64()
+            .expect("purged")
+            > before
+        {
             purged_leader = true;
             break;
         }
@@ -128,9 +137,17 @@ fn phase3_a_full_restart_keeps_state_and_reexecutes_nothing(g: &mut Group) {
     // A retry of an applied request answers as the first time and changes
     // nothing.
     let again = g.submit(1, "p2", 60, r#"{"kind":"put","key":"k60","value":"other"}"#);
-    assert_eq!(again["response"]["value"], serde_json::Value::Null, "{again}");
+    assert_eq!(
+        again["response"]["value"],
+        serde_json::Value::Null,
+        "{again}"
+    );
     let s = g.converged(1, CONVERGE);
-    assert_eq!(Group::member(&s, "slave2")["applied_requests"], applied, "{s:#}");
+    assert_eq!(
+        Group::member(&s, "slave2")["applied_requests"],
+        applied,
+        "{s:#}"
+    );
     // The registers written before the restart are intact.
     for (seq, key, value) in [(1, "hello", "world"), (2, "k1", "v1"), (3, "k60", "v60")] {
         let got = g.submit(3, "p3", seq, &format!(r#"{{"kind":"get","key":"{key}"}}"#));
@@ -143,7 +160,15 @@ fn phase4_bad_input_changes_nothing(g: &Group) {
     let unknown_target = r#"{"kind":"execute","targets":{"to":"nodes","ids":[12345]},"action":{"action":"echo","payload":"x"},"deadline_ms":1000}"#;
     let e = g.fails(
         2,
-        &["control", "submit", unknown_target, "--client", "p4", "--seq", "1"],
+        &[
+            "control",
+            "submit",
+            unknown_target,
+            "--client",
+            "p4",
+            "--seq",
+            "1",
+        ],
     );
     assert!(e.contains("not in the control group"), "{e}");
     let e = g.fails(1, &["control", "submit", "--raw", "not json"]);
@@ -205,7 +230,10 @@ fn phase4_bad_input_changes_nothing(g: &Group) {
     for name in ["m1", "slave1"] {
         let (b, a) = (Group::member(&before, name), Group::member(&after, name));
         assert_eq!(a["state_digest"], b["state_digest"], "{name}: {after:#}");
-        assert_eq!(a["applied_requests"], b["applied_requests"], "{name}: {after:#}");
+        assert_eq!(
+            a["applied_requests"], b["applied_requests"],
+            "{name}: {after:#}"
+        );
     }
 }
 
@@ -361,7 +389,10 @@ fn phase5_leader_killed_under_load_every_ack_applied_once(g: &mut Group) {
             m["name"]
         );
     }
-    assert!(acked >= CLIENTS * PER_CLIENT * 9 / 10, "only {acked} acknowledged");
+    assert!(
+        acked >= CLIENTS * PER_CLIENT * 9 / 10,
+        "only {acked} acknowledged"
+    );
     let report = history.check().expect("the history is linearizable");
     eprintln!("phase 5: {acked} acknowledged, history {report:?}");
 }

@@ -48,7 +48,14 @@ impl Group {
             let addr = g.control_url(i);
             g.ok(
                 1,
-                &["control", "join", "--node", &format!("m{i}"), "--addr", &addr],
+                &[
+                    "control",
+                    "join",
+                    "--node",
+                    &format!("m{i}"),
+                    "--addr",
+                    &addr,
+                ],
             );
         }
         for i in 1..=slaves {
