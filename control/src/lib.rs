@@ -29,6 +29,7 @@ pub mod store;
 pub mod types;
 
 // The network edge and the member runtime (see docs/architecture.md).
+pub mod executor;
 pub mod gate;
 pub mod member_id;
 pub mod net;

@@ -71,14 +71,52 @@ impl ControlNode {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(member = %me, id, "control plane member started");
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             id,
             me,
             raft,
             pool,
             settings,
             reader,
-        }))
+        });
+        tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// Runs the executions this member is a target of, as they are
+    /// applied, and reports each result through the group. Unreported ones
+    /// (the group had no leader, this member restarted) are tried again on
+    /// the next applied entry or after a pause. Ends with the member.
+    async fn run_executions(node: std::sync::Weak<Self>) {
+        let Some(mut applied) = node.upgrade().map(|n| n.reader.watch_applied()) else {
+            return;
+        };
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            for e in n.reader.owed_executions(n.id) {
+                let result = crate::executor::run(&e.action);
+                let report = crate::executor::report(&n.me.name, n.id, e.exec, result);
+                let caller = Caller {
+                    node: Some((
+                        n.me.name.clone(),
+                        match n.me.role {
+                            Role::Voter => elton_trust::Role::Master,
+                            Role::Learner => elton_trust::Role::Slave,
+                        },
+                    )),
+                    token: false,
+                };
+                if let Err(e) = n.submit(report.encode(), &caller, false).await {
+                    tracing::debug!("reporting execution {}: {e}", report.id);
+                    break;
+                }
+            }
+            let pause = n.settings.leader_wait;
+            drop(n);
+            // Woken by the next applied entry; the timeout retries reports
+            // that failed while nothing else happens.
+            let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -252,8 +290,7 @@ impl ControlNode {
             || async move {
                 match self.raft.client_write(request.clone()).await {
                     Ok(r) => Ok(SubmitResponse {
-                        response: serde_json::to_vec(&r.data)
-                            .map_err(|e| NodeError::Raft(e.to_string()))?,
+                        response: self.answer(r.data).await?,
                         log_index: r.log_id.index,
                         leader: self.me.name.clone(),
                     }),
@@ -269,6 +306,25 @@ impl ControlNode {
             },
         )
         .await
+    }
+
+    /// The client's answer to an applied command: its response, except for
+    /// an execution, whose answer is the targets' results collected until
+    /// all answered or its deadline passed (listing those that did not).
+    async fn answer(&self, response: crate::command::Response) -> Result<Vec<u8>, NodeError> {
+        let encoded = match &response {
+            crate::command::Response::Executing {
+                exec, deadline_ms, ..
+            } => {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(*deadline_ms);
+                match self.reader.wait_result(*exec, deadline).await {
+                    Some(result) => serde_json::to_vec(&result),
+                    None => serde_json::to_vec(&response),
+                }
+            }
+            _ => serde_json::to_vec(&response),
+        };
+        encoded.map_err(|e| NodeError::Raft(e.to_string()))
     }
 
     /// Members a command names must be in the group now (they may still

@@ -82,7 +82,7 @@ pub struct ControlConfig {
     /// entries.
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot for members that lag.
-    pub keep_after_snapshot: u64,
+    pub keep_logs: u64,
 }
 
 impl Default for ControlConfig {
@@ -97,7 +97,7 @@ impl Default for ControlConfig {
             election_max: s.election_max,
             rpc_timeout: s.rpc_timeout,
             snapshot_every: s.snapshot_every,
-            keep_after_snapshot: s.keep_after_snapshot,
+            keep_logs: s.keep_after_snapshot,
         }
     }
 }
@@ -112,7 +112,7 @@ impl ControlConfig {
         s.election_max = self.election_max;
         s.rpc_timeout = self.rpc_timeout;
         s.snapshot_every = self.snapshot_every;
-        s.keep_after_snapshot = self.keep_after_snapshot;
+        s.keep_after_snapshot = self.keep_logs;
         s
     }
 }
@@ -352,6 +352,25 @@ mod tests {
             .is_ok()
         );
         assert!(MasterConfig::from_toml("listen = \"0.0.0.0:1\"").is_ok());
+    }
+
+    #[test]
+    fn control_settings_come_from_the_control_table_and_are_checked() {
+        let c = MasterConfig::from_toml(
+            "[control]\ninit = true\nheartbeat = 50\nelection_min = 300\nelection_max = 600\nkeep_logs = 5\n",
+        )
+        .unwrap();
+        assert!(c.control.init);
+        let s = c.control.settings(&c.data_dir);
+        assert_eq!(s.heartbeat, Duration::from_millis(50));
+        assert_eq!(s.keep_after_snapshot, 5);
+        assert_eq!(s.db_path, c.data_dir.join("control.redb"));
+        // An election timeout under three heartbeats would depose leaders.
+        assert!(
+            MasterConfig::from_toml("[control]\nheartbeat = 200\nelection_min = 300\n").is_err()
+        );
+        assert!(MasterConfig::from_toml("[control]\nadvertise = \"http://x:1\"\n").is_err());
+        assert!(MasterConfig::from_toml("[control]\nvoters = 3\n").is_err());
     }
 
     #[test]

@@ -46,6 +46,28 @@ fn phase1_every_member_sees_one_leader_three_voters_two_learners(g: &Group) {
         assert!(applied.windows(2).all(|w| w[0] == w[1]), "m{i}: {s:#}");
         assert!(members.iter().all(|m| m["lag"] == 0), "m{i}: {s:#}");
     }
+    // An execution on every member answers with each member's result,
+    // tagged by its id, once all have reported.
+    let r = g.submit(
+        2,
+        "p1",
+        2,
+        r#"{"kind":"execute","targets":{"to":"all"},"action":{"action":"echo","payload":"ping"},"deadline_ms":10000}"#,
+    );
+    let results = r["response"]["results"].as_object().expect("results");
+    assert_eq!(results.len(), 5, "{r}");
+    assert!(
+        results
+            .values()
+            .all(|v| v["status"] == "ok" && v["output"] == "ping"),
+        "{r}"
+    );
+    for m in reference["members"].as_array().expect("members") {
+        let id = m["raft_id"].to_string();
+        assert!(results.contains_key(&id), "{id} missing from {r}");
+    }
+    assert_eq!(r["response"]["missing"], serde_json::json!([]), "{r}");
+    assert_eq!(r["response"]["timed_out"], false, "{r}");
     // The text form names every member too.
     let text = g.ok(2, &["control", "status"]);
     for name in ["m1", "m2", "m3", "slave1", "slave2"] {
@@ -102,8 +124,27 @@ fn phase2_a_cut_follower_and_a_stopped_learner_catch_up(g: &mut Group) {
     link.restore();
     g.converged(1, CONVERGE);
 
-    // A learner that was down catches up.
+    // A learner that was down catches up. While it is down, an execution
+    // for it answers at its deadline and lists it as missing.
     g.slaves[0].kill9();
+    let s = g.converged_without("slave1", CONVERGE);
+    let slave1 = Group::member(&s, "slave1")["raft_id"].as_u64().expect("id");
+    let r = g.submit(
+        1,
+        "p2",
+        100,
+        &format!(
+            r#"{{"kind":"execute","targets":{{"to":"nodes","ids":[{slave1}]}},"action":{{"action":"echo","payload":"late"}},"deadline_ms":1500}}"#
+        ),
+    );
+    assert_eq!(r["response"]["missing"], serde_json::json!([slave1]), "{r}");
+    assert_eq!(r["response"]["timed_out"], true, "{r}");
+    let requests = |s: &serde_json::Value| {
+        Group::member(s, "m1")["applied_requests"]
+            .as_u64()
+            .expect("applied")
+    };
+    let after_exec = requests(&g.status(1).expect("m1 answers"));
     for seq in 61..=80 {
         g.submit(
             2,
@@ -115,6 +156,12 @@ fn phase2_a_cut_follower_and_a_stopped_learner_catch_up(g: &mut Group) {
     let port = g.slaves[0].port;
     g.slaves[0].restart();
     assert_eq!(g.slaves[0].port, port);
+    // Back, it runs the execution it owes and reports it (after the
+    // deadline: recorded, too late for that answer).
+    wait_until("slave1's late report", CONVERGE, || {
+        g.status(1)
+            .is_some_and(|s| requests(&s) == after_exec + 20 + 1)
+    });
     g.converged(1, CONVERGE);
     let got = g.submit(3, "p2", 81, r#"{"kind":"get","key":"k80"}"#);
     assert_eq!(got["response"]["value"], "v80", "{got}");
@@ -123,16 +170,40 @@ fn phase2_a_cut_follower_and_a_stopped_learner_catch_up(g: &mut Group) {
 fn phase3_a_full_restart_keeps_state_and_reexecutes_nothing(g: &mut Group) {
     let before = g.converged(1, CONVERGE);
     let applied = Group::member(&before, "m1")["applied_requests"].clone();
+    let digest = Group::member(&before, "m1")["state_digest"].clone();
     for p in g.masters.iter_mut().chain(g.slaves.iter_mut()) {
         p.kill9();
     }
     for p in g.masters.iter_mut().chain(g.slaves.iter_mut()) {
         p.restart();
     }
-    // Every member agrees, and none applied a request again on replay.
-    let after = g.converged(2, CONVERGE);
+    // Every member agrees, and none applied a request again on replay. (The
+    // last entries may be applied only once a new leader commits again:
+    // the committed index is saved lazily, so wait for that.)
+    let target = applied.as_u64().expect("applied");
+    let mut after = g.converged(2, CONVERGE);
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let counts: Vec<u64> = after["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["applied_requests"].as_u64().expect("applied"))
+            .collect();
+        assert!(
+            counts.iter().all(|c| *c <= target),
+            "re-executed: {after:#}"
+        );
+        if counts.iter().all(|c| *c == target) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "requests lost: {after:#}");
+        std::thread::sleep(Duration::from_millis(200));
+        after = g.converged(2, CONVERGE);
+    }
+    // The same state machine as before, on every member.
     for m in after["members"].as_array().expect("members") {
-        assert_eq!(m["applied_requests"], applied, "{after:#}");
+        assert_eq!(m["state_digest"], digest, "{after:#}");
     }
     // A retry of an applied request answers as the first time and changes
     // nothing.

@@ -134,7 +134,7 @@ impl ControlArgs {
             c.snapshot_every = v;
         }
         if let Some(v) = self.control_keep_logs {
-            c.keep_after_snapshot = v;
+            c.keep_logs = v;
         }
     }
 }

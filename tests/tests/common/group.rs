@@ -277,6 +277,34 @@ impl Group {
         panic!("members did not converge; last status: {last:#?}");
     }
 
+    /// As [`Group::converged`] from m1, ignoring member `down` (which must be
+    /// unreachable).
+    pub fn converged_without(&self, down: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.status(1) {
+                let members: Vec<_> = s["members"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| m["name"] != down)
+                    .collect();
+                let same = |f: &str| members.windows(2).all(|w| w[0][f] == w[1][f]);
+                if Self::member(&s, down)["state"] == "unreachable"
+                    && members.iter().all(|m| m["error"].is_null())
+                    && same("last_applied")
+                {
+                    return s;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("members did not converge without {down}; last status: {last:#?}");
+    }
+
     /// The name of the current leader, as master `i` sees it.
     pub fn leader(&self, i: usize) -> Option<String> {
         self.status(i)
