@@ -252,13 +252,16 @@ impl ControlNode {
         }
     }
 
-    fn forward_request<T>(&self, msg: T) -> tonic::Request<T> {
+    /// A call to the leader on a client's behalf; `work` is how long the
+    /// leader may take beyond committing (an execution's deadline; a
+    /// voter catching up).
+    fn forward_request<T>(&self, msg: T, work: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.metadata_mut().insert(
             FORWARDED_METADATA_KEY,
             tonic::metadata::MetadataValue::from_static("1"),
         );
-        req.set_timeout(self.settings.leader_wait + self.settings.rpc_timeout);
+        req.set_timeout(self.settings.leader_wait + self.settings.rpc_timeout + work);
         req
     }
 
@@ -283,6 +286,10 @@ impl ControlNode {
             }
         }
         self.check_targets(&request)?;
+        let work = match &request.command {
+            Command::Execute { deadline_ms, .. } => Duration::from_millis(*deadline_ms),
+            _ => Duration::ZERO,
+        };
         let request = &request;
         let bytes = &bytes;
         self.on_leader(
@@ -299,9 +306,12 @@ impl ControlNode {
             },
             |leader| async move {
                 let mut client = self.pool.control(&leader)?;
-                let req = self.forward_request(SubmitRequest {
-                    command: bytes.clone(),
-                });
+                let req = self.forward_request(
+                    SubmitRequest {
+                        command: bytes.clone(),
+                    },
+                    work,
+                );
                 Ok(client.submit(req).await?.into_inner())
             },
         )
@@ -373,7 +383,7 @@ impl ControlNode {
             |leader| async move {
                 let mut client = self.pool.control(&leader)?;
                 Ok(client
-                    .join(self.forward_request(req.clone()))
+                    .join(self.forward_request(req.clone(), CATCH_UP_WAIT))
                     .await?
                     .into_inner())
             },
@@ -475,7 +485,9 @@ impl ControlNode {
             },
             |leader| async move {
                 let mut client = self.pool.control(&leader)?;
-                client.leave(self.forward_request(req.clone())).await?;
+                client
+                    .leave(self.forward_request(req.clone(), Duration::ZERO))
+                    .await?;
                 Ok(())
             },
         )
