@@ -28,6 +28,15 @@ pub mod state;
 pub mod store;
 pub mod types;
 
+// The network edge and the member runtime (see docs/architecture.md).
+pub mod gate;
+pub mod member_id;
+pub mod net;
+pub mod node;
+pub mod node_error;
+pub mod settings;
+pub mod status;
+
 pub use command::{
     Action, COMMAND_VERSION, Command, ExecutionResult, NodeResult, Request, RequestId, Response,
     Targets,
@@ -35,3 +44,10 @@ pub use command::{
 pub use error::ControlError;
 pub use store::{LogStore, StateMachineStore, StateReader, open_store};
 pub use types::{Member, NodeId, Raft, Role, TypeConfig};
+
+pub use gate::{Caller, ControlNeed, Gate};
+pub use member_id::raft_id;
+pub use net::tls::MemberTls;
+pub use node::ControlNode;
+pub use node_error::NodeError;
+pub use settings::ControlSettings;

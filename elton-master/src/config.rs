@@ -52,6 +52,69 @@ pub struct MasterConfig {
     /// file if it exists, else created in it (mode 0600). Default:
     /// `<data_dir>/admin.token`.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// The control plane's Raft group (docs/operations.md §Control plane).
+    pub control: ControlConfig,
+}
+
+/// This master as a voter of the control group.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Where `control.redb` lives. Default: `<data_dir>`.
+    pub dir: Option<PathBuf>,
+    /// The URL other members reach this master's control service at.
+    /// Default: `https://<listen address>` (`http://` when insecure).
+    pub advertise: Option<String>,
+    /// On a start in no group, make a one-voter group of this master
+    /// (`elton up`; a first master can also be initialised with
+    /// `elton control init`).
+    pub init: bool,
+    #[serde(with = "millis")]
+    pub heartbeat: Duration,
+    #[serde(with = "millis")]
+    pub election_min: Duration,
+    #[serde(with = "millis")]
+    pub election_max: Duration,
+    /// Connect timeout and longest Raft call to another member.
+    #[serde(with = "millis")]
+    pub rpc_timeout: Duration,
+    /// Build a snapshot (and purge the log before it) every this many
+    /// entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for members that lag.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        let s = elton_control::ControlSettings::new(PathBuf::new());
+        Self {
+            dir: None,
+            advertise: None,
+            init: false,
+            heartbeat: s.heartbeat,
+            election_min: s.election_min,
+            election_max: s.election_max,
+            rpc_timeout: s.rpc_timeout,
+            snapshot_every: s.snapshot_every,
+            keep_after_snapshot: s.keep_after_snapshot,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// The member settings for a master whose data lives in `data_dir`.
+    pub fn settings(&self, data_dir: &std::path::Path) -> elton_control::ControlSettings {
+        let dir = self.dir.clone().unwrap_or_else(|| data_dir.to_path_buf());
+        let mut s = elton_control::ControlSettings::new(dir.join("control.redb"));
+        s.heartbeat = self.heartbeat;
+        s.election_min = self.election_min;
+        s.election_max = self.election_max;
+        s.rpc_timeout = self.rpc_timeout;
+        s.snapshot_every = self.snapshot_every;
+        s.keep_after_snapshot = self.keep_after_snapshot;
+        s
+    }
 }
 
 /// One peer master: its cluster name (the `home` of its volumes), its
@@ -113,6 +176,7 @@ impl Default for MasterConfig {
             tls_dir: None,
             tls_names: Vec::new(),
             bootstrap_token_file: None,
+            control: ControlConfig::default(),
         }
     }
 }
@@ -201,6 +265,15 @@ impl MasterConfig {
         }
         if self.replication == 0 {
             return Err("replication must be at least 1 (1 = no backup copies)".into());
+        }
+        self.control.settings(&self.data_dir).validate()?;
+        if let Some(a) = &self.control.advertise {
+            let scheme = if self.insecure { "http://" } else { "https://" };
+            if !a.starts_with(scheme) {
+                return Err(format!(
+                    "control advertise URL {a:?} must start with {scheme}"
+                ));
+            }
         }
         Ok(())
     }

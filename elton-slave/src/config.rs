@@ -21,6 +21,12 @@ pub struct SlaveConfig {
     pub max_upload_bytes: u64,
     /// Deadlines of the HTTP server's connections.
     pub http_timeouts: HttpTimeouts,
+    /// `host:port` of this host's control plane endpoint (a learner of the
+    /// Raft group, gRPC with mutual TLS); `None`: not a member.
+    pub control_listen: Option<String>,
+    /// URL the masters reach that endpoint at; default
+    /// `https://<control listen address>`.
+    pub control_advertise: Option<String>,
 }
 
 impl SlaveConfig {
@@ -44,6 +50,8 @@ impl SlaveConfig {
             tls_dir: None,
             max_upload_bytes: 16 << 30,
             http_timeouts: HttpTimeouts::default(),
+            control_listen: None,
+            control_advertise: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! module holds one group of subcommands.
 
 mod client;
+mod control;
 mod docker;
 mod fsck;
 mod import;
@@ -99,6 +100,9 @@ pub enum Command {
     /// Create, list and revoke bearer tokens (admin).
     #[command(subcommand)]
     Token(trust::TokenCommand),
+    /// The control plane's Raft group: init, join, leave, status, submit.
+    #[command(subcommand)]
+    Control(control::ControlCommand),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -208,5 +212,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(c) => trust::cert(c),
         Command::Token(c) => trust::token(&ep, c).await,
         Command::Whoami { json } => trust::whoami(&ep, json).await,
+        Command::Control(c) => control::control(&ep, c).await,
     }
 }
