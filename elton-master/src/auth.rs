@@ -201,8 +201,7 @@ impl Auth {
         if !allowed {
             if caller.cert.is_none() && caller.token.is_none() {
                 return Err(MasterError::Unauthenticated(
-                    "control calls need a node certificate of the cluster or a bearer token"
-                        .into(),
+                    "control calls need a node certificate of the cluster or a bearer token".into(),
                 ));
             }
             let what = match need {

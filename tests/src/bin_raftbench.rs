@@ -4,14 +4,14 @@
 //! `bench/control.sh`.
 //!
 //!   elton-raftbench load --system etcd --endpoints URL,URL,URL --clients 16
-//!   elton-raftbench failover --system etcd --member NAME=URL=PIDFILE ...
+//!   elton-raftbench failover --system elton --member NAME=URL=PIDFILE ...
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use elton_tests::raftbench::{Writer, etcd, failover, load};
+use elton_tests::raftbench::{Writer, elton, etcd, failover, load};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -19,11 +19,19 @@ use serde_json::json;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Elton: a bearer token of scope write (not needed by --insecure
+    /// masters).
+    #[arg(long, global = true, env = "ELTON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Elton: the cluster CA certificate, for https members.
+    #[arg(long, global = true, env = "ELTON_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum System {
     Etcd,
+    Elton,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +105,18 @@ async fn writers_etcd(endpoints: &[String], n: usize) -> Result<Vec<etcd::EtcdWr
     Ok(out)
 }
 
+async fn writers_elton(
+    endpoints: &[String],
+    n: usize,
+    auth: &elton::Auth,
+) -> Result<Vec<elton::EltonWriter>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(elton::connect(&endpoints[i % endpoints.len()], auth).await?);
+    }
+    Ok(out)
+}
+
 async fn run_load<W: Writer>(
     system: &str,
     writers: Vec<W>,
@@ -115,6 +135,15 @@ async fn run_load<W: Writer>(
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let auth = elton::Auth {
+        token: cli.token,
+        ca_pem: match &cli.ca {
+            Some(p) => Some(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            ),
+            None => None,
+        },
+    };
     match cli.cmd {
         Cmd::Load {
             system,
@@ -133,6 +162,10 @@ async fn run(cli: Cli) -> Result<()> {
                 System::Etcd => {
                     let w = writers_etcd(&endpoints, clients).await?;
                     run_load("etcd", w, warmup, duration, value_bytes).await;
+                }
+                System::Elton => {
+                    let w = writers_elton(&endpoints, clients, &auth).await?;
+                    run_load("elton", w, warmup, duration, value_bytes).await;
                 }
             }
         }
@@ -154,6 +187,23 @@ async fn run(cli: Cli) -> Result<()> {
                     for (i, u) in urls.iter().enumerate() {
                         if i != leader {
                             survivors.push(etcd::connect(u).await?);
+                        }
+                    }
+                    let took =
+                        failover::measure(&survivors, || kill_member(&members[leader]), limit)
+                            .await?;
+                    (leader, took)
+                }
+                System::Elton => {
+                    let name = elton::leader(&urls, &auth).await?;
+                    let leader = members
+                        .iter()
+                        .position(|m| m.name == name)
+                        .with_context(|| format!("the leader {name:?} is not among --member"))?;
+                    let mut survivors = Vec::new();
+                    for (i, u) in urls.iter().enumerate() {
+                        if i != leader {
+                            survivors.push(elton::connect(u, &auth).await?);
                         }
                     }
                     let took =

@@ -146,7 +146,10 @@ pub async fn control(ep: &Endpoints, cmd: ControlCommand) -> Result<()> {
                 });
                 println!("{out}");
             } else {
-                println!("{response} (log index {}, leader {})", r.log_index, r.leader);
+                println!(
+                    "{response} (log index {}, leader {})",
+                    r.log_index, r.leader
+                );
             }
         }
     }
@@ -192,10 +195,17 @@ fn status_json(r: &StatusResponse) -> serde_json::Value {
 
 fn print_status(r: &StatusResponse) {
     if !r.initialized {
-        println!("{} is in no control group (run `elton control init` on one master)", r.node);
+        println!(
+            "{} is in no control group (run `elton control init` on one master)",
+            r.node
+        );
         return;
     }
-    let leader = if r.leader.is_empty() { "(none)" } else { &r.leader };
+    let leader = if r.leader.is_empty() {
+        "(none)"
+    } else {
+        &r.leader
+    };
     println!("leader {leader}, term {} (answered by {})", r.term, r.node);
     println!(
         "{:<20} {:<8} {:<12} {:>6} {:>10} {:>10} {:>8}  ADDR",

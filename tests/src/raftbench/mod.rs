@@ -4,6 +4,7 @@
 //! after `kill -9` of the leader. See `bench/control.sh` and
 //! `docs/benchmarks.md`.
 
+pub mod elton;
 pub mod etcd;
 pub mod failover;
 pub mod load;
