@@ -435,6 +435,7 @@ impl ControlNode {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             state_digest: self.reader.digest(),
             applied_requests: self.reader.applied_requests(),
+            purged: m.purged.map_or(0, |l| l.index),
         }
     }
 
@@ -480,6 +481,7 @@ impl ControlNode {
                                 last_applied: row.last_applied,
                                 state_digest: row.state_digest,
                                 applied_requests: row.applied_requests,
+                                purged: row.purged,
                             })
                             .ok_or_else(|| "answered no status".to_string()),
                         Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),

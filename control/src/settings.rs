@@ -82,7 +82,8 @@ impl ControlSettings {
             install_snapshot_timeout: millis(self.rpc_timeout * 5),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
-            purge_batch_size: 256,
+            // Purge as soon as a snapshot allows, up to 256 entries at once.
+            purge_batch_size: self.snapshot_every.clamp(1, 256),
             ..Default::default()
         };
         Ok(Arc::new(config.validate().map_err(|e| e.to_string())?))

@@ -15,6 +15,7 @@ pub struct SelfView {
     pub last_applied: u64,
     pub state_digest: String,
     pub applied_requests: u64,
+    pub purged: u64,
 }
 
 /// One row per member of `membership` (voters first, then learners, by
@@ -50,6 +51,7 @@ pub fn rows(
                     row.lag = head.saturating_sub(v.last_applied);
                     row.state_digest = v.state_digest.clone();
                     row.applied_requests = v.applied_requests;
+                    row.purged = v.purged;
                 }
                 Some(Err(e)) => {
                     row.state = "unreachable".into();
@@ -95,6 +97,7 @@ mod tests {
                 last_applied: applied,
                 state_digest: String::new(),
                 applied_requests: 0,
+                purged: 0,
             })
         };
         let views = BTreeMap::from([

@@ -78,6 +78,8 @@ impl Connection {
     }
 
     /// The member's answer: its openraft result, or a transport failure.
+    // The error type is the one openraft's `RaftNetwork` methods return.
+    #[allow(clippy::result_large_err)]
     fn reply<T: serde::de::DeserializeOwned, E>(
         &self,
         answer: Result<tonic::Response<elton_proto::control_pb::RaftMessage>, Status>,

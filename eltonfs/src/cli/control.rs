@@ -180,6 +180,7 @@ fn status_json(r: &StatusResponse) -> serde_json::Value {
                 "lag": m.lag,
                 "state_digest": m.state_digest,
                 "applied_requests": m.applied_requests,
+                "purged": m.purged,
                 "error": if m.error.is_empty() { None } else { Some(&m.error) },
             })
         })

@@ -39,7 +39,7 @@ pub enum Command {
     /// Run a single-node Elton (master and slave in one process).
     Up(servers::UpArgs),
     /// Run a master.
-    Master(servers::MasterArgs),
+    Master(Box<servers::MasterArgs>),
     /// Run a slave (storage node with the HTTP interface).
     Slave(servers::SlaveArgs),
     /// Create or list volumes.
@@ -175,7 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
         Command::Up(a) => servers::up(a).await,
-        Command::Master(a) => servers::master(a).await,
+        Command::Master(a) => servers::master(*a).await,
         Command::Slave(a) => servers::slave(a).await,
         Command::Volume(VolumeCommand::Create { name }) => inspect::volume_create(&ep, &name).await,
         Command::Volume(VolumeCommand::Ls) => inspect::volume_ls(&ep).await,
