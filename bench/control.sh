@@ -128,9 +128,83 @@ fi
 
 # ---- Elton: three masters -----------------------------------------------
 
+declare -a ELTON_PORT ELTON_PID
+for i in 1 2 3; do
+    ELTON_PORT[i]=$(free_port "${ETCD_CLIENT[@]:-}" "${ETCD_PEER[@]:-}" "${ELTON_PORT[@]:-}")
+done
+# Insecure masters take no token; a secured group would need ELTON_TOKEN
+# and ELTON_CA here.
+ELTON_BENCH_FLAGS=()
+
+elton_start() { # member-number
+    local i=$1 init=()
+    [[ $i == 1 ]] && init=(--control-init) # a no-op once m1 is in the group
+    ELTON_LOG=warn "$ELTON" master --id "m$i" --data-dir "$WORK/m$i" \
+        --listen "127.0.0.1:${ELTON_PORT[i]}" --insecure "${init[@]}" \
+        >>"$WORK/m$i.log" 2>&1 &
+    ELTON_PID[i]=$!
+    echo "${ELTON_PID[i]}" >"$WORK/m$i.pid"
+    track_pid "${ELTON_PID[i]}" "elton master m$i"
+}
+
+elton_ctl() { # member-number control-args...
+    "$ELTON" control --master "http://127.0.0.1:${ELTON_PORT[$1]}" "${@:2}"
+}
+
+elton_wait() { # member-number: until it answers and knows a leader
+    local i=$1 t
+    for ((t = 0; t < 200; t++)); do
+        kill -0 "${ELTON_PID[i]}" 2>/dev/null || { cat "$WORK/m$i.log" >&2; die "elton master m$i exited"; }
+        if elton_ctl "$i" status --json 2>/dev/null | python3 -c '
+import json, sys
+sys.exit(0 if json.load(sys.stdin).get("leader") else 1)' 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$WORK/m$i.log" >&2
+    die "elton master m$i knows no leader after 20 s"
+}
+
+elton_group_start() {
+    local i
+    log "starting 3 Elton masters (--insecure, gRPC on ${ELTON_PORT[*]})"
+    for i in 1 2 3; do elton_start "$i"; done
+    elton_wait 1
+    for i in 2 3; do
+        elton_ctl 1 join --node "m$i" --addr "http://127.0.0.1:${ELTON_PORT[i]}" --role master >/dev/null \
+            || die "m$i could not join"
+    done
+    for i in 1 2 3; do elton_wait "$i"; done
+}
+
+elton_endpoints() {
+    local i out=""
+    for i in 1 2 3; do out+="${out:+,}http://127.0.0.1:${ELTON_PORT[i]}"; done
+    echo "$out"
+}
+
+elton_members() {
+    local i
+    for i in 1 2 3; do
+        printf -- '--member m%s=http://127.0.0.1:%s=%s ' "$i" "${ELTON_PORT[i]}" "$WORK/m$i.pid"
+    done
+}
+
+elton_heal() {
+    local i
+    for i in 1 2 3; do
+        if ! kill -0 "${ELTON_PID[i]}" 2>/dev/null; then
+            unset "BENCH_PID_NAMES[${ELTON_PID[i]}]"
+            wait "${ELTON_PID[i]}" 2>/dev/null || true
+            log "restarting elton master m$i"
+            elton_start "$i"
+        fi
+    done
+    for i in 1 2 3; do elton_wait "$i"; done
+}
+
 if [[ " $SYSTEMS " == *" elton "* ]]; then
-    # shellcheck source-path=SCRIPTDIR source=control-elton.sh
-    source "$(dirname "${BASH_SOURCE[0]}")/control-elton.sh"
     elton_group_start
 fi
 
@@ -176,8 +250,7 @@ heal() { # system
     sleep 3 # a settled group: the restarted member caught up, no election pending
 }
 
-ELTON_FLAGS=()
-[[ " $SYSTEMS " == *" elton "* ]] && ELTON_FLAGS=("${ELTON_BENCH_FLAGS[@]}")
+ELTON_FLAGS=("${ELTON_BENCH_FLAGS[@]}")
 read -ra SYS <<<"$SYSTEMS"
 read -ra NCLIENTS <<<"$CLIENTS"
 
