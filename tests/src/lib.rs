@@ -5,3 +5,4 @@
 
 pub mod linearizability;
 pub mod link;
+pub mod raftbench;

@@ -1,32 +1,108 @@
-//! The Raft log and vote. Every write that openraft must be able to rely on
-//! after a crash (append, vote, truncate, purge) is committed with
-//! immediate durability before it is reported done. Unlike openraft's
-//! rocksdb example, `append` calls its callback only after the fsync.
+//! The Raft log and vote. Every write that openraft relies on after a
+//! crash is durable before it is reported done: `save_vote`, `truncate`
+//! and `purge` return after their transaction committed with immediate
+//! durability, and `append` calls its `LogFlushed` callback only then
+//! (unlike openraft's rocksdb example, which reports before the fsync).
+//! Writes go through one writer thread that commits whatever is queued in
+//! one transaction ([`super::log_writer`]).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::mpsc::Sender;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
+use super::log_writer::{self, Op, Pending};
 use super::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, blocking};
 use crate::error::ControlError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// openraft's `RaftLogStorage` over `control.redb`. Cheap to clone; clones
-/// share the file.
+/// share the file and the writer thread, which ends with the last clone.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Arc<Pending>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread's queue. Dropping the last handle closes the queue and
+/// waits for the thread, so the file is closed when the store is gone and
+/// can be opened again at once (a restart in the same process).
+struct Writer {
+    tx: Option<Sender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, op: Op) -> Result<(), ControlError> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(op).ok())
+            .ok_or_else(|| ControlError::Storage("the log writer has stopped".into()))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            // A panic in the writer already failed every waiting call.
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<Database>) -> Result<Self, ControlError> {
+        let pending = Arc::new(Pending::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (d, p) = (db.clone(), pending.clone());
+        let thread = std::thread::Builder::new()
+            .name("control-log".into())
+            .spawn(move || log_writer::run(d, p, rx))?;
+        Ok(Self {
+            db,
+            pending,
+            writer: Arc::new(Writer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Queues `op` (built around its completion sender) and waits for its
+    /// commit.
+    async fn write(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), ControlError>>) -> Op,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(op(tx))?;
+        rx.await
+            .map_err(|_| ControlError::Storage("the log writer has stopped".into()))?
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), ControlError> {
+        let value = encode(value)?;
+        self.write(|done| Op::Meta {
+            key,
+            value,
+            durable,
+            done,
+        })
+        .await
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ControlError> {
@@ -38,24 +114,14 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), ControlError> {
-        let bytes = encode(value)?;
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(durability)?;
-        txn.open_table(META)?.insert(key, bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
-    }
-
+    /// Entries in the range: committed ones from disk, overlaid with those
+    /// still queued. The queue is read first: an entry committed between
+    /// the two reads is then found on disk rather than missed.
     fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, ControlError> {
+        let queued = self.pending.range((start, end));
         let txn = self.db.begin_read()?;
         let log = txn.open_table(LOG)?;
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeMap::new();
         for item in log.range::<u64>((start, end))? {
             let (k, v) = item?;
             let entry: Entry = decode("log entry", v.value())?;
@@ -66,63 +132,31 @@ impl LogStore {
                     entry.log_id.index
                 )));
             }
-            out.push(entry);
+            out.insert(k.value(), entry);
         }
-        Ok(out)
+        for e in queued {
+            out.insert(e.log_id.index, e);
+        }
+        Ok(out.into_values().collect())
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, ControlError> {
+        let queued = self.pending.last();
         let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
         let txn = self.db.begin_read()?;
         let log = txn.open_table(LOG)?;
-        let last = match log.last()? {
+        let on_disk = match log.last()? {
             Some((_, v)) => Some(decode::<Entry>("log entry", v.value())?.log_id),
-            None => last_purged,
+            None => None,
         };
+        let last = [queued, on_disk, last_purged]
+            .into_iter()
+            .flatten()
+            .max_by_key(|l| l.index);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
         })
-    }
-
-    fn append_durably(&self, entries: Vec<Entry>) -> Result<(), ControlError> {
-        let rows = entries
-            .iter()
-            .map(|e| Ok((e.log_id.index, encode(e)?)))
-            .collect::<Result<Vec<_>, ControlError>>()?;
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut log = txn.open_table(LOG)?;
-            for (index, bytes) in &rows {
-                log.insert(index, bytes.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Deletes `index >= from` (truncate) in one durable commit.
-    fn truncate_from(&self, from: u64) -> Result<(), ControlError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.open_table(LOG)?.retain_in(from.., |_, _| false)?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Records `upto` as purged and deletes `index <= upto.index`, in one
-    /// durable commit: the purged id is never behind what is gone.
-    fn purge_upto(&self, upto: LogId) -> Result<(), ControlError> {
-        let bytes = encode(&upto)?;
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.open_table(META)?
-            .insert(KEY_LAST_PURGED, bytes.as_slice())?;
-        txn.open_table(LOG)?
-            .retain_in(..=upto.index, |_, _| false)?;
-        txn.commit()?;
-        Ok(())
     }
 }
 
@@ -166,9 +200,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let this = self.clone();
-        let vote = *vote;
-        blocking(move || this.write_meta(KEY_VOTE, &vote, Durability::Immediate))
+        self.write_meta(KEY_VOTE, vote, true)
             .await
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
@@ -181,10 +213,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// The committed id only speeds up a restart (re-applying the committed
-    /// tail); losing the latest one in a crash is harmless, so no fsync.
+    /// tail); losing the latest one in a crash is harmless, so no fsync of
+    /// its own.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let this = self.clone();
-        blocking(move || this.write_meta(KEY_COMMITTED, &committed, Durability::None))
+        self.write_meta(KEY_COMMITTED, &committed, false)
             .await
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
@@ -196,6 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
+    /// Queues the entries and returns; `callback` fires after the fsync.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -206,29 +239,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let this = self.clone();
-        match blocking(move || this.append_durably(entries)).await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
-            }
-        }
+        self.pending.insert(&entries);
+        self.writer
+            .send(Op::Append { entries, callback })
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let this = self.clone();
-        blocking(move || this.truncate_from(log_id.index))
-            .await
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        self.pending.truncate(log_id.index);
+        self.write(|done| Op::Truncate {
+            from: log_id.index,
+            done,
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let this = self.clone();
-        blocking(move || this.purge_upto(log_id))
+        self.pending.purge(log_id.index);
+        self.write(|done| Op::Purge { upto: log_id, done })
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }

@@ -17,6 +17,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use crate::error::ControlError;
 
 mod log_store;
+mod log_writer;
 mod state_machine;
 
 pub use log_store::LogStore;
@@ -51,7 +52,7 @@ where
 pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), ControlError> {
     let db = Arc::new(Database::create(path)?);
     check_format(&db)?;
-    let log = LogStore::new(db.clone());
+    let log = LogStore::new(db.clone())?;
     let sm = StateMachineStore::load(db)?;
     Ok((log, sm))
 }
