@@ -367,6 +367,12 @@ impl ControlNode {
         forwarded: bool,
     ) -> Result<JoinResponse, NodeError> {
         let member = joining_member(&req)?;
+        if self.pool.secure() && !member.addr.starts_with("https://") {
+            return Err(NodeError::BadRequest(format!(
+                "address {:?}: members of a secure group are reached over https",
+                member.addr
+            )));
+        }
         if let Some(slave) = caller.slave()
             && (slave != member.name || req.voter)
         {
@@ -521,7 +527,7 @@ impl ControlNode {
         if members.is_empty() || req.local {
             members.retain(|(id, _, _)| *id == self.id);
             if members.is_empty() {
-                members.push((self.id, self.me.clone(), false));
+                members.push((self.id, self.me.clone(), self.me.role == Role::Voter));
             }
         }
         let mut views = BTreeMap::from([(self.id, Ok(self.self_view(&m)))]);

@@ -270,6 +270,35 @@ fn phase4_bad_input_changes_nothing(g: &Group) {
     }
     let e = g.fails(1, &["control", "leave", "nobody"]);
     assert!(e.contains("not a member"), "{e}");
+    let e = g.fails(
+        2,
+        &[
+            "control",
+            "join",
+            "--node",
+            "m9",
+            "--addr",
+            "http://127.0.0.1:1",
+        ],
+    );
+    assert!(e.contains("https"), "{e}");
+    let e = g.fails(
+        1,
+        &[
+            "control",
+            "join",
+            "--node",
+            "s9",
+            "--addr",
+            "https://127.0.0.1:1",
+            "--role",
+            "slave",
+            "--learner",
+            "--token",
+            "not-a-token",
+        ],
+    );
+    assert!(e.to_lowercase().contains("token"), "{e}");
     // A slave may only join as itself.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let denied = rt.block_on(async {

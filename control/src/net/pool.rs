@@ -34,6 +34,12 @@ impl Pool {
         }
     }
 
+    /// Whether members are reached over TLS (then only https addresses
+    /// work).
+    pub fn secure(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The channel to `member`, created on first use. Connecting is lazy:
     /// a member that is down fails each call (UNAVAILABLE), and the channel
     /// reconnects by itself when it is back.
