@@ -32,6 +32,9 @@ use crate::types::{Member, NodeId, Raft, Role};
 /// How long a voter being added may take to catch up before `join`
 /// gives up waiting (it stays a learner; joining again finishes).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Longest deadline an execution may ask for: a member holds the client's
+/// call (and a forwarding member its connection) that long.
+pub const MAX_EXECUTION_DEADLINE: Duration = Duration::from_secs(600);
 
 pub struct ControlNode {
     id: NodeId,
@@ -290,6 +293,13 @@ impl ControlNode {
             Command::Execute { deadline_ms, .. } => Duration::from_millis(*deadline_ms),
             _ => Duration::ZERO,
         };
+        if work > MAX_EXECUTION_DEADLINE {
+            return Err(NodeError::BadRequest(format!(
+                "execute: deadline_ms {} is above the limit of {} ms",
+                work.as_millis(),
+                MAX_EXECUTION_DEADLINE.as_millis()
+            )));
+        }
         let request = &request;
         let bytes = &bytes;
         self.on_leader(

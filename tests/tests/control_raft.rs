@@ -242,6 +242,15 @@ fn phase4_bad_input_changes_nothing(g: &Group) {
         ],
     );
     assert!(e.contains("not in the control group"), "{e}");
+    let e = g.fails(
+        1,
+        &[
+            "control",
+            "submit",
+            r#"{"kind":"execute","targets":{"to":"all"},"action":{"action":"echo","payload":"x"},"deadline_ms":86400000}"#,
+        ],
+    );
+    assert!(e.contains("above the limit"), "{e}");
     let e = g.fails(1, &["control", "submit", "--raw", "not json"]);
     assert!(e.contains("bad command"), "{e}");
     let e = g.fails(
