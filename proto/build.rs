@@ -1,8 +1,8 @@
-//! Compiles `proto/elton.proto` with protox (pure Rust), so a fresh machine
+//! Compiles `proto/elton.proto` and `proto/control.proto` with protox (pure Rust), so a fresh machine
 //! needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/elton.proto"];
+    let files = ["proto/elton.proto", "proto/control.proto"];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         // Object bytes stay reference-counted buffers from the socket to the

@@ -1,3 +1,54 @@
-//! The control plane (k2i, drcond, container scheduling replicated by Raft)
-//! comes after the storage system; see `docs/architecture.md`. This crate is
-//! an empty placeholder so the workspace layout is stable.
+//! Elton's control plane: the masters form a Raft group (openraft 0.9,
+//! storage-v2), slave hosts join as learners, and every member applies the
+//! same typed commands. See `docs/architecture.md`, "Control plane".
+//!
+//! Contents:
+//! - [`types`]: the openraft type config ([`TypeConfig`]), [`NodeId`],
+//!   [`Member`] (name, https address, intended role) and type aliases.
+//! - [`command`]: the log payload — [`Request`] (version, [`RequestId`],
+//!   [`Command`]) and [`Response`]; [`Request::decode`] rejects malformed and
+//!   unknown commands before they are proposed.
+//! - [`store`]: `control.redb`; [`open_store`] returns the [`LogStore`] and
+//!   [`StateMachineStore`] halves for `openraft::Raft::new`.
+//! - [`error`]: [`ControlError`], mapped to gRPC statuses by the network edge.
+//!
+//! What the networking side calls:
+//! ```ignore
+//! let (log, sm) = elton_control::open_store(&dir.join("control.redb"))?;
+//! let reader = sm.reader();            // read applied state, watch progress
+//! let raft = elton_control::Raft::new(id, config, network, log, sm).await?;
+//! let req = elton_control::Request::decode(&bytes)?;   // client bytes
+//! let resp = raft.client_write(req).await?.data;        // a Response
+//! ```
+
+pub mod command;
+pub mod error;
+pub mod execution;
+pub mod state;
+pub mod store;
+pub mod types;
+
+// The network edge and the member runtime (see docs/architecture.md).
+pub mod executor;
+pub mod gate;
+pub mod member_id;
+pub mod net;
+pub mod node;
+pub mod node_error;
+pub mod settings;
+pub mod status;
+
+pub use command::{
+    Action, COMMAND_VERSION, Command, ExecutionResult, NodeResult, Request, RequestId, Response,
+    Targets,
+};
+pub use error::ControlError;
+pub use store::{LogStore, StateMachineStore, StateReader, open_store};
+pub use types::{Member, NodeId, Raft, Role, TypeConfig};
+
+pub use gate::{Caller, ControlNeed, Gate};
+pub use member_id::raft_id;
+pub use net::tls::MemberTls;
+pub use node::ControlNode;
+pub use node_error::NodeError;
+pub use settings::ControlSettings;

@@ -162,6 +162,66 @@ impl Auth {
         )))
     }
 
+    /// Authenticates a control plane call and checks it may do what `need`
+    /// says (docs/architecture.md §Control plane): Raft RPCs only from
+    /// masters (this cluster's or a peer's); client calls by token scope;
+    /// a node's own certificate for its own join or leave, and a master's
+    /// for calls it forwards to the leader.
+    pub fn control<T>(
+        &self,
+        req: &Request<T>,
+        need: elton_control::ControlNeed,
+    ) -> Result<elton_control::Caller, MasterError> {
+        use elton_control::ControlNeed as N;
+        let caller = self.authenticate(req)?;
+        if caller.insecure {
+            return Ok(elton_control::Caller::trusted());
+        }
+        let scope = caller.scope();
+        let node = match &caller.cert {
+            Some(Authenticated::Member(id) | Authenticated::Peer(id)) => {
+                Some((id.node.clone(), id.role))
+            }
+            None => None,
+        };
+        let master = node
+            .as_ref()
+            .is_some_and(|(_, role)| *role == elton_trust::Role::Master);
+        let allowed = match &need {
+            N::Raft => master,
+            N::Submit => node.is_some() || scope.is_some_and(|s| s.allows(Scope::Write)),
+            N::Read => node.is_some() || scope.is_some(),
+            N::Admin => scope == Some(Scope::Admin),
+            N::SpeakAs(name) => {
+                master
+                    || node.as_ref().is_some_and(|(n, _)| n == name)
+                    || scope == Some(Scope::Admin)
+            }
+        };
+        if !allowed {
+            if caller.cert.is_none() && caller.token.is_none() {
+                return Err(MasterError::Unauthenticated(
+                    "control calls need a node certificate of the cluster or a bearer token".into(),
+                ));
+            }
+            let what = match need {
+                N::Raft => "a master's certificate".to_string(),
+                N::Submit => "a token of scope write".to_string(),
+                N::Read => "read".to_string(),
+                N::Admin => "a token of scope admin".to_string(),
+                N::SpeakAs(name) => format!("node {name}'s certificate or an admin token"),
+            };
+            return Err(MasterError::PermissionDenied(format!(
+                "{} may not do this; it needs {what}",
+                caller.describe()
+            )));
+        }
+        // A token decides what a client may do; a certificate alone limits
+        // a slave to its own business.
+        let token = caller.token.is_some();
+        Ok(elton_control::Caller { node, token })
+    }
+
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, MasterError> {
         let Some(anchors) = &self.anchors else {
             let claimed_peer = req

@@ -65,6 +65,69 @@ pub struct MasterConfig {
     /// `elton gc`).
     #[serde(with = "millis")]
     pub gc_interval: Duration,
+    /// The control plane's Raft group (docs/operations.md §Control plane).
+    pub control: ControlConfig,
+}
+
+/// This master as a voter of the control group.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Where `control.redb` lives. Default: `<data_dir>`.
+    pub dir: Option<PathBuf>,
+    /// The URL other members reach this master's control service at.
+    /// Default: `https://<listen address>` (`http://` when insecure).
+    pub advertise: Option<String>,
+    /// On a start in no group, make a one-voter group of this master
+    /// (`elton up`; a first master can also be initialised with
+    /// `elton control init`).
+    pub init: bool,
+    #[serde(with = "millis")]
+    pub heartbeat: Duration,
+    #[serde(with = "millis")]
+    pub election_min: Duration,
+    #[serde(with = "millis")]
+    pub election_max: Duration,
+    /// Connect timeout and longest Raft call to another member.
+    #[serde(with = "millis")]
+    pub rpc_timeout: Duration,
+    /// Build a snapshot (and purge the log before it) every this many
+    /// entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for members that lag.
+    pub keep_logs: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        let s = elton_control::ControlSettings::new(PathBuf::new());
+        Self {
+            dir: None,
+            advertise: None,
+            init: false,
+            heartbeat: s.heartbeat,
+            election_min: s.election_min,
+            election_max: s.election_max,
+            rpc_timeout: s.rpc_timeout,
+            snapshot_every: s.snapshot_every,
+            keep_logs: s.keep_after_snapshot,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// The member settings for a master whose data lives in `data_dir`.
+    pub fn settings(&self, data_dir: &std::path::Path) -> elton_control::ControlSettings {
+        let dir = self.dir.clone().unwrap_or_else(|| data_dir.to_path_buf());
+        let mut s = elton_control::ControlSettings::new(dir.join("control.redb"));
+        s.heartbeat = self.heartbeat;
+        s.election_min = self.election_min;
+        s.election_max = self.election_max;
+        s.rpc_timeout = self.rpc_timeout;
+        s.snapshot_every = self.snapshot_every;
+        s.keep_after_snapshot = self.keep_logs;
+        s
+    }
 }
 
 /// One peer master: its cluster name (the `home` of its volumes), its
@@ -129,6 +192,7 @@ impl Default for MasterConfig {
             new_incarnation: false,
             gc_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(6 * 3600),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -218,6 +282,15 @@ impl MasterConfig {
         if self.replication == 0 {
             return Err("replication must be at least 1 (1 = no backup copies)".into());
         }
+        self.control.settings(&self.data_dir).validate()?;
+        if let Some(a) = &self.control.advertise {
+            let scheme = if self.insecure { "http://" } else { "https://" };
+            if !a.starts_with(scheme) {
+                return Err(format!(
+                    "control advertise URL {a:?} must start with {scheme}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -295,6 +368,25 @@ mod tests {
             .is_ok()
         );
         assert!(MasterConfig::from_toml("listen = \"0.0.0.0:1\"").is_ok());
+    }
+
+    #[test]
+    fn control_settings_come_from_the_control_table_and_are_checked() {
+        let c = MasterConfig::from_toml(
+            "[control]\ninit = true\nheartbeat = 50\nelection_min = 300\nelection_max = 600\nkeep_logs = 5\n",
+        )
+        .unwrap();
+        assert!(c.control.init);
+        let s = c.control.settings(&c.data_dir);
+        assert_eq!(s.heartbeat, Duration::from_millis(50));
+        assert_eq!(s.keep_after_snapshot, 5);
+        assert_eq!(s.db_path, c.data_dir.join("control.redb"));
+        // An election timeout under three heartbeats would depose leaders.
+        assert!(
+            MasterConfig::from_toml("[control]\nheartbeat = 200\nelection_min = 300\n").is_err()
+        );
+        assert!(MasterConfig::from_toml("[control]\nadvertise = \"http://x:1\"\n").is_err());
+        assert!(MasterConfig::from_toml("[control]\nvoters = 3\n").is_err());
     }
 
     #[test]

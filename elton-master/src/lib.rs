@@ -22,6 +22,8 @@
 //!   retention.
 //! - [`auth`]: who is calling (certificates, tokens) and what they may do;
 //!   [`provision`]: the master's TLS identity and first admin token.
+//! - [`control_gate`]: this master as a voter of the control plane's Raft
+//!   group (crate `elton-control`), its services on the same port.
 //! - [`validate`]: the check of a commit's tree before it is published.
 //! - [`config`]: settings with documented defaults.
 //! - [`error`]: one error type, mapped to gRPC status in one place.
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod backup;
 pub mod coalesce;
 pub mod config;
+pub mod control_gate;
 pub mod crossfetch;
 pub mod datadir;
 pub mod error;
@@ -97,6 +100,12 @@ pub async fn run(
             .iter()
             .map(|p| (p.name.as_str(), p.url.as_str())),
     ));
+    let control = control_gate::start(&config, &identity, &listener).await?;
+    let gate: Arc<dyn elton_control::Gate> = Arc::new(control_gate::MasterGate(auth.clone()));
+    let raft_service =
+        elton_control::net::raft_service::RaftService::new(control.raft().clone(), gate.clone());
+    let control_service =
+        elton_control::net::control_service::ControlService::new(control.clone(), gate);
     let service = MasterService::new(
         store.clone(),
         &config,
@@ -155,6 +164,8 @@ pub async fn run(
     let result = server
         .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
         .add_service(service.into_server())
+        .add_service(raft_service.into_server())
+        .add_service(control_service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| MasterError::Io(format!("gRPC server: {e}")));
@@ -169,5 +180,6 @@ pub async fn run(
     flusher.abort();
     replication.abort();
     gc.abort();
+    control.shutdown().await;
     result
 }

@@ -66,6 +66,11 @@ impl Identity {
         })
     }
 
+    /// This master's certificate and key (none when insecure).
+    pub fn credentials(&self) -> Option<&NodeCredentials> {
+        self.secure.as_ref().map(|s| &s.creds)
+    }
+
     /// The CAs this master accepts client certificates from.
     pub fn anchors(&self) -> Result<Option<TrustAnchors>, MasterError> {
         self.secure

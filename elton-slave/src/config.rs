@@ -23,6 +23,12 @@ pub struct SlaveConfig {
     pub http_timeouts: HttpTimeouts,
     /// Background scrub rate in MiB/s (`--scrub-rate`); 0 disables it.
     pub scrub_rate_mib: u64,
+    /// `host:port` of this host's control plane endpoint (a learner of the
+    /// Raft group, gRPC with mutual TLS); `None`: not a member.
+    pub control_listen: Option<String>,
+    /// URL the masters reach that endpoint at; default
+    /// `https://<control listen address>`.
+    pub control_advertise: Option<String>,
 }
 
 impl SlaveConfig {
@@ -47,6 +53,8 @@ impl SlaveConfig {
             max_upload_bytes: 16 << 30,
             http_timeouts: HttpTimeouts::default(),
             scrub_rate_mib: crate::scrub_pace::DEFAULT_RATE_MIB,
+            control_listen: None,
+            control_advertise: None,
         }
     }
 }

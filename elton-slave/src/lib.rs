@@ -12,6 +12,8 @@
 //! - [`tree`]: pure tree edits (one-file commits).
 //! - [`http`]: the CDN-style HTTP interface; [`range`], [`metrics`].
 //! - [`tokens`]: writers' bearer tokens, checked by the master.
+//! - [`control`]: this host as a learner of the control plane's Raft
+//!   group (its own gRPC endpoint, `--control-listen`).
 //! - [`serve`]: the HTTP server (connection deadlines of [`conn_clock`]).
 //! - [`durable`]: the one durable-write helper.
 //! - [`error`]: one error type, mapped to HTTP status in one place.
@@ -22,6 +24,7 @@ pub mod backup;
 pub mod chunked;
 pub mod config;
 pub mod conn_clock;
+pub mod control;
 pub mod durable;
 pub mod error;
 pub mod fetcher;
@@ -112,6 +115,23 @@ pub async fn run(
         tokens: tokens::Tokens::new(link.clone()),
         max_upload_bytes: config.max_upload_bytes,
     });
+    // The control endpoint is bound before anything is served, so a bad
+    // address fails the start.
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control = match &config.control_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| SlaveError::Io(format!("binding control address {addr}: {e}")))?;
+            let (node, task) = control::start(&config, &node_id, creds.as_ref(), l, async {
+                let _ = control_stopped.await;
+            })
+            .await?;
+            let joiner = tokio::spawn(control::join_loop(node.clone(), config.master.clone()));
+            Some((node, task, joiner))
+        }
+        None => None,
+    };
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
     let membership = tokio::spawn(link.run_membership(http_addr.to_string(), store, backup_tx));
     tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
@@ -126,6 +146,12 @@ pub async fn run(
     membership.abort();
     copier.abort();
     background_scrub.abort();
+    if let Some((node, task, joiner)) = control {
+        joiner.abort();
+        let _ = stop_control.send(());
+        let _ = task.await;
+        node.shutdown().await;
+    }
     result
 }
 

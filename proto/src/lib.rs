@@ -10,6 +10,8 @@
 //! - [`validate`]: the check a tree passes before it is published (slave
 //!   and master run the same one).
 //! - [`pb`]: the generated gRPC types and services (`elton.v1`).
+//! - [`control_pb`]: the control plane's Raft and Control services
+//!   (`elton.control.v1`).
 //!
 //! Formats are documented in `docs/formats.md`.
 
@@ -37,6 +39,19 @@ pub use validate::{TreeSource, validate_tree};
 pub mod pb {
     tonic::include_proto!("elton.v1");
 }
+
+/// Generated code for `proto/control.proto`.
+#[allow(clippy::all, clippy::unwrap_used, rust_2018_idioms)]
+pub mod control_pb {
+    tonic::include_proto!("elton.control.v1");
+}
+
+/// Revision of the control plane's Raft encoding (JSON of openraft 0.9's
+/// types inside `RaftMessage`); see docs/formats.md §Control plane.
+pub const CONTROL_WIRE_REVISION: u32 = 1;
+/// gRPC metadata key a member sets when it forwards a client call to the
+/// leader: the leader answers itself and never forwards again.
+pub const FORWARDED_METADATA_KEY: &str = "x-elton-forwarded";
 
 /// Metadata key carrying the current head on a commit conflict.
 pub const HEAD_METADATA_KEY: &str = "x-elton-head";

@@ -54,6 +54,22 @@ impl Endpoints {
     }
 
     pub async fn master(&self) -> Result<Master> {
+        let channel = self.master_channel().await?;
+        let auth = BearerAuth::new(self.token().ok().as_deref()).map_err(|e| anyhow!("{e}"))?;
+        Ok(MasterClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// The bearer token interceptor of every call (none when there is no
+    /// token).
+    pub fn auth(&self) -> Result<BearerAuth> {
+        BearerAuth::new(self.token().ok().as_deref()).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A connection to the master (TLS unless its URL is http), for any of
+    /// the services it serves.
+    pub async fn master_channel(&self) -> Result<Channel> {
         let mut endpoint = Endpoint::from_shared(self.master.clone())
             .with_context(|| format!("master URL {:?}", self.master))?;
         if !self.master.starts_with("http://") {
@@ -69,14 +85,10 @@ impl Endpoints {
                 .tls_config(elton_trust::tls::anonymous_client(&ca))
                 .context("TLS settings")?;
         }
-        let channel = endpoint
+        endpoint
             .connect()
             .await
-            .with_context(|| format!("connecting to master {}", self.master))?;
-        let auth = BearerAuth::new(self.token().ok().as_deref()).map_err(|e| anyhow!("{e}"))?;
-        Ok(MasterClient::with_interceptor(channel, auth)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+            .with_context(|| format!("connecting to master {}", self.master))
     }
 
     pub fn slave_url(&self, path: &str) -> String {

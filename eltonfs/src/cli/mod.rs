@@ -2,6 +2,7 @@
 //! module holds one group of subcommands.
 
 mod client;
+mod control;
 mod docker;
 mod fsck;
 mod gc;
@@ -41,7 +42,7 @@ pub enum Command {
     /// Run a single-node Elton (master and slave in one process).
     Up(servers::UpArgs),
     /// Run a master.
-    Master(servers::MasterArgs),
+    Master(Box<servers::MasterArgs>),
     /// Run a slave (storage node with the HTTP interface).
     Slave(servers::SlaveArgs),
     /// Create or list volumes.
@@ -109,6 +110,9 @@ pub enum Command {
     Token(trust::TokenCommand),
     /// Copy the master's metadata (a consistent snapshot; admin token).
     Backup(metadata::BackupArgs),
+    /// The control plane's Raft group: init, join, leave, status, submit.
+    #[command(subcommand)]
+    Control(control::ControlCommand),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -194,7 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
         Command::Up(a) => servers::up(a).await,
-        Command::Master(a) => servers::master(a).await,
+        Command::Master(a) => servers::master(*a).await,
         Command::Slave(a) => servers::slave(a).await,
         Command::Volume(VolumeCommand::Create { name, keep }) => {
             inspect::volume_create(&ep, &name, keep).await
@@ -239,5 +243,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(c) => trust::token(&ep, c).await,
         Command::Backup(a) => metadata::backup(&ep, a).await,
         Command::Whoami { json } => trust::whoami(&ep, json).await,
+        Command::Control(c) => control::control(&ep, c).await,
     }
 }

@@ -90,6 +90,74 @@ pub struct MasterArgs {
     /// With --restore: print the report as JSON.
     #[arg(long, requires = "restore")]
     pub json: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// The master's control plane settings (docs/operations.md §Control plane).
+#[derive(Args, Debug, Default)]
+pub struct ControlArgs {
+    /// Directory of control.redb (Raft log and state) [default: the data dir].
+    #[arg(long)]
+    pub control_dir: Option<PathBuf>,
+    /// URL other members reach this master's control service at
+    /// [default: https://<listen address>].
+    #[arg(long)]
+    pub control_advertise: Option<String>,
+    /// On a start in no group, make a one-voter group of this master.
+    #[arg(long)]
+    pub control_init: bool,
+    /// Raft heartbeat interval, in milliseconds [default: 100].
+    #[arg(long)]
+    pub control_heartbeat_ms: Option<u64>,
+    /// Shortest election timeout, in milliseconds [default: 500]. Raise it
+    /// (and the maximum) for groups spanning a WAN: several round trips.
+    #[arg(long)]
+    pub control_election_min_ms: Option<u64>,
+    /// Longest election timeout, in milliseconds [default: 1000].
+    #[arg(long)]
+    pub control_election_max_ms: Option<u64>,
+    /// Connect timeout and longest Raft call to another member, in
+    /// milliseconds [default: 2000].
+    #[arg(long)]
+    pub control_rpc_timeout_ms: Option<u64>,
+    /// Snapshot (and purge the log) every this many entries [default: 10000].
+    #[arg(long)]
+    pub control_snapshot_every: Option<u64>,
+    /// Entries kept behind a snapshot for lagging members [default: 1000].
+    #[arg(long)]
+    pub control_keep_logs: Option<u64>,
+}
+
+impl ControlArgs {
+    fn apply(self, c: &mut elton_master::config::ControlConfig) {
+        if let Some(v) = self.control_dir {
+            c.dir = Some(v);
+        }
+        if let Some(v) = self.control_advertise {
+            c.advertise = Some(v);
+        }
+        c.init |= self.control_init;
+        let ms = Duration::from_millis;
+        if let Some(v) = self.control_heartbeat_ms {
+            c.heartbeat = ms(v);
+        }
+        if let Some(v) = self.control_election_min_ms {
+            c.election_min = ms(v);
+        }
+        if let Some(v) = self.control_election_max_ms {
+            c.election_max = ms(v);
+        }
+        if let Some(v) = self.control_rpc_timeout_ms {
+            c.rpc_timeout = ms(v);
+        }
+        if let Some(v) = self.control_snapshot_every {
+            c.snapshot_every = v;
+        }
+        if let Some(v) = self.control_keep_logs {
+            c.keep_logs = v;
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +195,14 @@ pub struct SlaveArgs {
     /// object counts at least 64 KiB); 0 disables it.
     #[arg(long, default_value_t = elton_slave::scrub_pace::DEFAULT_RATE_MIB)]
     pub scrub_rate: u64,
+    /// Join the control plane's Raft group as a learner, serving its gRPC
+    /// endpoint on this host:port [default: not a member].
+    #[arg(long)]
+    pub control_listen: Option<String>,
+    /// URL the masters reach the control endpoint at
+    /// [default: https://<control-listen>].
+    #[arg(long, requires = "control_listen")]
+    pub control_advertise: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -242,6 +318,7 @@ fn master_config(a: MasterArgs) -> Result<MasterConfig> {
     c.insecure |= a.insecure;
     c.insecure_allow_network |= a.insecure_allow_network;
     c.new_incarnation = a.new_incarnation;
+    a.control.apply(&mut c.control);
     c.validate()
         .map_err(|e| anyhow::anyhow!("master config: {e}"))?;
     Ok(c)
@@ -273,6 +350,8 @@ pub async fn slave(a: SlaveArgs) -> Result<()> {
     config.max_upload_bytes = a.max_upload_bytes;
     config.tls_dir = a.tls_dir;
     config.scrub_rate_mib = a.scrub_rate;
+    config.control_listen = a.control_listen;
+    config.control_advertise = a.control_advertise;
     anyhow::ensure!(
         a.http_header_timeout_ms > 0 && a.http_idle_timeout_ms > 0,
         "HTTP timeouts must be at least 1 ms"
@@ -347,6 +426,11 @@ pub async fn up(a: UpArgs) -> Result<()> {
         tls_dir: Some(data.join("pki")),
         bootstrap_token_file: Some(token_path.clone()),
         insecure: a.insecure,
+        // A single machine is a one-member control group, no extra step.
+        control: elton_master::config::ControlConfig {
+            init: true,
+            ..Default::default()
+        },
         ..MasterConfig::default()
     };
     let scheme = if a.insecure { "http" } else { "https" };

@@ -1,0 +1,246 @@
+//! The commands the group agrees on, as clients send them and as the log
+//! stores them (JSON, see `docs/formats.md` "control commands").
+//!
+//! A [`Request`] is an envelope: the encoding version, the client's request
+//! id (for exactly-once application) and one [`Command`]. New command kinds
+//! (k2i, drcond, scheduling) are added as variants; a member that does not
+//! know a kind rejects it at [`Request::decode`], before it is proposed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ControlError;
+use crate::types::NodeId;
+
+/// The command encoding this build writes and the newest it reads. Bump it
+/// when a change would be misread by an older member (not for new variants,
+/// which older members reject by kind).
+pub const COMMAND_VERSION: u32 = 1;
+
+/// Longest key or value a register command may carry, in bytes. Keeps one
+/// log entry small; the control plane is not a data store.
+pub const MAX_REGISTER_BYTES: usize = 64 * 1024;
+
+/// Names one client request for exactly-once application: the client (a
+/// random id it picks once per process) and a sequence number it never
+/// reuses. A retry carries the same id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client: String,
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.client, self.seq)
+    }
+}
+
+/// The log's application payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Encoding version, [`COMMAND_VERSION`] when written by this build.
+    pub v: u32,
+    pub id: RequestId,
+    /// Every request of this client with a lower `seq` has been answered
+    /// and will not be retried, so the state machine may forget their
+    /// responses. 0 keeps them all.
+    #[serde(default)]
+    pub acked_below: u64,
+    pub command: Command,
+}
+
+/// What the group is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Does nothing; proves the group commits (ping, benchmarks).
+    Noop,
+    /// Sets a register; answers with the previous value.
+    Put { key: String, value: String },
+    /// Reads a register through the log, so the answer is linearizable.
+    Get { key: String },
+    /// Sets `key` to `new` only if it holds `expected` (`None`: absent).
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: String,
+    },
+    /// Runs `action` on every member in `targets`; each answers with a
+    /// [`Command::Report`]. The client collects the reports until all
+    /// targets answered or `deadline_ms` passed.
+    Execute {
+        targets: Targets,
+        action: Action,
+        deadline_ms: u64,
+    },
+    /// A target's answer to the [`Command::Execute`] applied at log index
+    /// `exec`.
+    Report {
+        exec: u64,
+        node: NodeId,
+        result: NodeResult,
+    },
+}
+
+/// Which members must run an [`Command::Execute`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Targets {
+    /// Every member, voters and learners.
+    All,
+    /// The voters (masters).
+    Voters,
+    /// The learners (slave hosts).
+    Learners,
+    /// Exactly these members; each must be in the membership.
+    Nodes { ids: BTreeSet<NodeId> },
+}
+
+/// Work a member runs on its host. k2i, drcond and scheduling add variants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Answers with `payload`: proves that a member executes what the group
+    /// decided (tests, `elton control status`).
+    Echo { payload: String },
+}
+
+/// One member's answer to an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeResult {
+    Ok { output: serde_json::Value },
+    Failed { error: String },
+}
+
+/// The state machine's answer to one applied entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// Applied; nothing to report (no-op, blank and membership entries).
+    Done,
+    /// A register's value: the current one for `Get`, the previous one for
+    /// `Put`.
+    Value { value: Option<String> },
+    /// Whether a `Cas` swapped, and the register's value after it.
+    Cas {
+        swapped: bool,
+        current: Option<String>,
+    },
+    /// An execution was recorded at log index `exec`; `targets` must answer.
+    Executing {
+        exec: u64,
+        targets: BTreeSet<NodeId>,
+        deadline_ms: u64,
+    },
+    /// A report was recorded.
+    Reported { exec: u64, node: NodeId },
+    /// The command was valid when proposed but could not take effect when
+    /// applied (e.g. its target left the group meanwhile). Nothing changed.
+    Rejected { reason: String },
+}
+
+/// The collected answers of one execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionResult {
+    pub exec: u64,
+    pub results: BTreeMap<NodeId, NodeResult>,
+    /// Targets that had not answered when the result was taken.
+    pub missing: BTreeSet<NodeId>,
+    /// Whether the deadline passed before every target answered.
+    pub timed_out: bool,
+}
+
+impl Request {
+    /// A request in this build's encoding.
+    pub fn new(id: RequestId, command: Command) -> Self {
+        Self {
+            v: COMMAND_VERSION,
+            id,
+            acked_below: 0,
+            command,
+        }
+    }
+
+    /// Parses a client's bytes, checking the version before the body so a
+    /// newer client gets a version error rather than a parse error, and
+    /// validating what can be checked without the group's state.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ControlError> {
+        let raw: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ControlError::BadCommand(format!("not JSON: {e}")))?;
+        let v = raw
+            .get("v")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| ControlError::BadCommand("missing version field \"v\"".into()))?;
+        let v = u32::try_from(v).unwrap_or(u32::MAX);
+        if v == 0 || v > COMMAND_VERSION {
+            return Err(ControlError::UnsupportedVersion {
+                found: v,
+                supported: COMMAND_VERSION,
+            });
+        }
+        let request: Request =
+            serde_json::from_value(raw).map_err(|e| ControlError::BadCommand(e.to_string()))?;
+        request.validate()?;
+        Ok(request)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Checks what needs no group state: sizes and non-empty names.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        let bad = |m: String| Err(ControlError::BadCommand(m));
+        if self.id.client.is_empty() || self.id.client.len() > 128 {
+            return bad("client id must be 1 to 128 bytes".into());
+        }
+        let check = |what: &str, s: &str| {
+            if s.len() > MAX_REGISTER_BYTES {
+                Err(ControlError::BadCommand(format!(
+                    "{what} is {} bytes; at most {MAX_REGISTER_BYTES}",
+                    s.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match &self.command {
+            Command::Noop => Ok(()),
+            Command::Put { key, value } => {
+                check("key", key)?;
+                check("value", value)
+            }
+            Command::Get { key } => check("key", key),
+            Command::Cas { key, expected, new } => {
+                check("key", key)?;
+                check("expected", expected.as_deref().unwrap_or(""))?;
+                check("new value", new)
+            }
+            Command::Execute {
+                targets, action, ..
+            } => {
+                if let Targets::Nodes { ids } = targets
+                    && ids.is_empty()
+                {
+                    return bad("execute: no target nodes".into());
+                }
+                match action {
+                    Action::Echo { payload } => check("payload", payload),
+                }
+            }
+            Command::Report { result, .. } => match result {
+                NodeResult::Ok { output } => check("output", &output.to_string()),
+                NodeResult::Failed { error } => check("error", error),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

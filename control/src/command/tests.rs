@@ -1,0 +1,127 @@
+use super::*;
+
+fn id() -> RequestId {
+    RequestId {
+        client: "c1".into(),
+        seq: 7,
+    }
+}
+
+#[test]
+fn encode_decode_round_trip() {
+    for command in [
+        Command::Noop,
+        Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+        },
+        Command::Get { key: "k".into() },
+        Command::Cas {
+            key: "k".into(),
+            expected: None,
+            new: "n".into(),
+        },
+        Command::Execute {
+            targets: Targets::Nodes { ids: [1, 2].into() },
+            action: Action::Echo {
+                payload: "p".into(),
+            },
+            deadline_ms: 100,
+        },
+        Command::Report {
+            exec: 3,
+            node: 2,
+            result: NodeResult::Failed { error: "no".into() },
+        },
+    ] {
+        let r = Request::new(id(), command);
+        assert_eq!(Request::decode(&r.encode()).ok(), Some(r));
+    }
+}
+
+#[test]
+fn the_documented_encoding_decodes() {
+    let bytes =
+        br#"{"v":1,"id":{"client":"c1","seq":7},"command":{"kind":"put","key":"k","value":"v"}}"#;
+    let r = Request::decode(bytes).expect("documented form");
+    assert_eq!(r.acked_below, 0);
+    assert_eq!(
+        r.command,
+        Command::Put {
+            key: "k".into(),
+            value: "v".into()
+        }
+    );
+}
+
+fn decode_err(s: &str) -> ControlError {
+    match Request::decode(s.as_bytes()) {
+        Ok(r) => panic!("{s} decoded to {r:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn malformed_and_unknown_commands_are_rejected() {
+    assert!(matches!(
+        decode_err("not json"),
+        ControlError::BadCommand(_)
+    ));
+    assert!(matches!(
+        decode_err(r#"{"id":{"client":"c","seq":1},"command":{"kind":"noop"}}"#),
+        ControlError::BadCommand(_)
+    ));
+    let unknown = decode_err(r#"{"v":1,"id":{"client":"c","seq":1},"command":{"kind":"reboot"}}"#);
+    assert!(
+        matches!(&unknown, ControlError::BadCommand(m) if m.contains("reboot")),
+        "{unknown}"
+    );
+    assert!(matches!(
+        decode_err(r#"{"v":1,"id":{"client":"c","seq":1},"command":{"kind":"put","key":"k"}}"#),
+        ControlError::BadCommand(_)
+    ));
+    assert!(matches!(
+        decode_err(
+            r#"{"v":1,"id":{"client":"c","seq":1},"command":{"kind":"get","key":"k","extra":1}}"#
+        ),
+        ControlError::BadCommand(_)
+    ));
+    assert!(matches!(
+        decode_err(r#"{"v":1,"id":{"client":"","seq":1},"command":{"kind":"noop"}}"#),
+        ControlError::BadCommand(_)
+    ));
+    let empty_targets = r#"{"v":1,"id":{"client":"c","seq":1},"command":{"kind":"execute",
+        "targets":{"to":"nodes","ids":[]},"action":{"action":"echo","payload":""},"deadline_ms":1}}"#;
+    assert!(matches!(
+        decode_err(empty_targets),
+        ControlError::BadCommand(_)
+    ));
+    let big = "x".repeat(MAX_REGISTER_BYTES + 1);
+    let r = Request::new(
+        id(),
+        Command::Put {
+            key: "k".into(),
+            value: big,
+        },
+    );
+    assert!(matches!(
+        Request::decode(&r.encode()),
+        Err(ControlError::BadCommand(_))
+    ));
+}
+
+#[test]
+fn a_newer_version_is_a_version_error() {
+    let e = decode_err(r#"{"v":2,"id":{"client":"c","seq":1},"command":{"kind":"teleport"}}"#);
+    assert!(matches!(
+        e,
+        ControlError::UnsupportedVersion {
+            found: 2,
+            supported: COMMAND_VERSION
+        }
+    ));
+    assert!(matches!(
+        decode_err(r#"{"v":0,"id":{"client":"c","seq":1},"command":{"kind":"noop"}}"#),
+        ControlError::UnsupportedVersion { found: 0, .. }
+    ));
+}

@@ -1,0 +1,50 @@
+//! What a member does for an execution it is a target of (pure): the
+//! action's result, reported back through the log. k2i, drcond and
+//! scheduling add their actions here.
+
+use crate::command::{Action, Command, NodeResult, Request, RequestId};
+use crate::types::NodeId;
+
+/// Runs `action` on this host.
+pub fn run(action: &Action) -> NodeResult {
+    match action {
+        Action::Echo { payload } => NodeResult::Ok {
+            output: serde_json::Value::String(payload.clone()),
+        },
+    }
+}
+
+/// The report of member `node` (named `name`) for execution `exec`. Its
+/// request id is fixed by the execution, so a report sent twice (a retry,
+/// or again after a restart) is applied once.
+pub fn report(name: &str, node: NodeId, exec: u64, result: NodeResult) -> Request {
+    Request::new(
+        RequestId {
+            client: format!("report:{name}"),
+            seq: exec,
+        },
+        Command::Report { exec, node, result },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_answers_its_payload_and_reports_are_idempotent() {
+        let result = run(&Action::Echo {
+            payload: "hi".into(),
+        });
+        assert_eq!(
+            result,
+            NodeResult::Ok {
+                output: serde_json::json!("hi")
+            }
+        );
+        let a = report("s1", 7, 42, result.clone());
+        let b = report("s1", 7, 42, result);
+        assert_eq!(a.id, b.id);
+        assert!(a.validate().is_ok());
+    }
+}

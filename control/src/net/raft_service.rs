@@ -1,0 +1,74 @@
+//! The `elton.control.v1.Raft` service: hands authenticated Raft RPCs to
+//! this member's openraft instance and sends back its result as is.
+
+use std::sync::Arc;
+
+use elton_proto::control_pb::raft_server::{Raft as RaftRpc, RaftServer};
+use elton_proto::control_pb::{RaftMessage, SnapshotChunk};
+use openraft::raft::InstallSnapshotRequest;
+use tonic::{Request, Response, Status};
+
+use crate::gate::{ControlNeed, Gate, probe};
+use crate::net::codec::{self, SnapshotHead};
+use crate::net::pool::MAX_MESSAGE_BYTES;
+use crate::types::Raft;
+
+pub struct RaftService {
+    raft: Raft,
+    gate: Arc<dyn Gate>,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft, gate: Arc<dyn Gate>) -> Self {
+        Self { raft, gate }
+    }
+
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn admit<T>(&self, req: Request<T>) -> Result<T, Status> {
+        let (probe, msg) = probe(req);
+        self.gate.admit(&probe, ControlNeed::Raft)?;
+        Ok(msg)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = self.admit(req)?;
+        let rpc = codec::decode(msg.revision, &msg.json)?;
+        let reply = self.raft.vote(rpc).await;
+        Ok(Response::new(codec::encode(&reply)?))
+    }
+
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = self.admit(req)?;
+        let rpc = codec::decode(msg.revision, &msg.json)?;
+        let reply = self.raft.append_entries(rpc).await;
+        Ok(Response::new(codec::encode(&reply)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<SnapshotChunk>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let chunk = self.admit(req)?;
+        let head: SnapshotHead = codec::decode(chunk.revision, &chunk.json)?;
+        let rpc = InstallSnapshotRequest {
+            vote: head.vote,
+            meta: head.meta,
+            offset: head.offset,
+            data: chunk.data,
+            done: head.done,
+        };
+        let reply = self.raft.install_snapshot(rpc).await;
+        Ok(Response::new(codec::encode(&reply)?))
+    }
+}

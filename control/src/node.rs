@@ -1,0 +1,684 @@
+//! One member's control plane runtime: owns the openraft instance, and
+//! carries out client calls — on the leader itself, or forwarded to the
+//! leader over this member's own connections (application-level
+//! forwarding; a follower never proposes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elton_proto::FORWARDED_METADATA_KEY;
+use elton_proto::control_pb::{
+    JoinRequest, JoinResponse, LeaveRequest, StatusRequest, StatusResponse, SubmitRequest,
+    SubmitResponse,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use tonic::Status;
+
+use crate::command::{Command, Request, Targets};
+use crate::gate::Caller;
+use crate::member_id::raft_id;
+use crate::net::network::Network;
+use crate::net::pool::Pool;
+use crate::net::tls::MemberTls;
+use crate::node_error::NodeError;
+use crate::settings::ControlSettings;
+use crate::status::{self, SelfView};
+use crate::store::{StateReader, open_store};
+use crate::types::{Member, NodeId, Raft, Role};
+
+/// How long a voter being added may take to catch up before `join`
+/// gives up waiting (it stays a learner; joining again finishes).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Longest deadline an execution may ask for: a member holds the client's
+/// call (and a forwarding member its connection) that long.
+pub const MAX_EXECUTION_DEADLINE: Duration = Duration::from_secs(600);
+
+pub struct ControlNode {
+    id: NodeId,
+    me: Member,
+    raft: Raft,
+    pool: Pool,
+    settings: ControlSettings,
+    reader: StateReader,
+}
+
+type Metrics = RaftMetrics<NodeId, Member>;
+
+impl ControlNode {
+    /// Opens (or creates) the member's store and starts Raft. A fresh
+    /// member is in no group until `init` or a `join` adds it.
+    pub async fn start(
+        me: Member,
+        settings: ControlSettings,
+        tls: Option<MemberTls>,
+    ) -> Result<Arc<Self>, NodeError> {
+        elton_trust::pki::check_name("control member", &me.name)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let config = settings.raft_config().map_err(NodeError::BadRequest)?;
+        let path = settings.db_path.clone();
+        let (log, sm) = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open_store(&path)
+        })
+        .await
+        .map_err(|e| NodeError::Raft(format!("opening the control store: {e}")))??;
+        let reader = sm.reader();
+        let pool = Pool::new(tls, settings.rpc_timeout);
+        let id = raft_id(&me.name);
+        let raft = Raft::new(id, config, Network::new(pool.clone()), log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        tracing::info!(member = %me, id, "control plane member started");
+        let node = Arc::new(Self {
+            id,
+            me,
+            raft,
+            pool,
+            settings,
+            reader,
+        });
+        tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// Runs the executions this member is a target of, as they are
+    /// applied, and reports each result through the group. Unreported ones
+    /// (the group had no leader, this member restarted) are tried again on
+    /// the next applied entry or after a pause. Ends with the member.
+    async fn run_executions(node: std::sync::Weak<Self>) {
+        let Some(mut applied) = node.upgrade().map(|n| n.reader.watch_applied()) else {
+            return;
+        };
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            for e in n.reader.owed_executions(n.id) {
+                let result = crate::executor::run(&e.action);
+                let report = crate::executor::report(&n.me.name, n.id, e.exec, result);
+                let caller = Caller {
+                    node: Some((
+                        n.me.name.clone(),
+                        match n.me.role {
+                            Role::Voter => elton_trust::Role::Master,
+                            Role::Learner => elton_trust::Role::Slave,
+                        },
+                    )),
+                    token: false,
+                };
+                if let Err(e) = n.submit(report.encode(), &caller, false).await {
+                    tracing::debug!("reporting execution {}: {e}", report.id);
+                    break;
+                }
+            }
+            let pause = n.settings.leader_wait;
+            drop(n);
+            // Woken by the next applied entry; the timeout retries reports
+            // that failed while nothing else happens.
+            let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Connections to other members (and, for a joining learner, to its
+    /// master), with this member's certificate.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn member(&self) -> &Member {
+        &self.me
+    }
+
+    /// The applied state (for k2i, drcond, scheduling, and tests).
+    pub fn reader(&self) -> &StateReader {
+        &self.reader
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("control plane shutdown: {e}");
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Makes a one-voter group of this member.
+    pub async fn init(&self) -> Result<String, NodeError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if initialized {
+            return Err(NodeError::AlreadyInitialized(format!(
+                "{} is already a member of an initialised control group; a group is \
+                 initialised once (add members with `elton control join`)",
+                self.me.name
+            )));
+        }
+        if self.me.role != Role::Voter {
+            return Err(NodeError::BadRequest(
+                "only a master (a voter) can initialise a group".into(),
+            ));
+        }
+        self.raft
+            .initialize(BTreeMap::from([(self.id, self.me.clone())]))
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(e) => NodeError::AlreadyInitialized(e.to_string()),
+                RaftError::Fatal(e) => NodeError::Raft(e.to_string()),
+            })?;
+        let (_, leader) = self.wait_leader().await?;
+        Ok(leader.name)
+    }
+
+    /// The leader as this member knows it, waiting out an election.
+    async fn wait_leader(&self) -> Result<(NodeId, Member), NodeError> {
+        let wait = self
+            .raft
+            .wait(Some(self.settings.leader_wait))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+        let m = match wait {
+            Ok(m) => m,
+            Err(_) => self.metrics(),
+        };
+        let Some(leader) = m.current_leader else {
+            let why = if in_group(&m) {
+                "the control group has no leader (an election is in progress, or a majority \
+                 of voters is down)"
+            } else {
+                "this member is in no control group yet (`elton control init` on one master, \
+                 then `elton control join`)"
+            };
+            return Err(NodeError::Unavailable(why.into()));
+        };
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or_else(|| NodeError::Unavailable(format!("leader {leader} is not a member")))?;
+        Ok((leader, member))
+    }
+
+    /// Runs `here` on the leader: itself, or (unless the call was already
+    /// forwarded) the leader reached by `there` over this member's pool.
+    /// Retries while leadership moves, up to the leader wait.
+    async fn on_leader<T, H, HF, R, RF>(
+        &self,
+        forwarded: bool,
+        here: H,
+        there: R,
+    ) -> Result<T, NodeError>
+    where
+        H: Fn() -> HF,
+        HF: Future<Output = Result<T, NodeError>>,
+        R: Fn(Member) -> RF,
+        RF: Future<Output = Result<T, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.leader_wait;
+        loop {
+            let (leader_id, leader) = self.wait_leader().await?;
+            let result = if leader_id == self.id {
+                here().await
+            } else if forwarded {
+                Err(NodeError::Unavailable(format!(
+                    "{} is not the leader; {} is",
+                    self.me.name, leader.name
+                )))
+            } else {
+                there(leader).await.map_err(NodeError::Forwarded)
+            };
+            let retry = match &result {
+                Err(NodeError::Unavailable(_)) => !forwarded,
+                Err(NodeError::Forwarded(s)) => s.code() == tonic::Code::Unavailable,
+                _ => false,
+            };
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return result;
+            }
+            tokio::time::sleep(self.settings.heartbeat).await;
+        }
+    }
+
+    /// A call to the leader on a client's behalf; `work` is how long the
+    /// leader may take beyond committing (an execution's deadline; a
+    /// voter catching up).
+    fn forward_request<T>(&self, msg: T, work: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(
+            FORWARDED_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        req.set_timeout(self.settings.leader_wait + self.settings.rpc_timeout + work);
+        req
+    }
+
+    /// A client's command: decoded and checked here (so nothing malformed
+    /// is proposed), committed by the leader, answered once applied.
+    pub async fn submit(
+        &self,
+        bytes: Vec<u8>,
+        caller: &Caller,
+        forwarded: bool,
+    ) -> Result<SubmitResponse, NodeError> {
+        let request = Request::decode(&bytes)?;
+        if let Some(slave) = caller.slave() {
+            // A slave host only reports its own results.
+            let own =
+                matches!(request.command, Command::Report { node, .. } if node == raft_id(slave));
+            if !own {
+                return Err(NodeError::Denied(format!(
+                    "slave {slave} may only report its own results; clients need a token \
+                     of scope write"
+                )));
+            }
+        }
+        self.check_targets(&request)?;
+        let work = match &request.command {
+            Command::Execute { deadline_ms, .. } => Duration::from_millis(*deadline_ms),
+            _ => Duration::ZERO,
+        };
+        if work > MAX_EXECUTION_DEADLINE {
+            return Err(NodeError::BadRequest(format!(
+                "execute: deadline_ms {} is above the limit of {} ms",
+                work.as_millis(),
+                MAX_EXECUTION_DEADLINE.as_millis()
+            )));
+        }
+        let request = &request;
+        let bytes = &bytes;
+        self.on_leader(
+            forwarded,
+            || async move {
+                match self.raft.client_write(request.clone()).await {
+                    Ok(r) => Ok(SubmitResponse {
+                        response: self.answer(r.data).await?,
+                        log_index: r.log_id.index,
+                        leader: self.me.name.clone(),
+                    }),
+                    Err(e) => Err(write_error(e)),
+                }
+            },
+            |leader| async move {
+                let mut client = self.pool.control(&leader)?;
+                let req = self.forward_request(
+                    SubmitRequest {
+                        command: bytes.clone(),
+                    },
+                    work,
+                );
+                Ok(client.submit(req).await?.into_inner())
+            },
+        )
+        .await
+    }
+
+    /// The client's answer to an applied command: its response, except for
+    /// an execution, whose answer is the targets' results collected until
+    /// all answered or its deadline passed (listing those that did not).
+    async fn answer(&self, response: crate::command::Response) -> Result<Vec<u8>, NodeError> {
+        let encoded = match &response {
+            crate::command::Response::Executing {
+                exec, deadline_ms, ..
+            } => {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(*deadline_ms);
+                match self.reader.wait_result(*exec, deadline).await {
+                    Some(result) => serde_json::to_vec(&result),
+                    None => serde_json::to_vec(&response),
+                }
+            }
+            _ => serde_json::to_vec(&response),
+        };
+        encoded.map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Members a command names must be in the group now (they may still
+    /// leave before it applies; the state machine then rejects it).
+    fn check_targets(&self, request: &Request) -> Result<(), NodeError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let known = |id: &NodeId| membership.get_node(id).is_some();
+        let named: Vec<NodeId> = match &request.command {
+            Command::Execute {
+                targets: Targets::Nodes { ids },
+                ..
+            } => ids.iter().copied().collect(),
+            Command::Report { node, .. } => vec![*node],
+            _ => Vec::new(),
+        };
+        match named.into_iter().find(|id| !known(id)) {
+            Some(id) => Err(NodeError::NotFound(format!(
+                "member {id} is not in the control group (see `elton control status`)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a member: a learner, promoted to voter when asked.
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        caller: &Caller,
+        forwarded: bool,
+    ) -> Result<JoinResponse, NodeError> {
+        let member = joining_member(&req)?;
+        if self.pool.secure() && !member.addr.starts_with("https://") {
+            return Err(NodeError::BadRequest(format!(
+                "address {:?}: members of a secure group are reached over https",
+                member.addr
+            )));
+        }
+        if let Some(slave) = caller.slave()
+            && (slave != member.name || req.voter)
+        {
+            return Err(NodeError::Denied(format!(
+                "slave {slave} may only join itself, as a learner"
+            )));
+        }
+        let id = raft_id(&member.name);
+        let member = &member;
+        let req = &req;
+        self.on_leader(
+            forwarded,
+            || async move { self.add_member(id, member.clone(), req.voter).await },
+            |leader| async move {
+                let mut client = self.pool.control(&leader)?;
+                Ok(client
+                    .join(self.forward_request(req.clone(), CATCH_UP_WAIT))
+                    .await?
+                    .into_inner())
+            },
+        )
+        .await
+    }
+
+    async fn add_member(
+        &self,
+        id: NodeId,
+        member: Member,
+        voter: bool,
+    ) -> Result<JoinResponse, NodeError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        if let Some(existing) = membership.get_node(&id)
+            && *existing == member
+            && is_voter == voter
+        {
+            return Ok(JoinResponse { raft_id: id });
+        }
+        if is_voter && !voter {
+            return Err(NodeError::BadRequest(format!(
+                "{} is a voter; `elton control leave` it first to make it a learner",
+                member.name
+            )));
+        }
+        let added = tokio::time::timeout(
+            CATCH_UP_WAIT,
+            self.raft.add_learner(id, member.clone(), voter),
+        )
+        .await
+        .map_err(|_| {
+            NodeError::Unavailable(format!(
+                "{} was added as a learner but has not caught up within {}s; is it \
+                 reachable at {}? Join again to make it a voter",
+                member.name,
+                CATCH_UP_WAIT.as_secs(),
+                member.addr
+            ))
+        })?;
+        added.map_err(write_error)?;
+        if voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        tracing::info!(member = %member, id, voter, "control member added");
+        Ok(JoinResponse { raft_id: id })
+    }
+
+    /// Removes a member (voter or learner).
+    pub async fn leave(
+        &self,
+        req: LeaveRequest,
+        caller: &Caller,
+        forwarded: bool,
+    ) -> Result<(), NodeError> {
+        if let Some(slave) = caller.slave()
+            && slave != req.node
+        {
+            return Err(NodeError::Denied(format!(
+                "slave {slave} may only remove itself"
+            )));
+        }
+        let id = raft_id(&req.node);
+        let req = &req;
+        self.on_leader(
+            forwarded,
+            || async move {
+                let m = self.metrics();
+                let membership = m.membership_config.membership();
+                if membership.get_node(&id).is_none() {
+                    return Err(NodeError::NotFound(format!(
+                        "{} is not a member of the control group",
+                        req.node
+                    )));
+                }
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let change = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(NodeError::BadRequest(format!(
+                            "{} is the group's only voter and cannot leave",
+                            req.node
+                        )));
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_error)?;
+                tracing::info!(member = %req.node, id, "control member removed");
+                Ok(())
+            },
+            |leader| async move {
+                let mut client = self.pool.control(&leader)?;
+                client
+                    .leave(self.forward_request(req.clone(), Duration::ZERO))
+                    .await?;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// This member's own view of itself.
+    fn self_view(&self, m: &Metrics) -> SelfView {
+        SelfView {
+            state: state_name(m.state).into(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            state_digest: self.reader.digest(),
+            applied_requests: self.reader.applied_requests(),
+            purged: m.purged.map_or(0, |l| l.index),
+        }
+    }
+
+    /// The group as this member sees it; unless `local`, every member is
+    /// asked for its own progress (in parallel, each within the RPC
+    /// timeout).
+    pub async fn status(&self, req: StatusRequest) -> StatusResponse {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut members: Vec<(NodeId, Member, bool)> = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.clone(), voters.contains(id)))
+            .collect();
+        if members.is_empty() || req.local {
+            members.retain(|(id, _, _)| *id == self.id);
+            if members.is_empty() {
+                members.push((self.id, self.me.clone(), self.me.role == Role::Voter));
+            }
+        }
+        let mut views = BTreeMap::from([(self.id, Ok(self.self_view(&m)))]);
+        let asks =
+            members
+                .iter()
+                .filter(|(id, _, _)| *id != self.id)
+                .map(|(id, member, _)| async move {
+                    let ask = async {
+                        let mut client = self.pool.control(member)?;
+                        let mut r = tonic::Request::new(StatusRequest { local: true });
+                        r.set_timeout(self.settings.rpc_timeout);
+                        client.status(r).await
+                    };
+                    let view = match ask.await {
+                        Ok(resp) => resp
+                            .into_inner()
+                            .members
+                            .into_iter()
+                            .next()
+                            .map(|row| SelfView {
+                                state: row.state,
+                                term: row.term,
+                                last_log_index: row.last_log_index,
+                                last_applied: row.last_applied,
+                                state_digest: row.state_digest,
+                                applied_requests: row.applied_requests,
+                                purged: row.purged,
+                            })
+                            .ok_or_else(|| "answered no status".to_string()),
+                        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+                    };
+                    (*id, view)
+                });
+        views.extend(futures::future::join_all(asks).await);
+        let leader = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        StatusResponse {
+            node: self.me.name.clone(),
+            leader,
+            term: m.current_term,
+            initialized: in_group(&m),
+            members: status::rows(&members, &views),
+        }
+    }
+}
+
+fn in_group(m: &Metrics) -> bool {
+    m.membership_config.membership().nodes().next().is_some()
+}
+
+fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// A client write or membership change that failed on this member.
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            NodeError::Unavailable(format!("leadership moved (now {:?}); retry", f.leader_id))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NodeError::BadRequest(e.to_string())
+        }
+        RaftError::Fatal(e) => NodeError::Unavailable(format!("this member stopped: {e}")),
+    }
+}
+
+/// The member a `join` describes, checked.
+fn joining_member(req: &JoinRequest) -> Result<Member, NodeError> {
+    elton_trust::pki::check_name("node", &req.node)
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+    let role = match req.role.as_str() {
+        "master" => Role::Voter,
+        "slave" => Role::Learner,
+        other => {
+            return Err(NodeError::BadRequest(format!(
+                "role {other:?}: expected master or slave"
+            )));
+        }
+    };
+    if req.voter && role != Role::Voter {
+        return Err(NodeError::BadRequest(
+            "a slave host joins as a learner; only masters vote".into(),
+        ));
+    }
+    let scheme_ok = req.addr.starts_with("https://") || req.addr.starts_with("http://");
+    let has_port = req
+        .addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    if !scheme_ok || !has_port {
+        return Err(NodeError::BadRequest(format!(
+            "address {:?}: expected https://HOST:PORT of the member's control endpoint",
+            req.addr
+        )));
+    }
+    Ok(Member {
+        name: req.node.clone(),
+        addr: req.addr.clone(),
+        role,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(node: &str, addr: &str, voter: bool, role: &str) -> JoinRequest {
+        JoinRequest {
+            node: node.into(),
+            addr: addr.into(),
+            voter,
+            role: role.into(),
+        }
+    }
+
+    #[test]
+    fn joins_are_checked_before_anything_changes() {
+        let ok = joining_member(&join("s1", "https://127.0.0.1:7300", false, "slave")).unwrap();
+        assert_eq!(ok.role, Role::Learner);
+        for bad in [
+            join("s 1", "https://127.0.0.1:7300", false, "slave"),
+            join("s1", "https://127.0.0.1:7300", true, "slave"),
+            join("s1", "127.0.0.1:7300", false, "slave"),
+            join("s1", "https://127.0.0.1", false, "slave"),
+            join("s1", "https://127.0.0.1:7300", false, "boss"),
+        ] {
+            assert!(
+                matches!(joining_member(&bad), Err(NodeError::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The replicated state and the pure function that applies one log entry to
+//! it. Persistence (`store::state_machine`) wraps this: it applies entries
+//! here, then writes the rows [`State::take_changes`] names.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, NodeResult, Request, Response};
+use crate::execution::{self, Execution};
+use crate::types::{Entry, LogId, NodeId, StoredMembership};
+
+/// Responses a client may leave unacknowledged before the oldest are
+/// forgotten (a client that never sets `acked_below` must not grow the state
+/// without bound). A retry of a forgotten request is rejected, never
+/// re-applied.
+pub const MAX_SESSION_RESPONSES: usize = 1024;
+
+/// Executions kept for collecting results; the oldest go first.
+pub const MAX_EXECUTIONS: usize = 4096;
+
+/// One client's exactly-once bookkeeping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Requests with a lower `seq` were answered and acknowledged (or
+    /// forgotten); a retry of one is rejected without effect.
+    pub floor: u64,
+    /// First responses of the requests at or above `floor`, by `seq`.
+    pub responses: BTreeMap<u64, Response>,
+}
+
+/// Rows changed since the last [`State::take_changes`], for persistence.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub kv: BTreeSet<String>,
+    /// Sessions whose floor changed.
+    pub sessions: BTreeSet<String>,
+    /// Dedup rows added or dropped.
+    pub responses: BTreeSet<(String, u64)>,
+    pub executions: BTreeSet<u64>,
+}
+
+/// Everything the group agreed on, as of `last_applied`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// The register commands' keys.
+    pub kv: BTreeMap<String, String>,
+    pub sessions: BTreeMap<String, Session>,
+    pub executions: BTreeMap<u64, Execution>,
+    /// Client requests applied with effect (not counting retries answered
+    /// from the dedup table); lets tests check exactly-once application.
+    pub applied_requests: u64,
+    #[serde(skip)]
+    changes: Changes,
+}
+
+impl State {
+    /// The rows changed since the last call, leaving none.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The first response recorded for a request, if it is still kept.
+    pub fn response(&self, client: &str, seq: u64) -> Option<&Response> {
+        self.sessions.get(client)?.responses.get(&seq)
+    }
+
+    /// A hash of the agreed content (everything but `last_applied`), equal
+    /// on two members that applied the same log prefix.
+    pub fn digest(&self) -> String {
+        #[derive(Serialize)]
+        struct Content<'a> {
+            membership: &'a StoredMembership,
+            kv: &'a BTreeMap<String, String>,
+            sessions: &'a BTreeMap<String, Session>,
+            executions: &'a BTreeMap<u64, Execution>,
+            applied_requests: u64,
+        }
+        let bytes = serde_json::to_vec(&Content {
+            membership: &self.membership,
+            kv: &self.kv,
+            sessions: &self.sessions,
+            executions: &self.executions,
+            applied_requests: self.applied_requests,
+        })
+        .unwrap_or_default();
+        blake3::hash(&bytes).to_hex().to_string()
+    }
+}
+
+/// Applies one committed entry. Deterministic: the same entries in the same
+/// order give every member the same state and responses.
+pub fn apply(state: &mut State, entry: &Entry) -> Response {
+    state.last_applied = Some(entry.log_id);
+    match &entry.payload {
+        EntryPayload::Blank => Response::Done,
+        EntryPayload::Membership(m) => {
+            state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            Response::Done
+        }
+        EntryPayload::Normal(request) => apply_request(state, entry.log_id.index, request),
+    }
+}
+
+fn apply_request(state: &mut State, index: u64, request: &Request) -> Response {
+    let client = &request.id.client;
+    let seq = request.id.seq;
+    let session = state.sessions.get(client);
+    if let Some(session) = session {
+        if let Some(first) = session.responses.get(&seq) {
+            return first.clone();
+        }
+        if seq < session.floor {
+            return Response::Rejected {
+                reason: format!(
+                    "request {} is older than its client's acknowledged requests; it was applied \
+                     or abandoned before and is not applied again",
+                    request.id
+                ),
+            };
+        }
+    }
+    let response = apply_command(state, index, &request.command);
+    state.applied_requests += 1;
+    let session = state.sessions.entry(client.clone()).or_default();
+    session.responses.insert(seq, response.clone());
+    state.changes.responses.insert((client.clone(), seq));
+    // Forget what the client acknowledged, then the oldest beyond the cap.
+    let mut floor = session.floor.max(request.acked_below);
+    while session.responses.len() > MAX_SESSION_RESPONSES {
+        if let Some((oldest, _)) = session.responses.pop_first() {
+            state.changes.responses.insert((client.clone(), oldest));
+            floor = floor.max(oldest + 1);
+        }
+    }
+    if floor != session.floor {
+        let dropped: Vec<u64> = session.responses.range(..floor).map(|(s, _)| *s).collect();
+        for s in dropped {
+            session.responses.remove(&s);
+            state.changes.responses.insert((client.clone(), s));
+        }
+        session.floor = floor;
+        state.changes.sessions.insert(client.clone());
+    }
+    response
+}
+
+fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
+    match command {
+        Command::Noop => Response::Done,
+        Command::Put { key, value } => {
+            state.changes.kv.insert(key.clone());
+            Response::Value {
+                value: state.kv.insert(key.clone(), value.clone()),
+            }
+        }
+        Command::Get { key } => Response::Value {
+            value: state.kv.get(key).cloned(),
+        },
+        Command::Cas { key, expected, new } => {
+            let current = state.kv.get(key);
+            if current == expected.as_ref() {
+                state.kv.insert(key.clone(), new.clone());
+                state.changes.kv.insert(key.clone());
+                Response::Cas {
+                    swapped: true,
+                    current: Some(new.clone()),
+                }
+            } else {
+                Response::Cas {
+                    swapped: false,
+                    current: current.cloned(),
+                }
+            }
+        }
+        Command::Execute {
+            targets,
+            action,
+            deadline_ms,
+        } => {
+            let targets = match execution::resolve_targets(targets, state.membership.membership()) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Response::Rejected {
+                        reason: e.to_string(),
+                    };
+                }
+            };
+            state.executions.insert(
+                index,
+                Execution {
+                    exec: index,
+                    action: action.clone(),
+                    targets: targets.clone(),
+                    deadline_ms: *deadline_ms,
+                    reports: BTreeMap::new(),
+                },
+            );
+            state.changes.executions.insert(index);
+            while state.executions.len() > MAX_EXECUTIONS {
+                if let Some((old, _)) = state.executions.pop_first() {
+                    state.changes.executions.insert(old);
+                }
+            }
+            Response::Executing {
+                exec: index,
+                targets,
+                deadline_ms: *deadline_ms,
+            }
+        }
+        Command::Report { exec, node, result } => report(state, *exec, *node, result),
+    }
+}
+
+fn report(state: &mut State, exec: u64, node: NodeId, result: &NodeResult) -> Response {
+    let Some(execution) = state.executions.get_mut(&exec) else {
+        return Response::Rejected {
+            reason: format!("no execution {exec} (unknown, or forgotten as too old)"),
+        };
+    };
+    if !execution.targets.contains(&node) {
+        return Response::Rejected {
+            reason: format!("member {node} is not a target of execution {exec}"),
+        };
+    }
+    if execution.reports.contains_key(&node) {
+        return Response::Rejected {
+            reason: format!("member {node} already reported on execution {exec}"),
+        };
+    }
+    execution.reports.insert(node, result.clone());
+    state.changes.executions.insert(exec);
+    Response::Reported { exec, node }
+}
+
+#[cfg(test)]
+mod tests;

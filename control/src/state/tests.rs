@@ -1,0 +1,325 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{CommittedLeaderId, EntryPayload};
+
+use super::*;
+use crate::command::{Action, RequestId, Targets};
+use crate::types::{Member, Membership};
+
+struct Log {
+    index: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self { index: 0 }
+    }
+
+    fn entry(&mut self, payload: EntryPayload<crate::TypeConfig>) -> Entry {
+        self.index += 1;
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+            payload,
+        }
+    }
+
+    fn req(&mut self, client: &str, seq: u64, command: Command) -> Entry {
+        self.req_acked(client, seq, 0, command)
+    }
+
+    fn req_acked(&mut self, client: &str, seq: u64, acked_below: u64, command: Command) -> Entry {
+        let mut r = Request::new(
+            RequestId {
+                client: client.into(),
+                seq,
+            },
+            command,
+        );
+        r.acked_below = acked_below;
+        self.entry(EntryPayload::Normal(r))
+    }
+
+    fn members(&mut self, voters: &[u64], learners: &[u64]) -> Entry {
+        let mut nodes = BTreeMap::new();
+        for id in voters.iter().chain(learners) {
+            nodes.insert(
+                *id,
+                Member {
+                    name: format!("m{id}"),
+                    addr: format!("https://127.0.0.1:{}", 7000 + id),
+                    role: if voters.contains(id) {
+                        crate::Role::Voter
+                    } else {
+                        crate::Role::Learner
+                    },
+                },
+            );
+        }
+        let m = Membership::new(vec![voters.iter().copied().collect()], nodes);
+        self.entry(EntryPayload::Membership(m))
+    }
+}
+
+fn put(k: &str, v: &str) -> Command {
+    Command::Put {
+        key: k.into(),
+        value: v.into(),
+    }
+}
+
+fn get(k: &str) -> Command {
+    Command::Get { key: k.into() }
+}
+
+fn value(v: Option<&str>) -> Response {
+    Response::Value {
+        value: v.map(str::to_string),
+    }
+}
+
+#[test]
+fn registers_put_get_cas() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    assert_eq!(apply(&mut s, &log.req("c", 1, get("k"))), value(None));
+    assert_eq!(apply(&mut s, &log.req("c", 2, put("k", "a"))), value(None));
+    assert_eq!(
+        apply(&mut s, &log.req("c", 3, put("k", "b"))),
+        value(Some("a"))
+    );
+    let cas = |expected: Option<&str>, new: &str| Command::Cas {
+        key: "k".into(),
+        expected: expected.map(str::to_string),
+        new: new.into(),
+    };
+    assert_eq!(
+        apply(&mut s, &log.req("c", 4, cas(Some("a"), "x"))),
+        Response::Cas {
+            swapped: false,
+            current: Some("b".into())
+        }
+    );
+    assert_eq!(
+        apply(&mut s, &log.req("c", 5, cas(Some("b"), "x"))),
+        Response::Cas {
+            swapped: true,
+            current: Some("x".into())
+        }
+    );
+    assert_eq!(
+        apply(&mut s, &log.req("c", 6, cas(None, "y"))),
+        Response::Cas {
+            swapped: false,
+            current: Some("x".into())
+        }
+    );
+    assert_eq!(
+        apply(&mut s, &log.req("c", 7, cas(None, "n"))).clone(),
+        Response::Cas {
+            swapped: false,
+            current: Some("x".into())
+        }
+    );
+    let cas_new = Command::Cas {
+        key: "fresh".into(),
+        expected: None,
+        new: "n".into(),
+    };
+    assert!(matches!(
+        apply(&mut s, &log.req("c", 8, cas_new)),
+        Response::Cas { swapped: true, .. }
+    ));
+    assert_eq!(apply(&mut s, &log.req("c", 9, get("k"))), value(Some("x")));
+    assert_eq!(s.last_applied.map(|l| l.index), Some(9));
+    assert_eq!(s.applied_requests, 9);
+}
+
+#[test]
+fn a_retried_request_changes_nothing_and_gets_the_first_answer() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    let first = apply(&mut s, &log.req("c", 1, put("k", "a")));
+    apply(&mut s, &log.req("d", 1, put("k", "b")));
+    s.take_changes();
+    let before = s.digest();
+    // The same request id committed again (a client retry after a lost
+    // answer): the first answer, and no effect.
+    let again = apply(&mut s, &log.req("c", 1, put("k", "a")));
+    assert_eq!(again, first);
+    assert_eq!(s.kv.get("k").map(String::as_str), Some("b"));
+    assert_eq!(s.digest(), before);
+    assert_eq!(s.applied_requests, 2);
+    assert_eq!(s.take_changes(), Changes::default());
+}
+
+#[test]
+fn acknowledged_requests_are_forgotten_and_never_reapplied() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    apply(&mut s, &log.req("c", 1, put("k", "a")));
+    apply(&mut s, &log.req("c", 2, put("k", "b")));
+    apply(&mut s, &log.req_acked("c", 3, 3, put("k", "c")));
+    let session = &s.sessions["c"];
+    assert_eq!(session.floor, 3);
+    assert_eq!(session.responses.keys().copied().collect::<Vec<_>>(), [3]);
+    let changes = s.take_changes();
+    assert!(changes.responses.contains(&("c".to_string(), 1)));
+    assert!(changes.sessions.contains("c"));
+    let r = apply(&mut s, &log.req("c", 1, put("k", "a")));
+    assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+    assert_eq!(s.kv["k"], "c");
+    assert_eq!(s.applied_requests, 3);
+}
+
+#[test]
+fn a_client_that_never_acknowledges_is_capped() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    let n = MAX_SESSION_RESPONSES as u64 + 5;
+    for seq in 1..=n {
+        apply(&mut s, &log.req("c", seq, Command::Noop));
+    }
+    let session = &s.sessions["c"];
+    assert_eq!(session.responses.len(), MAX_SESSION_RESPONSES);
+    assert_eq!(session.floor, 6);
+    assert!(matches!(
+        apply(&mut s, &log.req("c", 2, Command::Noop)),
+        Response::Rejected { .. }
+    ));
+    assert_eq!(s.applied_requests, n);
+}
+
+fn echo() -> Action {
+    Action::Echo {
+        payload: "hi".into(),
+    }
+}
+
+fn ok(n: u64) -> NodeResult {
+    NodeResult::Ok {
+        output: serde_json::json!(n),
+    }
+}
+
+#[test]
+fn executions_record_targets_and_reports() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    apply(&mut s, &log.members(&[1, 2, 3], &[10]));
+    assert_eq!(s.membership.log_id().map(|l| l.index), Some(1));
+    let exec = Command::Execute {
+        targets: Targets::All,
+        action: echo(),
+        deadline_ms: 500,
+    };
+    let r = apply(&mut s, &log.req("c", 1, exec));
+    let targets: BTreeSet<u64> = [1, 2, 3, 10].into();
+    assert_eq!(
+        r,
+        Response::Executing {
+            exec: 2,
+            targets: targets.clone(),
+            deadline_ms: 500
+        }
+    );
+    let report = |node, result| Command::Report {
+        exec: 2,
+        node,
+        result,
+    };
+    assert_eq!(
+        apply(&mut s, &log.req("n10", 1, report(10, ok(10)))),
+        Response::Reported { exec: 2, node: 10 }
+    );
+    // A second answer from the same member, a stranger's answer, and an
+    // answer to an execution that does not exist change nothing.
+    let before = s.executions.clone();
+    for (seq, cmd) in [
+        (2, report(10, ok(99))),
+        (3, report(11, ok(11))),
+        (
+            4,
+            Command::Report {
+                exec: 77,
+                node: 1,
+                result: ok(1),
+            },
+        ),
+    ] {
+        let r = apply(&mut s, &log.req("n10", seq, cmd));
+        assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+    }
+    assert_eq!(s.executions, before);
+    let e = &s.executions[&2];
+    assert_eq!(e.targets, targets);
+    assert_eq!(e.reports.get(&10), Some(&ok(10)));
+}
+
+#[test]
+fn an_execution_for_a_member_that_left_is_rejected_at_apply() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    apply(&mut s, &log.members(&[1], &[]));
+    let exec = Command::Execute {
+        targets: Targets::Nodes { ids: [5].into() },
+        action: echo(),
+        deadline_ms: 1,
+    };
+    let r = apply(&mut s, &log.req("c", 1, exec));
+    assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+    assert!(s.executions.is_empty());
+}
+
+#[test]
+fn old_executions_are_dropped_beyond_the_cap() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    apply(&mut s, &log.members(&[1], &[]));
+    for seq in 0..(MAX_EXECUTIONS as u64 + 2) {
+        let exec = Command::Execute {
+            targets: Targets::Voters,
+            action: echo(),
+            deadline_ms: 1,
+        };
+        apply(&mut s, &log.req_acked("c", seq, seq, exec));
+    }
+    assert_eq!(s.executions.len(), MAX_EXECUTIONS);
+    assert_eq!(s.executions.keys().next(), Some(&4));
+    let changes = s.take_changes();
+    assert!(changes.executions.contains(&2) && changes.executions.contains(&3));
+}
+
+#[test]
+fn the_same_log_gives_the_same_state() {
+    let entries = {
+        let mut log = Log::new();
+        vec![
+            log.members(&[1, 2], &[3]),
+            log.entry(EntryPayload::Blank),
+            log.req("a", 1, put("x", "1")),
+            log.req("b", 1, put("x", "2")),
+            log.req("a", 1, put("x", "1")),
+            log.req(
+                "b",
+                2,
+                Command::Execute {
+                    targets: Targets::Learners,
+                    action: echo(),
+                    deadline_ms: 9,
+                },
+            ),
+        ]
+    };
+    let mut one = State::default();
+    let mut two = State::default();
+    let r1: Vec<_> = entries.iter().map(|e| apply(&mut one, e)).collect();
+    let r2: Vec<_> = entries.iter().map(|e| apply(&mut two, e)).collect();
+    assert_eq!(r1, r2);
+    assert_eq!(one.digest(), two.digest());
+    assert_eq!(one.kv["x"], "2");
+    let mut other = State::default();
+    for e in &entries[..4] {
+        apply(&mut other, e);
+    }
+    assert_ne!(other.digest(), one.digest());
+}

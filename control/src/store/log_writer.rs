@@ -1,0 +1,175 @@
+//! Group commit for the log store: one thread owns the log's writes and
+//! commits everything queued since its last commit in one redb transaction,
+//! with one fsync.
+//!
+//! openraft 0.9 calls `append` once per client write and waits for it before
+//! taking the next one, so an `append` that waited for its own fsync would
+//! cap the group at one write per fsync. Instead `append` queues the entries
+//! and returns; the `LogFlushed` callback, which is what openraft waits on
+//! before it counts the entries as stored (for votes and commit), is called
+//! only after the transaction holding them committed with immediate
+//! durability. Until then the entries are served from [`Pending`], so
+//! replication can read them.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use openraft::storage::LogFlushed;
+use redb::{Database, Durability};
+use tokio::sync::oneshot;
+
+use super::log_store::encode;
+use super::{LOG, META};
+use crate::error::ControlError;
+use crate::types::{Entry, LogId, TypeConfig};
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Entries appended but not committed yet, by index.
+#[derive(Default)]
+pub(crate) struct Pending(RwLock<BTreeMap<u64, Entry>>);
+
+impl Pending {
+    pub(crate) fn insert(&self, entries: &[Entry]) {
+        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for e in entries {
+            p.insert(e.log_id.index, e.clone());
+        }
+    }
+
+    /// Drops pending entries at `index >= from` (a truncation).
+    pub(crate) fn truncate(&self, from: u64) {
+        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        p.split_off(&from);
+    }
+
+    /// Drops pending entries at `index <= upto` (a purge).
+    pub(crate) fn purge(&self, upto: u64) {
+        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        *p = p.split_off(&(upto.saturating_add(1)));
+    }
+
+    /// Forgets entries now on disk; an entry replaced meanwhile (truncated
+    /// and appended again with another log id) stays.
+    fn committed(&self, ids: &[LogId]) {
+        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if p.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                p.remove(&id.index);
+            }
+        }
+    }
+
+    pub(crate) fn range(&self, range: (std::ops::Bound<u64>, std::ops::Bound<u64>)) -> Vec<Entry> {
+        let p = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        p.range(range).map(|(_, e)| e.clone()).collect()
+    }
+
+    pub(crate) fn last(&self) -> Option<LogId> {
+        let p = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        p.last_key_value().map(|(_, e)| e.log_id)
+    }
+}
+
+type Done = oneshot::Sender<Result<(), ControlError>>;
+
+/// A write for the writer thread. All but `Append` are awaited by their
+/// caller.
+pub(crate) enum Op {
+    Append {
+        entries: Vec<Entry>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Deletes `index >= from`.
+    Truncate { from: u64, done: Done },
+    /// Records `upto` as purged and deletes `index <= upto.index`.
+    Purge { upto: LogId, done: Done },
+    /// Sets a `meta` row; `durable: false` rows ride on the next fsync.
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        durable: bool,
+        done: Done,
+    },
+}
+
+/// The writer thread's loop: runs until every sender is gone.
+pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let result = commit(&db, &batch);
+        if result.is_ok() {
+            let ids: Vec<LogId> = batch
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Append { entries, .. } => Some(entries.iter().map(|e| e.log_id)),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            pending.committed(&ids);
+        }
+        for op in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(ControlError::Storage(e.to_string())),
+            };
+            match op {
+                Op::Append { callback, .. } => {
+                    callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));
+                }
+                Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Meta { done, .. } => {
+                    // The caller may have given up waiting; nothing to do.
+                    let _ = done.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// Applies `batch` in order in one transaction, durable unless it holds
+/// only non-durable meta rows.
+fn commit(db: &Database, batch: &[Op]) -> Result<(), ControlError> {
+    let durable = batch
+        .iter()
+        .any(|op| !matches!(op, Op::Meta { durable: false, .. }));
+    let mut txn = db.begin_write()?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for op in batch {
+            match op {
+                Op::Append { entries, .. } => {
+                    for e in entries {
+                        log.insert(e.log_id.index, encode(e)?.as_slice())?;
+                    }
+                }
+                Op::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false)?;
+                }
+                Op::Purge { upto, .. } => {
+                    meta.insert(super::KEY_LAST_PURGED, encode(upto)?.as_slice())?;
+                    log.retain_in(..=upto.index, |_, _| false)?;
+                }
+                Op::Meta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}

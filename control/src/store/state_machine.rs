@@ -1,0 +1,413 @@
+//! The state machine's persistence: entries go through the pure
+//! [`crate::state::apply`] on an in-memory [`State`], and the rows it
+//! changed are written to `control.redb` in the same batch.
+//!
+//! Applies are committed without an fsync: a crash may lose the latest
+//! applied batches, and openraft re-applies them from the durable log (the
+//! exactly-once table is part of the same rows, so a re-applied request is
+//! recognised as new only if its first application was lost too). Snapshot
+//! installs are durable, since they replace state the log no longer has.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::blocking;
+use super::log_store::{decode, encode};
+use crate::error::ControlError;
+use crate::execution::Execution;
+use crate::state::{self, Changes, Session, State};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+mod reader;
+
+pub use reader::StateReader;
+
+/// `sm_meta`: "last_applied", "membership", "applied_requests" (JSON).
+const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
+/// `sm_kv`: register key → value.
+const SM_KV: TableDefinition<'_, &str, &str> = TableDefinition::new("sm_kv");
+/// `sm_sessions`: client id → floor (requests below it are retired).
+const SM_SESSIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("sm_sessions");
+/// `sm_responses`: (client id, seq) → JSON first `Response`.
+const SM_RESPONSES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("sm_responses");
+/// `sm_executions`: exec (log index) → JSON `Execution`.
+const SM_EXECUTIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_executions");
+/// `snapshot`: "meta" → JSON `SnapshotMeta`, "data" → snapshot bytes.
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
+
+/// Version of the snapshot encoding ([`SnapshotFile`]).
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// A snapshot's bytes: the whole state as JSON, versioned.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    format: u32,
+    state: State,
+}
+
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), ControlError> {
+    txn.open_table(SM_META)?;
+    txn.open_table(SM_KV)?;
+    txn.open_table(SM_SESSIONS)?;
+    txn.open_table(SM_RESPONSES)?;
+    txn.open_table(SM_EXECUTIONS)?;
+    txn.open_table(SNAPSHOT)?;
+    Ok(())
+}
+
+/// openraft's `RaftStateMachine` over `control.redb`.
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    state: Arc<RwLock<State>>,
+    applied: watch::Sender<Option<LogId>>,
+}
+
+/// Builds snapshots from a copy of the state taken under a short lock.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    state: Arc<RwLock<State>>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn load(db: Arc<Database>) -> Result<Self, ControlError> {
+        let state = load_state(&db)?;
+        let (applied, _) = watch::channel(state.last_applied);
+        Ok(Self {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            applied,
+        })
+    }
+
+    /// A read handle on the applied state; stays valid after this store is
+    /// handed to openraft.
+    pub fn reader(&self) -> StateReader {
+        StateReader::new(self.state.clone(), self.applied.subscribe())
+    }
+
+    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<crate::Response>, ControlError> {
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| ControlError::Storage("state lock poisoned".into()))?;
+        let responses = entries
+            .iter()
+            .map(|e| state::apply(&mut state, e))
+            .collect();
+        let changes = state.take_changes();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        write_changes(&txn, &state, &changes)?;
+        txn.commit()?;
+        self.applied.send_replace(state.last_applied);
+        Ok(responses)
+    }
+
+    fn install(&self, meta: SnapshotMeta, bytes: Vec<u8>) -> Result<(), ControlError> {
+        let file: SnapshotFile = decode("snapshot", &bytes)?;
+        if file.format != SNAPSHOT_FORMAT {
+            return Err(ControlError::Format {
+                found: u64::from(file.format),
+                supported: u64::from(SNAPSHOT_FORMAT),
+            });
+        }
+        let mut incoming = file.state;
+        if incoming.last_applied != meta.last_log_id || incoming.membership != meta.last_membership
+        {
+            return Err(ControlError::Corrupt(format!(
+                "snapshot {} content does not match its metadata",
+                meta.snapshot_id
+            )));
+        }
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| ControlError::Storage("state lock poisoned".into()))?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        // Replace, not merge: rows the snapshot lacks must go.
+        txn.delete_table(SM_KV)?;
+        txn.delete_table(SM_SESSIONS)?;
+        txn.delete_table(SM_RESPONSES)?;
+        txn.delete_table(SM_EXECUTIONS)?;
+        create_tables(&txn)?;
+        write_all(&txn, &incoming)?;
+        save_snapshot(&txn, &meta, &bytes)?;
+        txn.commit()?;
+        incoming.take_changes();
+        *state = incoming;
+        self.applied.send_replace(state.last_applied);
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot>, ControlError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        let (Some(meta), Some(data)) = (table.get("meta")?, table.get("data")?) else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            meta: decode("snapshot meta", meta.value())?,
+            snapshot: Box::new(std::io::Cursor::new(data.value().to_vec())),
+        }))
+    }
+}
+
+impl SnapshotBuilder {
+    fn build(&self) -> Result<Snapshot, ControlError> {
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let built_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let snapshot_id = match state.last_applied {
+            Some(l) => format!("{}-{}-{built_ms}", l.leader_id, l.index),
+            None => format!("empty-{built_ms}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id,
+        };
+        let bytes = encode(&SnapshotFile {
+            format: SNAPSHOT_FORMAT,
+            state,
+        })?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        save_snapshot(&txn, &meta, &bytes)?;
+        txn.commit()?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(bytes)),
+        })
+    }
+}
+
+fn save_snapshot(
+    txn: &WriteTransaction,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+) -> Result<(), ControlError> {
+    let mut table = txn.open_table(SNAPSHOT)?;
+    table.insert("meta", encode(meta)?.as_slice())?;
+    table.insert("data", bytes)?;
+    Ok(())
+}
+
+fn write_meta(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> {
+    let mut meta = txn.open_table(SM_META)?;
+    meta.insert("last_applied", encode(&state.last_applied)?.as_slice())?;
+    meta.insert("membership", encode(&state.membership)?.as_slice())?;
+    meta.insert(
+        "applied_requests",
+        encode(&state.applied_requests)?.as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Writes the rows `changes` names from `state` (absent rows are deleted).
+fn write_changes(
+    txn: &WriteTransaction,
+    state: &State,
+    changes: &Changes,
+) -> Result<(), ControlError> {
+    write_meta(txn, state)?;
+    let mut kv = txn.open_table(SM_KV)?;
+    for key in &changes.kv {
+        match state.kv.get(key) {
+            Some(v) => kv.insert(key.as_str(), v.as_str())?,
+            None => kv.remove(key.as_str())?,
+        };
+    }
+    let mut sessions = txn.open_table(SM_SESSIONS)?;
+    for client in &changes.sessions {
+        match state.sessions.get(client) {
+            Some(s) => sessions.insert(client.as_str(), s.floor)?,
+            None => sessions.remove(client.as_str())?,
+        };
+    }
+    let mut responses = txn.open_table(SM_RESPONSES)?;
+    for (client, seq) in &changes.responses {
+        match state.response(client, *seq) {
+            Some(r) => responses.insert((client.as_str(), *seq), encode(r)?.as_slice())?,
+            None => responses.remove((client.as_str(), *seq))?,
+        };
+    }
+    let mut executions = txn.open_table(SM_EXECUTIONS)?;
+    for exec in &changes.executions {
+        match state.executions.get(exec) {
+            Some(e) => executions.insert(exec, encode(e)?.as_slice())?,
+            None => executions.remove(exec)?,
+        };
+    }
+    Ok(())
+}
+
+/// Writes every row of `state` into freshly created tables.
+fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> {
+    write_meta(txn, state)?;
+    let mut kv = txn.open_table(SM_KV)?;
+    for (k, v) in &state.kv {
+        kv.insert(k.as_str(), v.as_str())?;
+    }
+    let mut sessions = txn.open_table(SM_SESSIONS)?;
+    let mut responses = txn.open_table(SM_RESPONSES)?;
+    for (client, s) in &state.sessions {
+        sessions.insert(client.as_str(), s.floor)?;
+        for (seq, r) in &s.responses {
+            responses.insert((client.as_str(), *seq), encode(r)?.as_slice())?;
+        }
+    }
+    let mut executions = txn.open_table(SM_EXECUTIONS)?;
+    for (exec, e) in &state.executions {
+        executions.insert(exec, encode(e)?.as_slice())?;
+    }
+    Ok(())
+}
+
+fn load_state(db: &Database) -> Result<State, ControlError> {
+    let txn = db.begin_read()?;
+    let mut state = State::default();
+    let meta = txn.open_table(SM_META)?;
+    if let Some(v) = meta.get("last_applied")? {
+        state.last_applied = decode("last_applied", v.value())?;
+    }
+    if let Some(v) = meta.get("membership")? {
+        state.membership = decode::<StoredMembership>("membership", v.value())?;
+    }
+    if let Some(v) = meta.get("applied_requests")? {
+        state.applied_requests = decode("applied_requests", v.value())?;
+    }
+    for item in txn.open_table(SM_KV)?.iter()? {
+        let (k, v) = item?;
+        state
+            .kv
+            .insert(k.value().to_string(), v.value().to_string());
+    }
+    for item in txn.open_table(SM_SESSIONS)?.iter()? {
+        let (k, v) = item?;
+        state.sessions.insert(
+            k.value().to_string(),
+            Session {
+                floor: v.value(),
+                ..Session::default()
+            },
+        );
+    }
+    for item in txn.open_table(SM_RESPONSES)?.iter()? {
+        let (k, v) = item?;
+        let (client, seq) = k.value();
+        let response = decode("response", v.value())?;
+        state
+            .sessions
+            .entry(client.to_string())
+            .or_default()
+            .responses
+            .insert(seq, response);
+    }
+    for item in txn.open_table(SM_EXECUTIONS)?.iter()? {
+        let (k, v) = item?;
+        let e: Execution = decode("execution", v.value())?;
+        state.executions.insert(k.value(), e);
+    }
+    Ok(state)
+}
+
+fn sm_err(verb: ErrorVerb, e: ControlError) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, &e).into()
+}
+
+fn snap_err(verb: ErrorVerb, e: ControlError) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, &e).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let this = Self {
+            db: self.db.clone(),
+            state: self.state.clone(),
+        };
+        blocking(move || this.build())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<crate::Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let this = self.handle();
+        blocking(move || this.apply_batch(entries))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<std::io::Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(std::io::Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<std::io::Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let this = self.handle();
+        let meta = meta.clone();
+        let bytes = snapshot.into_inner();
+        blocking(move || this.install(meta, bytes))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let this = self.handle();
+        blocking(move || this.current_snapshot())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))
+    }
+}
+
+impl StateMachineStore {
+    /// A second handle on the same store, to move into blocking tasks.
+    fn handle(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            state: self.state.clone(),
+            applied: self.applied.clone(),
+        }
+    }
+}
