@@ -133,7 +133,10 @@ fn stage(
             Some("the current database is another cluster's".to_string()),
         ),
         (DbState::Readable(_), Some(store)) => (Some(heads(&store)?), None),
-        (DbState::Readable(_), None) => (None, Some("the current database is not open".into())),
+        (DbState::Readable(_), None) => match MetaStore::open_existing(db_path) {
+            Ok(store) => (Some(heads(&store)?), None),
+            Err(e) => (None, Some(format!("the current database: {e}"))),
+        },
     };
     let stamp = Stamp {
         cluster,
