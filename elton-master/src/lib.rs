@@ -3,7 +3,8 @@
 //! - [`store`]: redb tables for volumes, versions, object locations and nodes.
 //! - [`incarnation`] (pure), [`datadir`], [`restore`] and [`file_guard`]: the cluster id
 //!   and incarnation of the metadata, which a master checks before it
-//!   starts and while it runs; backup and restore; [`settle`] (pure): commits
+//!   starts and while it runs; backup and restore ([`high_water`]: the last
+//!   heads, for reporting what a restore rolls back); [`settle`] (pure): commits
 //!   wait until slaves have heard of a new incarnation.
 //! - [`nodes`]: which registered slaves are alive (heartbeats).
 //! - [`service`]: the `elton.v1.Master` gRPC service.
@@ -38,6 +39,7 @@ pub mod fetch;
 pub mod file_guard;
 pub mod fsck;
 pub mod health;
+pub mod high_water;
 pub mod holder_policy;
 pub mod incarnation;
 pub mod metrics;
@@ -135,6 +137,11 @@ pub async fn run(
             },
         ))
     });
+    let heads = tokio::spawn(high_water::keep_written(
+        store.clone(),
+        config.data_dir.clone(),
+        stamp,
+    ));
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());
     tracing::info!(addr = %listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?,
@@ -161,6 +168,7 @@ pub async fn run(
         }
     }
     flusher.abort();
+    heads.abort();
     replication.abort();
     result
 }
