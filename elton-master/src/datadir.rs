@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::MasterError;
 use crate::incarnation::{self, DbState, FileState, Id, Plan, Stamp};
-use crate::store::MetaStore;
+use crate::store::{MetaStore, Peeked};
 
 pub const DB_FILE: &str = "master.redb";
 pub const IDENTITY_FILE: &str = "identity";
@@ -114,13 +114,21 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), MasterError> {
         .map_err(|e| io_err("syncing", dir, e))
 }
 
-/// Opens the database at `path` if there is one, and reads its stamp.
+/// What the database at `path` is, read without changing it where redb
+/// allows (a file left by a crash is repaired: returned open).
 pub(crate) fn probe(path: &Path) -> (DbState, Option<MetaStore>) {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (DbState::Missing, None),
         Err(e) => return (DbState::Unreadable(e.to_string()), None),
         Ok(_) => {}
     }
+    match MetaStore::peek(path) {
+        Ok(Peeked::Stamp(stamp)) => return (DbState::Readable(stamp), None),
+        Ok(Peeked::NeedsRepair) => {}
+        Err(MasterError::InUse(e)) => return (DbState::InUse(e), None),
+        Err(e) => return (DbState::Unreadable(e.to_string()), None),
+    }
+    tracing::info!(path = %path.display(), "metadata not closed cleanly: repairing");
     let store = match MetaStore::open_existing(path) {
         Ok(s) => s,
         Err(MasterError::InUse(e)) => return (DbState::InUse(e), None),
@@ -130,6 +138,27 @@ pub(crate) fn probe(path: &Path) -> (DbState, Option<MetaStore>) {
         Ok(stamp) => (DbState::Readable(stamp), Some(store)),
         Err(e) => (DbState::Unreadable(e.to_string()), None),
     }
+}
+
+/// `store` if open, else the existing database at `path`, checked to be
+/// still `expected` (it was peeked at without a lock).
+fn open_checked(
+    store: Option<MetaStore>,
+    path: &Path,
+    expected: Option<Stamp>,
+) -> Result<MetaStore, MasterError> {
+    let store = match store {
+        Some(s) => s,
+        None => MetaStore::open_existing(path)?,
+    };
+    let found = store.stamp()?;
+    if found != expected {
+        return Err(MasterError::Refused(format!(
+            "{} changed while it was being opened; start again",
+            path.display()
+        )));
+    }
+    Ok(store)
 }
 
 /// Moves `path` aside (never deleting it) as `<name>.<why>-<unix time>`.
@@ -150,21 +179,19 @@ pub fn open(dir: &Path, new_incarnation: bool) -> Result<Opened, MasterError> {
     let (db, store) = probe(&db_path);
     match incarnation::plan(&file, &db, new_incarnation) {
         Plan::Open(stamp) => Ok(Opened {
-            store: store.ok_or_else(|| MasterError::Io("database not open".into()))?,
+            store: open_checked(store, &db_path, Some(stamp))?,
             stamp,
         }),
         Plan::RewriteFile(stamp) => {
             tracing::warn!(%stamp, "identity file missing: written again from {DB_FILE}");
+            let store = open_checked(store, &db_path, Some(stamp))?;
             write_identity(dir, stamp)?;
-            Ok(Opened {
-                store: store.ok_or_else(|| MasterError::Io("database not open".into()))?,
-                stamp,
-            })
+            Ok(Opened { store, stamp })
         }
         Plan::Init | Plan::Adopt => {
-            let store = match store {
-                Some(s) => s,
-                None => MetaStore::open(&db_path)?,
+            let store = match (store, &db) {
+                (store, DbState::Readable(None)) => open_checked(store, &db_path, None)?,
+                (_, _) => MetaStore::open(&db_path)?,
             };
             let stamp = Stamp {
                 cluster: new_id()?,
@@ -284,9 +311,14 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         drop(open(other.path(), false).unwrap());
         std::fs::copy(other.path().join(DB_FILE), &db).unwrap();
+        let foreign = std::fs::read(&db).unwrap();
         match open(dir.path(), false) {
             Err(MasterError::Refused(m)) => assert!(m.contains("belongs to cluster"), "{m}"),
             other => panic!("expected a refusal, got {:?}", other.err()),
         }
+        assert!(
+            std::fs::read(&db).unwrap() == foreign,
+            "a refusal changed the file"
+        );
     }
 }

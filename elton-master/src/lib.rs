@@ -3,7 +3,8 @@
 //! - [`store`]: redb tables for volumes, versions, object locations and nodes.
 //! - [`incarnation`] (pure), [`datadir`], [`restore`] and [`file_guard`]: the cluster id
 //!   and incarnation of the metadata, which a master checks before it
-//!   starts and while it runs; backup and restore; [`settle`] (pure): commits
+//!   starts and while it runs; backup and restore ([`high_water`]: the last
+//!   heads, for reporting what a restore rolls back); [`settle`] (pure): commits
 //!   wait until slaves have heard of a new incarnation.
 //! - [`nodes`]: which registered slaves are alive (heartbeats).
 //! - [`service`]: the `elton.v1.Master` gRPC service.
@@ -46,6 +47,7 @@ pub mod gc;
 pub mod gc_plan;
 pub mod gc_walk;
 pub mod health;
+pub mod high_water;
 pub mod holder_policy;
 pub mod incarnation;
 pub mod metrics;
@@ -149,6 +151,11 @@ pub async fn run(
             },
         ))
     });
+    let heads = tokio::spawn(high_water::keep_written(
+        store.clone(),
+        config.data_dir.clone(),
+        stamp,
+    ));
     let flusher = tokio::spawn(store::flush_periodically(store));
     let replication = tokio::spawn(service.replication_task());
     let gc = tokio::spawn(service.gc_task());
@@ -178,6 +185,7 @@ pub async fn run(
         }
     }
     flusher.abort();
+    heads.abort();
     replication.abort();
     gc.abort();
     control.shutdown().await;

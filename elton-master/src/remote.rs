@@ -26,6 +26,10 @@ pub struct RemoteVolumes {
     /// volume → name of the peer that homes it
     homes: Mutex<HashMap<VolumeName, String>>,
     records: Mutex<HashMap<(VolumeName, u64), pb::VersionRecord>>,
+    /// The home's incarnation each volume's cached records are of: a record
+    /// of another one (the home was restored or started again) drops them,
+    /// since their numbers may name other trees now.
+    incarnations: Mutex<HashMap<VolumeName, String>>,
 }
 
 /// The outcome of asking every peer whether it homes a volume.
@@ -44,6 +48,7 @@ impl RemoteVolumes {
             peers,
             homes: Mutex::new(HashMap::new()),
             records: Mutex::new(HashMap::new()),
+            incarnations: Mutex::new(HashMap::new()),
         }
     }
 
@@ -192,6 +197,19 @@ impl RemoteVolumes {
             }
         }
         let mut cache = self.cache();
+        if let Some(inc) = records
+            .iter()
+            .map(|r| &r.incarnation)
+            .find(|i| !i.is_empty())
+        {
+            let mut known = self.incarnations.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = known.insert(name.clone(), inc.clone());
+            if previous.is_some_and(|p| &p != inc) {
+                cache.retain(|(v, _), r| v != name || &r.incarnation == inc);
+                tracing::warn!(volume = %name, incarnation = %inc,
+                    "the home's metadata is a new incarnation: cached records of the volume dropped");
+            }
+        }
         if cache.len() + records.len() > MAX_CACHED_RECORDS {
             cache.clear();
         }
@@ -223,5 +241,49 @@ fn failure(home: &Peer, f: PeerFailure) -> MasterError {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MasterConfig;
+    use crate::provision::Identity;
+    use crate::wan::WanStats;
+
+    fn record(volume: &str, version: u64, incarnation: &str) -> pb::VersionRecord {
+        pb::VersionRecord {
+            volume: volume.into(),
+            version,
+            root: vec![version as u8; 32],
+            incarnation: incarnation.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_of_a_new_home_incarnation_drops_the_volumes_cached_records() {
+        let config = MasterConfig {
+            insecure: true,
+            ..MasterConfig::default()
+        };
+        let identity = Identity::load(&config).unwrap();
+        let wan = Arc::new(WanStats::new(std::iter::empty::<(&str, &str)>()));
+        let remote = RemoteVolumes::new(Arc::new(PeerSet::new(&config, wan, &identity).unwrap()));
+        let (web, docs): (VolumeName, VolumeName) =
+            ("web".parse().unwrap(), "docs".parse().unwrap());
+        remote
+            .remember(&web, &[record("web", 1, "aa"), record("web", 2, "aa")])
+            .unwrap();
+        remote.remember(&docs, &[record("docs", 1, "cc")]).unwrap();
+        // The head of web, from a new incarnation of its home.
+        remote.remember(&web, &[record("web", 1, "bb")]).unwrap();
+        let cache = remote.cache();
+        assert_eq!(cache.get(&(web.clone(), 1)).unwrap().incarnation, "bb");
+        assert!(
+            cache.get(&(web, 2)).is_none(),
+            "web@2 of the old incarnation"
+        );
+        assert!(cache.get(&(docs, 1)).is_some());
     }
 }

@@ -11,6 +11,7 @@ use crate::MasterError;
 use crate::datadir::{
     DB_FILE, io_err, new_id, probe, read_identity, set_aside, sync_dir, write_identity,
 };
+use crate::high_water;
 use crate::incarnation::{DbState, FileState, Stamp};
 use crate::store::MetaStore;
 
@@ -54,9 +55,10 @@ pub struct RestoreReport {
     /// The new incarnation the restored metadata serves under.
     pub incarnation: String,
     pub volumes: u64,
-    /// Whether the replaced database could be read to compare heads.
+    /// Whether the last heads were known (the replaced database, or the
+    /// `heads` file the master keeps) to compare with.
     pub compared: bool,
-    /// Why it could not, if so.
+    /// Why they were not, if so.
     pub not_compared_because: Option<String>,
     pub rolled_back: Vec<RolledBack>,
     /// Where the replaced database was moved.
@@ -124,7 +126,7 @@ fn stage(
         (None, None) => new_id()?,
     };
     let restored_heads = heads(&restored)?;
-    let (current, why_not) = match probe(db_path) {
+    let (in_db, why_not) = match probe(db_path) {
         (DbState::InUse(e), _) => return Err(MasterError::Refused(format!("{e}; stop it first"))),
         (DbState::Missing, _) => (None, Some("there is no current database".to_string())),
         (DbState::Unreadable(e), _) => (None, Some(format!("the current database: {e}"))),
@@ -133,7 +135,26 @@ fn stage(
             Some("the current database is another cluster's".to_string()),
         ),
         (DbState::Readable(_), Some(store)) => (Some(heads(&store)?), None),
-        (DbState::Readable(_), None) => (None, Some("the current database is not open".into())),
+        (DbState::Readable(_), None) => match MetaStore::open_existing(db_path) {
+            Ok(store) => (Some(heads(&store)?), None),
+            Err(e) => (None, Some(format!("the current database: {e}"))),
+        },
+    };
+    // The heads the running master last wrote down, of the incarnation
+    // this directory was at: they also cover a database that is gone.
+    let written = match (high_water::read(dir), dir_stamp) {
+        (Ok(Some(f)), Some(d)) if f.incarnation == d.incarnation.to_string() => Some(f.heads),
+        (Ok(_), _) => None,
+        (Err(e), _) => {
+            tracing::warn!("ignoring the heads file: {e}");
+            None
+        }
+    };
+    let (current, why_not) = match (in_db, written) {
+        (Some(a), Some(b)) => (Some(high_water::highest(&a, &b)), None),
+        (Some(a), None) => (Some(a), None),
+        (None, Some(b)) => (Some(b), None),
+        (None, None) => (None, why_not),
     };
     let stamp = Stamp {
         cluster,
@@ -265,5 +286,34 @@ mod tests {
             Err(MasterError::Refused(_))
         ));
         assert!(open(dir.path(), false).is_ok());
+    }
+
+    #[test]
+    fn without_the_database_the_heads_file_tells_what_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("backup.redb");
+        let opened = open(dir.path(), false).unwrap();
+        let vol: elton_proto::VolumeName = "web".parse().unwrap();
+        opened.store.create_volume(&vol, "m", 0).unwrap();
+        opened.store.backup_to(&backup).unwrap();
+        // What the running master wrote down before its database was lost.
+        let file = high_water::HeadsFile {
+            format: high_water::HEADS_FORMAT,
+            incarnation: opened.stamp.incarnation.to_string(),
+            heads: [("web".into(), 7)].into(),
+        };
+        high_water::write(dir.path(), &file).unwrap();
+        drop(opened);
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        let report = restore(dir.path(), &backup).unwrap();
+        assert!(report.compared, "{report:?}");
+        assert_eq!(
+            report.rolled_back,
+            vec![RolledBack {
+                volume: "web".into(),
+                last_head: 7,
+                restored_head: Some(0)
+            }]
+        );
     }
 }

@@ -449,12 +449,15 @@ impl Master for MasterService {
         // A configured peer checked the tree in its cluster, where it lives.
         let forwarded_by_peer = peer.as_deref().is_some_and(|p| self.peers.get(p).is_some());
         let (v, parent) = (volume.clone(), r.parent);
-        let record: pb::VersionRecord = match self
-            .with_store(move |s| s.parent_root(&v, parent))
-            .await
-        {
+        let parent_root = self.with_store(move |s| s.parent_root(&v, parent)).await;
+        // A volume of this master: a parent read from another incarnation
+        // is refused before anything else (also before a conflict, whose
+        // head would mean nothing to the caller).
+        if !matches!(parent_root, Err(MasterError::UnknownVolume(_))) {
+            self.check_incarnation(&r)?;
+        }
+        let record: pb::VersionRecord = match parent_root {
             Ok(parent_root) => {
-                self.check_incarnation(&r)?;
                 crate::settle::check(self.commits_open_at, Instant::now())?;
                 // No garbage-collection decision between check and record.
                 let fence = self.gc.fence();

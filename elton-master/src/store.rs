@@ -152,6 +152,20 @@ impl MetaStore {
     }
 
     fn init(path: &Path, db: Database) -> Result<Self, MasterError> {
+        // A current file is only read here: opening one to check whether it
+        // may be served (see `datadir`) must not change it.
+        if !is_current(&db) {
+            Self::create_tables(path, &db)?;
+        }
+        Ok(Self {
+            db,
+            unflushed: AtomicBool::new(false),
+            guard: FileGuard::new(path)?,
+        })
+    }
+
+    /// Creates what a new file lacks, or upgrades an older schema.
+    fn create_tables(path: &Path, db: &Database) -> Result<(), MasterError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -181,34 +195,44 @@ impl MetaStore {
             txn.open_table(NODE_LOCATIONS)?;
         }
         txn.commit()?;
-        Ok(Self {
-            db,
-            unflushed: AtomicBool::new(false),
-            guard: FileGuard::new(path)?,
-        })
+        Ok(())
     }
 
     /// The cluster id and incarnation recorded in this file; `None` in a
     /// file of a build before them.
     pub fn stamp(&self) -> Result<Option<Stamp>, MasterError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let get = |key: &str| -> Result<Option<u64>, MasterError> {
-            Ok(meta.get(key)?.map(|g| g.value()))
+        read_stamp(&self.db.begin_read()?)
+    }
+
+    /// Reads the stamp of the file at `path` without changing it (redb's
+    /// read-only mode), to decide whether it may be served at all. A file
+    /// left by a crash cannot be read so: it needs the repair a writable
+    /// open makes.
+    pub fn peek(path: &Path) -> Result<Peeked, MasterError> {
+        let db = match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(Peeked::NeedsRepair),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(MasterError::InUse(format!(
+                    "{} is in use by another process (is a master running on it?)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
         };
-        match (get(CLUSTER_KEY)?, get(INCARNATION_KEY)?) {
-            (None, None) => Ok(None),
-            (Some(c), Some(i)) => match (Id::new(c), Id::new(i)) {
-                (Some(cluster), Some(incarnation)) => Ok(Some(Stamp {
-                    cluster,
-                    incarnation,
-                })),
-                _ => Err(MasterError::Storage("corrupt identity: a zero id".into())),
-            },
-            _ => Err(MasterError::Storage(
-                "corrupt identity: cluster id or incarnation missing".into(),
-            )),
+        let txn = db.begin_read()?;
+        let schema = match txn.open_table(META) {
+            Ok(meta) => meta.get("schema")?.map(|g| g.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(other) = schema.filter(|s| *s > SCHEMA_VERSION) {
+            return Err(MasterError::Storage(format!(
+                "{} has schema {other}; this build reads {SCHEMA_VERSION}",
+                path.display()
+            )));
         }
+        Ok(Peeked::Stamp(read_stamp(&txn)?))
     }
 
     /// Records the cluster id and incarnation; durable on return.
@@ -767,6 +791,55 @@ impl MetaStore {
         }
         Ok(())
     }
+}
+
+/// What [`MetaStore::peek`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peeked {
+    Stamp(Option<Stamp>),
+    /// Left by a crash: only a writable open (which repairs it) reads it.
+    NeedsRepair,
+}
+
+fn read_stamp(txn: &redb::ReadTransaction) -> Result<Option<Stamp>, MasterError> {
+    let meta = match txn.open_table(META) {
+        Ok(m) => m,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let get =
+        |key: &str| -> Result<Option<u64>, MasterError> { Ok(meta.get(key)?.map(|g| g.value())) };
+    match (get(CLUSTER_KEY)?, get(INCARNATION_KEY)?) {
+        (None, None) => Ok(None),
+        (Some(c), Some(i)) => match (Id::new(c), Id::new(i)) {
+            (Some(cluster), Some(incarnation)) => Ok(Some(Stamp {
+                cluster,
+                incarnation,
+            })),
+            _ => Err(MasterError::Storage("corrupt identity: a zero id".into())),
+        },
+        _ => Err(MasterError::Storage(
+            "corrupt identity: cluster id or incarnation missing".into(),
+        )),
+    }
+}
+
+/// Whether `db` has this build's schema and every table.
+fn is_current(db: &Database) -> bool {
+    let Ok(txn) = db.begin_read() else {
+        return false;
+    };
+    let schema = txn
+        .open_table(META)
+        .ok()
+        .and_then(|meta| meta.get("schema").ok().flatten().map(|g| g.value()));
+    schema == Some(SCHEMA_VERSION)
+        && txn.open_table(VOLUMES).is_ok()
+        && txn.open_table(VERSIONS).is_ok()
+        && txn.open_table(NODES).is_ok()
+        && txn.open_multimap_table(LOCATIONS).is_ok()
+        && txn.open_table(TOKENS).is_ok()
+        && txn.open_table(NODE_LOCATIONS).is_ok()
 }
 
 /// What a backup holds, for the report.

@@ -126,6 +126,11 @@ fn phase1_metadata_removed_while_running() {
         c.master.log_text().contains("metadata file lost")
     });
 
+    // The master wrote down the last heads, for a restore to compare with.
+    wait_until("the heads file", Duration::from_secs(5), || {
+        std::fs::read_to_string(master_dir(&c).join("heads")).is_ok_and(|t| t.contains("\"web\":1"))
+    });
+
     // What was confirmed can still be saved: the backup reads the open
     // database, and installs into a new data directory.
     let saved = c.dir.path().join("saved.redb");
