@@ -43,6 +43,14 @@ const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 /// bounds their memory (and slows a reader down to the disk's pace).
 const BACKGROUND_STORES: usize = 32;
 
+/// Tells the master this node's copy of `id` is gone (quarantined), so
+/// fetches stop trying it and the planner stops counting it.
+async fn withdraw(link: &MasterLink, id: ObjectId) {
+    if let Err(e) = link.withdraw(&[id]).await {
+        tracing::warn!(object = %id, "withdrawing a quarantined copy from the master: {e}");
+    }
+}
+
 /// Bytes of an object that passed the network and came out of its hash.
 type VerifiedBytes = Bytes;
 
@@ -163,7 +171,10 @@ impl Fetcher {
         match self.open_local(id).await {
             Ok(Some(_)) => return Ok(false),
             Ok(None) => {}
-            Err(SlaveError::Corrupt(_)) => inc(&self.metrics.corrupt_objects_total, 1),
+            Err(SlaveError::Corrupt(_)) => {
+                inc(&self.metrics.corrupt_objects_total, 1);
+                withdraw(&self.link, id).await;
+            }
             Err(e) => return Err(e),
         }
         self.fetch(id).await?;
@@ -239,7 +250,17 @@ impl Fetcher {
             Ok(None) => Ok(None),
             Err(e @ SlaveError::Corrupt(_)) => {
                 inc(&self.metrics.corrupt_objects_total, 1);
-                if local_only { Err(e) } else { Ok(None) }
+                if local_only {
+                    // Answer the master's read at once; nothing here
+                    // re-fetches the object, so the order does not matter.
+                    let link = self.link.clone();
+                    tokio::spawn(async move { withdraw(&link, id).await });
+                    Err(e)
+                } else {
+                    // Before the fetch, whose announcement must come last.
+                    withdraw(&self.link, id).await;
+                    Ok(None)
+                }
             }
             Err(e) => Err(e),
         }
