@@ -321,3 +321,57 @@ impl Auth {
             .is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use elton_control::ControlNeed as N;
+    use tonic::Code;
+
+    use super::*;
+
+    fn request(token: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn control_calls_need_the_right_token_and_raft_never_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let ca = elton_trust::ClusterCa::create("c").unwrap();
+        let anchors = TrustAnchors::new("c", ca.cert_pem(), &[]).unwrap();
+        let auth = Auth::new(Some(anchors), &store).unwrap();
+        let mut secrets = Vec::new();
+        for scope in [Scope::Read, Scope::Write, Scope::Admin] {
+            let secret = token::new_secret().unwrap();
+            auth.add(&store, &secret, &scope.to_string(), scope, 0)
+                .unwrap();
+            secrets.push(secret);
+        }
+        let (read, write, admin) = (&secrets[0], &secrets[1], &secrets[2]);
+        let code = |t: Option<&str>, need: N| {
+            auth.control(&request(t), need)
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|e| tonic::Status::from(e).code())
+        };
+        let speak = || N::SpeakAs("s1".into());
+        for need in [N::Raft, N::Submit, N::Read, N::Admin, speak()] {
+            assert_eq!(code(None, need), Code::Unauthenticated);
+        }
+        assert_eq!(code(Some(read), N::Read), Code::Ok);
+        assert_eq!(code(Some(read), N::Submit), Code::PermissionDenied);
+        assert_eq!(code(Some(write), N::Submit), Code::Ok);
+        assert_eq!(code(Some(write), N::Admin), Code::PermissionDenied);
+        assert_eq!(code(Some(write), speak()), Code::PermissionDenied);
+        assert_eq!(code(Some(admin), N::Admin), Code::Ok);
+        assert_eq!(code(Some(admin), speak()), Code::Ok);
+        // Only masters' certificates carry Raft, whatever the token.
+        assert_eq!(code(Some(admin), N::Raft), Code::PermissionDenied);
+        let caller = auth.control(&request(Some(write)), N::Submit).unwrap();
+        assert!(caller.token && caller.node.is_none());
+    }
+}
