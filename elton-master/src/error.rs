@@ -149,7 +149,7 @@ impl From<MasterError> for Status {
             | MasterError::MetadataLost(_)
             | MasterError::Refused(_)
             | MasterError::InUse(_)
-            | MasterError::WrongIncarnation(_) => Code::FailedPrecondition,
+            | MasterError::WrongIncarnation(_)
             | MasterError::GcUnwalkable { .. } => Code::FailedPrecondition,
             MasterError::GcBusy(_) => Code::Aborted,
             MasterError::Unauthenticated(_) => Code::Unauthenticated,

@@ -294,7 +294,7 @@ mod tests {
         let backup = dir.path().join("backup.redb");
         let opened = open(dir.path(), false).unwrap();
         let vol: elton_proto::VolumeName = "web".parse().unwrap();
-        opened.store.create_volume(&vol, "m", 0).unwrap();
+        opened.store.create_volume(&vol, "m", 0, 0).unwrap();
         opened.store.backup_to(&backup).unwrap();
         // What the running master wrote down before its database was lost.
         let file = high_water::HeadsFile {
