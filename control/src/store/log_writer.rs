@@ -173,3 +173,61 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), ControlError> {
     txn.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(p: &Pending) -> Vec<(u64, u64)> {
+        p.range((Unbounded, Unbounded))
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[test]
+    fn queued_entries_are_served_until_committed() {
+        let p = Pending::default();
+        p.insert(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        assert_eq!(p.last().map(|l| l.index), Some(3));
+        assert_eq!(p.range((Included(2), Excluded(3))).len(), 1);
+        p.committed(&[entry(1, 1).log_id, entry(1, 2).log_id]);
+        assert_eq!(indexes(&p), [(1, 3)]);
+    }
+
+    #[test]
+    fn a_replaced_entry_survives_the_commit_of_the_old_one() {
+        let p = Pending::default();
+        p.insert(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        // A new leader's entries replace 2 and 3 before the old ones are
+        // committed.
+        p.truncate(2);
+        assert_eq!(indexes(&p), [(1, 1)]);
+        p.insert(&[entry(2, 2)]);
+        p.committed(&[entry(1, 1).log_id, entry(1, 2).log_id, entry(1, 3).log_id]);
+        assert_eq!(indexes(&p), [(2, 2)]);
+        assert_eq!(p.last(), Some(entry(2, 2).log_id));
+    }
+
+    #[test]
+    fn purge_drops_queued_entries_up_to_the_index() {
+        let p = Pending::default();
+        p.insert(&[entry(1, 4), entry(1, 5), entry(1, 6)]);
+        p.purge(5);
+        assert_eq!(indexes(&p), [(1, 6)]);
+        p.purge(u64::MAX);
+        assert_eq!(indexes(&p), []);
+        assert_eq!(p.last(), None);
+    }
+}
