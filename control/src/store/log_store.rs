@@ -4,7 +4,9 @@
 //! durability, and `append` calls its `LogFlushed` callback only then
 //! (unlike openraft's rocksdb example, which reports before the fsync).
 //! Writes go through one writer thread that commits whatever is queued in
-//! one transaction ([`super::log_writer`]).
+//! one transaction ([`super::log_writer`]); `append` too waits for its
+//! commit, because openraft 0.9 acknowledges a follower's entries as soon as
+//! `append` returns.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -228,7 +230,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
-    /// Queues the entries and returns; `callback` fires after the fsync.
+    /// Returns, and fires `callback`, after the entries are durable: see
+    /// [`super::log_writer`] for why not earlier.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -240,9 +243,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         self.pending.insert(&entries);
-        self.writer
-            .send(Op::Append { entries, callback })
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        self.write(|done| Op::Append {
+            entries,
+            callback,
+            done,
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
