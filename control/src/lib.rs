@@ -8,14 +8,22 @@
 //! - [`command`]: the log payload — [`Request`] (version, [`RequestId`],
 //!   [`Command`]) and [`Response`]; [`Request::decode`] rejects malformed and
 //!   unknown commands before they are proposed.
-//! - [`store`]: `control.redb`; [`open_store`] returns the [`LogStore`] and
-//!   [`StateMachineStore`] halves for `openraft::Raft::new`.
+//! - [`state`] (pure): the replicated [`state::State`] and
+//!   [`state::apply`], one entry at a time, with exactly-once sessions.
+//! - [`execution`] (pure): which members must answer an `Execute`, and the
+//!   result once all answered or the deadline passed.
+//! - [`store`]: `control.redb`; [`open_store`] returns the [`LogStore`]
+//!   (group-committed, durable before openraft is told) and
+//!   [`StateMachineStore`] halves for `openraft::Raft::new`;
+//!   [`StateMachineStore::reader`] gives a [`StateReader`] for local reads,
+//!   progress watching and execution results.
 //! - [`error`]: [`ControlError`], mapped to gRPC statuses by the network edge.
 //!
 //! What the networking side calls:
 //! ```ignore
 //! let (log, sm) = elton_control::open_store(&dir.join("control.redb"))?;
 //! let reader = sm.reader();            // read applied state, watch progress
+//! // (get, membership, wait_applied, owed_executions, wait_result, digest)
 //! let raft = elton_control::Raft::new(id, config, network, log, sm).await?;
 //! let req = elton_control::Request::decode(&bytes)?;   // client bytes
 //! let resp = raft.client_write(req).await?.data;        // a Response

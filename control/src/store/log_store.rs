@@ -4,7 +4,9 @@
 //! durability, and `append` calls its `LogFlushed` callback only then
 //! (unlike openraft's rocksdb example, which reports before the fsync).
 //! Writes go through one writer thread that commits whatever is queued in
-//! one transaction ([`super::log_writer`]).
+//! one transaction ([`super::log_writer`]); `append` too waits for its
+//! commit, because openraft 0.9 acknowledges a follower's entries as soon as
+//! `append` returns.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -212,11 +214,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
-    /// The committed id only speeds up a restart (re-applying the committed
-    /// tail); losing the latest one in a crash is harmless, so no fsync of
-    /// its own.
+    /// Durable: after a restart of every member openraft re-applies up to
+    /// this id from the log at once. Without it, entries whose non-durable
+    /// apply was lost in the crash waited for a commit in the new term, and
+    /// a leader restored in its old term did not advance the commit index
+    /// (control_raft phase 3 lost one applied request that way).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed, false)
+        self.write_meta(KEY_COMMITTED, &committed, true)
             .await
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
@@ -228,7 +232,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
-    /// Queues the entries and returns; `callback` fires after the fsync.
+    /// Returns, and fires `callback`, after the entries are durable: see
+    /// [`super::log_writer`] for why not earlier.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -240,9 +245,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         self.pending.insert(&entries);
-        self.writer
-            .send(Op::Append { entries, callback })
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        self.write(|done| Op::Append {
+            entries,
+            callback,
+            done,
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -1,15 +1,14 @@
-//! Group commit for the log store: one thread owns the log's writes and
-//! commits everything queued since its last commit in one redb transaction,
-//! with one fsync.
+//! The log store's writer: one thread owns the log's writes and commits
+//! everything queued since its last commit in one redb transaction, with
+//! one fsync (writes from concurrent callers share it).
 //!
-//! openraft 0.9 calls `append` once per client write and waits for it before
-//! taking the next one, so an `append` that waited for its own fsync would
-//! cap the group at one write per fsync. Instead `append` queues the entries
-//! and returns; the `LogFlushed` callback, which is what openraft waits on
-//! before it counts the entries as stored (for votes and commit), is called
-//! only after the transaction holding them committed with immediate
-//! durability. Until then the entries are served from [`Pending`], so
-//! replication can read them.
+//! `append` waits for its transaction before it returns, although openraft
+//! also takes a `LogFlushed` callback: openraft 0.9.25 answers a leader's
+//! AppendEntries as soon as `append` returns, without waiting for the
+//! callback (its `Condition::LogFlushed` is unimplemented), so a follower
+//! whose `append` returned early would acknowledge entries it could still
+//! lose, and a majority crash could lose a committed command. While an
+//! append is queued its entries are served from [`Pending`].
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -81,6 +80,7 @@ pub(crate) enum Op {
     Append {
         entries: Vec<Entry>,
         callback: LogFlushed<TypeConfig>,
+        done: Done,
     },
     /// Deletes `index >= from`.
     Truncate { from: u64, done: Done },
@@ -123,8 +123,13 @@ pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
                 Err(e) => Err(ControlError::Storage(e.to_string())),
             };
             match op {
-                Op::Append { callback, .. } => {
-                    callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));
+                Op::Append { callback, done, .. } => {
+                    let flushed = match &r {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
+                    callback.log_io_completed(flushed);
+                    let _ = done.send(r);
                 }
                 Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Meta { done, .. } => {
                     // The caller may have given up waiting; nothing to do.
@@ -172,4 +177,62 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), ControlError> {
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(p: &Pending) -> Vec<(u64, u64)> {
+        p.range((Unbounded, Unbounded))
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[test]
+    fn queued_entries_are_served_until_committed() {
+        let p = Pending::default();
+        p.insert(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        assert_eq!(p.last().map(|l| l.index), Some(3));
+        assert_eq!(p.range((Included(2), Excluded(3))).len(), 1);
+        p.committed(&[entry(1, 1).log_id, entry(1, 2).log_id]);
+        assert_eq!(indexes(&p), [(1, 3)]);
+    }
+
+    #[test]
+    fn a_replaced_entry_survives_the_commit_of_the_old_one() {
+        let p = Pending::default();
+        p.insert(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        // A new leader's entries replace 2 and 3 before the old ones are
+        // committed.
+        p.truncate(2);
+        assert_eq!(indexes(&p), [(1, 1)]);
+        p.insert(&[entry(2, 2)]);
+        p.committed(&[entry(1, 1).log_id, entry(1, 2).log_id, entry(1, 3).log_id]);
+        assert_eq!(indexes(&p), [(2, 2)]);
+        assert_eq!(p.last(), Some(entry(2, 2).log_id));
+    }
+
+    #[test]
+    fn purge_drops_queued_entries_up_to_the_index() {
+        let p = Pending::default();
+        p.insert(&[entry(1, 4), entry(1, 5), entry(1, 6)]);
+        p.purge(5);
+        assert_eq!(indexes(&p), [(1, 6)]);
+        p.purge(u64::MAX);
+        assert_eq!(indexes(&p), []);
+        assert_eq!(p.last(), None);
+    }
 }
