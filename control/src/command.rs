@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ControlError;
+use crate::k2i::ProcQuery;
 use crate::types::NodeId;
 
 /// The command encoding this build writes and the newest it reads. Bump it
@@ -22,6 +23,10 @@ pub const COMMAND_VERSION: u32 = 1;
 /// Longest key or value a register command may carry, in bytes. Keeps one
 /// log entry small; the control plane is not a data store.
 pub const MAX_REGISTER_BYTES: usize = 64 * 1024;
+
+/// Longest output a report may carry, in bytes: a host's process list
+/// (k2i) is bigger than a register value, still one log entry.
+pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
 
 /// Names one client request for exactly-once application: the client (a
 /// random id it picks once per process) and a sequence number it never
@@ -100,13 +105,16 @@ pub enum Targets {
     Nodes { ids: BTreeSet<NodeId> },
 }
 
-/// Work a member runs on its host. k2i, drcond and scheduling add variants.
+/// Work a member runs on its host. drcond and scheduling add variants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// Answers with `payload`: proves that a member executes what the group
     /// decided (tests, `elton control status`).
     Echo { payload: String },
+    /// k2i: the host's processes matching `query`, answered as a
+    /// [`crate::k2i::HostProcs`] (`elton ps`).
+    Ps { query: ProcQuery },
 }
 
 /// One member's answer to an execution.
@@ -232,10 +240,21 @@ impl Request {
                 }
                 match action {
                     Action::Echo { payload } => check("payload", payload),
+                    Action::Ps { query } => query
+                        .validate()
+                        .map_err(|e| ControlError::BadCommand(format!("ps: {e}"))),
                 }
             }
             Command::Report { result, .. } => match result {
-                NodeResult::Ok { output } => check("output", &output.to_string()),
+                NodeResult::Ok { output } => {
+                    let len = output.to_string().len();
+                    if len > MAX_REPORT_BYTES {
+                        return bad(format!(
+                            "report output is {len} bytes; at most {MAX_REPORT_BYTES}"
+                        ));
+                    }
+                    Ok(())
+                }
                 NodeResult::Failed { error } => check("error", error),
             },
         }

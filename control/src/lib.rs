@@ -24,6 +24,7 @@
 pub mod command;
 pub mod error;
 pub mod execution;
+pub mod k2i;
 pub mod state;
 pub mod store;
 pub mod types;

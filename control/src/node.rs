@@ -17,7 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tonic::Status;
 
-use crate::command::{Command, Request, Targets};
+use crate::command::{Command, NodeResult, Request, Targets};
 use crate::gate::Caller;
 use crate::member_id::raft_id;
 use crate::net::network::Network;
@@ -97,7 +97,12 @@ impl ControlNode {
         loop {
             let Some(n) = node.upgrade() else { return };
             for e in n.reader.owed_executions(n.id) {
-                let result = crate::executor::run(&e.action);
+                let action = e.action.clone();
+                let result = tokio::task::spawn_blocking(move || crate::executor::run(&action))
+                    .await
+                    .unwrap_or_else(|e| NodeResult::Failed {
+                        error: format!("the action panicked: {e}"),
+                    });
                 let report = crate::executor::report(&n.me.name, n.id, e.exec, result);
                 let caller = Caller {
                     node: Some((
