@@ -9,8 +9,7 @@ pub fn parse(text: &str) -> HashMap<u32, String> {
     let mut users = HashMap::new();
     for line in text.lines() {
         let mut fields = line.split(':');
-        let (Some(name), Some(_), Some(uid)) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(name), Some(_), Some(uid)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         if let Ok(uid) = uid.parse::<u32>() {
@@ -38,7 +37,9 @@ mod tests {
 
     #[test]
     fn parses_names_and_skips_junk() {
-        let users = parse("root:x:0:0:root:/root:/bin/bash\n#junk\nbad:x:zz\nme:x:1000:1000::/h:/bin/sh\nalias:x:0:0::/:/bin/sh\n");
+        let users = parse(
+            "root:x:0:0:root:/root:/bin/bash\n#junk\nbad:x:zz\nme:x:1000:1000::/h:/bin/sh\nalias:x:0:0::/:/bin/sh\n",
+        );
         assert_eq!(name(&users, 0), "root");
         assert_eq!(name(&users, 1000), "me");
         assert_eq!(name(&users, 4242), "4242");

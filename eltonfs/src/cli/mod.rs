@@ -10,6 +10,7 @@ mod import;
 mod inspect;
 mod metadata;
 mod mounts;
+mod ps;
 mod scrub;
 mod servers;
 mod stats;
@@ -113,6 +114,9 @@ pub enum Command {
     /// The control plane's Raft group: init, join, leave, status, submit.
     #[command(subcommand)]
     Control(control::ControlCommand),
+    /// List the processes of control group members (k2i): by host, read
+    /// from each host's /proc.
+    Ps(ps::PsArgs),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -244,5 +248,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => metadata::backup(&ep, a).await,
         Command::Whoami { json } => trust::whoami(&ep, json).await,
         Command::Control(c) => control::control(&ep, c).await,
+        Command::Ps(a) => ps::ps(&ep, a).await,
     }
 }
