@@ -22,6 +22,7 @@
 //! ```
 
 pub mod command;
+pub mod drcond;
 pub mod error;
 pub mod execution;
 pub mod k2i;
