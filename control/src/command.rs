@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::drcond::LimitSpec;
 use crate::error::ControlError;
 use crate::k2i::ProcQuery;
 use crate::types::NodeId;
@@ -89,6 +90,16 @@ pub enum Command {
         node: NodeId,
         result: NodeResult,
     },
+    /// drcond: a limit every host it names applies until it is released;
+    /// its id is this entry's log index. `expires_at_ms` belongs to the
+    /// leader: it stamps now + `spec.for_ms` when proposing.
+    Limit {
+        spec: LimitSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+    },
+    /// drcond: lifts limit `id` (by a client, or by the leader at expiry).
+    Release { id: u64 },
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -147,6 +158,14 @@ pub enum Response {
     },
     /// A report was recorded.
     Reported { exec: u64, node: NodeId },
+    /// A limit was recorded with this id, for these hosts.
+    Limited {
+        id: u64,
+        hosts: BTreeSet<NodeId>,
+        expires_at_ms: Option<u64>,
+    },
+    /// A limit was lifted.
+    Released { id: u64 },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -245,6 +264,10 @@ impl Request {
                         .map_err(|e| ControlError::BadCommand(format!("ps: {e}"))),
                 }
             }
+            Command::Limit { spec, .. } => spec
+                .validate()
+                .map_err(|e| ControlError::BadCommand(format!("limit: {e}"))),
+            Command::Release { .. } => Ok(()),
             Command::Report { result, .. } => match result {
                 NodeResult::Ok { output } => {
                     let len = output.to_string().len();

@@ -83,6 +83,7 @@ impl ControlNode {
             reader,
         });
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
+        tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -104,17 +105,7 @@ impl ControlNode {
                         error: format!("the action panicked: {e}"),
                     });
                 let report = crate::executor::report(&n.me.name, n.id, e.exec, result);
-                let caller = Caller {
-                    node: Some((
-                        n.me.name.clone(),
-                        match n.me.role {
-                            Role::Voter => elton_trust::Role::Master,
-                            Role::Learner => elton_trust::Role::Slave,
-                        },
-                    )),
-                    token: false,
-                };
-                if let Err(e) = n.submit(report.encode(), &caller, false).await {
+                if let Err(e) = n.submit(report.encode(), &n.self_caller(), false).await {
                     tracing::debug!("reporting execution {}: {e}", report.id);
                     break;
                 }
@@ -124,6 +115,48 @@ impl ControlNode {
             // Woken by the next applied entry; the timeout retries reports
             // that failed while nothing else happens.
             let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    /// On the leader: releases the limits whose time is up. Expiry is
+    /// decided here once, as a logged `Release`; its request id is fixed
+    /// by the limit, so a new leader releasing it again changes nothing.
+    async fn run_expiry(node: std::sync::Weak<Self>) {
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            let tick = n.settings.heartbeat;
+            if n.metrics().current_leader == Some(n.id) {
+                for id in crate::drcond::plan::expired(&n.reader.limits(), now_ms()) {
+                    let release = Request::new(
+                        crate::command::RequestId {
+                            client: "drcond-expiry".into(),
+                            seq: id,
+                        },
+                        Command::Release { id },
+                    );
+                    if let Err(e) = n.submit(release.encode(), &n.self_caller(), false).await {
+                        tracing::debug!("releasing expired limit {id}: {e}");
+                        break;
+                    }
+                    tracing::info!(limit = id, "limit expired and released");
+                }
+            }
+            drop(n);
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// This member calling itself (reports, expiry).
+    fn self_caller(&self) -> Caller {
+        Caller {
+            node: Some((
+                self.me.name.clone(),
+                match self.me.role {
+                    Role::Voter => elton_trust::Role::Master,
+                    Role::Learner => elton_trust::Role::Slave,
+                },
+            )),
+            token: false,
         }
     }
 
@@ -310,7 +343,11 @@ impl ControlNode {
         self.on_leader(
             forwarded,
             || async move {
-                match self.raft.client_write(request.clone()).await {
+                match self
+                    .raft
+                    .client_write(stamp_expiry(request.clone(), now_ms()))
+                    .await
+                {
                     Ok(r) => Ok(SubmitResponse {
                         response: self.answer(r.data).await?,
                         log_index: r.log_id.index,
@@ -364,6 +401,10 @@ impl ControlNode {
                 ..
             } => ids.iter().copied().collect(),
             Command::Report { node, .. } => vec![*node],
+            Command::Limit { spec, .. } => match &spec.hosts {
+                Targets::Nodes { ids } => ids.iter().copied().collect(),
+                _ => Vec::new(),
+            },
             _ => Vec::new(),
         };
         match named.into_iter().find(|id| !known(id)) {
@@ -654,6 +695,28 @@ fn joining_member(req: &JoinRequest) -> Result<Member, NodeError> {
         addr: req.addr.clone(),
         role,
     })
+}
+
+/// Wall clock in Unix milliseconds (0 before 1970: a broken clock
+/// expires nothing early).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The leader's stamp on a limit: its expiry is now + its duration, so
+/// every member applies the same instant (a client's own value is
+/// replaced).
+fn stamp_expiry(mut request: Request, now_ms: u64) -> Request {
+    if let Command::Limit {
+        spec,
+        expires_at_ms,
+    } = &mut request.command
+    {
+        *expires_at_ms = spec.for_ms.map(|ms| now_ms.saturating_add(ms));
+    }
+    request
 }
 
 #[cfg(test)]
