@@ -6,6 +6,7 @@
 //! carries the steps out on cgroups is not built yet (see
 //! `docs/architecture.md`, "drcond").
 
+pub mod files;
 pub mod parse;
 pub mod plan;
 pub mod spec;
