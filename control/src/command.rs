@@ -100,6 +100,9 @@ pub enum Command {
     },
     /// drcond: lifts limit `id` (by a client, or by the leader at expiry).
     Release { id: u64 },
+    /// drcond: the limits in force, read through the log (linearizable,
+    /// like `Get`).
+    Limits,
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -166,6 +169,8 @@ pub enum Response {
     },
     /// A limit was lifted.
     Released { id: u64 },
+    /// The limits in force, oldest first.
+    Limits { limits: Vec<crate::drcond::Limit> },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -267,7 +272,7 @@ impl Request {
             Command::Limit { spec, .. } => spec
                 .validate()
                 .map_err(|e| ControlError::BadCommand(format!("limit: {e}"))),
-            Command::Release { .. } => Ok(()),
+            Command::Release { .. } | Command::Limits => Ok(()),
             Command::Report { result, .. } => match result {
                 NodeResult::Ok { output } => {
                     let len = output.to_string().len();

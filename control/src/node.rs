@@ -35,6 +35,9 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 /// Longest deadline an execution may ask for: a member holds the client's
 /// call (and a forwarding member its connection) that long.
 pub const MAX_EXECUTION_DEADLINE: Duration = Duration::from_secs(600);
+/// How often a host reconciles its limits when nothing is applied (new
+/// processes matching a name selector are taken within this).
+pub const RECONCILE_TICK: Duration = Duration::from_millis(500);
 
 pub struct ControlNode {
     id: NodeId,
@@ -84,6 +87,7 @@ impl ControlNode {
         });
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
         tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
+        tokio::spawn(Self::run_reconciler(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -143,6 +147,53 @@ impl ControlNode {
             }
             drop(n);
             tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// drcond on this host: makes its cgroups match the limits it must
+    /// apply, on every applied entry (a new or released limit takes effect
+    /// at once) and every [`RECONCILE_TICK`] (processes that started
+    /// since). Off where cgroups are not available.
+    async fn run_reconciler(node: std::sync::Weak<Self>) {
+        let Some(n) = node.upgrade() else { return };
+        let dir = n
+            .settings
+            .db_path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let host = match crate::drcond::host::CgroupHost::open(&n.me.name, &dir) {
+            Ok(h) => Arc::new(std::sync::Mutex::new(h)),
+            Err(e) => {
+                tracing::info!("drcond limits are off on this host: {e}");
+                return;
+            }
+        };
+        let mut applied = n.reader.watch_applied();
+        drop(n);
+        let mut last_errors = Vec::new();
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            let limits = crate::drcond::plan::for_host(&n.reader.limits(), n.id);
+            drop(n);
+            let h = host.clone();
+            let errors = tokio::task::spawn_blocking(move || {
+                let mut h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                crate::drcond::host::reconcile(&mut h, &limits)
+            })
+            .await
+            .unwrap_or_else(|e| vec![format!("reconcile panicked: {e}")]);
+            // Logged when they change, not on every tick.
+            if errors != last_errors {
+                for e in &errors {
+                    tracing::warn!("drcond: {e}");
+                }
+                last_errors = errors;
+            }
+            match tokio::time::timeout(RECONCILE_TICK, applied.changed()).await {
+                Ok(Err(_)) => tokio::time::sleep(RECONCILE_TICK).await,
+                Ok(Ok(())) | Err(_) => {}
+            }
         }
     }
 

@@ -228,6 +228,9 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
             spec,
             expires_at_ms,
         } => limit(state, index, spec, *expires_at_ms),
+        Command::Limits => Response::Limits {
+            limits: state.limits.values().cloned().collect(),
+        },
         Command::Release { id } => {
             if state.limits.remove(id).is_none() {
                 return Response::Rejected {

@@ -7,6 +7,7 @@
 //! `docs/architecture.md`, "drcond").
 
 pub mod files;
+pub mod host;
 pub mod parse;
 pub mod plan;
 pub mod spec;

@@ -8,6 +8,7 @@ mod fsck;
 mod gc;
 mod import;
 mod inspect;
+mod limit;
 mod metadata;
 mod mounts;
 mod ps;
@@ -117,6 +118,9 @@ pub enum Command {
     /// List the processes of control group members (k2i): by host, read
     /// from each host's /proc.
     Ps(ps::PsArgs),
+    /// Limit CPU, memory and IO of processes on control group hosts
+    /// (drcond); `ls`, `release ID`.
+    Limit(limit::LimitArgs),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -249,5 +253,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami { json } => trust::whoami(&ep, json).await,
         Command::Control(c) => control::control(&ep, c).await,
         Command::Ps(a) => ps::ps(&ep, a).await,
+        Command::Limit(a) => limit::limit(&ep, a).await,
     }
 }
