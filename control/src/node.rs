@@ -190,9 +190,9 @@ impl ControlNode {
                 }
                 last_errors = errors;
             }
-            match tokio::time::timeout(RECONCILE_TICK, applied.changed()).await {
-                Ok(Err(_)) => tokio::time::sleep(RECONCILE_TICK).await,
-                Ok(Ok(())) | Err(_) => {}
+            // A closed channel (the store is gone) must not spin.
+            if let Ok(Err(_)) = tokio::time::timeout(RECONCILE_TICK, applied.changed()).await {
+                tokio::time::sleep(RECONCILE_TICK).await;
             }
         }
     }

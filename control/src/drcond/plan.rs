@@ -210,7 +210,7 @@ mod tests {
             20,
         );
         let settled = view(&[(10, cpu(20))], vec![proc(42, "busy", Some(10))]);
-        assert!(plan(&[l.clone()], &settled).is_empty());
+        assert!(plan(std::slice::from_ref(&l), &settled).is_empty());
         let late = view(
             &[(10, cpu(20))],
             vec![proc(42, "busy", Some(10)), proc(44, "busy", None)],
