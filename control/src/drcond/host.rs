@@ -4,7 +4,7 @@
 //! member runs it off the async runtime.
 //!
 //! Where groups live: in each hierarchy, below the cgroup this daemon runs
-//! in, at `<own path>/elton-<member name>/<limit id>` (systemd: a unit
+//! in, at `<own path>/elton-<member name>-<tag>/<limit id>` (systemd: a unit
 //! with `Delegate=yes`). Several hosts on one machine therefore have
 //! separate roots, and a sandbox's own accounting (a parent memory cgroup)
 //! still covers the processes Elton limits.
@@ -40,7 +40,10 @@ struct Origin {
 }
 
 pub struct CgroupHost {
-    name: String,
+    /// `elton-<member name>-<8 hex of its control dir>`: stable across
+    /// restarts, distinct for two groups' same-named members on one
+    /// machine (concurrent test runs).
+    leaf: String,
     v2: bool,
     /// Per controller: this daemon's own cgroup path, relative (no
     /// leading `/`).
@@ -93,8 +96,9 @@ impl CgroupHost {
             }),
             Err(_) => BTreeMap::new(),
         };
+        let tag = blake3::hash(dir.to_string_lossy().as_bytes()).to_hex();
         Ok(Self {
-            name: name.to_string(),
+            leaf: format!("elton-{name}-{}", &tag.as_str()[..8]),
             v2,
             base,
             origins,
@@ -106,11 +110,10 @@ impl CgroupHost {
     /// This host's Elton root in `controller`'s hierarchy, relative.
     fn root(&self, controller: &str) -> String {
         let base = self.base.get(controller).map_or("", String::as_str);
-        let leaf = format!("elton-{}", self.name);
         if base.is_empty() {
-            leaf
+            self.leaf.clone()
         } else {
-            format!("{base}/{leaf}")
+            format!("{base}/{}", self.leaf)
         }
     }
 
@@ -366,6 +369,14 @@ impl CgroupHost {
             .map_err(|e| format!("{}: {e}", self.origins_file.display()))
     }
 
+    /// Removes this host's (empty) roots once its last group is gone, so
+    /// nothing of Elton's is left; a root still holding a group stays.
+    fn remove_roots(&self) {
+        for c in CONTROLLERS {
+            let _ = std::fs::remove_dir(self.dir(c, &self.root(c)));
+        }
+    }
+
     /// Processes in group `id` (any controller).
     pub fn members(&self, id: u64) -> Vec<i32> {
         let mut pids: Vec<i32> = self
@@ -383,7 +394,8 @@ impl CgroupHost {
 /// the steps' errors (each is tried again on the next pass).
 pub fn reconcile(host: &mut CgroupHost, limits: &[Limit]) -> Vec<String> {
     let view = host.view(limits);
-    super::plan::plan(limits, &view)
+    let steps = super::plan::plan(limits, &view);
+    let errors: Vec<String> = steps
         .iter()
         .filter_map(|step| {
             let r = host.run(step);
@@ -392,5 +404,9 @@ pub fn reconcile(host: &mut CgroupHost, limits: &[Limit]) -> Vec<String> {
             }
             r.err()
         })
-        .collect()
+        .collect();
+    if limits.is_empty() && !steps.is_empty() && errors.is_empty() {
+        host.remove_roots();
+    }
+    errors
 }
