@@ -1,6 +1,6 @@
 //! drcond end to end: `elton limit` on real cgroups (this machine: cgroup
 //! v1 with cpu, memory, blkio, pids) and real processes, through a
-//! control group of one master and two slave hosts. Every host runs on
+//! control group of three masters and two slave hosts. Every host runs on
 //! this machine, each with its own root
 //! (`<its own cgroup>/elton-<name>-<tag>`), so a test selects by pid.
 
@@ -140,7 +140,7 @@ fn drcond() {
     if !std::path::Path::new("/sys/fs/cgroup/cpu").exists() {
         panic!("this test needs cgroup v1 with the cpu controller at /sys/fs/cgroup/cpu");
     }
-    let mut g = Group::new(1, 2, &[]);
+    let mut g = Group::new(3, 2, &[]);
     g.converged(1, CONVERGE);
     phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(&g);
     phase2_bad_input_changes_nothing(&g);
@@ -148,6 +148,7 @@ fn drcond() {
     phase4_a_memory_limit_holds_a_growing_process_in_its_group(&g);
     phase5_an_io_write_limit_slows_direct_writes(&g);
     phase6_a_restarted_host_keeps_its_limit_without_duplicates(&mut g);
+    phase7_a_temporary_limit_is_lifted_when_the_leader_is_killed(&mut g);
 }
 
 fn phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(g: &Group) {
@@ -410,4 +411,48 @@ fn phase6_a_restarted_host_keeps_its_limit_without_duplicates(g: &mut Group) {
             .iter()
             .all(|c| !root(c, &s1).exists() && !root(c, &s2).exists())
     });
+}
+
+fn phase7_a_temporary_limit_is_lifted_when_the_leader_is_killed(g: &mut Group) {
+    let s1 = leaf(g, "slave1");
+    assert_eq!(g.leader(2).as_deref(), Some("m1"));
+    let busy = Busy::start();
+    let start = Instant::now();
+    let out = g.ok(
+        2,
+        &[
+            "limit",
+            "--json",
+            "--pid",
+            &busy.pid(),
+            "--host",
+            "slave1",
+            "--cpu",
+            "30%",
+            "--for",
+            "2s",
+        ],
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&out).expect("limit output")["id"]
+        .as_u64()
+        .expect("id");
+    let quota = || {
+        root("cpu", &s1)
+            .join(id.to_string())
+            .join("cpu.cfs_quota_us")
+    };
+    wait_until("the limit in effect", Duration::from_secs(5), || {
+        read(quota()) == "30000"
+    });
+    // The leader that stamped the expiry dies; a new one releases it.
+    g.masters[0].kill9();
+    wait_until("the limit lifted", Duration::from_secs(15), || {
+        groups(&s1).is_empty()
+    });
+    let took = start.elapsed();
+    // 2 s, one reconcile tick, an election (0.4 to 0.8 s here), slack.
+    assert!(took < Duration::from_secs(5), "lifted after {took:?}");
+    let ls: serde_json::Value =
+        serde_json::from_str(&g.ok(2, &["limit", "ls", "--json"])).expect("ls");
+    assert_eq!(ls, serde_json::json!([]), "{ls:#}");
 }
