@@ -11,7 +11,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::drcond::LimitSpec;
 use crate::error::ControlError;
+use crate::k2i::ProcQuery;
 use crate::types::NodeId;
 
 /// The command encoding this build writes and the newest it reads. Bump it
@@ -22,6 +24,10 @@ pub const COMMAND_VERSION: u32 = 1;
 /// Longest key or value a register command may carry, in bytes. Keeps one
 /// log entry small; the control plane is not a data store.
 pub const MAX_REGISTER_BYTES: usize = 64 * 1024;
+
+/// Longest output a report may carry, in bytes: a host's process list
+/// (k2i) is bigger than a register value, still one log entry.
+pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
 
 /// Names one client request for exactly-once application: the client (a
 /// random id it picks once per process) and a sequence number it never
@@ -84,6 +90,19 @@ pub enum Command {
         node: NodeId,
         result: NodeResult,
     },
+    /// drcond: a limit every host it names applies until it is released;
+    /// its id is this entry's log index. `expires_at_ms` belongs to the
+    /// leader: it stamps now + `spec.for_ms` when proposing.
+    Limit {
+        spec: LimitSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+    },
+    /// drcond: lifts limit `id` (by a client, or by the leader at expiry).
+    Release { id: u64 },
+    /// drcond: the limits in force, read through the log (linearizable,
+    /// like `Get`).
+    Limits,
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -100,13 +119,16 @@ pub enum Targets {
     Nodes { ids: BTreeSet<NodeId> },
 }
 
-/// Work a member runs on its host. k2i, drcond and scheduling add variants.
+/// Work a member runs on its host. drcond and scheduling add variants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// Answers with `payload`: proves that a member executes what the group
     /// decided (tests, `elton control status`).
     Echo { payload: String },
+    /// k2i: the host's processes matching `query`, answered as a
+    /// [`crate::k2i::HostProcs`] (`elton ps`).
+    Ps { query: ProcQuery },
 }
 
 /// One member's answer to an execution.
@@ -139,6 +161,16 @@ pub enum Response {
     },
     /// A report was recorded.
     Reported { exec: u64, node: NodeId },
+    /// A limit was recorded with this id, for these hosts.
+    Limited {
+        id: u64,
+        hosts: BTreeSet<NodeId>,
+        expires_at_ms: Option<u64>,
+    },
+    /// A limit was lifted.
+    Released { id: u64 },
+    /// The limits in force, oldest first.
+    Limits { limits: Vec<crate::drcond::Limit> },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -232,10 +264,25 @@ impl Request {
                 }
                 match action {
                     Action::Echo { payload } => check("payload", payload),
+                    Action::Ps { query } => query
+                        .validate()
+                        .map_err(|e| ControlError::BadCommand(format!("ps: {e}"))),
                 }
             }
+            Command::Limit { spec, .. } => spec
+                .validate()
+                .map_err(|e| ControlError::BadCommand(format!("limit: {e}"))),
+            Command::Release { .. } | Command::Limits => Ok(()),
             Command::Report { result, .. } => match result {
-                NodeResult::Ok { output } => check("output", &output.to_string()),
+                NodeResult::Ok { output } => {
+                    let len = output.to_string().len();
+                    if len > MAX_REPORT_BYTES {
+                        return bad(format!(
+                            "report output is {len} bytes; at most {MAX_REPORT_BYTES}"
+                        ));
+                    }
+                    Ok(())
+                }
                 NodeResult::Failed { error } => check("error", error),
             },
         }

@@ -1,15 +1,25 @@
-//! What a member does for an execution it is a target of (pure): the
-//! action's result, reported back through the log. k2i, drcond and
-//! scheduling add their actions here.
+//! What a member does for an execution it is a target of: the action's
+//! result, reported back through the log. drcond and scheduling add their
+//! actions here.
 
 use crate::command::{Action, Command, NodeResult, Request, RequestId};
 use crate::types::NodeId;
 
-/// Runs `action` on this host.
+/// Runs `action` on this host. May block (reading `/proc`, sleeping out
+/// a CPU sampling window): call it off the async runtime.
 pub fn run(action: &Action) -> NodeResult {
     match action {
         Action::Echo { payload } => NodeResult::Ok {
             output: serde_json::Value::String(payload.clone()),
+        },
+        Action::Ps { query } => match crate::k2i::procs::list(query) {
+            Ok(procs) => match serde_json::to_value(procs) {
+                Ok(output) => NodeResult::Ok { output },
+                Err(e) => NodeResult::Failed {
+                    error: format!("encoding the process list: {e}"),
+                },
+            },
+            Err(error) => NodeResult::Failed { error },
         },
     }
 }

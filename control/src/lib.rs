@@ -30,8 +30,10 @@
 //! ```
 
 pub mod command;
+pub mod drcond;
 pub mod error;
 pub mod execution;
+pub mod k2i;
 pub mod state;
 pub mod store;
 pub mod types;

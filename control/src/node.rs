@@ -17,7 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tonic::Status;
 
-use crate::command::{Command, Request, Targets};
+use crate::command::{Command, NodeResult, Request, Targets};
 use crate::gate::Caller;
 use crate::member_id::raft_id;
 use crate::net::network::Network;
@@ -35,6 +35,9 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 /// Longest deadline an execution may ask for: a member holds the client's
 /// call (and a forwarding member its connection) that long.
 pub const MAX_EXECUTION_DEADLINE: Duration = Duration::from_secs(600);
+/// How often a host reconciles its limits when nothing is applied (new
+/// processes matching a name selector are taken within this).
+pub const RECONCILE_TICK: Duration = Duration::from_millis(500);
 
 pub struct ControlNode {
     id: NodeId,
@@ -83,6 +86,8 @@ impl ControlNode {
             reader,
         });
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
+        tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
+        tokio::spawn(Self::run_reconciler(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -97,19 +102,14 @@ impl ControlNode {
         loop {
             let Some(n) = node.upgrade() else { return };
             for e in n.reader.owed_executions(n.id) {
-                let result = crate::executor::run(&e.action);
+                let action = e.action.clone();
+                let result = tokio::task::spawn_blocking(move || crate::executor::run(&action))
+                    .await
+                    .unwrap_or_else(|e| NodeResult::Failed {
+                        error: format!("the action panicked: {e}"),
+                    });
                 let report = crate::executor::report(&n.me.name, n.id, e.exec, result);
-                let caller = Caller {
-                    node: Some((
-                        n.me.name.clone(),
-                        match n.me.role {
-                            Role::Voter => elton_trust::Role::Master,
-                            Role::Learner => elton_trust::Role::Slave,
-                        },
-                    )),
-                    token: false,
-                };
-                if let Err(e) = n.submit(report.encode(), &caller, false).await {
+                if let Err(e) = n.submit(report.encode(), &n.self_caller(), false).await {
                     tracing::debug!("reporting execution {}: {e}", report.id);
                     break;
                 }
@@ -119,6 +119,95 @@ impl ControlNode {
             // Woken by the next applied entry; the timeout retries reports
             // that failed while nothing else happens.
             let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    /// On the leader: releases the limits whose time is up. Expiry is
+    /// decided here once, as a logged `Release`; its request id is fixed
+    /// by the limit, so a new leader releasing it again changes nothing.
+    async fn run_expiry(node: std::sync::Weak<Self>) {
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            let tick = n.settings.heartbeat;
+            if n.metrics().current_leader == Some(n.id) {
+                for id in crate::drcond::plan::expired(&n.reader.limits(), now_ms()) {
+                    let release = Request::new(
+                        crate::command::RequestId {
+                            client: "drcond-expiry".into(),
+                            seq: id,
+                        },
+                        Command::Release { id },
+                    );
+                    if let Err(e) = n.submit(release.encode(), &n.self_caller(), false).await {
+                        tracing::debug!("releasing expired limit {id}: {e}");
+                        break;
+                    }
+                    tracing::info!(limit = id, "limit expired and released");
+                }
+            }
+            drop(n);
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// drcond on this host: makes its cgroups match the limits it must
+    /// apply, on every applied entry (a new or released limit takes effect
+    /// at once) and every [`RECONCILE_TICK`] (processes that started
+    /// since). Off where cgroups are not available.
+    async fn run_reconciler(node: std::sync::Weak<Self>) {
+        let Some(n) = node.upgrade() else { return };
+        let dir = n
+            .settings
+            .db_path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let host = match crate::drcond::host::CgroupHost::open(&n.me.name, &dir) {
+            Ok(h) => Arc::new(std::sync::Mutex::new(h)),
+            Err(e) => {
+                tracing::info!("drcond limits are off on this host: {e}");
+                return;
+            }
+        };
+        let mut applied = n.reader.watch_applied();
+        drop(n);
+        let mut last_errors = Vec::new();
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            let limits = crate::drcond::plan::for_host(&n.reader.limits(), n.id);
+            drop(n);
+            let h = host.clone();
+            let errors = tokio::task::spawn_blocking(move || {
+                let mut h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                crate::drcond::host::reconcile(&mut h, &limits)
+            })
+            .await
+            .unwrap_or_else(|e| vec![format!("reconcile panicked: {e}")]);
+            // Logged when they change, not on every tick.
+            if errors != last_errors {
+                for e in &errors {
+                    tracing::warn!("drcond: {e}");
+                }
+                last_errors = errors;
+            }
+            // A closed channel (the store is gone) must not spin.
+            if let Ok(Err(_)) = tokio::time::timeout(RECONCILE_TICK, applied.changed()).await {
+                tokio::time::sleep(RECONCILE_TICK).await;
+            }
+        }
+    }
+
+    /// This member calling itself (reports, expiry).
+    fn self_caller(&self) -> Caller {
+        Caller {
+            node: Some((
+                self.me.name.clone(),
+                match self.me.role {
+                    Role::Voter => elton_trust::Role::Master,
+                    Role::Learner => elton_trust::Role::Slave,
+                },
+            )),
+            token: false,
         }
     }
 
@@ -305,7 +394,11 @@ impl ControlNode {
         self.on_leader(
             forwarded,
             || async move {
-                match self.raft.client_write(request.clone()).await {
+                match self
+                    .raft
+                    .client_write(stamp_expiry(request.clone(), now_ms()))
+                    .await
+                {
                     Ok(r) => Ok(SubmitResponse {
                         response: self.answer(r.data).await?,
                         log_index: r.log_id.index,
@@ -359,6 +452,10 @@ impl ControlNode {
                 ..
             } => ids.iter().copied().collect(),
             Command::Report { node, .. } => vec![*node],
+            Command::Limit { spec, .. } => match &spec.hosts {
+                Targets::Nodes { ids } => ids.iter().copied().collect(),
+                _ => Vec::new(),
+            },
             _ => Vec::new(),
         };
         match named.into_iter().find(|id| !known(id)) {
@@ -649,6 +746,28 @@ fn joining_member(req: &JoinRequest) -> Result<Member, NodeError> {
         addr: req.addr.clone(),
         role,
     })
+}
+
+/// Wall clock in Unix milliseconds (0 before 1970: a broken clock
+/// expires nothing early).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The leader's stamp on a limit: its expiry is now + its duration, so
+/// every member applies the same instant (a client's own value is
+/// replaced).
+fn stamp_expiry(mut request: Request, now_ms: u64) -> Request {
+    if let Command::Limit {
+        spec,
+        expires_at_ms,
+    } = &mut request.command
+    {
+        *expires_at_ms = spec.for_ms.map(|ms| now_ms.saturating_add(ms));
+    }
+    request
 }
 
 #[cfg(test)]

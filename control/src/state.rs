@@ -8,6 +8,7 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, NodeResult, Request, Response};
+use crate::drcond::{Limit, LimitSpec};
 use crate::execution::{self, Execution};
 use crate::types::{Entry, LogId, NodeId, StoredMembership};
 
@@ -39,6 +40,8 @@ pub struct Changes {
     /// Dedup rows added or dropped.
     pub responses: BTreeSet<(String, u64)>,
     pub executions: BTreeSet<u64>,
+    /// Limits set or released.
+    pub limits: BTreeSet<u64>,
 }
 
 /// Everything the group agreed on, as of `last_applied`.
@@ -50,6 +53,10 @@ pub struct State {
     pub kv: BTreeMap<String, String>,
     pub sessions: BTreeMap<String, Session>,
     pub executions: BTreeMap<u64, Execution>,
+    /// drcond's limits in force, by id. Absent in snapshots of builds
+    /// before drcond (read as none).
+    #[serde(default)]
+    pub limits: BTreeMap<u64, Limit>,
     /// Client requests applied with effect (not counting retries answered
     /// from the dedup table); lets tests check exactly-once application.
     pub applied_requests: u64,
@@ -78,6 +85,10 @@ impl State {
             sessions: &'a BTreeMap<String, Session>,
             executions: &'a BTreeMap<u64, Execution>,
             applied_requests: u64,
+            // Skipped while empty, so a group that never set a limit keeps
+            // the digest of builds before drcond.
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            limits: &'a BTreeMap<u64, Limit>,
         }
         let bytes = serde_json::to_vec(&Content {
             membership: &self.membership,
@@ -85,6 +96,7 @@ impl State {
             sessions: &self.sessions,
             executions: &self.executions,
             applied_requests: self.applied_requests,
+            limits: &self.limits,
         })
         .unwrap_or_default();
         blake3::hash(&bytes).to_hex().to_string()
@@ -212,6 +224,49 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
             }
         }
         Command::Report { exec, node, result } => report(state, *exec, *node, result),
+        Command::Limit {
+            spec,
+            expires_at_ms,
+        } => limit(state, index, spec, *expires_at_ms),
+        Command::Limits => Response::Limits {
+            limits: state.limits.values().cloned().collect(),
+        },
+        Command::Release { id } => {
+            if state.limits.remove(id).is_none() {
+                return Response::Rejected {
+                    reason: format!("no limit {id} (never set, or already released)"),
+                };
+            }
+            state.changes.limits.insert(*id);
+            Response::Released { id: *id }
+        }
+    }
+}
+
+fn limit(state: &mut State, index: u64, spec: &LimitSpec, expires_at_ms: Option<u64>) -> Response {
+    let hosts = match execution::resolve_targets(&spec.hosts, state.membership.membership()) {
+        Ok(h) => h,
+        Err(e) => {
+            return Response::Rejected {
+                reason: e.to_string(),
+            };
+        }
+    };
+    state.limits.insert(
+        index,
+        Limit {
+            id: index,
+            selector: spec.selector.clone(),
+            hosts: hosts.clone(),
+            resources: spec.resources.clone(),
+            expires_at_ms,
+        },
+    );
+    state.changes.limits.insert(index);
+    Response::Limited {
+        id: index,
+        hosts,
+        expires_at_ms,
     }
 }
 

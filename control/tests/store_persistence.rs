@@ -224,3 +224,60 @@ async fn queued_appends_are_all_durable() -> Result<(), Box<dyn std::error::Erro
     assert_eq!(got, (1..=200).collect::<Vec<u64>>());
     Ok(())
 }
+
+#[tokio::test]
+async fn limits_survive_a_restart_and_a_snapshot() -> Result<(), Box<dyn std::error::Error>> {
+    use elton_control::drcond::{LimitSpec, Resources, Selector};
+    let dir = TempDir::new()?;
+    let path = dir.path().join("control.redb");
+    let limit = |index: u64, seq: u64| Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Request::new(
+            RequestId {
+                client: "c".into(),
+                seq,
+            },
+            Command::Limit {
+                spec: LimitSpec {
+                    selector: Selector::Pid { pid: 42 },
+                    hosts: elton_control::Targets::All,
+                    resources: Resources {
+                        memory_bytes: Some(64 << 20),
+                        ..Resources::default()
+                    },
+                    for_ms: None,
+                },
+                expires_at_ms: None,
+            },
+        )),
+    };
+    let snapshot = {
+        let (_log, mut sm) = open_store(&path)?;
+        sm.apply([membership(1), limit(2, 1), limit(3, 2)]).await?;
+        let release = Entry {
+            log_id: log_id(4),
+            payload: EntryPayload::Normal(Request::new(
+                RequestId {
+                    client: "c".into(),
+                    seq: 3,
+                },
+                Command::Release { id: 2 },
+            )),
+        };
+        sm.apply([release]).await?;
+        let ids: Vec<u64> = sm.reader().limits().into_keys().collect();
+        assert_eq!(ids, [3]);
+        sm.get_snapshot_builder().await.build_snapshot().await?
+    };
+    let (_log, sm) = open_store(&path)?;
+    let ids: Vec<u64> = sm.reader().limits().into_keys().collect();
+    assert_eq!(ids, [3], "after a restart");
+    // A fresh member installing the snapshot gets the same limits.
+    let other = dir.path().join("other.redb");
+    let (_log, mut fresh) = open_store(&other)?;
+    fresh
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await?;
+    assert_eq!(fresh.reader().limits(), sm.reader().limits());
+    Ok(())
+}

@@ -323,3 +323,63 @@ fn the_same_log_gives_the_same_state() {
     }
     assert_ne!(other.digest(), one.digest());
 }
+
+fn limit_spec(hosts: Targets, for_ms: Option<u64>) -> crate::drcond::LimitSpec {
+    crate::drcond::LimitSpec {
+        selector: crate::drcond::Selector::Name {
+            name: "busy".into(),
+        },
+        hosts,
+        resources: crate::drcond::Resources {
+            cpu_percent: Some(20),
+            ..crate::drcond::Resources::default()
+        },
+        for_ms,
+    }
+}
+
+#[test]
+fn limits_are_set_for_resolved_hosts_and_released_once() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    apply(&mut s, &log.members(&[1], &[10, 11]));
+    let set = Command::Limit {
+        spec: limit_spec(Targets::Learners, Some(60_000)),
+        expires_at_ms: Some(1_060_000),
+    };
+    let r = apply(&mut s, &log.req("c", 1, set));
+    assert_eq!(
+        r,
+        Response::Limited {
+            id: 2,
+            hosts: [10, 11].into(),
+            expires_at_ms: Some(1_060_000)
+        }
+    );
+    assert_eq!(s.limits[&2].hosts, BTreeSet::from([10, 11]));
+    assert!(s.take_changes().limits.contains(&2));
+    // A limit naming a member that left by the time it applies changes
+    // nothing.
+    let stranger = Command::Limit {
+        spec: limit_spec(Targets::Nodes { ids: [99].into() }, None),
+        expires_at_ms: None,
+    };
+    let r = apply(&mut s, &log.req("c", 2, stranger));
+    assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+    assert_eq!(s.limits.len(), 1);
+    let digest = s.digest();
+    assert_eq!(
+        apply(&mut s, &log.req("c", 3, Command::Release { id: 2 })),
+        Response::Released { id: 2 }
+    );
+    assert_ne!(s.digest(), digest);
+    // Released twice (a client and the leader's expiry): the second is
+    // refused and changes nothing.
+    let r = apply(
+        &mut s,
+        &log.req("drcond-expiry", 2, Command::Release { id: 2 }),
+    );
+    assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+    assert!(s.limits.is_empty());
+    assert!(s.take_changes().limits.contains(&2));
+}

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::blocking;
 use super::log_store::{decode, encode};
+use crate::drcond::Limit;
 use crate::error::ControlError;
 use crate::execution::Execution;
 use crate::state::{self, Changes, Session, State};
@@ -42,6 +43,8 @@ const SM_SESSIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("sm_ses
 const SM_RESPONSES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("sm_responses");
 /// `sm_executions`: exec (log index) → JSON `Execution`.
 const SM_EXECUTIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_executions");
+/// `sm_limits`: limit id → JSON `Limit` (drcond).
+const SM_LIMITS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_limits");
 /// `snapshot`: "meta" → JSON `SnapshotMeta`, "data" → snapshot bytes.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -61,6 +64,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), ControlError> 
     txn.open_table(SM_SESSIONS)?;
     txn.open_table(SM_RESPONSES)?;
     txn.open_table(SM_EXECUTIONS)?;
+    txn.open_table(SM_LIMITS)?;
     txn.open_table(SNAPSHOT)?;
     Ok(())
 }
@@ -140,6 +144,7 @@ impl StateMachineStore {
         txn.delete_table(SM_SESSIONS)?;
         txn.delete_table(SM_RESPONSES)?;
         txn.delete_table(SM_EXECUTIONS)?;
+        txn.delete_table(SM_LIMITS)?;
         create_tables(&txn)?;
         write_all(&txn, &incoming)?;
         save_snapshot(&txn, &meta, &bytes)?;
@@ -254,6 +259,13 @@ fn write_changes(
             None => executions.remove(exec)?,
         };
     }
+    let mut limits = txn.open_table(SM_LIMITS)?;
+    for id in &changes.limits {
+        match state.limits.get(id) {
+            Some(l) => limits.insert(id, encode(l)?.as_slice())?,
+            None => limits.remove(id)?,
+        };
+    }
     Ok(())
 }
 
@@ -275,6 +287,10 @@ fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> 
     let mut executions = txn.open_table(SM_EXECUTIONS)?;
     for (exec, e) in &state.executions {
         executions.insert(exec, encode(e)?.as_slice())?;
+    }
+    let mut limits = txn.open_table(SM_LIMITS)?;
+    for (id, l) in &state.limits {
+        limits.insert(id, encode(l)?.as_slice())?;
     }
     Ok(())
 }
@@ -323,6 +339,19 @@ fn load_state(db: &Database) -> Result<State, ControlError> {
         let (k, v) = item?;
         let e: Execution = decode("execution", v.value())?;
         state.executions.insert(k.value(), e);
+    }
+    // A store written before drcond has no such table (opening it in a
+    // read transaction would fail): no limits.
+    match txn.open_table(SM_LIMITS) {
+        Ok(table) => {
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let l: Limit = decode("limit", v.value())?;
+                state.limits.insert(k.value(), l);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(state)
 }

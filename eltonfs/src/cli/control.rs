@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use super::Endpoints;
 use super::client::status;
 
-type Client = ControlClient<InterceptedService<Channel, BearerAuth>>;
+pub(super) type Client = ControlClient<InterceptedService<Channel, BearerAuth>>;
 
 #[derive(Subcommand, Debug)]
 pub enum ControlCommand {
@@ -76,7 +76,7 @@ pub struct SubmitArgs {
     pub json: bool,
 }
 
-async fn client(ep: &Endpoints) -> Result<Client> {
+pub(super) async fn client(ep: &Endpoints) -> Result<Client> {
     let channel = ep.master_channel().await?;
     Ok(ControlClient::with_interceptor(channel, ep.auth()?))
 }
@@ -156,7 +156,7 @@ pub async fn control(ep: &Endpoints, cmd: ControlCommand) -> Result<()> {
     Ok(())
 }
 
-fn default_client_id() -> String {
+pub(super) fn default_client_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

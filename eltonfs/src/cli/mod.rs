@@ -8,8 +8,10 @@ mod fsck;
 mod gc;
 mod import;
 mod inspect;
+mod limit;
 mod metadata;
 mod mounts;
+mod ps;
 mod scrub;
 mod servers;
 mod stats;
@@ -113,6 +115,12 @@ pub enum Command {
     /// The control plane's Raft group: init, join, leave, status, submit.
     #[command(subcommand)]
     Control(control::ControlCommand),
+    /// List the processes of control group members (k2i): by host, read
+    /// from each host's /proc.
+    Ps(ps::PsArgs),
+    /// Limit CPU, memory and IO of processes on control group hosts
+    /// (drcond); `ls`, `release ID`.
+    Limit(limit::LimitArgs),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -244,5 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => metadata::backup(&ep, a).await,
         Command::Whoami { json } => trust::whoami(&ep, json).await,
         Command::Control(c) => control::control(&ep, c).await,
+        Command::Ps(a) => ps::ps(&ep, a).await,
+        Command::Limit(a) => limit::limit(&ep, a).await,
     }
 }

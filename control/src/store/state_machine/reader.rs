@@ -90,6 +90,11 @@ impl StateReader {
         }
     }
 
+    /// drcond's limits in force, by id.
+    pub fn limits(&self) -> std::collections::BTreeMap<u64, crate::drcond::Limit> {
+        self.read().limits.clone()
+    }
+
     /// Client requests applied with effect (retries excluded).
     pub fn applied_requests(&self) -> u64 {
         self.read().applied_requests

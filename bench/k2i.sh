@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# k2i and drcond on a control group of three Elton masters (--insecure, on
+# loopback; each master is also a host that answers `ps` and applies
+# limits), release build.
+#
+#   bash bench/k2i.sh            # as root (drcond writes cgroups)
+#
+# Figures:
+#   - `elton ps --host m1` (every process of one host, through the log)
+#     against `ps aux`: median wall time of $ROUNDS runs each, alternating,
+#     and their ratio (target <= 0.5x);
+#   - `elton ps --all` on the 3 hosts: p50 of $ROUNDS runs;
+#   - drcond: from `elton limit --all --cpu 50%` returning to the limit
+#     being in effect on every host (its cpu.cfs_quota_us read back as
+#     50000 under each host's root, polled from this shell): p50 and p99 of
+#     $LIMITS runs (target p50 < 50 ms); each run is released and its
+#     groups gone before the next.
+# Timings use bash's EPOCHREALTIME (no fork per reading).
+#
+# Tunables (environment): ROUNDS (10), LIMITS (20), ELTON_BIN.
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-10}
+LIMITS=${LIMITS:-20}
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require ps python3
+[[ -d /sys/fs/cgroup/cpu ]] || die "needs cgroup v1 with the cpu controller at /sys/fs/cgroup/cpu"
+release_bins elton
+bench_start k2i
+
+declare -a PORT PID
+for i in 1 2 3; do PORT[i]=$(free_port "${PORT[@]:-}"); done
+
+ctl() { "$ELTON" --master "http://127.0.0.1:${PORT[1]}" "$@"; }
+
+for i in 1 2 3; do
+    init=()
+    [[ $i == 1 ]] && init=(--control-init)
+    ELTON_LOG=warn "$ELTON" master --id "m$i" --data-dir "$WORK/m$i" \
+        --listen "127.0.0.1:${PORT[i]}" --insecure "${init[@]}" >>"$WORK/m$i.log" 2>&1 &
+    PID[i]=$!
+    track_pid "${PID[i]}" "elton master m$i"
+done
+for ((t = 0; t < 200; t++)); do
+    ctl control status --json 2>/dev/null | grep -q '"leader":"m1"' && break
+    sleep 0.1
+done
+for i in 2 3; do
+    ctl control join --node "m$i" --addr "http://127.0.0.1:${PORT[i]}" --role master >/dev/null \
+        || die "m$i could not join"
+done
+log "3 masters in one group (gRPC on ${PORT[*]})"
+
+ms() { # start-EPOCHREALTIME: ms since then
+    awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f\n", (b - a) * 1000}'
+}
+
+pct() { # P values...: the P-th percentile (nearest rank)
+    local p=$1
+    shift
+    printf '%s\n' "$@" | sort -n | awk -v p="$p" '{v[NR] = $1} END {i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i]}'
+}
+
+# ---- ps ---------------------------------------------------------------------
+
+ELTON_PS=() PS_AUX=() PS_ALL=()
+for ((r = 0; r < ROUNDS; r++)); do
+    t=$EPOCHREALTIME
+    ctl ps --host m1 --window 0ms >/dev/null
+    ELTON_PS+=("$(ms "$t")")
+    t=$EPOCHREALTIME
+    ps aux >/dev/null
+    PS_AUX+=("$(ms "$t")")
+    t=$EPOCHREALTIME
+    ctl ps --all --window 0ms >/dev/null
+    PS_ALL+=("$(ms "$t")")
+done
+procs=$(ctl ps --host m1 --window 0ms --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["hosts"]["m1"]["procs"]))')
+
+# ---- drcond -----------------------------------------------------------------
+
+cpu_cg=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' /proc/self/cgroup)
+host_root() { # host name: its root in the cpu hierarchy
+    local d
+    for d in /sys/fs/cgroup/cpu"${cpu_cg%/}"/elton-"$1"-*; do
+        [[ -d $d ]] && { echo "$d"; return 0; }
+    done
+    return 0 # none (yet, or any more)
+}
+
+sleep 1000 &
+SLEEPER=$!
+track_pid "$SLEEPER" "limited sleep"
+EFFECT=()
+for ((r = 0; r < LIMITS; r++)); do
+    id=$(ctl limit --json --pid "$SLEEPER" --all --cpu 50% | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    t=$EPOCHREALTIME
+    for ((spin = 0; ; spin++)); do
+        done_hosts=0
+        for h in m1 m2 m3; do
+            root=$(host_root "$h")
+            [[ -n $root && $(cat "$root/$id/cpu.cfs_quota_us" 2>/dev/null) == 50000 ]] && done_hosts=$((done_hosts + 1))
+        done
+        [[ $done_hosts == 3 ]] && break
+        ((spin < 100000)) || die "limit $id not in effect on every host"
+    done
+    EFFECT+=("$(ms "$t")")
+    ctl limit release "$id" >/dev/null
+    for h in m1 m2 m3; do
+        for ((w = 0; w < 200; w++)); do
+            root=$(host_root "$h")
+            [[ -z $root || ! -d $root/$id ]] && break
+            sleep 0.05
+        done
+    done
+done
+
+echo
+echo "| figure | value |"
+echo "|---|---|"
+printf '| `elton ps --host m1` (%s processes), median ms | %s |\n' "$procs" "$(median -a "${ELTON_PS[@]}")"
+printf '| `ps aux`, median ms | %s |\n' "$(median -a "${PS_AUX[@]}")"
+printf '| ratio elton ps / ps aux | %s |\n' "$(ratio "$(median -a "${ELTON_PS[@]}")" "$(median -a "${PS_AUX[@]}")")"
+printf '| `elton ps --all` (3 hosts), p50 ms | %s |\n' "$(pct 50 "${PS_ALL[@]}")"
+printf '| limit to in effect on 3 hosts, p50 ms | %s |\n' "$(pct 50 "${EFFECT[@]}")"
+printf '| limit to in effect on 3 hosts, p99 ms | %s |\n' "$(pct 99 "${EFFECT[@]}")"
+echo
+echo "per run, elton ps ms: ${ELTON_PS[*]}"
+echo "per run, ps aux ms: ${PS_AUX[*]}"
+echo "per run, elton ps --all ms: ${PS_ALL[*]}"
+echo "per limit, ms: ${EFFECT[*]}"
+load_line

@@ -1,0 +1,15 @@
+//! drcond: CPU, memory and IO limits on processes of every host, as
+//! desired state in the replicated state machine. [`spec`] is what a limit
+//! is and how it is checked, [`parse`] reads the CLI's `30%`, `512M`,
+//! `8:0`, [`plan`] is the pure reconcile planner (desired limits and what a
+//! host has → the steps that make the host match). The host side that
+//! carries the steps out on cgroups is not built yet (see
+//! `docs/architecture.md`, "drcond").
+
+pub mod files;
+pub mod host;
+pub mod parse;
+pub mod plan;
+pub mod spec;
+
+pub use spec::{Limit, LimitSpec, Resources, Selector};

@@ -1,0 +1,9 @@
+//! k2i: process information of a host, read from `/proc` and filtered in
+//! memory. [`query`] holds the pure part (what a query is, which processes
+//! match, how a host's answer is bounded); [`procs`] reads `/proc`.
+
+pub mod passwd;
+pub mod procs;
+pub mod query;
+
+pub use query::{HostProcs, ProcInfo, ProcQuery};

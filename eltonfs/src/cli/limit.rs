@@ -1,0 +1,297 @@
+//! `elton limit`: drcond's CPU, memory and IO limits on processes of the
+//! control group's hosts. A limit is desired state in the group; every
+//! host it names makes its cgroups match (see `docs/operations.md`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use elton_control::drcond::{Limit, LimitSpec, Resources, Selector, parse};
+use elton_control::{Command, Request, RequestId, Response, Targets};
+use elton_proto::control_pb::{StatusRequest, SubmitRequest};
+
+use super::Endpoints;
+use super::client::status;
+use super::control::{Client, client, default_client_id};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LimitArgs {
+    #[command(subcommand)]
+    pub command: Option<LimitCommand>,
+    #[command(flatten)]
+    pub set: SetArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LimitCommand {
+    /// The limits in force.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a limit: its processes go back to their groups.
+    Release { id: u64 },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("selector").args(["pid", "name", "cgroup"])))]
+pub struct SetArgs {
+    /// One process.
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// Processes whose command name or line contains this (also ones that
+    /// start later).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Processes in this cgroup or below (a /proc/PID/cgroup path).
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// A member's node name (repeatable) [default: the master asked].
+    #[arg(long, conflicts_with = "all")]
+    pub host: Vec<String>,
+    /// Every member of the control group.
+    #[arg(long)]
+    pub all: bool,
+    /// CPU, in percent of one core (150% = one and a half cores).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Memory, e.g. 512M.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Read rate from --dev per second, e.g. 10M.
+    #[arg(long)]
+    pub io_read: Option<String>,
+    /// Write rate to --dev per second, e.g. 10M.
+    #[arg(long)]
+    pub io_write: Option<String>,
+    /// The block device of the IO limits, MAJ:MIN (see lsblk).
+    #[arg(long)]
+    pub dev: Option<String>,
+    /// Release the limit after this long (e.g. 60s, 10m).
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub for_: Option<Duration>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn limit(ep: &Endpoints, a: LimitArgs) -> Result<()> {
+    let mut c = client(ep).await?;
+    match a.command {
+        Some(LimitCommand::Ls { json }) => {
+            let limits = match submit(&mut c, Command::Limits).await? {
+                Response::Limits { limits } => limits,
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            let names = member_names(&mut c).await?;
+            if json {
+                let rows: Vec<serde_json::Value> =
+                    limits.iter().map(|l| limit_json(l, &names)).collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                print_limits(&limits, &names);
+            }
+        }
+        Some(LimitCommand::Release { id }) => {
+            match submit(&mut c, Command::Release { id }).await? {
+                Response::Released { id } => println!("released limit {id}"),
+                Response::Rejected { reason } => bail!("{reason}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        None => set(&mut c, a.set).await?,
+    }
+    Ok(())
+}
+
+async fn set(c: &mut Client, a: SetArgs) -> Result<()> {
+    let selector = match (a.pid, a.name, a.cgroup) {
+        (Some(pid), None, None) => Selector::Pid { pid },
+        (None, Some(name), None) => Selector::Name { name },
+        (None, None, Some(path)) => Selector::Cgroup { path },
+        _ => bail!("say which processes: --pid P, --name SUBSTR or --cgroup PATH"),
+    };
+    let opt = |v: Option<String>, f: fn(&str) -> Result<u64, String>| {
+        v.map(|s| f(&s)).transpose().map_err(|e| anyhow!(e))
+    };
+    let resources = Resources {
+        cpu_percent: a
+            .cpu
+            .map(|s| parse::percent(&s))
+            .transpose()
+            .map_err(|e| anyhow!(e))?,
+        memory_bytes: opt(a.memory, parse::size)?,
+        io_read_bps: opt(a.io_read, parse::size)?,
+        io_write_bps: opt(a.io_write, parse::size)?,
+        dev: a
+            .dev
+            .map(|s| parse::device(&s))
+            .transpose()
+            .map_err(|e| anyhow!(e))?,
+    };
+    let st = c
+        .status(StatusRequest { local: false })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let ids: BTreeMap<String, u64> = st
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.raft_id))
+        .collect();
+    let hosts = if a.all {
+        Targets::All
+    } else {
+        let wanted = if a.host.is_empty() {
+            vec![st.node.clone()]
+        } else {
+            a.host
+        };
+        let mut set = BTreeSet::new();
+        for h in &wanted {
+            set.insert(
+                *ids.get(h)
+                    .ok_or_else(|| anyhow!("host {h:?} is not a member of the control group"))?,
+            );
+        }
+        Targets::Nodes { ids: set }
+    };
+    let spec = LimitSpec {
+        selector,
+        hosts,
+        resources,
+        for_ms: a
+            .for_
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    spec.validate().map_err(|e| anyhow!(e))?;
+    let names: BTreeMap<u64, String> = ids.into_iter().map(|(n, i)| (i, n)).collect();
+    match submit(
+        c,
+        Command::Limit {
+            spec,
+            expires_at_ms: None,
+        },
+    )
+    .await?
+    {
+        Response::Limited {
+            id,
+            hosts,
+            expires_at_ms,
+        } => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": id,
+                        "hosts": hosts.iter().map(|h| name(&names, *h)).collect::<Vec<_>>(),
+                        "expires_at_ms": expires_at_ms,
+                    })
+                );
+            } else {
+                let hosts: Vec<String> = hosts.iter().map(|h| name(&names, *h)).collect();
+                println!("limit {id} on {}", hosts.join(", "));
+            }
+            Ok(())
+        }
+        Response::Rejected { reason } => bail!("{reason}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn submit(c: &mut Client, command: Command) -> Result<Response> {
+    let request = Request::new(
+        RequestId {
+            client: default_client_id(),
+            seq: 1,
+        },
+        command,
+    );
+    let r = c
+        .submit(SubmitRequest {
+            command: request.encode(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    serde_json::from_slice(&r.response).context("the member's response")
+}
+
+async fn member_names(c: &mut Client) -> Result<BTreeMap<u64, String>> {
+    let st = c
+        .status(StatusRequest { local: false })
+        .await
+        .map_err(status)?
+        .into_inner();
+    Ok(st
+        .members
+        .iter()
+        .map(|m| (m.raft_id, m.name.clone()))
+        .collect())
+}
+
+fn name(names: &BTreeMap<u64, String>, id: u64) -> String {
+    names.get(&id).cloned().unwrap_or_else(|| id.to_string())
+}
+
+fn selector_text(s: &Selector) -> String {
+    match s {
+        Selector::Pid { pid } => format!("pid {pid}"),
+        Selector::Name { name } => format!("name {name:?}"),
+        Selector::Cgroup { path } => format!("cgroup {path}"),
+    }
+}
+
+fn resources_text(r: &Resources) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = r.cpu_percent {
+        parts.push(format!("cpu {c}%"));
+    }
+    if let Some(m) = r.memory_bytes {
+        parts.push(format!("memory {m}"));
+    }
+    if let (Some(v), Some((maj, min))) = (r.io_read_bps, r.dev) {
+        parts.push(format!("read {v}/s on {maj}:{min}"));
+    }
+    if let (Some(v), Some((maj, min))) = (r.io_write_bps, r.dev) {
+        parts.push(format!("write {v}/s on {maj}:{min}"));
+    }
+    parts.join(", ")
+}
+
+fn limit_json(l: &Limit, names: &BTreeMap<u64, String>) -> serde_json::Value {
+    serde_json::json!({
+        "id": l.id,
+        "selector": l.selector,
+        "hosts": l.hosts.iter().map(|h| name(names, *h)).collect::<Vec<_>>(),
+        "resources": l.resources,
+        "expires_at_ms": l.expires_at_ms,
+    })
+}
+
+fn print_limits(limits: &[Limit], names: &BTreeMap<u64, String>) {
+    println!(
+        "{:>6}  {:<24} {:<36} {:<20} HOSTS",
+        "ID", "SELECTOR", "LIMITS", "EXPIRES"
+    );
+    for l in limits {
+        let expires = l.expires_at_ms.map_or_else(
+            || "-".to_string(),
+            |ms| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            },
+        );
+        let hosts: Vec<String> = l.hosts.iter().map(|h| name(names, *h)).collect();
+        println!(
+            "{:>6}  {:<24} {:<36} {:<20} {}",
+            l.id,
+            selector_text(&l.selector),
+            resources_text(&l.resources),
+            expires,
+            hosts.join(",")
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! drcond end to end: `elton limit` on real cgroups (this machine: cgroup
+//! v1 with cpu, memory, blkio, pids) and real processes, through a
+//! control group of three masters and two slave hosts. Every host runs on
+//! this machine, each with its own root
+//! (`<its own cgroup>/elton-<name>-<tag>`), so a test selects by pid.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::group::Group;
+use common::wait_until;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// A busy loop, killed on drop.
+struct Busy(Child);
+
+impl Busy {
+    fn start() -> Self {
+        Busy(
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("starting a busy loop"),
+        )
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    /// Its CPU use over `window`, in percent of one core, from its own
+    /// `/proc/PID/stat`.
+    fn cpu_percent(&self, window: Duration) -> f64 {
+        let ticks = || {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).expect("stat");
+            let after = &stat[stat.rfind(')').expect("comm") + 2..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            // utime and stime are fields 14 and 15; `after` starts at 3.
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+        };
+        let t0 = ticks();
+        let start = Instant::now();
+        std::thread::sleep(window);
+        let used = ticks() - t0;
+        used as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
+}
+
+/// Host `name`'s root directory name, `elton-<name>-<tag>`: the tag is
+/// the first 8 hex digits of the BLAKE3 of its control dir (a slave's data
+/// dir), so leftovers of other runs are not mistaken for it.
+fn leaf(g: &Group, name: &str) -> String {
+    let dir = g.dir.path().join(name);
+    let tag = blake3::hash(dir.to_string_lossy().as_bytes()).to_hex();
+    format!("elton-{name}-{}", &tag.as_str()[..8])
+}
+
+/// A host's Elton root in `controller`'s hierarchy: the hosts are this
+/// test's children, so they run in its cgroups.
+fn root(controller: &str, leaf: &str) -> PathBuf {
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+    let path = own
+        .lines()
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let _ = p.next();
+            let ctrls = p.next()?;
+            let path = p.next()?;
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .expect("controller mounted");
+    PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+        .join(leaf)
+}
+
+fn groups(leaf: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for c in ["cpu", "memory", "blkio", "pids"] {
+        if let Ok(entries) = std::fs::read_dir(root(c, leaf)) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    ids.push(format!("{c}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    ids.sort();
+    ids
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn set_limit(g: &Group, args: &[&str]) -> u64 {
+    let mut all = vec!["limit", "--json"];
+    all.extend_from_slice(args);
+    let out = g.ok(1, &all);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("limit output");
+    v["id"].as_u64().unwrap_or_else(|| panic!("no id in {v}"))
+}
+
+fn limits(g: &Group) -> serde_json::Value {
+    serde_json::from_str(&g.ok(1, &["limit", "ls", "--json"])).expect("limit ls output")
+}
+
+#[test]
+fn drcond() {
+    if !std::path::Path::new("/sys/fs/cgroup/cpu").exists() {
+        panic!("this test needs cgroup v1 with the cpu controller at /sys/fs/cgroup/cpu");
+    }
+    let mut g = Group::new(3, 2, &[]);
+    g.converged(1, CONVERGE);
+    phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(&g);
+    phase2_bad_input_changes_nothing(&g);
+    phase3_a_temporary_limit_is_lifted_by_the_leader(&g);
+    phase4_a_memory_limit_holds_a_growing_process_in_its_group(&g);
+    phase5_an_io_write_limit_slows_direct_writes(&g);
+    phase6_a_restarted_host_keeps_its_limit_without_duplicates(&mut g);
+    phase7_a_temporary_limit_is_lifted_when_the_leader_is_killed(&mut g);
+}
+
+fn phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(g: &Group) {
+    let (s1, s2) = (leaf(g, "slave1"), leaf(g, "slave2"));
+    let busy = Busy::start();
+    let id = set_limit(
+        g,
+        &["--pid", &busy.pid(), "--host", "slave1", "--cpu", "20%"],
+    );
+    let group = |c: &str| root(c, &s1).join(id.to_string());
+    wait_until("the limit in effect", Duration::from_secs(10), || {
+        read(group("cpu").join("cpu.cfs_quota_us")) == "20000"
+            && read(group("cpu").join("cgroup.procs")) == busy.pid()
+    });
+    // Only slave1 made a group.
+    assert!(groups(&s2).is_empty(), "{:?}", groups(&s2));
+    let used = busy.cpu_percent(Duration::from_secs(3));
+    assert!(used <= 25.0, "limited to 20% but used {used:.1}%");
+    let ls = limits(g);
+    assert_eq!(ls[0]["id"], id, "{ls:#}");
+    assert_eq!(ls[0]["hosts"], serde_json::json!(["slave1"]), "{ls:#}");
+    assert_eq!(ls[0]["resources"]["cpu_percent"], 20, "{ls:#}");
+
+    let out = g.ok(1, &["limit", "release", &id.to_string()]);
+    assert!(out.contains(&format!("released limit {id}")), "{out}");
+    wait_until("the group removed", Duration::from_secs(10), || {
+        groups(&s1).is_empty()
+    });
+    // Back in the cgroup it came from (this test's), and free again.
+    let own = read(PathBuf::from("/proc/self/cgroup"));
+    let its = read(PathBuf::from(format!("/proc/{}/cgroup", busy.pid())));
+    assert_eq!(its, own);
+    let mut best: f64 = 0.0;
+    for _ in 0..5 {
+        best = best.max(busy.cpu_percent(Duration::from_secs(1)));
+        if best > 40.0 {
+            break;
+        }
+    }
+    assert!(best > 40.0, "released but uses only {best:.1}%");
+    assert!(limits(g).as_array().is_some_and(Vec::is_empty));
+}
+
+fn phase2_bad_input_changes_nothing(g: &Group) {
+    let s1 = leaf(g, "slave1");
+    let busy = Busy::start();
+    let pid = busy.pid();
+    let elton = g.masters[0].child.id().to_string();
+    for (args, says) in [
+        (vec!["limit", "--pid", "1", "--cpu", "20%"], "pid 1"),
+        (vec!["limit", "--pid", &pid, "--cpu", "0%"], "0%"),
+        (vec!["limit", "--pid", &pid, "--cpu", "lots"], "percentage"),
+        (vec!["limit", "--pid", &pid, "--memory", "12X"], "size"),
+        (vec!["limit", "--pid", &pid, "--memory", "1K"], "minimum"),
+        (vec!["limit", "--pid", &pid, "--io-write", "2M"], "--dev"),
+        (vec!["limit", "--pid", &pid], "nothing to limit"),
+        (vec!["limit", "--cpu", "20%"], "--pid"),
+        (
+            vec!["limit", "--pid", &pid, "--cpu", "20%", "--host", "nobody"],
+            "not a member",
+        ),
+        (vec!["limit", "release", "999999"], "no limit 999999"),
+    ] {
+        let err = g.fails(1, &args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(limits(g).as_array().is_some_and(Vec::is_empty));
+    // An Elton process is never moved, even when a limit selects it.
+    let id = set_limit(g, &["--pid", &elton, "--host", "slave1", "--cpu", "20%"]);
+    wait_until("the group made", Duration::from_secs(10), || {
+        read(
+            root("cpu", &s1)
+                .join(id.to_string())
+                .join("cpu.cfs_quota_us"),
+        ) == "20000"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        read(root("cpu", &s1).join(id.to_string()).join("cgroup.procs")),
+        ""
+    );
+    g.ok(1, &["limit", "release", &id.to_string()]);
+    wait_until("the group removed", Duration::from_secs(10), || {
+        groups(&s1).is_empty()
+    });
+}
+
+fn phase3_a_temporary_limit_is_lifted_by_the_leader(g: &Group) {
+    let s2 = leaf(g, "slave2");
+    let busy = Busy::start();
+    let start = Instant::now();
+    let id = set_limit(
+        g,
+        &[
+            "--pid",
+            &busy.pid(),
+            "--host",
+            "slave2",
+            "--cpu",
+            "30%",
+            "--for",
+            "2s",
+        ],
+    );
+    let quota = || {
+        root("cpu", &s2)
+            .join(id.to_string())
+            .join("cpu.cfs_quota_us")
+    };
+    wait_until("the limit in effect", Duration::from_secs(5), || {
+        read(quota()) == "30000"
+    });
+    wait_until("the limit lifted", Duration::from_secs(10), || {
+        groups(&s2).is_empty()
+    });
+    let took = start.elapsed();
+    // 2 s, one reconcile tick (0.5 s), and slack for a loaded machine.
+    assert!(took < Duration::from_secs(4), "lifted after {took:?}");
+    assert!(limits(g).as_array().is_some_and(Vec::is_empty));
+}
+
+/// A shell that waits until it is in an Elton group, then execs `cmd`.
+fn once_limited(cmd: &str) -> Child {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("while ! grep -q elton- /proc/self/cgroup; do sleep 0.05; done; exec {cmd}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning")
+}
+
+fn phase4_a_memory_limit_holds_a_growing_process_in_its_group(g: &Group) {
+    let s2 = leaf(g, "slave2");
+    // Allocates (and touches) 8 MiB every 50 ms, up to 512 MiB.
+    let mut grower = once_limited(
+        "python3 -c 'import time; b=[(b\"x\"*(8<<20), time.sleep(0.05)) for i in range(64)]; print(\"survived\")'",
+    );
+    let bystander = Busy::start();
+    let pid = grower.id().to_string();
+    let id = set_limit(g, &["--pid", &pid, "--host", "slave2", "--memory", "64M"]);
+    let group = root("memory", &s2).join(id.to_string());
+    let status = grower.wait().expect("waiting for the grower");
+    // No swap here: held at 64 MiB, it is killed by the OOM killer of its
+    // group (reclaim cannot free anonymous memory).
+    let out = String::from_utf8_lossy(
+        &grower
+            .stdout
+            .take()
+            .map(|mut o| {
+                let mut s = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut o, &mut s);
+                s
+            })
+            .unwrap_or_default(),
+    )
+    .into_owned();
+    assert!(
+        !status.success() && !out.contains("survived"),
+        "{status:?} {out}"
+    );
+    assert_eq!(
+        read(group.join("memory.limit_in_bytes")),
+        (64u64 << 20).to_string()
+    );
+    let peak: u64 = read(group.join("memory.max_usage_in_bytes"))
+        .parse()
+        .expect("peak");
+    assert!(peak <= 64 << 20, "peak {peak}");
+    assert!(
+        read(group.join("memory.oom_control")).contains("oom_kill 1")
+            || read(group.join("memory.failcnt")) != "0",
+        "no OOM or reclaim recorded in the group"
+    );
+    // Nothing outside it was touched.
+    assert!(std::fs::metadata(format!("/proc/{}", bystander.pid())).is_ok());
+    g.ok(1, &["limit", "release", &id.to_string()]);
+    wait_until("the group removed", Duration::from_secs(10), || {
+        groups(&s2).is_empty()
+    });
+}
+
+fn phase5_an_io_write_limit_slows_direct_writes(g: &Group) {
+    let s1 = leaf(g, "slave1");
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let file = dir.path().join("direct");
+    let meta = std::fs::metadata(dir.path()).expect("stat");
+    let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+    // The disk, not a partition's own number: blkio throttles whole disks
+    // and partitions alike by the number the file system reports.
+    let (major, minor) = ((dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & 0xfff00));
+    let mut writer = once_limited(&format!(
+        "dd if=/dev/zero of={} bs=1M count=8 oflag=direct",
+        file.display()
+    ));
+    let pid = writer.id().to_string();
+    let id = set_limit(
+        g,
+        &[
+            "--pid",
+            &pid,
+            "--host",
+            "slave1",
+            "--io-write",
+            "2M",
+            "--dev",
+            &format!("{major}:{minor}"),
+        ],
+    );
+    let status = writer.wait().expect("dd");
+    let mut err = String::new();
+    if let Some(mut e) = writer.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "dd: {err}");
+    // "8388608 bytes (8.4 MB, 8.0 MiB) copied, 4.00 s, 2.1 MB/s"
+    let secs: f64 = err
+        .split("copied, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("dd output: {err}"));
+    let rate = 8.0 / secs;
+    assert!(
+        rate <= 3.0,
+        "wrote at {rate:.2} MiB/s under a 2 MiB/s limit ({err})"
+    );
+    g.ok(1, &["limit", "release", &id.to_string()]);
+    wait_until("the group removed", Duration::from_secs(10), || {
+        groups(&s1).is_empty()
+    });
+}
+
+fn phase6_a_restarted_host_keeps_its_limit_without_duplicates(g: &mut Group) {
+    let (s1, s2) = (leaf(g, "slave1"), leaf(g, "slave2"));
+    let busy = Busy::start();
+    let id = set_limit(
+        g,
+        &["--pid", &busy.pid(), "--host", "slave1", "--cpu", "20%"],
+    );
+    let procs = || root("cpu", &s1).join(id.to_string()).join("cgroup.procs");
+    wait_until("the limit in effect", Duration::from_secs(10), || {
+        read(procs()) == busy.pid()
+    });
+    let before = groups(&s1);
+    g.slaves[0].kill9();
+    g.slaves[0].restart();
+    g.converged(1, CONVERGE);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(groups(&s1), before, "groups changed across the restart");
+    assert_eq!(read(procs()), busy.pid());
+    let used = busy.cpu_percent(Duration::from_secs(2));
+    assert!(used <= 25.0, "used {used:.1}% after the restart");
+    g.ok(1, &["limit", "release", &id.to_string()]);
+    wait_until("nothing of Elton's left", Duration::from_secs(10), || {
+        ["cpu", "memory", "blkio", "pids"]
+            .iter()
+            .all(|c| !root(c, &s1).exists() && !root(c, &s2).exists())
+    });
+}
+
+fn phase7_a_temporary_limit_is_lifted_when_the_leader_is_killed(g: &mut Group) {
+    let s1 = leaf(g, "slave1");
+    assert_eq!(g.leader(2).as_deref(), Some("m1"));
+    let busy = Busy::start();
+    let start = Instant::now();
+    let out = g.ok(
+        2,
+        &[
+            "limit",
+            "--json",
+            "--pid",
+            &busy.pid(),
+            "--host",
+            "slave1",
+            "--cpu",
+            "30%",
+            "--for",
+            "2s",
+        ],
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&out).expect("limit output")["id"]
+        .as_u64()
+        .expect("id");
+    let quota = || {
+        root("cpu", &s1)
+            .join(id.to_string())
+            .join("cpu.cfs_quota_us")
+    };
+    wait_until("the limit in effect", Duration::from_secs(5), || {
+        read(quota()) == "30000"
+    });
+    // The leader that stamped the expiry dies; a new one releases it.
+    g.masters[0].kill9();
+    wait_until("the limit lifted", Duration::from_secs(15), || {
+        groups(&s1).is_empty()
+    });
+    let took = start.elapsed();
+    // 2 s, one reconcile tick, an election (0.4 to 0.8 s here), slack.
+    assert!(took < Duration::from_secs(5), "lifted after {took:?}");
+    let ls: serde_json::Value =
+        serde_json::from_str(&g.ok(2, &["limit", "ls", "--json"])).expect("ls");
+    assert_eq!(ls, serde_json::json!([]), "{ls:#}");
+}
