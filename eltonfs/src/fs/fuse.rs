@@ -174,7 +174,9 @@ impl MountState {
         let link = view
             .upper
             .as_ref()
-            .filter(|m| m.is_file() && m.nlink() > 1)
+            // Any non-directory can have several links (FIFOs, sockets and
+            // devices too).
+            .filter(|m| !m.is_dir() && m.nlink() > 1)
             .map(MetadataExt::ino);
         self.inodes.ino(rel, link)
     }
@@ -799,10 +801,16 @@ impl Filesystem for EltonFs {
     ) {
         let mut st = self.lock();
         let result = (|| -> Result<PathBuf, Errno> {
+            let ft = rustix::fs::FileType::from_raw_mode(mode);
+            // A 0:0 character device in the upper is a whiteout (the kernel
+            // overlayfs encoding): a user's would read as a deleted entry.
+            // Refused before anything changes, as overlayfs does.
+            if ft == rustix::fs::FileType::CharacterDevice && rdev == 0 {
+                return Err(Errno::EPERM);
+            }
             let rel = child(&st.path(parent)?, name)?;
             prepare_new(&st, &rel)?;
             let up = st.layers.upper_path(&rel);
-            let ft = rustix::fs::FileType::from_raw_mode(mode);
             let perm = rustix::fs::Mode::from_bits_truncate(mode & !umask & 0o7777);
             rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
             own_new(&up, req, Some(perm.bits()), false)?;
@@ -1086,13 +1094,14 @@ impl Filesystem for EltonFs {
             } else {
                 st.layers.upper_path(&rel)
             };
+            // O_TRUNC goes to open(2) itself: Linux truncates even a file
+            // opened read-only (the kernel has checked write permission),
+            // where ftruncate on such a descriptor is EINVAL.
             let file = OpenOptions::new()
                 .read(!matches!(acc, OpenAccMode::O_WRONLY))
                 .write(writable)
+                .custom_flags(if trunc { libc::O_TRUNC } else { 0 })
                 .open(&up)?;
-            if trunc {
-                file.set_len(0)?;
-            }
             if writable && req.uid() != 0 {
                 kill_suid(&file)?;
             }
