@@ -582,7 +582,7 @@ fn prepare_new(st: &MountState, rel: &Path) -> Result<bool, Errno> {
     st.layers.copy_up_parents(rel)?;
     let up = st.layers.upper_path(rel);
     match fs::symlink_metadata(&up) {
-        Ok(m) if is_whiteout(&m) => {
+        Ok(m) if is_whiteout(&up, &m) => {
             fs::remove_file(&up)?;
             Ok(true)
         }
@@ -802,17 +802,16 @@ impl Filesystem for EltonFs {
         let mut st = self.lock();
         let result = (|| -> Result<PathBuf, Errno> {
             let ft = rustix::fs::FileType::from_raw_mode(mode);
-            // A 0:0 character device in the upper is a whiteout (the kernel
-            // overlayfs encoding): a user's would read as a deleted entry.
-            // Refused before anything changes, as overlayfs does.
-            if ft == rustix::fs::FileType::CharacterDevice && rdev == 0 {
-                return Err(Errno::EPERM);
-            }
             let rel = child(&st.path(parent)?, name)?;
             prepare_new(&st, &rel)?;
             let up = st.layers.upper_path(&rel);
             let perm = rustix::fs::Mode::from_bits_truncate(mode & !umask & 0o7777);
-            rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
+            if ft == rustix::fs::FileType::CharacterDevice && rdev == 0 {
+                // 0:0 is also the upper's whiteout: a user's is marked.
+                st.layers.make_zero_device(&rel, perm)?;
+            } else {
+                rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
+            }
             own_new(&up, req, Some(perm.bits()), false)?;
             Ok(rel)
         })();
@@ -969,7 +968,7 @@ impl Filesystem for EltonFs {
             // A lower entry at the destination, visible or deleted (a
             // whiteout): a directory moved there must not merge with it.
             let lower_at_to = dst.as_ref().is_some_and(|d| d.lower.is_some())
-                || fs::symlink_metadata(&to_up).is_ok_and(|m| is_whiteout(&m));
+                || fs::symlink_metadata(&to_up).is_ok_and(|m| is_whiteout(&to_up, &m));
             st.layers.remove_upper(&to)?;
             fs::rename(&from_up, &to_up)?;
             if src.lower.is_some() {
