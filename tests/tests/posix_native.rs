@@ -465,9 +465,33 @@ fn phase1_eltonfs_matches_a_native_directory() {
             "{a} and {b} after a remount"
         );
     }
+
+    phase(
+        "1.6",
+        "a commit skips devices, and a lower file a device replaced stays deleted",
+        t0,
+    );
+    let out = mount.elton(&["commit", mnt.to_str().unwrap(), "-m", "devices"]);
+    assert!(out.status.success(), "commit: {out:?}");
+    drop(mount);
+    let fresh = base.path().join("fresh");
+    let mount = Mount::new(
+        &cluster,
+        1,
+        "vol@2",
+        &fresh,
+        &base.path().join("fresh-state"),
+        &[],
+    );
+    assert_eq!(
+        names(&mount.path("d")).unwrap(),
+        Vec::<String>::new(),
+        "d/ro.txt was replaced by a device, which a version does not hold"
+    );
+    assert!(fs::symlink_metadata(mount.path("dev00-link")).is_err());
+    assert_eq!(fs::read_to_string(mount.path("lower.txt")).unwrap(), "");
     drop(kernel);
     drop(mount);
-    phase("1.6", "done", t0);
 }
 
 /// Sorted names in a directory.

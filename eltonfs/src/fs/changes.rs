@@ -285,7 +285,10 @@ fn build_dir(
                 ..base
             }
         } else {
+            // FIFOs, sockets and devices are not committed; one that
+            // replaced a lower entry still deleted it.
             built.skipped.push(rel.join(&name).display().to_string());
+            entries.remove(&name);
             continue;
         };
         entries.insert(name, entry);
