@@ -220,7 +220,11 @@ fn ino(p: &Path) -> io::Result<u64> {
 
 fn source_tree(src: &Path) {
     fs::create_dir_all(src.join("d")).unwrap();
-    for (name, data) in [("lower.txt", "lower\n"), ("d/ro.txt", "read only\n")] {
+    for (name, data) in [
+        ("lower.txt", "lower\n"),
+        ("d/ro.txt", "read only\n"),
+        ("gone.txt", "gone\n"),
+    ] {
         fs::write(src.join(name), data).unwrap();
         fs::set_permissions(src.join(name), fs::Permissions::from_mode(0o644)).unwrap();
     }
@@ -400,6 +404,18 @@ fn phase1_eltonfs_matches_a_native_directory() {
         Ok((m.mode(), m.rdev(), names(&r.join("d"))?))
     })
     .unwrap();
+    t.beyond_overlay("unlink a 0:0 device that replaced a lower file", |r| {
+        fs::remove_file(r.join("gone.txt"))?;
+        sys::mknod(&r.join("gone.txt"), libc::S_IFCHR | 0o600, 0, 0)?;
+        fs::remove_file(r.join("gone.txt"))?;
+        Ok((
+            fs::symlink_metadata(r.join("gone.txt"))
+                .map_err(errno)
+                .err(),
+            names(r)?.contains(&"gone.txt".to_string()),
+        ))
+    })
+    .unwrap();
     t.beyond_overlay("rename and link a 0:0 device", |r| {
         fs::rename(r.join("dev00"), r.join("links/dev00"))?;
         fs::hard_link(r.join("links/dev00"), r.join("dev00-link"))?;
@@ -489,6 +505,7 @@ fn phase1_eltonfs_matches_a_native_directory() {
         "d/ro.txt was replaced by a device, which a version does not hold"
     );
     assert!(fs::symlink_metadata(mount.path("dev00-link")).is_err());
+    assert!(fs::symlink_metadata(mount.path("gone.txt")).is_err());
     assert_eq!(fs::read_to_string(mount.path("lower.txt")).unwrap(), "");
     drop(kernel);
     drop(mount);
