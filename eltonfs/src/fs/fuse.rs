@@ -24,6 +24,8 @@ use rustix::fs::{AtFlags, CWD, Gid, Timespec, Timestamps, Uid, XattrFlags};
 
 use super::attrs::{UPPER_TTL, attr_of, attr_of_meta, kind_of_entry, kind_of_meta};
 use super::chunked::{self, Assembled, ChunkedReader};
+pub use super::handle::Handle;
+use super::handle::Io;
 use super::inodes::{Inodes, ROOT};
 use super::layers::{
     EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, set_opaque,
@@ -35,48 +37,6 @@ use super::readahead::ReadAhead;
 const BACKING_WAIT: Duration = Duration::from_secs(1);
 /// Virtual xattr on the root naming the mount's control socket.
 pub const CONTROL_XATTR: &str = "user.elton.control";
-
-pub struct Handle {
-    pub file: File,
-    /// The FUSE inode this handle was opened on.
-    pub ino: u64,
-    pub writable: bool,
-    pub append: bool,
-    /// For a lower file opened read-only: its entry. The open file is then
-    /// the store's object, whose own attributes are not the entry's.
-    lower: Option<Entry>,
-    /// Keeps the kernel's passthrough backing alive while this handle is open.
-    _backing: Option<Arc<BackingId>>,
-    /// A chunked lower file served by this process, chunk by chunk; `file`
-    /// is then its recipe object and never read as content.
-    chunked: Option<Arc<ChunkedReader>>,
-}
-
-impl Handle {
-    /// Attributes of an open file whose name is gone (unlinked while open).
-    fn orphan_attr(&self) -> io::Result<FileAttr> {
-        match &self.lower {
-            Some(e) => {
-                let view = View {
-                    upper: None,
-                    lower: Some(e.clone()),
-                };
-                let (mut attr, _) = attr_of(self.ino, &view);
-                attr.nlink = 0;
-                Ok(attr)
-            }
-            None => Ok(attr_of_meta(self.ino, &self.file.metadata()?)),
-        }
-    }
-}
-
-/// How an open file's data flows.
-enum Io {
-    /// FUSE passthrough: the kernel reads and writes the backing file.
-    Passthrough(Arc<BackingId>),
-    /// Through this process (the kernel lacks passthrough).
-    Cached,
-}
 
 pub struct MountState {
     pub layers: Layers,
