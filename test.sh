@@ -62,4 +62,12 @@ if [ ! -x "$TOOLS/bin/fsx" ]; then
 fi
 export FSX_BIN="$TOOLS/bin/fsx"
 
+# pjdfstest (an independent POSIX conformance suite) for
+# tests/tests/pjdfstest.rs, likewise; found through PJDFSTEST_BIN.
+if [ ! -x "$TOOLS/bin/pjdfstest" ]; then
+  echo "test.sh: installing pjdfstest 0.2.2 into $TOOLS"
+  cargo install pjdfstest --version 0.2.2 --locked --root "$TOOLS" --quiet
+fi
+export PJDFSTEST_BIN="$TOOLS/bin/pjdfstest"
+
 exec cargo test --workspace --locked "$@"

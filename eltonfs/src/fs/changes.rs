@@ -83,7 +83,7 @@ fn walk(
         let m = fs::symlink_metadata(e.path())?;
         let shown = join(display, &name);
         let below = lower.as_ref().and_then(|d| d.get(&name)).cloned();
-        if is_whiteout(&m) {
+        if is_whiteout(&e.path(), &m) {
             if below.is_some() {
                 out.deleted.push(shown);
             }
@@ -201,7 +201,7 @@ fn build_dir(
         let name = name_of(item.file_name())?;
         let path = item.path();
         let m = fs::symlink_metadata(&path)?;
-        if is_whiteout(&m) {
+        if is_whiteout(&path, &m) {
             entries.remove(&name);
             continue;
         }
@@ -285,7 +285,10 @@ fn build_dir(
                 ..base
             }
         } else {
+            // FIFOs, sockets and devices are not committed; one that
+            // replaced a lower entry still deleted it.
             built.skipped.push(rel.join(&name).display().to_string());
+            entries.remove(&name);
             continue;
         };
         entries.insert(name, entry);

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,64 +22,21 @@ use fuser::{
 };
 use rustix::fs::{AtFlags, CWD, Gid, Timespec, Timestamps, Uid, XattrFlags};
 
+use super::attrs::{UPPER_TTL, attr_of, attr_of_meta, kind_of_entry, kind_of_meta};
 use super::chunked::{self, Assembled, ChunkedReader};
+pub use super::handle::Handle;
+use super::handle::Io;
 use super::inodes::{Inodes, ROOT};
 use super::layers::{
-    EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, mtime_of, set_opaque,
+    EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, set_opaque,
 };
 use super::readahead::ReadAhead;
 
-/// Lower entries never change within a version: cache them long. Switching
-/// versions invalidates explicitly.
-const LOWER_TTL: Duration = Duration::from_secs(3600);
-const UPPER_TTL: Duration = Duration::from_secs(1);
 /// How long an open waits for the inode's other backing file to be closed
 /// (see [`EltonFs::wait_for_backing`]).
 const BACKING_WAIT: Duration = Duration::from_secs(1);
 /// Virtual xattr on the root naming the mount's control socket.
 pub const CONTROL_XATTR: &str = "user.elton.control";
-
-pub struct Handle {
-    pub file: File,
-    /// The FUSE inode this handle was opened on.
-    pub ino: u64,
-    pub writable: bool,
-    pub append: bool,
-    /// For a lower file opened read-only: its entry. The open file is then
-    /// the store's object, whose own attributes are not the entry's.
-    lower: Option<Entry>,
-    /// Keeps the kernel's passthrough backing alive while this handle is open.
-    _backing: Option<Arc<BackingId>>,
-    /// A chunked lower file served by this process, chunk by chunk; `file`
-    /// is then its recipe object and never read as content.
-    chunked: Option<Arc<ChunkedReader>>,
-}
-
-impl Handle {
-    /// Attributes of an open file whose name is gone (unlinked while open).
-    fn orphan_attr(&self) -> io::Result<FileAttr> {
-        match &self.lower {
-            Some(e) => {
-                let view = View {
-                    upper: None,
-                    lower: Some(e.clone()),
-                };
-                let (mut attr, _) = attr_of(self.ino, &view);
-                attr.nlink = 0;
-                Ok(attr)
-            }
-            None => Ok(attr_of_meta(self.ino, &self.file.metadata()?)),
-        }
-    }
-}
-
-/// How an open file's data flows.
-enum Io {
-    /// FUSE passthrough: the kernel reads and writes the backing file.
-    Passthrough(Arc<BackingId>),
-    /// Through this process (the kernel lacks passthrough).
-    Cached,
-}
 
 pub struct MountState {
     pub layers: Layers,
@@ -174,7 +131,9 @@ impl MountState {
         let link = view
             .upper
             .as_ref()
-            .filter(|m| m.is_file() && m.nlink() > 1)
+            // Any non-directory can have several links (FIFOs, sockets and
+            // devices too).
+            .filter(|m| !m.is_dir() && m.nlink() > 1)
             .map(MetadataExt::ino);
         self.inodes.ino(rel, link)
     }
@@ -188,75 +147,6 @@ impl MountState {
             .map(|m| (m.dev(), m.ino()))
             .collect()
     }
-}
-
-fn kind_of_meta(m: &Metadata) -> FileType {
-    FileType::from_std(m.file_type()).unwrap_or(FileType::RegularFile)
-}
-
-fn kind_of_entry(k: EntryKind) -> FileType {
-    match k {
-        EntryKind::File => FileType::RegularFile,
-        EntryKind::Dir => FileType::Directory,
-        EntryKind::Symlink => FileType::Symlink,
-    }
-}
-
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
-    }
-}
-
-pub fn attr_of_meta(ino: u64, m: &Metadata) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: m.size(),
-        blocks: m.blocks(),
-        atime: time(m.atime(), m.atime_nsec()),
-        mtime: time(m.mtime(), m.mtime_nsec()),
-        ctime: time(m.ctime(), m.ctime_nsec()),
-        crtime: time(m.ctime(), m.ctime_nsec()),
-        kind: kind_of_meta(m),
-        perm: (m.mode() & 0o7777) as u16,
-        nlink: m.nlink() as u32,
-        uid: m.uid(),
-        gid: m.gid(),
-        rdev: m.rdev() as u32,
-        flags: 0,
-        blksize: m.blksize() as u32,
-    }
-}
-
-/// Attributes and cache lifetime of a path.
-fn attr_of(ino: u64, view: &View) -> (FileAttr, Duration) {
-    if let Some(m) = &view.upper {
-        return (attr_of_meta(ino, m), UPPER_TTL);
-    }
-    let e = view.lower.as_ref();
-    let kind = e.map_or(EntryKind::Dir, |e| e.kind);
-    let mtime = e.map_or(UNIX_EPOCH, mtime_of);
-    let size = e.map_or(0, |e| e.size);
-    let attr = FileAttr {
-        ino: INodeNo(ino),
-        size: if kind == EntryKind::Dir { 4096 } else { size },
-        blocks: size.div_ceil(512),
-        atime: mtime,
-        mtime,
-        ctime: mtime,
-        crtime: mtime,
-        kind: kind_of_entry(kind),
-        perm: e.map_or(0o755, |e| e.mode) as u16,
-        nlink: if kind == EntryKind::Dir { 2 } else { 1 },
-        uid: e.map_or(0, |e| e.uid),
-        gid: e.map_or(0, |e| e.gid),
-        rdev: 0,
-        flags: 0,
-        blksize: 4096,
-    };
-    (attr, LOWER_TTL)
 }
 
 pub struct EltonFs {
@@ -580,7 +470,7 @@ fn prepare_new(st: &MountState, rel: &Path) -> Result<bool, Errno> {
     st.layers.copy_up_parents(rel)?;
     let up = st.layers.upper_path(rel);
     match fs::symlink_metadata(&up) {
-        Ok(m) if is_whiteout(&m) => {
+        Ok(m) if is_whiteout(&up, &m) => {
             fs::remove_file(&up)?;
             Ok(true)
         }
@@ -799,12 +689,17 @@ impl Filesystem for EltonFs {
     ) {
         let mut st = self.lock();
         let result = (|| -> Result<PathBuf, Errno> {
+            let ft = rustix::fs::FileType::from_raw_mode(mode);
             let rel = child(&st.path(parent)?, name)?;
             prepare_new(&st, &rel)?;
             let up = st.layers.upper_path(&rel);
-            let ft = rustix::fs::FileType::from_raw_mode(mode);
             let perm = rustix::fs::Mode::from_bits_truncate(mode & !umask & 0o7777);
-            rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
+            if ft == rustix::fs::FileType::CharacterDevice && rdev == 0 {
+                // 0:0 is also the upper's whiteout: a user's is marked.
+                st.layers.make_zero_device(&rel, perm)?;
+            } else {
+                rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
+            }
             own_new(&up, req, Some(perm.bits()), false)?;
             Ok(rel)
         })();
@@ -961,7 +856,7 @@ impl Filesystem for EltonFs {
             // A lower entry at the destination, visible or deleted (a
             // whiteout): a directory moved there must not merge with it.
             let lower_at_to = dst.as_ref().is_some_and(|d| d.lower.is_some())
-                || fs::symlink_metadata(&to_up).is_ok_and(|m| is_whiteout(&m));
+                || fs::symlink_metadata(&to_up).is_ok_and(|m| is_whiteout(&to_up, &m));
             st.layers.remove_upper(&to)?;
             fs::rename(&from_up, &to_up)?;
             if src.lower.is_some() {
@@ -1086,13 +981,14 @@ impl Filesystem for EltonFs {
             } else {
                 st.layers.upper_path(&rel)
             };
+            // O_TRUNC goes to open(2) itself: Linux truncates even a file
+            // opened read-only (the kernel has checked write permission),
+            // where ftruncate on such a descriptor is EINVAL.
             let file = OpenOptions::new()
                 .read(!matches!(acc, OpenAccMode::O_WRONLY))
                 .write(writable)
+                .custom_flags(if trunc { libc::O_TRUNC } else { 0 })
                 .open(&up)?;
-            if trunc {
-                file.set_len(0)?;
-            }
             if writable && req.uid() != 0 {
                 kill_suid(&file)?;
             }

@@ -11,8 +11,12 @@ pub const ROOT: u64 = 1;
 pub struct Inodes {
     by_path: HashMap<PathBuf, u64>,
     by_ino: HashMap<u64, PathBuf>,
-    /// Upper inode number → ours, for files with several links.
+    /// Upper inode number → ours, for files with several links. The upper
+    /// filesystem reuses the numbers of deleted files, so an entry lives
+    /// only while one of our paths names its inode (see [`Self::remove`]).
     by_upper_ino: HashMap<u64, u64>,
+    /// Ours → upper inode number: the reverse of `by_upper_ino`.
+    upper_of: HashMap<u64, u64>,
     /// Our numbers that more than one path has named (hard links).
     shared: HashSet<u64>,
     next: u64,
@@ -34,21 +38,24 @@ impl Inodes {
     }
 
     /// The number for `path`, allocating one on first sight. `upper_link`
-    /// is the upper file's inode when it has more than one link.
+    /// is the upper file's inode when it has more than one link: every
+    /// name of that inode gets one number, so the kernel sees one inode
+    /// (one nlink, one ctime) whichever name it looks at.
     pub fn ino(&mut self, path: &Path, upper_link: Option<u64>) -> u64 {
+        // A known path keeps its number: its inode may just have gained a
+        // second link (link(2) names it by this path).
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(up) = upper_link {
+                self.link_upper(up, ino);
+            }
+            return ino;
+        }
         if let Some(up) = upper_link
             && let Some(&ino) = self.by_upper_ino.get(&up)
         {
-            if self.by_path.insert(path.to_path_buf(), ino) != Some(ino) {
-                self.shared.insert(ino);
-            }
+            self.by_path.insert(path.to_path_buf(), ino);
+            self.shared.insert(ino);
             self.by_ino.entry(ino).or_insert_with(|| path.to_path_buf());
-            return ino;
-        }
-        if let Some(&ino) = self.by_path.get(path) {
-            if let Some(up) = upper_link {
-                self.by_upper_ino.insert(up, ino);
-            }
             return ino;
         }
         let ino = self.next;
@@ -56,9 +63,24 @@ impl Inodes {
         self.by_path.insert(path.to_path_buf(), ino);
         self.by_ino.insert(ino, path.to_path_buf());
         if let Some(up) = upper_link {
-            self.by_upper_ino.insert(up, ino);
+            self.link_upper(up, ino);
         }
         ino
+    }
+
+    /// Records that our `ino` is upper inode `up`.
+    fn link_upper(&mut self, up: u64, ino: u64) {
+        if let Some(old) = self.upper_of.insert(ino, up)
+            && old != up
+            && self.by_upper_ino.get(&old) == Some(&ino)
+        {
+            self.by_upper_ino.remove(&old);
+        }
+        if let Some(prev) = self.by_upper_ino.insert(up, ino)
+            && prev != ino
+        {
+            self.upper_of.remove(&prev);
+        }
     }
 
     /// Forgets `path` (after unlink/rmdir). Open handles keep working: they
@@ -85,6 +107,12 @@ impl Inodes {
             }
             None => {
                 self.by_ino.remove(&ino);
+                // The upper may reuse the file's inode number now.
+                if let Some(up) = self.upper_of.remove(&ino)
+                    && self.by_upper_ino.get(&up) == Some(&ino)
+                {
+                    self.by_upper_ino.remove(&up);
+                }
             }
         }
     }
@@ -165,6 +193,21 @@ mod tests {
         assert_eq!(t.path(f), Some(Path::new("g")));
         t.remove(Path::new("g"));
         assert_eq!(t.path(f), None);
+    }
+
+    #[test]
+    fn a_reused_upper_inode_number_names_a_new_inode() {
+        let mut t = Inodes::new();
+        let f = t.ino(Path::new("f"), None);
+        assert_eq!(t.ino(Path::new("f"), Some(9)), f);
+        assert_eq!(t.ino(Path::new("f2"), Some(9)), f);
+        t.remove(Path::new("f"));
+        t.remove(Path::new("f2"));
+        // The upper deleted the file and gave its number to a new one.
+        let g = t.ino(Path::new("g"), None);
+        assert_ne!(g, f);
+        assert_eq!(t.ino(Path::new("g"), Some(9)), g, "link(g, h) names g");
+        assert_eq!(t.ino(Path::new("h"), Some(9)), g);
     }
 
     #[test]

@@ -58,8 +58,22 @@ impl View {
     }
 }
 
-pub fn is_whiteout(m: &Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
+/// Marks a user's 0:0 character device in the upper, which would otherwise
+/// read as a whiteout (format: docs/formats.md, upper encoding).
+pub const DEVICE_XATTR: &str = "trusted.overlay.elton.device";
+
+/// Whether the upper entry at `path` (with metadata `m`) is a whiteout: a
+/// 0:0 character device that is not a user's device node.
+pub fn is_whiteout(path: &Path, m: &Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0 && !is_user_device(path)
+}
+
+fn is_user_device(path: &Path) -> bool {
+    let mut buf = [0u8; 2];
+    matches!(
+        rustix::fs::lgetxattr(path, DEVICE_XATTR, &mut buf[..]),
+        Ok(1)
+    ) && buf[0] == b'y'
 }
 
 pub fn is_opaque(upper_path: &Path) -> bool {
@@ -146,7 +160,7 @@ impl Layers {
             let last = i + 1 == components.len();
             upath.push(name);
             let upper = lstat(&upath)?;
-            if upper.as_ref().is_some_and(is_whiteout) {
+            if upper.as_ref().is_some_and(|m| is_whiteout(&upath, m)) {
                 return Ok(None);
             }
             let lower = match (&lower_dir, name.to_str()) {
@@ -193,7 +207,7 @@ impl Layers {
             for e in fs::read_dir(&upath)? {
                 let e = e?;
                 let m = e.metadata()?;
-                if is_whiteout(&m) {
+                if is_whiteout(&e.path(), &m) {
                     whiteouts.push(e.file_name());
                 } else {
                     out.insert(e.file_name(), EntryKindOrUpper::Upper(m));
@@ -329,6 +343,29 @@ impl Layers {
             Some(m) if m.is_dir() => fs::remove_dir_all(&p),
             Some(_) => fs::remove_file(&p),
         }
+    }
+
+    /// Makes a user's 0:0 character device at `rel` (whose parents exist
+    /// in the upper): made and marked in the work directory, then renamed
+    /// into place, so that a crash never leaves an unmarked one (which
+    /// would read as a whiteout) where the caller expects a device.
+    pub fn make_zero_device(&self, rel: &Path, perm: Mode) -> io::Result<()> {
+        let tmp = tempfile::Builder::new()
+            .prefix("device")
+            .make_in(&self.work, |p| {
+                rustix::fs::mknodat(CWD, p, RxFileType::CharacterDevice, perm, 0)?;
+                Ok(())
+            })?;
+        rustix::fs::lsetxattr(
+            tmp.path(),
+            DEVICE_XATTR,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )?;
+        fs::rename(tmp.path(), self.upper_path(rel))?;
+        // Renamed away: nothing left for the guard to delete.
+        let _ = tmp.keep();
+        Ok(())
     }
 
     /// Records that the lower entry at `rel` is deleted.

@@ -7,14 +7,17 @@
 //!   needs next.
 //! - [`inodes`]: inode numbers for paths.
 //! - [`stamp`]: whether a local file is still the one that was checked.
-//! - [`fuse`]: the FUSE request handlers.
+//! - [`fuse`]: the FUSE request handlers; [`attrs`]: the attributes they
+//!   report; [`handle`]: open files.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
 //! - [`daemon`]: starting a mount as a detached process.
 
+pub mod attrs;
 pub mod changes;
 pub mod chunked;
 pub mod daemon;
 pub mod fuse;
+pub mod handle;
 pub mod inodes;
 pub mod layers;
 pub mod lower;
