@@ -369,6 +369,19 @@ fn object_id(raw: &[u8]) -> Result<ObjectId, MasterError> {
     Ok(ObjectId::from_bytes(raw)?)
 }
 
+/// The object ids of a node's batch call (`AddLocations`, `RemoveLocations`,
+/// `GcCandidates`), refused whole above [`MAX_LOCATIONS_PER_CALL`] so one call
+/// cannot hold the store for long.
+fn bounded_object_ids(call: &str, raw: &[Vec<u8>]) -> Result<Vec<ObjectId>, MasterError> {
+    if raw.len() > MAX_LOCATIONS_PER_CALL {
+        return Err(MasterError::BadRequest(format!(
+            "{} objects in one {call} call; at most {MAX_LOCATIONS_PER_CALL}",
+            raw.len()
+        )));
+    }
+    raw.iter().map(|o| object_id(o)).collect()
+}
+
 #[tonic::async_trait]
 impl Master for MasterService {
     async fn create_volume(
@@ -639,18 +652,7 @@ impl Master for MasterService {
         if self.liveness.last_seen(&node).is_none() {
             return Err(MasterError::UnknownNode(node.to_string()).into());
         }
-        if r.objects.len() > MAX_LOCATIONS_PER_CALL {
-            return Err(MasterError::BadRequest(format!(
-                "{} objects in one AddLocations call; at most {MAX_LOCATIONS_PER_CALL}",
-                r.objects.len()
-            ))
-            .into());
-        }
-        let objects = r
-            .objects
-            .iter()
-            .map(|o| object_id(o))
-            .collect::<Result<Vec<_>, _>>()?;
+        let objects = bounded_object_ids("AddLocations", &r.objects)?;
         let registered = objects.clone();
         let replicator = self.replicator.clone();
         let n = node.clone();
@@ -673,18 +675,7 @@ impl Master for MasterService {
         let node: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
         self.admit(&req, Need::SpeakAs(node.clone()))?;
         let r = req.into_inner();
-        if r.objects.len() > MAX_LOCATIONS_PER_CALL {
-            return Err(MasterError::BadRequest(format!(
-                "{} objects in one RemoveLocations call; at most {MAX_LOCATIONS_PER_CALL}",
-                r.objects.len()
-            ))
-            .into());
-        }
-        let objects = r
-            .objects
-            .iter()
-            .map(|o| object_id(o))
-            .collect::<Result<Vec<_>, _>>()?;
+        let objects = bounded_object_ids("RemoveLocations", &r.objects)?;
         tracing::info!(node = %node, objects = objects.len(), "locations withdrawn");
         self.with_store(move |s| s.remove_locations(&node, &objects))
             .await?;
@@ -937,18 +928,7 @@ impl Master for MasterService {
         let node: NodeId = req.get_ref().node_id.parse().map_err(MasterError::from)?;
         self.admit(&req, Need::SpeakAs(node.clone()))?;
         let r = req.into_inner();
-        if r.objects.len() > MAX_LOCATIONS_PER_CALL {
-            return Err(MasterError::BadRequest(format!(
-                "{} objects in one GcCandidates call; at most {MAX_LOCATIONS_PER_CALL}",
-                r.objects.len()
-            ))
-            .into());
-        }
-        let objects = r
-            .objects
-            .iter()
-            .map(|o| object_id(o))
-            .collect::<Result<Vec<_>, _>>()?;
+        let objects = bounded_object_ids("GcCandidates", &r.objects)?;
         let reply = match self.gc.offered(&node, r.gc, objects).await? {
             Ok(delete) => pb::GcCandidatesResponse {
                 delete: delete.iter().map(|o| o.as_bytes().to_vec()).collect(),
@@ -1009,5 +989,31 @@ fn token_info(row: crate::store::TokenRow) -> pb::TokenInfo {
         name: row.name,
         scope: row.scope,
         created_unix: row.created_unix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_above_the_bound_is_refused_whole_and_names_its_call() {
+        let id = ObjectId::of(b"x").as_bytes().to_vec();
+        let ok = vec![id.clone(); MAX_LOCATIONS_PER_CALL];
+        assert_eq!(
+            bounded_object_ids("AddLocations", &ok)
+                .map(|v| v.len())
+                .ok(),
+            Some(MAX_LOCATIONS_PER_CALL)
+        );
+        let over = vec![id; MAX_LOCATIONS_PER_CALL + 1];
+        let e = bounded_object_ids("GcCandidates", &over)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("10001 objects in one GcCandidates call; at most 10000")
+        );
+        assert!(bounded_object_ids("RemoveLocations", &[vec![1, 2, 3]]).is_err());
     }
 }

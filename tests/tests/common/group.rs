@@ -318,19 +318,6 @@ impl Drop for Group {
         if !std::thread::panicking() {
             return;
         }
-        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(25).collect();
-                eprintln!("---- {} (last {} lines)", p.display(), tail.len());
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
+        super::print_log_tails(self.dir.path(), 25);
     }
 }

@@ -698,26 +698,32 @@ pub fn detach(p: &Path) {
         .status();
 }
 
+/// Prints the last `lines` lines of every `*.log` in `dir`: after a failed
+/// test the temp dir is gone, so this is all that is left of the processes.
+pub fn print_log_tails(dir: &Path, lines: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            eprintln!("---- {} (last {} lines)", p.display(), tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     /// On failure, show the tail of every process log: the temp dir is gone after.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
-        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("---- {} (last {} lines)", p.display(), tail.len());
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
+        print_log_tails(self.dir.path(), 30);
     }
 }
 
