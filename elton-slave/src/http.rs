@@ -590,9 +590,18 @@ async fn metrics(State(state): Shared) -> Response {
     state.count_request();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render() + &incarnation_metric(state.volumes.master_incarnation_changes()),
     )
         .into_response()
+}
+
+/// Kept apart from the counters in `Metrics`: the master link owns it.
+fn incarnation_metric(changes: u64) -> String {
+    let name = "elton_slave_master_incarnation_changes_total";
+    format!(
+        "# HELP {name} Times the master answered from a new incarnation of its metadata; \
+         cached version records were dropped.\n# TYPE {name} counter\n{name} {changes}\n"
+    )
 }
 
 #[derive(Deserialize)]

@@ -20,6 +20,8 @@ struct State {
     master: Option<String>,
     /// Whether the last heartbeat was answered.
     confirmed: bool,
+    /// How often the master's incarnation changed under this slave.
+    changes: u64,
     /// (volume, version) → (incarnation it was issued in, record).
     records: HashMap<(VolumeName, Version), (String, VersionInfo)>,
 }
@@ -55,11 +57,18 @@ impl VersionCache {
         let before = s.records.len();
         s.records.retain(|_, (inc, _)| inc == incarnation);
         let dropped = before - s.records.len();
-        if let Some(old) = &s.master {
+        if let Some(old) = s.master.clone() {
+            s.changes += 1;
             tracing::warn!(old = %old, new = %incarnation, dropped,
                 "the master's metadata is a new incarnation: cached version records dropped");
         }
         s.master = Some(incarnation.to_string());
+    }
+
+    /// How often the master answered from another incarnation than the one
+    /// before (a restore or `--new-incarnation`), since this slave started.
+    pub fn incarnation_changes(&self) -> u64 {
+        self.state().changes
     }
 
     /// A heartbeat failed: cached records are checked with the master
@@ -142,9 +151,11 @@ mod tests {
         assert_eq!(cache.get(&web, one), hit(false));
         cache.master_answered("aaaa");
         assert_eq!(cache.get(&web, one), hit(true));
+        assert_eq!(cache.incarnation_changes(), 0);
         // A new incarnation: the old web@1 is gone.
         cache.master_answered("bbbb");
         assert_eq!(cache.get(&web, one), None);
+        assert_eq!(cache.incarnation_changes(), 1);
     }
 
     #[test]

@@ -109,6 +109,11 @@ impl Volumes {
         }
     }
 
+    /// See [`crate::incarnation::VersionCache::incarnation_changes`].
+    pub fn master_incarnation_changes(&self) -> u64 {
+        self.link.versions().incarnation_changes()
+    }
+
     /// Tells the master this node holds `ids`.
     pub async fn announce(&self, ids: Vec<ObjectId>) -> Result<(), SlaveError> {
         self.link.announce(ids).await
