@@ -36,20 +36,30 @@ impl Busy {
     /// Its CPU use over `window`, in percent of one core, from its own
     /// `/proc/PID/stat`.
     fn cpu_percent(&self, window: Duration) -> f64 {
-        let ticks = || {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).expect("stat");
-            let after = &stat[stat.rfind(')').expect("comm") + 2..];
-            let f: Vec<&str> = after.split_whitespace().collect();
-            // utime and stime are fields 14 and 15; `after` starts at 3.
-            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-        };
-        let t0 = ticks();
-        let start = Instant::now();
-        std::thread::sleep(window);
-        let used = ticks() - t0;
-        used as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0
+        cpu_percents(&[self], window)[0]
     }
+
+    /// CPU time used so far, in clock ticks.
+    fn ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15; `after` starts at 3.
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    }
+}
+
+/// The CPU use of each loop over the same `window`, in percent of one core.
+fn cpu_percents(loops: &[&Busy], window: Duration) -> Vec<f64> {
+    let t0: Vec<u64> = loops.iter().map(|b| b.ticks()).collect();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let secs = start.elapsed().as_secs_f64();
+    loops
+        .iter()
+        .zip(t0)
+        .map(|(b, t0)| (b.ticks() - t0) as f64 / clock_ticks() / secs * 100.0)
+        .collect()
 }
 
 impl Drop for Busy {
@@ -181,14 +191,19 @@ fn phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(g: &Group) {
     let own = read(PathBuf::from("/proc/self/cgroup"));
     let its = read(PathBuf::from(format!("/proc/{}/cgroup", busy.pid())));
     assert_eq!(its, own);
-    let mut best: f64 = 0.0;
-    for _ in 0..5 {
-        best = best.max(busy.cpu_percent(Duration::from_secs(1)));
-        if best > 40.0 {
-            break;
-        }
-    }
-    assert!(best > 40.0, "released but uses only {best:.1}%");
+    // Free again: well above the 20% cap, or, on a machine so loaded that
+    // the cap would not bind, as much as an unlimited twin gets over the
+    // same windows (held at 20%, it would get a fraction of the twin's).
+    let twin = Busy::start();
+    let (mut ours, mut twins, mut seen) = (0.0, 0.0, Vec::new());
+    let free = (0..5).any(|_| {
+        let used = cpu_percents(&[&busy, &twin], Duration::from_secs(1));
+        seen.push(format!("{:.1}% (twin {:.1}%)", used[0], used[1]));
+        ours += used[0];
+        twins += used[1];
+        used[0] > 40.0
+    }) || ours >= 0.6 * twins;
+    assert!(free, "released but still held: {seen:?}");
     assert!(limits(g).as_array().is_some_and(Vec::is_empty));
 }
 
