@@ -393,7 +393,13 @@ fn phase5_bad_input_gets_clear_errors_and_changes_nothing() {
 
     // Oversized body, declared or not.
     let big = vec![0u8; 2 << 20];
-    let r = http
+    // The slave answers 413 without reading the body and closes the
+    // connection; a pooled client could race that close on its next call.
+    let no_reuse = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let r = no_reuse
         .put(format!("{s1}/v1/volumes/v/big"))
         .bearer_auth(TOKEN)
         .body(big.clone())
@@ -401,7 +407,7 @@ fn phase5_bad_input_gets_clear_errors_and_changes_nothing() {
         .unwrap();
     assert_eq!(r.status(), 413);
     let stream = reqwest::blocking::Body::new(std::io::Cursor::new(big));
-    let r = http
+    let r = no_reuse
         .put(format!("{s1}/v1/volumes/v/big"))
         .bearer_auth(TOKEN)
         .body(stream)
