@@ -26,6 +26,7 @@ pub struct Endpoints {
         long,
         global = true,
         env = "ELTON_MASTER",
+        hide_env_values = true,
         default_value = "https://127.0.0.1:7100"
     )]
     pub master: String,
@@ -34,15 +35,26 @@ pub struct Endpoints {
         long,
         global = true,
         env = "ELTON_SLAVE",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:7200"
     )]
     pub slave: String,
     /// Bearer token; default: the file $ELTON_HOME/token (`elton up` writes it).
     #[arg(long, global = true, env = "ELTON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file (keeps it out of `ps` and the
+    /// shell history).
+    #[arg(
+        long,
+        global = true,
+        env = "ELTON_TOKEN_FILE",
+        hide_env_values = true,
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// The cluster CA certificate that the master's must chain to
     /// [default: $ELTON_HOME/pki/ca.pem].
-    #[arg(long, global = true, env = "ELTON_CA")]
+    #[arg(long, global = true, env = "ELTON_CA", hide_env_values = true)]
     pub ca: Option<PathBuf>,
 }
 
@@ -102,6 +114,13 @@ impl Endpoints {
     pub fn token(&self) -> Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
+        }
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            let t = t.trim();
+            anyhow::ensure!(!t.is_empty(), "the token file {} is empty", path.display());
+            return Ok(t.to_string());
         }
         let path = Self::token_path();
         std::fs::read_to_string(&path)

@@ -168,9 +168,10 @@ pub struct SlaveArgs {
     /// Data directory (object store) [default: <ELTON_HOME>/slave].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Master gRPC URL (https; http only for an --insecure master).
-    #[arg(long = "master-url", default_value = "https://127.0.0.1:7100")]
-    pub master_url: String,
+    /// Old name of the global --master (the master to register with);
+    /// kept so existing scripts work.
+    #[arg(long = "master-url", hide = true)]
+    pub master_url: Option<String>,
     /// Node id [default: kept in <data-dir>/node-id].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -210,10 +211,16 @@ pub struct UpArgs {
     /// Data directory [default: $ELTON_HOME or ~/.local/share/elton].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The master's gRPC listen address (clients' --master).
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub master_listen: String,
+    /// The slave's HTTP listen address (clients' --slave).
     #[arg(long, default_value = "127.0.0.1:7200")]
     pub slave_listen: String,
+    /// Serve the master's Prometheus /metrics over HTTP on this address
+    /// [default: off]; the slave's are on its own port, /metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Volume to create (if missing) and mount.
     #[arg(long, default_value = "default")]
     pub volume: String,
@@ -339,11 +346,11 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn slave(a: SlaveArgs) -> Result<()> {
+pub async fn slave(ep: &super::Endpoints, a: SlaveArgs) -> Result<()> {
     let mut config = SlaveConfig::new(
         a.data_dir
             .unwrap_or_else(|| default_data_dir().join("slave")),
-        a.master_url,
+        a.master_url.unwrap_or_else(|| ep.master.clone()),
     );
     config.node_id = a.node_id;
     config.advertise = a.advertise;
@@ -413,6 +420,9 @@ fn provision_single_node(
 pub async fn up(a: UpArgs) -> Result<()> {
     let data = a.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    // Held until the process ends: a second `elton up` on the same data
+    // would run a second master and slave on the same files.
+    let _lock = super::up_lock::UpLock::acquire(&data)?;
     let token_path = data.join("token");
     let token = ensure_token(&token_path)?;
     let master_listener = bind(&a.master_listen).await?;
@@ -426,6 +436,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         tls_dir: Some(data.join("pki")),
         bootstrap_token_file: Some(token_path.clone()),
         insecure: a.insecure,
+        metrics_listen: a.metrics_listen.clone(),
         // A single machine is a one-member control group, no extra step.
         control: elton_master::config::ControlConfig {
             init: true,
@@ -467,6 +478,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
             master: format!("{scheme}://{master_addr}"),
             slave: format!("http://{slave_addr}"),
             token: Some(token.clone()),
+            token_file: None,
             ca: Some(data.join("pki").join("ca.pem")),
         };
         match mount_default(&a.volume, &mountpoint, &data, &endpoints).await {
@@ -484,6 +496,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         println!("                 (insecure: no TLS, no authentication)");
     }
     println!("  slave  (HTTP)  http://{slave_addr}");
+    if let Some(m) = &a.metrics_listen {
+        println!("  metrics        http://{m}/metrics (master)");
+    }
     println!("  data           {}", data.display());
     println!("  admin token    {}", token_path.display());
     println!(
