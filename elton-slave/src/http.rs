@@ -364,7 +364,7 @@ async fn get_volume_path(
     if version == "latest" {
         let head =
             state.volumes.head(&volume).await?.ok_or_else(|| {
-                SlaveError::NotFound(format!("volume {volume:?} has no version yet"))
+                SlaveError::NotFound(format!("volume \"{volume}\" has no version yet"))
             })?;
         let mut location = format!("/v1/volumes/{volume}/{}", head.info.version);
         if !path.is_root() {
