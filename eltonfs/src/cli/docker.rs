@@ -58,7 +58,7 @@ pub async fn docker_plugin(ep: &Endpoints, a: DockerPluginArgs) -> Result<()> {
         endpoints: ep.clone(),
         slave_url: ep.slave.clone(),
         slave_data,
-        token: ep.token().ok(),
+        token: ep.token_opt()?,
     })?;
     std::fs::create_dir_all(&a.socket_dir)
         .with_context(|| format!("creating {}", a.socket_dir.display()))?;

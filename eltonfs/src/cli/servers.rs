@@ -467,6 +467,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         stopped(stop_rx),
     ));
 
+    // Set before `up` unmounts its own mount, so that only an unmount by
+    // someone else is reported.
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mounted = if a.no_mount {
         None
     } else {
@@ -481,7 +484,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
             token_file: None,
             ca: Some(data.join("pki").join("ca.pem")),
         };
-        match mount_default(&a.volume, &mountpoint, &data, &endpoints).await {
+        match mount_default(&a.volume, &mountpoint, &data, &endpoints, stopping.clone()).await {
             Ok(()) => Some(mountpoint),
             Err(e) => {
                 eprintln!("elton: warning: not mounting {}: {e:#}", a.volume);
@@ -528,6 +531,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         r = master => r.context("master task")?.context("master"),
         r = slave => r.context("slave task")?.context("slave"),
     };
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(m) = &mounted {
         let _ = crate::fs::mount::unmount(m, true);
     }
@@ -542,6 +546,7 @@ async fn mount_default(
     mountpoint: &Path,
     data: &Path,
     endpoints: &super::Endpoints,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
     use elton_proto::pb::CreateVolumeRequest;
     let volume: elton_proto::VolumeName = volume.parse()?;
@@ -590,9 +595,16 @@ async fn mount_default(
     std::fs::create_dir_all(&opts.state_dir)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
+        let mountpoint = opts.mountpoint.clone();
         let r = crate::fs::mount::run(opts);
-        if let Err(e) = &r {
-            tracing::error!("mount: {e:#}");
+        match &r {
+            Err(e) => tracing::error!("mount: {e:#}"),
+            Ok(()) if !stopping.load(std::sync::atomic::Ordering::SeqCst) => tracing::warn!(
+                "{} was unmounted; the master and the slave keep running (mount it again \
+                 with `elton mount`, or restart `elton up`)",
+                mountpoint.display()
+            ),
+            Ok(()) => {}
         }
         let _ = tx.send(r);
     });
