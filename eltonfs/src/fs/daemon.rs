@@ -55,6 +55,8 @@ impl Detached {
             .arg("--slave-data")
             .arg(&self.slave_data)
             .arg("--foreground")
+            // The caller decided about a non-empty mountpoint already.
+            .arg("--nonempty")
             .arg("--chunk-threshold")
             .arg(self.chunk_threshold.to_string())
             .arg("--assembled-max-bytes")

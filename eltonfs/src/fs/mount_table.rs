@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// The FUSE filesystem type of every Eltonfs mount (`fuse.` + subtype).
-pub const ELTON_FSTYPE: &str = "fuse.elton";
+/// The source every Eltonfs mount names: `elton:VOLUME` (its FSName).
+pub const ELTON_SOURCE_PREFIX: &str = "elton:";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
@@ -19,13 +19,16 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
+    /// A FUSE mount named `elton:...`. The type is `fuse` or `fuse.elton`
+    /// depending on how the mount was made (the kernel's or fusermount3's
+    /// way of passing the subtype), so the source decides.
     pub fn is_elton(&self) -> bool {
-        self.fstype == ELTON_FSTYPE
+        self.fstype.starts_with("fuse") && self.source.starts_with(ELTON_SOURCE_PREFIX)
     }
 
     /// The volume named by an Eltonfs mount's source (`elton:VOLUME`).
     pub fn volume(&self) -> Option<&str> {
-        self.source.strip_prefix("elton:")
+        self.source.strip_prefix(ELTON_SOURCE_PREFIX)
     }
 }
 
@@ -115,7 +118,7 @@ mod tests {
     const TEXT: &str = "\
 22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
 30 22 0:40 / /mnt/a rw,nosuid,nodev,relatime shared:5 - fuse.elton elton:web rw,user_id=0
-31 30 0:41 / /mnt/a rw,nosuid,nodev,relatime shared:6 - fuse.elton elton:other rw,user_id=0
+31 30 0:41 / /mnt/a rw,nosuid,nodev,relatime shared:6 - fuse elton:other rw,user_id=0
 32 22 0:42 / /mnt/with\\040space rw - fuse.elton elton:sp rw
 33 22 0:43 / /mnt/plain rw - tmpfs tmpfs rw
 bad line
@@ -125,6 +128,7 @@ bad line
     fn parses_and_unescapes() {
         let t = MountTable::parse(TEXT);
         assert_eq!(t.0.len(), 5);
+        assert!(t.0[2].is_elton(), "plain fuse type, elton source");
         assert_eq!(t.0[3].mountpoint, PathBuf::from("/mnt/with space"));
         assert_eq!(t.0[3].volume(), Some("sp"));
         assert!(!t.0[4].is_elton());
