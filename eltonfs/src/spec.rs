@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn parses_version_refs() {
         assert_eq!("latest".parse::<VersionRef>(), Ok(VersionRef::Latest));
-        assert_eq!("7".parse::<VersionRef>().map(|v| v.to_string()), Ok("7".into()));
+        assert_eq!(
+            "7".parse::<VersionRef>().map(|v| v.to_string()),
+            Ok("7".into())
+        );
         let e = "head".parse::<VersionRef>().unwrap_err();
         assert!(e.contains("not a version"), "{e}");
         assert!("0".parse::<VersionRef>().is_err());

@@ -24,7 +24,11 @@ fn text(o: &Output) -> String {
 
 fn fails(c: &Cluster, args: &[&str]) -> String {
     let o = c.cli(1, args);
-    assert!(!o.status.success(), "elton {args:?} succeeded: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "elton {args:?} succeeded: {}",
+        text(&o)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -98,7 +102,13 @@ fn phase1_slave_master_flag_is_obeyed_and_unused_flags_are_refused() {
     let data = c.dir.path().join("never");
     let o = c.cli(
         1,
-        &["up", "--data-dir", s(&data), "--master", "https://127.0.0.1:1"],
+        &[
+            "up",
+            "--data-dir",
+            s(&data),
+            "--master",
+            "https://127.0.0.1:1",
+        ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -121,7 +131,10 @@ fn phase2_a_failed_import_leaves_no_volume_and_messages_are_plain() {
     let c = Cluster::new(1);
     let missing = c.dir.path().join("missing");
     let e = fails(&c, &["import", "--create", s(&missing), "newvol"]);
-    assert!(e.contains("is not a directory; nothing was imported"), "{e}");
+    assert!(
+        e.contains("is not a directory; nothing was imported"),
+        "{e}"
+    );
     assert!(!c.ok(1, &["volume", "ls"]).contains("newvol"));
 
     // A missing volume without --create: the hint (item 13).
@@ -251,6 +264,9 @@ fn phase5_help_describes_every_argument_and_token_file_works() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let e = fails(&c, &["whoami", "--token-file", s(&c.dir.path().join("nope"))]);
+    let e = fails(
+        &c,
+        &["whoami", "--token-file", s(&c.dir.path().join("nope"))],
+    );
     assert!(e.contains("reading the token file"), "{e}");
 }

@@ -21,10 +21,15 @@ fn doc(name: &str) -> String {
 /// Every Rust source of the crates that print messages.
 fn sources() -> String {
     let mut out = String::new();
-    let mut stack: Vec<PathBuf> = ["eltonfs/src", "elton-master/src", "elton-slave/src", "trust/src"]
-        .iter()
-        .map(|d| root().join(d))
-        .collect();
+    let mut stack: Vec<PathBuf> = [
+        "eltonfs/src",
+        "elton-master/src",
+        "elton-slave/src",
+        "trust/src",
+    ]
+    .iter()
+    .map(|d| root().join(d))
+    .collect();
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
@@ -78,12 +83,27 @@ fn phase2_troubleshooting_quotes_messages_the_code_prints() {
         assert!(!src.contains(stale), "the code still prints {stale:?}");
     }
     for (in_docs, in_code) in [
-        ("no token: pass --token or ELTON_TOKEN", "no token: pass --token or ELTON_TOKEN"),
-        ("no write token: mount with --token", "no write token: mount with --token"),
-        ("printable characters without spaces", "printable characters without spaces"),
-        ("another commit came first", "another commit came \\\n         first"),
+        (
+            "no token: pass --token or ELTON_TOKEN",
+            "no token: pass --token or ELTON_TOKEN",
+        ),
+        (
+            "no write token: mount with --token",
+            "no write token: mount with --token",
+        ),
+        (
+            "printable characters without spaces",
+            "printable characters without spaces",
+        ),
+        (
+            "another commit came first",
+            "another commit came \\\n         first",
+        ),
         ("is already an Elton mount", "is already an Elton mount"),
-        ("is not an Elton mount; nothing was unmounted", "is not an Elton mount; nothing was unmounted"),
+        (
+            "is not an Elton mount; nothing was unmounted",
+            "is not an Elton mount; nothing was unmounted",
+        ),
         ("a commit needs a message", "a commit needs a message"),
         ("pass --create to create it", "pass --create to create it"),
     ] {
@@ -96,7 +116,10 @@ fn phase2_troubleshooting_quotes_messages_the_code_prints() {
 fn phase3_the_metrics_endpoints_are_described_consistently() {
     let formats = doc("formats.md");
     let ops = doc("operations.md");
-    assert!(formats.contains("Master `/metrics`"), "formats.md: master metrics");
+    assert!(
+        formats.contains("Master `/metrics`"),
+        "formats.md: master metrics"
+    );
     for d in [&formats, &ops] {
         assert!(!d.contains("no metrics endpoint"));
         assert!(!d.contains("exports no metrics"));

@@ -25,7 +25,11 @@ fn text(o: &Output) -> String {
 /// Runs the CLI and asserts it fails; returns stderr.
 fn fails(c: &Cluster, args: &[&str]) -> String {
     let o = c.cli(1, args);
-    assert!(!o.status.success(), "elton {args:?} succeeded: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "elton {args:?} succeeded: {}",
+        text(&o)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -56,7 +60,17 @@ fn cluster_with_web() -> Cluster {
     let src = c.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a.txt"), b"a\n").unwrap();
-    c.ok(1, &["import", "--create", src.to_str().unwrap(), "web", "-m", "one"]);
+    c.ok(
+        1,
+        &[
+            "import",
+            "--create",
+            src.to_str().unwrap(),
+            "web",
+            "-m",
+            "one",
+        ],
+    );
     c
 }
 
@@ -112,7 +126,10 @@ fn phase2_mount_and_umount_errors_are_clear_and_leave_nothing_behind() {
     fs::create_dir_all(&full).unwrap();
     fs::write(full.join("mine.txt"), b"mine\n").unwrap();
     let e = fails(&c, &["mount", "web", s(&full), "--slave-data", s(&sd)]);
-    assert!(e.contains("is not empty") && e.contains("--nonempty"), "{e}");
+    assert!(
+        e.contains("is not empty") && e.contains("--nonempty"),
+        "{e}"
+    );
     assert!(!is_elton_mount(&full));
 
     // A mount that fails: one error prefix, no state directory left.
@@ -144,7 +161,14 @@ fn phase2_mount_and_umount_errors_are_clear_and_leave_nothing_behind() {
     let _guard = MountGuard(full.clone());
     c.ok(
         1,
-        &["mount", "web", s(&full), "--nonempty", "--slave-data", s(&sd)],
+        &[
+            "mount",
+            "web",
+            s(&full),
+            "--nonempty",
+            "--slave-data",
+            s(&sd),
+        ],
     );
     assert!(full.join("a.txt").exists() && !full.join("mine.txt").exists());
     c.ok(1, &["umount", s(&full)]);
@@ -180,7 +204,10 @@ fn phase3_status_and_commit_work_from_anywhere_in_the_mount() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("web@2"), "{}", text(&o));
     let log = c.ok(1, &["log", "web"]);
-    assert!(log.contains("version 2") && log.contains("from sub"), "{log}");
+    assert!(
+        log.contains("version 2") && log.contains("from sub"),
+        "{log}"
+    );
 
     let e = fails(&c, &["status", s(c.dir.path())]);
     assert!(e.contains("is not in an Elton mount"), "{e}");
@@ -216,5 +243,8 @@ fn phase3_status_and_commit_work_from_anywhere_in_the_mount() {
     assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
     assert!(!log.contains("WARN"), "warning on a clean stop: {log}");
     let master_log = fs::read_to_string(c.dir.path().join("master.log")).unwrap();
-    assert!(!master_log.contains('\u{1b}'), "colour codes in the master log");
+    assert!(
+        !master_log.contains('\u{1b}'),
+        "colour codes in the master log"
+    );
 }

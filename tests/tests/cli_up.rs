@@ -93,13 +93,28 @@ fn phase1_one_up_per_data_dir_and_its_mount_is_not_stacked_on() {
         if let Some(st) = second.0.try_wait().unwrap() {
             break st;
         }
-        assert!(Instant::now() < deadline, "the second elton up kept running");
+        assert!(
+            Instant::now() < deadline,
+            "the second elton up kept running"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut out = String::new();
     let mut err = String::new();
-    second.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    second.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    second
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    second
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!status.success());
     assert!(!out.contains("Elton is up"), "{out}");
     assert!(err.contains("another `elton up` is running"), "{err}");
