@@ -226,6 +226,14 @@ fn phase3_status_and_commit_work_from_anywhere_in_the_mount() {
     assert_eq!(o.status.code(), Some(141), "{}", text(&o));
     assert!(o.stderr.is_empty(), "{}", text(&o));
 
+    // Uncommitted changes: checkout refuses and names the way out (item 5).
+    let e = fails(&c, &["checkout", s(&mnt), "1"]);
+    assert!(
+        e.contains("uncommitted changes") && e.contains("elton update"),
+        "{e}"
+    );
+    assert_eq!(fs::read(m.path("b.txt")).unwrap(), b"b\n");
+
     // A clean stop: the mount process exits 0; its log (a file) has no
     // colour codes and no warnings (item 11).
     c.ok(1, &["umount", s(&mnt)]);

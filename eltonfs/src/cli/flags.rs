@@ -157,6 +157,29 @@ mod tests {
         check(&["elton", "up"]).expect("up");
     }
 
+    /// Every argument a user can see says what it is (issue 15, item 12).
+    #[test]
+    fn every_visible_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !a.is_hide_set() && !builtin && a.get_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sc in cmd.get_subcommands() {
+                if sc.get_name() != "help" {
+                    walk(sc, &format!("{path} {}", sc.get_name()), missing);
+                }
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "elton", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:#?}");
+    }
+
     #[test]
     fn unused_flags_are_not_in_the_help() {
         let mut cmd = command();

@@ -509,8 +509,10 @@ fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<Cont
             let invalidate = {
                 let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
                 if !changes::status(&st.layers)?.is_empty() {
+                    // As `git checkout`, never over local changes.
                     bail!(
-                        "the mount has uncommitted changes; commit them or remount with a fresh upper first"
+                        "the mount has uncommitted changes; nothing was changed: commit them \
+                         (`elton commit`), or move them onto the volume's head with `elton update`"
                     );
                 }
                 let resolved = resolve(&m.http, &m.opts.slave_url, &record.volume, Some(version))?;
