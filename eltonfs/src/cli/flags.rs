@@ -44,6 +44,21 @@ const UNUSED: &[(&str, &[&str], &str)] = &[
         "a mount talks to its slave only (--slave)",
     ),
     (
+        "ls",
+        &["master", "token", "token_file", "ca"],
+        "it reads through the slave (--slave), which serves reads without a token",
+    ),
+    (
+        "cat",
+        &["master", "token", "token_file", "ca"],
+        "it reads through the slave (--slave), which serves reads without a token",
+    ),
+    (
+        "diff",
+        &["master", "token", "token_file", "ca"],
+        "it reads through the slave (--slave), which serves reads without a token",
+    ),
+    (
         "umount",
         &["master", "slave", "token", "token_file", "ca"],
         "it talks to the local mount process only",
@@ -144,13 +159,16 @@ mod tests {
         assert!(e.contains("--master does nothing for `elton up`"), "{e}");
         let e = check(&["elton", "--token", "t", "umount", "/mnt"]).unwrap_err();
         assert!(e.contains("--token does nothing"), "{e}");
+        let e = check(&["elton", "diff", "web", "1", "2", "--token", "t"]).unwrap_err();
+        assert!(e.contains("--token does nothing for `elton diff`"), "{e}");
         let e = check(&["elton", "slave", "--slave", "http://x:1"]).unwrap_err();
         assert!(e.contains("--slave does nothing for `elton slave`"), "{e}");
     }
 
     #[test]
     fn used_endpoint_flags_are_accepted() {
-        check(&["elton", "ls", "web", "--master", "https://x:1"]).expect("ls");
+        check(&["elton", "log", "web", "--master", "https://x:1"]).expect("log");
+        check(&["elton", "ls", "web", "--slave", "http://x:1"]).expect("ls");
         check(&["elton", "--slave", "http://x:1", "cat", "web:a"]).expect("cat");
         check(&["elton", "slave", "--master", "https://x:1"]).expect("slave");
         check(&["elton", "mount", "web", "/mnt", "--slave", "http://x:1"]).expect("mount");
