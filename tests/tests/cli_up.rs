@@ -127,4 +127,24 @@ fn phase1_one_up_per_data_dir_and_its_mount_is_not_stacked_on() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+
+    // Someone unmounts up's mount: up says so in its log (plain text, no
+    // colour codes: it is a file) and keeps serving.
+    let o = Command::new(common::bin())
+        .args(["umount", mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let log_path = dir.path().join("up.log");
+    wait_until("up to report the unmount", Duration::from_secs(20), || {
+        fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.contains("was unmounted; the master and the slave keep running"))
+    });
+    let log = fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
+    let r = reqwest::blocking::get(format!(
+        "http://127.0.0.1:{sp}/v1/volumes/default/1/hello.txt"
+    ))
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
