@@ -16,7 +16,10 @@ pub enum MasterError {
     EmptyVolume(String),
     #[error("volume {0:?} already exists")]
     VolumeExists(String),
-    #[error("conflict: volume {volume:?} is at version {head}, not {parent}; update and retry")]
+    #[error(
+        "conflict: volume {volume:?} is at version {head}, not {parent}: another commit came \
+         first; import again, or move the mount onto the head with `elton update` and commit"
+    )]
     Conflict {
         volume: String,
         head: u64,

@@ -362,10 +362,9 @@ async fn get_volume_path(
     let (version, path) = tail.split_once('/').unwrap_or((tail, ""));
     let path = VolumePath::parse(path)?;
     if version == "latest" {
-        let head =
-            state.volumes.head(&volume).await?.ok_or_else(|| {
-                SlaveError::NotFound(format!("volume {volume:?} has no version yet"))
-            })?;
+        let head = state.volumes.head(&volume).await?.ok_or_else(|| {
+            SlaveError::NotFound(format!("volume \"{volume}\" has no version yet"))
+        })?;
         let mut location = format!("/v1/volumes/{volume}/{}", head.info.version);
         if !path.is_root() {
             location.push('/');

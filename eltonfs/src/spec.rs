@@ -70,9 +70,50 @@ impl fmt::Display for Spec {
     }
 }
 
+/// A version argument: a number, or `latest` (the head), as in
+/// `elton diff web 3 latest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionRef {
+    Latest,
+    Number(Version),
+}
+
+impl FromStr for VersionRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "latest" {
+            return Ok(Self::Latest);
+        }
+        s.parse::<Version>()
+            .map(Self::Number)
+            .map_err(|_| format!("{s:?} is not a version: give a number from 1, or latest"))
+    }
+}
+
+impl fmt::Display for VersionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Latest => f.write_str("latest"),
+            Self::Number(v) => write!(f, "{v}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_version_refs() {
+        assert_eq!("latest".parse::<VersionRef>(), Ok(VersionRef::Latest));
+        assert_eq!(
+            "7".parse::<VersionRef>().map(|v| v.to_string()),
+            Ok("7".into())
+        );
+        let e = "head".parse::<VersionRef>().unwrap_err();
+        assert!(e.contains("not a version"), "{e}");
+        assert!("0".parse::<VersionRef>().is_err());
+    }
 
     #[test]
     fn parses_specs() {

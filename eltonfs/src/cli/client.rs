@@ -26,6 +26,7 @@ pub struct Endpoints {
         long,
         global = true,
         env = "ELTON_MASTER",
+        hide_env_values = true,
         default_value = "https://127.0.0.1:7100"
     )]
     pub master: String,
@@ -34,15 +35,20 @@ pub struct Endpoints {
         long,
         global = true,
         env = "ELTON_SLAVE",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:7200"
     )]
     pub slave: String,
     /// Bearer token; default: the file $ELTON_HOME/token (`elton up` writes it).
     #[arg(long, global = true, env = "ELTON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file (keeps it out of `ps` and the
+    /// shell history); takes precedence over --token.
+    #[arg(long, global = true, env = "ELTON_TOKEN_FILE", hide_env_values = true)]
+    pub token_file: Option<PathBuf>,
     /// The cluster CA certificate that the master's must chain to
     /// [default: $ELTON_HOME/pki/ca.pem].
-    #[arg(long, global = true, env = "ELTON_CA")]
+    #[arg(long, global = true, env = "ELTON_CA", hide_env_values = true)]
     pub ca: Option<PathBuf>,
 }
 
@@ -55,7 +61,7 @@ impl Endpoints {
 
     pub async fn master(&self) -> Result<Master> {
         let channel = self.master_channel().await?;
-        let auth = BearerAuth::new(self.token().ok().as_deref()).map_err(|e| anyhow!("{e}"))?;
+        let auth = BearerAuth::new(self.token_opt()?.as_deref()).map_err(|e| anyhow!("{e}"))?;
         Ok(MasterClient::with_interceptor(channel, auth)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
@@ -64,7 +70,7 @@ impl Endpoints {
     /// The bearer token interceptor of every call (none when there is no
     /// token).
     pub fn auth(&self) -> Result<BearerAuth> {
-        BearerAuth::new(self.token().ok().as_deref()).map_err(|e| anyhow!("{e}"))
+        BearerAuth::new(self.token_opt()?.as_deref()).map_err(|e| anyhow!("{e}"))
     }
 
     /// A connection to the master (TLS unless its URL is http), for any of
@@ -99,7 +105,26 @@ impl Endpoints {
         default_data_dir().join("token")
     }
 
+    /// The token, or none when none is configured; a --token-file that
+    /// cannot be read is an error, not "no token".
+    pub fn token_opt(&self) -> Result<Option<String>> {
+        match self.token() {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if self.token_file.is_some() => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
     pub fn token(&self) -> Result<String> {
+        // The file first: it is the one way to keep a token out of the
+        // environment, so a stray ELTON_TOKEN must not override it.
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            let t = t.trim();
+            anyhow::ensure!(!t.is_empty(), "the token file {} is empty", path.display());
+            return Ok(t.to_string());
+        }
         if let Some(t) = &self.token {
             return Ok(t.clone());
         }

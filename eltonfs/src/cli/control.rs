@@ -32,6 +32,7 @@ pub enum ControlCommand {
     /// Members, roles, leader, term, and each member's log and applied
     /// index with its lag.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -70,8 +71,10 @@ pub struct SubmitArgs {
     /// with the same client and sequence number is applied once.
     #[arg(long)]
     pub client: Option<String>,
+    /// Sequence number of the request for this client.
     #[arg(long, default_value_t = 1)]
     pub seq: u64,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

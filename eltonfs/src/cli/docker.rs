@@ -17,13 +17,13 @@ pub struct DockerPluginArgs {
     #[arg(long, default_value = "elton")]
     pub name: String,
     /// Directory of plugin sockets Docker watches.
-    #[arg(long, env = "ELTON_DOCKER_PLUGIN_DIR", default_value = DEFAULT_SOCKET_DIR)]
+    #[arg(long, env = "ELTON_DOCKER_PLUGIN_DIR", hide_env_values = true, default_value = DEFAULT_SOCKET_DIR)]
     pub socket_dir: PathBuf,
     /// Where the plugin keeps its state and mounts [default: $ELTON_HOME/docker/NAME].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// The local slave's data directory (mounts cache lower files there).
-    #[arg(long, env = "ELTON_SLAVE_DATA")]
+    #[arg(long, env = "ELTON_SLAVE_DATA", hide_env_values = true)]
     pub slave_data: Option<PathBuf>,
 }
 
@@ -36,7 +36,7 @@ pub struct DockerVolumeArgs {
     /// The plugin serving `--docker-volume`.
     #[arg(long, default_value = "elton", requires = "docker_volume")]
     pub plugin: String,
-    #[arg(long, env = "ELTON_DOCKER_PLUGIN_DIR", default_value = DEFAULT_SOCKET_DIR, hide = true)]
+    #[arg(long, env = "ELTON_DOCKER_PLUGIN_DIR", hide_env_values = true, default_value = DEFAULT_SOCKET_DIR, hide = true)]
     pub plugin_dir: PathBuf,
 }
 
@@ -58,7 +58,7 @@ pub async fn docker_plugin(ep: &Endpoints, a: DockerPluginArgs) -> Result<()> {
         endpoints: ep.clone(),
         slave_url: ep.slave.clone(),
         slave_data,
-        token: ep.token().ok(),
+        token: ep.token_opt()?,
     })?;
     std::fs::create_dir_all(&a.socket_dir)
         .with_context(|| format!("creating {}", a.socket_dir.display()))?;
@@ -96,11 +96,8 @@ async fn shutdown_signal() {
 
 /// The mountpoint for `commit`/`status`: given, or asked of the plugin.
 pub async fn mountpoint_of(mountpoint: Option<PathBuf>, d: &DockerVolumeArgs) -> Result<PathBuf> {
-    if let Some(m) = mountpoint {
-        return Ok(m);
-    }
     let Some(name) = &d.docker_volume else {
-        anyhow::bail!("give a MOUNTPOINT or --docker-volume NAME");
+        return super::mounts::mountpoint_or_cwd(mountpoint);
     };
     check_plugin_name(&d.plugin)?;
     let socket = d.plugin_dir.join(format!("{}.sock", d.plugin));

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use elton_proto::ObjectId;
 use elton_proto::pb::{CreateVolumeRequest, GetVolumeRequest};
@@ -21,14 +21,21 @@ const PARALLEL_UPLOADS: usize = 8;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
+    /// The local directory to publish.
     pub dir: PathBuf,
+    /// The volume to publish it to.
     pub volume: String,
     /// Commit message.
     #[arg(short, long, default_value = "import")]
     pub message: String,
-    /// Create the volume if it does not exist.
+    /// Create the volume if it does not exist (only once the import
+    /// succeeds up to its commit).
     #[arg(long)]
     pub create: bool,
+    /// Publish a version even when the tree equals the head's (as
+    /// `git commit --allow-empty`).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Expected head (compare-and-set); default: the current head.
     #[arg(long)]
     pub parent: Option<u64>,
@@ -50,26 +57,27 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
+    // Checked before anything is created: a failed import leaves no trace.
+    if !args.dir.is_dir() {
+        bail!(
+            "{} is not a directory; nothing was imported",
+            args.dir.display()
+        );
+    }
     let token = ep.token()?;
     let mut master = ep.master().await?;
     let volume = args.volume.clone();
-    let head = match master
+    let (head, create) = match master
         .get_volume(GetVolumeRequest {
             name: volume.clone(),
         })
         .await
     {
-        Ok(v) => v.into_inner().head,
-        Err(e) if e.code() == tonic::Code::NotFound && args.create => {
-            master
-                .create_volume(CreateVolumeRequest {
-                    name: volume.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(status)?;
-            0
-        }
+        Ok(v) => (v.into_inner().head, false),
+        Err(e) if e.code() == tonic::Code::NotFound && args.create => (0, true),
+        Err(e) if e.code() == tonic::Code::NotFound => bail!(
+            "volume {volume} does not exist; pass --create to create it (nothing was imported)"
+        ),
         Err(e) => return Err(status(e)),
     };
     let parent = args.parent.unwrap_or(head);
@@ -87,6 +95,14 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     .await??;
     hashing.finish_and_clear();
     let root = scan.root()?;
+    let http = reqwest::Client::new();
+    if head != 0 && !args.allow_empty && head_root(ep, &http, &volume, head).await? == root {
+        eprintln!(
+            "nothing to import: {volume}@{head} already has this tree (root {root}); \
+             pass --allow-empty to publish a version anyway"
+        );
+        return Ok(());
+    }
 
     let total: u64 = scan.files.values().map(|(_, s)| s).sum::<u64>()
         + scan.chunks.values().map(|(_, _, s)| s).sum::<u64>()
@@ -97,7 +113,6 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             .map(|(_, b)| b.len() as u64)
             .sum::<u64>();
     let pb = bar(total, "uploading");
-    let http = reqwest::Client::new();
     let token = Arc::new(token);
     let files = scan
         .files
@@ -123,6 +138,23 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     }
     pb.finish_and_clear();
 
+    // Created last, just before the commit: an import that failed earlier
+    // (unreadable file, slave down) leaves no empty volume behind.
+    if create {
+        match master
+            .create_volume(CreateVolumeRequest {
+                name: volume.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => {}
+            // Made meanwhile by someone else: the commit's compare-and-set
+            // on version 0 still decides.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+            Err(e) => return Err(status(e)),
+        }
+    }
     let body = serde_json::json!({
         "parent": parent,
         "root": root,
@@ -152,6 +184,27 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             + scan.chunks.values().map(|(_, _, s)| s).sum::<u64>()
     );
     Ok(())
+}
+
+/// The root manifest of `volume`@`version`, as the slave serves it.
+async fn head_root(
+    ep: &Endpoints,
+    http: &reqwest::Client,
+    volume: &str,
+    version: u64,
+) -> Result<ObjectId> {
+    let url = ep.slave_url(&format!("/v1/volumes/{volume}/{version}/"));
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("contacting slave {}", ep.slave))?;
+    let j: serde_json::Value = check(resp).await?.json().await?;
+    j["manifest"]
+        .as_str()
+        .unwrap_or("")
+        .parse::<ObjectId>()
+        .map_err(|e| anyhow::anyhow!("the slave answered a bad manifest id: {e}"))
 }
 
 enum Upload {

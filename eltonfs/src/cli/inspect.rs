@@ -120,6 +120,10 @@ pub async fn log(ep: &Endpoints, volume: &str, json: bool) -> Result<()> {
         .await
         .map_err(status)?
         .into_inner();
+    if list.versions.is_empty() && !json {
+        // stdout stays empty for scripts; a person learns why.
+        eprintln!("{volume} has no versions yet");
+    }
     let mut out = std::io::stdout().lock();
     for record in list.versions.into_iter().rev() {
         let v = VersionInfo::try_from(record).context("bad version record from master")?;

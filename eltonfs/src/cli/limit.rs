@@ -28,11 +28,15 @@ pub struct LimitArgs {
 pub enum LimitCommand {
     /// The limits in force.
     Ls {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Lift a limit: its processes go back to their groups.
-    Release { id: u64 },
+    Release {
+        /// The limit's id (`elton limit ls`).
+        id: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +76,7 @@ pub struct SetArgs {
     /// Release the limit after this long (e.g. 60s, 10m).
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     pub for_: Option<Duration>,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

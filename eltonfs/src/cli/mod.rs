@@ -4,6 +4,7 @@
 mod client;
 mod control;
 mod docker;
+mod flags;
 mod fsck;
 mod gc;
 mod import;
@@ -16,13 +17,14 @@ mod scrub;
 mod servers;
 mod stats;
 mod trust;
+mod up_lock;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 
-use crate::spec::Spec;
+use crate::spec::{Spec, VersionRef};
 
 pub use client::Endpoints;
 
@@ -53,11 +55,18 @@ pub enum Command {
     /// Publish a local directory as the next version of a volume.
     Import(import::ImportArgs),
     /// List a directory of a volume: VOLUME[@VERSION][:PATH].
-    Ls { spec: Spec },
+    Ls {
+        /// VOLUME[@VERSION][:PATH]; default: the latest version's root.
+        spec: Spec,
+    },
     /// Print a file of a volume: VOLUME[@VERSION]:PATH.
-    Cat { spec: Spec },
+    Cat {
+        /// VOLUME[@VERSION]:PATH; default version: the latest.
+        spec: Spec,
+    },
     /// Show a volume's versions, newest first.
     Log {
+        /// The volume.
         volume: String,
         /// Print JSON records instead of text.
         #[arg(long)]
@@ -66,29 +75,46 @@ pub enum Command {
     /// Mount a volume at a version (Eltonfs overlay).
     Mount(mounts::MountArgs),
     /// Unmount an Eltonfs mount.
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The mount's directory.
+        mountpoint: PathBuf,
+    },
     /// Publish a mount's changes as the next version.
     Commit {
-        #[arg(required_unless_present = "docker_volume")]
+        /// The mount, or any path in it [default: the working directory].
         mountpoint: Option<PathBuf>,
         #[command(flatten)]
         docker: docker::DockerVolumeArgs,
+        /// What the version changes (required, as for `git commit`).
         #[arg(short, long, default_value = "")]
         message: String,
     },
     /// Show a mount's uncommitted changes.
     Status {
-        #[arg(required_unless_present = "docker_volume")]
+        /// The mount, or any path in it [default: the working directory].
         mountpoint: Option<PathBuf>,
         #[command(flatten)]
         docker: docker::DockerVolumeArgs,
+        /// Print the changes as JSON ({"added":[],"modified":[],"deleted":[]}).
         #[arg(long)]
         json: bool,
     },
     /// Move a mount without changes to another version.
-    Checkout { mountpoint: PathBuf, version: u64 },
+    Checkout {
+        /// The mount, or any path in it.
+        mountpoint: PathBuf,
+        /// The version to move to.
+        version: u64,
+    },
     /// List changed paths between two versions of a volume.
-    Diff { volume: String, v1: u64, v2: u64 },
+    Diff {
+        /// The volume.
+        volume: String,
+        /// The old version: a number, or `latest`.
+        v1: VersionRef,
+        /// The new version: a number, or `latest`.
+        v2: VersionRef,
+    },
     /// Show the master's WAN traffic per peer master and per volume.
     Stats {
         /// Print JSON instead of a table.
@@ -123,6 +149,7 @@ pub enum Command {
     Limit(limit::LimitArgs),
     /// Show who the master takes you for.
     Whoami {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -132,6 +159,7 @@ pub enum Command {
 pub enum VolumeCommand {
     /// Create a volume homed on this master.
     Create {
+        /// The volume's name.
         name: String,
         /// Keep only the newest N versions (older ones are dropped and
         /// their objects garbage-collected) [default: every version].
@@ -143,7 +171,9 @@ pub enum VolumeCommand {
     /// Set how many versions a volume keeps: --keep N (the newest N) or
     /// --keep 0 (every version). Older versions are dropped at once.
     Retention {
+        /// The volume.
         volume: String,
+        /// Versions to keep; 0: every version.
         #[arg(long)]
         keep: u64,
     },
@@ -166,7 +196,18 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Entry point of the binary: run, print a one-line error, set the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = flags::command().get_matches();
+    if let Err(e) = flags::reject_unused(&matches) {
+        eprintln!("elton: error: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if !is_server(&cli.command) {
+        quiet_broken_pipe();
+    }
     init_tracing(&cli.command);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -177,6 +218,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
             eprintln!("elton: error: {}", one_line(&e));
             ExitCode::FAILURE
@@ -184,20 +226,73 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The status a shell reports for a process killed by SIGPIPE (128 + 13).
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// Like coreutils, a client whose reader went away (`elton diff | head -1`)
+/// stops quietly with SIGPIPE's status instead of panicking in `println!`
+/// (Rust ignores SIGPIPE, so writes fail with EPIPE instead).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT.into());
+        }
+        default(info);
+    }));
+}
+
+/// An error from writing to a closed stdout: a bare `io::Error` passed up
+/// by `writeln!(out, ..)?`. A broken connection to a server is no such
+/// thing (it arrives wrapped, with context) and stays an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ")
 }
 
-fn init_tracing(command: &Command) {
-    let servers = matches!(
+/// Long-running processes (and a mount's process), as opposed to clients.
+fn is_server(command: &Command) -> bool {
+    matches!(
         command,
-        Command::Up(_) | Command::Master(_) | Command::Slave(_) | Command::DockerPlugin(_)
-    );
-    let default = if servers { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ELTON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        Command::Up(_)
+            | Command::Master(_)
+            | Command::Slave(_)
+            | Command::DockerPlugin(_)
+            | Command::Mount(_)
+    )
+}
+
+fn init_tracing(command: &Command) {
+    use std::io::IsTerminal;
+    let default = if is_server(command) { "info" } else { "warn" };
+    let asked = std::env::var("ELTON_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&asked)
+        .ok()
+        .filter(|_| !asked.is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    // fuser warns "Failed to umount" when its session ends after the
+    // unmount that ended it, i.e. on every clean stop; keep its errors.
+    if !asked.contains("fuser") {
+        for d in ["fuser::session=error", "fuser::mnt=error"] {
+            if let Ok(d) = d.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for a person: log files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -207,7 +302,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(a) => servers::up(a).await,
         Command::Master(a) => servers::master(*a).await,
-        Command::Slave(a) => servers::slave(a).await,
+        Command::Slave(a) => servers::slave(&ep, a).await,
         Command::Volume(VolumeCommand::Create { name, keep }) => {
             inspect::volume_create(&ep, &name, keep).await
         }

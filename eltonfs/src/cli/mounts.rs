@@ -11,18 +11,24 @@ use super::client::{Endpoints, check};
 use super::default_data_dir;
 use crate::fs::daemon::Detached;
 use crate::fs::mount::{self, ControlRequest, MountOptions};
-use crate::spec::Spec;
+use crate::fs::mount_table::MountTable;
+use crate::spec::{Spec, VersionRef};
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// VOLUME[@VERSION]; default: the latest version.
     pub spec: Spec,
+    /// An empty directory to mount the volume on.
     pub mountpoint: PathBuf,
+    /// Mount even over a directory that is not empty (its files are hidden
+    /// until the unmount).
+    #[arg(long)]
+    pub nonempty: bool,
     /// State directory holding the upper layer [default: under the slave's data dir].
     #[arg(long)]
     pub upper: Option<PathBuf>,
     /// The local slave's data directory (its store caches lower files).
-    #[arg(long, env = "ELTON_SLAVE_DATA")]
+    #[arg(long, env = "ELTON_SLAVE_DATA", hide_env_values = true)]
     pub slave_data: Option<PathBuf>,
     /// Stay in the foreground instead of detaching.
     #[arg(long)]
@@ -32,16 +38,44 @@ pub struct MountArgs {
     pub allow_other: bool,
     /// Commits store files larger than this many bytes as content-defined
     /// chunks plus a recipe.
-    #[arg(long, env = "ELTON_CHUNK_THRESHOLD", default_value_t = crate::chunking::DEFAULT_THRESHOLD)]
+    #[arg(long, env = "ELTON_CHUNK_THRESHOLD", hide_env_values = true, default_value_t = crate::chunking::DEFAULT_THRESHOLD)]
     pub chunk_threshold: u64,
     /// Disk space for whole copies of chunked files read through the mount
     /// (`<state>/assembled/`); least recently used copies go first.
-    #[arg(long, env = "ELTON_ASSEMBLED_MAX_BYTES", default_value_t = crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES)]
+    #[arg(long, env = "ELTON_ASSEMBLED_MAX_BYTES", hide_env_values = true, default_value_t = crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES)]
     pub assembled_max_bytes: u64,
 }
 
 fn canonical(p: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))
+}
+
+/// The root of the Elton mount holding `path` (the root itself or any path
+/// under it), as `git` finds the repository from a subdirectory.
+pub fn mount_root(path: &Path) -> Result<PathBuf> {
+    let p = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a mount whose process is gone; detach it with: elton umount {}",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let table = MountTable::read().context("reading the mount table")?;
+    match table.holding(&p) {
+        Some(e) if e.is_elton() => Ok(e.mountpoint.clone()),
+        _ => bail!("{} is not in an Elton mount", path.display()),
+    }
+}
+
+/// The mountpoint argument of `commit`/`status`/`checkout`: the working
+/// directory when none is given.
+pub fn mountpoint_or_cwd(p: Option<PathBuf>) -> Result<PathBuf> {
+    match p {
+        Some(p) => Ok(p),
+        None => std::env::current_dir().context("reading the working directory"),
+    }
 }
 
 pub fn state_dir(slave_data: &Path, volume: &VolumeName, mountpoint: &Path) -> PathBuf {
@@ -67,7 +101,33 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
         .upper
         .clone()
         .unwrap_or_else(|| state_dir(&slave_data, &a.spec.volume, &mountpoint));
+    mount::check_free(&mountpoint, &state)?;
+    if !a.nonempty && std::fs::read_dir(&mountpoint)?.next().is_some() {
+        bail!(
+            "{} is not empty: the mount would hide its files; mount on an empty directory, \
+             or pass --nonempty to hide them until the unmount",
+            mountpoint.display()
+        );
+    }
+    let created = !state.exists();
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let r = mount_in(ep, a, mountpoint, slave_data, &state);
+    // A mount that never came up wrote nothing the user made: leave no
+    // state directory behind that a later mount would have to match.
+    if r.is_err() && created {
+        let _ = std::fs::remove_dir_all(&state);
+    }
+    r
+}
+
+fn mount_in(
+    ep: &Endpoints,
+    a: MountArgs,
+    mountpoint: PathBuf,
+    slave_data: PathBuf,
+    state: &Path,
+) -> Result<()> {
+    let state = state.to_path_buf();
     if a.foreground {
         return mount::run(MountOptions {
             volume: a.spec.volume.clone(),
@@ -76,7 +136,7 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
             state_dir: state,
             slave_url: ep.slave.clone(),
             slave_data,
-            token: ep.token().ok(),
+            token: ep.token_opt()?,
             allow_other: a.allow_other,
             chunk_threshold: a.chunk_threshold,
             assembled_max_bytes: a.assembled_max_bytes,
@@ -88,7 +148,7 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
         state_dir: state.clone(),
         slave_url: ep.slave.clone(),
         slave_data,
-        token: ep.token().ok(),
+        token: ep.token_opt()?,
         allow_other: a.allow_other,
         chunk_threshold: a.chunk_threshold,
         assembled_max_bytes: a.assembled_max_bytes,
@@ -105,14 +165,30 @@ pub fn mount(ep: &Endpoints, a: MountArgs) -> Result<()> {
 }
 
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    mount::unmount(&canonical(mountpoint)?, false)
+    // A mount whose process died cannot be resolved (ENOTCONN), only named.
+    let path = match std::fs::canonicalize(mountpoint) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => std::path::absolute(mountpoint)?,
+        Err(e) => return Err(e).with_context(|| format!("{}", mountpoint.display())),
+    };
+    let table = MountTable::read().context("reading the mount table")?;
+    if !table.at(&path).is_some_and(|e| e.is_elton()) {
+        bail!(
+            "{} is not an Elton mount; nothing was unmounted",
+            mountpoint.display()
+        );
+    }
+    mount::unmount(&path, false).with_context(|| format!("unmounting {}", path.display()))
 }
 
 pub fn commit(mountpoint: &Path, message: String) -> Result<()> {
+    if message.trim().is_empty() {
+        bail!("a commit needs a message: pass -m MESSAGE (nothing was committed)");
+    }
     let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let host = super::import::hostname();
     let r = mount::control(
-        &canonical(mountpoint)?,
+        &mount_root(mountpoint)?,
         &ControlRequest::Commit {
             message,
             author,
@@ -131,7 +207,7 @@ pub fn commit(mountpoint: &Path, message: String) -> Result<()> {
 }
 
 pub fn status(mountpoint: &Path, json: bool) -> Result<()> {
-    let r = mount::control(&canonical(mountpoint)?, &ControlRequest::Status)?;
+    let r = mount::control(&mount_root(mountpoint)?, &ControlRequest::Status)?;
     let changes = r.changes.unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string(&changes)?);
@@ -159,7 +235,7 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<()> {
 
 pub fn checkout(mountpoint: &Path, version: u64) -> Result<()> {
     let r = mount::control(
-        &canonical(mountpoint)?,
+        &mount_root(mountpoint)?,
         &ControlRequest::Checkout { version },
     )?;
     println!(
@@ -172,10 +248,10 @@ pub fn checkout(mountpoint: &Path, version: u64) -> Result<()> {
 
 /// Lists what changed between two versions, skipping identical subtrees by
 /// their hash.
-pub async fn diff(ep: &Endpoints, volume: &str, v1: u64, v2: u64) -> Result<()> {
+pub async fn diff(ep: &Endpoints, volume: &str, v1: VersionRef, v2: VersionRef) -> Result<()> {
     let volume: VolumeName = volume.parse()?;
     let http = reqwest::Client::new();
-    let root = |v: u64| {
+    let root = |v: VersionRef| {
         let url = ep.slave_url(&format!("/v1/volumes/{volume}/{v}/"));
         let http = http.clone();
         async move {
@@ -197,6 +273,10 @@ pub async fn diff(ep: &Endpoints, volume: &str, v1: u64, v2: u64) -> Result<()> 
     let (a, b) = (root(v1).await?, root(v2).await?);
     let mut out = Vec::new();
     diff_dirs(ep, &http, "", Some(a), Some(b), &mut out).await?;
+    if out.is_empty() {
+        // stdout stays empty for scripts (as `git diff`); say why on stderr.
+        eprintln!("{volume}@{v1} and {volume}@{v2} have the same tree: no differences");
+    }
     for line in out {
         println!("{line}");
     }

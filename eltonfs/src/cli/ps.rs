@@ -23,6 +23,7 @@ pub struct PsArgs {
     /// Every member of the control group.
     #[arg(long)]
     pub all: bool,
+    /// Only this process id.
     #[arg(long)]
     pub pid: Option<i32>,
     /// A substring of the command name or command line.
@@ -38,6 +39,7 @@ pub struct PsArgs {
     /// missing.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub deadline: Duration,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -168,9 +168,10 @@ pub struct SlaveArgs {
     /// Data directory (object store) [default: <ELTON_HOME>/slave].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Master gRPC URL (https; http only for an --insecure master).
-    #[arg(long = "master-url", default_value = "https://127.0.0.1:7100")]
-    pub master_url: String,
+    /// Old name of the global --master (the master to register with);
+    /// kept so existing scripts work.
+    #[arg(long = "master-url", hide = true)]
+    pub master_url: Option<String>,
     /// Node id [default: kept in <data-dir>/node-id].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -210,10 +211,16 @@ pub struct UpArgs {
     /// Data directory [default: $ELTON_HOME or ~/.local/share/elton].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The master's gRPC listen address (clients' --master).
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub master_listen: String,
+    /// The slave's HTTP listen address (clients' --slave).
     #[arg(long, default_value = "127.0.0.1:7200")]
     pub slave_listen: String,
+    /// Serve the master's Prometheus /metrics over HTTP on this address
+    /// [default: off]; the slave's are on its own port, /metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Volume to create (if missing) and mount.
     #[arg(long, default_value = "default")]
     pub volume: String,
@@ -339,11 +346,11 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn slave(a: SlaveArgs) -> Result<()> {
+pub async fn slave(ep: &super::Endpoints, a: SlaveArgs) -> Result<()> {
     let mut config = SlaveConfig::new(
         a.data_dir
             .unwrap_or_else(|| default_data_dir().join("slave")),
-        a.master_url,
+        a.master_url.unwrap_or_else(|| ep.master.clone()),
     );
     config.node_id = a.node_id;
     config.advertise = a.advertise;
@@ -413,6 +420,9 @@ fn provision_single_node(
 pub async fn up(a: UpArgs) -> Result<()> {
     let data = a.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    // Held until the process ends: a second `elton up` on the same data
+    // would run a second master and slave on the same files.
+    let _lock = super::up_lock::UpLock::acquire(&data)?;
     let token_path = data.join("token");
     let token = ensure_token(&token_path)?;
     let master_listener = bind(&a.master_listen).await?;
@@ -426,6 +436,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         tls_dir: Some(data.join("pki")),
         bootstrap_token_file: Some(token_path.clone()),
         insecure: a.insecure,
+        metrics_listen: a.metrics_listen.clone(),
         // A single machine is a one-member control group, no extra step.
         control: elton_master::config::ControlConfig {
             init: true,
@@ -456,6 +467,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         stopped(stop_rx),
     ));
 
+    // Set before `up` unmounts its own mount, so that only an unmount by
+    // someone else is reported.
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mounted = if a.no_mount {
         None
     } else {
@@ -467,9 +481,10 @@ pub async fn up(a: UpArgs) -> Result<()> {
             master: format!("{scheme}://{master_addr}"),
             slave: format!("http://{slave_addr}"),
             token: Some(token.clone()),
+            token_file: None,
             ca: Some(data.join("pki").join("ca.pem")),
         };
-        match mount_default(&a.volume, &mountpoint, &data, &endpoints).await {
+        match mount_default(&a.volume, &mountpoint, &data, &endpoints, stopping.clone()).await {
             Ok(()) => Some(mountpoint),
             Err(e) => {
                 eprintln!("elton: warning: not mounting {}: {e:#}", a.volume);
@@ -484,6 +499,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         println!("                 (insecure: no TLS, no authentication)");
     }
     println!("  slave  (HTTP)  http://{slave_addr}");
+    if let Some(m) = &a.metrics_listen {
+        println!("  metrics        http://{m}/metrics (master)");
+    }
     println!("  data           {}", data.display());
     println!("  admin token    {}", token_path.display());
     println!(
@@ -513,6 +531,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         r = master => r.context("master task")?.context("master"),
         r = slave => r.context("slave task")?.context("slave"),
     };
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(m) = &mounted {
         let _ = crate::fs::mount::unmount(m, true);
     }
@@ -527,6 +546,7 @@ async fn mount_default(
     mountpoint: &Path,
     data: &Path,
     endpoints: &super::Endpoints,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
     use elton_proto::pb::CreateVolumeRequest;
     let volume: elton_proto::VolumeName = volume.parse()?;
@@ -575,9 +595,16 @@ async fn mount_default(
     std::fs::create_dir_all(&opts.state_dir)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
+        let mountpoint = opts.mountpoint.clone();
         let r = crate::fs::mount::run(opts);
-        if let Err(e) = &r {
-            tracing::error!("mount: {e:#}");
+        match &r {
+            Err(e) => tracing::error!("mount: {e:#}"),
+            Ok(()) if !stopping.load(std::sync::atomic::Ordering::SeqCst) => tracing::warn!(
+                "{} was unmounted; the master and the slave keep running (mount it again \
+                 with `elton mount`, or restart `elton up`)",
+                mountpoint.display()
+            ),
+            Ok(()) => {}
         }
         let _ = tx.send(r);
     });

@@ -43,6 +43,7 @@ pub enum CertCommand {
     Show {
         /// A TLS directory (node.pem, node.key, ca.pem).
         dir: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -53,6 +54,7 @@ pub struct IssueArgs {
     /// The node's id (a slave's --node-id; a master's --id).
     #[arg(long)]
     pub node: String,
+    /// What the certificate lets the node be.
     #[arg(long, default_value = "slave", value_parser = ["slave", "master"])]
     pub role: String,
     /// Extra DNS name or IP address (masters; repeatable).
@@ -73,18 +75,24 @@ pub enum TokenCommand {
         /// What the token is for (shown in listings).
         #[arg(long, default_value = "token")]
         name: String,
+        /// What it may do: read, write (and read), admin (everything).
         #[arg(long, value_parser = ["read", "write", "admin"])]
         scope: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List tokens (never their secrets).
     Ls {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by its id.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (`elton token ls`), not its secret.
+        id: String,
+    },
 }
 
 fn pki_dir(pki: Option<PathBuf>) -> TlsDir {

@@ -55,6 +55,8 @@ impl Detached {
             .arg("--slave-data")
             .arg(&self.slave_data)
             .arg("--foreground")
+            // The caller decided about a non-empty mountpoint already.
+            .arg("--nonempty")
             .arg("--chunk-threshold")
             .arg(self.chunk_threshold.to_string())
             .arg("--assembled-max-bytes")
@@ -81,10 +83,13 @@ impl Detached {
                 return Ok(info);
             }
             if let Some(status) = child.try_wait()? {
-                bail!(
-                    "mount process exited ({status}): {}",
-                    last_error(&log_path).unwrap_or_else(|| format!("see {}", log_path.display()))
-                );
+                match last_error(&log_path) {
+                    Some(e) => bail!("{e}"),
+                    None => bail!(
+                        "the mount process exited ({status}); see {}",
+                        log_path.display()
+                    ),
+                }
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -100,11 +105,26 @@ impl Detached {
     }
 }
 
-/// The last error line a mount process logged.
+/// The last error a mount process reported, without the `elton: error:`
+/// prefix its `main` printed (the caller's `main` prints its own).
 fn last_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .rev()
-        .find(|l| l.contains("error"))
-        .map(|l| l.trim().to_string())
+    let line = text.lines().rev().find(|l| l.contains("error"))?.trim();
+    Some(line.strip_prefix(ERROR_PREFIX).unwrap_or(line).to_string())
+}
+
+/// What `elton`'s `main` writes before a failed command's message.
+pub const ERROR_PREFIX: &str = "elton: error: ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_prefix_is_printed_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("mount.log");
+        std::fs::write(&log, "INFO starting\nelton: error: no such volume\n").expect("write");
+        assert_eq!(last_error(&log).as_deref(), Some("no such volume"));
+    }
 }

@@ -11,6 +11,7 @@
 //!   report; [`handle`]: open files.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
 //! - [`daemon`]: starting a mount as a detached process.
+//! - [`mount_table`]: which paths are Elton mounts (the kernel's table).
 
 pub mod attrs;
 pub mod changes;
@@ -22,5 +23,6 @@ pub mod inodes;
 pub mod layers;
 pub mod lower;
 pub mod mount;
+pub mod mount_table;
 pub mod readahead;
 pub mod stamp;

@@ -190,8 +190,34 @@ fn upper_is_empty(upper: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(upper)?.next().is_none())
 }
 
+/// Refuses a mount that would stack on an Elton mount, or share a state
+/// directory (its upper) with a running mount: the kernel allows both, and
+/// both lose track of which files belong to which version.
+pub fn check_free(mountpoint: &Path, state_dir: &Path) -> Result<()> {
+    let table = super::mount_table::MountTable::read().context("reading the mount table")?;
+    if let Some(e) = table.at(mountpoint).filter(|e| e.is_elton()) {
+        bail!(
+            "{} is already an Elton mount (volume {}); unmount it first: elton umount {}",
+            mountpoint.display(),
+            e.volume().unwrap_or("?"),
+            mountpoint.display()
+        );
+    }
+    let socket = state_dir.join("control.sock");
+    if UnixStream::connect(&socket).is_ok() {
+        bail!(
+            "{} is in use by another running mount (its control socket {} answers); \
+             two mounts must not share an upper",
+            state_dir.display(),
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
 /// Mounts and serves until unmounted. Blocks.
 pub fn run(opts: MountOptions) -> Result<()> {
+    check_free(&opts.mountpoint, &opts.state_dir)?;
     let upper = opts.state_dir.join("upper");
     let work = opts.state_dir.join("work");
     for d in [&upper, &work] {
@@ -483,8 +509,10 @@ fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<Cont
             let invalidate = {
                 let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
                 if !changes::status(&st.layers)?.is_empty() {
+                    // As `git checkout`, never over local changes.
                     bail!(
-                        "the mount has uncommitted changes; commit them or remount with a fresh upper first"
+                        "the mount has uncommitted changes; nothing was changed: commit them \
+                         (`elton commit`), or move them onto the volume's head with `elton update`"
                     );
                 }
                 let resolved = resolve(&m.http, &m.opts.slave_url, &record.volume, Some(version))?;
