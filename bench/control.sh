@@ -17,10 +17,13 @@
 #     first acknowledged write sent after it (probes every 5 ms to the two
 #     survivors); the killed member is restarted and the group left to
 #     settle between measurements; median of $FAILOVERS.
-# Both run with their default timers (heartbeat 100 ms; election timeout
-# etcd 1000 ms, Elton 500-1000 ms) and without TLS (etcd as configured by
-# default; Elton masters with --insecure), so the comparison is Raft and
-# storage, not transport security.
+# Both run with their default timers (etcd: heartbeat 100 ms, election
+# timeout 1000 ms; Elton: heartbeat 50 ms, election timeout 250-500 ms after
+# openraft's leader lease of 500 ms, see docs/operations.md "Control plane
+# timers") and without TLS (etcd as configured by default; Elton masters
+# with --insecure), so the comparison is Raft and storage, not transport
+# security. Elton's leader batches concurrent writes into one log entry
+# (control/src/batcher.rs), as etcd does.
 #
 # Tunables (environment): ROUNDS (3), DURATION (s per load run, 10),
 # FAILOVERS (5), CLIENTS ("1 16 64"), VALUE_BYTES (64), SYSTEMS ("etcd
