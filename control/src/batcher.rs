@@ -70,7 +70,12 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits, client: String) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    limits: BatchLimits,
+    client: String,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut seq = 0u64;

@@ -430,7 +430,10 @@ fn a_request_retried_inside_or_across_batches_applies_once() {
     let mut s = State::default();
     let mut log = Log::new();
     let first = Command::Batch {
-        requests: vec![request("a", 1, put("k", "1")), request("a", 1, put("k", "1"))],
+        requests: vec![
+            request("a", 1, put("k", "1")),
+            request("a", 1, put("k", "1")),
+        ],
     };
     let r = apply(&mut s, &log.req("batch:m1", 1, first));
     assert_eq!(
@@ -440,7 +443,10 @@ fn a_request_retried_inside_or_across_batches_applies_once() {
         }
     );
     let again = Command::Batch {
-        requests: vec![request("b", 1, put("k", "2")), request("a", 1, put("k", "1"))],
+        requests: vec![
+            request("b", 1, put("k", "2")),
+            request("a", 1, put("k", "1")),
+        ],
     };
     let r = apply(&mut s, &log.req("batch:m2", 1, again));
     assert_eq!(

@@ -283,7 +283,8 @@ fn record_batches(mangle: bool) -> Result<CheckReport, String> {
                     },
                 ),
                 _ => {
-                    let expected = (next() % 2 == 0).then(|| format!("c{}-{}", next() % CLIENTS, index - 1));
+                    let expected =
+                        (next() % 2 == 0).then(|| format!("c{}-{}", next() % CLIENTS, index - 1));
                     (
                         RegOp::Cas {
                             expected: expected.clone(),
