@@ -248,7 +248,8 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
         Command::Limits => Response::Limits {
             limits: state.limits.values().cloned().collect(),
         },
-        // Unwrapped by `apply_request`; only a nested batch gets here.
+        // `apply_request` unwraps a batch and rejects one nested in a batch
+        // before it gets here; kept for an exhaustive, total apply.
         Command::Batch { .. } => Response::Rejected {
             reason: "a batch cannot hold another batch".into(),
         },
