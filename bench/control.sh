@@ -17,14 +17,20 @@
 #     first acknowledged write sent after it (probes every 5 ms to the two
 #     survivors); the killed member is restarted and the group left to
 #     settle between measurements; median of $FAILOVERS.
-# Both run with their default timers (heartbeat 100 ms; election timeout
-# etcd 1000 ms, Elton 500-1000 ms) and without TLS (etcd as configured by
-# default; Elton masters with --insecure), so the comparison is Raft and
-# storage, not transport security.
+# Both run with their default timers (etcd: heartbeat 100 ms, election
+# timeout 1000 ms; Elton: heartbeat 50 ms, election timeout 200-400 ms after
+# openraft's leader lease of 400 ms, see docs/operations.md "Control plane
+# timers") and without TLS (etcd as configured by default; Elton masters
+# with --insecure), so the comparison is Raft and storage, not transport
+# security. Elton's leader batches concurrent writes into one log entry
+# (control/src/batcher.rs), as etcd does.
 #
 # Tunables (environment): ROUNDS (3), DURATION (s per load run, 10),
 # FAILOVERS (5), CLIENTS ("1 16 64"), VALUE_BYTES (64), SYSTEMS ("etcd
-# elton"), ELTON_BIN / RAFTBENCH_BIN (use these binaries, skip the build).
+# elton"), ELTON_BIN / RAFTBENCH_BIN (use these binaries, skip the build),
+# ELTON_MASTER_FLAGS (extra flags for every Elton master, e.g. timers:
+# "--control-election-min-ms 200 --control-election-max-ms 400"). ROUNDS=0
+# measures failover only.
 # Installs etcd-server with apt-get if it is missing.
 
 set -euo pipefail
@@ -139,8 +145,9 @@ ELTON_BENCH_FLAGS=()
 elton_start() { # member-number
     local i=$1 init=()
     [[ $i == 1 ]] && init=(--control-init) # a no-op once m1 is in the group
+    # shellcheck disable=SC2086
     ELTON_LOG=warn "$ELTON" master --id "m$i" --data-dir "$WORK/m$i" \
-        --listen "127.0.0.1:${ELTON_PORT[i]}" --insecure "${init[@]}" \
+        --listen "127.0.0.1:${ELTON_PORT[i]}" --insecure "${init[@]}" ${ELTON_MASTER_FLAGS:-} \
         >>"$WORK/m$i.log" 2>&1 &
     ELTON_PID[i]=$!
     echo "${ELTON_PID[i]}" >"$WORK/m$i.pid"
@@ -306,7 +313,7 @@ row() { # label array-name clients format invert
     fi
     echo
 }
-for c in "${NCLIENTS[@]}"; do
+((ROUNDS > 0)) && for c in "${NCLIENTS[@]}"; do
     row "$c clients: writes/s" WPS "$c" .0f 0
     row "$c clients: p50 latency, ms" P50 "$c" .2f 1
     row "$c clients: p99 latency, ms" P99 "$c" .2f 1
@@ -325,7 +332,7 @@ if [[ ${#SYS[@]} -eq 2 ]]; then
     echo "ratios: writes/s ${SYS[1]}/${SYS[0]}; latencies and unavailability ${SYS[0]}/${SYS[1]} (above 1.00: ${SYS[1]} better)"
 fi
 for s in "${SYS[@]}"; do
-    for c in "${NCLIENTS[@]}"; do echo "per round, $s, $c clients, writes/s: ${WPS[$s,$c]}"; done
+    ((ROUNDS > 0)) && for c in "${NCLIENTS[@]}"; do echo "per round, $s, $c clients, writes/s: ${WPS[$s,$c]}"; done
     echo "per failover, $s, ms: ${FAIL[$s]}"
 done
 load_line

@@ -103,6 +103,11 @@ pub enum Command {
     /// drcond: the limits in force, read through the log (linearizable,
     /// like `Get`).
     Limits,
+    /// Several client requests in one log entry, applied in order, each
+    /// with its own request id (exactly-once as if sent alone). Formed by
+    /// the leader's batcher ([`crate::batch`]), never accepted from a
+    /// client; answered with [`Response::Batch`].
+    Batch { requests: Vec<Request> },
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -171,6 +176,8 @@ pub enum Response {
     Released { id: u64 },
     /// The limits in force, oldest first.
     Limits { limits: Vec<crate::drcond::Limit> },
+    /// A [`Command::Batch`]'s answers, one per request, in order.
+    Batch { responses: Vec<Response> },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -273,6 +280,11 @@ impl Request {
                 .validate()
                 .map_err(|e| ControlError::BadCommand(format!("limit: {e}"))),
             Command::Release { .. } | Command::Limits => Ok(()),
+            Command::Batch { .. } => bad(
+                "a batch is formed by the leader from single commands; send one command per \
+                 request"
+                    .into(),
+            ),
             Command::Report { result, .. } => match result {
                 NodeResult::Ok { output } => {
                     let len = output.to_string().len();

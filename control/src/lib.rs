@@ -29,6 +29,7 @@
 //! let resp = raft.client_write(req).await?.data;        // a Response
 //! ```
 
+pub mod batch;
 pub mod command;
 pub mod drcond;
 pub mod error;
@@ -39,6 +40,7 @@ pub mod store;
 pub mod types;
 
 // The network edge and the member runtime (see docs/architecture.md).
+pub mod batcher;
 pub mod executor;
 pub mod gate;
 pub mod member_id;

@@ -17,6 +17,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tonic::Status;
 
+use crate::batch::BatchLimits;
+use crate::batcher::Batcher;
 use crate::command::{Command, NodeResult, Request, Targets};
 use crate::gate::Caller;
 use crate::member_id::raft_id;
@@ -46,6 +48,7 @@ pub struct ControlNode {
     pool: Pool,
     settings: ControlSettings,
     reader: StateReader,
+    batcher: Batcher,
 }
 
 type Metrics = RaftMetrics<NodeId, Member>;
@@ -77,6 +80,7 @@ impl ControlNode {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(member = %me, id, "control plane member started");
+        let batcher = Batcher::start(raft.clone(), &me.name, BatchLimits::default());
         let node = Arc::new(Self {
             id,
             me,
@@ -84,6 +88,7 @@ impl ControlNode {
             pool,
             settings,
             reader,
+            batcher,
         });
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
         tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
@@ -394,18 +399,13 @@ impl ControlNode {
         self.on_leader(
             forwarded,
             || async move {
-                match self
-                    .raft
-                    .client_write(stamp_expiry(request.clone(), now_ms()))
-                    .await
-                {
-                    Ok(r) => Ok(SubmitResponse {
-                        response: self.answer(r.data).await?,
-                        log_index: r.log_id.index,
-                        leader: self.me.name.clone(),
-                    }),
-                    Err(e) => Err(write_error(e)),
-                }
+                let stamped = stamp_expiry(request.clone(), now_ms());
+                let w = self.batcher.write(stamped, bytes.len()).await?;
+                Ok(SubmitResponse {
+                    response: self.answer(w.response).await?,
+                    log_index: w.log_index,
+                    leader: self.me.name.clone(),
+                })
             },
             |leader| async move {
                 let mut client = self.pool.control(&leader)?;
@@ -700,7 +700,7 @@ fn state_name(s: ServerState) -> &'static str {
 }
 
 /// A client write or membership change that failed on this member.
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
+pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             NodeError::Unavailable(format!("leadership moved (now {:?}); retry", f.leader_id))

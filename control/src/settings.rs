@@ -34,9 +34,14 @@ impl ControlSettings {
     pub fn new(db_path: PathBuf) -> Self {
         Self {
             db_path,
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(500),
-            election_max: Duration::from_millis(1000),
+            // openraft 0.9 waits out a leader lease of `election_max`
+            // before its random timeout, so a follower elects after
+            // `election_max` + [min, max) of silence: 600 to 800 ms here,
+            // 12 to 16 heartbeats (docs/operations.md, "Control plane
+            // timers").
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(200),
+            election_max: Duration::from_millis(400),
             rpc_timeout: Duration::from_secs(2),
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,

@@ -118,6 +118,23 @@ pub fn apply(state: &mut State, entry: &Entry) -> Response {
 }
 
 fn apply_request(state: &mut State, index: u64, request: &Request) -> Response {
+    if let Command::Batch { requests } = &request.command {
+        // The envelope's own id names no client request: only the inner
+        // ones are recorded for exactly-once.
+        let responses = requests
+            .iter()
+            .map(|r| match crate::batch::batchable(&r.command) {
+                true => apply_request(state, index, r),
+                false => Response::Rejected {
+                    reason: format!(
+                        "request {} cannot share a log entry with other commands",
+                        r.id
+                    ),
+                },
+            })
+            .collect();
+        return Response::Batch { responses };
+    }
     let client = &request.id.client;
     let seq = request.id.seq;
     let session = state.sessions.get(client);
@@ -230,6 +247,11 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
         } => limit(state, index, spec, *expires_at_ms),
         Command::Limits => Response::Limits {
             limits: state.limits.values().cloned().collect(),
+        },
+        // `apply_request` unwraps a batch and rejects one nested in a batch
+        // before it gets here; kept for an exhaustive, total apply.
+        Command::Batch { .. } => Response::Rejected {
+            reason: "a batch cannot hold another batch".into(),
         },
         Command::Release { id } => {
             if state.limits.remove(id).is_none() {

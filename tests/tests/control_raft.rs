@@ -366,8 +366,11 @@ fn client(url: &str, ca: &str) -> Client {
     )
 }
 
-const CLIENTS: u64 = 4;
-const PER_CLIENT: u64 = 250;
+/// Eight clients (1,000 operations in all): enough concurrent writes that
+/// the leader batches them, so the linearizability check covers batched
+/// entries.
+const CLIENTS: u64 = 8;
+const PER_CLIENT: u64 = 125;
 
 /// One client: `PER_CLIENT` register operations on four shared keys, each
 /// retried with the same request id (on the next master) until it is
@@ -453,6 +456,9 @@ fn phase5_leader_killed_under_load_every_ack_applied_once(g: &mut Group) {
     let applied_before = Group::member(&before, "m1")["applied_requests"]
         .as_u64()
         .expect("applied");
+    let index_before = Group::member(&before, "m1")["last_applied"]
+        .as_u64()
+        .expect("last applied");
     let history = Arc::new(History::new());
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let urls: Vec<String> = (1..=3).map(|i| g.master_url(i)).collect();
@@ -501,6 +507,15 @@ fn phase5_leader_killed_under_load_every_ack_applied_once(g: &mut Group) {
     assert!(
         acked >= CLIENTS * PER_CLIENT * 9 / 10,
         "only {acked} acknowledged"
+    );
+    // Batching was on: the requests took fewer log entries than there were
+    // requests (entries also hold the new leader's blank one).
+    let m1 = Group::member(&after, "m1");
+    let entries = m1["last_applied"].as_u64().expect("last applied") - index_before;
+    let applied = m1["applied_requests"].as_u64().expect("applied") - applied_before;
+    assert!(
+        entries < applied,
+        "{applied} requests took {entries} log entries: nothing was batched"
     );
     let report = history.check().expect("the history is linearizable");
     eprintln!("phase 5: {acked} acknowledged, history {report:?}");

@@ -383,3 +383,119 @@ fn limits_are_set_for_resolved_hosts_and_released_once() {
     assert!(s.limits.is_empty());
     assert!(s.take_changes().limits.contains(&2));
 }
+
+fn request(client: &str, seq: u64, command: Command) -> Request {
+    Request::new(
+        RequestId {
+            client: client.into(),
+            seq,
+        },
+        command,
+    )
+}
+
+#[test]
+fn a_batch_applies_its_requests_in_order_and_answers_each() {
+    let mut s = State::default();
+    let mut log = Log::new();
+    let batch = Command::Batch {
+        requests: vec![
+            request("a", 1, put("k", "1")),
+            request("b", 1, put("k", "2")),
+            request("a", 2, get("k")),
+            request("c", 1, Command::Noop),
+        ],
+    };
+    let r = apply(&mut s, &log.req("batch:m1", 1, batch));
+    assert_eq!(
+        r,
+        Response::Batch {
+            responses: vec![
+                value(None),
+                value(Some("1")),
+                value(Some("2")),
+                Response::Done
+            ]
+        }
+    );
+    assert_eq!(s.applied_requests, 4);
+    assert_eq!(s.kv.get("k").map(String::as_str), Some("2"));
+    // The envelope's id is not a client's: no session for it.
+    assert!(!s.sessions.contains_key("batch:m1"));
+    assert_eq!(s.response("b", 1), Some(&value(Some("1"))));
+}
+
+#[test]
+fn a_request_retried_inside_or_across_batches_applies_once() {
+    let mut s = State::default();
+    let mut log = Log::new();
+    let first = Command::Batch {
+        requests: vec![
+            request("a", 1, put("k", "1")),
+            request("a", 1, put("k", "1")),
+        ],
+    };
+    let r = apply(&mut s, &log.req("batch:m1", 1, first));
+    assert_eq!(
+        r,
+        Response::Batch {
+            responses: vec![value(None), value(None)]
+        }
+    );
+    let again = Command::Batch {
+        requests: vec![
+            request("b", 1, put("k", "2")),
+            request("a", 1, put("k", "1")),
+        ],
+    };
+    let r = apply(&mut s, &log.req("batch:m2", 1, again));
+    assert_eq!(
+        r,
+        Response::Batch {
+            responses: vec![value(Some("1")), value(None)]
+        }
+    );
+    assert_eq!(s.applied_requests, 2);
+    assert_eq!(s.kv.get("k").map(String::as_str), Some("2"));
+}
+
+#[test]
+fn entry_bound_and_nested_commands_in_a_batch_are_rejected_without_effect() {
+    let mut s = State::default();
+    let mut log = Log::new();
+    apply(&mut s, &log.members(&[1], &[]));
+    let before = s.digest();
+    let batch = Command::Batch {
+        requests: vec![
+            request(
+                "a",
+                1,
+                Command::Execute {
+                    targets: Targets::All,
+                    action: Action::Echo {
+                        payload: "x".into(),
+                    },
+                    deadline_ms: 10,
+                },
+            ),
+            request(
+                "a",
+                2,
+                Command::Batch {
+                    requests: vec![request("a", 3, put("k", "v"))],
+                },
+            ),
+        ],
+    };
+    let Response::Batch { responses } = apply(&mut s, &log.req("batch:m1", 1, batch)) else {
+        panic!("a batch answers with a batch");
+    };
+    assert_eq!(responses.len(), 2);
+    assert!(
+        responses
+            .iter()
+            .all(|r| matches!(r, Response::Rejected { .. }))
+    );
+    assert_eq!(s.digest(), before);
+    assert!(s.executions.is_empty());
+}

@@ -107,14 +107,14 @@ pub struct ControlArgs {
     /// On a start in no group, make a one-voter group of this master.
     #[arg(long)]
     pub control_init: bool,
-    /// Raft heartbeat interval, in milliseconds [default: 100].
+    /// Raft heartbeat interval, in milliseconds [default: 50].
     #[arg(long)]
     pub control_heartbeat_ms: Option<u64>,
-    /// Shortest election timeout, in milliseconds [default: 500]. Raise it
+    /// Shortest election timeout, in milliseconds [default: 200]. Raise it
     /// (and the maximum) for groups spanning a WAN: several round trips.
     #[arg(long)]
     pub control_election_min_ms: Option<u64>,
-    /// Longest election timeout, in milliseconds [default: 1000].
+    /// Longest election timeout, in milliseconds [default: 400].
     #[arg(long)]
     pub control_election_max_ms: Option<u64>,
     /// Connect timeout and longest Raft call to another member, in
