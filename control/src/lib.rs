@@ -30,6 +30,7 @@
 //! ```
 
 pub mod command;
+pub mod direct;
 pub mod drcond;
 pub mod error;
 pub mod execution;
