@@ -54,13 +54,13 @@ fn pids(answer: &serde_json::Value) -> Vec<i64> {
 }
 
 /// The marker processes of an answer: a `--name` query also finds the
-/// `elton ps` that carries the name in its own command line.
+/// `elton ps` (or `curl`) that carries the name in its own command line.
 fn procs(answer: &serde_json::Value) -> Vec<serde_json::Value> {
     answer["procs"]
         .as_array()
         .unwrap_or_else(|| panic!("no process list in {answer}"))
         .iter()
-        .filter(|p| p["name"] != "elton" && p["name"] != "elton-e2e")
+        .filter(|p| p["name"] != "elton" && p["name"] != "elton-e2e" && p["name"] != "curl")
         .cloned()
         .collect()
 }
@@ -187,12 +187,17 @@ fn phase3_bad_input_is_refused(g: &Group) {
 }
 
 /// `GET` of a master's k2i route with curl (HTTP/2 over TLS, the
-/// group's CA); returns the HTTP status and the JSON body.
+/// group's CA, the name in the master's certificate); returns the HTTP
+/// status and the JSON body.
 fn http(g: &Group, master: usize, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-    let url = format!("{}{path}", g.master_url(master));
+    // A master's certificate names its role, not its address.
+    let port = g.masters[master - 1].port;
+    let url = format!("https://elton-master:{port}{path}");
     let ca = g.ca();
     let mut args = vec![
         "-sS".to_string(),
+        "--resolve".into(),
+        format!("elton-master:{port}:127.0.0.1"),
         "--cacert".into(),
         ca.display().to_string(),
         "-w".into(),
@@ -218,7 +223,12 @@ fn http(g: &Group, master: usize, path: &str, token: Option<&str>) -> (u16, serd
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("status in {text:?}"));
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {body:?}: {e}"));
+    let json = serde_json::from_str(body).unwrap_or_else(|e| {
+        panic!(
+            "{path}: HTTP {code}, {body:?}: {e}; curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (code, json)
 }
 
