@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// uid → user name.
+type Users = Arc<HashMap<u32, String>>;
+
 /// The last users read, and the modification time of the file they came
 /// from: a query reads the file again only when it changed.
-static CACHE: Mutex<Option<(Option<SystemTime>, Arc<HashMap<u32, String>>)>> = Mutex::new(None);
+static CACHE: Mutex<Option<(Option<SystemTime>, Users)>> = Mutex::new(None);
 
 /// uid → name from the text of an `/etc/passwd` file; malformed lines
 /// are skipped, the first entry for a uid wins.
@@ -34,7 +37,7 @@ pub fn load() -> HashMap<u32, String> {
 
 /// The users of this host, read again only when `/etc/passwd` changed
 /// (one `stat` per query instead of parsing the file).
-pub fn cached() -> Arc<HashMap<u32, String>> {
+pub fn cached() -> Users {
     let mtime = std::fs::metadata("/etc/passwd")
         .and_then(|m| m.modified())
         .ok();
