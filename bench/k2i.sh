@@ -68,6 +68,8 @@ pct() { # P values...: the P-th percentile (nearest rank)
     printf '%s\n' "$@" | sort -n | awk -v p="$p" '{v[NR] = $1} END {i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i]}'
 }
 
+med() { printf '%.1f' "$(median -a "$@")"; } # median, 1 decimal
+
 # ---- ps ---------------------------------------------------------------------
 
 ELTON_PS=() PS_AUX=() PS_ALL=() PS_ONE=() PS_WINDOW=()
@@ -131,11 +133,11 @@ done
 echo
 echo "| figure | value |"
 echo "|---|---|"
-printf '| `elton ps --host m1 --window 0ms` (%s processes), median ms | %s |\n' "$procs" "$(median -a "${ELTON_PS[@]}")"
-printf '| `ps aux`, median ms | %s |\n' "$(median -a "${PS_AUX[@]}")"
-printf '| ratio elton ps / ps aux | %s |\n' "$(ratio "$(median -a "${ELTON_PS[@]}")" "$(median -a "${PS_AUX[@]}")")"
-printf '| `elton ps --host m1 --pid 1` (fixed cost), median ms | %s |\n' "$(median -a "${PS_ONE[@]}")"
-printf '| `elton ps --host m1` (100 ms CPU window), median ms | %s |\n' "$(median -a "${PS_WINDOW[@]}")"
+printf '| `elton ps --host m1 --window 0ms` (%s processes), median ms | %s |\n' "$procs" "$(med "${ELTON_PS[@]}")"
+printf '| `ps aux`, median ms | %s |\n' "$(med "${PS_AUX[@]}")"
+printf '| ratio elton ps / ps aux | %s |\n' "$(ratio "$(med "${ELTON_PS[@]}")" "$(med "${PS_AUX[@]}")")"
+printf '| `elton ps --host m1 --pid 1` (fixed cost), median ms | %s |\n' "$(med "${PS_ONE[@]}")"
+printf '| `elton ps --host m1` (100 ms CPU window), median ms | %s |\n' "$(med "${PS_WINDOW[@]}")"
 printf '| `elton ps --all` (3 hosts), p50 ms | %s |\n' "$(pct 50 "${PS_ALL[@]}")"
 printf '| limit to in effect on 3 hosts, p50 ms | %s |\n' "$(pct 50 "${EFFECT[@]}")"
 printf '| limit to in effect on 3 hosts, p99 ms | %s |\n' "$(pct 99 "${EFFECT[@]}")"
