@@ -6,9 +6,13 @@
 #   bash bench/k2i.sh            # as root (drcond writes cgroups)
 #
 # Figures:
-#   - `elton ps --host m1` (every process of one host, through the log)
-#     against `ps aux`: median wall time of $ROUNDS runs each, alternating,
-#     and their ratio (target <= 0.5x);
+#   - `elton ps --host m1 --window 0ms` (every process of one host, the
+#     direct read path, CPU% as the lifetime average like `ps aux` shows
+#     it) against `ps aux`: median wall time of $ROUNDS runs each,
+#     alternating, and their ratio (target <= 0.5x);
+#   - what that time is made of: `elton ps --pid 1` (one process: CLI
+#     start, connection, one call) and the CPU window's cost, `elton ps
+#     --host m1` with the default 100 ms window;
 #   - `elton ps --all` on the 3 hosts: p50 of $ROUNDS runs;
 #   - drcond: from `elton limit --all --cpu 50%` returning to the limit
 #     being in effect on every host (its cpu.cfs_quota_us read back as
@@ -64,9 +68,11 @@ pct() { # P values...: the P-th percentile (nearest rank)
     printf '%s\n' "$@" | sort -n | awk -v p="$p" '{v[NR] = $1} END {i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i]}'
 }
 
+med() { printf '%.1f' "$(median -a "$@")"; } # median, 1 decimal
+
 # ---- ps ---------------------------------------------------------------------
 
-ELTON_PS=() PS_AUX=() PS_ALL=()
+ELTON_PS=() PS_AUX=() PS_ALL=() PS_ONE=() PS_WINDOW=()
 for ((r = 0; r < ROUNDS; r++)); do
     t=$EPOCHREALTIME
     ctl ps --host m1 --window 0ms >/dev/null
@@ -74,6 +80,12 @@ for ((r = 0; r < ROUNDS; r++)); do
     t=$EPOCHREALTIME
     ps aux >/dev/null
     PS_AUX+=("$(ms "$t")")
+    t=$EPOCHREALTIME
+    ctl ps --host m1 --window 0ms --pid 1 >/dev/null
+    PS_ONE+=("$(ms "$t")")
+    t=$EPOCHREALTIME
+    ctl ps --host m1 >/dev/null
+    PS_WINDOW+=("$(ms "$t")")
     t=$EPOCHREALTIME
     ctl ps --all --window 0ms >/dev/null
     PS_ALL+=("$(ms "$t")")
@@ -121,15 +133,19 @@ done
 echo
 echo "| figure | value |"
 echo "|---|---|"
-printf '| `elton ps --host m1` (%s processes), median ms | %s |\n' "$procs" "$(median -a "${ELTON_PS[@]}")"
-printf '| `ps aux`, median ms | %s |\n' "$(median -a "${PS_AUX[@]}")"
-printf '| ratio elton ps / ps aux | %s |\n' "$(ratio "$(median -a "${ELTON_PS[@]}")" "$(median -a "${PS_AUX[@]}")")"
+printf '| `elton ps --host m1 --window 0ms` (%s processes), median ms | %s |\n' "$procs" "$(med "${ELTON_PS[@]}")"
+printf '| `ps aux`, median ms | %s |\n' "$(med "${PS_AUX[@]}")"
+printf '| ratio elton ps / ps aux | %s |\n' "$(ratio "$(med "${ELTON_PS[@]}")" "$(med "${PS_AUX[@]}")")"
+printf '| `elton ps --host m1 --pid 1` (fixed cost), median ms | %s |\n' "$(med "${PS_ONE[@]}")"
+printf '| `elton ps --host m1` (100 ms CPU window), median ms | %s |\n' "$(med "${PS_WINDOW[@]}")"
 printf '| `elton ps --all` (3 hosts), p50 ms | %s |\n' "$(pct 50 "${PS_ALL[@]}")"
 printf '| limit to in effect on 3 hosts, p50 ms | %s |\n' "$(pct 50 "${EFFECT[@]}")"
 printf '| limit to in effect on 3 hosts, p99 ms | %s |\n' "$(pct 99 "${EFFECT[@]}")"
 echo
 echo "per run, elton ps ms: ${ELTON_PS[*]}"
 echo "per run, ps aux ms: ${PS_AUX[*]}"
+echo "per run, elton ps --pid 1 ms: ${PS_ONE[*]}"
+echo "per run, elton ps (100 ms window) ms: ${PS_WINDOW[*]}"
 echo "per run, elton ps --all ms: ${PS_ALL[*]}"
 echo "per limit, ms: ${EFFECT[*]}"
 load_line

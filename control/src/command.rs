@@ -134,6 +134,12 @@ pub enum Action {
     /// k2i: the host's processes matching `query`, answered as a
     /// [`crate::k2i::HostProcs`] (`elton ps`).
     Ps { query: ProcQuery },
+    /// What the host is (its cores, [`crate::drcond::fit::HostFacts`]):
+    /// checked before a limit is proposed.
+    Host,
+    /// drcond: where each limit stands on the host
+    /// ([`crate::drcond::status::HostLimits`], `elton limit ls`).
+    LimitStatus,
 }
 
 /// One member's answer to an execution.
@@ -274,6 +280,7 @@ impl Request {
                     Action::Ps { query } => query
                         .validate()
                         .map_err(|e| ControlError::BadCommand(format!("ps: {e}"))),
+                    Action::Host | Action::LimitStatus => Ok(()),
                 }
             }
             Command::Limit { spec, .. } => spec

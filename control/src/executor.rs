@@ -21,6 +21,17 @@ pub fn run(action: &Action) -> NodeResult {
             },
             Err(error) => NodeResult::Failed { error },
         },
+        Action::Host => encoded(crate::drcond::fit::HostFacts::of_this_host()),
+        Action::LimitStatus => encoded(crate::drcond::report::last()),
+    }
+}
+
+fn encoded(value: impl serde::Serialize) -> NodeResult {
+    match serde_json::to_value(value) {
+        Ok(output) => NodeResult::Ok { output },
+        Err(e) => NodeResult::Failed {
+            error: format!("encoding the answer: {e}"),
+        },
     }
 }
 

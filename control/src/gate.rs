@@ -16,6 +16,10 @@ pub enum ControlNeed {
     Submit,
     /// `Status`: any authenticated caller.
     Read,
+    /// `Query` (the direct read path, e.g. `elton ps`): a token of any
+    /// scope, or a master's certificate (a member fanning out a client's
+    /// query). A slave's certificate alone does not read other hosts.
+    Query,
     /// `Init`: an admin token.
     Admin,
     /// `Join`/`Leave` of node `name`: an admin token, or that node's own

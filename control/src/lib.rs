@@ -31,6 +31,7 @@
 
 pub mod batch;
 pub mod command;
+pub mod direct;
 pub mod drcond;
 pub mod error;
 pub mod execution;

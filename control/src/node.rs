@@ -383,6 +383,9 @@ impl ControlNode {
             }
         }
         self.check_targets(&request)?;
+        if !forwarded {
+            self.check_limit_fits(&request).await?;
+        }
         let work = match &request.command {
             Command::Execute { deadline_ms, .. } => Duration::from_millis(*deadline_ms),
             _ => Duration::ZERO,

@@ -191,6 +191,7 @@ impl Auth {
             N::Raft => master,
             N::Submit => node.is_some() || scope.is_some_and(|s| s.allows(Scope::Write)),
             N::Read => node.is_some() || scope.is_some(),
+            N::Query => master || scope.is_some(),
             N::Admin => scope == Some(Scope::Admin),
             N::SpeakAs(name) => {
                 master
@@ -208,6 +209,7 @@ impl Auth {
                 N::Raft => "a master's certificate".to_string(),
                 N::Submit => "a token of scope write".to_string(),
                 N::Read => "read".to_string(),
+                N::Query => "a token (scope read or above) or a master's certificate".to_string(),
                 N::Admin => "a token of scope admin".to_string(),
                 N::SpeakAs(name) => format!("node {name}'s certificate or an admin token"),
             };
@@ -359,10 +361,11 @@ mod tests {
                 .unwrap_or_else(|e| tonic::Status::from(e).code())
         };
         let speak = || N::SpeakAs("s1".into());
-        for need in [N::Raft, N::Submit, N::Read, N::Admin, speak()] {
+        for need in [N::Raft, N::Submit, N::Read, N::Query, N::Admin, speak()] {
             assert_eq!(code(None, need), Code::Unauthenticated);
         }
         assert_eq!(code(Some(read), N::Read), Code::Ok);
+        assert_eq!(code(Some(read), N::Query), Code::Ok);
         assert_eq!(code(Some(read), N::Submit), Code::PermissionDenied);
         assert_eq!(code(Some(write), N::Submit), Code::Ok);
         assert_eq!(code(Some(write), N::Admin), Code::PermissionDenied);

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod peers;
 pub mod planner;
+pub mod proc_http;
 pub mod provision;
 pub mod remote;
 pub mod replicator;
@@ -108,6 +109,10 @@ pub async fn run(
         elton_control::net::raft_service::RaftService::new(control.raft().clone(), gate.clone());
     let control_service =
         elton_control::net::control_service::ControlService::new(control.clone(), gate);
+    let proc_api = Arc::new(proc_http::ProcApi {
+        auth: auth.clone(),
+        control: control.clone(),
+    });
     let service = MasterService::new(
         store.clone(),
         &config,
@@ -168,11 +173,17 @@ pub async fn run(
             .tls_config(tls)
             .map_err(|e| MasterError::Io(format!("TLS settings: {e}")))?;
     }
+    let mut routes = tonic::service::Routes::new(service.into_server())
+        .add_service(raft_service.into_server())
+        .add_service(control_service.into_server());
+    // k2i's HTTP JSON routes on the same listener (docs/operations.md);
+    // HTTP/1.1 is accepted for them (gRPC stays HTTP/2).
+    let grpc = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = grpc.merge(proc_http::router(proc_api));
     let result = server
         .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
-        .add_service(service.into_server())
-        .add_service(raft_service.into_server())
-        .add_service(control_service.into_server())
+        .accept_http1(true)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| MasterError::Io(format!("gRPC server: {e}")));

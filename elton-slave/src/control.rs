@@ -49,6 +49,8 @@ impl Gate for SlaveGate {
         let allowed = match need {
             ControlNeed::Raft => master,
             ControlNeed::Read => true,
+            // Another host's processes: only a master fanning out a query.
+            ControlNeed::Query => master,
             _ => false,
         };
         if !allowed {

@@ -145,6 +145,17 @@ fn limits(g: &Group) -> serde_json::Value {
     serde_json::from_str(&g.ok(1, &["limit", "ls", "--json"])).expect("limit ls output")
 }
 
+/// The first limit's status on `host`, or `None` while `limit ls` fails
+/// (a loaded machine may time a call out; the caller polls).
+fn first_status(g: &Group, host: &str) -> Option<serde_json::Value> {
+    let out = g.cli(1, &["limit", "ls", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v[0]["status"][host].clone())
+}
+
 #[test]
 fn drcond() {
     if !std::path::Path::new("/sys/fs/cgroup/cpu").exists() {
@@ -181,6 +192,20 @@ fn phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(g: &Group) {
     assert_eq!(ls[0]["id"], id, "{ls:#}");
     assert_eq!(ls[0]["hosts"], serde_json::json!(["slave1"]), "{ls:#}");
     assert_eq!(ls[0]["resources"]["cpu_percent"], 20, "{ls:#}");
+    // The host reports the limit applied, with the process in its group.
+    let busy_pid: i64 = busy.pid().parse().expect("pid");
+    wait_until("slave1 reports the limit", Duration::from_secs(10), || {
+        first_status(g, "slave1").is_some_and(|st| {
+            st["state"] == "applied" && st["procs"] == serde_json::json!([busy_pid])
+        })
+    });
+    let text = g.ok(1, &["limit", "ls"]);
+    assert!(
+        text.contains(&format!(
+            "slave1: applied, 1 process [{busy_pid}], 0 OOM kills"
+        )),
+        "{text}"
+    );
 
     let out = g.ok(1, &["limit", "release", &id.to_string()]);
     assert!(out.contains(&format!("released limit {id}")), "{out}");
@@ -212,7 +237,20 @@ fn phase2_bad_input_changes_nothing(g: &Group) {
     let busy = Busy::start();
     let pid = busy.pid();
     let elton = g.masters[0].child.id().to_string();
+    // Every host of a test run is this machine: one core more than it has.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let too_much = format!("{}%", (cores + 1) * 100);
     for (args, says) in [
+        (
+            vec![
+                "limit", "--pid", &pid, "--host", "slave1", "--cpu", &too_much,
+            ],
+            "cores",
+        ),
+        (
+            vec!["limit", "--pid", &pid, "--all", "--cpu", &too_much],
+            "cores",
+        ),
         (vec!["limit", "--pid", "1", "--cpu", "20%"], "pid 1"),
         (vec!["limit", "--pid", &pid, "--cpu", "0%"], "0%"),
         (vec!["limit", "--pid", &pid, "--cpu", "lots"], "percentage"),
@@ -341,6 +379,18 @@ fn phase4_a_memory_limit_holds_a_growing_process_in_its_group(g: &Group) {
             || read(group.join("memory.failcnt")) != "0",
         "no OOM or reclaim recorded in the group"
     );
+    // The kill is reported by the host in `elton limit ls` (where the
+    // kernel counts OOM kills per group).
+    if read(group.join("memory.oom_control")).contains("oom_kill 1") {
+        wait_until(
+            "slave2 reports the OOM kill",
+            Duration::from_secs(10),
+            || {
+                first_status(g, "slave2")
+                    .is_some_and(|st| st["state"] == "applied" && st["oom_kills"] == 1)
+            },
+        );
+    }
     // Nothing outside it was touched.
     assert!(std::fs::metadata(format!("/proc/{}", bystander.pid())).is_ok());
     g.ok(1, &["limit", "release", &id.to_string()]);

@@ -54,13 +54,13 @@ fn pids(answer: &serde_json::Value) -> Vec<i64> {
 }
 
 /// The marker processes of an answer: a `--name` query also finds the
-/// `elton ps` that carries the name in its own command line.
+/// `elton ps` (or `curl`) that carries the name in its own command line.
 fn procs(answer: &serde_json::Value) -> Vec<serde_json::Value> {
     answer["procs"]
         .as_array()
         .unwrap_or_else(|| panic!("no process list in {answer}"))
         .iter()
-        .filter(|p| p["name"] != "elton" && p["name"] != "elton-e2e")
+        .filter(|p| p["name"] != "elton" && p["name"] != "elton-e2e" && p["name"] != "curl")
         .cloned()
         .collect()
 }
@@ -75,7 +75,8 @@ fn k2i() {
     phase1_ps_all_from_a_follower_tags_every_host(&g, &tag, &a, &b);
     phase2_filters_and_one_host(&g, &tag, &a);
     phase3_bad_input_is_refused(&g);
-    phase4_a_stopped_host_is_missing_by_the_deadline(&mut g, &tag);
+    phase4_http_json_on_a_master(&g, &tag, &a);
+    phase5_a_stopped_host_is_missing_by_the_deadline(&mut g, &tag);
 }
 
 fn phase1_ps_all_from_a_follower_tags_every_host(g: &Group, tag: &str, a: &Marker, b: &Marker) {
@@ -162,7 +163,7 @@ fn phase2_filters_and_one_host(g: &Group, tag: &str, a: &Marker) {
 
 fn phase3_bad_input_is_refused(g: &Group) {
     let before = g.converged(1, CONVERGE);
-    let applied = Group::member(&before, "m1")["last_applied"].clone();
+    let applied = Group::member(&before, "m1")["applied_requests"].clone();
     for (args, says) in [
         (vec!["ps", "--pid", "0"], "positive"),
         (vec!["ps", "--pid=-3"], "positive"),
@@ -175,16 +176,132 @@ fn phase3_bad_input_is_refused(g: &Group) {
         let err = g.fails(1, &args);
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    // Nothing was proposed.
+    // Nothing was proposed (client requests, not the blank entry of an
+    // election a loaded machine may hold meanwhile).
     let after = g.converged(1, CONVERGE);
     assert_eq!(
-        Group::member(&after, "m1")["last_applied"],
+        Group::member(&after, "m1")["applied_requests"],
         applied,
         "{after:#}"
     );
 }
 
-fn phase4_a_stopped_host_is_missing_by_the_deadline(g: &mut Group, tag: &str) {
+/// `GET` of a master's k2i route with curl (HTTP/2 over TLS, the
+/// group's CA, the name in the master's certificate); returns the HTTP
+/// status and the JSON body.
+fn http(g: &Group, master: usize, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    // A master's certificate names its role, not its address.
+    let port = g.masters[master - 1].port;
+    let url = format!("https://elton-master:{port}{path}");
+    let ca = g.ca();
+    let mut args = vec![
+        "-sS".to_string(),
+        "--resolve".into(),
+        format!("elton-master:{port}:127.0.0.1"),
+        "--cacert".into(),
+        ca.display().to_string(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(t) = token {
+        args.push("-H".into());
+        args.push(format!("Authorization: Bearer {t}"));
+    }
+    args.push(url);
+    let out = Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_else(|| {
+        panic!(
+            "curl {path}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let code: u16 = code
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("status in {text:?}"));
+    let json = serde_json::from_str(body).unwrap_or_else(|e| {
+        panic!(
+            "{path}: HTTP {code}, {body:?}: {e}; curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, json)
+}
+
+fn phase4_http_json_on_a_master(g: &Group, tag: &str, a: &Marker) {
+    let before = g.converged(1, CONVERGE);
+    let applied = Group::member(&before, "m1")["applied_requests"].clone();
+    let made = g.ok(
+        1,
+        &[
+            "token", "create", "--name", "k2i-read", "--scope", "read", "--json",
+        ],
+    );
+    let made: serde_json::Value = serde_json::from_str(&made).expect("token json");
+    let read = made["secret"].as_str().expect("secret").to_string();
+    let read = read.as_str();
+    // k2i's paths, with the host selector; the same JSON as `elton ps`.
+    let (code, r) = http(g, 1, &format!("/v1/proc/cmd/{tag}?all=1"), Some(read));
+    assert_eq!(code, 200, "{r:#}");
+    let names: Vec<&str> = r["hosts"]
+        .as_object()
+        .expect("hosts")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, ["m1", "m2", "slave1", "slave2"], "{r:#}");
+    assert_eq!(r["missing"], serde_json::json!([]), "{r:#}");
+    assert!(
+        r["hosts"]
+            .as_object()
+            .expect("hosts")
+            .values()
+            .all(|h| pids(h).len() == 2),
+        "{r:#}"
+    );
+    let (code, r) = http(
+        g,
+        1,
+        &format!("/v1/proc/{}?host=slave1,m2", a.pid()),
+        Some(read),
+    );
+    assert_eq!(code, 200, "{r:#}");
+    assert_eq!(pids(&r["hosts"]["slave1"]), [i64::from(a.pid())], "{r:#}");
+    assert_eq!(pids(&r["hosts"]["m2"]), [i64::from(a.pid())], "{r:#}");
+    // No host named: the master asked answers for itself, all processes.
+    let (code, r) = http(g, 1, "/v1/proc", Some(read));
+    assert_eq!(code, 200, "{r:#}");
+    assert!(pids(&r["hosts"]["m1"]).contains(&1), "{r:#}");
+    // Token-protected like every other call, and bad input is refused.
+    for (path, token, want) in [
+        ("/v1/proc".to_string(), None, 401),
+        ("/v1/proc".to_string(), Some("not-a-token"), 401),
+        ("/v1/proc/abc".to_string(), Some(read), 400),
+        ("/v1/proc/0".to_string(), Some(read), 400),
+        ("/v1/proc?host=nobody".to_string(), Some(read), 404),
+        ("/v1/proc?all=1&host=m1".to_string(), Some(read), 400),
+        ("/v1/proc?bogus=1".to_string(), Some(read), 400),
+        ("/v1/proc?window_ms=60000".to_string(), Some(read), 400),
+    ] {
+        let (code, r) = http(g, 1, &path, token);
+        assert_eq!(code, want, "{path}: {r:#}");
+        assert!(
+            r["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {r:#}"
+        );
+    }
+    // Queries are reads: neither these nor `elton ps` went through the log.
+    ps_json(g, 2, &["--all", "--name", tag]);
+    let after = g.converged(1, CONVERGE);
+    let after_applied = &Group::member(&after, "m1")["applied_requests"];
+    assert_eq!(*after_applied, applied, "{after:#}");
+}
+
+fn phase5_a_stopped_host_is_missing_by_the_deadline(g: &mut Group, tag: &str) {
     g.slaves[1].kill9();
     g.converged_without("slave2", CONVERGE);
     let started = Instant::now();

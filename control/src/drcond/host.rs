@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{self, GroupFiles};
 use super::plan::{HostView, ProcView, Step};
 use super::spec::{Limit, Resources};
+use super::status::{HostLimits, LimitStatus, judge, oom_kills};
 
 /// The controllers a group uses (cgroups-rs names; v2's `io` is `blkio`).
 const CONTROLLERS: [&str; 4] = ["cpu", "memory", "blkio", "pids"];
@@ -59,6 +60,17 @@ impl CgroupHost {
     /// Opens the host side for member `name`, keeping its bookkeeping in
     /// `dir`. Fails where cgroups are not mounted.
     pub fn open(name: &str, dir: &Path) -> Result<Self, String> {
+        let opened = Self::open_here(name, dir);
+        if let Err(e) = &opened {
+            super::report::set(HostLimits {
+                off: Some(e.clone()),
+                limits: Vec::new(),
+            });
+        }
+        opened
+    }
+
+    fn open_here(name: &str, dir: &Path) -> Result<Self, String> {
         if !Path::new(CGROUP_MOUNT).join("cgroup.procs").exists()
             && !Path::new(CGROUP_MOUNT).join("memory").exists()
         {
@@ -377,6 +389,43 @@ impl CgroupHost {
         }
     }
 
+    /// Where each of `limits` stands after a pass that failed with
+    /// `errors` (by limit id).
+    pub fn status(&self, limits: &[Limit], errors: &BTreeMap<u64, String>) -> HostLimits {
+        let present = self.group_ids();
+        let groups: BTreeMap<u64, Resources> = limits
+            .iter()
+            .filter(|l| present.contains(&l.id))
+            .map(|l| (l.id, self.read_back(l.id, l.resources.dev)))
+            .collect();
+        let cores = super::fit::HostFacts::of_this_host().cores;
+        let states = judge(limits, &groups, errors, cores);
+        let oom_file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let limits = states
+            .into_iter()
+            .map(|(id, state)| {
+                let there = present.contains(&id);
+                let oom = there
+                    .then(|| {
+                        let rel = format!("{}/{id}", self.root("memory"));
+                        std::fs::read_to_string(self.dir("memory", &rel).join(oom_file)).ok()
+                    })
+                    .flatten();
+                LimitStatus {
+                    id,
+                    state,
+                    procs: if there { self.members(id) } else { Vec::new() },
+                    oom_kills: oom.as_deref().map_or(0, oom_kills),
+                }
+            })
+            .collect();
+        HostLimits { off: None, limits }
+    }
+
     /// Processes in group `id` (any controller).
     pub fn members(&self, id: u64) -> Vec<i32> {
         let mut pids: Vec<i32> = self
@@ -391,22 +440,25 @@ impl CgroupHost {
 }
 
 /// One reconcile pass: read the host, plan, carry out the steps. Returns
-/// the steps' errors (each is tried again on the next pass).
+/// the steps' errors (each is tried again on the next pass); the pass's
+/// report is kept for `elton limit ls`.
 pub fn reconcile(host: &mut CgroupHost, limits: &[Limit]) -> Vec<String> {
     let view = host.view(limits);
     let steps = super::plan::plan(limits, &view);
-    let errors: Vec<String> = steps
-        .iter()
-        .filter_map(|step| {
-            let r = host.run(step);
-            if r.is_ok() {
-                tracing::debug!(?step, "drcond step done");
+    let mut errors = Vec::new();
+    let mut by_limit = BTreeMap::new();
+    for step in &steps {
+        match host.run(step) {
+            Ok(()) => tracing::debug!(?step, "drcond step done"),
+            Err(e) => {
+                by_limit.entry(step.limit_id()).or_insert_with(|| e.clone());
+                errors.push(e);
             }
-            r.err()
-        })
-        .collect();
+        }
+    }
     if limits.is_empty() && !steps.is_empty() && errors.is_empty() {
         host.remove_roots();
     }
+    super::report::set(host.status(limits, &by_limit));
     errors
 }

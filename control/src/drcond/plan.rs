@@ -58,6 +58,19 @@ pub enum Step {
     Remove { id: u64 },
 }
 
+impl Step {
+    /// The limit this step is for.
+    pub fn limit_id(&self) -> u64 {
+        match self {
+            Step::Create { id }
+            | Step::Set { id, .. }
+            | Step::Move { id, .. }
+            | Step::Return { id, .. }
+            | Step::Remove { id } => *id,
+        }
+    }
+}
+
 /// The limits of `all` that host `me` applies.
 pub fn for_host(all: &BTreeMap<u64, Limit>, me: NodeId) -> Vec<Limit> {
     all.values()

@@ -2,6 +2,7 @@
 //! memory. [`query`] holds the pure part (what a query is, which processes
 //! match, how a host's answer is bounded); [`procs`] reads `/proc`.
 
+pub mod answer;
 pub mod passwd;
 pub mod procs;
 pub mod query;

@@ -2,6 +2,15 @@
 //! come from elsewhere shows their numeric uids).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// uid → user name.
+type Users = Arc<HashMap<u32, String>>;
+
+/// The last users read, and the modification time of the file they came
+/// from: a query reads the file again only when it changed.
+static CACHE: Mutex<Option<(Option<SystemTime>, Users)>> = Mutex::new(None);
 
 /// uid → name from the text of an `/etc/passwd` file; malformed lines
 /// are skipped, the first entry for a uid wins.
@@ -26,6 +35,26 @@ pub fn load() -> HashMap<u32, String> {
         .unwrap_or_default()
 }
 
+/// The users of this host, read again only when `/etc/passwd` changed
+/// (one `stat` per query instead of parsing the file).
+pub fn cached() -> Users {
+    let mtime = std::fs::metadata("/etc/passwd")
+        .and_then(|m| m.modified())
+        .ok();
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, users)) = cache.as_ref()
+        && *at == mtime
+        && mtime.is_some()
+    {
+        return users.clone();
+    }
+    let users = Arc::new(load());
+    *cache = Some((mtime, users.clone()));
+    users
+}
+
 /// The name of `uid`, or the number itself.
 pub fn name(users: &HashMap<u32, String>, uid: u32) -> String {
     users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
@@ -44,5 +73,11 @@ mod tests {
         assert_eq!(name(&users, 1000), "me");
         assert_eq!(name(&users, 4242), "4242");
         assert_eq!(users.len(), 2);
+    }
+
+    #[test]
+    fn the_cache_answers_like_the_file() {
+        assert_eq!(*cached(), load());
+        assert!(Arc::ptr_eq(&cached(), &cached()));
     }
 }

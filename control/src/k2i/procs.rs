@@ -1,10 +1,18 @@
-//! Reads this host's processes from `/proc` (blocking; the executor runs
+//! Reads this host's processes from `/proc` (blocking; the caller runs
 //! it off the async runtime). Processes that exit while being read are
 //! skipped, not errors.
+//!
+//! One pass reads, per process, `stat` (pid, state, CPU ticks, RSS, start
+//! time), `cmdline`, then `cgroup` only for a process the pid and name
+//! filters kept, and the owner from the directory's metadata (no
+//! `status`). With a
+//! CPU window the matched processes' `stat` is read once more at its end;
+//! without one CPU% is the lifetime average, as `ps` computes it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use procfs::Current;
 use procfs::process::{Process, all_processes};
 
 use super::passwd;
@@ -15,29 +23,54 @@ struct First {
     process: Process,
     info: ProcInfo,
     ticks: u64,
+    /// When it started, in seconds since boot.
+    started: f64,
 }
 
-/// The processes matching `query`, with CPU use sampled over its window.
+/// The host facts a pass needs, read once per query.
+struct Host {
+    users: std::sync::Arc<HashMap<u32, String>>,
+    tps: u64,
+    boot: u64,
+    page: u64,
+    /// Seconds since boot, for lifetime CPU% (no window).
+    uptime: f64,
+}
+
+/// The processes matching `query`, with CPU use sampled over its window
+/// (or, with a zero window, averaged over each process's life).
 pub fn list(query: &ProcQuery) -> Result<HostProcs, String> {
     query.validate()?;
-    let tps = procfs::ticks_per_second().max(1);
-    let boot = procfs::boot_time_secs().map_err(|e| format!("reading /proc/stat: {e}"))?;
-    let page = procfs::page_size();
-    let users = passwd::load();
+    let host = Host {
+        users: passwd::cached(),
+        tps: procfs::ticks_per_second().max(1),
+        boot: procfs::boot_time_secs().map_err(|e| format!("reading /proc/stat: {e}"))?,
+        page: procfs::page_size(),
+        uptime: procfs::Uptime::current()
+            .map_err(|e| format!("reading /proc/uptime: {e}"))?
+            .uptime,
+    };
     let started = Instant::now();
     let mut firsts = Vec::new();
     match query.pid {
         Some(pid) => match Process::new(pid) {
-            Ok(p) => firsts.extend(read(p, query, &users, tps, boot, page)),
+            Ok(p) => firsts.extend(read(p, query, &host)),
             Err(_) => return Ok(HostProcs::default()),
         },
         None => {
             let all = all_processes().map_err(|e| format!("listing /proc: {e}"))?;
-            firsts.extend(
-                all.flatten()
-                    .filter_map(|p| read(p, query, &users, tps, boot, page)),
-            );
+            firsts.extend(all.flatten().filter_map(|p| read(p, query, &host)));
         }
+    }
+    if query.window_ms == 0 {
+        let procs = firsts
+            .into_iter()
+            .map(|f| ProcInfo {
+                cpu_percent: lifetime_percent(f.ticks, host.tps, host.uptime - f.started),
+                ..f.info
+            })
+            .collect();
+        return Ok(bound(procs, MAX_ANSWER_BYTES));
     }
     let window = Duration::from_millis(query.window_ms);
     if let Some(rest) = window.checked_sub(started.elapsed()) {
@@ -51,7 +84,7 @@ pub fn list(query: &ProcQuery) -> Result<HostProcs, String> {
             let stat = f.process.stat().ok()?;
             let used = (stat.utime + stat.stime).saturating_sub(f.ticks);
             let mut info = f.info;
-            info.cpu_percent = round1(used as f64 / tps as f64 / elapsed * 100.0);
+            info.cpu_percent = round1(used as f64 / host.tps as f64 / elapsed * 100.0);
             info.state = stat.state.to_string();
             Some(info)
         })
@@ -59,15 +92,21 @@ pub fn list(query: &ProcQuery) -> Result<HostProcs, String> {
     Ok(bound(procs, MAX_ANSWER_BYTES))
 }
 
-fn read(
-    process: Process,
-    query: &ProcQuery,
-    users: &HashMap<u32, String>,
-    tps: u64,
-    boot: u64,
-    page: u64,
-) -> Option<First> {
+/// CPU% over a process's life: `ticks` of CPU in `alive` seconds.
+fn lifetime_percent(ticks: u64, tps: u64, alive: f64) -> f64 {
+    if alive <= 0.0 {
+        return 0.0;
+    }
+    round1(ticks as f64 / tps as f64 / alive * 100.0)
+}
+
+fn read(process: Process, query: &ProcQuery, host: &Host) -> Option<First> {
     let stat = process.stat().ok()?;
+    if query.pid.is_some_and(|p| p != stat.pid) {
+        return None;
+    }
+    // Kernel threads have an empty command line; a process that exited
+    // meanwhile is dropped by the reads below.
     let cmdline = process.cmdline().unwrap_or_default();
     if !query.matches_identity(stat.pid, &stat.comm, &cmdline) {
         return None;
@@ -85,7 +124,7 @@ fn read(
     }
     let user = process
         .uid()
-        .map(|u| passwd::name(users, u))
+        .map(|u| passwd::name(&host.users, u))
         .unwrap_or_default();
     Some(First {
         ticks: stat.utime + stat.stime,
@@ -97,10 +136,11 @@ fn read(
             name: stat.comm,
             cmdline,
             cpu_percent: 0.0,
-            rss_bytes: stat.rss.saturating_mul(page),
-            start_time: boot + stat.starttime / tps,
+            rss_bytes: stat.rss.saturating_mul(host.page),
+            start_time: host.boot + stat.starttime / host.tps,
             cgroups,
         },
+        started: stat.starttime as f64 / host.tps as f64,
         process,
     })
 }
@@ -142,5 +182,31 @@ mod tests {
         })
         .expect("no such process is an empty answer");
         assert!(none.procs.is_empty());
+    }
+
+    #[test]
+    fn lifetime_cpu_is_ticks_over_time_alive() {
+        assert_eq!(lifetime_percent(200, 100, 4.0), 50.0);
+        assert_eq!(lifetime_percent(5, 100, 0.0), 0.0);
+        assert_eq!(lifetime_percent(5, 100, -1.0), 0.0);
+    }
+
+    #[test]
+    fn without_a_window_a_busy_process_shows_its_lifetime_use() {
+        // This test thread spins for a while, so the process's lifetime
+        // average is above zero.
+        let until = Instant::now() + Duration::from_millis(300);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0);
+        let r = list(&ProcQuery {
+            pid: Some(std::process::id() as i32),
+            window_ms: 0,
+            ..ProcQuery::default()
+        })
+        .expect("reading /proc");
+        assert!(r.procs[0].cpu_percent > 0.0, "{:?}", r.procs[0]);
     }
 }

@@ -7,7 +7,7 @@ use elton_proto::FORWARDED_METADATA_KEY;
 use elton_proto::control_pb::control_server::{Control, ControlServer};
 use elton_proto::control_pb::{
     InitRequest, InitResponse, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse,
-    StatusRequest, StatusResponse, SubmitRequest, SubmitResponse,
+    QueryRequest, QueryResponse, StatusRequest, StatusResponse, SubmitRequest, SubmitResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -79,5 +79,10 @@ impl Control for ControlService {
         let (caller, forwarded, msg) = self.admit(req, ControlNeed::SpeakAs(node))?;
         self.node.leave(msg, &caller, forwarded).await?;
         Ok(Response::new(LeaveResponse {}))
+    }
+
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let (_, _, msg) = self.admit(req, ControlNeed::Query)?;
+        Ok(Response::new(self.node.query(msg).await?))
     }
 }

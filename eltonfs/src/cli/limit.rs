@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use elton_control::direct::DirectResult;
+use elton_control::drcond::status::HostLimits;
 use elton_control::drcond::{Limit, LimitSpec, Resources, Selector, parse};
-use elton_control::{Command, Request, RequestId, Response, Targets};
-use elton_proto::control_pb::{StatusRequest, SubmitRequest};
+use elton_control::{Action, Command, NodeResult, Request, RequestId, Response, Targets};
+use elton_proto::control_pb::{QueryRequest, StatusRequest, SubmitRequest};
 
 use super::Endpoints;
 use super::client::status;
@@ -90,12 +92,19 @@ pub async fn limit(ep: &Endpoints, a: LimitArgs) -> Result<()> {
                 other => bail!("unexpected answer: {other:?}"),
             };
             let names = member_names(&mut c).await?;
+            let report = if limits.is_empty() {
+                DirectResult::default()
+            } else {
+                host_reports(&mut c).await
+            };
             if json {
-                let rows: Vec<serde_json::Value> =
-                    limits.iter().map(|l| limit_json(l, &names)).collect();
+                let rows: Vec<serde_json::Value> = limits
+                    .iter()
+                    .map(|l| limit_json(l, &names, &report))
+                    .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
-                print_limits(&limits, &names);
+                print_limits(&limits, &names, &report);
             }
         }
         Some(LimitCommand::Release { id }) => {
@@ -237,6 +246,82 @@ async fn member_names(c: &mut Client) -> Result<BTreeMap<u64, String>> {
         .collect())
 }
 
+/// Every host's report on its limits (a direct query, not through the
+/// log). Hosts that do not answer within 2 s are listed as missing; a
+/// master too old to answer leaves the report empty, with a warning.
+async fn host_reports(c: &mut Client) -> DirectResult {
+    let asked = c
+        .query(QueryRequest {
+            action: serde_json::to_vec(&Action::LimitStatus).unwrap_or_default(),
+            hosts: Vec::new(),
+            all: true,
+            deadline_ms: 2000,
+            local: false,
+        })
+        .await;
+    match asked {
+        Ok(r) => serde_json::from_slice(&r.into_inner().result).unwrap_or_else(|e| {
+            eprintln!("warning: unreadable host reports: {e}");
+            DirectResult::default()
+        }),
+        Err(e) => {
+            eprintln!("warning: no host reports: {}", e.message());
+            DirectResult::default()
+        }
+    }
+}
+
+/// Where limit `id` stands on `host`, as JSON: the host's own report
+/// (`state`: applied, pending or failed with `reason`; `procs`;
+/// `oom_kills`), or `state` unknown with why.
+fn host_state(report: &DirectResult, host: &str, id: u64) -> serde_json::Value {
+    let unknown = |why: String| serde_json::json!({ "state": "unknown", "reason": why });
+    if report.missing.iter().any(|m| m == host) {
+        return unknown("no answer from the host".into());
+    }
+    match report.hosts.get(host) {
+        None => unknown("not asked".into()),
+        Some(NodeResult::Failed { error }) => unknown(error.clone()),
+        Some(NodeResult::Ok { output }) => {
+            match serde_json::from_value::<HostLimits>(output.clone()) {
+                Err(e) => unknown(format!("unreadable report: {e}")),
+                Ok(h) => match (h.off, h.limits.into_iter().find(|l| l.id == id)) {
+                    (Some(off), _) => {
+                        serde_json::json!({ "state": "failed", "reason": format!("drcond is off on this host: {off}") })
+                    }
+                    (None, Some(l)) => serde_json::to_value(l).unwrap_or_default(),
+                    (None, None) => {
+                        serde_json::json!({ "state": "pending", "procs": [], "oom_kills": 0 })
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn state_text(v: &serde_json::Value) -> String {
+    let mut text = v["state"].as_str().unwrap_or("unknown").to_string();
+    if let Some(r) = v["reason"].as_str() {
+        text.push_str(&format!(" ({r})"));
+    }
+    if let Some(procs) = v["procs"].as_array() {
+        let pids: Vec<String> = procs.iter().map(ToString::to_string).collect();
+        text.push_str(&format!(
+            ", {} process{} [{}], {} OOM kill{}",
+            procs.len(),
+            if procs.len() == 1 { "" } else { "es" },
+            pids.join(" "),
+            v["oom_kills"].as_u64().unwrap_or(0),
+            if v["oom_kills"].as_u64() == Some(1) {
+                ""
+            } else {
+                "s"
+            },
+        ));
+    }
+    text
+}
+
 fn name(names: &BTreeMap<u64, String>, id: u64) -> String {
     names.get(&id).cloned().unwrap_or_else(|| id.to_string())
 }
@@ -266,8 +351,22 @@ fn resources_text(r: &Resources) -> String {
     parts.join(", ")
 }
 
-fn limit_json(l: &Limit, names: &BTreeMap<u64, String>) -> serde_json::Value {
+fn limit_json(
+    l: &Limit,
+    names: &BTreeMap<u64, String>,
+    report: &DirectResult,
+) -> serde_json::Value {
+    let status: serde_json::Map<String, serde_json::Value> = l
+        .hosts
+        .iter()
+        .map(|h| {
+            let host = name(names, *h);
+            let state = host_state(report, &host, l.id);
+            (host, state)
+        })
+        .collect();
     serde_json::json!({
+        "status": status,
         "id": l.id,
         "selector": l.selector,
         "hosts": l.hosts.iter().map(|h| name(names, *h)).collect::<Vec<_>>(),
@@ -276,7 +375,7 @@ fn limit_json(l: &Limit, names: &BTreeMap<u64, String>) -> serde_json::Value {
     })
 }
 
-fn print_limits(limits: &[Limit], names: &BTreeMap<u64, String>) {
+fn print_limits(limits: &[Limit], names: &BTreeMap<u64, String>, report: &DirectResult) {
     println!(
         "{:>6}  {:<24} {:<36} {:<20} HOSTS",
         "ID", "SELECTOR", "LIMITS", "EXPIRES"
@@ -298,5 +397,11 @@ fn print_limits(limits: &[Limit], names: &BTreeMap<u64, String>) {
             expires,
             hosts.join(",")
         );
+        for host in &hosts {
+            println!(
+                "        {host}: {}",
+                state_text(&host_state(report, host, l.id))
+            );
+        }
     }
 }
