@@ -16,6 +16,7 @@ mod scrub;
 mod servers;
 mod stats;
 mod trust;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,9 @@ pub enum Command {
     },
     /// Move a mount without changes to another version.
     Checkout { mountpoint: PathBuf, version: u64 },
+    /// Move a mount onto its volume's head, keeping its uncommitted changes
+    /// (three-way merge; conflicts keep both sides). Exit 1 on conflicts.
+    Update(update::UpdateArgs),
     /// List changed paths between two versions of a volume.
     Diff { volume: String, v1: u64, v2: u64 },
     /// Show the master's WAN traffic per peer master and per volume.
@@ -241,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
             version,
         } => mounts::checkout(&mountpoint, version),
+        Command::Update(a) => tokio::task::spawn_blocking(move || update::update(a)).await?,
         Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
         Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,

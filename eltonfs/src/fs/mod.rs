@@ -9,7 +9,8 @@
 //! - [`stamp`]: whether a local file is still the one that was checked.
 //! - [`fuse`]: the FUSE request handlers; [`attrs`]: the attributes they
 //!   report; [`handle`]: open files.
-//! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
+//! - [`mount`]: one mount's life: recovery, serving, commit, control socket;
+//!   `mount_update`: its `elton update`.
 //! - [`daemon`]: starting a mount as a detached process.
 
 pub mod attrs;
@@ -22,5 +23,6 @@ pub mod inodes;
 pub mod layers;
 pub mod lower;
 pub mod mount;
+mod mount_update;
 pub mod readahead;
 pub mod stamp;
