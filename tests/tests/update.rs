@@ -154,7 +154,9 @@ fn phase2_a_crash_in_the_middle_of_an_update_finishes_it_at_the_next_start() {
         .spawn()
         .unwrap();
     let journal = b.state.join("update.json");
-    wait_until("update journal", Duration::from_secs(30), || journal.exists());
+    wait_until("update journal", Duration::from_secs(30), || {
+        journal.exists()
+    });
     b.kill9();
     let _ = updater.kill();
     let _ = updater.wait();

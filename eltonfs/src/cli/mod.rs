@@ -11,6 +11,7 @@ mod inspect;
 mod limit;
 mod metadata;
 mod mounts;
+mod nodes;
 mod ps;
 mod scrub;
 mod servers;
@@ -125,6 +126,9 @@ pub enum Command {
     /// Limit CPU, memory and IO of processes on control group hosts
     /// (drcond); `ls`, `release ID`.
     Limit(limit::LimitArgs),
+    /// The cluster's nodes: `ls`, `rm` (decommission; admin).
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -144,6 +148,9 @@ pub enum VolumeCommand {
     },
     /// List the master's volumes.
     Ls,
+    /// Delete a volume and all its versions (admin); refused while this
+    /// host has it mounted or holds uncommitted changes to it.
+    Rm(nodes::VolumeRmArgs),
     /// Set how many versions a volume keeps: --keep N (the newest N) or
     /// --keep 0 (every version). Older versions are dropped at once.
     Retention {
@@ -219,6 +226,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             gc::retention(&ep, &volume, keep).await
         }
         Command::Volume(VolumeCommand::Ls) => inspect::volume_ls(&ep).await,
+        Command::Volume(VolumeCommand::Rm(a)) => nodes::volume_rm(&ep, a).await,
+        Command::Node(c) => nodes::node(&ep, c).await,
         Command::Import(a) => import::import(&ep, a).await,
         Command::Ls { spec } => inspect::ls(&ep, &spec).await,
         Command::Cat { spec } => inspect::cat(&ep, &spec).await,
