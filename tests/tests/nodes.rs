@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{Cluster, Mount, wait_until};
@@ -64,6 +64,32 @@ fn phase1_node_ls_shows_address_liveness_objects_and_bytes() {
     let table = c.ok(1, &["node", "ls"]);
     assert!(table.starts_with("NODE"), "{table}");
     assert!(table.contains("slave2"), "{table}");
+
+    // Removals are an admin's: a write token is refused and changes nothing.
+    let out = c.ok(
+        1,
+        &[
+            "token", "create", "--name", "w", "--scope", "write", "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for args in [&["node", "rm", "slave2"][..], &["volume", "rm", "vol"]] {
+        let o = Command::new(common::bin())
+            .args(args)
+            .env("ELTON_MASTER", c.master_url())
+            .env("ELTON_TOKEN", v["secret"].as_str().unwrap())
+            .env("ELTON_CA", c.ca_path())
+            .env("ELTON_HOME", c.dir.path().join("home"))
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success() && text(&o).contains("permission denied"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    assert_eq!(nodes(&c).len(), 2);
+    assert!(c.ok(1, &["volume", "ls"]).contains("vol"));
 }
 
 #[test]
