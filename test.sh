@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the end-to-end tests use: FUSE for the mounts, Docker's
-# engine and a static busybox (the plugin test's image) for the Docker test.
-PACKAGES=(fuse3 docker.io busybox-static)
+# engine and a static busybox (the plugin test's image) for the Docker test;
+# a headless Chromium for the web view test (tests/tests/web_view.rs).
+PACKAGES=(fuse3 docker.io busybox-static chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -33,6 +33,23 @@ pub enum MasterError {
     RootNotStored(String),
     #[error("http_addr {addr} is registered by node {node:?}, which is up")]
     AddressTaken { addr: String, node: String },
+    #[error(
+        "volume {volume:?} was deleted (its head was version {head}); its version numbers may \
+         still be cached by slaves and CDNs as immutable, so the name cannot be used again: \
+         choose another name"
+    )]
+    VolumeDeleted { volume: String, head: u64 },
+    #[error(
+        "node {0:?} was removed from this cluster (elton node rm); it cannot register again \
+         under this id: give the slave a new --node-id and a fresh data directory"
+    )]
+    NodeRemoved(String),
+    #[error(
+        "node {node:?} is down and holds the only copy of {objects} object(s); removing it \
+         would lose them: bring it up so they can be copied first, or remove it anyway with \
+         --force"
+    )]
+    WouldLoseObjects { node: String, objects: u64 },
     #[error("unknown node {0:?}; register first")]
     UnknownNode(String),
     #[error("no live node holds object {0}")]
@@ -153,7 +170,10 @@ impl From<MasterError> for Status {
             | MasterError::Refused(_)
             | MasterError::InUse(_)
             | MasterError::WrongIncarnation(_)
-            | MasterError::GcUnwalkable { .. } => Code::FailedPrecondition,
+            | MasterError::GcUnwalkable { .. }
+            | MasterError::WouldLoseObjects { .. } => Code::FailedPrecondition,
+            MasterError::VolumeDeleted { .. } => Code::AlreadyExists,
+            MasterError::NodeRemoved(_) => Code::PermissionDenied,
             MasterError::GcBusy(_) => Code::Aborted,
             MasterError::Unauthenticated(_) => Code::Unauthenticated,
             MasterError::PermissionDenied(_) => Code::PermissionDenied,

@@ -6,7 +6,9 @@
 //!   starts and while it runs; backup and restore ([`high_water`]: the last
 //!   heads, for reporting what a restore rolls back); [`settle`] (pure): commits
 //!   wait until slaves have heard of a new incarnation.
-//! - [`nodes`]: which registered slaves are alive (heartbeats).
+//! - [`nodes`]: which registered slaves are alive (heartbeats);
+//!   [`node_usage`]: what their stores hold, as they report it.
+//! - [`decommission_plan`] (pure) and [`decommission`]: `elton node rm`.
 //! - [`service`]: the `elton.v1.Master` gRPC service.
 //! - [`fetch`]: proxying an object's bytes from holders to a requester,
 //!   under the deadlines and failover order of [`holder_policy`] (pure).
@@ -39,6 +41,8 @@ pub mod config;
 pub mod control_gate;
 pub mod crossfetch;
 pub mod datadir;
+pub mod decommission;
+pub mod decommission_plan;
 pub mod error;
 pub mod fetch;
 pub mod file_guard;
@@ -51,6 +55,7 @@ pub mod high_water;
 pub mod holder_policy;
 pub mod incarnation;
 pub mod metrics;
+pub mod node_usage;
 pub mod nodes;
 pub mod peers;
 pub mod planner;

@@ -247,6 +247,23 @@ impl Replicator {
         Ok(())
     }
 
+    /// Copies asked for outside the rounds (a node being decommissioned):
+    /// each object not already in flight goes to its target's mailbox.
+    /// Returns how many were newly assigned.
+    pub fn copy_now(&self, copies: &[(ObjectId, NodeId)], now: Instant) -> usize {
+        let mut st = self.state();
+        let mut n = 0;
+        for (object, target) in copies {
+            if st.inflight.targets(object).next().is_some() {
+                continue;
+            }
+            st.inflight.add(*object, target.clone(), now);
+            st.mailbox.entry(target.clone()).or_default().push(*object);
+            n += 1;
+        }
+        n
+    }
+
     /// Puts a round's assignments in flight and in the targets' mailboxes.
     fn record(st: &mut State, round: &planner::Round, now: Instant) {
         for a in &round.assignments {

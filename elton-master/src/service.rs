@@ -66,6 +66,7 @@ pub struct MasterService {
     commits_open_at: Option<Instant>,
     gc: Arc<Gc>,
     gc_interval: Duration,
+    usage: Arc<crate::node_usage::NodeUsage>,
 }
 
 /// The local outcome of a fetch: a stream from a holder of this cluster, or
@@ -121,6 +122,7 @@ impl MasterService {
             config.gc_grace,
         ));
         Ok(Self {
+            usage: Arc::default(),
             gc,
             gc_interval: config.gc_interval,
             heartbeat_interval: config.heartbeat_interval,
@@ -185,6 +187,12 @@ impl MasterService {
     }
 
     fn node_info(&self, row: &NodeRow) -> NodeInfo {
+        self.node_info_with(row, 0)
+    }
+
+    /// `objects`: how many objects the store records the node holding.
+    fn node_info_with(&self, row: &NodeRow, objects: u64) -> NodeInfo {
+        let (stored_objects, stored_bytes) = self.usage.get(&row.id);
         let now = Instant::now();
         let last_seen_unix = self.liveness.last_seen(&row.id).map_or(0, |t| {
             now_unix().saturating_sub(now.saturating_duration_since(t).as_secs())
@@ -198,6 +206,9 @@ impl MasterService {
             stale_locations: health.stale_locations,
             failed_transfers: health.failed_transfers,
             resyncs: health.resyncs,
+            objects,
+            stored_objects,
+            stored_bytes,
         }
     }
 
@@ -549,6 +560,10 @@ impl Master for MasterService {
         self.admit(&req, Need::SpeakAs(id.clone()))?;
         let r = req.into_inner();
         let addr: HttpAddr = r.http_addr.parse().map_err(MasterError::from)?;
+        let removed = id.clone();
+        if self.with_store(move |s| s.node_removed(&removed)).await? {
+            return Err(MasterError::NodeRemoved(id.to_string()).into());
+        }
         let row = NodeRow {
             id: id.clone(),
             http_addr: addr.to_string(),
@@ -585,6 +600,9 @@ impl Master for MasterService {
             .collect::<Result<Vec<_>, _>>()?;
         let now = Instant::now();
         let known = self.liveness.beat(&id, now);
+        if known {
+            self.usage.report(&id, r.stored_objects, r.stored_bytes);
+        }
         self.replicator.failed(&id, &failed, now);
         // A node that must register first gets its work after it has.
         let replicate = if known {
@@ -618,9 +636,19 @@ impl Master for MasterService {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.admit(&req, Need::Read)?;
-        let rows = self.with_store(|s| s.nodes()).await?;
+        let rows = self
+            .with_store(|s| {
+                s.nodes()?
+                    .into_iter()
+                    .map(|r| Ok((s.node_object_count(&r.id)?, r)))
+                    .collect::<Result<Vec<_>, MasterError>>()
+            })
+            .await?;
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: rows.iter().map(|r| self.node_info(r)).collect(),
+            nodes: rows
+                .iter()
+                .map(|(n, r)| self.node_info_with(r, *n))
+                .collect(),
         }))
     }
 
@@ -979,6 +1007,55 @@ impl Master for MasterService {
         Ok(Response::new(pb::VolumeInfo {
             oldest,
             ..volume_info(row)
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        // Forgetting a node can lose data (with force): an admin's decision.
+        self.admit(&req, Need::Admin)?;
+        let r = req.into_inner();
+        let node: NodeId = r.node_id.parse().map_err(MasterError::from)?;
+        let (liveness, replicator) = (self.liveness.clone(), self.replicator.clone());
+        let resp = self
+            .with_store(move |s| {
+                crate::decommission::step(s, &liveness, &replicator, &node, r.force, now_unix())
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        self.admit(&req, Need::Admin)?;
+        let r = req.into_inner();
+        let name: VolumeName = r.name.parse().map_err(MasterError::from)?;
+        let home = self.cluster.clone();
+        let dry_run = r.dry_run;
+        let removal = self
+            .with_store(move |s| {
+                let row = s.volume(&name)?;
+                if row.home != home {
+                    return Err(MasterError::BadRequest(format!(
+                        "volume {name:?} is homed by cluster {}: delete it there",
+                        row.home
+                    )));
+                }
+                let removal = s.delete_volume(&name, dry_run)?;
+                if !dry_run {
+                    tracing::info!(volume = %name, versions = removal.versions, head = removal.head, "volume deleted");
+                }
+                Ok(removal)
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteVolumeResponse {
+            versions: removal.versions,
+            head: removal.head,
+            deleted: !dry_run,
         }))
     }
 }

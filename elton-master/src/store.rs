@@ -36,6 +36,9 @@ use crate::file_guard::FileGuard;
 use crate::incarnation::{Id, Stamp};
 use crate::planner::Holding;
 
+mod admin;
+pub use admin::VolumeRemoval;
+
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("volumes");
 const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("versions");
@@ -325,6 +328,7 @@ impl MetaStore {
             if volumes.get(name.as_str())?.is_some() {
                 return Err(MasterError::VolumeExists(name.to_string()));
             }
+            admin::refuse_deleted(&txn, name)?;
             let row = VolumeRow {
                 name: name.clone(),
                 home: home.into(),

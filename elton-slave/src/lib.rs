@@ -46,6 +46,7 @@ pub mod tree;
 pub mod turns;
 pub mod undo;
 pub mod volumes;
+pub mod web;
 
 use std::future::Future;
 use std::path::Path;
@@ -110,7 +111,7 @@ pub async fn run(
     let state = Arc::new(http::AppState {
         fetcher,
         scrubber,
-        volumes,
+        volumes: volumes.clone(),
         metrics,
         tokens: tokens::Tokens::new(link.clone()),
         max_upload_bytes: config.max_upload_bytes,
@@ -132,17 +133,24 @@ pub async fn run(
         }
         None => None,
     };
+    let web = Arc::new(web::WebState {
+        volumes: volumes.clone(),
+        history: Arc::default(),
+        control: control.as_ref().map(|(node, _, _)| node.clone()),
+    });
+    let wan_sampler = tokio::spawn(web::sample_wan(volumes, web.history.clone()));
     let announcer = tokio::spawn(link.clone().run_announcer(announcements));
     let membership = tokio::spawn(link.run_membership(http_addr.to_string(), store, backup_tx));
     tracing::info!(addr = %local, node = %node_id, master = %config.master, "slave serving");
     let result = serve::serve(
         listener,
-        http::router(state),
+        http::router(state).merge(web::router(web)),
         config.http_timeouts,
         shutdown,
     )
     .await;
     announcer.abort();
+    wan_sampler.abort();
     membership.abort();
     copier.abort();
     background_scrub.abort();

@@ -18,6 +18,18 @@ use crate::SlaveError;
 use crate::incarnation::VersionCache;
 use crate::store::ObjectStore;
 
+/// How often the store is counted for the heartbeats' usage report.
+const USAGE_EVERY: Duration = Duration::from_secs(30);
+
+/// Aborts a background task when the loop that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Largest number of ids sent in one `AddLocations` call.
 const ANNOUNCE_BATCH: usize = 8192;
 const _: () = assert!(ANNOUNCE_BATCH <= elton_proto::MAX_LOCATIONS_PER_CALL);
@@ -314,15 +326,34 @@ impl MasterLink {
         backups: &mpsc::Sender<ObjectId>,
     ) {
         let mut tick = tokio::time::interval(interval);
+        // The store is counted in the background now and then (a walk of
+        // every shard); heartbeats carry the last count.
+        let usage = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+        let counter = {
+            let (usage, store) = (usage.clone(), store.clone());
+            tokio::spawn(async move {
+                loop {
+                    let s = store.clone();
+                    if let Ok(u) = tokio::task::spawn_blocking(move || s.usage()).await {
+                        *usage.lock().unwrap_or_else(|p| p.into_inner()) = u;
+                    }
+                    tokio::time::sleep(USAGE_EVERY).await;
+                }
+            })
+        };
+        let _stop_counter = AbortOnDrop(counter);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.pull_now.notified() => tick.reset(),
             }
             let failed = self.take_copy_failed();
+            let (stored_objects, stored_bytes) = *usage.lock().unwrap_or_else(|p| p.into_inner());
             let req = HeartbeatRequest {
                 node_id: self.node_id.to_string(),
                 copy_failed: failed.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                stored_objects,
+                stored_bytes,
             };
             match self.client().heartbeat(req).await {
                 Ok(r) if r.get_ref().known => {

@@ -526,6 +526,26 @@ impl ObjectStore {
         Ok(out)
     }
 
+    /// How many objects the store holds and their bytes (for the
+    /// master's `elton node ls`). Blocking: walks every shard.
+    pub fn usage(&self) -> (u64, u64) {
+        let (mut objects, mut bytes) = (0, 0);
+        for shard in 0..=255u8 {
+            let Ok(files) = fs::read_dir(self.objects.join(format!("{shard:02x}"))) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if let Ok(m) = f.metadata()
+                    && m.is_file()
+                {
+                    objects += 1;
+                    bytes += m.len();
+                }
+            }
+        }
+        (objects, bytes)
+    }
+
     /// The ids stored in one shard directory (`objects/<shard as hex>/`).
     /// Blocking.
     pub fn list_shard(&self, shard: u8) -> Result<Vec<ObjectId>, SlaveError> {

@@ -110,6 +110,11 @@ impl Volumes {
     }
 
     /// See [`crate::incarnation::VersionCache::incarnation_changes`].
+    /// The link to the master (the web view's queries).
+    pub fn link(&self) -> &MasterLink {
+        &self.link
+    }
+
     pub fn master_incarnation_changes(&self) -> u64 {
         self.link.versions().incarnation_changes()
     }

@@ -6,6 +6,7 @@
 //! - [`fs`]: Eltonfs, a volume mounted as an overlay filesystem.
 //! - [`docker`]: the Docker volume plugin.
 //! - [`spec`]: `volume@version:path` arguments.
+//! - [`update`]: `elton update`, the three-way merge onto the head.
 //! - [`walk`]: turning a local directory into manifests and objects.
 
 pub use elton_proto::chunking;
@@ -13,4 +14,5 @@ pub mod cli;
 pub mod docker;
 pub mod fs;
 pub mod spec;
+pub mod update;
 pub mod walk;

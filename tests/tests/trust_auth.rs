@@ -106,6 +106,7 @@ async fn mutating_codes(ch: Channel, token: Option<&str>) -> Vec<(&'static str, 
                     pb::HeartbeatRequest {
                         node_id: "slave1".into(),
                         copy_failed: vec![],
+                        ..Default::default()
                     },
                     token,
                 ))
@@ -213,6 +214,7 @@ fn every_call_to_a_master_is_authenticated_and_authorized() {
         m.heartbeat(pb::HeartbeatRequest {
             node_id: "node-a".into(),
             copy_failed: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();

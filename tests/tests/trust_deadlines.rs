@@ -91,6 +91,7 @@ fn keep_beating(rt: &tokio::runtime::Runtime, client: MasterGrpc, node: &str) {
                 .heartbeat(HeartbeatRequest {
                     node_id: node.clone(),
                     copy_failed: Vec::new(),
+                    ..Default::default()
                 })
                 .await;
             tokio::time::sleep(Duration::from_millis(200)).await;

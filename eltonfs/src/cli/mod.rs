@@ -12,12 +12,14 @@ mod inspect;
 mod limit;
 mod metadata;
 mod mounts;
+mod nodes;
 mod ps;
 mod scrub;
 mod servers;
 mod stats;
 mod trust;
 mod up_lock;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +108,9 @@ pub enum Command {
         /// The version to move to.
         version: u64,
     },
+    /// Move a mount onto its volume's head, keeping its uncommitted changes
+    /// (three-way merge; conflicts keep both sides). Exit 1 on conflicts.
+    Update(update::UpdateArgs),
     /// List changed paths between two versions of a volume.
     Diff {
         /// The volume.
@@ -147,6 +152,9 @@ pub enum Command {
     /// Limit CPU, memory and IO of processes on control group hosts
     /// (drcond); `ls`, `release ID`.
     Limit(limit::LimitArgs),
+    /// The cluster's nodes: `ls`, `rm` (decommission; admin).
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
     /// Show who the master takes you for.
     Whoami {
         /// Print JSON instead of text.
@@ -168,6 +176,9 @@ pub enum VolumeCommand {
     },
     /// List the master's volumes.
     Ls,
+    /// Delete a volume and all its versions (admin); refused while this
+    /// host has it mounted or holds uncommitted changes to it.
+    Rm(nodes::VolumeRmArgs),
     /// Set how many versions a volume keeps: --keep N (the newest N) or
     /// --keep 0 (every version). Older versions are dropped at once.
     Retention {
@@ -310,6 +321,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             gc::retention(&ep, &volume, keep).await
         }
         Command::Volume(VolumeCommand::Ls) => inspect::volume_ls(&ep).await,
+        Command::Volume(VolumeCommand::Rm(a)) => nodes::volume_rm(&ep, a).await,
+        Command::Node(c) => nodes::node(&ep, c).await,
         Command::Import(a) => import::import(&ep, a).await,
         Command::Ls { spec } => inspect::ls(&ep, &spec).await,
         Command::Cat { spec } => inspect::cat(&ep, &spec).await,
@@ -336,6 +349,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
             version,
         } => mounts::checkout(&mountpoint, version),
+        Command::Update(a) => tokio::task::spawn_blocking(move || update::update(a)).await?,
         Command::Diff { volume, v1, v2 } => mounts::diff(&ep, &volume, v1, v2).await,
         Command::Stats { json } => stats::stats(&ep, json).await,
         Command::DockerPlugin(a) => docker::docker_plugin(&ep, a).await,

@@ -9,7 +9,8 @@
 //! - [`stamp`]: whether a local file is still the one that was checked.
 //! - [`fuse`]: the FUSE request handlers; [`attrs`]: the attributes they
 //!   report; [`handle`]: open files.
-//! - [`mount`]: one mount's life: recovery, serving, commit, control socket.
+//! - [`mount`]: one mount's life: recovery, serving, commit, control socket;
+//!   `mount_update`: its `elton update`.
 //! - [`daemon`]: starting a mount as a detached process.
 //! - [`mount_table`]: which paths are Elton mounts (the kernel's table).
 
@@ -24,5 +25,6 @@ pub mod layers;
 pub mod lower;
 pub mod mount;
 pub mod mount_table;
+mod mount_update;
 pub mod readahead;
 pub mod stamp;

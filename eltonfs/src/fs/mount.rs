@@ -99,6 +99,8 @@ pub enum ControlRequest {
     Checkout {
         version: u64,
     },
+    /// Move onto the volume's head, merging the upper (`elton update`).
+    Update,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -113,23 +115,26 @@ pub struct ControlResponse {
     pub changes: Option<ChangeSet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Paths an update found changed on both sides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<Vec<crate::update::Conflict>>,
 }
 
-struct Mounted {
-    state: Arc<Mutex<MountState>>,
-    record: Mutex<MountRecord>,
-    opts: MountOptions,
+pub(super) struct Mounted {
+    pub(super) state: Arc<Mutex<MountState>>,
+    pub(super) record: Mutex<MountRecord>,
+    pub(super) opts: MountOptions,
     store: Arc<ObjectStore>,
-    http: reqwest::blocking::Client,
+    pub(super) http: reqwest::blocking::Client,
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)?;
     elton_slave::durable::write_file(path, &bytes)
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(
             serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))?,
@@ -270,6 +275,17 @@ pub fn run(opts: MountOptions) -> Result<()> {
         std::fs::remove_file(opts.state_dir.join("commit.json"))?;
     }
 
+    let lower = Arc::new(SlaveLower::new(&opts.slave_url, store.clone())?);
+    if let Some(v) = super::mount_update::recover(
+        &opts.state_dir,
+        &upper,
+        &work,
+        lower.clone(),
+        previous.as_ref(),
+    )? {
+        recovered_version = Some(v);
+    }
+
     let dirty = !upper_is_empty(&upper)?;
     let wanted = match (recovered_version, &previous, opts.version) {
         (Some(v), _, None) => Some(v),
@@ -315,7 +331,6 @@ pub fn run(opts: MountOptions) -> Result<()> {
     };
     write_json(&record_path, &record)?;
 
-    let lower = Arc::new(SlaveLower::new(&opts.slave_url, store.clone())?);
     let layers = Layers {
         upper,
         work,
@@ -505,6 +520,7 @@ fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<Cont
             author,
             host,
         } => commit(m, &record, message, author, host, notifier),
+        ControlRequest::Update => super::mount_update::update(m, &record, notifier),
         ControlRequest::Checkout { version } => {
             let invalidate = {
                 let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -645,8 +661,17 @@ fn commit(
                 // surely published nothing; a server error may hide a
                 // commit the master recorded.
                 refused = status.is_client_error();
+                let hint = if status == reqwest::StatusCode::CONFLICT {
+                    format!(
+                        "; run `elton update {}` to move your changes onto the head (both \
+                         sides of a conflict are kept), then commit again",
+                        m.opts.mountpoint.display()
+                    )
+                } else {
+                    String::new()
+                };
                 Err(anyhow!(
-                    "{} (HTTP {})",
+                    "{} (HTTP {}){hint}",
                     v["error"].as_str().unwrap_or("commit failed"),
                     status.as_u16()
                 ))
@@ -695,7 +720,7 @@ fn commit(
 
 /// Crash-test seam: with `ELTON_FAULT_PAUSE=<point>` the commit stops at
 /// that point long enough for a test to `kill -9` the mount process.
-fn fault_point(point: &str) {
+pub(super) fn fault_point(point: &str) {
     if std::env::var("ELTON_FAULT_PAUSE").is_ok_and(|p| p == point) {
         tracing::warn!(point, "fault injection: pausing commit");
         std::thread::sleep(std::time::Duration::from_secs(60));
@@ -704,7 +729,7 @@ fn fault_point(point: &str) {
 
 /// Drops the kernel's cached attributes, data and names after the lower
 /// changed under every path.
-fn invalidate_all(notifier: &Notifier, inos: Vec<(u64, PathBuf)>) {
+pub(super) fn invalidate_all(notifier: &Notifier, inos: Vec<(u64, PathBuf)>) {
     let mut by_path = std::collections::HashMap::new();
     for (ino, path) in &inos {
         by_path.insert(path.clone(), *ino);
