@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apps::{App, AppPatch, AppSpec};
 use crate::drcond::LimitSpec;
 use crate::error::ControlError;
 use crate::k2i::ProcQuery;
@@ -103,6 +104,14 @@ pub enum Command {
     /// drcond: the limits in force, read through the log (linearizable,
     /// like `Get`).
     Limits,
+    /// FastContainer: adds an app to the configuration DB.
+    AppCreate { spec: AppSpec },
+    /// FastContainer: changes an app (a deploy is a new `version`).
+    AppSet { name: String, patch: AppPatch },
+    /// FastContainer: removes an app.
+    AppRemove { name: String },
+    /// FastContainer: the apps, read through the log (linearizable).
+    Apps,
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -171,6 +180,12 @@ pub enum Response {
     Released { id: u64 },
     /// The limits in force, oldest first.
     Limits { limits: Vec<crate::drcond::Limit> },
+    /// An app as created or changed.
+    App { app: App },
+    /// The apps, by name.
+    Apps { apps: Vec<App> },
+    /// An app was removed.
+    AppRemoved { name: String },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -272,7 +287,15 @@ impl Request {
             Command::Limit { spec, .. } => spec
                 .validate()
                 .map_err(|e| ControlError::BadCommand(format!("limit: {e}"))),
-            Command::Release { .. } | Command::Limits => Ok(()),
+            Command::Release { .. } | Command::Limits | Command::Apps => Ok(()),
+            Command::AppCreate { spec } => spec
+                .validate()
+                .map_err(|e| ControlError::BadCommand(format!("app: {e}"))),
+            Command::AppSet { name, patch } => crate::apps::spec::check_name(name)
+                .and_then(|()| patch.validate())
+                .map_err(|e| ControlError::BadCommand(format!("app {name:?}: {e}"))),
+            Command::AppRemove { name } => crate::apps::spec::check_name(name)
+                .map_err(|e| ControlError::BadCommand(format!("app: {e}"))),
             Command::Report { result, .. } => match result {
                 NodeResult::Ok { output } => {
                     let len = output.to_string().len();

@@ -29,6 +29,7 @@
 //! let resp = raft.client_write(req).await?.data;        // a Response
 //! ```
 
+pub mod apps;
 pub mod command;
 pub mod drcond;
 pub mod error;
