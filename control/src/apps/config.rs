@@ -17,7 +17,9 @@ pub fn create(apps: &BTreeMap<String, App>, spec: &AppSpec, index: u64) -> Resul
         ));
     }
     if apps.len() >= MAX_APPS {
-        return Err(format!("the group already has {MAX_APPS} apps, the most it keeps"));
+        return Err(format!(
+            "the group already has {MAX_APPS} apps, the most it keeps"
+        ));
     }
     host_free(apps, &spec.host_name, &spec.name)?;
     Ok(App {
@@ -100,7 +102,10 @@ mod tests {
             .enumerate()
             .map(|(i, (n, h))| {
                 let i = i as u64 + 1;
-                (n.to_string(), create(&BTreeMap::new(), &spec(n, h), i).unwrap())
+                (
+                    n.to_string(),
+                    create(&BTreeMap::new(), &spec(n, h), i).unwrap(),
+                )
             })
             .collect()
     }
@@ -144,12 +149,20 @@ mod tests {
             host_name: Some("b.test".into()),
             ..AppPatch::default()
         };
-        assert!(update(&apps, "web", &taken, 9).unwrap_err().contains("already"));
+        assert!(
+            update(&apps, "web", &taken, 9)
+                .unwrap_err()
+                .contains("already")
+        );
         let min = AppPatch {
             min: Some(9),
             ..AppPatch::default()
         };
-        assert!(update(&apps, "web", &min, 9).unwrap_err().contains("above max"));
+        assert!(
+            update(&apps, "web", &min, 9)
+                .unwrap_err()
+                .contains("above max")
+        );
         assert!(update(&apps, "nope", &p, 9).unwrap_err().contains("no app"));
         assert!(update(&apps, "web", &AppPatch::default(), 9).is_err());
     }

@@ -27,7 +27,9 @@ pub fn threshold(s: &str) -> Result<u32, String> {
     let digits = s.trim().strip_suffix('%').unwrap_or(s.trim());
     match digits.parse::<u32>() {
         Ok(n) if (1..=100).contains(&n) => Ok(n),
-        _ => Err(format!("{s:?}: a threshold is a whole percentage from 1% to 100%")),
+        _ => Err(format!(
+            "{s:?}: a threshold is a whole percentage from 1% to 100%"
+        )),
     }
 }
 
@@ -44,7 +46,9 @@ mod tests {
     fn volume_refs() {
         assert_eq!(volume_ref("site"), Ok(("site".into(), None)));
         assert_eq!(volume_ref("site@3"), Ok(("site".into(), Some(3))));
-        for bad in ["", "@3", "site@", "site@0", "site@x", "site@-1", "a/b@2", "s@1@2"] {
+        for bad in [
+            "", "@3", "site@", "site@0", "site@x", "site@-1", "a/b@2", "s@1@2",
+        ] {
             assert!(volume_ref(bad).is_err(), "{bad}");
         }
     }

@@ -397,9 +397,9 @@ fn check_image(image: &str) -> Result<(), String> {
     let ok = !image.is_empty()
         && image.len() <= MAX_IMAGE_BYTES
         && image.as_bytes()[0].is_ascii_alphanumeric()
-        && image
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
+        && image.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@')
+        });
     if ok {
         Ok(())
     } else {
@@ -468,8 +468,14 @@ mod tests {
             (Box::new(|s| s.name = "-web".into()), "app name"),
             (Box::new(|s| s.name = "a".repeat(64)), "app name"),
             (Box::new(|s| s.host_name = "".into()), "host name"),
-            (Box::new(|s| s.host_name = "Example.test".into()), "lower case"),
-            (Box::new(|s| s.host_name = "example.test:80".into()), "no port"),
+            (
+                Box::new(|s| s.host_name = "Example.test".into()),
+                "lower case",
+            ),
+            (
+                Box::new(|s| s.host_name = "example.test:80".into()),
+                "no port",
+            ),
             (Box::new(|s| s.host_name = "a..b".into()), "labels"),
             (Box::new(|s| s.host_name = "a b".into()), "labels"),
             (Box::new(|s| s.volume = "-x".into()), "volume name"),
@@ -530,7 +536,12 @@ mod tests {
 
     #[test]
     fn bad_patches_are_refused_on_their_own() {
-        assert!(AppPatch::default().validate().unwrap_err().contains("nothing"));
+        assert!(
+            AppPatch::default()
+                .validate()
+                .unwrap_err()
+                .contains("nothing")
+        );
         let both = AppPatch {
             cpu_percent: Some(10),
             unset: BTreeSet::from([Unset::Cpu]),
@@ -562,6 +573,12 @@ mod tests {
             ..AppPatch::default()
         };
         p.validate().unwrap();
-        assert!(web().patched(&p).validate().unwrap_err().contains("above max"));
+        assert!(
+            web()
+                .patched(&p)
+                .validate()
+                .unwrap_err()
+                .contains("above max")
+        );
     }
 }

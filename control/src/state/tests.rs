@@ -414,7 +414,11 @@ fn apps_are_created_changed_and_removed_and_conflicts_change_nothing() {
     ));
     assert!(s.take_changes().apps.is_empty());
     assert_eq!(s.apps.len(), 1);
-    assert_ne!(digest, s.digest(), "the session's answer is part of the state");
+    assert_ne!(
+        digest,
+        s.digest(),
+        "the session's answer is part of the state"
+    );
 
     let deploy = Command::AppSet {
         name: "web".into(),

@@ -1,6 +1,7 @@
 //! The `elton` command line. `main` parses arguments and dispatches; each
 //! module holds one group of subcommands.
 
+mod app;
 mod client;
 mod control;
 mod docker;
@@ -121,6 +122,10 @@ pub enum Command {
     /// Limit CPU, memory and IO of processes on control group hosts
     /// (drcond); `ls`, `release ID`.
     Limit(limit::LimitArgs),
+    /// FastContainer apps: web apps run from a volume, started by their
+    /// first request (create, ls, show, set, deploy, rm).
+    #[command(subcommand)]
+    App(app::AppCommand),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -254,5 +259,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control(c) => control::control(&ep, c).await,
         Command::Ps(a) => ps::ps(&ep, a).await,
         Command::Limit(a) => limit::limit(&ep, a).await,
+        Command::App(c) => app::app(&ep, c).await,
     }
 }
