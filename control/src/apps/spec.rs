@@ -463,7 +463,8 @@ mod tests {
 
     #[test]
     fn every_field_is_checked_and_named() {
-        let cases: Vec<(Box<dyn Fn(&mut AppSpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut AppSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.name = "Web".into()), "app name"),
             (Box::new(|s| s.name = "-web".into()), "app name"),
             (Box::new(|s| s.name = "a".repeat(64)), "app name"),

@@ -411,7 +411,7 @@ fn secs(ms: u64) -> String {
 }
 
 fn mib(b: u64) -> String {
-    if b % (1 << 20) == 0 {
+    if b.is_multiple_of(1 << 20) {
         format!("{}M", b >> 20)
     } else {
         b.to_string()
