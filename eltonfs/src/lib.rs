@@ -5,6 +5,7 @@
 //! - [`cli`]: argument parsing and one module per group of subcommands.
 //! - [`fs`]: Eltonfs, a volume mounted as an overlay filesystem.
 //! - [`docker`]: the Docker volume plugin.
+//! - [`proxy`]: FastContainer's HTTP proxy (`elton proxy`).
 //! - [`spec`]: `volume@version:path` arguments.
 //! - [`walk`]: turning a local directory into manifests and objects.
 
@@ -12,5 +13,6 @@ pub use elton_proto::chunking;
 pub mod cli;
 pub mod docker;
 pub mod fs;
+pub mod proxy;
 pub mod spec;
 pub mod walk;

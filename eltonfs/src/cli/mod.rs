@@ -12,6 +12,7 @@ mod inspect;
 mod limit;
 mod metadata;
 mod mounts;
+mod proxy;
 mod ps;
 mod scrub;
 mod servers;
@@ -126,6 +127,9 @@ pub enum Command {
     /// first request (create, ls, show, set, deploy, rm).
     #[command(subcommand)]
     App(app::AppCommand),
+    /// FastContainer's HTTP proxy on this host: routes by Host, starts
+    /// apps on their first request, stops them when idle.
+    Proxy(proxy::ProxyArgs),
     /// Show who the master takes you for.
     Whoami {
         #[arg(long)]
@@ -260,5 +264,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ps(a) => ps::ps(&ep, a).await,
         Command::Limit(a) => limit::limit(&ep, a).await,
         Command::App(c) => app::app(&ep, c).await,
+        Command::Proxy(a) => proxy::proxy(&ep, a).await,
     }
 }
