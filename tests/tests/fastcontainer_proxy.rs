@@ -48,7 +48,10 @@ impl ProxyProc {
         Self {
             child: Self::spawn(g, port, &dir),
             _instances: Instances(dir.clone()),
-            _mounts: vec![MountGuard(dir.join("mounts/site@1"))],
+            _mounts: vec![
+                MountGuard(dir.join("mounts/site@1")),
+                MountGuard(dir.join("mounts/site@2")),
+            ],
             port,
             dir,
         }
@@ -192,7 +195,8 @@ fn fastcontainer_proxy() {
     phase4_an_app_that_exits_at_once_is_502_naming_its_reason(&p);
     phase5_a_port_never_opened_is_504_and_a_full_queue_503(&p);
     phase6_a_new_app_is_served_without_restarting_the_proxy(&g, &p);
-    phase7_a_killed_proxy_restarts_clean_and_serves_again(&g, &mut p);
+    phase7_a_deploy_during_a_request_stream_fails_no_request(&g, &p);
+    phase8_a_killed_proxy_restarts_clean_and_serves_again(&g, &mut p);
 }
 
 fn phase1_an_unknown_host_is_404_and_metrics_are_served(p: &ProxyProc) {
@@ -333,7 +337,61 @@ fn phase6_a_new_app_is_served_without_restarting_the_proxy(g: &Group, p: &ProxyP
     assert_eq!(mounts, 1);
 }
 
-fn phase7_a_killed_proxy_restarts_clean_and_serves_again(g: &Group, p: &mut ProxyProc) {
+fn phase7_a_deploy_during_a_request_stream_fails_no_request(g: &Group, p: &ProxyProc) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = p.port;
+    let stream = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                answers.push(raw_http(
+                    port,
+                    "GET /index.html HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+                ));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answers
+        })
+    };
+    wait_until("the stream is answered", Duration::from_secs(10), || {
+        let (code, body) = p.get("web.test", "/index.html");
+        code == 200 && body.contains("site v1")
+    });
+    import(g, &[("index.html", "hello from site v2\n")], "site");
+    let app: serde_json::Value =
+        serde_json::from_str(&g.ok(1, &["app", "deploy", "web", "--json"])).expect("deploy");
+    assert_eq!(app["version"], 2, "{app:#}");
+    wait_until("answers from version 2", Duration::from_secs(15), || {
+        p.get("web.test", "/index.html").1.contains("site v2")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let answers = stream.join().expect("stream thread");
+    assert!(answers.len() > 20, "only {} requests", answers.len());
+    for (code, body) in &answers {
+        assert_eq!(*code, 200, "a request failed during the deploy: {body}");
+    }
+    // Once version 2 answers, only version 2 does.
+    let first_v2 = answers
+        .iter()
+        .position(|(_, b)| b.contains("site v2"))
+        .expect("the stream saw version 2");
+    assert!(
+        answers[first_v2..]
+            .iter()
+            .all(|(_, b)| b.contains("site v2")),
+        "version 1 answered after version 2"
+    );
+    // The old instance drained and stopped.
+    wait_until("one web instance", Duration::from_secs(10), || {
+        p.metric("elton_proxy_instances", "web") == 1
+    });
+}
+
+fn phase8_a_killed_proxy_restarts_clean_and_serves_again(g: &Group, p: &mut ProxyProc) {
     let before = instances_under(&p.dir);
     assert!(!before.is_empty(), "instances are running");
     p.kill_and_restart(g);
@@ -345,7 +403,7 @@ fn phase7_a_killed_proxy_restarts_clean_and_serves_again(g: &Group, p: &mut Prox
     );
     let (code, body) = p.get("web.test", "/index.html");
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("hello from site v1"), "{body}");
+    assert!(body.contains("hello from site v2"), "{body}");
     assert_eq!(
         p.metric("elton_proxy_starts_total", "web"),
         1,

@@ -67,14 +67,33 @@ pub struct Settings {
     pub refresh: Duration,
 }
 
+/// A started instance, the configuration generation (`App::updated`) it
+/// runs, and a count of the requests forwarded to it (each holds a clone
+/// of `users` until its answer's head arrives).
+struct Slot {
+    instance: Box<dyn Instance>,
+    generation: u64,
+    users: Arc<()>,
+}
+
+impl Slot {
+    fn in_flight(&self) -> usize {
+        Arc::strong_count(&self.users) - 1
+    }
+}
+
 /// One app's instance on this host and the requests waiting for it.
 struct Run {
     phase: Phase,
-    instance: Option<Box<dyn Instance>>,
-    /// The configuration generation (`App::updated`) the instance runs.
-    generation: u64,
+    instance: Option<Slot>,
+    /// A newer generation's instance is starting to replace `instance`.
+    replacing: bool,
+    /// A generation whose replacement failed: not tried again until the
+    /// app changes or the instance stops.
+    replace_failed: Option<u64>,
+    /// Replaced instances, stopped once nothing is in flight on them.
+    draining: Vec<Slot>,
     waiting: usize,
-    in_flight: usize,
     last_request: Instant,
     /// Numbers the starts; a waiter knows whether a failure is its start's.
     start_seq: u64,
@@ -177,8 +196,12 @@ impl Proxy {
             .cloned()
             .collect();
         for r in runs {
-            if let Some(mut i) = r.lock().instance.take() {
-                i.stop();
+            let mut run = r.lock();
+            if let Some(mut slot) = run.instance.take() {
+                slot.instance.stop();
+            }
+            for mut slot in run.draining.drain(..) {
+                slot.instance.stop();
             }
         }
         self.runtime.shutdown();
@@ -237,13 +260,21 @@ impl Proxy {
                     (Duration::from_millis(a.spec.idle_ms), a.spec.min)
                 });
                 let mut run = r.lock();
+                run.draining.retain_mut(|slot| {
+                    if slot.in_flight() > 0 {
+                        return true;
+                    }
+                    slot.instance.stop();
+                    tracing::info!(app = %name, "replaced instance stopped");
+                    false
+                });
                 let idle_now = run.phase == Phase::Ready
-                    && run.in_flight == 0
+                    && run.instance.as_ref().is_some_and(|s| s.in_flight() == 0)
                     && min == 0
                     && run.last_request.elapsed() >= idle;
                 if idle_now {
-                    if let Some(mut i) = run.instance.take() {
-                        i.stop();
+                    if let Some(mut slot) = run.instance.take() {
+                        slot.instance.stop();
                     }
                     run.phase = Phase::Stopped;
                     drop(run);
@@ -327,9 +358,10 @@ impl Proxy {
                     run: Mutex::new(Run {
                         phase: Phase::Stopped,
                         instance: None,
-                        generation: 0,
+                        replacing: false,
+                        replace_failed: None,
+                        draining: Vec::new(),
                         waiting: 0,
-                        in_flight: 0,
                         last_request: Instant::now(),
                         start_seq: 0,
                         failure: None,
@@ -347,7 +379,7 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
         let r = self.run_of(&app.spec.name);
-        let addr = self.ready_addr(app, &r).await?;
+        let (addr, _user) = self.ready_addr(app, &r).await?;
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -358,18 +390,18 @@ impl Proxy {
             .parse()
             .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad path {pq:?}: {e}")))?;
         let result = self.client.request(Request::from_parts(parts, body)).await;
-        {
-            let mut run = r.lock();
-            run.in_flight = run.in_flight.saturating_sub(1);
-            run.last_request = Instant::now();
-        }
+        r.lock().last_request = Instant::now();
         match result {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) => {
                 // A dead instance is forgotten, so the next request starts
                 // a new one.
                 let mut run = r.lock();
-                let died = run.instance.as_mut().and_then(|i| i.exited());
+                let died = run
+                    .instance
+                    .as_mut()
+                    .filter(|s| s.instance.addr() == addr)
+                    .and_then(|s| s.instance.exited());
                 if let Some(why) = &died {
                     run.instance = None;
                     run.phase = Phase::Stopped;
@@ -388,13 +420,15 @@ impl Proxy {
         }
     }
 
-    /// The address of a ready instance, starting one if needed and
-    /// waiting (in the bounded queue) for it to listen.
+    /// The address of a ready instance (and a hold on it while the request
+    /// is forwarded), starting one if needed and waiting (in the bounded
+    /// queue) for it to listen. An instance of an older configuration
+    /// keeps serving while its replacement starts.
     async fn ready_addr(
         self: &Arc<Self>,
         app: &App,
         r: &Arc<AppRun>,
-    ) -> Result<SocketAddr, Refusal> {
+    ) -> Result<(SocketAddr, Arc<()>), Refusal> {
         let deadline = tokio::time::Instant::now() + self.settings.ready_timeout + WAIT_GRACE;
         let mut rx = r.changed.subscribe();
         let mut mine: Option<u64> = None;
@@ -411,10 +445,23 @@ impl Proxy {
                 let waiting = run.waiting - usize::from(queued);
                 match admission::admit(&run.phase, waiting, self.settings.queue) {
                     Admit::Forward => {
-                        if let Some(addr) = run.instance.as_ref().map(|i| i.addr()) {
-                            run.in_flight += 1;
+                        let Run {
+                            instance,
+                            replacing,
+                            replace_failed,
+                            ..
+                        } = &mut *run;
+                        if let Some(slot) = instance {
+                            let stale = slot.generation < app.updated
+                                && !*replacing
+                                && *replace_failed != Some(app.updated);
+                            if stale {
+                                *replacing = true;
+                                self.clone().spawn_replace(app.clone(), r.clone());
+                            }
+                            let hold = (slot.instance.addr(), slot.users.clone());
                             run.last_request = Instant::now();
-                            break Ok(addr);
+                            break Ok(hold);
                         }
                         run.phase = Phase::Stopped;
                         continue;
@@ -481,8 +528,12 @@ impl Proxy {
             match outcome {
                 Ok(instance) => {
                     tracing::info!(app = %name, addr = %instance.addr(), "instance ready");
-                    run.instance = Some(instance);
-                    run.generation = app.updated;
+                    run.instance = Some(Slot {
+                        instance,
+                        generation: app.updated,
+                        users: Arc::new(()),
+                    });
+                    run.replace_failed = None;
                     run.phase = Phase::Ready;
                     run.last_request = Instant::now();
                 }
@@ -497,13 +548,62 @@ impl Proxy {
         });
     }
 
+    /// Starts an instance of the app's newer configuration beside the
+    /// serving one; once it listens it takes the requests and the old one
+    /// drains (stopped by the idle loop when nothing is in flight on it).
+    /// If it fails, the old one keeps serving.
+    fn spawn_replace(self: Arc<Self>, app: App, r: Arc<AppRun>) {
+        tokio::spawn(async move {
+            let name = app.spec.name.clone();
+            let deadline = tokio::time::Instant::now() + self.settings.ready_timeout;
+            let outcome = match self.runtime.start(&app.spec).await {
+                Ok(instance) => wait_ready(instance, deadline, self.settings.ready_timeout).await,
+                Err(e) => Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("it could not start: {e:#}"),
+                )),
+            };
+            self.metrics.start(&name, outcome.is_ok());
+            let mut run = r.lock();
+            run.replacing = false;
+            match outcome {
+                Ok(instance) if run.phase == Phase::Ready => {
+                    tracing::info!(app = %name, generation = app.updated, "instance replaced");
+                    let new = Slot {
+                        instance,
+                        generation: app.updated,
+                        users: Arc::new(()),
+                    };
+                    if let Some(old) = run.instance.replace(new) {
+                        run.draining.push(old);
+                    }
+                }
+                // Stopped meanwhile (idle): the next start is of the new
+                // configuration anyway.
+                Ok(mut instance) => instance.stop(),
+                Err((_, why)) => {
+                    tracing::warn!(app = %name, "replacement failed, the old instance serves on: {why}");
+                    run.replace_failed = Some(app.updated);
+                }
+            }
+            drop(run);
+            r.bump();
+        });
+    }
+
     fn render_metrics(&self) -> String {
         let running: BTreeMap<String, usize> = self
             .runs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(k, v)| (k.clone(), usize::from(v.lock().instance.is_some())))
+            .map(|(k, v)| {
+                let run = v.lock();
+                (
+                    k.clone(),
+                    usize::from(run.instance.is_some()) + run.draining.len(),
+                )
+            })
             .collect();
         self.metrics.render(&running)
     }
