@@ -195,8 +195,9 @@ fn fastcontainer_proxy() {
     phase4_an_app_that_exits_at_once_is_502_naming_its_reason(&p);
     phase5_a_port_never_opened_is_504_and_a_full_queue_503(&p);
     phase6_a_new_app_is_served_without_restarting_the_proxy(&g, &p);
-    phase7_a_deploy_during_a_request_stream_fails_no_request(&g, &p);
-    phase8_a_killed_proxy_restarts_clean_and_serves_again(&g, &mut p);
+    phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(&g, &p);
+    phase8_a_deploy_during_a_request_stream_fails_no_request(&g, &p);
+    phase9_a_killed_proxy_restarts_clean_and_serves_again(&g, &mut p);
 }
 
 fn phase1_an_unknown_host_is_404_and_metrics_are_served(p: &ProxyProc) {
@@ -337,7 +338,75 @@ fn phase6_a_new_app_is_served_without_restarting_the_proxy(g: &Group, p: &ProxyP
     assert_eq!(mounts, 1);
 }
 
-fn phase7_a_deploy_during_a_request_stream_fails_no_request(g: &Group, p: &ProxyProc) {
+/// The cgroup v1 directory of `pid` for `controller`.
+fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _ = f.next();
+            let ctrls = f.next()?;
+            let path = f.next()?;
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .expect("controller mounted");
+    PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+}
+
+fn phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(g: &Group, p: &ProxyProc) {
+    if !Path::new("/sys/fs/cgroup/cpu").exists() {
+        panic!("this test needs cgroup v1 with the cpu controller at /sys/fs/cgroup/cpu");
+    }
+    let before = instances_under(&p.dir);
+    create(
+        g,
+        "capped",
+        "capped.test",
+        "exec busybox httpd -f -p 127.0.0.1:$PORT -h .",
+        &["--cpu", "20%", "--memory", "64M"],
+    );
+    let (code, body) = p.get("capped.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    let pid = instances_under(&p.dir)
+        .into_iter()
+        .find(|pid| !before.contains(pid))
+        .expect("the capped instance");
+    let cpu = cgroup_dir(pid, "cpu");
+    assert!(
+        cpu.to_string_lossy().contains("/elton-proxy-"),
+        "not in the proxy's groups: {}",
+        cpu.display()
+    );
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p)
+            .expect("cgroup file")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "20000");
+    assert_eq!(
+        read(cgroup_dir(pid, "memory").join("memory.limit_in_bytes")),
+        (64u64 << 20).to_string()
+    );
+    // Removed with the app: its idle instance stops and the group goes.
+    g.ok(1, &["app", "rm", "capped"]);
+    wait_until(
+        "the capped instance stopped",
+        Duration::from_secs(10),
+        || !instances_under(&p.dir).contains(&pid),
+    );
+    wait_until("its group removed", Duration::from_secs(5), || {
+        !cpu.exists()
+    });
+}
+
+fn phase8_a_deploy_during_a_request_stream_fails_no_request(g: &Group, p: &ProxyProc) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
@@ -391,7 +460,7 @@ fn phase7_a_deploy_during_a_request_stream_fails_no_request(g: &Group, p: &Proxy
     });
 }
 
-fn phase8_a_killed_proxy_restarts_clean_and_serves_again(g: &Group, p: &mut ProxyProc) {
+fn phase9_a_killed_proxy_restarts_clean_and_serves_again(g: &Group, p: &mut ProxyProc) {
     let before = instances_under(&p.dir);
     assert!(!before.is_empty(), "instances are running");
     p.kill_and_restart(g);

@@ -10,12 +10,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use elton_control::apps::AppSpec;
 use tokio::process::{Child, Command};
 
+use elton_control::drcond::Resources;
+use elton_control::drcond::host::CgroupHost;
+use elton_control::drcond::plan::Step;
+
 use crate::fs::daemon::Detached;
+
+/// drcond's cgroup mechanism, shared by the instances of one runtime.
+type Cgroups = Arc<std::sync::Mutex<CgroupHost>>;
 
 /// A started instance: where it listens, and how to tell whether it died.
 pub trait Instance: Send + Sync {
@@ -46,6 +55,10 @@ pub struct ProcessRuntime {
     token: Option<String>,
     /// Mounted volume versions, by `volume@version`.
     mounts: tokio::sync::Mutex<HashMap<String, PathBuf>>,
+    /// Where instances get their app's CPU and memory limits; `None`
+    /// where cgroups are not available (an app with limits is then
+    /// refused rather than run unlimited).
+    cgroups: Result<Cgroups, String>,
 }
 
 impl ProcessRuntime {
@@ -56,6 +69,8 @@ impl ProcessRuntime {
             slave_data: slave_data.to_path_buf(),
             token,
             mounts: tokio::sync::Mutex::new(HashMap::new()),
+            // Groups at `<own cgroup>/elton-proxy-<tag of dir>/<port>`.
+            cgroups: CgroupHost::open("proxy", dir).map(|h| Arc::new(std::sync::Mutex::new(h))),
         }
     }
 
@@ -134,6 +149,16 @@ impl Runtime for ProcessRuntime {
                     app.name
                 )
             })?;
+            let limited = app.cpu_percent.is_some() || app.memory_bytes.is_some();
+            let cgroups = match (&self.cgroups, limited) {
+                (_, false) => None,
+                (Ok(c), true) => Some(c.clone()),
+                (Err(e), true) => {
+                    return Err(anyhow!(
+                        "it has CPU or memory limits, and this host cannot apply them: {e}"
+                    ));
+                }
+            };
             let cwd = self.mount(&app.volume, app.version).await?;
             let port = free_port()?;
             let logs = self.dir.join("logs");
@@ -160,11 +185,33 @@ impl Runtime for ProcessRuntime {
                 .spawn()
                 .with_context(|| format!("starting app {:?}", app.name))?;
             tracing::info!(app = %app.name, port, pid = child.id(), "instance started");
-            Ok(Box::new(ProcessInstance {
+            let mut instance = ProcessInstance {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 log: log_path,
-            }) as Box<dyn Instance>)
+                group: None,
+            };
+            if let Some(cg) = cgroups {
+                let resources = Resources {
+                    cpu_percent: app.cpu_percent,
+                    memory_bytes: app.memory_bytes,
+                    ..Resources::default()
+                };
+                // Its group is named by its port: unique on this host
+                // while it runs.
+                let id = u64::from(port);
+                let pid = instance.child.id().and_then(|p| i32::try_from(p).ok());
+                let applied = tokio::task::spawn_blocking({
+                    let cg = cg.clone();
+                    move || limit(&cg, id, pid, &resources)
+                })
+                .await
+                .map_err(|e| anyhow!("limiting the instance: {e}"))?;
+                instance.group = Some((cg, id));
+                // On error the instance is dropped: stopped, group removed.
+                applied.map_err(|e| anyhow!("limiting the instance: {e}"))?;
+            }
+            Ok(Box::new(instance) as Box<dyn Instance>)
         })
     }
 
@@ -183,6 +230,22 @@ struct ProcessInstance {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
+    /// Its cgroup, if its app has limits: removed when it stops.
+    group: Option<(Cgroups, u64)>,
+}
+
+/// Makes group `id` with `resources` and moves `pid` into it (drcond's
+/// steps). The instance was started just before, so a child its command
+/// forked in that instant stays outside; `sh -c 'exec CMD'` forks none.
+fn limit(cg: &Cgroups, id: u64, pid: Option<i32>, r: &Resources) -> Result<(), String> {
+    let pid = pid.ok_or("the instance has already exited")?;
+    let mut h = cg.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    h.run(&Step::Create { id })?;
+    h.run(&Step::Set {
+        id,
+        resources: r.clone(),
+    })?;
+    h.run(&Step::Move { pid, id })
 }
 
 impl Instance for ProcessInstance {
@@ -211,6 +274,21 @@ impl Instance for ProcessInstance {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
         let _ = self.child.start_kill();
+        if let Some((cg, id)) = self.group.take() {
+            // The group can go once its processes are gone (killed just
+            // above; reaped by the kernel within milliseconds).
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let mut h = cg.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if h.members(id).is_empty() && h.run(&Step::Remove { id }).is_ok() {
+                        return;
+                    }
+                    drop(h);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                tracing::warn!("cgroup {id} of a stopped instance could not be removed");
+            });
+        }
     }
 }
 
