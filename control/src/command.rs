@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apps::{App, AppPatch, AppSpec};
 use crate::drcond::LimitSpec;
 use crate::error::ControlError;
 use crate::k2i::ProcQuery;
@@ -108,6 +109,14 @@ pub enum Command {
     /// the leader's batcher ([`crate::batch`]), never accepted from a
     /// client; answered with [`Response::Batch`].
     Batch { requests: Vec<Request> },
+    /// FastContainer: adds an app to the configuration DB.
+    AppCreate { spec: AppSpec },
+    /// FastContainer: changes an app (a deploy is a new `version`).
+    AppSet { name: String, patch: AppPatch },
+    /// FastContainer: removes an app.
+    AppRemove { name: String },
+    /// FastContainer: the apps, read through the log (linearizable).
+    Apps,
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -184,6 +193,12 @@ pub enum Response {
     Limits { limits: Vec<crate::drcond::Limit> },
     /// A [`Command::Batch`]'s answers, one per request, in order.
     Batch { responses: Vec<Response> },
+    /// An app as created or changed.
+    App { app: App },
+    /// The apps, by name.
+    Apps { apps: Vec<App> },
+    /// An app was removed.
+    AppRemoved { name: String },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -286,12 +301,20 @@ impl Request {
             Command::Limit { spec, .. } => spec
                 .validate()
                 .map_err(|e| ControlError::BadCommand(format!("limit: {e}"))),
-            Command::Release { .. } | Command::Limits => Ok(()),
             Command::Batch { .. } => bad(
                 "a batch is formed by the leader from single commands; send one command per \
                  request"
                     .into(),
             ),
+            Command::Release { .. } | Command::Limits | Command::Apps => Ok(()),
+            Command::AppCreate { spec } => spec
+                .validate()
+                .map_err(|e| ControlError::BadCommand(format!("app: {e}"))),
+            Command::AppSet { name, patch } => crate::apps::spec::check_name(name)
+                .and_then(|()| patch.validate())
+                .map_err(|e| ControlError::BadCommand(format!("app {name:?}: {e}"))),
+            Command::AppRemove { name } => crate::apps::spec::check_name(name)
+                .map_err(|e| ControlError::BadCommand(format!("app: {e}"))),
             Command::Report { result, .. } => match result {
                 NodeResult::Ok { output } => {
                     let len = output.to_string().len();

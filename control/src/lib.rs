@@ -30,6 +30,7 @@
 //! ```
 
 pub mod batch;
+pub mod apps;
 pub mod command;
 pub mod direct;
 pub mod drcond;

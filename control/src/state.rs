@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
+use crate::apps::{self, App};
 use crate::command::{Command, NodeResult, Request, Response};
 use crate::drcond::{Limit, LimitSpec};
 use crate::execution::{self, Execution};
@@ -42,6 +43,8 @@ pub struct Changes {
     pub executions: BTreeSet<u64>,
     /// Limits set or released.
     pub limits: BTreeSet<u64>,
+    /// Apps created, changed or removed.
+    pub apps: BTreeSet<String>,
 }
 
 /// Everything the group agreed on, as of `last_applied`.
@@ -57,6 +60,10 @@ pub struct State {
     /// before drcond (read as none).
     #[serde(default)]
     pub limits: BTreeMap<u64, Limit>,
+    /// FastContainer's configuration DB, by app name. Absent in snapshots
+    /// of builds before FastContainer (read as none).
+    #[serde(default)]
+    pub apps: BTreeMap<String, App>,
     /// Client requests applied with effect (not counting retries answered
     /// from the dedup table); lets tests check exactly-once application.
     pub applied_requests: u64,
@@ -89,6 +96,9 @@ impl State {
             // the digest of builds before drcond.
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             limits: &'a BTreeMap<u64, Limit>,
+            // Likewise for builds before FastContainer.
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            apps: &'a BTreeMap<String, App>,
         }
         let bytes = serde_json::to_vec(&Content {
             membership: &self.membership,
@@ -97,6 +107,7 @@ impl State {
             executions: &self.executions,
             applied_requests: self.applied_requests,
             limits: &self.limits,
+            apps: &self.apps,
         })
         .unwrap_or_default();
         blake3::hash(&bytes).to_hex().to_string()
@@ -262,6 +273,35 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
             state.changes.limits.insert(*id);
             Response::Released { id: *id }
         }
+        Command::AppCreate { spec } => match apps::config::create(&state.apps, spec, index) {
+            Ok(app) => {
+                state.apps.insert(app.spec.name.clone(), app.clone());
+                state.changes.apps.insert(app.spec.name.clone());
+                Response::App { app }
+            }
+            Err(reason) => Response::Rejected { reason },
+        },
+        Command::AppSet { name, patch } => {
+            match apps::config::update(&state.apps, name, patch, index) {
+                Ok(app) => {
+                    state.apps.insert(name.clone(), app.clone());
+                    state.changes.apps.insert(name.clone());
+                    Response::App { app }
+                }
+                Err(reason) => Response::Rejected { reason },
+            }
+        }
+        Command::AppRemove { name } => match apps::config::remove(&state.apps, name) {
+            Ok(()) => {
+                state.apps.remove(name);
+                state.changes.apps.insert(name.clone());
+                Response::AppRemoved { name: name.clone() }
+            }
+            Err(reason) => Response::Rejected { reason },
+        },
+        Command::Apps => Response::Apps {
+            apps: state.apps.values().cloned().collect(),
+        },
     }
 }
 

@@ -281,3 +281,69 @@ async fn limits_survive_a_restart_and_a_snapshot() -> Result<(), Box<dyn std::er
     assert_eq!(fresh.reader().limits(), sm.reader().limits());
     Ok(())
 }
+
+#[tokio::test]
+async fn apps_survive_a_restart_and_a_snapshot() -> Result<(), Box<dyn std::error::Error>> {
+    use elton_control::apps::{AppPatch, AppSpec};
+    let dir = TempDir::new()?;
+    let path = dir.path().join("control.redb");
+    let req = |index: u64, command: Command| Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Request::new(
+            RequestId {
+                client: "c".into(),
+                seq: index,
+            },
+            command,
+        )),
+    };
+    let spec = |name: &str, host: &str| {
+        let mut s = AppSpec::new(name, host, "site", 1);
+        s.cmd = Some("serve".into());
+        s
+    };
+    let snapshot = {
+        let (_log, mut sm) = open_store(&path)?;
+        sm.apply([
+            membership(1),
+            req(
+                2,
+                Command::AppCreate {
+                    spec: spec("web", "a.test"),
+                },
+            ),
+            req(
+                3,
+                Command::AppCreate {
+                    spec: spec("api", "b.test"),
+                },
+            ),
+            req(
+                4,
+                Command::AppSet {
+                    name: "web".into(),
+                    patch: AppPatch {
+                        version: Some(7),
+                        ..AppPatch::default()
+                    },
+                },
+            ),
+            req(5, Command::AppRemove { name: "api".into() }),
+        ])
+        .await?;
+        sm.get_snapshot_builder().await.build_snapshot().await?
+    };
+    let (_log, sm) = open_store(&path)?;
+    let apps = sm.reader().apps();
+    assert_eq!(apps.keys().collect::<Vec<_>>(), ["web"], "after a restart");
+    assert_eq!(apps["web"].spec.version, 7);
+    assert_eq!((apps["web"].created, apps["web"].updated), (2, 4));
+    let other = dir.path().join("other.redb");
+    let (_log, mut fresh) = open_store(&other)?;
+    fresh
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await?;
+    assert_eq!(fresh.reader().apps(), apps);
+    assert_eq!(fresh.reader().digest(), sm.reader().digest());
+    Ok(())
+}

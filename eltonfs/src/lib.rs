@@ -5,6 +5,7 @@
 //! - [`cli`]: argument parsing and one module per group of subcommands.
 //! - [`fs`]: Eltonfs, a volume mounted as an overlay filesystem.
 //! - [`docker`]: the Docker volume plugin.
+//! - [`proxy`]: FastContainer's HTTP proxy (`elton proxy`).
 //! - [`spec`]: `volume@version:path` arguments.
 //! - [`update`]: `elton update`, the three-way merge onto the head.
 //! - [`walk`]: turning a local directory into manifests and objects.
@@ -13,6 +14,7 @@ pub use elton_proto::chunking;
 pub mod cli;
 pub mod docker;
 pub mod fs;
+pub mod proxy;
 pub mod spec;
 pub mod update;
 pub mod walk;

@@ -143,4 +143,27 @@ fn a_client_cannot_send_a_batch_but_the_log_reads_one() {
     // As a log entry (not through `decode`) it round-trips.
     let read: Request = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(read, batch);
+fn app_commands_decode_in_the_documented_form_and_bad_values_are_refused() {
+    let create = br#"{"v":1,"id":{"client":"c","seq":1},"command":{"kind":"app_create","spec":{
+        "name":"web","host_name":"example.test","volume":"site","version":3,
+        "cmd":"./serve","port_env":"PORT","idle_ms":60000,"min":0,"max":4,
+        "cpu_percent":30,"scale_at_percent":80,"cooldown_ms":30000}}}"#;
+    let r = Request::decode(create).expect("documented form");
+    assert!(matches!(r.command, Command::AppCreate { spec } if spec.cpu_percent == Some(30)));
+    let set = br#"{"v":1,"id":{"client":"c","seq":2},"command":{"kind":"app_set","name":"web",
+        "patch":{"version":4,"unset":["cpu"]}}}"#;
+    Request::decode(set).expect("documented form");
+    let rm = br#"{"v":1,"id":{"client":"c","seq":3},"command":{"kind":"app_remove","name":"web"}}"#;
+    Request::decode(rm).expect("documented form");
+
+    let bad_max = String::from_utf8_lossy(create).replace(r#""max":4"#, r#""max":0"#);
+    assert!(matches!(decode_err(&bad_max), ControlError::BadCommand(m) if m.contains("max 0")));
+    let empty = r#"{"v":1,"id":{"client":"c","seq":2},"command":{"kind":"app_set","name":"web",
+        "patch":{}}}"#;
+    assert!(matches!(decode_err(empty), ControlError::BadCommand(m) if m.contains("nothing")));
+    let bad_name = r#"{"v":1,"id":{"client":"c","seq":3},"command":{"kind":"app_remove",
+        "name":"Web"}}"#;
+    assert!(matches!(decode_err(bad_name), ControlError::BadCommand(m) if m.contains("app name")));
+    let unknown = String::from_utf8_lossy(create).replace(r#""min":0"#, r#""mini":0"#);
+    assert!(matches!(decode_err(&unknown), ControlError::BadCommand(_)));
 }

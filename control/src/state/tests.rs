@@ -498,4 +498,86 @@ fn entry_bound_and_nested_commands_in_a_batch_are_rejected_without_effect() {
     );
     assert_eq!(s.digest(), before);
     assert!(s.executions.is_empty());
+fn app_spec(name: &str, host: &str) -> crate::apps::AppSpec {
+    let mut s = crate::apps::AppSpec::new(name, host, "site", 1);
+    s.cmd = Some("serve".into());
+    s
+}
+
+#[test]
+fn apps_are_created_changed_and_removed_and_conflicts_change_nothing() {
+    let mut log = Log::new();
+    let mut s = State::default();
+    let create = Command::AppCreate {
+        spec: app_spec("web", "a.test"),
+    };
+    let Response::App { app } = apply(&mut s, &log.req("c", 1, create)) else {
+        panic!("not created");
+    };
+    assert_eq!((app.created, app.updated), (1, 1));
+    assert_eq!(s.take_changes().apps, BTreeSet::from(["web".to_string()]));
+
+    // Same host name for another app: rejected, nothing written.
+    let digest = s.digest();
+    let clash = Command::AppCreate {
+        spec: app_spec("api", "a.test"),
+    };
+    assert!(matches!(
+        apply(&mut s, &log.req("c", 2, clash)),
+        Response::Rejected { reason } if reason.contains("already app")
+    ));
+    assert!(s.take_changes().apps.is_empty());
+    assert_eq!(s.apps.len(), 1);
+    assert_ne!(
+        digest,
+        s.digest(),
+        "the session's answer is part of the state"
+    );
+
+    let deploy = Command::AppSet {
+        name: "web".into(),
+        patch: crate::apps::AppPatch {
+            version: Some(2),
+            ..Default::default()
+        },
+    };
+    let Response::App { app } = apply(&mut s, &log.req("c", 3, deploy)) else {
+        panic!("not changed");
+    };
+    assert_eq!((app.created, app.updated, app.spec.version), (1, 3, 2));
+    assert!(matches!(
+        apply(&mut s, &log.req("c", 4, Command::Apps)),
+        Response::Apps { apps } if apps.len() == 1 && apps[0].spec.version == 2
+    ));
+
+    let rm = Command::AppRemove { name: "web".into() };
+    assert!(matches!(
+        apply(&mut s, &log.req("c", 5, rm.clone())),
+        Response::AppRemoved { name } if name == "web"
+    ));
+    assert!(s.apps.is_empty());
+    assert!(matches!(
+        apply(&mut s, &log.req("c", 6, rm)),
+        Response::Rejected { reason } if reason.contains("no app")
+    ));
+}
+
+#[test]
+fn a_state_without_apps_keeps_its_digest() {
+    // Builds before FastContainer computed the digest without an apps
+    // field; an empty configuration DB must not change it.
+    let s = State::default();
+    let before = s.digest();
+    let mut with = s.clone();
+    with.apps.insert(
+        "web".into(),
+        crate::apps::App {
+            spec: app_spec("web", "a.test"),
+            created: 1,
+            updated: 1,
+        },
+    );
+    assert_ne!(before, with.digest());
+    with.apps.clear();
+    assert_eq!(before, with.digest());
 }

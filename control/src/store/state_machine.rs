@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::blocking;
 use super::log_store::{decode, encode};
+use crate::apps::App;
 use crate::drcond::Limit;
 use crate::error::ControlError;
 use crate::execution::Execution;
@@ -45,6 +46,8 @@ const SM_RESPONSES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::n
 const SM_EXECUTIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_executions");
 /// `sm_limits`: limit id → JSON `Limit` (drcond).
 const SM_LIMITS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_limits");
+/// `sm_apps`: app name → JSON `App` (FastContainer's configuration DB).
+const SM_APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_apps");
 /// `snapshot`: "meta" → JSON `SnapshotMeta`, "data" → snapshot bytes.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -65,6 +68,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), ControlError> 
     txn.open_table(SM_RESPONSES)?;
     txn.open_table(SM_EXECUTIONS)?;
     txn.open_table(SM_LIMITS)?;
+    txn.open_table(SM_APPS)?;
     txn.open_table(SNAPSHOT)?;
     Ok(())
 }
@@ -145,6 +149,7 @@ impl StateMachineStore {
         txn.delete_table(SM_RESPONSES)?;
         txn.delete_table(SM_EXECUTIONS)?;
         txn.delete_table(SM_LIMITS)?;
+        txn.delete_table(SM_APPS)?;
         create_tables(&txn)?;
         write_all(&txn, &incoming)?;
         save_snapshot(&txn, &meta, &bytes)?;
@@ -266,6 +271,13 @@ fn write_changes(
             None => limits.remove(id)?,
         };
     }
+    let mut apps = txn.open_table(SM_APPS)?;
+    for name in &changes.apps {
+        match state.apps.get(name) {
+            Some(a) => apps.insert(name.as_str(), encode(a)?.as_slice())?,
+            None => apps.remove(name.as_str())?,
+        };
+    }
     Ok(())
 }
 
@@ -291,6 +303,10 @@ fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> 
     let mut limits = txn.open_table(SM_LIMITS)?;
     for (id, l) in &state.limits {
         limits.insert(id, encode(l)?.as_slice())?;
+    }
+    let mut apps = txn.open_table(SM_APPS)?;
+    for (name, a) in &state.apps {
+        apps.insert(name.as_str(), encode(a)?.as_slice())?;
     }
     Ok(())
 }
@@ -348,6 +364,18 @@ fn load_state(db: &Database) -> Result<State, ControlError> {
                 let (k, v) = item?;
                 let l: Limit = decode("limit", v.value())?;
                 state.limits.insert(k.value(), l);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Likewise before FastContainer: no apps.
+    match txn.open_table(SM_APPS) {
+        Ok(table) => {
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let a: App = decode("app", v.value())?;
+                state.apps.insert(k.value().to_string(), a);
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}

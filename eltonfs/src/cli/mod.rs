@@ -1,6 +1,7 @@
 //! The `elton` command line. `main` parses arguments and dispatches; each
 //! module holds one group of subcommands.
 
+mod app;
 mod client;
 mod control;
 mod docker;
@@ -13,6 +14,7 @@ mod limit;
 mod metadata;
 mod mounts;
 mod nodes;
+mod proxy;
 mod ps;
 mod scrub;
 mod servers;
@@ -155,6 +157,13 @@ pub enum Command {
     /// The cluster's nodes: `ls`, `rm` (decommission; admin).
     #[command(subcommand)]
     Node(nodes::NodeCommand),
+    /// FastContainer apps: web apps run from a volume, started by their
+    /// first request (create, ls, show, set, deploy, rm).
+    #[command(subcommand)]
+    App(app::AppCommand),
+    /// FastContainer's HTTP proxy on this host: routes by Host, starts
+    /// apps on their first request, stops them when idle.
+    Proxy(proxy::ProxyArgs),
     /// Show who the master takes you for.
     Whoami {
         /// Print JSON instead of text.
@@ -363,5 +372,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control(c) => control::control(&ep, c).await,
         Command::Ps(a) => ps::ps(&ep, a).await,
         Command::Limit(a) => limit::limit(&ep, a).await,
+        Command::App(c) => app::app(&ep, c).await,
+        Command::Proxy(a) => proxy::proxy(&ep, a).await,
     }
 }

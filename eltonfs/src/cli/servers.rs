@@ -239,7 +239,7 @@ pub struct UpArgs {
     pub scrub_rate: u64,
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = async {
         match signal(SignalKind::terminate()) {

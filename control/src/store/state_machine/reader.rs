@@ -95,6 +95,11 @@ impl StateReader {
         self.read().limits.clone()
     }
 
+    /// FastContainer's apps, by name.
+    pub fn apps(&self) -> std::collections::BTreeMap<String, crate::apps::App> {
+        self.read().apps.clone()
+    }
+
     /// Client requests applied with effect (retries excluded).
     pub fn applied_requests(&self) -> u64 {
         self.read().applied_requests

@@ -1,0 +1,19 @@
+//! FastContainer: web applications that start on their first request and
+//! run from Elton volumes (DESIGN.md §6, `docs/architecture.md`
+//! "FastContainer").
+//!
+//! What is built so far is the configuration DB in the replicated state:
+//! [`spec`] is what an app is and how each field is checked, [`parse`]
+//! reads the CLI's notations (`web@3`, `30%`), [`config`] is the pure
+//! logic that creates, changes and removes apps against the apps already
+//! there (unique names and host names), [`scale`] is the pure scaling
+//! rule (scale out, scale up, cooldown; not wired yet). `state::apply`
+//! calls [`config`]; nothing here does IO. The proxy that runs apps is
+//! `eltonfs/src/proxy/`.
+
+pub mod config;
+pub mod parse;
+pub mod scale;
+pub mod spec;
+
+pub use spec::{App, AppPatch, AppSpec};

@@ -1,0 +1,324 @@
+//! Instances of an app on this host, behind one trait so a Docker
+//! implementation can sit beside the process one. A process instance runs
+//! the app's command with `sh -c` in an Eltonfs mount of the app's volume
+//! at its version (one mount per volume version on this host, shared by
+//! every instance of it), with the port in its environment.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use elton_control::apps::AppSpec;
+use tokio::process::{Child, Command};
+
+use elton_control::drcond::Resources;
+use elton_control::drcond::host::CgroupHost;
+use elton_control::drcond::plan::Step;
+
+use crate::fs::daemon::Detached;
+
+/// drcond's cgroup mechanism, shared by the instances of one runtime.
+type Cgroups = Arc<std::sync::Mutex<CgroupHost>>;
+
+/// A started instance: where it listens, and how to tell whether it died.
+pub trait Instance: Send + Sync {
+    fn addr(&self) -> SocketAddr;
+    /// `Some(reason)` once the instance has exited (its exit status and the
+    /// last lines of its output).
+    fn exited(&mut self) -> Option<String>;
+    /// Stops it (and everything it started).
+    fn stop(&mut self);
+}
+
+pub type StartFuture<'a> = Pin<Box<dyn Future<Output = Result<Box<dyn Instance>>> + Send + 'a>>;
+
+/// Starts instances of apps.
+pub trait Runtime: Send + Sync {
+    /// Starts one instance of `app`; it may not listen yet.
+    fn start<'a>(&'a self, app: &'a AppSpec) -> StartFuture<'a>;
+    /// Releases what the runtime holds (mounts) when the proxy stops.
+    fn shutdown(&self);
+}
+
+/// Where a process runtime keeps its mounts and logs, and what a mount
+/// needs.
+pub struct ProcessRuntime {
+    dir: PathBuf,
+    slave_url: String,
+    slave_data: PathBuf,
+    token: Option<String>,
+    /// Mounted volume versions, by `volume@version`.
+    mounts: tokio::sync::Mutex<HashMap<String, PathBuf>>,
+    /// Where instances get their app's CPU and memory limits; `None`
+    /// where cgroups are not available (an app with limits is then
+    /// refused rather than run unlimited).
+    cgroups: Result<Cgroups, String>,
+}
+
+impl ProcessRuntime {
+    pub fn new(dir: &Path, slave_url: &str, slave_data: &Path, token: Option<String>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            slave_url: slave_url.into(),
+            slave_data: slave_data.to_path_buf(),
+            token,
+            mounts: tokio::sync::Mutex::new(HashMap::new()),
+            // Groups at `<own cgroup>/elton-proxy-<tag of dir>/<port>`.
+            cgroups: CgroupHost::open("proxy", dir).map(|h| Arc::new(std::sync::Mutex::new(h))),
+        }
+    }
+
+    /// Cleans up after a proxy that was killed: its instances (still
+    /// running in its mounts) are killed and its mounts detached, so this
+    /// run starts from nothing it does not know about.
+    pub fn reap(&self) {
+        let mounts = self.dir.join("mounts");
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in procs.flatten() {
+            let Some(pid) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(&mounts)) {
+                tracing::info!(
+                    pid = pid.as_raw_nonzero().get(),
+                    "stopping a previous run's instance"
+                );
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&mounts) {
+            for e in entries.flatten() {
+                // Not mounted is the usual case: nothing to say.
+                let _ = crate::fs::mount::unmount(&e.path(), true);
+            }
+        }
+    }
+
+    /// The mount of `volume@version`, mounting it on first use. The lock is
+    /// held while mounting, so two apps on one version mount it once.
+    async fn mount(&self, volume: &str, version: u64) -> Result<PathBuf> {
+        let spec = format!("{volume}@{version}");
+        let mut mounts = self.mounts.lock().await;
+        if let Some(p) = mounts.get(&spec) {
+            return Ok(p.clone());
+        }
+        let mountpoint = self.dir.join("mounts").join(&spec);
+        let state_dir = self.dir.join("mount-state").join(&spec);
+        std::fs::create_dir_all(&mountpoint)
+            .with_context(|| format!("creating {}", mountpoint.display()))?;
+        let detached = Detached {
+            spec: spec.clone(),
+            mountpoint: mountpoint.clone(),
+            state_dir,
+            slave_url: self.slave_url.clone(),
+            slave_data: self.slave_data.clone(),
+            token: self.token.clone(),
+            allow_other: false,
+            chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
+            assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
+        };
+        tokio::task::spawn_blocking(move || detached.spawn())
+            .await
+            .map_err(|e| anyhow!("mounting {spec}: {e}"))?
+            .with_context(|| format!("mounting {spec}"))?;
+        tracing::info!(mount = %mountpoint.display(), "mounted {spec} for its apps");
+        mounts.insert(spec, mountpoint.clone());
+        Ok(mountpoint)
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn start<'a>(&'a self, app: &'a AppSpec) -> StartFuture<'a> {
+        Box::pin(async move {
+            let cmd = app.cmd.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "app {:?} has no command; images need the Docker runtime",
+                    app.name
+                )
+            })?;
+            let limited = app.cpu_percent.is_some() || app.memory_bytes.is_some();
+            let cgroups = match (&self.cgroups, limited) {
+                (_, false) => None,
+                (Ok(c), true) => Some(c.clone()),
+                (Err(e), true) => {
+                    return Err(anyhow!(
+                        "it has CPU or memory limits, and this host cannot apply them: {e}"
+                    ));
+                }
+            };
+            let cwd = self.mount(&app.volume, app.version).await?;
+            let port = free_port()?;
+            let logs = self.dir.join("logs");
+            std::fs::create_dir_all(&logs)
+                .with_context(|| format!("creating {}", logs.display()))?;
+            let log_path = logs.join(format!("{}-{port}.log", app.name));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let err = log.try_clone()?;
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(&cwd)
+                .env(&app.port_env, port.to_string())
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                // Its own process group, so stopping it reaches what the
+                // shell started.
+                .process_group(0)
+                .kill_on_drop(true);
+            let child = command
+                .spawn()
+                .with_context(|| format!("starting app {:?}", app.name))?;
+            tracing::info!(app = %app.name, port, pid = child.id(), "instance started");
+            let mut instance = ProcessInstance {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                log: log_path,
+                group: None,
+            };
+            if let Some(cg) = cgroups {
+                let resources = Resources {
+                    cpu_percent: app.cpu_percent,
+                    memory_bytes: app.memory_bytes,
+                    ..Resources::default()
+                };
+                // Its group is named by its port: unique on this host
+                // while it runs.
+                let id = u64::from(port);
+                let pid = instance.child.id().and_then(|p| i32::try_from(p).ok());
+                let applied = tokio::task::spawn_blocking({
+                    let cg = cg.clone();
+                    move || limit(&cg, id, pid, &resources)
+                })
+                .await
+                .map_err(|e| anyhow!("limiting the instance: {e}"))?;
+                instance.group = Some((cg, id));
+                // On error the instance is dropped: stopped, group removed.
+                applied.map_err(|e| anyhow!("limiting the instance: {e}"))?;
+            }
+            Ok(Box::new(instance) as Box<dyn Instance>)
+        })
+    }
+
+    fn shutdown(&self) {
+        if let Ok(mounts) = self.mounts.try_lock() {
+            for p in mounts.values() {
+                if let Err(e) = crate::fs::mount::unmount(p, true) {
+                    tracing::warn!("unmounting {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+struct ProcessInstance {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    /// Its cgroup, if its app has limits: removed when it stops.
+    group: Option<(Cgroups, u64)>,
+}
+
+/// Makes group `id` with `resources` and moves `pid` into it (drcond's
+/// steps). The instance was started just before, so a child its command
+/// forked in that instant stays outside; `sh -c 'exec CMD'` forks none.
+fn limit(cg: &Cgroups, id: u64, pid: Option<i32>, r: &Resources) -> Result<(), String> {
+    let pid = pid.ok_or("the instance has already exited")?;
+    let mut h = cg.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    h.run(&Step::Create { id })?;
+    h.run(&Step::Set {
+        id,
+        resources: r.clone(),
+    })?;
+    h.run(&Step::Move { pid, id })
+}
+
+impl Instance for ProcessInstance {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => return Some(format!("its status cannot be read: {e}")),
+        };
+        let tail = log_tail(&self.log);
+        Some(if tail.is_empty() {
+            format!("it exited ({status}) without output")
+        } else {
+            format!("it exited ({status}): {tail}")
+        })
+    }
+
+    fn stop(&mut self) {
+        let pid = self.child.id().and_then(|p| i32::try_from(p).ok());
+        if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+            // The whole group: the shell and what it started.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+        if let Some((cg, id)) = self.group.take() {
+            // The group can go once its processes are gone (killed just
+            // above; reaped by the kernel within milliseconds).
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let mut h = cg.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if h.members(id).is_empty() && h.run(&Step::Remove { id }).is_ok() {
+                        return;
+                    }
+                    drop(h);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                tracing::warn!("cgroup {id} of a stopped instance could not be removed");
+            });
+        }
+    }
+}
+
+impl Drop for ProcessInstance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last lines of an instance's output, at most 512 bytes: what it
+/// said before it died.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    if tail.len() > 512 {
+        let mut cut = tail.len() - 512;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail[cut..].to_string()
+    } else {
+        tail
+    }
+}
+
+/// A port free now on 127.0.0.1 (the app binds it shortly after; another
+/// process taking it meanwhile shows as a start that never listens).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
