@@ -29,8 +29,8 @@
 //! let resp = raft.client_write(req).await?.data;        // a Response
 //! ```
 
-pub mod batch;
 pub mod apps;
+pub mod batch;
 pub mod command;
 pub mod direct;
 pub mod drcond;

@@ -143,6 +143,9 @@ fn a_client_cannot_send_a_batch_but_the_log_reads_one() {
     // As a log entry (not through `decode`) it round-trips.
     let read: Request = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(read, batch);
+}
+
+#[test]
 fn app_commands_decode_in_the_documented_form_and_bad_values_are_refused() {
     let create = br#"{"v":1,"id":{"client":"c","seq":1},"command":{"kind":"app_create","spec":{
         "name":"web","host_name":"example.test","volume":"site","version":3,

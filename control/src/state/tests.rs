@@ -498,6 +498,8 @@ fn entry_bound_and_nested_commands_in_a_batch_are_rejected_without_effect() {
     );
     assert_eq!(s.digest(), before);
     assert!(s.executions.is_empty());
+}
+
 fn app_spec(name: &str, host: &str) -> crate::apps::AppSpec {
     let mut s = crate::apps::AppSpec::new(name, host, "site", 1);
     s.cmd = Some("serve".into());
