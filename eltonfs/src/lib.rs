@@ -6,6 +6,7 @@
 //! - [`fs`]: Eltonfs, a volume mounted as an overlay filesystem.
 //! - [`docker`]: the Docker volume plugin.
 //! - [`spec`]: `volume@version:path` arguments.
+//! - [`upload`]: batch uploads of many objects to a slave.
 //! - [`walk`]: turning a local directory into manifests and objects.
 
 pub use elton_proto::chunking;
@@ -13,4 +14,5 @@ pub mod cli;
 pub mod docker;
 pub mod fs;
 pub mod spec;
+pub mod upload;
 pub mod walk;

@@ -1,7 +1,7 @@
 //! The `elton` command line. `main` parses arguments and dispatches; each
 //! module holds one group of subcommands.
 
-mod client;
+pub(crate) mod client;
 mod control;
 mod docker;
 mod fsck;
