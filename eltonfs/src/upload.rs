@@ -180,7 +180,12 @@ fn read_item(item: &Item) -> Result<Vec<u8>> {
                 data.len(),
                 item.size
             ),
-            None => bail!("object {} is {} bytes, expected {}", item.id, data.len(), item.size),
+            None => bail!(
+                "object {} is {} bytes, expected {}",
+                item.id,
+                data.len(),
+                item.size
+            ),
         }
     }
     Ok(data)

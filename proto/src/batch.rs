@@ -191,7 +191,11 @@ mod tests {
             Seen::End,
         ];
         for split in 1..=b.len() {
-            assert_eq!(merged(decode(&b, split, 100).unwrap()), want, "split {split}");
+            assert_eq!(
+                merged(decode(&b, split, 100).unwrap()),
+                want,
+                "split {split}"
+            );
         }
     }
 

@@ -128,7 +128,10 @@ fn phase1_kill9_of_import_at_random_points() {
             "round {round}: {before} versions became {after}"
         );
         if after == before {
-            assert!(!finished, "round {round}: a successful import published nothing");
+            assert!(
+                !finished,
+                "round {round}: a successful import published nothing"
+            );
             killed_before_commit += 1;
         } else {
             // The new version is this round's tree.
@@ -156,7 +159,8 @@ fn phase2_kill9_of_a_mount_during_commit_at_random_points() {
     let (mnt, state) = (c.dir.path().join("mnt"), c.dir.path().join("state"));
     let mut rng = Rng::from_env("mount commit");
 
-    let write_round = |m: &Mount, round: u64| write_tree(&m.path(&format!("r{round:02}")), round, 100);
+    let write_round =
+        |m: &Mount, round: u64| write_tree(&m.path(&format!("r{round:02}")), round, 100);
     let commit = |m: &Mount| {
         Command::new(common::bin())
             .args(["commit", m.mountpoint.to_str().unwrap(), "-m", "crash"])
@@ -204,7 +208,11 @@ fn phase2_kill9_of_a_mount_during_commit_at_random_points() {
         // Committed or not, the mount shows every file written.
         for r in &written {
             let got = fs::read(m.path(&format!("r{r:02}/small/f007"))).unwrap();
-            assert_eq!(got, pseudo_random(512 + 7 * 37, r * 10_000 + 7), "round {round}");
+            assert_eq!(
+                got,
+                pseudo_random(512 + 7 * 37, r * 10_000 + 7),
+                "round {round}"
+            );
         }
         assert_all_versions_verify(&c, &format!("mount commit round {round}"));
     }
