@@ -110,17 +110,15 @@ async fn send_batch(
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(32);
     let reader = tokio::task::spawn_blocking(move || {
         for item in items {
-            let read = read_item(&item).and_then(|data| {
-                if tx
-                    .blocking_send(Ok(Bytes::copy_from_slice(&header(&item.id, item.size))))
-                    .is_err()
-                {
-                    return Ok(false);
+            let read = read_item(&item).map(|data| {
+                let head = Bytes::copy_from_slice(&header(&item.id, item.size));
+                if tx.blocking_send(Ok(head)).is_err() {
+                    return false;
                 }
                 let n = data.len() as u64;
                 let sent = tx.blocking_send(Ok(Bytes::from(data))).is_ok();
                 pb.inc(n);
-                Ok(sent)
+                sent
             });
             match read {
                 Ok(true) => {}
@@ -197,7 +195,7 @@ mod tests {
 
     #[test]
     fn batches_respect_both_limits_and_keep_order() {
-        assert_eq!(plan(&[], 10, 3), vec![]);
+        assert!(plan(&[], 10, 3).is_empty());
         assert_eq!(plan(&[1, 1, 1, 1, 1], 10, 2), vec![0..2, 2..4, 4..5]);
         assert_eq!(plan(&[4, 4, 4, 4], 10, 100), vec![0..2, 2..4]);
         // An object over the byte limit travels alone.
