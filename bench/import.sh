@@ -9,14 +9,17 @@
 # min and max printed):
 #
 #   cp -r          copy to a fresh directory on the same filesystem
-#   cp -r + sync   the same followed by `sync` (elton fsyncs every object)
+#   cp -r + sync   the same followed by `sync` (elton's import is durable too)
+#   git            `git add -A && git commit` of the tree into a fresh
+#                  repository (git's own fsync defaults)
 #   elton fresh    `elton import --create` into a just-started `elton up`
-#                  with an empty data dir: every object is written and fsynced
+#                  with an empty data dir: every object is written, and
+#                  flushed per batch (two syncfs per batch of <= 64 MiB)
 #   elton again    `elton import` of the unchanged tree into the same volume
 #                  of the same server: the client still hashes and uploads
-#                  every file; the server hashes each upload, finds the
-#                  object already stored and discards it, then a new
-#                  version (same root) is committed
+#                  every file; the server hashes each object, finds it
+#                  already stored and discards it, then a new version
+#                  (same root) is committed
 #
 # Only the copy/import command is timed. Server start-up and a `sync` to
 # flush earlier runs' dirty pages happen before each run, untimed. Every run
@@ -39,7 +42,7 @@ VOLUME=bench-import
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-require curl python3 cmp cp sync
+require curl python3 cmp cp sync git
 [[ ${BASH_VERSINFO[0]} -ge 5 ]] || die "bash 5 is required (EPOCHREALTIME)"
 release_bins elton
 bench_start import
@@ -70,7 +73,7 @@ stats() { # prints "median min max" of the arguments (the median of an even coun
         printf "%.3f %.3f %.3f", m, a[1], a[NR] }'
 }
 
-declare -a T_CP=() T_CPSYNC=() T_FRESH=() T_AGAIN=()
+declare -a T_CP=() T_CPSYNC=() T_GIT=() T_FRESH=() T_AGAIN=()
 
 # cp -r
 for ((r = 0; r <= RUNS; r++)); do
@@ -93,6 +96,20 @@ for ((r = 0; r <= RUNS; r++)); do
     ((r == 0)) && { log "cp -r + sync warm-up: ${t}s"; continue; }
     log "cp -r + sync run $r: ${t}s"
     T_CPSYNC+=("$t")
+done
+
+# git add -A && git commit into a fresh repository (the tree is the work tree)
+for ((r = 0; r <= RUNS; r++)); do
+    sync
+    export GIT_DIR="$WORK/git-$r" GIT_WORK_TREE="$TREE"
+    git init -q
+    t0=$EPOCHREALTIME
+    git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm import
+    t=$(elapsed_since "$t0")
+    unset GIT_DIR GIT_WORK_TREE
+    ((r == 0)) && { log "git warm-up: ${t}s"; continue; }
+    log "git run $r: ${t}s"
+    T_GIT+=("$t")
 done
 
 # elton import into an empty store
@@ -145,7 +162,13 @@ printf '| %-34s | %8s | %8s | %8s | %10s |\n' "command" "median" "min" "max" "vs
 printf '|%s|%s|%s|%s|%s|\n' "------------------------------------" "----------" "----------" "----------" "------------"
 row "cp -r" "${T_CP[@]}"
 row "cp -r && sync" "${T_CPSYNC[@]}"
+row "git add -A && git commit" "${T_GIT[@]}"
 row "elton import (empty store)" "${T_FRESH[@]}"
 row "elton import (again, same volume)" "${T_AGAIN[@]}"
 echo
+read -r sync_med _ _ <<<"$(stats "${T_CPSYNC[@]}")"
+read -r git_med _ _ <<<"$(stats "${T_GIT[@]}")"
+read -r fresh_med _ _ <<<"$(stats "${T_FRESH[@]}")"
+echo "elton import (empty store) / cp -r && sync: $(ratio "$fresh_med" "$sync_med")x (target <= 3x);" \
+    "/ git add && commit: $(ratio "$fresh_med" "$git_med")x (target < 1x)"
 load_line

@@ -60,6 +60,7 @@ type Shared = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/v1/objects", axum::routing::post(post_objects))
         .route("/v1/objects/{id}", get(get_object).put(put_object))
         .route(
             "/v1/volumes/{*rest}",
@@ -335,6 +336,27 @@ async fn put_object(
         axum::Json(serde_json::json!({ "object": id, "size": size })),
     )
         .into_response())
+}
+
+/// A batch upload: many objects in one body (see [`crate::batch`]),
+/// published together and announced to the master in one call.
+async fn post_objects(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, SlaveError> {
+    state.count_request();
+    state.authorize(&headers).await?;
+    let receipt = crate::batch::ingest(
+        state.fetcher.store(),
+        body.into_data_stream(),
+        state.max_upload_bytes,
+    )
+    .await?;
+    inc(&state.metrics.objects_uploaded_total, receipt.objects);
+    inc(&state.metrics.uploaded_bytes_total, receipt.bytes);
+    state.volumes.announce(receipt.ids.clone()).await?;
+    Ok((StatusCode::OK, axum::Json(receipt)).into_response())
 }
 
 /// Splits `volume/rest` and parses the volume name.

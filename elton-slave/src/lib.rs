@@ -21,6 +21,7 @@
 //! [`run`] serves on an already-bound listener until `shutdown` resolves.
 
 pub mod backup;
+pub mod batch;
 pub mod chunked;
 pub mod config;
 pub mod conn_clock;

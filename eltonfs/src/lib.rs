@@ -8,6 +8,7 @@
 //! - [`proxy`]: FastContainer's HTTP proxy (`elton proxy`).
 //! - [`spec`]: `volume@version:path` arguments.
 //! - [`update`]: `elton update`, the three-way merge onto the head.
+//! - [`upload`]: batch uploads of many objects to a slave.
 //! - [`walk`]: turning a local directory into manifests and objects.
 
 pub use elton_proto::chunking;
@@ -17,4 +18,5 @@ pub mod fs;
 pub mod proxy;
 pub mod spec;
 pub mod update;
+pub mod upload;
 pub mod walk;

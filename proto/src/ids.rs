@@ -23,6 +23,10 @@ impl ObjectId {
         Self(*hash.as_bytes())
     }
 
+    pub fn from_raw(raw: [u8; 32]) -> Self {
+        Self(raw)
+    }
+
     pub fn from_bytes(raw: &[u8]) -> Result<Self, ProtoError> {
         let arr: [u8; 32] = raw
             .try_into()

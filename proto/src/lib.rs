@@ -4,6 +4,7 @@
 //! - [`addr`]: a node's HTTP address (`HttpAddr`, exactly `host:port`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
 //! - [`recipe`]: chunk lists of large files (content-defined chunking).
+//! - [`batch`]: the body of a batch upload of many objects.
 //! - [`chunking`]: how a large file is cut into the chunks of its recipe.
 //! - [`record`]: version records as served in JSON.
 //! - [`path`]: validated relative paths inside a volume.
@@ -16,6 +17,7 @@
 //! Formats are documented in `docs/formats.md`.
 
 pub mod addr;
+pub mod batch;
 pub mod chunking;
 pub mod error;
 pub mod ids;

@@ -3,21 +3,15 @@
 //! publishes nothing (uploaded objects are harmless: content-addressed).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use elton_proto::ObjectId;
 use elton_proto::pb::{CreateVolumeRequest, GetVolumeRequest};
-use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio_util::io::ReaderStream;
 
 use super::client::{Endpoints, check, status};
+use crate::upload::{self, Item, Source};
 use crate::walk;
-
-/// Uploads in flight at once.
-const PARALLEL_UPLOADS: usize = 8;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
@@ -113,29 +107,42 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             .map(|(_, b)| b.len() as u64)
             .sum::<u64>();
     let pb = bar(total, "uploading");
-    let token = Arc::new(token);
-    let files = scan
+    let data = scan
         .files
         .iter()
-        .map(|(id, (path, size))| Upload::File(*id, path.clone(), *size));
-    let chunks = scan
-        .chunks
-        .iter()
-        .map(|(id, (path, offset, size))| Upload::Chunk(*id, path.clone(), *offset, *size));
-    let manifests = scan
+        .map(|(id, (path, size))| Item {
+            id: *id,
+            size: *size,
+            source: Source::File(path.clone()),
+        })
+        .chain(scan.chunks.iter().map(|(id, (path, offset, size))| Item {
+            id: *id,
+            size: *size,
+            source: Source::Chunk(path.clone(), *offset),
+        }))
+        .collect();
+    let trees = scan
         .recipes
         .iter()
         .chain(&scan.manifests)
-        .map(|(id, bytes)| Upload::Bytes(*id, bytes.clone()));
-    // Files and chunks first, then recipes, then manifests children-first,
+        .map(|(id, bytes)| Item {
+            id: *id,
+            size: bytes.len() as u64,
+            source: Source::Bytes(bytes.clone()),
+        })
+        .collect();
+    // Files and chunks first, then recipes and manifests (children first),
     // so that whenever a recipe or manifest is stored, what it names is
     // already there.
-    futures::stream::iter(files.chain(chunks).map(Ok))
-        .try_for_each_concurrent(PARALLEL_UPLOADS, |u| upload(ep, &http, &token, u, &pb))
-        .await?;
-    for m in manifests {
-        upload(ep, &http, &token, m, &pb).await?;
-    }
+    upload::upload_groups(
+        &http,
+        &ep.slave_url("/v1/objects"),
+        &token,
+        vec![data, trees],
+        &pb,
+    )
+    .await
+    .with_context(|| format!("uploading to slave {}", ep.slave))?;
     pb.finish_and_clear();
 
     // Created last, just before the commit: an import that failed earlier
@@ -164,7 +171,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     });
     let resp = http
         .post(ep.slave_url(&format!("/v1/volumes/{volume}/versions")))
-        .bearer_auth(token.as_str())
+        .bearer_auth(&token)
         .json(&body)
         .send()
         .await
@@ -205,76 +212,6 @@ async fn head_root(
         .unwrap_or("")
         .parse::<ObjectId>()
         .map_err(|e| anyhow::anyhow!("the slave answered a bad manifest id: {e}"))
-}
-
-enum Upload {
-    File(ObjectId, PathBuf, u64),
-    /// A chunk of a large file: (path, offset, size).
-    Chunk(ObjectId, PathBuf, u64, u64),
-    Bytes(ObjectId, Vec<u8>),
-}
-
-async fn upload(
-    ep: &Endpoints,
-    http: &reqwest::Client,
-    token: &str,
-    item: Upload,
-    pb: &ProgressBar,
-) -> Result<()> {
-    let (id, body, size, what) = match item {
-        Upload::File(id, path, size) => {
-            let f = tokio::fs::File::open(&path)
-                .await
-                .with_context(|| format!("opening {}", path.display()))?;
-            let p = pb.clone();
-            let stream = ReaderStream::with_capacity(f, 256 << 10).inspect(move |c| {
-                if let Ok(c) = c {
-                    p.inc(c.len() as u64);
-                }
-            });
-            (
-                id,
-                reqwest::Body::wrap_stream(stream),
-                size,
-                path.display().to_string(),
-            )
-        }
-        Upload::Chunk(id, path, offset, size) => {
-            let p = path.clone();
-            let bytes = tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&p)?;
-                let mut buf = vec![0u8; size as usize];
-                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset)?;
-                Ok::<_, std::io::Error>(buf)
-            })
-            .await?
-            .with_context(|| format!("reading {}", path.display()))?;
-            pb.inc(size);
-            (
-                id,
-                reqwest::Body::from(bytes),
-                size,
-                format!("{} (chunk at {offset})", path.display()),
-            )
-        }
-        Upload::Bytes(id, bytes) => {
-            pb.inc(bytes.len() as u64);
-            let n = bytes.len() as u64;
-            (id, reqwest::Body::from(bytes), n, format!("manifest {id}"))
-        }
-    };
-    let resp = http
-        .put(ep.slave_url(&format!("/v1/objects/{id}")))
-        .bearer_auth(token)
-        .header(reqwest::header::CONTENT_LENGTH, size)
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("uploading {what} to {}", ep.slave))?;
-    check(resp)
-        .await
-        .with_context(|| format!("uploading {what}"))?;
-    Ok(())
 }
 
 fn whoami() -> String {

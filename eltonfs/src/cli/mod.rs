@@ -2,7 +2,7 @@
 //! module holds one group of subcommands.
 
 mod app;
-mod client;
+pub(crate) mod client;
 mod control;
 mod docker;
 mod flags;

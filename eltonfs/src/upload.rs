@@ -1,0 +1,205 @@
+//! Uploads many objects to a slave in a few batch requests
+//! (`POST /v1/objects`, framing in [`elton_proto::batch`]): the slave
+//! verifies every object, publishes each batch with two filesystem flushes
+//! and announces it to the master in one call, instead of an fsync, a
+//! request and an announcement per object.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use elton_proto::ObjectId;
+use elton_proto::batch::header;
+use indicatif::ProgressBar;
+use tokio::sync::mpsc;
+
+use crate::cli::client::check;
+
+/// Where an object's bytes come from.
+pub enum Source {
+    /// A whole local file.
+    File(PathBuf),
+    /// Part of a local file: a chunk of a large one, at this offset.
+    Chunk(PathBuf, u64),
+    /// Bytes in memory (manifests, recipes).
+    Bytes(Vec<u8>),
+}
+
+/// One object to upload.
+pub struct Item {
+    pub id: ObjectId,
+    pub size: u64,
+    pub source: Source,
+}
+
+/// A batch ends when it holds this many bytes or objects: each batch is
+/// durable on its own, so an interrupted upload resumes from the last one.
+pub const BATCH_BYTES: u64 = 64 << 20;
+pub const BATCH_OBJECTS: usize = 4096;
+/// Batches in flight at once: one per core of a small machine keeps the
+/// slave's hashing busy on both.
+pub const PARALLEL_BATCHES: usize = 2;
+
+/// Cuts `sizes` (in upload order) into contiguous batches of at most
+/// `max_bytes` bytes (a larger object goes alone) and `max_objects`
+/// objects; returns the index ranges.
+pub fn plan(sizes: &[u64], max_bytes: u64, max_objects: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, &s) in sizes.iter().enumerate() {
+        let full = i > start && (bytes.saturating_add(s) > max_bytes || i - start >= max_objects);
+        if full {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(s);
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+/// Uploads `items`, [`PARALLEL_BATCHES`] batches at a time, in order of
+/// completion only within a group: every item of `groups[n]` is stored
+/// before any of `groups[n + 1]` is sent, so what a recipe or manifest names
+/// is always stored first.
+pub async fn upload_groups(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    groups: Vec<Vec<Item>>,
+    pb: &ProgressBar,
+) -> Result<()> {
+    use futures::StreamExt;
+    for items in groups {
+        let sizes: Vec<u64> = items.iter().map(|i| i.size).collect();
+        let ranges = plan(&sizes, BATCH_BYTES, BATCH_OBJECTS);
+        let mut items = items.into_iter();
+        let batches: Vec<Vec<Item>> = ranges
+            .iter()
+            .map(|r| items.by_ref().take(r.len()).collect())
+            .collect();
+        let mut sends = futures::stream::iter(
+            batches
+                .into_iter()
+                .map(|b| send_batch(http, url, token, b, pb.clone())),
+        )
+        .buffer_unordered(PARALLEL_BATCHES);
+        while let Some(r) = sends.next().await {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends one batch; its bytes are read from disk by a blocking thread as
+/// the request goes out.
+async fn send_batch(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    items: Vec<Item>,
+    pb: ProgressBar,
+) -> Result<()> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(32);
+    let reader = tokio::task::spawn_blocking(move || {
+        for item in items {
+            let read = read_item(&item).map(|data| {
+                let head = Bytes::copy_from_slice(&header(&item.id, item.size));
+                if tx.blocking_send(Ok(head)).is_err() {
+                    return false;
+                }
+                let n = data.len() as u64;
+                let sent = tx.blocking_send(Ok(Bytes::from(data))).is_ok();
+                pb.inc(n);
+                sent
+            });
+            match read {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // the request failed; it says why
+                Err(e) => {
+                    // Break the body off so the slave publishes nothing of it.
+                    let _ = tx.blocking_send(Err(std::io::Error::other("read failed")));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    });
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let sent = http
+        .post(url)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("uploading a batch to {url}"));
+    let read = reader
+        .await
+        .map_err(|e| anyhow!("batch reader task: {e}"))?;
+    read?; // a local read error explains a failed request best
+    check(sent?).await.context("uploading a batch")?;
+    Ok(())
+}
+
+/// An item's bytes, which must be exactly as many as scanned.
+fn read_item(item: &Item) -> Result<Vec<u8>> {
+    let (data, path) = match &item.source {
+        Source::Bytes(b) => (b.clone(), None),
+        Source::File(path) => {
+            let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            // One byte more than expected shows a file that grew.
+            let mut data = Vec::with_capacity(item.size as usize + 1);
+            (&mut f)
+                .take(item.size + 1)
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (data, Some(path))
+        }
+        Source::Chunk(path, offset) => {
+            let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let mut data = vec![0u8; item.size as usize];
+            f.read_exact_at(&mut data, *offset)
+                .with_context(|| format!("reading {} at {offset}", path.display()))?;
+            (data, Some(path))
+        }
+    };
+    if data.len() as u64 != item.size {
+        match path {
+            Some(p) => bail!(
+                "{} changed while it was being imported ({} bytes, scanned {}): import again",
+                p.display(),
+                data.len(),
+                item.size
+            ),
+            None => bail!(
+                "object {} is {} bytes, expected {}",
+                item.id,
+                data.len(),
+                item.size
+            ),
+        }
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_both_limits_and_keep_order() {
+        assert!(plan(&[], 10, 3).is_empty());
+        assert_eq!(plan(&[1, 1, 1, 1, 1], 10, 2), vec![0..2, 2..4, 4..5]);
+        assert_eq!(plan(&[4, 4, 4, 4], 10, 100), vec![0..2, 2..4]);
+        // An object over the byte limit travels alone.
+        assert_eq!(plan(&[1, 50, 1], 10, 100), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan(&[50], 10, 100), vec![0..1]);
+    }
+}
