@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use elton_proto::ObjectId;
 use elton_proto::pb::{CreateVolumeRequest, GetVolumeRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 
