@@ -27,12 +27,15 @@ pub enum AppCommand {
     Create(CreateArgs),
     /// The apps.
     Ls {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// One app's configuration.
     Show {
+        /// The app's name.
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -40,15 +43,20 @@ pub enum AppCommand {
     Set(SetArgs),
     /// Run a new version of the app's volume.
     Deploy {
+        /// The app's name.
         name: String,
         /// The volume version to run [default: the volume's head].
         #[arg(long)]
         version: Option<u64>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Remove an app.
-    Rm { name: String },
+    Rm {
+        /// The app's name.
+        name: String,
+    },
 }
 
 /// The settings `create` and `set` share; on `set`, only those given
@@ -98,21 +106,25 @@ pub struct Settings {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// The app's name.
     pub name: String,
     #[command(flatten)]
     pub settings: Settings,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct SetArgs {
+    /// The app's name.
     pub name: String,
     #[command(flatten)]
     pub settings: Settings,
     /// Clear an optional setting: cmd, image, cpu or memory (repeatable).
     #[arg(long, value_parser = parse_unset)]
     pub unset: Vec<Unset>,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -41,6 +41,7 @@ pub struct NodeRmArgs {
 
 #[derive(Args, Debug)]
 pub struct VolumeRmArgs {
+    /// The volume to delete.
     pub volume: String,
     /// Delete even while this host has the volume mounted or holds
     /// uncommitted changes to it (they can no longer be committed).
