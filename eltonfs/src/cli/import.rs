@@ -91,13 +91,6 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     hashing.finish_and_clear();
     let root = scan.root()?;
     let http = reqwest::Client::new();
-    if head != 0 && !args.allow_empty && head_root(ep, &http, &volume, head).await? == root {
-        eprintln!(
-            "nothing to import: {volume}@{head} already has this tree (root {root}); \
-             pass --allow-empty to publish a version anyway"
-        );
-        return Ok(());
-    }
 
     let total: u64 = scan.files.values().map(|(_, s)| s).sum::<u64>()
         + scan.chunks.values().map(|(_, _, s)| s).sum::<u64>()
@@ -145,6 +138,17 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     .await
     .with_context(|| format!("uploading to slave {}", ep.slave))?;
     pb.finish_and_clear();
+
+    // An identical tree publishes no version (as `git commit` with nothing
+    // to commit), but only after its objects were sent: re-importing is
+    // also how an operator puts back objects a slave lost.
+    if head != 0 && !args.allow_empty && head_root(ep, &http, &volume, head).await? == root {
+        eprintln!(
+            "nothing to import: {volume}@{head} already has this tree (root {root}); \
+             its objects were stored again; pass --allow-empty to publish a version anyway"
+        );
+        return Ok(());
+    }
 
     // Created last, just before the commit: an import that failed earlier
     // (unreadable file, slave down) leaves no empty volume behind.
