@@ -139,10 +139,16 @@ mod tests {
     #[test]
     fn progress_is_for_people_unless_forced_or_silenced() {
         assert!(shows_progress(true, false, false, false));
-        assert!(!shows_progress(false, false, false, false), "not a terminal");
+        assert!(
+            !shows_progress(false, false, false, false),
+            "not a terminal"
+        );
         assert!(!shows_progress(true, true, false, false), "--json");
         assert!(shows_progress(false, false, true, false), "--progress");
-        assert!(shows_progress(false, true, true, false), "--progress --json");
+        assert!(
+            shows_progress(false, true, true, false),
+            "--progress --json"
+        );
         assert!(!shows_progress(true, false, false, true), "--quiet");
     }
 

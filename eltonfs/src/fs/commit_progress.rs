@@ -84,8 +84,8 @@ pub enum ControlLine {
 
 /// The bytes of a progress line, newline included.
 pub fn encode_progress(p: &CommitProgress) -> Vec<u8> {
-    let mut out = serde_json::to_vec(&ProgressLine { progress: *p })
-        .unwrap_or_else(|_| b"{}".to_vec());
+    let mut out =
+        serde_json::to_vec(&ProgressLine { progress: *p }).unwrap_or_else(|_| b"{}".to_vec());
     out.push(b'\n');
     out
 }
@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(bytes.last(), Some(&b'\n'));
         let line = std::str::from_utf8(&bytes).expect("utf-8");
         assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
-        assert!(line.starts_with(r#"{"progress":{"phase":"storing","#), "{line}");
+        assert!(
+            line.starts_with(r#"{"progress":{"phase":"storing","#),
+            "{line}"
+        );
         match decode_line(line).expect("decodes") {
             ControlLine::Progress(q) => assert_eq!(q, p),
             other => panic!("not progress: {other:?}"),

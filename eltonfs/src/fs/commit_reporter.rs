@@ -5,9 +5,9 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -95,9 +95,13 @@ impl Reporter {
             wake: Mutex::new(Some(tx)),
             ..Counters::default()
         });
+        // Sent before the commit starts, so the client always learns first
+        // that it is scanning.
+        let first = counters.snapshot();
+        conn.write_all(&encode_progress(&first))?;
         let c = counters.clone();
         let thread = std::thread::spawn(move || {
-            let mut sent: Option<CommitProgress> = None;
+            let mut sent = Some(first);
             let mut outcome = Ok(());
             loop {
                 let now = c.snapshot();

@@ -22,7 +22,7 @@ use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use serde::{Deserialize, Serialize};
 
 use super::changes::{self, ChangeSet};
-use super::commit_progress::{ControlLine, CommitProgress, Phase, decode_line};
+use super::commit_progress::{CommitProgress, ControlLine, Phase, decode_line};
 use super::commit_reporter::{Counters, Reporter};
 use super::fuse::{EltonFs, MountState};
 use super::layers::Layers;
