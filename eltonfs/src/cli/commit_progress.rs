@@ -177,7 +177,6 @@ mod tests {
             dirs: 3,
             new_objects: 5003,
             bytes: 5_000_000,
-            ..p
         };
         assert_eq!(
             summary_line(&done, Duration::from_millis(2500)),
