@@ -84,11 +84,10 @@ impl CommitView {
     pub fn new(stderr_is_terminal: bool) -> CommitView {
         let bar = stderr_is_terminal.then(|| {
             let pb = ProgressBar::new(0);
-            let style = ProgressStyle::with_template(
-                "{prefix:>10} [{bar:30}] {pos}/{len} files, {msg} [{elapsed}]",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{prefix:>10} [{bar:20}] {pos}/{len} files, {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             pb.set_style(style);
             pb.set_prefix("scanning");
             pb
@@ -108,7 +107,12 @@ impl CommitView {
                 pb.set_prefix(phase_name(p.phase));
                 pb.set_length(p.total_files);
                 pb.set_position(p.files);
-                pb.set_message(details(p));
+                // Short enough for 80 columns; the summary has the rest.
+                pb.set_message(format!(
+                    "{}, {} new objects",
+                    HumanBytes(p.bytes),
+                    p.new_objects
+                ));
             }
             None => {
                 let now = Instant::now();
