@@ -37,7 +37,9 @@ impl Counters {
 
     pub fn set_phase(&self, phase: Phase, total_files: u64) {
         self.total_files.store(total_files, Ordering::Relaxed);
-        self.phase.store(phase.as_u8(), Ordering::Relaxed);
+        // Release: whoever sees the new phase also sees every count bumped
+        // before it (a `publishing` report has all files done).
+        self.phase.store(phase.as_u8(), Ordering::Release);
         if let Some(w) = self.wake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = w.send(());
         }
@@ -69,8 +71,9 @@ impl Counters {
     }
 
     pub fn snapshot(&self) -> CommitProgress {
+        // The phase is read first (Acquire; see `set_phase`).
         CommitProgress {
-            phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
+            phase: Phase::from_u8(self.phase.load(Ordering::Acquire)),
             total_files: self.total_files.load(Ordering::Relaxed),
             files: self.files.load(Ordering::Relaxed),
             dirs: self.dirs.load(Ordering::Relaxed),
