@@ -3,6 +3,7 @@
 
 mod app;
 pub(crate) mod client;
+mod commit_progress;
 mod control;
 mod docker;
 mod flags;
@@ -92,6 +93,17 @@ pub enum Command {
         /// What the version changes (required, as for `git commit`).
         #[arg(short, long, default_value = "")]
         message: String,
+        /// Print the result as JSON ({"volume","version","committed"},
+        /// plus "message" when there was nothing to commit); no progress.
+        #[arg(long)]
+        json: bool,
+        /// Show progress on stderr even when it is not a terminal or with
+        /// --json.
+        #[arg(long, conflicts_with = "quiet")]
+        progress: bool,
+        /// Show no progress, even on a terminal.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show a mount's uncommitted changes.
     Status {
@@ -342,9 +354,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
             docker,
             message,
+            json,
+            progress,
+            quiet,
         } => {
             let mountpoint = docker::mountpoint_of(mountpoint, &docker).await?;
-            tokio::task::spawn_blocking(move || mounts::commit(&mountpoint, message)).await?
+            let out = mounts::CommitOutput {
+                json,
+                progress,
+                quiet,
+            };
+            tokio::task::spawn_blocking(move || mounts::commit(&mountpoint, message, out)).await?
         }
         Command::Status {
             mountpoint,

@@ -8,6 +8,7 @@ use clap::Args;
 use elton_proto::{DirManifest, EntryKind, ObjectId, VolumeName};
 
 use super::client::{Endpoints, check};
+use super::commit_progress::{self, CommitView};
 use super::default_data_dir;
 use crate::fs::daemon::Detached;
 use crate::fs::mount::{self, ControlRequest, MountOptions};
@@ -181,27 +182,55 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     mount::unmount(&path, false).with_context(|| format!("unmounting {}", path.display()))
 }
 
-pub fn commit(mountpoint: &Path, message: String) -> Result<()> {
+/// How `elton commit` reports (see [`super::commit_progress`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommitOutput {
+    pub json: bool,
+    pub progress: bool,
+    pub quiet: bool,
+}
+
+pub fn commit(mountpoint: &Path, message: String, out: CommitOutput) -> Result<()> {
+    use std::io::IsTerminal;
     if message.trim().is_empty() {
         bail!("a commit needs a message: pass -m MESSAGE (nothing was committed)");
     }
     let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let host = super::import::hostname();
-    let r = mount::control(
-        &mount_root(mountpoint)?,
-        &ControlRequest::Commit {
-            message,
-            author,
-            host,
-        },
-    )?;
+    let root = mount_root(mountpoint)?;
+    let terminal = std::io::stderr().is_terminal();
+    let show = commit_progress::shows_progress(terminal, out.json, out.progress, out.quiet);
+    let req = ControlRequest::Commit {
+        message,
+        author,
+        host,
+        progress: show,
+    };
+    let r = if show {
+        let mut view = CommitView::new(terminal);
+        let r = mount::control_with_progress(&root, &req, &mut |p| view.update(p));
+        view.finish(r.as_ref().is_ok_and(|r| r.message.is_none()));
+        r?
+    } else {
+        mount::control(&root, &req)?
+    };
+    let volume = r.volume.unwrap_or_default();
+    let version = r.version.unwrap_or(0);
+    if out.json {
+        let mut j = serde_json::json!({
+            "volume": volume,
+            "version": version,
+            "committed": r.message.is_none(),
+        });
+        if let Some(m) = &r.message {
+            j["message"] = m.clone().into();
+        }
+        println!("{j}");
+        return Ok(());
+    }
     match r.message {
         Some(m) => println!("{m}"),
-        None => println!(
-            "committed {}@{}",
-            r.volume.unwrap_or_default(),
-            r.version.unwrap_or(0)
-        ),
+        None => println!("committed {volume}@{version}"),
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
 use elton_slave::ObjectStore;
 use serde::{Deserialize, Serialize};
 
+use super::commit_reporter::Counters;
 use super::layers::{Layers, PRIVATE_XATTR_PREFIX, is_opaque, is_whiteout};
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -24,6 +25,16 @@ pub struct ChangeSet {
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.modified.is_empty() && self.deleted.is_empty()
+    }
+
+    /// How many non-directory entries of the upper a commit goes through
+    /// (what `build` counts as files): directories carry a trailing `/`.
+    pub fn files(&self) -> u64 {
+        self.added
+            .iter()
+            .chain(&self.modified)
+            .filter(|p| !p.ends_with('/'))
+            .count() as u64
     }
 }
 
@@ -143,6 +154,7 @@ pub fn build(
     open_for_write: &HashSet<(u64, u64)>,
     chunk_threshold: u64,
     stored: &mut Vec<ObjectId>,
+    progress: &Counters,
 ) -> io::Result<Built> {
     let mut built = Built {
         root: ObjectId::of(b""),
@@ -151,42 +163,42 @@ pub fn build(
         stored: Vec::new(),
         skipped: Vec::new(),
     };
-    let outcome = build_root(layers, store, open_for_write, chunk_threshold, &mut built);
-    stored.extend(built.stored.iter().copied());
-    outcome.map(|()| built)
-}
-
-fn build_root(
-    layers: &Layers,
-    store: &ObjectStore,
-    open_for_write: &HashSet<(u64, u64)>,
-    chunk_threshold: u64,
-    built: &mut Built,
-) -> io::Result<()> {
-    let root_lower = root_lower(layers)?;
-    let root = build_dir(
+    let ctx = BuildCtx {
         layers,
         store,
         open_for_write,
         chunk_threshold,
-        Path::new(""),
-        root_lower,
-        built,
-    )?;
+        progress,
+    };
+    let outcome = build_root(&ctx, &mut built);
+    stored.extend(built.stored.iter().copied());
+    outcome.map(|()| built)
+}
+
+/// What every level of the build needs.
+struct BuildCtx<'a> {
+    layers: &'a Layers,
+    store: &'a ObjectStore,
+    open_for_write: &'a HashSet<(u64, u64)>,
+    chunk_threshold: u64,
+    progress: &'a Counters,
+}
+
+fn build_root(ctx: &BuildCtx<'_>, built: &mut Built) -> io::Result<()> {
+    let root_lower = root_lower(ctx.layers)?;
+    let root = build_dir(ctx, Path::new(""), root_lower, built)?;
     built.root = root.id();
     built.manifests.push(root);
     Ok(())
 }
 
 fn build_dir(
-    layers: &Layers,
-    store: &ObjectStore,
-    open_for_write: &HashSet<(u64, u64)>,
-    chunk_threshold: u64,
+    ctx: &BuildCtx<'_>,
     rel: &Path,
     lower: Option<Arc<DirManifest>>,
     built: &mut Built,
 ) -> io::Result<DirManifest> {
+    let (layers, store) = (ctx.layers, ctx.store);
     let mut entries: BTreeMap<String, Entry> = lower
         .map(|l| {
             l.entries
@@ -227,15 +239,7 @@ fn build_dir(
             } else {
                 lower_child(layers, entries.get(&name))?
             };
-            let child = build_dir(
-                layers,
-                store,
-                open_for_write,
-                chunk_threshold,
-                &rel.join(&name),
-                child_lower,
-                built,
-            )?;
+            let child = build_dir(ctx, &rel.join(&name), child_lower, built)?;
             let e = Entry {
                 kind: EntryKind::Dir,
                 size: child.entries.len() as u64,
@@ -244,11 +248,14 @@ fn build_dir(
             };
             built.manifests.push(child);
             e
-        } else if m.is_file() && crate::chunking::is_chunked(m.len(), chunk_threshold) {
+        } else if m.is_file() && crate::chunking::is_chunked(m.len(), ctx.chunk_threshold) {
             // Large files are stored as chunks (copies, so nothing to undo
             // on failure): unchanged chunks of an edited file keep their ids
             // and are already stored.
+            let before = built.stored.len();
             let (id, size) = store_chunked(store, &path, &mut built.stored)?;
+            ctx.progress.file(size, false);
+            ctx.progress.objects((built.stored.len() - before) as u64);
             Entry {
                 size,
                 object: Some(id),
@@ -256,7 +263,7 @@ fn build_dir(
                 ..base
             }
         } else if m.is_file() {
-            let snapshot = m.nlink() > 1 || open_for_write.contains(&(m.dev(), m.ino()));
+            let snapshot = m.nlink() > 1 || ctx.open_for_write.contains(&(m.dev(), m.ino()));
             let adopted = if snapshot {
                 store.adopt_copy(&path)
             } else {
@@ -270,6 +277,7 @@ fn build_dir(
             }
             // The size is what was hashed: re-read from the store's copy.
             let size = fs::metadata(store.path(&id))?.len();
+            ctx.progress.file(size, added);
             Entry {
                 size,
                 object: Some(id),
@@ -277,6 +285,7 @@ fn build_dir(
             }
         } else if m.file_type().is_symlink() {
             let target = name_of(fs::read_link(&path)?.into_os_string())?;
+            ctx.progress.entry();
             Entry {
                 kind: EntryKind::Symlink,
                 size: target.len() as u64,
@@ -288,11 +297,13 @@ fn build_dir(
             // FIFOs, sockets and devices are not committed; one that
             // replaced a lower entry still deleted it.
             built.skipped.push(rel.join(&name).display().to_string());
+            ctx.progress.entry();
             entries.remove(&name);
             continue;
         };
         entries.insert(name, entry);
     }
+    ctx.progress.dir();
     DirManifest::new(entries.into_values().collect())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }

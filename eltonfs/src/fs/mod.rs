@@ -10,13 +10,16 @@
 //! - [`fuse`]: the FUSE request handlers; [`attrs`]: the attributes they
 //!   report; [`handle`]: open files.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket;
-//!   `mount_update`: its `elton update`.
+//!   `mount_update`: its `elton update`; [`commit_progress`]: the
+//!   progress lines a commit sends, [`commit_reporter`]: sending them.
 //! - [`daemon`]: starting a mount as a detached process.
 //! - [`mount_table`]: which paths are Elton mounts (the kernel's table).
 
 pub mod attrs;
 pub mod changes;
 pub mod chunked;
+pub mod commit_progress;
+pub mod commit_reporter;
 pub mod daemon;
 pub mod fuse;
 pub mod handle;

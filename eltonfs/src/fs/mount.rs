@@ -22,6 +22,8 @@ use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use serde::{Deserialize, Serialize};
 
 use super::changes::{self, ChangeSet};
+use super::commit_progress::{CommitProgress, ControlLine, Phase, decode_line};
+use super::commit_reporter::{Counters, Reporter};
 use super::fuse::{EltonFs, MountState};
 use super::layers::Layers;
 use super::lower::SlaveLower;
@@ -95,6 +97,9 @@ pub enum ControlRequest {
         message: String,
         author: String,
         host: String,
+        /// Revision 2: send progress lines before the answer.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        progress: bool,
     },
     Checkout {
         version: u64,
@@ -485,20 +490,35 @@ fn handle_control(conn: UnixStream, m: &Mounted, notifier: &Notifier) -> Result<
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let req: ControlRequest = serde_json::from_str(&line).context("bad control request")?;
-    let resp = match execute(m, req, notifier) {
+    let reporter = match &req {
+        ControlRequest::Commit { progress: true, .. } => Some(Reporter::start(&conn)?),
+        _ => None,
+    };
+    let silent = Counters::silent();
+    let counters = reporter.as_ref().map_or(&silent, Reporter::counters);
+    let resp = match execute(m, req, notifier, counters) {
         Ok(r) => r,
         Err(e) => ControlResponse {
             error: Some(format!("{e:#}")),
             ..Default::default()
         },
     };
+    // Every progress line goes out before the answer that ends the stream.
+    if let Some(r) = reporter {
+        r.finish();
+    }
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
     (&conn).write_all(&out)?;
     Ok(())
 }
 
-fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<ControlResponse> {
+fn execute(
+    m: &Mounted,
+    req: ControlRequest,
+    notifier: &Notifier,
+    progress: &Counters,
+) -> Result<ControlResponse> {
     let record = m.record.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let base = ControlResponse {
         volume: Some(record.volume.to_string()),
@@ -519,7 +539,8 @@ fn execute(m: &Mounted, req: ControlRequest, notifier: &Notifier) -> Result<Cont
             message,
             author,
             host,
-        } => commit(m, &record, message, author, host, notifier),
+            progress: _,
+        } => commit(m, &record, message, author, host, notifier, progress),
         ControlRequest::Update => super::mount_update::update(m, &record, notifier),
         ControlRequest::Checkout { version } => {
             let invalidate = {
@@ -564,6 +585,7 @@ fn commit(
     author: String,
     host: String,
     notifier: &Notifier,
+    progress: &Counters,
 ) -> Result<ControlResponse> {
     let token = m
         .opts
@@ -572,7 +594,8 @@ fn commit(
         .ok_or_else(|| anyhow!("no write token: mount with --token or ELTON_TOKEN"))?;
     let invalidate = {
         let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
-        if changes::status(&st.layers)?.is_empty() {
+        let changes = changes::status(&st.layers)?;
+        if changes.is_empty() {
             return Ok(ControlResponse {
                 message: Some("nothing to commit".into()),
                 volume: Some(record.volume.to_string()),
@@ -592,6 +615,8 @@ fn commit(
         };
         write_json(&journal_path, &started)?;
         let since = std::time::SystemTime::now();
+        let total_files = changes.files();
+        progress.set_phase(Phase::Storing, total_files);
         let mut stored = Vec::new();
         let built = match changes::build(
             &st.layers,
@@ -599,6 +624,7 @@ fn commit(
             &open_for_write,
             m.opts.chunk_threshold,
             &mut stored,
+            progress,
         ) {
             Ok(b) => b,
             Err(e) => {
@@ -615,6 +641,7 @@ fn commit(
             let put = m.store.put_bytes(&bytes);
             if new && put.is_ok() {
                 stored.push(id);
+                progress.objects(1);
             }
             if let Err(e) = put {
                 let _ = changes::unlink_aliases(&st.layers, &m.store);
@@ -633,6 +660,7 @@ fn commit(
             },
         )?;
         fault_point("after-journal");
+        progress.set_phase(Phase::Publishing, total_files);
         let url = format!(
             "{}/v1/volumes/{}/versions",
             m.opts.slave_url.trim_end_matches('/'),
@@ -746,6 +774,16 @@ pub(super) fn invalidate_all(notifier: &Notifier, inos: Vec<(u64, PathBuf)>) {
 
 /// Asks a running mount over its control socket.
 pub fn control(mountpoint: &Path, req: &ControlRequest) -> Result<ControlResponse> {
+    control_with_progress(mountpoint, req, &mut |_| {})
+}
+
+/// Asks a running mount, passing each progress line it sends before its
+/// answer (a commit asked with `progress`) to `on_progress`.
+pub fn control_with_progress(
+    mountpoint: &Path,
+    req: &ControlRequest,
+    on_progress: &mut dyn FnMut(&CommitProgress),
+) -> Result<ControlResponse> {
     let mut buf = vec![0u8; 4096];
     let n = rustix::fs::getxattr(mountpoint, super::fuse::CONTROL_XATTR, &mut buf[..])
         .map_err(|e| anyhow!("{} is not an Elton mount ({e})", mountpoint.display()))?;
@@ -756,9 +794,19 @@ pub fn control(mountpoint: &Path, req: &ControlRequest) -> Result<ControlRespons
     line.push(b'\n');
     (&conn).write_all(&line)?;
     let mut reader = BufReader::new(conn);
-    let mut resp = String::new();
-    reader.read_line(&mut resp)?;
-    let resp: ControlResponse = serde_json::from_str(&resp).context("bad answer from the mount")?;
+    let resp = loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            bail!(
+                "the mount at {} closed the connection without an answer (see its mount.log)",
+                mountpoint.display()
+            );
+        }
+        match decode_line(&line)? {
+            ControlLine::Progress(p) => on_progress(&p),
+            ControlLine::Done(resp) => break resp,
+        }
+    };
     match &resp.error {
         Some(e) => Err(anyhow!("{e}")),
         None => Ok(resp),
