@@ -9,18 +9,10 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, KillOnDrop, TOKEN, free_port, registered, wait_until};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{Cluster, KillOnDrop, TOKEN, free_port, registered, text, wait_until};
 
 fn fails(c: &Cluster, args: &[&str]) -> String {
     let o = c.cli(1, args);

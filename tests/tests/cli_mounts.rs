@@ -12,15 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Mount, MountGuard, TOKEN, is_elton_mount, wait_until};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{Cluster, Mount, MountGuard, TOKEN, is_elton_mount, text, wait_until};
 
 /// Runs the CLI and asserts it fails; returns stderr.
 fn fails(c: &Cluster, args: &[&str]) -> String {

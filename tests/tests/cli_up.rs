@@ -8,18 +8,10 @@ mod common;
 
 use std::fs;
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, MountGuard, free_port, is_elton_mount, wait_until};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{KillOnDrop, MountGuard, free_port, is_elton_mount, text, wait_until};
 
 fn up(data: &str, mp: u16, sp: u16, extra: &[&str]) -> Command {
     let mut c = Command::new(common::bin());

@@ -7,18 +7,10 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Cluster, Mount, wait_until};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{Cluster, Mount, text, wait_until};
 
 fn nodes(c: &Cluster) -> Vec<serde_json::Value> {
     let out = c.ok(1, &["node", "ls", "--json"]);

@@ -8,18 +8,10 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Mount, TOKEN, wait_until};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{Cluster, Mount, TOKEN, text, wait_until};
 
 /// Volume `vol` at version 1 with a few files.
 fn volume(c: &Cluster) {

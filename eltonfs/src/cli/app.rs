@@ -7,18 +7,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use elton_control::apps::spec::Unset;
 use elton_control::apps::{App, AppPatch, AppSpec, parse};
 use elton_control::drcond::parse as limits;
-use elton_control::{Command, Request, RequestId, Response};
-use elton_proto::control_pb::SubmitRequest;
+use elton_control::{Command, Response};
 use elton_proto::pb::{GetVersionRequest, GetVolumeRequest};
 
 use super::Endpoints;
 use super::client::status;
-use super::control::{Client, client, default_client_id};
+use super::control::{client, submit};
 
 #[derive(Subcommand, Debug)]
 pub enum AppCommand {
@@ -328,24 +327,6 @@ async fn list(ep: &Endpoints) -> Result<Vec<App>> {
         Response::Apps { apps } => Ok(apps),
         other => bail!("unexpected answer: {other:?}"),
     }
-}
-
-async fn submit(c: &mut Client, command: Command) -> Result<Response> {
-    let request = Request::new(
-        RequestId {
-            client: default_client_id(),
-            seq: 1,
-        },
-        command,
-    );
-    let r = c
-        .submit(SubmitRequest {
-            command: request.encode(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    serde_json::from_slice(&r.response).context("the member's response")
 }
 
 fn expect_app(r: Response) -> Result<App> {

@@ -159,6 +159,29 @@ pub async fn control(ep: &Endpoints, cmd: ControlCommand) -> Result<()> {
     Ok(())
 }
 
+/// Submits one command as a fresh client (sequence 1) and reads the
+/// member's answer.
+pub(super) async fn submit(
+    c: &mut Client,
+    command: elton_control::Command,
+) -> Result<elton_control::Response> {
+    let request = elton_control::Request::new(
+        elton_control::RequestId {
+            client: default_client_id(),
+            seq: 1,
+        },
+        command,
+    );
+    let r = c
+        .submit(SubmitRequest {
+            command: request.encode(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    serde_json::from_slice(&r.response).context("the member's response")
+}
+
 pub(super) fn default_client_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -5,17 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use elton_control::direct::DirectResult;
 use elton_control::drcond::status::HostLimits;
 use elton_control::drcond::{Limit, LimitSpec, Resources, Selector, parse};
-use elton_control::{Action, Command, NodeResult, Request, RequestId, Response, Targets};
-use elton_proto::control_pb::{QueryRequest, StatusRequest, SubmitRequest};
+use elton_control::{Action, Command, NodeResult, Response, Targets};
+use elton_proto::control_pb::{QueryRequest, StatusRequest};
 
 use super::Endpoints;
 use super::client::status;
-use super::control::{Client, client, default_client_id};
+use super::control::{Client, client, submit};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -213,24 +213,6 @@ async fn set(c: &mut Client, a: SetArgs) -> Result<()> {
         Response::Rejected { reason } => bail!("{reason}"),
         other => bail!("unexpected answer: {other:?}"),
     }
-}
-
-async fn submit(c: &mut Client, command: Command) -> Result<Response> {
-    let request = Request::new(
-        RequestId {
-            client: default_client_id(),
-            seq: 1,
-        },
-        command,
-    );
-    let r = c
-        .submit(SubmitRequest {
-            command: request.encode(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    serde_json::from_slice(&r.response).context("the member's response")
 }
 
 async fn member_names(c: &mut Client) -> Result<BTreeMap<u64, String>> {
