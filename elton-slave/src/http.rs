@@ -34,7 +34,7 @@ const STREAM_CHUNK: usize = 1 << 20;
 const MAX_JSON_BODY: usize = 64 << 10;
 
 /// Characters escaped in path segments of generated URLs.
-const SEGMENT: &AsciiSet = &CONTROLS
+pub(crate) const SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')

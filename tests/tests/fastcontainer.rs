@@ -6,38 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::group::Group;
-use common::{TOKEN, bin};
 
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// `elton import DIR VOLUME --create` through master 1 and the slave.
-fn import(g: &Group, files: &[(&str, &str)], volume: &str) {
-    let dir = g.dir.path().join(format!("src-{}", files.len()));
-    std::fs::create_dir_all(&dir).expect("source dir");
-    for (name, body) in files {
-        std::fs::write(dir.join(name), body).expect("source file");
-    }
-    let out = Command::new(bin())
-        .arg("import")
-        .arg(&dir)
-        .args([volume, "--create"])
-        .env("ELTON_MASTER", g.master_url(1))
-        .env("ELTON_SLAVE", g.slaves[0].url())
-        .env("ELTON_TOKEN", TOKEN)
-        .env("ELTON_CA", g.ca())
-        .env("ELTON_HOME", g.dir.path().join("home"))
-        .output()
-        .expect("running elton import");
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn ls(g: &Group, i: usize) -> serde_json::Value {
     serde_json::from_str(&g.ok(i, &["app", "ls", "--json"])).expect("app ls output")
@@ -59,7 +32,7 @@ fn fastcontainer_config() {
 }
 
 fn phase1_an_app_is_created_from_a_volume_and_every_member_lists_it(g: &Group) {
-    import(g, &[("index.html", "v1")], "site");
+    g.import(&[("index.html", "v1")], "site");
     let out = g.ok(
         1,
         &[
@@ -269,7 +242,7 @@ fn phase3_set_and_deploy_change_only_what_they_name(g: &Group) {
     assert!(app["updated"].as_u64() > before["updated"].as_u64());
 
     // A deploy is a commit: version 2, then back to 1 by number.
-    import(g, &[("index.html", "v2"), ("extra.txt", "x")], "site");
+    g.import(&[("index.html", "v2"), ("extra.txt", "x")], "site");
     let app: serde_json::Value =
         serde_json::from_str(&g.ok(1, &["app", "deploy", "web", "--json"])).expect("deploy");
     assert_eq!(app["version"], 2, "{app:#}");

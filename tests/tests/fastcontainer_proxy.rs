@@ -114,30 +114,6 @@ impl ProxyProc {
     }
 }
 
-fn import(g: &Group, files: &[(&str, &str)], volume: &str) {
-    let dir = g.dir.path().join(format!("src-{volume}"));
-    std::fs::create_dir_all(&dir).expect("source dir");
-    for (name, body) in files {
-        std::fs::write(dir.join(name), body).expect("source file");
-    }
-    let out = Command::new(bin())
-        .arg("import")
-        .arg(&dir)
-        .args([volume, "--create"])
-        .env("ELTON_MASTER", g.master_url(1))
-        .env("ELTON_SLAVE", g.slaves[0].url())
-        .env("ELTON_TOKEN", TOKEN)
-        .env("ELTON_CA", g.ca())
-        .env("ELTON_HOME", g.dir.path().join("home"))
-        .output()
-        .expect("running elton import");
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn create(g: &Group, name: &str, host: &str, cmd: &str, extra: &[&str]) {
     let mut args = vec![
         "app",
@@ -172,7 +148,7 @@ fn instances_under(dir: &Path) -> Vec<u32> {
 fn fastcontainer_proxy() {
     let g = Group::new(1, 1, &[]);
     g.converged(1, CONVERGE);
-    import(&g, &[("index.html", "hello from site v1\n")], "site");
+    g.import(&[("index.html", "hello from site v1\n")], "site");
     create(
         &g,
         "web",
@@ -429,7 +405,7 @@ fn phase8_a_deploy_during_a_request_stream_fails_no_request(g: &Group, p: &Proxy
         let (code, body) = p.get("web.test", "/index.html");
         code == 200 && body.contains("site v1")
     });
-    import(g, &[("index.html", "hello from site v2\n")], "site");
+    g.import(&[("index.html", "hello from site v2\n")], "site");
     let app: serde_json::Value =
         serde_json::from_str(&g.ok(1, &["app", "deploy", "web", "--json"])).expect("deploy");
     assert_eq!(app["version"], 2, "{app:#}");

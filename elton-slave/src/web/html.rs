@@ -1,23 +1,10 @@
 //! HTML building blocks: escaping, URL segments, the page frame. Pages are
 //! plain server-rendered HTML with inline CSS: no script, no build step.
 
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use percent_encoding::{AsciiSet, utf8_percent_encode};
 
 /// Characters escaped in path segments of generated links.
-const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'/')
-    .add(b'?')
-    .add(b'<')
-    .add(b'>')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'\'')
-    .add(b'&');
+const SEGMENT: &AsciiSet = &crate::http::SEGMENT.add(b'\'').add(b'&');
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {

@@ -24,6 +24,32 @@ pub struct Group {
 }
 
 impl Group {
+    /// `elton import DIR VOLUME --create` of `files` through master 1 and
+    /// the first slave.
+    pub fn import(&self, files: &[(&str, &str)], volume: &str) {
+        let dir = self.dir.path().join(format!("src-{volume}"));
+        std::fs::create_dir_all(&dir).expect("source dir");
+        for (name, body) in files {
+            std::fs::write(dir.join(name), body).expect("source file");
+        }
+        let out = std::process::Command::new(super::bin())
+            .arg("import")
+            .arg(&dir)
+            .args([volume, "--create"])
+            .env("ELTON_MASTER", self.master_url(1))
+            .env("ELTON_SLAVE", self.slaves[0].url())
+            .env("ELTON_TOKEN", super::TOKEN)
+            .env("ELTON_CA", self.ca())
+            .env("ELTON_HOME", self.dir.path().join("home"))
+            .output()
+            .expect("running elton import");
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts `masters` masters (the first initialises the group, the others
     /// join as voters) and `slaves` slave hosts (learners), and waits until
     /// every member is in.
