@@ -15,7 +15,8 @@
 //! - [`control`]: this host as a learner of the control plane's Raft
 //!   group (its own gRPC endpoint, `--control-listen`).
 //! - [`serve`]: the HTTP server (connection deadlines of [`conn_clock`]).
-//! - [`durable`]: the one durable-write helper.
+//! - [`durable`]: the one durable-write helper; [`usage`]: counting the
+//!   store for heartbeats.
 //! - [`error`]: one error type, mapped to HTTP status in one place.
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves.
@@ -46,6 +47,7 @@ pub mod tokens;
 pub mod tree;
 pub mod turns;
 pub mod undo;
+pub mod usage;
 pub mod volumes;
 pub mod web;
 

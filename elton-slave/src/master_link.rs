@@ -18,8 +18,9 @@ use crate::SlaveError;
 use crate::incarnation::VersionCache;
 use crate::store::ObjectStore;
 
-/// How often the store is counted for the heartbeats' usage report.
-const USAGE_EVERY: Duration = Duration::from_secs(30);
+/// How often the store is recounted for the heartbeats' usage report (a
+/// recount stats the shard directories and lists only changed ones).
+const USAGE_EVERY: Duration = Duration::from_secs(2);
 
 /// Aborts a background task when the loop that started it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -326,17 +327,23 @@ impl MasterLink {
         backups: &mpsc::Sender<ObjectId>,
     ) {
         let mut tick = tokio::time::interval(interval);
-        // The store is counted in the background now and then (a walk of
-        // every shard); heartbeats carry the last count.
+        // The store is counted in the background; heartbeats carry the
+        // last count.
         let usage = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
         let counter = {
-            let (usage, store) = (usage.clone(), store.clone());
+            let usage = usage.clone();
+            let mut counter = store.usage_counter();
             tokio::spawn(async move {
                 loop {
-                    let s = store.clone();
-                    if let Ok(u) = tokio::task::spawn_blocking(move || s.usage()).await {
-                        *usage.lock().unwrap_or_else(|p| p.into_inner()) = u;
-                    }
+                    let counted = tokio::task::spawn_blocking(move || {
+                        let u = counter.count();
+                        (counter, u)
+                    });
+                    let Ok((back, u)) = counted.await else {
+                        return;
+                    };
+                    counter = back;
+                    *usage.lock().unwrap_or_else(|p| p.into_inner()) = u;
                     tokio::time::sleep(USAGE_EVERY).await;
                 }
             })

@@ -568,24 +568,10 @@ impl ObjectStore {
         Ok(out)
     }
 
-    /// How many objects the store holds and their bytes (for the
-    /// master's `elton node ls`). Blocking: walks every shard.
-    pub fn usage(&self) -> (u64, u64) {
-        let (mut objects, mut bytes) = (0, 0);
-        for shard in 0..=255u8 {
-            let Ok(files) = fs::read_dir(self.objects.join(format!("{shard:02x}"))) else {
-                continue;
-            };
-            for f in files.flatten() {
-                if let Ok(m) = f.metadata()
-                    && m.is_file()
-                {
-                    objects += 1;
-                    bytes += m.len();
-                }
-            }
-        }
-        (objects, bytes)
+    /// Counts what the store holds, incrementally (see
+    /// [`crate::usage`]), for the master's `elton node ls`.
+    pub fn usage_counter(&self) -> crate::usage::UsageCounter {
+        crate::usage::UsageCounter::new(&self.objects)
     }
 
     /// The ids stored in one shard directory (`objects/<shard as hex>/`).
