@@ -5,6 +5,8 @@
 //! - [`chunked`]: chunked lower files: reads by chunk, assembly, copy-up.
 //! - [`readahead`]: background fetches of the chunks a sequential reader
 //!   needs next.
+//! - [`upper_dirs`]: the upper reached by directory descriptors;
+//!   [`meta`]: the attributes of its entries.
 //! - [`inodes`]: inode numbers for paths.
 //! - [`stamp`]: whether a local file is still the one that was checked.
 //! - [`fuse`]: the FUSE request handlers; [`attrs`]: the attributes they
@@ -26,8 +28,10 @@ pub mod handle;
 pub mod inodes;
 pub mod layers;
 pub mod lower;
+pub mod meta;
 pub mod mount;
 pub mod mount_table;
 mod mount_update;
 pub mod readahead;
 pub mod stamp;
+pub mod upper_dirs;

@@ -259,12 +259,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
                     "cannot tell whether the interrupted commit was published; is the slave up?",
                 )? == Some(root),
             };
-        let layers = Layers {
-            upper: upper.clone(),
-            work: work.clone(),
-            lower: Arc::new(NoLower),
-            root: None,
-        };
+        let layers = Layers::new(upper.clone(), work.clone(), Arc::new(NoLower), None);
         if published {
             tracing::info!(
                 version = next,
@@ -336,12 +331,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     };
     write_json(&record_path, &record)?;
 
-    let layers = Layers {
-        upper,
-        work,
-        lower,
-        root,
-    };
+    let layers = Layers::new(upper, work, lower, root);
     let state = Arc::new(Mutex::new(MountState::new(layers)));
     let socket = opts.state_dir.join("control.sock");
     let _ = std::fs::remove_file(&socket);
