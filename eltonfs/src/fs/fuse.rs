@@ -370,9 +370,17 @@ fn rx(e: rustix::io::Errno) -> Errno {
     Errno::from_i32(e.raw_os_error())
 }
 
+/// NAME_MAX of the filesystems an upper lives on (what `statfs` reports).
+const NAME_MAX: usize = 255;
+
 fn child(parent: &Path, name: &OsStr) -> Result<PathBuf, Errno> {
     if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/') {
         return Err(Errno::EINVAL);
+    }
+    // Checked here too: a name under a directory only the lower has never
+    // reaches the upper's filesystem, which would refuse it.
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
     }
     Ok(parent.join(name))
 }
@@ -496,8 +504,8 @@ fn prepare_new(st: &MountState, rel: &Path) -> Result<(At, bool), Errno> {
 /// content is copied up with its subtree (and made opaque). Returns its
 /// upper entry.
 fn copy_up_whole(st: &MountState, rel: &Path, view: &View) -> Result<At, Errno> {
-    let has_lower_content = view.is_dir()
-        && (view.upper.is_none() || st.layers.merged_lower(rel, view)?.is_some());
+    let has_lower_content =
+        view.is_dir() && (view.upper.is_none() || st.layers.merged_lower(rel, view)?.is_some());
     if has_lower_content {
         st.layers.copy_up_tree(rel)?;
         Ok(st.layers.at(rel)?)
@@ -744,8 +752,7 @@ impl Filesystem for EltonFs {
         let result = (|| -> Result<PathBuf, Errno> {
             let rel = child(&st.path(parent)?, name)?;
             let (up, replaced_lower) = prepare_new(&st, &rel)?;
-            rustix::fs::mkdirat(&*up.dir, &up.name, Mode::from_bits_truncate(0o700))
-                .map_err(rx)?;
+            rustix::fs::mkdirat(&*up.dir, &up.name, Mode::from_bits_truncate(0o700)).map_err(rx)?;
             own_new(&up, req, Some(mode & !umask & 0o7777), true)?;
             if replaced_lower {
                 set_opaque_at(&up)?;
@@ -1308,7 +1315,9 @@ impl Filesystem for EltonFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let root = self.lock().layers.dirs.dir(Path::new(""));
-        let stat = root.map_err(errno).and_then(|fd| rustix::fs::fstatvfs(&*fd).map_err(rx));
+        let stat = root
+            .map_err(errno)
+            .and_then(|fd| rustix::fs::fstatvfs(&*fd).map_err(rx));
         match stat {
             Ok(s) => reply.statfs(
                 s.f_blocks,

@@ -82,7 +82,10 @@ pub fn is_opaque(upper_path: &Path) -> bool {
 /// [`is_opaque`] for an open upper directory.
 fn is_opaque_dir(dir: &impl AsFd) -> bool {
     let mut buf = [0u8; 2];
-    matches!(rustix::fs::fgetxattr(dir, OPAQUE_XATTR, &mut buf[..]), Ok(1)) && buf[0] == b'y'
+    matches!(
+        rustix::fs::fgetxattr(dir, OPAQUE_XATTR, &mut buf[..]),
+        Ok(1)
+    ) && buf[0] == b'y'
 }
 
 /// Converts manifest nanoseconds to a `SystemTime`.
@@ -428,7 +431,13 @@ impl Layers {
 
     /// Moves the upper entry `from` to `to` (replacing an entry there as
     /// rename(2) does), keeping the directory cache true.
-    pub fn rename_upper(&self, from: &At, from_rel: &Path, to: &At, to_rel: &Path) -> io::Result<()> {
+    pub fn rename_upper(
+        &self,
+        from: &At,
+        from_rel: &Path,
+        to: &At,
+        to_rel: &Path,
+    ) -> io::Result<()> {
         rustix::fs::renameat(&*from.dir, &from.name, &*to.dir, &to.name)?;
         self.dirs.forget(from_rel);
         self.dirs.forget(to_rel);

@@ -14,7 +14,8 @@
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket;
 //!   `mount_update`: its `elton update`; [`commit_progress`]: the
 //!   progress lines a commit sends, [`commit_reporter`]: sending them.
-//! - [`daemon`]: starting a mount as a detached process.
+//! - [`daemon`]: starting a mount as a detached process; `control_path`:
+//!   its control socket at a path of any length.
 //! - [`mount_table`]: which paths are Elton mounts (the kernel's table).
 
 pub mod attrs;
@@ -22,6 +23,7 @@ pub mod changes;
 pub mod chunked;
 pub mod commit_progress;
 pub mod commit_reporter;
+mod control_path;
 pub mod daemon;
 pub mod fuse;
 pub mod handle;

@@ -214,7 +214,7 @@ pub fn check_free(mountpoint: &Path, state_dir: &Path) -> Result<()> {
         );
     }
     let socket = state_dir.join("control.sock");
-    if UnixStream::connect(&socket).is_ok() {
+    if super::control_path::connect(&socket).is_ok() {
         bail!(
             "{} is in use by another running mount (its control socket {} answers); \
              two mounts must not share an upper",
@@ -335,8 +335,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let state = Arc::new(Mutex::new(MountState::new(layers)));
     let socket = opts.state_dir.join("control.sock");
     let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener = super::control_path::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
 
     let assembled =
         super::chunked::Assembled::new(opts.state_dir.join("assembled"), opts.assembled_max_bytes);
@@ -778,7 +778,7 @@ pub fn control_with_progress(
     let n = rustix::fs::getxattr(mountpoint, super::fuse::CONTROL_XATTR, &mut buf[..])
         .map_err(|e| anyhow!("{} is not an Elton mount ({e})", mountpoint.display()))?;
     let socket = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
-    let conn = UnixStream::connect(&socket)
+    let conn = super::control_path::connect(&socket)
         .with_context(|| format!("connecting to {}", socket.display()))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');

@@ -200,7 +200,12 @@ impl UpperDirs {
 }
 
 fn open_dir(parent: &impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(parent, name, dir_flags(), Mode::empty())?)
+    Ok(rustix::fs::openat(
+        parent,
+        name,
+        dir_flags(),
+        Mode::empty(),
+    )?)
 }
 
 #[cfg(test)]
@@ -223,8 +228,11 @@ mod tests {
         }
         assert!(rel.as_os_str().len() > 8000);
         let at = dirs.at(&rel.join("f")).unwrap();
-        at.open(OFlags::CREATE | OFlags::WRONLY, Mode::from_bits_truncate(0o644))
-            .unwrap();
+        at.open(
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
         assert!(at.stat().unwrap().unwrap().is_file());
         // Found again after the cache is emptied: walked from the root.
         dirs.forget_all();
@@ -237,14 +245,38 @@ mod tests {
         fs::create_dir_all(dir.path().join("a/b")).unwrap();
         fs::write(dir.path().join("a/b/f"), "x").unwrap();
         let dirs = UpperDirs::new(dir.path());
-        assert!(dirs.at(Path::new("a/b/f")).unwrap().stat().unwrap().is_some());
+        assert!(
+            dirs.at(Path::new("a/b/f"))
+                .unwrap()
+                .stat()
+                .unwrap()
+                .is_some()
+        );
         fs::rename(dir.path().join("a"), dir.path().join("c")).unwrap();
         fs::create_dir_all(dir.path().join("a/b")).unwrap();
         // Until told, the cached descriptor still names the moved directory.
-        assert!(dirs.at(Path::new("a/b/f")).unwrap().stat().unwrap().is_some());
+        assert!(
+            dirs.at(Path::new("a/b/f"))
+                .unwrap()
+                .stat()
+                .unwrap()
+                .is_some()
+        );
         dirs.forget(Path::new("a"));
-        assert!(dirs.at(Path::new("a/b/f")).unwrap().stat().unwrap().is_none());
-        assert!(dirs.at(Path::new("c/b/f")).unwrap().stat().unwrap().is_some());
+        assert!(
+            dirs.at(Path::new("a/b/f"))
+                .unwrap()
+                .stat()
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            dirs.at(Path::new("c/b/f"))
+                .unwrap()
+                .stat()
+                .unwrap()
+                .is_some()
+        );
         // A missing or non-directory parent is an error, not a walk past it.
         assert!(dirs.at(Path::new("nope/f")).is_err());
         assert!(dirs.at(Path::new("c/b/f/g")).is_err());
