@@ -3,15 +3,14 @@
 //! files happen outside it, and file data of opened files bypasses this
 //! process entirely through FUSE passthrough when the kernel allows it.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use elton_proto::{Entry, EntryKind};
 use fuser::{
@@ -20,136 +19,30 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid, XattrFlags};
 
 use super::attrs::{UPPER_TTL, attr_of, attr_of_meta, kind_of_entry, kind_of_meta};
 use super::chunked::{self, Assembled, ChunkedReader};
 pub use super::handle::Handle;
 use super::handle::Io;
-use super::inodes::{Inodes, ROOT};
+use super::inodes::ROOT;
 use super::layers::{
-    At, EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout_at, open_write,
-    set_opaque_at,
+    EntryKindOrUpper, PRIVATE_XATTR_PREFIX, is_whiteout_at, open_write, set_opaque_at,
 };
 use super::meta::Meta;
+use super::mount_state::LowerData;
+pub use super::mount_state::MountState;
 use super::readahead::ReadAhead;
+use super::upper_ops::{
+    child, chmod, chown, copy_up_whole, errno, exchange, kill_suid, own_new, prepare_new, rx,
+    set_times, timestamps,
+};
 
 /// How long an open waits for the inode's other backing file to be closed
 /// (see [`EltonFs::wait_for_backing`]).
 const BACKING_WAIT: Duration = Duration::from_secs(1);
 /// Virtual xattr on the root naming the mount's control socket.
 pub const CONTROL_XATTR: &str = "user.elton.control";
-
-pub struct MountState {
-    pub layers: Layers,
-    pub inodes: Inodes,
-    pub handles: HashMap<u64, Handle>,
-    dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
-    next_fh: u64,
-    /// Per FUSE inode, the backing file (device, inode) its passthrough
-    /// opens use: the kernel allows only one at a time.
-    backing: HashMap<u64, ((u64, u64), Weak<BackingId>)>,
-}
-
-impl MountState {
-    pub fn new(layers: Layers) -> Self {
-        Self {
-            layers,
-            inodes: Inodes::new(),
-            handles: HashMap::new(),
-            dirs: HashMap::new(),
-            next_fh: 1,
-            backing: HashMap::new(),
-        }
-    }
-
-    /// The backing files (device, inode) of passthrough opens still open.
-    fn backing_in_use(&self) -> HashSet<(u64, u64)> {
-        self.backing
-            .values()
-            .filter(|(_, w)| w.strong_count() > 0)
-            .map(|(key, _)| *key)
-            .collect()
-    }
-
-    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        self.inodes
-            .path(ino.0)
-            .map(Path::to_path_buf)
-            .ok_or(Errno::ENOENT)
-    }
-
-    fn view(&self, rel: &Path) -> Result<View, Errno> {
-        self.layers.view(rel)?.ok_or(Errno::ENOENT)
-    }
-
-    /// Whether the daemon serves an open chunked file of inode `ino`.
-    fn serves_chunked(&self, ino: u64) -> bool {
-        self.handles
-            .values()
-            .any(|h| h.ino == ino && h.chunked.is_some())
-    }
-
-    /// Decides, under the lock, how an open of a chunked lower file reads:
-    /// whole (passthrough) when assembled, unless the daemon serves another
-    /// open of the inode; the kernel refuses passthrough and daemon-served
-    /// opens of one inode at the same time, so the first open's mode wins
-    /// until all its opens are closed.
-    fn lower_open(&self, ino: u64, data: LowerData) -> LowerData {
-        match data {
-            LowerData::Chunked {
-                whole: Some(p),
-                reader,
-                recipe_file,
-            } => {
-                if self.serves_chunked(ino) {
-                    LowerData::Chunked {
-                        whole: Some(p),
-                        reader,
-                        recipe_file,
-                    }
-                } else {
-                    LowerData::Whole(p)
-                }
-            }
-            other => other,
-        }
-    }
-
-    fn fh(&mut self) -> u64 {
-        self.next_fh += 1;
-        self.next_fh
-    }
-
-    /// The open handle `fh` of inode `ino`, or else any open handle of it.
-    fn handle_of(&self, ino: u64, fh: Option<FileHandle>) -> Option<&Handle> {
-        fh.and_then(|fh| self.handles.get(&fh.0))
-            .filter(|h| h.ino == ino)
-            .or_else(|| self.handles.values().find(|h| h.ino == ino))
-    }
-
-    /// Upper files with several links share one inode number.
-    fn ino_for(&mut self, rel: &Path, view: &View) -> u64 {
-        let link = view
-            .upper
-            .as_ref()
-            // Any non-directory can have several links (FIFOs, sockets and
-            // devices too).
-            .filter(|m| !m.is_dir() && m.nlink() > 1)
-            .map(Meta::ino);
-        self.inodes.ino(rel, link)
-    }
-
-    /// Files currently open for writing (their upper paths), for commit.
-    pub fn open_for_write(&self) -> Vec<(u64, u64)> {
-        self.handles
-            .values()
-            .filter(|h| h.writable)
-            .filter_map(|h| h.file.metadata().ok())
-            .map(|m| (m.dev(), m.ino()))
-            .collect()
-    }
-}
 
 pub struct EltonFs {
     pub state: Arc<Mutex<MountState>>,
@@ -161,19 +54,6 @@ pub struct EltonFs {
     assembled: Assembled,
     /// Background fetches of chunks for the daemon-served chunked files.
     read_ahead: Arc<ReadAhead>,
-}
-
-/// Where a read-only open of a lower file gets its bytes.
-enum LowerData {
-    /// A complete local file: a store object or an assembled chunked file.
-    Whole(PathBuf),
-    /// A chunked file: `recipe_file` is the recipe object, `whole` its
-    /// assembled copy if there is one.
-    Chunked {
-        reader: Arc<ChunkedReader>,
-        recipe_file: PathBuf,
-        whole: Option<PathBuf>,
-    },
 }
 
 impl EltonFs {
@@ -343,210 +223,6 @@ impl EltonFs {
         );
         Ok((fh, Io::Passthrough(id)))
     }
-}
-
-/// Clears setuid (and group-executable setgid) bits as the kernel would on a
-/// write, truncate or write-open by an unprivileged user. With
-/// `FUSE_HANDLE_KILLPRIV_V2` this is the filesystem's job, and passthrough
-/// writes never reach us, so it is done when such a user opens the file for
-/// writing (slightly earlier than the kernel would, never later).
-fn kill_suid(file: &File) -> io::Result<()> {
-    let mode = file.metadata()?.permissions().mode();
-    let mut cleared = mode & !0o4000;
-    if mode & 0o010 != 0 {
-        cleared &= !0o2000;
-    }
-    if cleared != mode {
-        file.set_permissions(fs::Permissions::from_mode(cleared & 0o7777))?;
-    }
-    Ok(())
-}
-
-fn errno(e: io::Error) -> Errno {
-    Errno::from(e)
-}
-
-fn rx(e: rustix::io::Errno) -> Errno {
-    Errno::from_i32(e.raw_os_error())
-}
-
-/// NAME_MAX of the filesystems an upper lives on (what `statfs` reports).
-const NAME_MAX: usize = 255;
-
-fn child(parent: &Path, name: &OsStr) -> Result<PathBuf, Errno> {
-    if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/') {
-        return Err(Errno::EINVAL);
-    }
-    // Checked here too: a name under a directory only the lower has never
-    // reaches the upper's filesystem, which would refuse it.
-    if name.len() > NAME_MAX {
-        return Err(Errno::ENAMETOOLONG);
-    }
-    Ok(parent.join(name))
-}
-
-fn timestamps(atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> Timestamps {
-    let omit = Timespec {
-        tv_sec: 0,
-        tv_nsec: rustix::fs::UTIME_OMIT,
-    };
-    let conv = |t: Option<TimeOrNow>| match t {
-        None => omit,
-        Some(TimeOrNow::Now) => Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: d.subsec_nanos() as _,
-            },
-            Err(e) => {
-                let d = e.duration();
-                let mut secs = -(d.as_secs() as i64);
-                let mut nsec = -(d.subsec_nanos() as i64);
-                if nsec < 0 {
-                    secs -= 1;
-                    nsec += 1_000_000_000;
-                }
-                Timespec {
-                    tv_sec: secs,
-                    tv_nsec: nsec as _,
-                }
-            }
-        },
-    };
-    Timestamps {
-        last_access: conv(atime),
-        last_modification: conv(mtime),
-    }
-}
-
-fn set_times(at: &At, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> io::Result<()> {
-    let ts = timestamps(atime, mtime);
-    rustix::fs::utimensat(&*at.dir, &at.name, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
-}
-
-fn chown(at: &At, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    rustix::fs::chownat(
-        &*at.dir,
-        &at.name,
-        uid.map(Uid::from_raw),
-        gid.map(Gid::from_raw),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
-}
-
-/// Gives a new upper entry (made by this process, as root) the owner and
-/// mode the kernel gives an entry made by the requester: its uid, and its
-/// gid unless the directory is setgid (then the directory's group, and a
-/// new directory inherits the setgid bit). `perm` is `None` for symlinks.
-fn own_new(up: &At, req: &Request, perm: Option<u32>, is_dir: bool) -> io::Result<()> {
-    const SGID: u32 = libc::S_ISGID;
-    let dir = Meta::from(rustix::fs::fstat(&*up.dir)?);
-    let sgid_dir = dir.mode() & SGID != 0;
-    let gid = if sgid_dir { dir.gid() } else { req.gid() };
-    // chown clears setuid/setgid bits: set the mode after it.
-    chown(up, Some(req.uid()), Some(gid))?;
-    if let Some(mut perm) = perm {
-        if is_dir && sgid_dir {
-            perm |= SGID;
-        }
-        // A group-executable setgid file of a group its creator is not in
-        // loses the bit (approximated with the primary group).
-        if !is_dir
-            && sgid_dir
-            && perm & SGID != 0
-            && perm & 0o010 != 0
-            && req.uid() != 0
-            && req.gid() != gid
-        {
-            perm &= !SGID;
-        }
-        chmod(up, perm)?;
-    }
-    Ok(())
-}
-
-/// Sets the permission bits of an upper entry that is not a symlink.
-fn chmod(at: &At, perm: u32) -> io::Result<()> {
-    rustix::fs::chmodat(
-        &*at.dir,
-        &at.name,
-        Mode::from_bits_truncate(perm),
-        AtFlags::empty(),
-    )?;
-    Ok(())
-}
-
-/// Clears the way for a new entry at `rel`: its ancestors exist in the
-/// upper and a whiteout there is removed. Returns the upper entry and
-/// whether a lower entry was deleted at this path (a new directory there
-/// must then be opaque).
-fn prepare_new(st: &MountState, rel: &Path) -> Result<(At, bool), Errno> {
-    if st.layers.view(rel)?.is_some() {
-        return Err(Errno::EEXIST);
-    }
-    st.layers.copy_up_parents(rel)?;
-    let up = st.layers.at(rel)?;
-    match up.stat()? {
-        Some(m) if is_whiteout_at(&up, &m) => {
-            rustix::fs::unlinkat(&*up.dir, &up.name, AtFlags::empty()).map_err(rx)?;
-            Ok((up, true))
-        }
-        _ => Ok((up, false)),
-    }
-}
-
-/// Brings `rel` wholly into the upper for a move: a directory with lower
-/// content is copied up with its subtree (and made opaque). Returns its
-/// upper entry.
-fn copy_up_whole(st: &MountState, rel: &Path, view: &View) -> Result<At, Errno> {
-    let has_lower_content =
-        view.is_dir() && (view.upper.is_none() || st.layers.merged_lower(rel, view)?.is_some());
-    if has_lower_content {
-        st.layers.copy_up_tree(rel)?;
-        Ok(st.layers.at(rel)?)
-    } else {
-        Ok(st.layers.copy_up(rel)?)
-    }
-}
-
-/// `rename(RENAME_EXCHANGE)`: both names exist before and after, so no
-/// whiteouts; both sides move wholly into the upper first.
-fn exchange(st: &mut MountState, a: &Path, a_view: &View, b: &Path) -> Result<(), Errno> {
-    let b_view = st.view(b)?;
-    if a == b {
-        return Ok(());
-    }
-    if a.starts_with(b) || b.starts_with(a) {
-        return Err(Errno::EINVAL);
-    }
-    let a_up = copy_up_whole(st, a, a_view)?;
-    st.layers.copy_up_parents(b)?;
-    let b_up = copy_up_whole(st, b, &b_view)?;
-    rustix::fs::renameat_with(
-        &*a_up.dir,
-        &a_up.name,
-        &*b_up.dir,
-        &b_up.name,
-        rustix::fs::RenameFlags::EXCHANGE,
-    )
-    .map_err(rx)?;
-    st.layers.dirs.forget(a);
-    st.layers.dirs.forget(b);
-    // A directory now sitting where the lower has an entry must not merge
-    // with it.
-    if a_view.is_dir() && b_view.lower.is_some() {
-        set_opaque_at(&b_up)?;
-    }
-    if b_view.is_dir() && a_view.lower.is_some() {
-        set_opaque_at(&a_up)?;
-    }
-    st.inodes.exchange(a, b);
-    Ok(())
 }
 
 impl Filesystem for EltonFs {

@@ -9,8 +9,10 @@
 //!   [`meta`]: the attributes of its entries.
 //! - [`inodes`]: inode numbers for paths.
 //! - [`stamp`]: whether a local file is still the one that was checked.
-//! - [`fuse`]: the FUSE request handlers; [`attrs`]: the attributes they
-//!   report; [`handle`]: open files.
+//! - [`fuse`]: the FUSE request handlers; `mount_state`: the state they
+//!   share under one lock; `upper_ops`: what they do to the upper beyond
+//!   single calls; [`attrs`]: the attributes they report; [`handle`]: open
+//!   files.
 //! - [`mount`]: one mount's life: recovery, serving, commit, control socket;
 //!   `mount_update`: its `elton update`; [`commit_progress`]: the
 //!   progress lines a commit sends, [`commit_reporter`]: sending them.
@@ -32,8 +34,10 @@ pub mod layers;
 pub mod lower;
 pub mod meta;
 pub mod mount;
+mod mount_state;
 pub mod mount_table;
 mod mount_update;
 pub mod readahead;
 pub mod stamp;
 pub mod upper_dirs;
+mod upper_ops;
