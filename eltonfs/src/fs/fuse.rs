@@ -952,14 +952,19 @@ impl Filesystem for EltonFs {
         let (Some(entries), Ok(rel)) = (st.dirs.get(&fh.0), st.path(ino)) else {
             return reply.error(Errno::EBADF);
         };
+        // The directory's layers once, not a walk from the root per entry.
+        let children = match st.layers.children(&rel) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno(e)),
+        };
         for (i, (child_ino, _, name)) in entries.iter().enumerate().skip(offset as usize) {
-            let child_rel = match name.as_encoded_bytes() {
-                b"." => rel.clone(),
-                b".." => rel.parent().map(Path::to_path_buf).unwrap_or_default(),
-                _ => rel.join(name),
+            let view = match name.as_encoded_bytes() {
+                b"." => st.view(&rel).ok(),
+                b".." => st.view(rel.parent().unwrap_or_else(|| Path::new(""))).ok(),
+                _ => children.as_ref().and_then(|c| c.view(name).ok().flatten()),
             };
             // Gone since opendir: leave it out, as readdir may.
-            let Ok(view) = st.view(&child_rel) else {
+            let Some(view) = view else {
                 continue;
             };
             let (attr, ttl) = attr_of(*child_ino, &view);

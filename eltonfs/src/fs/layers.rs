@@ -250,6 +250,27 @@ impl Layers {
         })
     }
 
+    /// Directory `rel`'s two layers, for resolving many of its children
+    /// without walking from the root for each; `None` when `rel` is not a
+    /// directory.
+    pub fn children(&self, rel: &Path) -> io::Result<Option<Children>> {
+        let Some(view) = self.view(rel)? else {
+            return Ok(None);
+        };
+        if !view.is_dir() {
+            return Ok(None);
+        }
+        let upper = match &view.upper {
+            Some(_) => Some(self.dirs.dir(rel)?),
+            None => None,
+        };
+        let lower = match self.merged_lower(rel, &view)? {
+            Some(id) => Some(self.lower.manifest(&id)?),
+            None => None,
+        };
+        Ok(Some(Children { upper, lower }))
+    }
+
     /// The merged listing of directory `rel`: name → whether it is a dir,
     /// plus the kind for readdir.
     pub fn list(
@@ -480,6 +501,41 @@ impl Layers {
     }
 }
 
+/// A directory's upper directory and merged lower manifest (see
+/// [`Layers::children`]).
+pub struct Children {
+    upper: Option<Arc<OwnedFd>>,
+    lower: Option<Arc<DirManifest>>,
+}
+
+impl Children {
+    /// What [`Layers::view`] gives for the child `name`, at the cost of at
+    /// most one `fstatat` (none under a directory only the lower has).
+    pub fn view(&self, name: &std::ffi::OsStr) -> io::Result<Option<View>> {
+        let upper = match &self.upper {
+            Some(dir) => {
+                let at = At {
+                    dir: dir.clone(),
+                    name: name.to_os_string(),
+                };
+                match at.stat()? {
+                    Some(m) if is_whiteout_at(&at, &m) => return Ok(None),
+                    m => m,
+                }
+            }
+            None => None,
+        };
+        let lower = match (&self.lower, name.to_str()) {
+            (Some(d), Some(n)) => d.get(n).cloned(),
+            _ => None,
+        };
+        if upper.is_none() && lower.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(View { upper, lower }))
+    }
+}
+
 /// Kind of a merged directory entry, from whichever layer provides it.
 pub enum EntryKindOrUpper {
     Upper(Meta),
@@ -702,6 +758,30 @@ mod tests {
         fs::create_dir(l.upper_path(Path::new("d"))).unwrap();
         set_opaque(&l.upper_path(Path::new("d"))).unwrap();
         assert!(l.view(Path::new("d/inner")).unwrap().is_none());
+    }
+
+    #[test]
+    fn phase1b_children_resolve_as_view_does() {
+        let (_dir, l) = fixture();
+        let same = |l: &Layers, dir: &str, name: &str| {
+            let c = l.children(Path::new(dir)).unwrap().unwrap();
+            let child = c.view(std::ffi::OsStr::new(name)).unwrap();
+            let whole = l.view(&Path::new(dir).join(name)).unwrap();
+            assert_eq!(
+                child.map(|v| (v.upper.map(|m| m.ino()), v.lower)),
+                whole.map(|v| (v.upper.map(|m| m.ino()), v.lower)),
+                "{dir}/{name}"
+            );
+        };
+        // Lower only, then merged, then hidden by a whiteout.
+        same(&l, "d", "inner");
+        same(&l, "", "f");
+        l.copy_up(Path::new("d/inner")).unwrap();
+        same(&l, "d", "inner");
+        l.whiteout(Path::new("f")).unwrap();
+        same(&l, "", "f");
+        assert!(l.children(Path::new("f")).unwrap().is_none());
+        assert!(l.children(Path::new("big")).unwrap().is_none());
     }
 
     #[test]
