@@ -565,12 +565,19 @@ fn remove_tree(parent: &OwnedFd, name: &OsString) -> io::Result<()> {
         let e = e?;
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
-            names.push((n.to_vec(), e.file_type() == RxFileType::Directory));
+            names.push((n.to_vec(), e.file_type()));
         }
     }
-    for (n, is_dir) in names {
+    for (n, kind) in names {
         let n = OsString::from_vec(n);
-        if is_dir {
+        // Some filesystems leave the kind out of listings: ask then.
+        let kind = match kind {
+            RxFileType::Unknown => {
+                Meta::from(rustix::fs::statat(&dir, &n, AtFlags::SYMLINK_NOFOLLOW)?).file_type()
+            }
+            k => k,
+        };
+        if kind == RxFileType::Directory {
             remove_tree(&dir, &n)?;
         } else {
             rustix::fs::unlinkat(&dir, &n, AtFlags::empty())?;
