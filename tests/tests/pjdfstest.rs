@@ -3,9 +3,10 @@
 //! installed by `./test.sh`, found through `PJDFSTEST_BIN`) run on a native
 //! directory, on a kernel overlayfs mount and on Eltonfs, each over the
 //! same small source tree. Goal (issue 17): Eltonfs fails nothing that the
-//! native directory passes. Until then, the cases Eltonfs is known to fail
-//! are listed in [`KNOWN_GAPS`]: a failure outside that list fails this
-//! test, and so does a listed case that passes (the list must stay true).
+//! native directory passes (met: [`KNOWN_GAPS`] is empty). A case that
+//! had to be accepted as a gap would be listed there: a failure outside
+//! that list fails this test, and so does a listed case that passes (the
+//! list must stay true).
 //! Overlayfs fails 41 cases native passes (character devices 0:0, which
 //! it refuses); Eltonfs supports them.
 
