@@ -3,9 +3,10 @@
 //! installed by `./test.sh`, found through `PJDFSTEST_BIN`) run on a native
 //! directory, on a kernel overlayfs mount and on Eltonfs, each over the
 //! same small source tree. Goal (issue 17): Eltonfs fails nothing that the
-//! native directory passes. Until then, the cases Eltonfs is known to fail
-//! are listed in [`KNOWN_GAPS`]: a failure outside that list fails this
-//! test, and so does a listed case that passes (the list must stay true).
+//! native directory passes (met: [`KNOWN_GAPS`] is empty). A case that
+//! had to be accepted as a gap would be listed there: a failure outside
+//! that list fails this test, and so does a listed case that passes (the
+//! list must stay true).
 //! Overlayfs fails 41 cases native passes (character devices 0:0, which
 //! it refuses); Eltonfs supports them.
 
@@ -20,25 +21,10 @@ use std::time::Instant;
 
 use common::{Cluster, Mount};
 
-/// Cases Eltonfs fails today and the native directory passes (issue 17).
-const KNOWN_GAPS: &[&str] = &[
-    // Issue 17 item 1: paths near PATH_MAX (the upper's own path is
-    // prepended to every in-mount path).
-    "chmod::enametoolong_path",
-    "chown::enametoolong_path",
-    "chown::lchown::enametoolong_path",
-    "link::enametoolong_path",
-    "mkdir::enametoolong_path",
-    "mkfifo::enametoolong_path",
-    "mknod::enametoolong_path",
-    "mknod::privileged::enametoolong_path",
-    "open::enametoolong_path",
-    "rename::enametoolong_path",
-    "rmdir::enametoolong_path",
-    "symlink::enametoolong_path",
-    "truncate::enametoolong_path",
-    "unlink::enametoolong_path",
-];
+/// Cases Eltonfs fails today and the native directory passes (issue 17):
+/// none. Kept as the place to list one, with its reason, should a case
+/// have to be accepted as a known gap.
+const KNOWN_GAPS: &[&str] = &[];
 
 /// Features every Linux filesystem under test has; users for the
 /// permission cases (Debian names nobody's group `nogroup`).

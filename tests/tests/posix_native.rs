@@ -519,3 +519,329 @@ fn names(dir: &Path) -> io::Result<Vec<String>> {
     v.sort();
     Ok(v)
 }
+
+/// PATH_MAX without its NUL: the longest path a call accepts.
+const PATH_LEN_MAX: usize = 4095;
+const NAME_MAX: usize = 255;
+
+/// Runs `f` on a descriptor of the directory `root`: calls relative to it
+/// are limited by the length of the in-root path alone, as a program's
+/// calls from its working directory are.
+fn in_root<T>(
+    root: &Path,
+    f: impl FnOnce(&rustix::fd::OwnedFd) -> rustix::io::Result<T>,
+) -> io::Result<T> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(f(&dir)?)
+}
+
+/// What `fstatat` shows of a non-directory.
+fn shown_at(dir: &rustix::fd::OwnedFd, rel: &str) -> rustix::io::Result<(u32, u64, i64, u32, u32)> {
+    let s = rustix::fs::statat(dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((
+        s.st_mode as u32,
+        s.st_nlink as u64,
+        s.st_size as i64,
+        s.st_uid as u32,
+        s.st_gid as u32,
+    ))
+}
+
+/// Directories of `NAME_MAX` names under `prefix` (`c` repeated), and a
+/// file name in the last one, such that the file's path is exactly
+/// `PATH_LEN_MAX` bytes long.
+fn nest_to_the_limit(prefix: &str, c: char) -> (Vec<String>, String) {
+    let mut dirs = Vec::new();
+    let mut path = prefix.to_string();
+    let component = c.to_string().repeat(NAME_MAX);
+    // Room for a slash and a name of at least one byte after the last one.
+    while path.len() + 1 + NAME_MAX + 2 <= PATH_LEN_MAX {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(&component);
+        dirs.push(path.clone());
+    }
+    let room = PATH_LEN_MAX - path.len() - 1;
+    let file = format!("{path}/{}", "f".repeat(room.min(NAME_MAX)));
+    assert_eq!(file.len(), PATH_LEN_MAX, "{room}");
+    (dirs, file)
+}
+
+/// Issue 17 item 1: paths inside the mount reach the native limits
+/// (PATH_MAX, NAME_MAX) whatever the length of the upper directory's own
+/// path. Every root, upper and state directory here lies under a prefix of
+/// more than 240 characters, and every call is made relative to a
+/// descriptor of the root, so that only the in-mount path counts.
+#[test]
+fn phase2_long_paths_reach_the_native_limits() {
+    use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+    assert_eq!(
+        fs::metadata("/proc/self").unwrap().uid(),
+        0,
+        "this test needs root: it mounts overlayfs"
+    );
+    let t0 = Instant::now();
+    let cluster = Cluster::new(1);
+    let tmp = tempfile::Builder::new()
+        .prefix("elton-posix-long")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path().join("p".repeat(120)).join("q".repeat(120));
+    fs::create_dir_all(&base).unwrap();
+    for d in [tmp.path(), base.parent().unwrap(), &base] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert!(base.as_os_str().len() > 240);
+    // The lower tree: a file ten NAME_MAX levels down.
+    let lower_dir: String = std::iter::once("deep".to_string())
+        .chain((0..10).map(|_| "l".repeat(NAME_MAX)))
+        .collect::<Vec<_>>()
+        .join("/");
+    let src = base.join("src");
+    fs::create_dir_all(src.join(&lower_dir)).unwrap();
+    fs::write(src.join(&lower_dir).join("f"), "lower\n").unwrap();
+    cluster.ok(
+        1,
+        &[
+            "import",
+            "--create",
+            src.to_str().unwrap(),
+            "vol",
+            "-m",
+            "deep",
+        ],
+    );
+    let native = base.join("native");
+    copy_tree(&src, &native);
+    let mount = Mount::new(
+        &cluster,
+        1,
+        "vol",
+        &base.join("elton"),
+        &base.join("elton-state"),
+        &["--allow-other"],
+    );
+    let kernel = KernelOverlay::mount(&src, &base);
+    let t = Trio {
+        native,
+        overlay: kernel.0.clone(),
+        elton: mount.mountpoint.clone(),
+    };
+    let mode = Mode::from_bits_truncate(0o755);
+
+    phase(
+        "2.1",
+        "new directories nested to PATH_MAX, every call there",
+        t0,
+    );
+    let (dirs, file) = nest_to_the_limit("", 'a');
+    let dir = dirs.last().unwrap().clone();
+    let sibling = |c: char| format!("{dir}/{}", c.to_string().repeat(NAME_MAX));
+    t.native("mkdir to the limit", |r| {
+        in_root(r, |d| {
+            dirs.iter()
+                .try_for_each(|p| rustix::fs::mkdirat(d, p, mode))
+        })
+    })
+    .unwrap();
+    t.native("create and write at PATH_MAX", |r| {
+        in_root(r, |d| {
+            let f = rustix::fs::openat(
+                d,
+                &file,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )?;
+            rustix::io::write(&f, b"long\n")?;
+            shown_at(d, &file)
+        })
+    })
+    .unwrap();
+    t.native("chmod, chown, utimensat and truncate at PATH_MAX", |r| {
+        in_root(r, |d| {
+            rustix::fs::chmodat(d, &file, Mode::from_bits_truncate(0o600), AtFlags::empty())?;
+            rustix::fs::chownat(
+                d,
+                &file,
+                Some(rustix::fs::Uid::from_raw(65534)),
+                Some(rustix::fs::Gid::from_raw(65534)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            let ts = rustix::fs::Timespec {
+                tv_sec: 1_000_000,
+                tv_nsec: 0,
+            };
+            rustix::fs::utimensat(
+                d,
+                &file,
+                &rustix::fs::Timestamps {
+                    last_access: ts,
+                    last_modification: ts,
+                },
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            let mtime = rustix::fs::statat(d, &file, AtFlags::empty())?.st_mtime;
+            let f = rustix::fs::openat(d, &file, OFlags::WRONLY | OFlags::TRUNC, Mode::empty())?;
+            drop(f);
+            Ok((shown_at(d, &file)?, mtime))
+        })
+    })
+    .unwrap();
+    t.native("link, rename, symlink, mkfifo, readlink at PATH_MAX", |r| {
+        in_root(r, |d| {
+            rustix::fs::linkat(d, &file, d, sibling('g'), AtFlags::empty())?;
+            let linked = (shown_at(d, &file)?, shown_at(d, &sibling('g'))?);
+            rustix::fs::renameat_with(d, sibling('g'), d, sibling('h'), RenameFlags::NOREPLACE)?;
+            rustix::fs::symlinkat("../target", d, sibling('s'))?;
+            let target = rustix::fs::readlinkat(d, sibling('s'), Vec::new())?;
+            rustix::fs::mknodat(
+                d,
+                sibling('p'),
+                rustix::fs::FileType::Fifo,
+                Mode::from_bits_truncate(0o644),
+                0,
+            )?;
+            Ok((linked, target, shown_at(d, &sibling('p'))?.0))
+        })
+    })
+    .unwrap();
+    t.native("listing the deepest directory", |r| {
+        in_root(r, |d| {
+            let fd =
+                rustix::fs::openat(d, &dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+            let mut names = Vec::new();
+            for e in rustix::fs::Dir::read_from(&fd)? {
+                names.push(e?.file_name().to_string_lossy().into_owned());
+            }
+            names.sort();
+            Ok(names)
+        })
+    })
+    .unwrap();
+    // One byte over: refused by the kernel before any filesystem sees it.
+    let over = format!("{dir}//{}", "x".repeat(NAME_MAX));
+    assert_eq!(over.len(), PATH_LEN_MAX + 1);
+    let e = t.native("a path of 4,096 bytes", |r| {
+        in_root(r, |d| shown_at(d, &over))
+    });
+    assert_eq!(e, Err(Errno(libc::ENAMETOOLONG)));
+    let long_name = "n".repeat(NAME_MAX + 1);
+    for parent in ["", "deep"] {
+        let p = if parent.is_empty() {
+            long_name.clone()
+        } else {
+            format!("{parent}/{long_name}")
+        };
+        let e = t.native(&format!("a name of 256 bytes in /{parent}"), |r| {
+            in_root(r, |d| {
+                let looked_up = shown_at(d, &p).map(|_| ());
+                let made = rustix::fs::mkdirat(d, &p, mode);
+                Ok((looked_up, made))
+            })
+        });
+        assert_eq!(
+            e,
+            Ok((
+                Err(rustix::io::Errno::NAMETOOLONG),
+                Err(rustix::io::Errno::NAMETOOLONG)
+            ))
+        );
+    }
+    t.native("unlink and rmdir back to the root", |r| {
+        in_root(r, |d| {
+            for c in ['h', 's', 'p'] {
+                rustix::fs::unlinkat(d, sibling(c), AtFlags::empty())?;
+            }
+            rustix::fs::unlinkat(d, &file, AtFlags::empty())?;
+            dirs.iter()
+                .rev()
+                .try_for_each(|p| rustix::fs::unlinkat(d, p, AtFlags::REMOVEDIR))
+        })
+    })
+    .unwrap();
+
+    phase(
+        "2.2",
+        "under a deep lower directory: copy-up, nesting, rename",
+        t0,
+    );
+    let lower_file = format!("{lower_dir}/f");
+    t.native("append to a deep lower file", |r| {
+        in_root(r, |d| {
+            let f = rustix::fs::openat(
+                d,
+                &lower_file,
+                OFlags::WRONLY | OFlags::APPEND,
+                Mode::empty(),
+            )?;
+            rustix::io::write(&f, b"more\n")?;
+            Ok(shown_at(d, &lower_file)?.2)
+        })
+    })
+    .unwrap();
+    let (dirs, file) = nest_to_the_limit(&lower_dir, 'b');
+    t.native("nest new directories under it to PATH_MAX", |r| {
+        in_root(r, |d| {
+            dirs.iter()
+                .try_for_each(|p| rustix::fs::mkdirat(d, p, mode))?;
+            let f = rustix::fs::openat(
+                d,
+                &file,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_bits_truncate(0o644),
+            )?;
+            rustix::io::write(&f, b"x")?;
+            shown_at(d, &file)
+        })
+    })
+    .unwrap();
+    // "deep" becomes "dee": every path under it one byte shorter.
+    let moved = |p: &str| format!("dee{}", &p["deep".len()..]);
+    let (gone, _, size) = t
+        .native("rename the top lower directory", |r| {
+            in_root(r, |d| {
+                rustix::fs::renameat(d, "deep", d, "dee")?;
+                let gone = rustix::fs::statat(d, &file, AtFlags::empty()).map(|_| ());
+                Ok((
+                    gone,
+                    shown_at(d, &moved(&file))?,
+                    shown_at(d, &moved(&lower_file))?.2,
+                ))
+            })
+        })
+        .unwrap();
+    assert_eq!((gone, size), (Err(rustix::io::Errno::NOENT), 11));
+    let gone = t
+        .native("remove the moved tree", |r| {
+            in_root(r, |d| {
+                rustix::fs::unlinkat(d, moved(&file), AtFlags::empty())?;
+                rustix::fs::unlinkat(d, moved(&lower_file), AtFlags::empty())?;
+                let all: Vec<String> = lower_dir
+                    .split('/')
+                    .scan(String::new(), |p, c| {
+                        if !p.is_empty() {
+                            p.push('/');
+                        }
+                        p.push_str(c);
+                        Some(p.clone())
+                    })
+                    .chain(dirs.iter().cloned())
+                    .collect();
+                all.iter()
+                    .rev()
+                    .try_for_each(|p| rustix::fs::unlinkat(d, moved(p), AtFlags::REMOVEDIR))?;
+                Ok(rustix::fs::statat(d, "dee", AtFlags::empty()).map(|_| ()))
+            })
+        })
+        .unwrap();
+    assert_eq!(gone, Err(rustix::io::Errno::NOENT));
+    drop(kernel);
+    drop(mount);
+}

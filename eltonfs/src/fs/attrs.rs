@@ -1,22 +1,30 @@
 //! FUSE attributes of a path, from whichever layer provides it, and how
 //! long the kernel may cache them.
 
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use elton_proto::EntryKind;
 use fuser::{FileAttr, FileType, INodeNo};
 
 use super::layers::{View, mtime_of};
+use super::meta::Meta;
 
 /// Lower entries never change within a version: cache them long. Switching
 /// versions invalidates explicitly.
 pub const LOWER_TTL: Duration = Duration::from_secs(3600);
 pub const UPPER_TTL: Duration = Duration::from_secs(1);
 
-pub fn kind_of_meta(m: &Metadata) -> FileType {
-    FileType::from_std(m.file_type()).unwrap_or(FileType::RegularFile)
+pub fn kind_of_meta(m: &Meta) -> FileType {
+    use rustix::fs::FileType as Rx;
+    match m.file_type() {
+        Rx::Directory => FileType::Directory,
+        Rx::Symlink => FileType::Symlink,
+        Rx::Fifo => FileType::NamedPipe,
+        Rx::Socket => FileType::Socket,
+        Rx::CharacterDevice => FileType::CharDevice,
+        Rx::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
 }
 
 pub fn kind_of_entry(k: EntryKind) -> FileType {
@@ -35,15 +43,16 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-pub fn attr_of_meta(ino: u64, m: &Metadata) -> FileAttr {
+pub fn attr_of_meta(ino: u64, m: &Meta) -> FileAttr {
+    let (ctime, ctime_nsec) = m.ctime();
     FileAttr {
         ino: INodeNo(ino),
         size: m.size(),
         blocks: m.blocks(),
-        atime: time(m.atime(), m.atime_nsec()),
-        mtime: time(m.mtime(), m.mtime_nsec()),
-        ctime: time(m.ctime(), m.ctime_nsec()),
-        crtime: time(m.ctime(), m.ctime_nsec()),
+        atime: time(m.atime().0, m.atime().1),
+        mtime: time(m.mtime().0, m.mtime().1),
+        ctime: time(ctime, ctime_nsec),
+        crtime: time(ctime, ctime_nsec),
         kind: kind_of_meta(m),
         perm: (m.mode() & 0o7777) as u16,
         nlink: m.nlink() as u32,

@@ -385,6 +385,8 @@ fn user_xattrs(path: &Path) -> io::Result<Option<BTreeMap<String, String>>> {
 /// for writing (and the directories holding them): their later writes
 /// belong to the next version.
 pub fn clear_upper(layers: &Layers, keep: &HashSet<(u64, u64)>) -> io::Result<()> {
+    // Directories are removed behind the descriptor cache's back.
+    layers.dirs.forget_all();
     clear_dir(&layers.upper, keep)?;
     let _ = rustix::fs::lremovexattr(&layers.upper, super::layers::OPAQUE_XATTR);
     Ok(())

@@ -3,15 +3,14 @@
 //! files happen outside it, and file data of opened files bypasses this
 //! process entirely through FUSE passthrough when the kernel allows it.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use elton_proto::{Entry, EntryKind};
 use fuser::{
@@ -20,134 +19,30 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use rustix::fs::{AtFlags, CWD, Gid, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid, XattrFlags};
 
 use super::attrs::{UPPER_TTL, attr_of, attr_of_meta, kind_of_entry, kind_of_meta};
 use super::chunked::{self, Assembled, ChunkedReader};
 pub use super::handle::Handle;
 use super::handle::Io;
-use super::inodes::{Inodes, ROOT};
+use super::inodes::ROOT;
 use super::layers::{
-    EntryKindOrUpper, Layers, PRIVATE_XATTR_PREFIX, View, is_whiteout, set_opaque,
+    EntryKindOrUpper, PRIVATE_XATTR_PREFIX, is_whiteout_at, open_write, set_opaque_at,
 };
+use super::meta::Meta;
+use super::mount_state::LowerData;
+pub use super::mount_state::MountState;
 use super::readahead::ReadAhead;
+use super::upper_ops::{
+    child, chmod, chown, copy_up_whole, errno, exchange, kill_suid, own_new, prepare_new, rx,
+    set_times, timestamps,
+};
 
 /// How long an open waits for the inode's other backing file to be closed
 /// (see [`EltonFs::wait_for_backing`]).
 const BACKING_WAIT: Duration = Duration::from_secs(1);
 /// Virtual xattr on the root naming the mount's control socket.
 pub const CONTROL_XATTR: &str = "user.elton.control";
-
-pub struct MountState {
-    pub layers: Layers,
-    pub inodes: Inodes,
-    pub handles: HashMap<u64, Handle>,
-    dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
-    next_fh: u64,
-    /// Per FUSE inode, the backing file (device, inode) its passthrough
-    /// opens use: the kernel allows only one at a time.
-    backing: HashMap<u64, ((u64, u64), Weak<BackingId>)>,
-}
-
-impl MountState {
-    pub fn new(layers: Layers) -> Self {
-        Self {
-            layers,
-            inodes: Inodes::new(),
-            handles: HashMap::new(),
-            dirs: HashMap::new(),
-            next_fh: 1,
-            backing: HashMap::new(),
-        }
-    }
-
-    /// The backing files (device, inode) of passthrough opens still open.
-    fn backing_in_use(&self) -> HashSet<(u64, u64)> {
-        self.backing
-            .values()
-            .filter(|(_, w)| w.strong_count() > 0)
-            .map(|(key, _)| *key)
-            .collect()
-    }
-
-    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        self.inodes
-            .path(ino.0)
-            .map(Path::to_path_buf)
-            .ok_or(Errno::ENOENT)
-    }
-
-    fn view(&self, rel: &Path) -> Result<View, Errno> {
-        self.layers.view(rel)?.ok_or(Errno::ENOENT)
-    }
-
-    /// Whether the daemon serves an open chunked file of inode `ino`.
-    fn serves_chunked(&self, ino: u64) -> bool {
-        self.handles
-            .values()
-            .any(|h| h.ino == ino && h.chunked.is_some())
-    }
-
-    /// Decides, under the lock, how an open of a chunked lower file reads:
-    /// whole (passthrough) when assembled, unless the daemon serves another
-    /// open of the inode; the kernel refuses passthrough and daemon-served
-    /// opens of one inode at the same time, so the first open's mode wins
-    /// until all its opens are closed.
-    fn lower_open(&self, ino: u64, data: LowerData) -> LowerData {
-        match data {
-            LowerData::Chunked {
-                whole: Some(p),
-                reader,
-                recipe_file,
-            } => {
-                if self.serves_chunked(ino) {
-                    LowerData::Chunked {
-                        whole: Some(p),
-                        reader,
-                        recipe_file,
-                    }
-                } else {
-                    LowerData::Whole(p)
-                }
-            }
-            other => other,
-        }
-    }
-
-    fn fh(&mut self) -> u64 {
-        self.next_fh += 1;
-        self.next_fh
-    }
-
-    /// The open handle `fh` of inode `ino`, or else any open handle of it.
-    fn handle_of(&self, ino: u64, fh: Option<FileHandle>) -> Option<&Handle> {
-        fh.and_then(|fh| self.handles.get(&fh.0))
-            .filter(|h| h.ino == ino)
-            .or_else(|| self.handles.values().find(|h| h.ino == ino))
-    }
-
-    /// Upper files with several links share one inode number.
-    fn ino_for(&mut self, rel: &Path, view: &View) -> u64 {
-        let link = view
-            .upper
-            .as_ref()
-            // Any non-directory can have several links (FIFOs, sockets and
-            // devices too).
-            .filter(|m| !m.is_dir() && m.nlink() > 1)
-            .map(MetadataExt::ino);
-        self.inodes.ino(rel, link)
-    }
-
-    /// Files currently open for writing (their upper paths), for commit.
-    pub fn open_for_write(&self) -> Vec<(u64, u64)> {
-        self.handles
-            .values()
-            .filter(|h| h.writable)
-            .filter_map(|h| h.file.metadata().ok())
-            .map(|m| (m.dev(), m.ino()))
-            .collect()
-    }
-}
 
 pub struct EltonFs {
     pub state: Arc<Mutex<MountState>>,
@@ -159,19 +54,6 @@ pub struct EltonFs {
     assembled: Assembled,
     /// Background fetches of chunks for the daemon-served chunked files.
     read_ahead: Arc<ReadAhead>,
-}
-
-/// Where a read-only open of a lower file gets its bytes.
-enum LowerData {
-    /// A complete local file: a store object or an assembled chunked file.
-    Whole(PathBuf),
-    /// A chunked file: `recipe_file` is the recipe object, `whole` its
-    /// assembled copy if there is one.
-    Chunked {
-        reader: Arc<ChunkedReader>,
-        recipe_file: PathBuf,
-        whole: Option<PathBuf>,
-    },
 }
 
 impl EltonFs {
@@ -233,19 +115,19 @@ impl EltonFs {
     /// upper file. Such an open waits (briefly) until the readers of the
     /// old content are gone, and fails with ETXTBSY if they stay.
     ///
-    /// `target` is the file the open will use; if it does not exist yet
-    /// (copy-up to come), any backing file in use is another one. Waiting
-    /// comes before the open changes anything (copy-up, O_TRUNC).
+    /// `key` is the (device, inode) of the file the open will use; `None`
+    /// if it does not exist yet (copy-up to come): any backing file in use
+    /// is another one. Waiting comes before the open changes anything
+    /// (copy-up, O_TRUNC).
     fn wait_for_backing<'a>(
         &'a self,
         mut st: MutexGuard<'a, MountState>,
         ino: u64,
-        target: &Path,
+        key: Option<(u64, u64)>,
     ) -> Result<MutexGuard<'a, MountState>, Errno> {
         if !self.passthrough.load(Ordering::Relaxed) {
             return Ok(st);
         }
-        let key = fs::metadata(target).ok().map(|m| (m.dev(), m.ino()));
         let deadline = Instant::now() + BACKING_WAIT;
         loop {
             // A chunked lower file served by the daemon counts as busy
@@ -343,183 +225,6 @@ impl EltonFs {
     }
 }
 
-/// Clears setuid (and group-executable setgid) bits as the kernel would on a
-/// write, truncate or write-open by an unprivileged user. With
-/// `FUSE_HANDLE_KILLPRIV_V2` this is the filesystem's job, and passthrough
-/// writes never reach us, so it is done when such a user opens the file for
-/// writing (slightly earlier than the kernel would, never later).
-fn kill_suid(file: &File) -> io::Result<()> {
-    let mode = file.metadata()?.permissions().mode();
-    let mut cleared = mode & !0o4000;
-    if mode & 0o010 != 0 {
-        cleared &= !0o2000;
-    }
-    if cleared != mode {
-        file.set_permissions(fs::Permissions::from_mode(cleared & 0o7777))?;
-    }
-    Ok(())
-}
-
-fn errno(e: io::Error) -> Errno {
-    Errno::from(e)
-}
-
-fn rx(e: rustix::io::Errno) -> Errno {
-    Errno::from_i32(e.raw_os_error())
-}
-
-fn child(parent: &Path, name: &OsStr) -> Result<PathBuf, Errno> {
-    if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/') {
-        return Err(Errno::EINVAL);
-    }
-    Ok(parent.join(name))
-}
-
-fn timestamps(atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> Timestamps {
-    let omit = Timespec {
-        tv_sec: 0,
-        tv_nsec: rustix::fs::UTIME_OMIT,
-    };
-    let conv = |t: Option<TimeOrNow>| match t {
-        None => omit,
-        Some(TimeOrNow::Now) => Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: d.subsec_nanos() as _,
-            },
-            Err(e) => {
-                let d = e.duration();
-                let mut secs = -(d.as_secs() as i64);
-                let mut nsec = -(d.subsec_nanos() as i64);
-                if nsec < 0 {
-                    secs -= 1;
-                    nsec += 1_000_000_000;
-                }
-                Timespec {
-                    tv_sec: secs,
-                    tv_nsec: nsec as _,
-                }
-            }
-        },
-    };
-    Timestamps {
-        last_access: conv(atime),
-        last_modification: conv(mtime),
-    }
-}
-
-fn set_times(path: &Path, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> io::Result<()> {
-    let ts = timestamps(atime, mtime);
-    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
-}
-
-fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    rustix::fs::chownat(
-        CWD,
-        path,
-        uid.map(Uid::from_raw),
-        gid.map(Gid::from_raw),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
-}
-
-/// Gives a new upper entry (made by this process, as root) the owner and
-/// mode the kernel gives an entry made by the requester: its uid, and its
-/// gid unless the directory is setgid (then the directory's group, and a
-/// new directory inherits the setgid bit). `perm` is `None` for symlinks.
-fn own_new(up: &Path, req: &Request, perm: Option<u32>, is_dir: bool) -> io::Result<()> {
-    const SGID: u32 = libc::S_ISGID;
-    let dir = fs::metadata(up.parent().unwrap_or(up))?;
-    let sgid_dir = dir.mode() & SGID != 0;
-    let gid = if sgid_dir { dir.gid() } else { req.gid() };
-    // chown clears setuid/setgid bits: set the mode after it.
-    chown(up, Some(req.uid()), Some(gid))?;
-    if let Some(mut perm) = perm {
-        if is_dir && sgid_dir {
-            perm |= SGID;
-        }
-        // A group-executable setgid file of a group its creator is not in
-        // loses the bit (approximated with the primary group).
-        if !is_dir
-            && sgid_dir
-            && perm & SGID != 0
-            && perm & 0o010 != 0
-            && req.uid() != 0
-            && req.gid() != gid
-        {
-            perm &= !SGID;
-        }
-        fs::set_permissions(up, fs::Permissions::from_mode(perm))?;
-    }
-    Ok(())
-}
-
-/// Clears the way for a new entry at `rel`: its ancestors exist in the
-/// upper and a whiteout there is removed. Returns whether a lower entry was
-/// deleted at this path (a new directory there must then be opaque).
-fn prepare_new(st: &MountState, rel: &Path) -> Result<bool, Errno> {
-    if st.layers.view(rel)?.is_some() {
-        return Err(Errno::EEXIST);
-    }
-    st.layers.copy_up_parents(rel)?;
-    let up = st.layers.upper_path(rel);
-    match fs::symlink_metadata(&up) {
-        Ok(m) if is_whiteout(&up, &m) => {
-            fs::remove_file(&up)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Brings `rel` wholly into the upper for a move: a directory with lower
-/// content is copied up with its subtree (and made opaque). Returns its
-/// upper path.
-fn copy_up_whole(st: &MountState, rel: &Path, view: &View) -> Result<PathBuf, Errno> {
-    let up = st.layers.upper_path(rel);
-    let has_lower_content =
-        view.is_dir() && (view.upper.is_none() || view.merged_lower(&up).is_some());
-    if has_lower_content {
-        st.layers.copy_up_tree(rel)?;
-    } else {
-        st.layers.copy_up(rel)?;
-    }
-    Ok(up)
-}
-
-/// `rename(RENAME_EXCHANGE)`: both names exist before and after, so no
-/// whiteouts; both sides move wholly into the upper first.
-fn exchange(st: &mut MountState, a: &Path, a_view: &View, b: &Path) -> Result<(), Errno> {
-    let b_view = st.view(b)?;
-    if a == b {
-        return Ok(());
-    }
-    if a.starts_with(b) || b.starts_with(a) {
-        return Err(Errno::EINVAL);
-    }
-    let a_up = copy_up_whole(st, a, a_view)?;
-    st.layers.copy_up_parents(b)?;
-    let b_up = copy_up_whole(st, b, &b_view)?;
-    rustix::fs::renameat_with(CWD, &a_up, CWD, &b_up, rustix::fs::RenameFlags::EXCHANGE)
-        .map_err(rx)?;
-    // A directory now sitting where the lower has an entry must not merge
-    // with it.
-    if a_view.is_dir() && b_view.lower.is_some() {
-        set_opaque(&b_up)?;
-    }
-    if b_view.is_dir() && a_view.lower.is_some() {
-        set_opaque(&a_up)?;
-    }
-    st.inodes.exchange(a, b);
-    Ok(())
-}
-
 impl Filesystem for EltonFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -552,7 +257,7 @@ impl Filesystem for EltonFs {
         // where its size and times change.
         if let Some(h) = fh.and_then(|fh| st.handles.get(&fh.0))
             && h.writable
-            && let Ok(m) = h.file.metadata()
+            && let Ok(m) = Meta::of_file(&h.file)
         {
             return reply.attr(&UPPER_TTL, &attr_of_meta(ino.0, &m));
         }
@@ -628,7 +333,7 @@ impl Filesystem for EltonFs {
                     .filter(|h| h.writable)
                 {
                     Some(h) => h.file.try_clone()?,
-                    None => OpenOptions::new().write(true).open(&up)?,
+                    None => open_write(&up)?,
                 };
                 file.set_len(size)?;
                 if req.uid() != 0 && mode.is_none() {
@@ -638,11 +343,10 @@ impl Filesystem for EltonFs {
             if uid.is_some() || gid.is_some() {
                 chown(&up, uid, gid)?;
             }
-            if let Some(mode) = mode {
-                let m = fs::symlink_metadata(&up)?;
-                if !m.file_type().is_symlink() {
-                    fs::set_permissions(&up, fs::Permissions::from_mode(mode & 0o7777))?;
-                }
+            if let Some(mode) = mode
+                && up.stat()?.is_some_and(|m| !m.is_symlink())
+            {
+                chmod(&up, mode & 0o7777)?;
             }
             if atime.is_some() || mtime.is_some() {
                 set_times(&up, atime, mtime)?;
@@ -662,9 +366,12 @@ impl Filesystem for EltonFs {
             let rel = st.path(ino)?;
             let view = st.view(&rel)?;
             match (&view.upper, &view.lower) {
-                (Some(_), _) => Ok(fs::read_link(st.layers.upper_path(&rel))?
-                    .into_os_string()
-                    .into_encoded_bytes()),
+                (Some(_), _) => {
+                    let at = st.layers.at(&rel)?;
+                    Ok(rustix::fs::readlinkat(&*at.dir, &at.name, Vec::new())
+                        .map_err(rx)?
+                        .into_bytes())
+                }
                 (None, Some(e)) if e.kind == EntryKind::Symlink => {
                     Ok(e.target.clone().unwrap_or_default().into_bytes())
                 }
@@ -691,14 +398,13 @@ impl Filesystem for EltonFs {
         let result = (|| -> Result<PathBuf, Errno> {
             let ft = rustix::fs::FileType::from_raw_mode(mode);
             let rel = child(&st.path(parent)?, name)?;
-            prepare_new(&st, &rel)?;
-            let up = st.layers.upper_path(&rel);
-            let perm = rustix::fs::Mode::from_bits_truncate(mode & !umask & 0o7777);
+            let (up, _) = prepare_new(&st, &rel)?;
+            let perm = Mode::from_bits_truncate(mode & !umask & 0o7777);
             if ft == rustix::fs::FileType::CharacterDevice && rdev == 0 {
                 // 0:0 is also the upper's whiteout: a user's is marked.
                 st.layers.make_zero_device(&rel, perm)?;
             } else {
-                rustix::fs::mknodat(CWD, &up, ft, perm, rdev as u64).map_err(rx)?;
+                rustix::fs::mknodat(&*up.dir, &up.name, ft, perm, rdev as u64).map_err(rx)?;
             }
             own_new(&up, req, Some(perm.bits()), false)?;
             Ok(rel)
@@ -721,12 +427,11 @@ impl Filesystem for EltonFs {
         let mut st = self.lock();
         let result = (|| -> Result<PathBuf, Errno> {
             let rel = child(&st.path(parent)?, name)?;
-            let replaced_lower = prepare_new(&st, &rel)?;
-            let up = st.layers.upper_path(&rel);
-            fs::create_dir(&up)?;
+            let (up, replaced_lower) = prepare_new(&st, &rel)?;
+            rustix::fs::mkdirat(&*up.dir, &up.name, Mode::from_bits_truncate(0o700)).map_err(rx)?;
             own_new(&up, req, Some(mode & !umask & 0o7777), true)?;
             if replaced_lower {
-                set_opaque(&up)?;
+                set_opaque_at(&up)?;
             }
             Ok(rel)
         })();
@@ -745,7 +450,8 @@ impl Filesystem for EltonFs {
                 return Err(Errno::EISDIR);
             }
             if view.upper.is_some() {
-                fs::remove_file(st.layers.upper_path(&rel))?;
+                let up = st.layers.at(&rel)?;
+                rustix::fs::unlinkat(&*up.dir, &up.name, AtFlags::empty()).map_err(rx)?;
             }
             if view.lower.is_some() {
                 st.layers.whiteout(&rel)?;
@@ -794,9 +500,8 @@ impl Filesystem for EltonFs {
         let mut st = self.lock();
         let result = (|| -> Result<PathBuf, Errno> {
             let rel = child(&st.path(parent)?, link_name)?;
-            prepare_new(&st, &rel)?;
-            let up = st.layers.upper_path(&rel);
-            std::os::unix::fs::symlink(target, &up)?;
+            let (up, _) = prepare_new(&st, &rel)?;
+            rustix::fs::symlinkat(target, &*up.dir, &up.name).map_err(rx)?;
             own_new(&up, req, None, false)?;
             Ok(rel)
         })();
@@ -852,18 +557,18 @@ impl Filesystem for EltonFs {
             // Bring the source wholly into the upper, then move it there.
             let from_up = copy_up_whole(&st, &from, &src)?;
             st.layers.copy_up_parents(&to)?;
-            let to_up = st.layers.upper_path(&to);
+            let to_up = st.layers.at(&to)?;
             // A lower entry at the destination, visible or deleted (a
             // whiteout): a directory moved there must not merge with it.
             let lower_at_to = dst.as_ref().is_some_and(|d| d.lower.is_some())
-                || fs::symlink_metadata(&to_up).is_ok_and(|m| is_whiteout(&to_up, &m));
+                || to_up.stat()?.is_some_and(|m| is_whiteout_at(&to_up, &m));
             st.layers.remove_upper(&to)?;
-            fs::rename(&from_up, &to_up)?;
+            st.layers.rename_upper(&from_up, &from, &to_up, &to)?;
             if src.lower.is_some() {
                 st.layers.whiteout(&from)?;
             }
             if src.is_dir() && lower_at_to {
-                set_opaque(&to_up)?;
+                set_opaque_at(&to_up)?;
             }
             st.inodes.rename(&from, &to);
             Ok(())
@@ -890,10 +595,17 @@ impl Filesystem for EltonFs {
                 return Err(Errno::EPERM);
             }
             let from_up = st.layers.copy_up(&from)?;
-            prepare_new(&st, &to)?;
-            fs::hard_link(&from_up, st.layers.upper_path(&to))?;
+            let (to_up, _) = prepare_new(&st, &to)?;
+            rustix::fs::linkat(
+                &*from_up.dir,
+                &from_up.name,
+                &*to_up.dir,
+                &to_up.name,
+                AtFlags::empty(),
+            )
+            .map_err(rx)?;
             // Both names now map to one inode number.
-            let up_ino = fs::symlink_metadata(&from_up)?.ino();
+            let up_ino = from_up.stat()?.ok_or(Errno::ENOENT)?.ino();
             st.inodes.ino(&from, Some(up_ino));
             Ok(to)
         })();
@@ -963,11 +675,17 @@ impl Filesystem for EltonFs {
             Some(LowerData::Whole(p)) => Some(p),
             _ => None,
         };
-        let target = match &lower_path {
-            Some(p) => p.clone(),
-            None => st.layers.upper_path(&rel),
+        let key = match &lower_path {
+            Some(p) => fs::metadata(p).ok().map(|m| (m.dev(), m.ino())),
+            None => st
+                .layers
+                .at(&rel)
+                .and_then(|at| at.stat())
+                .ok()
+                .flatten()
+                .map(|m| (m.dev(), m.ino())),
         };
-        let mut st = match self.wait_for_backing(st, ino.0, &target) {
+        let mut st = match self.wait_for_backing(st, ino.0, key) {
             Ok(st) => st,
             Err(e) => return reply.error(e),
         };
@@ -979,16 +697,20 @@ impl Filesystem for EltonFs {
                 // O_TRUNC: the lower content is not needed (nor fetched).
                 st.layers.copy_up_with(&rel, !trunc)?
             } else {
-                st.layers.upper_path(&rel)
+                st.layers.at(&rel)?
             };
             // O_TRUNC goes to open(2) itself: Linux truncates even a file
             // opened read-only (the kernel has checked write permission),
             // where ftruncate on such a descriptor is EINVAL.
-            let file = OpenOptions::new()
-                .read(!matches!(acc, OpenAccMode::O_WRONLY))
-                .write(writable)
-                .custom_flags(if trunc { libc::O_TRUNC } else { 0 })
-                .open(&up)?;
+            let mut oflags = match acc {
+                OpenAccMode::O_WRONLY => OFlags::WRONLY,
+                OpenAccMode::O_RDWR => OFlags::RDWR,
+                _ => OFlags::RDONLY,
+            };
+            if trunc {
+                oflags |= OFlags::TRUNC;
+            }
+            let file = File::from(up.open(oflags, Mode::empty())?);
             if writable && req.uid() != 0 {
                 kill_suid(&file)?;
             }
@@ -1178,7 +900,7 @@ impl Filesystem for EltonFs {
                 let (kind, link) = match kind {
                     EntryKindOrUpper::Upper(m) => (
                         kind_of_meta(&m),
-                        (m.is_file() && m.nlink() > 1).then(|| m.ino()),
+                        (!m.is_dir() && m.nlink() > 1).then(|| m.ino()),
                     ),
                     EntryKindOrUpper::Lower(k) => (kind_of_entry(k), None),
                 };
@@ -1230,14 +952,19 @@ impl Filesystem for EltonFs {
         let (Some(entries), Ok(rel)) = (st.dirs.get(&fh.0), st.path(ino)) else {
             return reply.error(Errno::EBADF);
         };
+        // The directory's layers once, not a walk from the root per entry.
+        let children = match st.layers.children(&rel) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno(e)),
+        };
         for (i, (child_ino, _, name)) in entries.iter().enumerate().skip(offset as usize) {
-            let child_rel = match name.as_encoded_bytes() {
-                b"." => rel.clone(),
-                b".." => rel.parent().map(Path::to_path_buf).unwrap_or_default(),
-                _ => rel.join(name),
+            let view = match name.as_encoded_bytes() {
+                b"." => st.view(&rel).ok(),
+                b".." => st.view(rel.parent().unwrap_or_else(|| Path::new(""))).ok(),
+                _ => children.as_ref().and_then(|c| c.view(name).ok().flatten()),
             };
             // Gone since opendir: leave it out, as readdir may.
-            let Ok(view) = st.view(&child_rel) else {
+            let Some(view) = view else {
                 continue;
             };
             let (attr, ttl) = attr_of(*child_ino, &view);
@@ -1268,8 +995,11 @@ impl Filesystem for EltonFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let upper = self.lock().layers.upper.clone();
-        match rustix::fs::statvfs(&upper) {
+        let root = self.lock().layers.dirs.dir(Path::new(""));
+        let stat = root
+            .map_err(errno)
+            .and_then(|fd| rustix::fs::fstatvfs(&*fd).map_err(rx));
+        match stat {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -1280,7 +1010,7 @@ impl Filesystem for EltonFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(rx(e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -1299,7 +1029,7 @@ impl Filesystem for EltonFs {
             if name.to_string_lossy().starts_with(PRIVATE_XATTR_PREFIX) {
                 return Err(Errno::EPERM);
             }
-            let up = st.layers.copy_up(&st.path(ino)?)?;
+            let up = st.layers.copy_up(&st.path(ino)?)?.proc_path();
             rustix::fs::lsetxattr(&up, name, value, XattrFlags::from_bits_retain(flags as u32))
                 .map_err(rx)?;
             Ok(())
@@ -1322,7 +1052,7 @@ impl Filesystem for EltonFs {
             let rel = st.path(ino)?;
             let view = st.view(&rel)?;
             if view.upper.is_some() {
-                let up = st.layers.upper_path(&rel);
+                let up = st.layers.at(&rel)?.proc_path();
                 let mut buf = vec![0u8; 65536];
                 let n = rustix::fs::lgetxattr(&up, name, &mut buf[..]).map_err(rx)?;
                 buf.truncate(n);
@@ -1351,7 +1081,7 @@ impl Filesystem for EltonFs {
             let rel = st.path(ino)?;
             let view = st.view(&rel)?;
             let names: Vec<Vec<u8>> = if view.upper.is_some() {
-                let up = st.layers.upper_path(&rel);
+                let up = st.layers.at(&rel)?.proc_path();
                 let mut buf = vec![0u8; 65536];
                 let n = rustix::fs::llistxattr(&up, &mut buf[..]).map_err(rx)?;
                 buf[..n]
@@ -1390,7 +1120,7 @@ impl Filesystem for EltonFs {
             if name.to_string_lossy().starts_with(PRIVATE_XATTR_PREFIX) {
                 return Err(Errno::EPERM);
             }
-            let up = st.layers.copy_up(&st.path(ino)?)?;
+            let up = st.layers.copy_up(&st.path(ino)?)?.proc_path();
             rustix::fs::lremovexattr(&up, name).map_err(rx)?;
             Ok(())
         })();
@@ -1422,14 +1152,11 @@ impl Filesystem for EltonFs {
         let mut st = self.lock();
         let result = (|| -> Result<(PathBuf, File), Errno> {
             let rel = child(&st.path(parent)?, name)?;
-            prepare_new(&st, &rel)?;
-            let up = st.layers.upper_path(&rel);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(mode & !umask & 0o7777)
-                .open(&up)?;
+            let (up, _) = prepare_new(&st, &rel)?;
+            let file = File::from(up.open(
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_bits_truncate(mode & !umask & 0o7777),
+            )?);
             own_new(&up, req, Some(mode & !umask & 0o7777), false)?;
             Ok((rel, file))
         })();

@@ -10,6 +10,7 @@ use fuser::{BackingId, FileAttr};
 use super::attrs::{attr_of, attr_of_meta};
 use super::chunked::ChunkedReader;
 use super::layers::View;
+use super::meta::Meta;
 
 pub struct Handle {
     pub file: File,
@@ -40,7 +41,7 @@ impl Handle {
                 attr.nlink = 0;
                 Ok(attr)
             }
-            None => Ok(attr_of_meta(self.ino, &self.file.metadata()?)),
+            None => Ok(attr_of_meta(self.ino, &Meta::of_file(&self.file)?)),
         }
     }
 }

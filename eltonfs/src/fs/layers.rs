@@ -6,21 +6,27 @@
 //! - an *opaque* directory (hides the lower directory of the same path)
 //!   carries the xattr `trusted.overlay.opaque = "y"`.
 //!
-//! Everything here works on paths relative to the mount root.
+//! Everything here works on paths relative to the mount root; the upper is
+//! reached through directory descriptors ([`UpperDirs`]), never through
+//! absolute paths.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{self, Metadata};
+use std::fs::{self, File, Metadata};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
-use rustix::fs::{AtFlags, CWD, FileType as RxFileType, Mode, Timespec, Timestamps};
+use rustix::fs::{AtFlags, CWD, FileType as RxFileType, Mode, OFlags, Timespec, Timestamps};
 
 use super::lower::LowerSource;
+use super::meta::Meta;
+pub use super::upper_dirs::{At, UpperDirs};
 
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// xattrs of the overlay encoding, hidden from users.
@@ -30,7 +36,7 @@ pub const PRIVATE_XATTR_PREFIX: &str = "trusted.overlay.";
 #[derive(Clone, Debug)]
 pub struct View {
     /// The upper entry (never a whiteout), if any.
-    pub upper: Option<Metadata>,
+    pub upper: Option<Meta>,
     /// The lower entry at this path, unless hidden by an opaque directory
     /// or a whiteout above it.
     pub lower: Option<Entry>,
@@ -46,16 +52,6 @@ impl View {
                 .is_some_and(|e| e.kind == EntryKind::Dir),
         }
     }
-
-    /// The lower directory merged under this one, if any.
-    pub fn merged_lower(&self, upper_path: &Path) -> Option<ObjectId> {
-        let lower = self.lower.as_ref().filter(|e| e.kind == EntryKind::Dir)?;
-        match &self.upper {
-            None => lower.object,
-            Some(m) if m.is_dir() && !is_opaque(upper_path) => lower.object,
-            Some(_) => None,
-        }
-    }
 }
 
 /// Marks a user's 0:0 character device in the upper, which would otherwise
@@ -65,35 +61,31 @@ pub const DEVICE_XATTR: &str = "trusted.overlay.elton.device";
 /// Whether the upper entry at `path` (with metadata `m`) is a whiteout: a
 /// 0:0 character device that is not a user's device node.
 pub fn is_whiteout(path: &Path, m: &Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0 && !is_user_device(path)
+    m.file_type().is_char_device() && m.rdev() == 0 && !flag_set(path, DEVICE_XATTR)
 }
 
-fn is_user_device(path: &Path) -> bool {
+/// [`is_whiteout`] for an entry named through its directory.
+pub fn is_whiteout_at(at: &At, m: &Meta) -> bool {
+    m.is_char_device() && m.rdev() == 0 && !flag_set(&at.proc_path(), DEVICE_XATTR)
+}
+
+/// Whether the xattr `name` of `path` (not following a symlink) is "y".
+fn flag_set(path: &Path, name: &str) -> bool {
     let mut buf = [0u8; 2];
-    matches!(
-        rustix::fs::lgetxattr(path, DEVICE_XATTR, &mut buf[..]),
-        Ok(1)
-    ) && buf[0] == b'y'
+    matches!(rustix::fs::lgetxattr(path, name, &mut buf[..]), Ok(1)) && buf[0] == b'y'
 }
 
 pub fn is_opaque(upper_path: &Path) -> bool {
-    let mut buf = [0u8; 2];
-    matches!(
-        rustix::fs::lgetxattr(upper_path, OPAQUE_XATTR, &mut buf[..]),
-        Ok(1)
-    ) && buf[0] == b'y'
+    flag_set(upper_path, OPAQUE_XATTR)
 }
 
-fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
-    match fs::symlink_metadata(p) {
-        Ok(m) => Ok(Some(m)),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+/// [`is_opaque`] for an open upper directory.
+fn is_opaque_dir(dir: &impl AsFd) -> bool {
+    let mut buf = [0u8; 2];
+    matches!(
+        rustix::fs::fgetxattr(dir, OPAQUE_XATTR, &mut buf[..]),
+        Ok(1)
+    ) && buf[0] == b'y'
 }
 
 /// Converts manifest nanoseconds to a `SystemTime`.
@@ -112,9 +104,29 @@ pub struct Layers {
     pub lower: Arc<dyn LowerSource>,
     /// Root manifest of the mounted version; `None` for an empty volume.
     pub root: Option<ObjectId>,
+    /// The upper's directories, by descriptor.
+    pub dirs: UpperDirs,
 }
 
 impl Layers {
+    pub fn new(
+        upper: PathBuf,
+        work: PathBuf,
+        lower: Arc<dyn LowerSource>,
+        root: Option<ObjectId>,
+    ) -> Self {
+        Self {
+            dirs: UpperDirs::new(&upper),
+            upper,
+            work,
+            lower,
+            root,
+        }
+    }
+
+    /// The absolute path of `rel` in the upper, for code that walks the
+    /// upper as a whole (status, commit, update). Mount operations use
+    /// [`Layers::at`] instead: an absolute path may exceed PATH_MAX.
     pub fn upper_path(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
             self.upper.clone()
@@ -123,13 +135,21 @@ impl Layers {
         }
     }
 
+    /// The upper entry at `rel`, named through its parent directory (which
+    /// must exist in the upper).
+    pub fn at(&self, rel: &Path) -> io::Result<At> {
+        self.dirs.at(rel)
+    }
+
     fn root_manifest(&self) -> io::Result<Option<Arc<DirManifest>>> {
         self.root.map(|id| self.lower.manifest(&id)).transpose()
     }
 
     /// Resolves `rel` across the layers; `None` when it does not exist.
+    /// Walks down the upper by descriptor, and stops looking there once a
+    /// level is missing (nothing can be under it).
     pub fn view(&self, rel: &Path) -> io::Result<Option<View>> {
-        let root_upper = lstat(&self.upper)?;
+        let root = self.dirs.dir(Path::new(""))?;
         let components: Vec<_> = rel.iter().collect();
         if components.is_empty() {
             let lower = self.root.map(|id| Entry {
@@ -146,25 +166,38 @@ impl Layers {
                 xattrs: None,
             });
             return Ok(Some(View {
-                upper: root_upper,
+                upper: Some(rustix::fs::fstat(&*root)?.into()),
                 lower,
             }));
         }
-        let mut lower_dir = if is_opaque(&self.upper) {
+        let mut lower_dir = if is_opaque_dir(&*root) {
             None
         } else {
             self.root_manifest()?
         };
-        let mut upath = self.upper.clone();
+        // The upper directory of the current level, while there is one.
+        let mut dir = Some(root);
+        let mut prefix = PathBuf::new();
         for (i, name) in components.iter().enumerate() {
             let last = i + 1 == components.len();
-            upath.push(name);
-            let upper = lstat(&upath)?;
-            if upper.as_ref().is_some_and(|m| is_whiteout(&upath, m)) {
+            prefix.push(name);
+            let (upper, at) = match &dir {
+                Some(d) => {
+                    let at = At {
+                        dir: d.clone(),
+                        name: name.to_os_string(),
+                    };
+                    (at.stat()?, Some(at))
+                }
+                None => (None, None),
+            };
+            if let (Some(m), Some(at)) = (&upper, &at)
+                && is_whiteout_at(at, m)
+            {
                 return Ok(None);
             }
             let lower = match (&lower_dir, name.to_str()) {
-                (Some(dir), Some(n)) => dir.get(n).cloned(),
+                (Some(d), Some(n)) => d.get(n).cloned(),
                 _ => None,
             };
             if last {
@@ -173,24 +206,69 @@ impl Layers {
                 }
                 return Ok(Some(View { upper, lower }));
             }
-            match &upper {
-                Some(m) if !m.is_dir() => return Ok(None),
-                Some(_) if is_opaque(&upath) => lower_dir = None,
-                _ => {
-                    lower_dir = match &lower {
-                        Some(e) if e.kind == EntryKind::Dir => match e.object {
-                            Some(id) => Some(self.lower.manifest(&id)?),
-                            None => None,
-                        },
-                        _ => None,
-                    };
-                    if upper.is_none() && lower_dir.is_none() {
-                        return Ok(None);
-                    }
+            let opaque = match (&upper, &dir) {
+                (Some(m), _) if !m.is_dir() => return Ok(None),
+                (Some(_), Some(parent)) => {
+                    let d = self.dirs.child(parent, &prefix)?;
+                    let opaque = is_opaque_dir(&*d);
+                    dir = Some(d);
+                    opaque
                 }
+                _ => {
+                    dir = None;
+                    false
+                }
+            };
+            lower_dir = if opaque {
+                None
+            } else {
+                match &lower {
+                    Some(e) if e.kind == EntryKind::Dir => match e.object {
+                        Some(id) => Some(self.lower.manifest(&id)?),
+                        None => None,
+                    },
+                    _ => None,
+                }
+            };
+            if dir.is_none() && lower_dir.is_none() {
+                return Ok(None);
             }
         }
         Ok(None)
+    }
+
+    /// The lower directory merged under directory `rel`, if any: none when
+    /// the upper has an opaque directory or a non-directory there.
+    pub fn merged_lower(&self, rel: &Path, view: &View) -> io::Result<Option<ObjectId>> {
+        let Some(lower) = view.lower.as_ref().filter(|e| e.kind == EntryKind::Dir) else {
+            return Ok(None);
+        };
+        Ok(match &view.upper {
+            None => lower.object,
+            Some(m) if m.is_dir() && !is_opaque_dir(&*self.dirs.dir(rel)?) => lower.object,
+            Some(_) => None,
+        })
+    }
+
+    /// Directory `rel`'s two layers, for resolving many of its children
+    /// without walking from the root for each; `None` when `rel` is not a
+    /// directory.
+    pub fn children(&self, rel: &Path) -> io::Result<Option<Children>> {
+        let Some(view) = self.view(rel)? else {
+            return Ok(None);
+        };
+        if !view.is_dir() {
+            return Ok(None);
+        }
+        let upper = match &view.upper {
+            Some(_) => Some(self.dirs.dir(rel)?),
+            None => None,
+        };
+        let lower = match self.merged_lower(rel, &view)? {
+            Some(id) => Some(self.lower.manifest(&id)?),
+            None => None,
+        };
+        Ok(Some(Children { upper, lower }))
     }
 
     /// The merged listing of directory `rel`: name → whether it is a dir,
@@ -201,20 +279,29 @@ impl Layers {
         view: &View,
     ) -> io::Result<BTreeMap<OsString, EntryKindOrUpper>> {
         let mut out = BTreeMap::new();
-        let upath = self.upper_path(rel);
         let mut whiteouts = Vec::new();
-        if view.upper.as_ref().is_some_and(Metadata::is_dir) {
-            for e in fs::read_dir(&upath)? {
+        if view.upper.as_ref().is_some_and(Meta::is_dir) {
+            let dir = self.dirs.dir(rel)?;
+            for e in rustix::fs::Dir::read_from(&*dir)? {
                 let e = e?;
-                let m = e.metadata()?;
-                if is_whiteout(&e.path(), &m) {
-                    whiteouts.push(e.file_name());
+                let name = e.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let at = At {
+                    dir: dir.clone(),
+                    name: OsString::from_vec(name.to_vec()),
+                };
+                // Gone since the listing was read: left out.
+                let Some(m) = at.stat()? else { continue };
+                if is_whiteout_at(&at, &m) {
+                    whiteouts.push(at.name);
                 } else {
-                    out.insert(e.file_name(), EntryKindOrUpper::Upper(m));
+                    out.insert(at.name, EntryKindOrUpper::Upper(m));
                 }
             }
         }
-        if let Some(id) = view.merged_lower(&upath) {
+        if let Some(id) = self.merged_lower(rel, view)? {
             for e in &self.lower.manifest(&id)?.entries {
                 let name = OsString::from(&e.name);
                 if !out.contains_key(&name) && !whiteouts.contains(&name) {
@@ -231,8 +318,7 @@ impl Layers {
         let parents: Vec<_> = rel.parent().map(|p| p.iter().collect()).unwrap_or_default();
         for c in parents {
             prefix.push(c);
-            let up = self.upper_path(&prefix);
-            if lstat(&up)?.is_none() {
+            if self.at(&prefix)?.stat()?.is_none() {
                 let view = self
                     .view(&prefix)?
                     .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
@@ -257,24 +343,33 @@ impl Layers {
     /// `copy_up_entry`; without `data`, a file is copied up empty (about to
     /// be truncated).
     fn copy_up_entry_with(&self, rel: &Path, lower: &Entry, data: bool) -> io::Result<()> {
-        let dest = self.upper_path(rel);
-        let parent = dest.parent().unwrap_or(&self.upper).to_path_buf();
-        let parent_times = lstat(&parent)?;
+        let dest = self.at(rel)?;
+        let parent_times = rustix::fs::fstat(&*dest.dir)?;
         self.copy_up_entry_inner(&dest, lower, data)?;
-        if let Some(m) = parent_times {
-            restore_times(&parent, &m)?;
-        }
+        let ts = |secs: i64, nsecs: i64| Timespec {
+            tv_sec: secs,
+            tv_nsec: nsecs as _,
+        };
+        let m = Meta::from(parent_times);
+        let ((a, an), (mt, mn)) = (m.atime(), m.mtime());
+        rustix::fs::futimens(
+            &*dest.dir,
+            &Timestamps {
+                last_access: ts(a, an),
+                last_modification: ts(mt, mn),
+            },
+        )?;
         Ok(())
     }
 
-    fn copy_up_entry_inner(&self, dest: &Path, lower: &Entry, data: bool) -> io::Result<()> {
+    fn copy_up_entry_inner(&self, dest: &At, lower: &Entry, data: bool) -> io::Result<()> {
         match lower.kind {
             EntryKind::Dir => {
-                fs::create_dir(dest)?;
+                rustix::fs::mkdirat(&*dest.dir, &dest.name, Mode::from_bits_truncate(0o700))?;
             }
             EntryKind::Symlink => {
                 let target = lower.target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, dest)?;
+                rustix::fs::symlinkat(target, &*dest.dir, &dest.name)?;
             }
             EntryKind::File => {
                 let tmp = tempfile::NamedTempFile::new_in(&self.work)?;
@@ -290,24 +385,24 @@ impl Layers {
                     let src = self.lower.object_path(&id)?;
                     fs::copy(&src, tmp.path())?;
                 }
-                tmp.persist(dest).map_err(|e| e.error)?;
+                move_into(tmp.into_temp_path(), dest)?;
             }
         }
         apply_lower_attrs(dest, lower)
     }
 
-    /// Copies `rel` up if it only exists in the lower; returns its upper path.
-    pub fn copy_up(&self, rel: &Path) -> io::Result<PathBuf> {
+    /// Copies `rel` up if it only exists in the lower; returns its upper
+    /// entry.
+    pub fn copy_up(&self, rel: &Path) -> io::Result<At> {
         self.copy_up_with(rel, true)
     }
 
     /// `copy_up`; without `data`, a lower file is copied up empty (for
     /// O_TRUNC and truncation to zero, which need none of its content).
-    pub fn copy_up_with(&self, rel: &Path, data: bool) -> io::Result<PathBuf> {
+    pub fn copy_up_with(&self, rel: &Path, data: bool) -> io::Result<At> {
         let view = self
             .view(rel)?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        let dest = self.upper_path(rel);
         if view.upper.is_none() {
             self.copy_up_parents(rel)?;
             let lower = view
@@ -315,7 +410,7 @@ impl Layers {
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
             self.copy_up_entry_with(rel, &lower, data)?;
         }
-        Ok(dest)
+        self.at(rel)
     }
 
     /// Copies a whole subtree up (for renaming a directory with lower
@@ -329,7 +424,7 @@ impl Layers {
             for (name, _) in self.list(rel, &view)? {
                 self.copy_up_tree(&rel.join(name))?;
             }
-            set_opaque(&self.upper_path(rel))?;
+            set_opaque_at(&self.at(rel)?)?;
         }
         Ok(())
     }
@@ -337,12 +432,37 @@ impl Layers {
     /// Removes whatever the upper has at `rel` (file, link, whiteout, or a
     /// directory holding only whiteouts).
     pub fn remove_upper(&self, rel: &Path) -> io::Result<()> {
-        let p = self.upper_path(rel);
-        match lstat(&p)? {
+        let at = match self.at(rel) {
+            Ok(at) => at,
+            // No parent directory in the upper: nothing there.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match at.stat()? {
             None => Ok(()),
-            Some(m) if m.is_dir() => fs::remove_dir_all(&p),
-            Some(_) => fs::remove_file(&p),
+            Some(m) if m.is_dir() => {
+                self.dirs.forget(rel);
+                remove_tree(&at.dir, &at.name)
+            }
+            Some(_) => Ok(rustix::fs::unlinkat(&*at.dir, &at.name, AtFlags::empty())?),
         }
+    }
+
+    /// Moves the upper entry `from` to `to` (replacing an entry there as
+    /// rename(2) does), keeping the directory cache true.
+    pub fn rename_upper(
+        &self,
+        from: &At,
+        from_rel: &Path,
+        to: &At,
+        to_rel: &Path,
+    ) -> io::Result<()> {
+        rustix::fs::renameat(&*from.dir, &from.name, &*to.dir, &to.name)?;
+        self.dirs.forget(from_rel);
+        self.dirs.forget(to_rel);
+        Ok(())
     }
 
     /// Makes a user's 0:0 character device at `rel` (whose parents exist
@@ -362,23 +482,109 @@ impl Layers {
             b"y",
             rustix::fs::XattrFlags::empty(),
         )?;
-        fs::rename(tmp.path(), self.upper_path(rel))?;
-        // Renamed away: nothing left for the guard to delete.
-        let _ = tmp.keep();
-        Ok(())
+        let (_, path) = tmp.into_parts();
+        move_into(path, &self.at(rel)?)
     }
 
     /// Records that the lower entry at `rel` is deleted.
     pub fn whiteout(&self, rel: &Path) -> io::Result<()> {
         self.copy_up_parents(rel)?;
-        make_whiteout(&self.upper_path(rel))
+        let at = self.at(rel)?;
+        rustix::fs::mknodat(
+            &*at.dir,
+            &at.name,
+            RxFileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )?;
+        Ok(())
+    }
+}
+
+/// A directory's upper directory and merged lower manifest (see
+/// [`Layers::children`]).
+pub struct Children {
+    upper: Option<Arc<OwnedFd>>,
+    lower: Option<Arc<DirManifest>>,
+}
+
+impl Children {
+    /// What [`Layers::view`] gives for the child `name`, at the cost of at
+    /// most one `fstatat` (none under a directory only the lower has).
+    pub fn view(&self, name: &std::ffi::OsStr) -> io::Result<Option<View>> {
+        let upper = match &self.upper {
+            Some(dir) => {
+                let at = At {
+                    dir: dir.clone(),
+                    name: name.to_os_string(),
+                };
+                match at.stat()? {
+                    Some(m) if is_whiteout_at(&at, &m) => return Ok(None),
+                    m => m,
+                }
+            }
+            None => None,
+        };
+        let lower = match (&self.lower, name.to_str()) {
+            (Some(d), Some(n)) => d.get(n).cloned(),
+            _ => None,
+        };
+        if upper.is_none() && lower.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(View { upper, lower }))
     }
 }
 
 /// Kind of a merged directory entry, from whichever layer provides it.
 pub enum EntryKindOrUpper {
-    Upper(Metadata),
+    Upper(Meta),
     Lower(EntryKind),
+}
+
+/// Renames a finished file of the work directory to `dest`; on failure the
+/// work file is removed.
+fn move_into(tmp: tempfile::TempPath, dest: &At) -> io::Result<()> {
+    rustix::fs::renameat(CWD, &*tmp, &*dest.dir, &dest.name)?;
+    // Renamed away: nothing left for the guard to delete.
+    let _ = tmp.keep();
+    Ok(())
+}
+
+/// Removes the directory `name` in `parent` and everything in it, relative
+/// to descriptors all the way down (its depth is not bounded by PATH_MAX).
+fn remove_tree(parent: &OwnedFd, name: &OsString) -> io::Result<()> {
+    let dir = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&dir)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push((n.to_vec(), e.file_type()));
+        }
+    }
+    for (n, kind) in names {
+        let n = OsString::from_vec(n);
+        // Some filesystems leave the kind out of listings: ask then.
+        let kind = match kind {
+            RxFileType::Unknown => {
+                Meta::from(rustix::fs::statat(&dir, &n, AtFlags::SYMLINK_NOFOLLOW)?).file_type()
+            }
+            k => k,
+        };
+        if kind == RxFileType::Directory {
+            remove_tree(&dir, &n)?;
+        } else {
+            rustix::fs::unlinkat(&dir, &n, AtFlags::empty())?;
+        }
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    Ok(())
 }
 
 pub fn make_whiteout(path: &Path) -> io::Result<()> {
@@ -391,39 +597,32 @@ pub fn set_opaque(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets the access and modification times of `path` back to `m`'s.
-fn restore_times(path: &Path, m: &Metadata) -> io::Result<()> {
-    let ts = |secs: i64, nsecs: i64| Timespec {
-        tv_sec: secs,
-        tv_nsec: nsecs as _,
-    };
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: ts(m.atime(), m.atime_nsec()),
-            last_modification: ts(m.mtime(), m.mtime_nsec()),
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
+/// [`set_opaque`] for an entry named through its directory.
+pub fn set_opaque_at(at: &At) -> io::Result<()> {
+    set_opaque(&at.proc_path())
 }
 
-fn apply_lower_attrs(dest: &Path, e: &Entry) -> io::Result<()> {
+fn apply_lower_attrs(dest: &At, e: &Entry) -> io::Result<()> {
     rustix::fs::chownat(
-        CWD,
-        dest,
+        &*dest.dir,
+        &dest.name,
         Some(rustix::fs::Uid::from_raw(e.uid)),
         Some(rustix::fs::Gid::from_raw(e.gid)),
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
     if e.kind != EntryKind::Symlink {
-        fs::set_permissions(dest, fs::Permissions::from_mode(e.mode))?;
+        rustix::fs::chmodat(
+            &*dest.dir,
+            &dest.name,
+            Mode::from_bits_truncate(e.mode),
+            AtFlags::empty(),
+        )?;
     }
     if let Some(x) = &e.xattrs {
+        let path = dest.proc_path();
         for (k, v) in x {
             let value = hex::decode(v).map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
-            rustix::fs::lsetxattr(dest, k.as_str(), &value, rustix::fs::XattrFlags::empty())?;
+            rustix::fs::lsetxattr(&path, k.as_str(), &value, rustix::fs::XattrFlags::empty())?;
         }
     }
     let t = Timespec {
@@ -431,8 +630,8 @@ fn apply_lower_attrs(dest: &Path, e: &Entry) -> io::Result<()> {
         tv_nsec: e.mtime.rem_euclid(1_000_000_000) as _,
     };
     rustix::fs::utimensat(
-        CWD,
-        dest,
+        &*dest.dir,
+        &dest.name,
         &Timestamps {
             last_access: t,
             last_modification: t,
@@ -442,9 +641,16 @@ fn apply_lower_attrs(dest: &Path, e: &Entry) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens an upper file for writing (never through a symlink).
+pub fn open_write(at: &At) -> io::Result<File> {
+    Ok(File::from(at.open(OFlags::WRONLY, Mode::empty())?))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
@@ -529,16 +735,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("upper")).unwrap();
         fs::create_dir(dir.path().join("work")).unwrap();
-        let layers = Layers {
-            upper: dir.path().join("upper"),
-            work: dir.path().join("work"),
-            lower: Arc::new(FakeLower {
+        let layers = Layers::new(
+            dir.path().join("upper"),
+            dir.path().join("work"),
+            Arc::new(FakeLower {
                 manifests,
                 recipes,
                 objects,
             }),
-            root: Some(root_id),
-        };
+            Some(root_id),
+        );
         (dir, layers)
     }
 
@@ -562,9 +768,34 @@ mod tests {
     }
 
     #[test]
+    fn phase1b_children_resolve_as_view_does() {
+        let (_dir, l) = fixture();
+        let same = |l: &Layers, dir: &str, name: &str| {
+            let c = l.children(Path::new(dir)).unwrap().unwrap();
+            let child = c.view(std::ffi::OsStr::new(name)).unwrap();
+            let whole = l.view(&Path::new(dir).join(name)).unwrap();
+            assert_eq!(
+                child.map(|v| (v.upper.map(|m| m.ino()), v.lower)),
+                whole.map(|v| (v.upper.map(|m| m.ino()), v.lower)),
+                "{dir}/{name}"
+            );
+        };
+        // Lower only, then merged, then hidden by a whiteout.
+        same(&l, "d", "inner");
+        same(&l, "", "f");
+        l.copy_up(Path::new("d/inner")).unwrap();
+        same(&l, "d", "inner");
+        l.whiteout(Path::new("f")).unwrap();
+        same(&l, "", "f");
+        assert!(l.children(Path::new("f")).unwrap().is_none());
+        assert!(l.children(Path::new("big")).unwrap().is_none());
+    }
+
+    #[test]
     fn phase2_copy_up_keeps_content_and_attrs() {
         let (_dir, l) = fixture();
-        let up = l.copy_up(Path::new("d/inner")).unwrap();
+        l.copy_up(Path::new("d/inner")).unwrap();
+        let up = l.upper_path(Path::new("d/inner"));
         assert_eq!(fs::read(&up).unwrap(), b"x");
         assert!(l.upper_path(Path::new("d")).is_dir());
         let m = fs::metadata(&up).unwrap();
@@ -586,7 +817,8 @@ mod tests {
             1
         );
 
-        let up = l.copy_up_with(Path::new("f"), false).unwrap();
+        l.copy_up_with(Path::new("f"), false).unwrap();
+        let up = l.upper_path(Path::new("f"));
         let m = fs::metadata(&up).unwrap();
         assert_eq!(m.len(), 0, "copied up empty, for O_TRUNC");
         assert_eq!(m.permissions().mode() & 0o7777, 0o644);
@@ -615,7 +847,8 @@ mod tests {
         assert_eq!(fs::read(whole.unwrap()).unwrap(), b"0123456789");
         assert!(cache.get(&id, &recipe).is_some());
 
-        let up = l.copy_up(Path::new("big")).unwrap();
+        l.copy_up(Path::new("big")).unwrap();
+        let up = l.upper_path(Path::new("big"));
         assert_eq!(fs::read(&up).unwrap(), b"0123456789");
 
         // A recipe whose size disagrees with the entry is an error.

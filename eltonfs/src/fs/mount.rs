@@ -214,7 +214,7 @@ pub fn check_free(mountpoint: &Path, state_dir: &Path) -> Result<()> {
         );
     }
     let socket = state_dir.join("control.sock");
-    if UnixStream::connect(&socket).is_ok() {
+    if super::control_path::connect(&socket).is_ok() {
         bail!(
             "{} is in use by another running mount (its control socket {} answers); \
              two mounts must not share an upper",
@@ -259,12 +259,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
                     "cannot tell whether the interrupted commit was published; is the slave up?",
                 )? == Some(root),
             };
-        let layers = Layers {
-            upper: upper.clone(),
-            work: work.clone(),
-            lower: Arc::new(NoLower),
-            root: None,
-        };
+        let layers = Layers::new(upper.clone(), work.clone(), Arc::new(NoLower), None);
         if published {
             tracing::info!(
                 version = next,
@@ -336,17 +331,12 @@ pub fn run(opts: MountOptions) -> Result<()> {
     };
     write_json(&record_path, &record)?;
 
-    let layers = Layers {
-        upper,
-        work,
-        lower,
-        root,
-    };
+    let layers = Layers::new(upper, work, lower, root);
     let state = Arc::new(Mutex::new(MountState::new(layers)));
     let socket = opts.state_dir.join("control.sock");
     let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener = super::control_path::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
 
     let assembled =
         super::chunked::Assembled::new(opts.state_dir.join("assembled"), opts.assembled_max_bytes);
@@ -788,7 +778,7 @@ pub fn control_with_progress(
     let n = rustix::fs::getxattr(mountpoint, super::fuse::CONTROL_XATTR, &mut buf[..])
         .map_err(|e| anyhow!("{} is not an Elton mount ({e})", mountpoint.display()))?;
     let socket = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
-    let conn = UnixStream::connect(&socket)
+    let conn = super::control_path::connect(&socket)
         .with_context(|| format!("connecting to {}", socket.display()))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');

@@ -155,12 +155,7 @@ pub(super) fn recover(
         to = j.to,
         "finishing an update interrupted by a crash"
     );
-    let mut layers = Layers {
-        upper: upper.to_path_buf(),
-        work: work.to_path_buf(),
-        lower,
-        root: j.from_root,
-    };
+    let mut layers = Layers::new(upper.to_path_buf(), work.to_path_buf(), lower, j.from_root);
     apply(&mut layers, &j.plan, j.from_root, j.to_root).context(
         "finishing the interrupted update (it needs the slave for the head's files; is it up?)",
     )?;

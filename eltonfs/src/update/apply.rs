@@ -22,6 +22,9 @@ pub fn apply(
     base: Option<ObjectId>,
     theirs: Option<ObjectId>,
 ) -> io::Result<()> {
+    // Upper directories are replaced by paths below (and a failed attempt
+    // removes its copies): the descriptor cache starts afresh either way.
+    layers.dirs.forget_all();
     layers.root = base;
     let mut copied = Vec::new();
     let fetching = plan.actions.iter().try_for_each(|a| match a {

@@ -160,15 +160,15 @@ fn phase1_disjoint_changes_merge_and_conflicts_keep_both_sides() {
     );
     fs::create_dir(dir.path().join("upper")).unwrap();
     fs::create_dir(dir.path().join("work")).unwrap();
-    let mut l = Layers {
-        upper: dir.path().join("upper"),
-        work: dir.path().join("work"),
-        lower: Arc::new(FakeLower {
+    let mut l = Layers::new(
+        dir.path().join("upper"),
+        dir.path().join("work"),
+        Arc::new(FakeLower {
             manifests,
             objects: objects.clone(),
         }),
-        root: Some(base),
-    };
+        Some(base),
+    );
     // Ours: a conflicting edit, the same edit as theirs, an edit of a file
     // they deleted, a deletion of a file they edited, and additions.
     let up = |p: &str| l.upper_path(Path::new(p));
@@ -235,12 +235,12 @@ fn phase2_a_directory_they_deleted_keeps_everything_we_saw() {
     let theirs = tree(&[("top", "t")], &objects, &mut manifests);
     fs::create_dir(dir.path().join("upper")).unwrap();
     fs::create_dir(dir.path().join("work")).unwrap();
-    let mut l = Layers {
-        upper: dir.path().join("upper"),
-        work: dir.path().join("work"),
-        lower: Arc::new(FakeLower { manifests, objects }),
-        root: Some(base),
-    };
+    let mut l = Layers::new(
+        dir.path().join("upper"),
+        dir.path().join("work"),
+        Arc::new(FakeLower { manifests, objects }),
+        Some(base),
+    );
     l.copy_up(Path::new("d/x")).unwrap();
     fs::write(l.upper_path(Path::new("d/x")), "x-ours").unwrap();
     let plan = survey(&l, Some(theirs)).unwrap();

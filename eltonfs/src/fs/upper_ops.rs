@@ -1,0 +1,230 @@
+//! What the FUSE handlers do to the upper beyond a single call: new
+//! entries' owners and modes, clearing the way for them, whole copy-ups
+//! for moves, RENAME_EXCHANGE, and the conversions they share.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use fuser::{Errno, Request, TimeOrNow};
+use rustix::fs::{AtFlags, Gid, Mode, Timespec, Timestamps, Uid};
+
+use super::layers::{At, View, is_whiteout_at, set_opaque_at};
+use super::meta::Meta;
+use super::mount_state::MountState;
+
+/// Clears setuid (and group-executable setgid) bits as the kernel would on a
+/// write, truncate or write-open by an unprivileged user. With
+/// `FUSE_HANDLE_KILLPRIV_V2` this is the filesystem's job, and passthrough
+/// writes never reach us, so it is done when such a user opens the file for
+/// writing (slightly earlier than the kernel would, never later).
+pub(super) fn kill_suid(file: &File) -> io::Result<()> {
+    let mode = file.metadata()?.permissions().mode();
+    let mut cleared = mode & !0o4000;
+    if mode & 0o010 != 0 {
+        cleared &= !0o2000;
+    }
+    if cleared != mode {
+        file.set_permissions(fs::Permissions::from_mode(cleared & 0o7777))?;
+    }
+    Ok(())
+}
+
+pub(super) fn errno(e: io::Error) -> Errno {
+    Errno::from(e)
+}
+
+pub(super) fn rx(e: rustix::io::Errno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
+/// NAME_MAX of the filesystems an upper lives on (what `statfs` reports).
+pub(super) const NAME_MAX: usize = 255;
+
+pub(super) fn child(parent: &Path, name: &OsStr) -> Result<PathBuf, Errno> {
+    if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    // Checked here too: a name under a directory only the lower has never
+    // reaches the upper's filesystem, which would refuse it.
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(parent.join(name))
+}
+
+pub(super) fn timestamps(atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> Timestamps {
+    let omit = Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_OMIT,
+    };
+    let conv = |t: Option<TimeOrNow>| match t {
+        None => omit,
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as _,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut secs = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    secs -= 1;
+                    nsec += 1_000_000_000;
+                }
+                Timespec {
+                    tv_sec: secs,
+                    tv_nsec: nsec as _,
+                }
+            }
+        },
+    };
+    Timestamps {
+        last_access: conv(atime),
+        last_modification: conv(mtime),
+    }
+}
+
+pub(super) fn set_times(
+    at: &At,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+) -> io::Result<()> {
+    let ts = timestamps(atime, mtime);
+    rustix::fs::utimensat(&*at.dir, &at.name, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+pub(super) fn chown(at: &At, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    rustix::fs::chownat(
+        &*at.dir,
+        &at.name,
+        uid.map(Uid::from_raw),
+        gid.map(Gid::from_raw),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Gives a new upper entry (made by this process, as root) the owner and
+/// mode the kernel gives an entry made by the requester: its uid, and its
+/// gid unless the directory is setgid (then the directory's group, and a
+/// new directory inherits the setgid bit). `perm` is `None` for symlinks.
+pub(super) fn own_new(up: &At, req: &Request, perm: Option<u32>, is_dir: bool) -> io::Result<()> {
+    const SGID: u32 = libc::S_ISGID;
+    let dir = Meta::from(rustix::fs::fstat(&*up.dir)?);
+    let sgid_dir = dir.mode() & SGID != 0;
+    let gid = if sgid_dir { dir.gid() } else { req.gid() };
+    // chown clears setuid/setgid bits: set the mode after it.
+    chown(up, Some(req.uid()), Some(gid))?;
+    if let Some(mut perm) = perm {
+        if is_dir && sgid_dir {
+            perm |= SGID;
+        }
+        // A group-executable setgid file of a group its creator is not in
+        // loses the bit (approximated with the primary group).
+        if !is_dir
+            && sgid_dir
+            && perm & SGID != 0
+            && perm & 0o010 != 0
+            && req.uid() != 0
+            && req.gid() != gid
+        {
+            perm &= !SGID;
+        }
+        chmod(up, perm)?;
+    }
+    Ok(())
+}
+
+/// Sets the permission bits of an upper entry that is not a symlink.
+pub(super) fn chmod(at: &At, perm: u32) -> io::Result<()> {
+    rustix::fs::chmodat(
+        &*at.dir,
+        &at.name,
+        Mode::from_bits_truncate(perm),
+        AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Clears the way for a new entry at `rel`: its ancestors exist in the
+/// upper and a whiteout there is removed. Returns the upper entry and
+/// whether a lower entry was deleted at this path (a new directory there
+/// must then be opaque).
+pub(super) fn prepare_new(st: &MountState, rel: &Path) -> Result<(At, bool), Errno> {
+    if st.layers.view(rel)?.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    st.layers.copy_up_parents(rel)?;
+    let up = st.layers.at(rel)?;
+    match up.stat()? {
+        Some(m) if is_whiteout_at(&up, &m) => {
+            rustix::fs::unlinkat(&*up.dir, &up.name, AtFlags::empty()).map_err(rx)?;
+            Ok((up, true))
+        }
+        _ => Ok((up, false)),
+    }
+}
+
+/// Brings `rel` wholly into the upper for a move: a directory with lower
+/// content is copied up with its subtree (and made opaque). Returns its
+/// upper entry.
+pub(super) fn copy_up_whole(st: &MountState, rel: &Path, view: &View) -> Result<At, Errno> {
+    let has_lower_content =
+        view.is_dir() && (view.upper.is_none() || st.layers.merged_lower(rel, view)?.is_some());
+    if has_lower_content {
+        st.layers.copy_up_tree(rel)?;
+        Ok(st.layers.at(rel)?)
+    } else {
+        Ok(st.layers.copy_up(rel)?)
+    }
+}
+
+/// `rename(RENAME_EXCHANGE)`: both names exist before and after, so no
+/// whiteouts; both sides move wholly into the upper first.
+pub(super) fn exchange(
+    st: &mut MountState,
+    a: &Path,
+    a_view: &View,
+    b: &Path,
+) -> Result<(), Errno> {
+    let b_view = st.view(b)?;
+    if a == b {
+        return Ok(());
+    }
+    if a.starts_with(b) || b.starts_with(a) {
+        return Err(Errno::EINVAL);
+    }
+    let a_up = copy_up_whole(st, a, a_view)?;
+    st.layers.copy_up_parents(b)?;
+    let b_up = copy_up_whole(st, b, &b_view)?;
+    rustix::fs::renameat_with(
+        &*a_up.dir,
+        &a_up.name,
+        &*b_up.dir,
+        &b_up.name,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(rx)?;
+    st.layers.dirs.forget(a);
+    st.layers.dirs.forget(b);
+    // A directory now sitting where the lower has an entry must not merge
+    // with it.
+    if a_view.is_dir() && b_view.lower.is_some() {
+        set_opaque_at(&b_up)?;
+    }
+    if b_view.is_dir() && a_view.lower.is_some() {
+        set_opaque_at(&a_up)?;
+    }
+    st.inodes.exchange(a, b);
+    Ok(())
+}
