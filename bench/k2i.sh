@@ -14,11 +14,12 @@
 #     start, connection, one call) and the CPU window's cost, `elton ps
 #     --host m1` with the default 100 ms window;
 #   - `elton ps --all` on the 3 hosts: p50 of $ROUNDS runs;
-#   - drcond: from `elton limit --all --cpu 50%` returning to the limit
-#     being in effect on every host (its cpu.cfs_quota_us read back as
-#     50000 under each host's root, polled from this shell): p50 and p99 of
-#     $LIMITS runs (target p50 < 50 ms); each run is released and its
-#     groups gone before the next.
+#   - drcond: from `elton limit --all --pid P --cpu 50%` returning to the
+#     limit being in effect on every host (its cpu.cfs_quota_us read back
+#     as 50000 under each host's root, and P in one host's group: the
+#     hosts share this machine, see below), polled from this shell: p50
+#     and p99 of $LIMITS runs (target p50 < 50 ms); each run is released
+#     and its groups gone before the next.
 # Timings use bash's EPOCHREALTIME (no fork per reading).
 #
 # Tunables (environment): ROUNDS (10), LIMITS (20), ELTON_BIN.
@@ -93,41 +94,82 @@ done
 procs=$(ctl ps --host m1 --window 0ms --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["hosts"]["m1"]["procs"]))')
 
 # ---- drcond -----------------------------------------------------------------
+#
+# The three hosts share this machine's /proc and cgroup tree, so one pid is
+# selected on all three: the first host to reconcile takes the process into
+# its group, the other two make their groups (limit written) and leave the
+# process to it (`elton limit ls`: "not taken: another Elton host on this
+# machine holds it"). "In effect on every host" is therefore: each host's
+# group holds the quota, and the process is in one of the three groups.
+# Each host's root is the one its report names (`root` in `limit ls
+# --json`), not a glob: roots of earlier runs (other data dirs) may remain
+# on the machine under the same host names.
 
 cpu_cg=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' /proc/self/cgroup)
-host_root() { # host name: its root in the cpu hierarchy
-    local d
-    for d in /sys/fs/cgroup/cpu"${cpu_cg%/}"/elton-"$1"-*; do
-        [[ -d $d ]] && { echo "$d"; return 0; }
-    done
-    return 0 # none (yet, or any more)
-}
+cpu_dir=/sys/fs/cgroup/cpu${cpu_cg%/}
 
 sleep 1000 &
 SLEEPER=$!
 track_pid "$SLEEPER" "limited sleep"
+
+# A first limit, untimed: names each host's root.
+id=$(ctl limit --json --pid "$SLEEPER" --all --cpu 50% | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+declare -A ROOT=()
+for ((w = 0; w < 100; w++)); do
+    while read -r h r; do ROOT[$h]=$r; done < <(ctl limit ls --json | python3 -c '
+import json, sys
+for l in json.load(sys.stdin):
+    for h, st in l["status"].items():
+        if st.get("root") and st.get("state") == "applied":
+            print(h, st["root"])')
+    [[ ${#ROOT[@]} == 3 ]] && break
+    sleep 0.1
+done
+[[ ${#ROOT[@]} == 3 ]] || die "the first limit was not applied on every host: $(ctl limit ls)"
+log "host roots: ${ROOT[*]}"
+
+gone() { # id: its group is gone under every host's root
+    local h
+    for h in m1 m2 m3; do
+        [[ -d $cpu_dir/${ROOT[$h]}/$1 ]] && return 1
+    done
+    return 0
+}
+
+release_gone() { # id: releases it, waits until every group is gone
+    ctl limit release "$1" >/dev/null
+    for ((w = 0; w < 200; w++)); do
+        gone "$1" && return 0
+        sleep 0.05
+    done
+    die "limit $1 released but a group is left: $(ls -d "$cpu_dir"/elton-m?-*/"$1" 2>/dev/null)"
+}
+release_gone "$id"
+
+# Reads with builtins only (no fork per poll).
+in_effect() { # id: 0 when every host's group holds the quota and one holds the process
+    local h q line held=0
+    for h in m1 m2 m3; do
+        q=""
+        read -r q 2>/dev/null <"$cpu_dir/${ROOT[$h]}/$1/cpu.cfs_quota_us" || return 1
+        [[ $q == 50000 ]] || return 1
+    done
+    while IFS= read -r line; do
+        [[ $line =~ ^[0-9]+:([a-z,]*,)?cpu(,[a-z,]*)?:.*/elton-m[123]-[0-9a-f]{8}/$1$ ]] && held=1
+    done </proc/"$SLEEPER"/cgroup
+    [[ $held == 1 ]]
+}
+
 EFFECT=()
 for ((r = 0; r < LIMITS; r++)); do
     id=$(ctl limit --json --pid "$SLEEPER" --all --cpu 50% | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     t=$EPOCHREALTIME
     for ((spin = 0; ; spin++)); do
-        done_hosts=0
-        for h in m1 m2 m3; do
-            root=$(host_root "$h")
-            [[ -n $root && $(cat "$root/$id/cpu.cfs_quota_us" 2>/dev/null) == 50000 ]] && done_hosts=$((done_hosts + 1))
-        done
-        [[ $done_hosts == 3 ]] && break
-        ((spin < 100000)) || die "limit $id not in effect on every host"
+        in_effect "$id" && break
+        ((spin < 200000)) || die "limit $id not in effect on every host: $(ctl limit ls)"
     done
     EFFECT+=("$(ms "$t")")
-    ctl limit release "$id" >/dev/null
-    for h in m1 m2 m3; do
-        for ((w = 0; w < 200; w++)); do
-            root=$(host_root "$h")
-            [[ -z $root || ! -d $root/$id ]] && break
-            sleep 0.05
-        done
-    done
+    release_gone "$id"
 done
 
 echo
