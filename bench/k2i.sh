@@ -11,8 +11,11 @@
 #     it) against `ps aux`: median wall time of $ROUNDS runs each,
 #     alternating, and their ratio (target <= 0.5x);
 #   - what that time is made of: `elton ps --pid 1` (one process: CLI
-#     start, connection, one call) and the CPU window's cost, `elton ps
-#     --host m1` with the default 100 ms window;
+#     start, connection, one call), an `elton ps` refused before it
+#     connects (process start, argument parsing, runtime), the CPU
+#     window's cost (`elton ps --host m1`, default 100 ms window), and the
+#     same answer over HTTP (`/v1/proc`) from a fresh `curl` and from one
+#     long-lived client on a kept-alive connection (no process start);
 #   - `elton ps --all` on the 3 hosts: p50 of $ROUNDS runs;
 #   - drcond: from `elton limit --all --pid P --cpu 50%` returning to the
 #     limit being in effect on every host (its cpu.cfs_quota_us read back
@@ -31,7 +34,7 @@ LIMITS=${LIMITS:-20}
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-require ps python3
+require ps python3 curl
 [[ -d /sys/fs/cgroup/cpu ]] || die "needs cgroup v1 with the cpu controller at /sys/fs/cgroup/cpu"
 release_bins elton
 bench_start k2i
@@ -73,8 +76,14 @@ med() { printf '%.1f' "$(median -a "$@")"; } # median, 1 decimal
 
 # ---- ps ---------------------------------------------------------------------
 
-ELTON_PS=() PS_AUX=() PS_ALL=() PS_ONE=() PS_WINDOW=()
+ELTON_PS=() PS_AUX=() PS_ALL=() PS_ONE=() PS_WINDOW=() START=() CURL=()
 for ((r = 0; r < ROUNDS; r++)); do
+    t=$EPOCHREALTIME
+    ctl ps --window 10s --deadline 1s >/dev/null 2>&1 && die "a window above the deadline was taken"
+    START+=("$(ms "$t")")
+    t=$EPOCHREALTIME
+    curl -sf -o /dev/null "http://127.0.0.1:${PORT[1]}/v1/proc?host=m1&window_ms=0" || die "curl /v1/proc failed"
+    CURL+=("$(ms "$t")")
     t=$EPOCHREALTIME
     ctl ps --host m1 --window 0ms >/dev/null
     ELTON_PS+=("$(ms "$t")")
@@ -91,6 +100,25 @@ for ((r = 0; r < ROUNDS; r++)); do
     ctl ps --all --window 0ms >/dev/null
     PS_ALL+=("$(ms "$t")")
 done
+# A long-lived client: one HTTP/1.1 connection kept alive, each answer
+# read and parsed (what a monitoring agent would do); no process start.
+read -r KEEP_ALIVE < <(python3 - "${PORT[1]}" "$ROUNDS" <<'PY'
+import http.client, json, statistics, sys, time
+port, rounds = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+times = []
+for i in range(rounds + 1):
+    t = time.perf_counter()
+    c.request("GET", "/v1/proc?host=m1&window_ms=0")
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200, (r.status, body[:200])
+    json.loads(body)
+    if i:  # the first pays for the connection
+        times.append((time.perf_counter() - t) * 1000)
+print("%.1f" % statistics.median(times))
+PY
+)
 procs=$(ctl ps --host m1 --window 0ms --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["hosts"]["m1"]["procs"]))')
 
 # ---- drcond -----------------------------------------------------------------
@@ -179,6 +207,10 @@ printf '| `elton ps --host m1 --window 0ms` (%s processes), median ms | %s |\n' 
 printf '| `ps aux`, median ms | %s |\n' "$(med "${PS_AUX[@]}")"
 printf '| ratio elton ps / ps aux | %s |\n' "$(ratio "$(med "${ELTON_PS[@]}")" "$(med "${PS_AUX[@]}")")"
 printf '| `elton ps --host m1 --pid 1` (fixed cost), median ms | %s |\n' "$(med "${PS_ONE[@]}")"
+printf '| `elton ps` refused before connecting (process start, arguments, runtime), median ms | %s |\n' "$(med "${START[@]}")"
+printf '| `curl /v1/proc?host=m1&window_ms=0` (fresh small process, HTTP), median ms | %s |\n' "$(med "${CURL[@]}")"
+printf '| the same over one kept-alive connection (python, parsed), median ms | %s |\n' "$KEEP_ALIVE"
+printf '| ratio kept-alive / ps aux | %s |\n' "$(ratio "$KEEP_ALIVE" "$(med "${PS_AUX[@]}")")"
 printf '| `elton ps --host m1` (100 ms CPU window), median ms | %s |\n' "$(med "${PS_WINDOW[@]}")"
 printf '| `elton ps --all` (3 hosts), p50 ms | %s |\n' "$(pct 50 "${PS_ALL[@]}")"
 printf '| limit to in effect on 3 hosts, p50 ms | %s |\n' "$(pct 50 "${EFFECT[@]}")"
@@ -187,6 +219,8 @@ echo
 echo "per run, elton ps ms: ${ELTON_PS[*]}"
 echo "per run, ps aux ms: ${PS_AUX[*]}"
 echo "per run, elton ps --pid 1 ms: ${PS_ONE[*]}"
+echo "per run, elton ps refused before connecting ms: ${START[*]}"
+echo "per run, curl /v1/proc ms: ${CURL[*]}"
 echo "per run, elton ps (100 ms window) ms: ${PS_WINDOW[*]}"
 echo "per run, elton ps --all ms: ${PS_ALL[*]}"
 echo "per limit, ms: ${EFFECT[*]}"
