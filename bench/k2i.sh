@@ -100,6 +100,34 @@ for ((r = 0; r < ROUNDS; r++)); do
     ctl ps --all --window 0ms >/dev/null
     PS_ALL+=("$(ms "$t")")
 done
+# CPU time, which the machine's load does not inflate the way it does wall
+# time: the client's (perf stat's task-clock) and the master's (its threads'
+# schedstat run time, before and after the call; it includes a few Raft
+# heartbeats), against `ps aux`'s.
+server_ns() { # pid: CPU ns its threads have run
+    local f n sum=0
+    for f in /proc/"$1"/task/*/schedstat; do
+        read -r n _ <"$f" 2>/dev/null || continue
+        sum=$((sum + n))
+    done
+    echo "$sum"
+}
+task_ms() { # cmd...: the command's CPU ms (perf stat task-clock)
+    perf stat -x, -e task-clock -- "$@" 2>&1 >/dev/null | awk -F, '$3 ~ /task-clock/ {printf "%.2f\n", $1}'
+}
+CPU_CLIENT=() CPU_SERVER=() CPU_PS=()
+if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
+    for ((r = 0; r < ROUNDS; r++)); do
+        before=$(server_ns "${PID[1]}")
+        CPU_CLIENT+=("$(task_ms "$ELTON" --master "http://127.0.0.1:${PORT[1]}" ps --host m1 --window 0ms)")
+        after=$(server_ns "${PID[1]}")
+        CPU_SERVER+=("$(awk -v a="$before" -v b="$after" 'BEGIN {printf "%.2f\n", (b - a) / 1e6}')")
+        CPU_PS+=("$(task_ms ps aux)")
+    done
+else
+    log "no usable perf: CPU times left out"
+fi
+
 # A long-lived client: one HTTP/1.1 connection kept alive, each answer
 # read and parsed (what a monitoring agent would do); no process start.
 read -r KEEP_ALIVE < <(python3 - "${PORT[1]}" "$ROUNDS" <<'PY'
@@ -211,6 +239,12 @@ printf '| `elton ps` refused before connecting (process start, arguments, runtim
 printf '| `curl /v1/proc?host=m1&window_ms=0` (fresh small process, HTTP), median ms | %s |\n' "$(med "${CURL[@]}")"
 printf '| the same over one kept-alive connection (python, parsed), median ms | %s |\n' "$KEEP_ALIVE"
 printf '| ratio kept-alive / ps aux | %s |\n' "$(ratio "$KEEP_ALIVE" "$(med "${PS_AUX[@]}")")"
+if ((${#CPU_PS[@]})); then
+    printf '| CPU: `elton ps` client process, median ms | %s |\n' "$(med "${CPU_CLIENT[@]}")"
+    printf '| CPU: the master answering it, median ms | %s |\n' "$(med "${CPU_SERVER[@]}")"
+    printf '| CPU: `ps aux`, median ms | %s |\n' "$(med "${CPU_PS[@]}")"
+    printf '| CPU ratio (client + master) / ps aux | %s |\n' "$(ratio "$(awk -v a="$(med "${CPU_CLIENT[@]}")" -v b="$(med "${CPU_SERVER[@]}")" 'BEGIN {print a + b}')" "$(med "${CPU_PS[@]}")")"
+fi
 printf '| `elton ps --host m1` (100 ms CPU window), median ms | %s |\n' "$(med "${PS_WINDOW[@]}")"
 printf '| `elton ps --all` (3 hosts), p50 ms | %s |\n' "$(pct 50 "${PS_ALL[@]}")"
 printf '| limit to in effect on 3 hosts, p50 ms | %s |\n' "$(pct 50 "${EFFECT[@]}")"
