@@ -294,7 +294,8 @@ fn host_state(report: &DirectResult, host: &str, id: u64) -> serde_json::Value {
 
 /// Why a host's report does not list a limit yet: a host reconciles on
 /// every applied entry and every tick, so a last pass long ago means its
-/// reconciler is stuck (its log says why).
+/// reconciler is stuck (its log says why). The age compares this
+/// machine's clock with the host's, so it is off by their skew.
 fn pending_reason(pass_at_ms: Option<u64>) -> String {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
