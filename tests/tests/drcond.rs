@@ -164,12 +164,13 @@ fn drcond() {
     let mut g = Group::new(3, 2, &[]);
     g.converged(1, CONVERGE);
     phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(&g);
-    phase2_bad_input_changes_nothing(&g);
-    phase3_a_temporary_limit_is_lifted_by_the_leader(&g);
-    phase4_a_memory_limit_holds_a_growing_process_in_its_group(&g);
-    phase5_an_io_write_limit_slows_direct_writes(&g);
-    phase6_a_restarted_host_keeps_its_limit_without_duplicates(&mut g);
-    phase7_a_temporary_limit_is_lifted_when_the_leader_is_killed(&mut g);
+    phase2_a_pid_every_host_selects_is_held_by_one_and_not_fought_over(&g);
+    phase3_bad_input_changes_nothing(&g);
+    phase4_a_temporary_limit_is_lifted_by_the_leader(&g);
+    phase5_a_memory_limit_holds_a_growing_process_in_its_group(&g);
+    phase6_an_io_write_limit_slows_direct_writes(&g);
+    phase7_a_restarted_host_keeps_its_limit_without_duplicates(&mut g);
+    phase8_a_temporary_limit_is_lifted_when_the_leader_is_killed(&mut g);
 }
 
 fn phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(g: &Group) {
@@ -232,7 +233,86 @@ fn phase1_a_cpu_limit_holds_a_busy_loop_and_release_lifts_it(g: &Group) {
     assert!(limits(g).as_array().is_some_and(Vec::is_empty));
 }
 
-fn phase2_bad_input_changes_nothing(g: &Group) {
+/// Every host of this run shares the machine: a pid selected on all of
+/// them is taken by the first host that reconciles; the others make their
+/// groups, leave the process to it and say so in `elton limit ls`. Before,
+/// each host took it back on every tick and, on release, returned it into
+/// another host's (vanishing) group.
+fn phase2_a_pid_every_host_selects_is_held_by_one_and_not_fought_over(g: &Group) {
+    let hosts = ["m1", "m2", "m3", "slave1", "slave2"];
+    let leaves: Vec<String> = hosts.iter().map(|h| leaf(g, h)).collect();
+    let busy = Busy::start();
+    let pid: i64 = busy.pid().parse().expect("pid");
+    let id = set_limit(g, &["--pid", &busy.pid(), "--all", "--cpu", "50%"]);
+    let in_groups = || {
+        leaves
+            .iter()
+            .filter(|l| {
+                read(root("cpu", l).join(id.to_string()).join("cgroup.procs")) == busy.pid()
+            })
+            .count()
+    };
+    wait_until("every host applied it", Duration::from_secs(15), || {
+        let out = g.cli(1, &["limit", "ls", "--json"]);
+        let Ok(ls) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        hosts
+            .iter()
+            .all(|h| ls[0]["status"][h]["state"] == "applied")
+            && in_groups() == 1
+    });
+    // Held by one host, steadily, over several reconcile ticks.
+    let memory = || {
+        read(PathBuf::from(format!("/proc/{}/cgroup", busy.pid())))
+            .lines()
+            .find(|l| l.contains(":memory:"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let first = memory();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(memory(), first, "the process moved between hosts' groups");
+        assert_eq!(in_groups(), 1);
+    }
+    let ls = limits(g);
+    let holders: Vec<&str> = hosts
+        .iter()
+        .copied()
+        .filter(|h| ls[0]["status"][h]["procs"] == serde_json::json!([pid]))
+        .collect();
+    assert_eq!(holders.len(), 1, "{ls:#}");
+    let holder_root = &leaves[hosts.iter().position(|h| *h == holders[0]).expect("holder")];
+    for h in hosts.iter().filter(|h| **h != holders[0]) {
+        let st = &ls[0]["status"][h];
+        assert_eq!(st["procs"], serde_json::json!([]), "{h}: {ls:#}");
+        assert_eq!(st["held"][0]["pid"], pid, "{h}: {ls:#}");
+        let group = st["held"][0]["group"].as_str().unwrap_or_default();
+        assert!(
+            group.ends_with(&format!("/{holder_root}/{id}")),
+            "{h}: {ls:#}"
+        );
+    }
+    let text = g.ok(1, &["limit", "ls"]);
+    assert!(
+        text.contains(&format!(
+            "process {pid} not taken: another Elton host on this machine holds it"
+        )),
+        "{text}"
+    );
+
+    g.ok(1, &["limit", "release", &id.to_string()]);
+    wait_until("every group removed", Duration::from_secs(10), || {
+        leaves.iter().all(|l| groups(l).is_empty())
+    });
+    // Back where it came from: this test's cgroups.
+    let own = read(PathBuf::from("/proc/self/cgroup"));
+    let its = read(PathBuf::from(format!("/proc/{}/cgroup", busy.pid())));
+    assert_eq!(its, own);
+}
+
+fn phase3_bad_input_changes_nothing(g: &Group) {
     let s1 = leaf(g, "slave1");
     let busy = Busy::start();
     let pid = busy.pid();
@@ -289,7 +369,7 @@ fn phase2_bad_input_changes_nothing(g: &Group) {
     });
 }
 
-fn phase3_a_temporary_limit_is_lifted_by_the_leader(g: &Group) {
+fn phase4_a_temporary_limit_is_lifted_by_the_leader(g: &Group) {
     let s2 = leaf(g, "slave2");
     let busy = Busy::start();
     let start = Instant::now();
@@ -337,7 +417,7 @@ fn once_limited(cmd: &str) -> Child {
         .expect("spawning")
 }
 
-fn phase4_a_memory_limit_holds_a_growing_process_in_its_group(g: &Group) {
+fn phase5_a_memory_limit_holds_a_growing_process_in_its_group(g: &Group) {
     let s2 = leaf(g, "slave2");
     // Allocates (and touches) 8 MiB every 50 ms, up to 512 MiB.
     let mut grower = once_limited(
@@ -399,7 +479,7 @@ fn phase4_a_memory_limit_holds_a_growing_process_in_its_group(g: &Group) {
     });
 }
 
-fn phase5_an_io_write_limit_slows_direct_writes(g: &Group) {
+fn phase6_an_io_write_limit_slows_direct_writes(g: &Group) {
     let s1 = leaf(g, "slave1");
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let file = dir.path().join("direct");
@@ -450,7 +530,7 @@ fn phase5_an_io_write_limit_slows_direct_writes(g: &Group) {
     });
 }
 
-fn phase6_a_restarted_host_keeps_its_limit_without_duplicates(g: &mut Group) {
+fn phase7_a_restarted_host_keeps_its_limit_without_duplicates(g: &mut Group) {
     let (s1, s2) = (leaf(g, "slave1"), leaf(g, "slave2"));
     let busy = Busy::start();
     let id = set_limit(
@@ -478,7 +558,7 @@ fn phase6_a_restarted_host_keeps_its_limit_without_duplicates(g: &mut Group) {
     });
 }
 
-fn phase7_a_temporary_limit_is_lifted_when_the_leader_is_killed(g: &mut Group) {
+fn phase8_a_temporary_limit_is_lifted_when_the_leader_is_killed(g: &mut Group) {
     let s1 = leaf(g, "slave1");
     assert_eq!(g.leader(2).as_deref(), Some("m1"));
     let busy = Busy::start();

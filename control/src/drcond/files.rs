@@ -115,6 +115,27 @@ pub fn read_back(files: &GroupFiles, dev: Option<(u32, u32)>) -> Resources {
     }
 }
 
+/// The largest page size a kernel rounds a memory limit down to (arm64
+/// and ppc64 run 64 KiB pages; x86 4 KiB).
+const MAX_PAGE_BYTES: u64 = 64 << 10;
+
+/// Whether what a group's files hold (`have`, read back) is the limit
+/// `want`: equal, except that the kernel keeps a memory limit rounded down
+/// to whole pages (`5000000` reads back as `4997120` on 4 KiB pages), which
+/// must not count as "not applied" or the group would be rewritten on every
+/// pass and never reported applied.
+pub fn holds(have: &Resources, want: &Resources) -> bool {
+    let memory_ok = match (have.memory_bytes, want.memory_bytes) {
+        (Some(h), Some(w)) => h <= w && w - h < MAX_PAGE_BYTES,
+        (h, w) => h == w,
+    };
+    memory_ok
+        && have.cpu_percent == want.cpu_percent
+        && have.io_read_bps == want.io_read_bps
+        && have.io_write_bps == want.io_write_bps
+        && have.dev == want.dev
+}
+
 /// The Elton group (limit id) a process is in, from its
 /// `/proc/PID/cgroup` text: its path in `hierarchy` (v1: a controller
 /// such as `memory`; v2: the `0::` line) is `<root>/<id>` or below.
@@ -134,6 +155,49 @@ pub fn group_of(proc_cgroup: &str, root: &str, v2: bool, controller: &str) -> Op
         }
         let rest = path.strip_prefix(root)?.strip_prefix('/')?;
         rest.split('/').next()?.parse().ok()
+    })
+}
+
+/// The group of *another* Elton host on this machine a process is in, as
+/// the path of that group (`/<base>/elton-<name>-<tag>/<id>`), from its
+/// `/proc/PID/cgroup` text: a path component shaped like a host root
+/// (`elton-<name>-<8 hex>`, see `host.rs`) followed by a limit id, that is
+/// not below this host's `root`. Several hosts of one machine (tests, a
+/// master and a slave side by side) see the same processes; one that
+/// another host holds is left to it, or the hosts would move it back and
+/// forth on every tick and each return it into the other's group.
+pub fn foreign_group(proc_cgroup: &str, root: &str, v2: bool, controller: &str) -> Option<String> {
+    let root = root.trim_end_matches('/');
+    proc_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (hier, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let ours = if v2 {
+            hier == "0" && ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
+        if !ours || path.strip_prefix(root).is_some_and(|r| r.starts_with('/')) {
+            return None;
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        let at = parts
+            .windows(2)
+            .position(|w| is_host_root(w[0]) && w[1].parse::<u64>().is_ok())?;
+        Some(parts[..at + 2].join("/"))
+    })
+}
+
+/// Whether a directory name is a host root: `elton-<name>-<8 hex>`.
+fn is_host_root(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("elton-") else {
+        return false;
+    };
+    rest.rsplit_once('-').is_some_and(|(host, tag)| {
+        !host.is_empty()
+            && tag.len() == 8
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -217,6 +281,64 @@ mod tests {
             io: (Some(String::new()), Some(String::new())),
         };
         assert_eq!(read_back(&fresh, None), Resources::default());
+    }
+
+    #[test]
+    fn memory_rounded_to_pages_holds_the_limit() {
+        let mem = |m: u64| Resources {
+            memory_bytes: Some(m),
+            ..Resources::default()
+        };
+        assert!(holds(&mem(4_997_120), &mem(5_000_000)));
+        assert!(holds(&mem(64 << 20), &mem(64 << 20)));
+        assert!(!holds(&mem(5_001_216), &mem(5_000_000)));
+        assert!(!holds(&mem(32 << 20), &mem(64 << 20)));
+        assert!(!holds(&Resources::default(), &mem(64 << 20)));
+        let cpu = Resources {
+            cpu_percent: Some(20),
+            ..mem(4_997_120)
+        };
+        assert!(!holds(&cpu, &mem(5_000_000)));
+    }
+
+    #[test]
+    fn a_group_of_another_host_on_this_machine() {
+        let mine = "/sb/elton-m1-0a0b0c0d";
+        let v1 = |path: &str| format!("7:blkio:/\n4:memory:{path}\n2:cpu:/\n");
+        assert_eq!(
+            foreign_group(&v1("/sb/elton-m2-5ececb01/8"), mine, false, "memory"),
+            Some("/sb/elton-m2-5ececb01/8".to_string())
+        );
+        // Another host's root at another base, a process below a group.
+        assert_eq!(
+            foreign_group(&v1("/other/elton-s-1-00ff00ff/12/x"), mine, false, "memory"),
+            Some("/other/elton-s-1-00ff00ff/12".to_string())
+        );
+        // Its own groups, plain cgroups and look-alikes are not foreign.
+        for path in [
+            "/sb/elton-m1-0a0b0c0d/8",
+            "/sb",
+            "/",
+            "/sb/elton-m2-5ececb01",
+            "/sb/elton-m2-5ECECB01/8",
+            "/sb/elton-m2-5ececb0/8",
+            "/sb/elton--5ececb01/8",
+            "/sb/elton-m2-5ececb01/web",
+        ] {
+            assert_eq!(
+                foreign_group(&v1(path), mine, false, "memory"),
+                None,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            foreign_group(&v1("/sb/elton-m2-5ececb01/8"), mine, false, "cpu"),
+            None
+        );
+        assert_eq!(
+            foreign_group("0::/elton-m3-12345678/4\n", "/elton-m1-0a0b0c0d", true, ""),
+            Some("/elton-m3-12345678/4".to_string())
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{self, GroupFiles};
 use super::plan::{HostView, ProcView, Step};
 use super::spec::{Limit, Resources};
-use super::status::{HostLimits, LimitStatus, judge, oom_kills};
+use super::status::{Held, HostLimits, LimitStatus, judge, oom_kills};
 
 /// The controllers a group uses (cgroups-rs names; v2's `io` is `blkio`).
 const CONTROLLERS: [&str; 4] = ["cpu", "memory", "blkio", "pids"];
@@ -64,7 +64,7 @@ impl CgroupHost {
         if let Err(e) = &opened {
             super::report::set(HostLimits {
                 off: Some(e.clone()),
-                limits: Vec::new(),
+                ..HostLimits::default()
             });
         }
         opened
@@ -228,6 +228,7 @@ impl CgroupHost {
             view.procs.push(ProcView {
                 pid: stat.pid,
                 in_group: files::group_of(&text, &member_root, self.v2, MEMBERSHIP_CONTROLLER),
+                held_by: files::foreign_group(&text, &member_root, self.v2, MEMBERSHIP_CONTROLLER),
                 cgroups: files::origins(&text).into_iter().map(|(_, p)| p).collect(),
                 cmdline: p.cmdline().unwrap_or_default(),
                 name: stat.comm,
@@ -350,8 +351,12 @@ impl CgroupHost {
                     here.then(|| path.trim_start_matches('/').to_string())
                 })
             });
+            // Not into one of its own groups, nor into a group that is gone
+            // (a process saved by an older build while it sat in another
+            // host's group): there it could never be returned.
             let rel = from
                 .filter(|p| !p.starts_with(&self.root(c)))
+                .filter(|p| self.dir(c, p).is_dir())
                 .unwrap_or_else(|| self.base.get(c).cloned().unwrap_or_default());
             // cgroups-rs takes an empty path as "every controller's root";
             // "." names the root of this controller only.
@@ -390,8 +395,14 @@ impl CgroupHost {
     }
 
     /// Where each of `limits` stands after a pass that failed with
-    /// `errors` (by limit id).
-    pub fn status(&self, limits: &[Limit], errors: &BTreeMap<u64, String>) -> HostLimits {
+    /// `errors` (by limit id) and found `held` (by limit id) in other
+    /// hosts' groups.
+    pub fn status(
+        &self,
+        limits: &[Limit],
+        errors: &BTreeMap<u64, String>,
+        mut held: BTreeMap<u64, Vec<Held>>,
+    ) -> HostLimits {
         let present = self.group_ids();
         let groups: BTreeMap<u64, Resources> = limits
             .iter()
@@ -420,10 +431,19 @@ impl CgroupHost {
                     state,
                     procs: if there { self.members(id) } else { Vec::new() },
                     oom_kills: oom.as_deref().map_or(0, oom_kills),
+                    held: held.remove(&id).unwrap_or_default(),
                 }
             })
             .collect();
-        HostLimits { off: None, limits }
+        HostLimits {
+            off: None,
+            limits,
+            root: Some(self.leaf.clone()),
+            pass_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok()),
+        }
     }
 
     /// Processes in group `id` (any controller).
@@ -445,6 +465,7 @@ impl CgroupHost {
 pub fn reconcile(host: &mut CgroupHost, limits: &[Limit]) -> Vec<String> {
     let view = host.view(limits);
     let steps = super::plan::plan(limits, &view);
+    let held = super::plan::held(limits, &view);
     let mut errors = Vec::new();
     let mut by_limit = BTreeMap::new();
     for step in &steps {
@@ -459,6 +480,6 @@ pub fn reconcile(host: &mut CgroupHost, limits: &[Limit]) -> Vec<String> {
     if limits.is_empty() && !steps.is_empty() && errors.is_empty() {
         host.remove_roots();
     }
-    super::report::set(host.status(limits, &by_limit));
+    super::report::set(host.status(limits, &by_limit, held));
     errors
 }

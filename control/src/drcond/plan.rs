@@ -8,15 +8,21 @@
 //!   moved, whatever the selector;
 //! - only processes a limit selects are moved into its group; a process
 //!   two limits select goes to the oldest (lowest id) and stays there;
+//! - a process in another Elton host's group (hosts sharing a machine)
+//!   is left to that host and reported as held there, never moved back
+//!   and forth;
 //! - a group with no limit (released, expired, or left from before a
 //!   restart) has its processes returned where they came from, then is
 //!   removed;
-//! - limits are (re)written whenever what the group has differs, so a
-//!   host restarted mid-way converges.
+//! - limits are (re)written whenever what the group has differs (beyond
+//!   the kernel's rounding, [`files::holds`]), so a host restarted mid-way
+//!   converges.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::files;
 use super::spec::{Limit, Resources};
+use super::status::Held;
 use crate::types::NodeId;
 
 /// One process as the planner needs it.
@@ -30,6 +36,9 @@ pub struct ProcView {
     pub cgroups: Vec<String>,
     /// The Elton group (limit id) it is in, if any.
     pub in_group: Option<u64>,
+    /// The group of another Elton host on this machine it is in, if any
+    /// ([`files::foreign_group`]).
+    pub held_by: Option<String>,
 }
 
 /// What the host has now.
@@ -94,7 +103,7 @@ pub fn plan(limits: &[Limit], view: &HostView) -> Vec<Step> {
                     resources: limit.resources.clone(),
                 });
             }
-            Some(have) if *have != limit.resources => steps.push(Step::Set {
+            Some(have) if !files::holds(have, &limit.resources) => steps.push(Step::Set {
                 id: *id,
                 resources: limit.resources.clone(),
             }),
@@ -113,6 +122,8 @@ pub fn plan(limits: &[Limit], view: &HostView) -> Vec<Step> {
         match p.in_group {
             Some(id) if wanted.contains_key(&id) => {}
             Some(id) => steps.push(Step::Return { pid: p.pid, id }),
+            // Another host's: see `held`.
+            None if p.held_by.is_some() => {}
             None => {
                 if let Some(limit) = wanted
                     .values()
@@ -132,6 +143,28 @@ pub fn plan(limits: &[Limit], view: &HostView) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// Per limit, the processes it selects that another Elton host on this
+/// machine holds in its group (not moved; `elton limit ls` shows them, so
+/// a limit holding nothing says why).
+pub fn held(limits: &[Limit], view: &HostView) -> BTreeMap<u64, Vec<Held>> {
+    let mut held: BTreeMap<u64, Vec<Held>> = BTreeMap::new();
+    for p in &view.procs {
+        let Some(group) = &p.held_by else { continue };
+        if view.protected.contains(&p.pid) || p.pid == 1 || p.in_group.is_some() {
+            continue;
+        }
+        for l in limits {
+            if l.selector.matches(p.pid, &p.name, &p.cmdline, &p.cgroups) {
+                held.entry(l.id).or_default().push(Held {
+                    pid: p.pid,
+                    group: group.clone(),
+                });
+            }
+        }
+    }
+    held
 }
 
 /// Limits whose expiry has passed at `now_ms` (the leader releases them).
@@ -171,6 +204,7 @@ mod tests {
             cmdline: vec![name.into()],
             cgroups: vec!["/user.slice".into()],
             in_group,
+            held_by: None,
         }
     }
 
@@ -276,6 +310,52 @@ mod tests {
         let b = limit(12, Selector::Pid { pid: 42 }, 50);
         let v = view(&[(10, cpu(20)), (12, cpu(50))], vec![proc(42, "job", None)]);
         assert_eq!(plan(&[b, a], &v), vec![Step::Move { pid: 42, id: 10 }]);
+    }
+
+    #[test]
+    fn a_process_another_host_holds_is_left_to_it_and_reported() {
+        // Three hosts on one machine, one pid selected by all: host 2
+        // took it first; this host makes its group but leaves the process.
+        let l = limit(10, Selector::Pid { pid: 42 }, 50);
+        let mut p = proc(42, "sleep", None);
+        p.held_by = Some("/sb/elton-m2-5ececb01/10".into());
+        let v = view(&[], vec![p]);
+        assert_eq!(
+            plan(std::slice::from_ref(&l), &v),
+            vec![
+                Step::Create { id: 10 },
+                Step::Set {
+                    id: 10,
+                    resources: cpu(50)
+                },
+            ]
+        );
+        assert_eq!(
+            held(&[l], &v),
+            BTreeMap::from([(
+                10,
+                vec![Held {
+                    pid: 42,
+                    group: "/sb/elton-m2-5ececb01/10".into()
+                }]
+            )])
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_the_kernel_rounded_is_not_rewritten() {
+        let want = Resources {
+            memory_bytes: Some(5_000_000),
+            ..Resources::default()
+        };
+        let have = Resources {
+            memory_bytes: Some(4_997_120),
+            ..Resources::default()
+        };
+        let mut l = limit(10, Selector::Pid { pid: 42 }, 0);
+        l.resources = want;
+        let v = view(&[(10, have)], vec![proc(42, "x", Some(10))]);
+        assert!(plan(&[l], &v).is_empty());
     }
 
     #[test]

@@ -180,6 +180,31 @@ impl Resources {
     }
 }
 
+/// `cpu 20%, memory 67108864, write 2097152/s on 8:0`; empty limits
+/// nothing (a fresh group's read-back).
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(c) = self.cpu_percent {
+            parts.push(format!("cpu {c}%"));
+        }
+        if let Some(m) = self.memory_bytes {
+            parts.push(format!("memory {m}"));
+        }
+        if let (Some(v), Some((maj, min))) = (self.io_read_bps, self.dev) {
+            parts.push(format!("read {v}/s on {maj}:{min}"));
+        }
+        if let (Some(v), Some((maj, min))) = (self.io_write_bps, self.dev) {
+            parts.push(format!("write {v}/s on {maj}:{min}"));
+        }
+        if parts.is_empty() {
+            f.write_str("no limits")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 impl LimitSpec {
     pub fn validate(&self) -> Result<(), String> {
         self.selector.validate()?;

@@ -254,8 +254,10 @@ async fn host_reports(c: &mut Client) -> DirectResult {
 }
 
 /// Where limit `id` stands on `host`, as JSON: the host's own report
-/// (`state`: applied, pending or failed with `reason`; `procs`;
-/// `oom_kills`), or `state` unknown with why.
+/// (`state`: applied or failed with `reason`; `procs`; `oom_kills`;
+/// `held`: selected processes another host on the machine holds; `root`:
+/// the host's cgroup root directory), pending with why (no pass of the
+/// host has it yet), or `state` unknown with why.
 fn host_state(report: &DirectResult, host: &str, id: u64) -> serde_json::Value {
     let unknown = |why: String| serde_json::json!({ "state": "unknown", "reason": why });
     if report.missing.iter().any(|m| m == host) {
@@ -267,15 +269,51 @@ fn host_state(report: &DirectResult, host: &str, id: u64) -> serde_json::Value {
         Some(NodeResult::Ok { output }) => {
             match serde_json::from_value::<HostLimits>(output.clone()) {
                 Err(e) => unknown(format!("unreadable report: {e}")),
-                Ok(h) => match (h.off, h.limits.into_iter().find(|l| l.id == id)) {
-                    (Some(off), _) => {
-                        serde_json::json!({ "state": "failed", "reason": format!("drcond is off on this host: {off}") })
+                Ok(h) => {
+                    let mut v = match (h.off, h.limits.into_iter().find(|l| l.id == id)) {
+                        (Some(off), _) => {
+                            serde_json::json!({ "state": "failed", "reason": format!("drcond is off on this host: {off}") })
+                        }
+                        (None, Some(l)) => serde_json::to_value(l).unwrap_or_default(),
+                        (None, None) => serde_json::json!({
+                            "state": "pending",
+                            "reason": pending_reason(h.pass_at_ms),
+                            "procs": [],
+                            "oom_kills": 0,
+                        }),
+                    };
+                    if let Some(root) = h.root {
+                        v["root"] = root.into();
                     }
-                    (None, Some(l)) => serde_json::to_value(l).unwrap_or_default(),
-                    (None, None) => {
-                        serde_json::json!({ "state": "pending", "procs": [], "oom_kills": 0 })
-                    }
-                },
+                    v
+                }
+            }
+        }
+    }
+}
+
+/// Why a host's report does not list a limit yet: a host reconciles on
+/// every applied entry and every tick, so a last pass long ago means its
+/// reconciler is stuck (its log says why). The age compares this
+/// machine's clock with the host's, so it is off by their skew.
+fn pending_reason(pass_at_ms: Option<u64>) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    match pass_at_ms {
+        None => "the host has not finished a reconcile pass yet".into(),
+        Some(at) => {
+            let ago = Duration::from_millis(now_ms.saturating_sub(at));
+            if ago > 4 * elton_control::node::RECONCILE_TICK {
+                format!(
+                    "not in the host's last reconcile pass, {:.1} s ago: its reconciler is stuck (see its log)",
+                    ago.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "not in the host's last reconcile pass ({} ms ago); the next one applies it",
+                    ago.as_millis()
+                )
             }
         }
     }
@@ -301,6 +339,13 @@ fn state_text(v: &serde_json::Value) -> String {
             },
         ));
     }
+    for h in v["held"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "; process {} not taken: another Elton host on this machine holds it in {}",
+            h["pid"],
+            h["group"].as_str().unwrap_or("?"),
+        ));
+    }
     text
 }
 
@@ -314,23 +359,6 @@ fn selector_text(s: &Selector) -> String {
         Selector::Name { name } => format!("name {name:?}"),
         Selector::Cgroup { path } => format!("cgroup {path}"),
     }
-}
-
-fn resources_text(r: &Resources) -> String {
-    let mut parts = Vec::new();
-    if let Some(c) = r.cpu_percent {
-        parts.push(format!("cpu {c}%"));
-    }
-    if let Some(m) = r.memory_bytes {
-        parts.push(format!("memory {m}"));
-    }
-    if let (Some(v), Some((maj, min))) = (r.io_read_bps, r.dev) {
-        parts.push(format!("read {v}/s on {maj}:{min}"));
-    }
-    if let (Some(v), Some((maj, min))) = (r.io_write_bps, r.dev) {
-        parts.push(format!("write {v}/s on {maj}:{min}"));
-    }
-    parts.join(", ")
 }
 
 fn limit_json(
@@ -375,7 +403,7 @@ fn print_limits(limits: &[Limit], names: &BTreeMap<u64, String>, report: &Direct
             "{:>6}  {:<24} {:<36} {:<20} {}",
             l.id,
             selector_text(&l.selector),
-            resources_text(&l.resources),
+            l.resources.to_string(),
             expires,
             hosts.join(",")
         );

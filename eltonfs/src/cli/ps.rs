@@ -4,6 +4,7 @@
 //! other hosts over its member connections; hosts that miss the deadline
 //! are listed.
 
+use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
@@ -71,19 +72,28 @@ pub async fn ps(ep: &Endpoints, a: PsArgs) -> Result<()> {
     let result: DirectResult = serde_json::from_slice(&r.result).context("the member's answer")?;
     let missing = result.missing.clone();
     let answers = by_host(result);
+    // One buffered write, not one per line (stdout is line-buffered): a
+    // whole host's table is a few hundred lines.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if a.json {
-        println!("{}", to_json(&answers, &missing));
+        writeln!(out, "{}", to_json(&answers, &missing))?;
     } else {
-        print_table(&answers, &missing);
+        print_table(&mut out, &answers, &missing)?;
     }
+    out.flush()?;
     Ok(())
 }
 
-fn print_table(answers: &[(String, HostAnswer)], missing: &[String]) {
-    println!(
+fn print_table(
+    out: &mut impl Write,
+    answers: &[(String, HostAnswer)],
+    missing: &[String],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:<12} {:>7} {:>7} {:<10} {:<2} {:>6} {:>10} {:<20} COMMAND",
         "HOST", "PID", "PPID", "USER", "S", "CPU%", "RSS", "STARTED"
-    );
+    )?;
     for (host, a) in answers {
         match a {
             HostAnswer::Procs(p) => {
@@ -96,7 +106,8 @@ fn print_table(answers: &[(String, HostAnswer)], missing: &[String]) {
                     let started = humantime::format_rfc3339_seconds(
                         UNIX_EPOCH + Duration::from_secs(pr.start_time),
                     );
-                    println!(
+                    writeln!(
+                        out,
                         "{:<12} {:>7} {:>7} {:<10} {:<2} {:>6.1} {:>10} {:<20} {}",
                         host,
                         pr.pid,
@@ -107,19 +118,25 @@ fn print_table(answers: &[(String, HostAnswer)], missing: &[String]) {
                         pr.rss_bytes,
                         started,
                         cmd
-                    );
+                    )?;
                 }
                 if p.truncated > 0 {
+                    out.flush()?;
                     eprintln!(
                         "{host}: {} more processes left out (answer size limit; filter with --name, --pid or --cgroup)",
                         p.truncated
                     );
                 }
             }
-            HostAnswer::Failed(e) => eprintln!("{host}: failed: {e}"),
+            HostAnswer::Failed(e) => {
+                out.flush()?;
+                eprintln!("{host}: failed: {e}");
+            }
         }
     }
+    out.flush()?;
     for m in missing {
         eprintln!("{m}: no answer before the deadline");
     }
+    Ok(())
 }
