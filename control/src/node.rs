@@ -24,6 +24,7 @@ use crate::gate::Caller;
 use crate::member_id::raft_id;
 use crate::net::network::Network;
 use crate::net::pool::Pool;
+use crate::net::probe::{Probe, probe};
 use crate::net::tls::MemberTls;
 use crate::node_error::NodeError;
 use crate::settings::ControlSettings;
@@ -528,6 +529,7 @@ impl ControlNode {
                 member.name
             )));
         }
+        self.confirm_identity(&member).await?;
         let added = tokio::time::timeout(
             CATCH_UP_WAIT,
             self.raft.add_learner(id, member.clone(), voter),
@@ -551,6 +553,27 @@ impl ControlNode {
         }
         tracing::info!(member = %member, id, voter, "control member added");
         Ok(JoinResponse { raft_id: id })
+    }
+
+    /// Refuses a member whose address is answered by another node (the
+    /// handshake itself would refuse it later, but only once it is in the
+    /// membership). A member that does not answer yet may still join.
+    async fn confirm_identity(&self, member: &Member) -> Result<(), NodeError> {
+        let Some(tls) = self.pool.tls() else {
+            return Ok(());
+        };
+        let expected = crate::net::expected::Expected::member(member);
+        match probe(tls, &member.addr, expected, self.settings.rpc_timeout).await {
+            Probe::Confirmed => Ok(()),
+            Probe::WrongPeer(wrong) => Err(NodeError::BadRequest(format!(
+                "{} at {}: {wrong}; check the address (nothing was changed)",
+                member.name, member.addr
+            ))),
+            Probe::Inconclusive(why) => {
+                tracing::info!(member = %member, "adding a member not answering yet: {why}");
+                Ok(())
+            }
+        }
     }
 
     /// Removes a member (voter or learner).

@@ -333,6 +333,38 @@ fn phase4_bad_input_changes_nothing(g: &Group) {
             .expect_err("slave1 speaking for slave2")
     });
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    // An address where another member answers: its certificate names that
+    // member, so the join is refused before the membership changes.
+    let e = g.fails(
+        1,
+        &[
+            "control",
+            "join",
+            "--node",
+            "m9",
+            "--addr",
+            &g.control_url(2),
+        ],
+    );
+    assert!(e.contains("names master m2, not master m9"), "{e}");
+    let slave1_addr = Group::member(&before, "slave1")["addr"]
+        .as_str()
+        .expect("slave1's address")
+        .to_string();
+    let e = g.fails(
+        2,
+        &[
+            "control",
+            "join",
+            "--node",
+            "slave9",
+            "--addr",
+            &slave1_addr,
+            "--role",
+            "slave",
+        ],
+    );
+    assert!(e.contains("names slave slave1, not slave slave9"), "{e}");
     let after = g.converged(1, CONVERGE);
     let members = |s: &serde_json::Value| s["members"].as_array().map(Vec::len);
     assert_eq!(members(&after), members(&before), "{after:#}");
