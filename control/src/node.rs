@@ -23,6 +23,7 @@ use crate::command::{Command, NodeResult, Request, Targets};
 use crate::gate::Caller;
 use crate::member_id::raft_id;
 use crate::net::network::Network;
+use crate::net::peer_versions::PeerVersions;
 use crate::net::pool::Pool;
 use crate::net::probe::{Probe, probe};
 use crate::net::tls::MemberTls;
@@ -77,11 +78,13 @@ impl ControlNode {
         let reader = sm.reader();
         let pool = Pool::new(tls, settings.rpc_timeout);
         let id = raft_id(&me.name);
-        let raft = Raft::new(id, config, Network::new(pool.clone()), log, sm)
+        let versions = PeerVersions::default();
+        let network = Network::new(pool.clone(), versions.clone());
+        let raft = Raft::new(id, config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(member = %me, id, "control plane member started");
-        let batcher = Batcher::start(raft.clone(), &me.name, BatchLimits::default());
+        let batcher = Batcher::start(raft.clone(), &me.name, BatchLimits::default(), versions);
         let node = Arc::new(Self {
             id,
             me,

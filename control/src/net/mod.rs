@@ -9,6 +9,7 @@ pub mod codec;
 pub mod control_service;
 pub mod expected;
 pub mod network;
+pub mod peer_versions;
 pub mod pool;
 pub mod probe;
 pub mod raft_service;
