@@ -50,12 +50,7 @@ impl Batcher {
     /// envelopes' ids.
     /// `versions`: what the other members read; batches are formed only
     /// while all of them read batches ([`batch::may_batch`]).
-    pub fn start(
-        raft: Raft,
-        name: &str,
-        limits: BatchLimits,
-        versions: PeerVersions,
-    ) -> Self {
+    pub fn start(raft: Raft, name: &str, limits: BatchLimits, versions: PeerVersions) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = VersionGate {
             versions,

@@ -20,6 +20,8 @@ use tonic::Status;
 use crate::batch::BatchLimits;
 use crate::batcher::Batcher;
 use crate::command::{Command, NodeResult, Request, Targets};
+use crate::forward::{Answer, Answers};
+use crate::forwarder::Forwarder;
 use crate::gate::Caller;
 use crate::member_id::raft_id;
 use crate::net::network::Network;
@@ -51,6 +53,7 @@ pub struct ControlNode {
     settings: ControlSettings,
     reader: StateReader,
     batcher: Batcher,
+    forwarder: Forwarder,
 }
 
 type Metrics = RaftMetrics<NodeId, Member>;
@@ -84,7 +87,19 @@ impl ControlNode {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(member = %me, id, "control plane member started");
-        let batcher = Batcher::start(raft.clone(), &me.name, BatchLimits::default(), versions);
+        let batcher = Batcher::start(
+            raft.clone(),
+            &me.name,
+            BatchLimits::default(),
+            versions.clone(),
+        );
+        let forwarder = Forwarder::start(
+            pool.clone(),
+            versions,
+            settings.leader_wait + settings.rpc_timeout,
+            &me.name,
+            BatchLimits::default(),
+        );
         let node = Arc::new(Self {
             id,
             me,
@@ -93,6 +108,7 @@ impl ControlNode {
             settings,
             reader,
             batcher,
+            forwarder,
         });
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
         tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
@@ -374,6 +390,14 @@ impl ControlNode {
         caller: &Caller,
         forwarded: bool,
     ) -> Result<SubmitResponse, NodeError> {
+        // Only another member forwards batches (in an insecure group
+        // everyone is trusted alike).
+        if forwarded
+            && (caller.master() || !self.pool.secure())
+            && let Some(requests) = crate::forward::forwarded_batch(&bytes)?
+        {
+            return self.submit_forwarded_batch(requests).await;
+        }
         let request = Request::decode(&bytes)?;
         if let Some(slave) = caller.slave() {
             // A slave host only reports its own results.
@@ -415,6 +439,12 @@ impl ControlNode {
                 })
             },
             |leader| async move {
+                if crate::batch::batchable(&request.command) {
+                    return self
+                        .forwarder
+                        .forward(leader, request.clone(), bytes.clone())
+                        .await;
+                }
                 let mut client = self.pool.control(&leader)?;
                 let req = self.forward_request(
                     SubmitRequest {
@@ -426,6 +456,60 @@ impl ControlNode {
             },
         )
         .await
+    }
+
+    /// On the leader: the requests of a batch another member forwarded,
+    /// each checked as a client's and fed to this member's batcher (where
+    /// they join everyone else's), each answered on its own.
+    async fn submit_forwarded_batch(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<SubmitResponse, NodeError> {
+        if self.metrics().current_leader != Some(self.id) {
+            return Err(NodeError::Unavailable(format!(
+                "{} is not the leader",
+                self.me.name
+            )));
+        }
+        let one = |request: Request| async move {
+            let request = crate::forward::check_forwarded(&request)?;
+            self.check_targets(&request)?;
+            let len = request.encode().len();
+            let w = self
+                .batcher
+                .write(stamp_expiry(request, now_ms()), len)
+                .await?;
+            Ok::<_, NodeError>(Answer::Ok {
+                response: Box::new(w.response),
+                log_index: w.log_index,
+            })
+        };
+        let answers: Vec<Answer> = futures::future::join_all(requests.into_iter().map(one))
+            .await
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    let s = Status::from(e);
+                    Answer::Err {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    }
+                })
+            })
+            .collect();
+        let log_index = answers
+            .iter()
+            .filter_map(|a| match a {
+                Answer::Ok { log_index, .. } => Some(*log_index),
+                Answer::Err { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(SubmitResponse {
+            response: Answers { answers }.encode(),
+            log_index,
+            leader: self.me.name.clone(),
+        })
     }
 
     /// The client's answer to an applied command: its response, except for

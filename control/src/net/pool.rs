@@ -108,9 +108,10 @@ impl Pool {
     /// cluster may answer: a slave host knows its master's URL, not its
     /// name.
     pub fn control_at_master(&self, addr: &str) -> Result<ControlClient<Channel>, Status> {
-        Ok(Self::control_client(
-            self.channel_to(addr, Expected::any(elton_trust::Role::Master))?,
-        ))
+        Ok(Self::control_client(self.channel_to(
+            addr,
+            Expected::any(elton_trust::Role::Master),
+        )?))
     }
 
     fn control_client(channel: Channel) -> ControlClient<Channel> {

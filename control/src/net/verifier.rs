@@ -25,9 +25,7 @@ impl MemberVerifier {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_bundle_pem.as_bytes()) {
             let cert = cert.map_err(|e| format!("trusted CAs: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("trusted CAs: {e}"))?;
+            roots.add(cert).map_err(|e| format!("trusted CAs: {e}"))?;
         }
         let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
@@ -70,15 +68,12 @@ impl ServerCertVerifier for MemberVerifier {
             ocsp_response,
             now,
         )?;
-        let id = elton_trust::identity::parse_identity(end_entity.as_ref())
-            .map_err(|e| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
-                Arc::new(e),
-            ))))?;
+        let id = elton_trust::identity::parse_identity(end_entity.as_ref()).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
         self.expected.check(&id).map_err(|wrong| {
             tracing::warn!("control call refused: {wrong}");
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                wrong,
-            ))))
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(wrong))))
         })?;
         Ok(ServerCertVerified::assertion())
     }
