@@ -4,7 +4,8 @@
 //! batcher ([`crate::batcher`]) turns the requests that queue up while an
 //! entry is in flight into one entry, as etcd does.
 
-use crate::command::{Command, Request, RequestId};
+use crate::command::{BATCH_VERSION, Command, Request, RequestId};
+use crate::types::NodeId;
 
 /// Bounds of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,25 @@ pub fn take(queue: &[(bool, usize)], limits: BatchLimits) -> usize {
         n += 1;
     }
     n
+}
+
+/// Whether leader `me` may write a `batch` entry now: every other member
+/// (voter or learner) of `members` has said, in its latest answer, that it
+/// reads [`BATCH_VERSION`] (`reads`; `None`: it has not answered this
+/// leader yet). A member of an earlier build says nothing and cannot read a
+/// batch, so one such member, or one not heard from, holds batching off:
+/// requests then go one per entry, as that build wrote them.
+pub fn may_batch(
+    members: impl IntoIterator<Item = NodeId>,
+    me: NodeId,
+    reads: impl Fn(NodeId) -> Option<u32>,
+) -> Result<(), NodeId> {
+    for id in members {
+        if id != me && reads(id).is_none_or(|v| v < BATCH_VERSION) {
+            return Err(id);
+        }
+    }
+    Ok(())
 }
 
 /// The log payload for `requests` (not empty): a single request as it is,
@@ -119,6 +139,26 @@ mod tests {
             deadline_ms: 1,
         }));
         assert!(!batchable(&Command::Batch { requests: vec![] }));
+    }
+
+    #[test]
+    fn batches_wait_until_every_member_reads_them() {
+        let reads = |known: &'static [(NodeId, u32)]| {
+            move |id: NodeId| known.iter().find(|(k, _)| *k == id).map(|(_, v)| *v)
+        };
+        // The leader itself needs no word; a one-member group batches.
+        assert_eq!(may_batch([1], 1, reads(&[])), Ok(()));
+        assert_eq!(
+            may_batch([1, 2, 3, 7], 1, reads(&[(2, 2), (3, 2), (7, 3)])),
+            Ok(())
+        );
+        // A learner of an earlier build (version 1) holds it off, and so
+        // does a member not heard from yet.
+        assert_eq!(
+            may_batch([1, 2, 3, 7], 1, reads(&[(2, 2), (3, 2), (7, 1)])),
+            Err(7)
+        );
+        assert_eq!(may_batch([1, 2, 3], 1, reads(&[(2, 2)])), Err(3));
     }
 
     #[test]

@@ -15,8 +15,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::batch::{self, BatchLimits};
 use crate::command::{Request, RequestId, Response};
+use crate::net::peer_versions::PeerVersions;
 use crate::node_error::NodeError;
-use crate::types::Raft;
+use crate::types::{NodeId, Raft};
 
 /// Entries the batcher has in flight at once. Two lets the leader append
 /// (and fsync) the next entry while the previous one waits for the
@@ -47,9 +48,15 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the batcher of `raft`; `name` (the member's) prefixes the
     /// envelopes' ids.
-    pub fn start(raft: Raft, name: &str, limits: BatchLimits) -> Self {
+    /// `versions`: what the other members read; batches are formed only
+    /// while all of them read batches ([`batch::may_batch`]).
+    pub fn start(raft: Raft, name: &str, limits: BatchLimits, versions: PeerVersions) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, limits, format!("batch:{name}")));
+        let gate = VersionGate {
+            versions,
+            holding: None,
+        };
+        tokio::spawn(run(raft, rx, limits, gate, format!("batch:{name}")));
         Self { tx }
     }
 
@@ -70,10 +77,40 @@ impl Batcher {
     }
 }
 
+/// Whether this leader may write batches now, logging when that changes.
+struct VersionGate {
+    versions: PeerVersions,
+    /// The member that held batching off last time, if one did.
+    holding: Option<NodeId>,
+}
+
+impl VersionGate {
+    fn allows(&mut self, raft: &Raft) -> bool {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let members = m.membership_config.membership().nodes().map(|(id, _)| *id);
+        let verdict = batch::may_batch(members, m.id, |id| self.versions.get(id));
+        let holding = verdict.err();
+        if holding != self.holding {
+            match holding {
+                Some(id) => tracing::info!(
+                    member = id,
+                    "writes go one per log entry: member {id} has not said it reads batch \
+                     entries (an earlier build, or not heard from yet)"
+                ),
+                None => tracing::info!("every member reads batch entries; writes are batched"),
+            }
+            self.holding = holding;
+        }
+        holding.is_none()
+    }
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     limits: BatchLimits,
+    mut gate: VersionGate,
     client: String,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -93,6 +130,14 @@ async fn run(
         while let Ok(q) = rx.try_recv() {
             queue.push_back(q);
         }
+        let limits = if gate.allows(&raft) {
+            limits
+        } else {
+            BatchLimits {
+                max_requests: 1,
+                ..limits
+            }
+        };
         let shape: Vec<(bool, usize)> = queue
             .iter()
             .take(limits.max_requests.saturating_add(1))

@@ -17,10 +17,16 @@ use crate::error::ControlError;
 use crate::k2i::ProcQuery;
 use crate::types::NodeId;
 
-/// The command encoding this build writes and the newest it reads. Bump it
-/// when a change would be misread by an older member (not for new variants,
-/// which older members reject by kind).
-pub const COMMAND_VERSION: u32 = 1;
+/// The newest command encoding this build reads. Bump it when a change
+/// would be misread by an older member (not for new client kinds, which
+/// older members reject by kind before proposing), and when the leader
+/// starts writing something into the log that older members cannot read.
+/// 2: `batch` log entries.
+pub const COMMAND_VERSION: u32 = 2;
+
+/// The version a `batch` entry is written with; the leader forms batches
+/// only while every member reads it ([`crate::batch::may_batch`]).
+pub const BATCH_VERSION: u32 = 2;
 
 /// Longest key or value a register command may carry, in bytes. Keeps one
 /// log entry small; the control plane is not a data store.
@@ -215,11 +221,23 @@ pub struct ExecutionResult {
     pub timed_out: bool,
 }
 
+impl Command {
+    /// The oldest envelope version that carries this command, which is
+    /// what a writer puts in `v`: members that read only older versions
+    /// still read every command they know.
+    pub fn version(&self) -> u32 {
+        match self {
+            Command::Batch { .. } => BATCH_VERSION,
+            _ => 1,
+        }
+    }
+}
+
 impl Request {
     /// A request in this build's encoding.
     pub fn new(id: RequestId, command: Command) -> Self {
         Self {
-            v: COMMAND_VERSION,
+            v: command.version(),
             id,
             acked_below: 0,
             command,

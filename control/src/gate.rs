@@ -55,6 +55,12 @@ impl Caller {
         }
     }
 
+    /// Whether the caller is a master, by its own certificate (another
+    /// member forwarding).
+    pub fn master(&self) -> bool {
+        matches!(&self.node, Some((_, elton_trust::Role::Master))) && !self.token
+    }
+
     /// The name of the slave host calling with its own certificate; such a
     /// caller may only act for itself.
     pub fn slave(&self) -> Option<&str> {

@@ -36,6 +36,7 @@ pub mod direct;
 pub mod drcond;
 pub mod error;
 pub mod execution;
+pub mod forward;
 pub mod k2i;
 pub mod state;
 pub mod store;
@@ -44,6 +45,7 @@ pub mod types;
 // The network edge and the member runtime (see docs/architecture.md).
 pub mod batcher;
 pub mod executor;
+pub mod forwarder;
 pub mod gate;
 pub mod member_id;
 pub mod net;

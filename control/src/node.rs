@@ -20,10 +20,14 @@ use tonic::Status;
 use crate::batch::BatchLimits;
 use crate::batcher::Batcher;
 use crate::command::{Command, NodeResult, Request, Targets};
+use crate::forward::{Answer, Answers};
+use crate::forwarder::Forwarder;
 use crate::gate::Caller;
 use crate::member_id::raft_id;
 use crate::net::network::Network;
+use crate::net::peer_versions::PeerVersions;
 use crate::net::pool::Pool;
+use crate::net::probe::{Probe, probe};
 use crate::net::tls::MemberTls;
 use crate::node_error::NodeError;
 use crate::settings::ControlSettings;
@@ -49,6 +53,7 @@ pub struct ControlNode {
     settings: ControlSettings,
     reader: StateReader,
     batcher: Batcher,
+    forwarder: Forwarder,
 }
 
 type Metrics = RaftMetrics<NodeId, Member>;
@@ -76,11 +81,25 @@ impl ControlNode {
         let reader = sm.reader();
         let pool = Pool::new(tls, settings.rpc_timeout);
         let id = raft_id(&me.name);
-        let raft = Raft::new(id, config, Network::new(pool.clone()), log, sm)
+        let versions = PeerVersions::default();
+        let network = Network::new(pool.clone(), versions.clone());
+        let raft = Raft::new(id, config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(member = %me, id, "control plane member started");
-        let batcher = Batcher::start(raft.clone(), &me.name, BatchLimits::default());
+        let batcher = Batcher::start(
+            raft.clone(),
+            &me.name,
+            BatchLimits::default(),
+            versions.clone(),
+        );
+        let forwarder = Forwarder::start(
+            pool.clone(),
+            versions,
+            settings.leader_wait + settings.rpc_timeout,
+            &me.name,
+            BatchLimits::default(),
+        );
         let node = Arc::new(Self {
             id,
             me,
@@ -89,6 +108,7 @@ impl ControlNode {
             settings,
             reader,
             batcher,
+            forwarder,
         });
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
         tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
@@ -370,6 +390,14 @@ impl ControlNode {
         caller: &Caller,
         forwarded: bool,
     ) -> Result<SubmitResponse, NodeError> {
+        // Only another member forwards batches (in an insecure group
+        // everyone is trusted alike).
+        if forwarded
+            && (caller.master() || !self.pool.secure())
+            && let Some(requests) = crate::forward::forwarded_batch(&bytes)?
+        {
+            return self.submit_forwarded_batch(requests).await;
+        }
         let request = Request::decode(&bytes)?;
         if let Some(slave) = caller.slave() {
             // A slave host only reports its own results.
@@ -411,6 +439,12 @@ impl ControlNode {
                 })
             },
             |leader| async move {
+                if crate::batch::batchable(&request.command) {
+                    return self
+                        .forwarder
+                        .forward(leader, request.clone(), bytes.clone())
+                        .await;
+                }
                 let mut client = self.pool.control(&leader)?;
                 let req = self.forward_request(
                     SubmitRequest {
@@ -422,6 +456,60 @@ impl ControlNode {
             },
         )
         .await
+    }
+
+    /// On the leader: the requests of a batch another member forwarded,
+    /// each checked as a client's and fed to this member's batcher (where
+    /// they join everyone else's), each answered on its own.
+    async fn submit_forwarded_batch(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<SubmitResponse, NodeError> {
+        if self.metrics().current_leader != Some(self.id) {
+            return Err(NodeError::Unavailable(format!(
+                "{} is not the leader",
+                self.me.name
+            )));
+        }
+        let one = |request: Request| async move {
+            let request = crate::forward::check_forwarded(&request)?;
+            self.check_targets(&request)?;
+            let len = request.encode().len();
+            let w = self
+                .batcher
+                .write(stamp_expiry(request, now_ms()), len)
+                .await?;
+            Ok::<_, NodeError>(Answer::Ok {
+                response: Box::new(w.response),
+                log_index: w.log_index,
+            })
+        };
+        let answers: Vec<Answer> = futures::future::join_all(requests.into_iter().map(one))
+            .await
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    let s = Status::from(e);
+                    Answer::Err {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    }
+                })
+            })
+            .collect();
+        let log_index = answers
+            .iter()
+            .filter_map(|a| match a {
+                Answer::Ok { log_index, .. } => Some(*log_index),
+                Answer::Err { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(SubmitResponse {
+            response: Answers { answers }.encode(),
+            log_index,
+            leader: self.me.name.clone(),
+        })
     }
 
     /// The client's answer to an applied command: its response, except for
@@ -528,6 +616,7 @@ impl ControlNode {
                 member.name
             )));
         }
+        self.confirm_identity(&member).await?;
         let added = tokio::time::timeout(
             CATCH_UP_WAIT,
             self.raft.add_learner(id, member.clone(), voter),
@@ -551,6 +640,27 @@ impl ControlNode {
         }
         tracing::info!(member = %member, id, voter, "control member added");
         Ok(JoinResponse { raft_id: id })
+    }
+
+    /// Refuses a member whose address is answered by another node (the
+    /// handshake itself would refuse it later, but only once it is in the
+    /// membership). A member that does not answer yet may still join.
+    async fn confirm_identity(&self, member: &Member) -> Result<(), NodeError> {
+        let Some(tls) = self.pool.tls() else {
+            return Ok(());
+        };
+        let expected = crate::net::expected::Expected::member(member);
+        match probe(tls, &member.addr, expected, self.settings.rpc_timeout).await {
+            Probe::Confirmed => Ok(()),
+            Probe::WrongPeer(wrong) => Err(NodeError::BadRequest(format!(
+                "{} at {}: {wrong}; check the address (nothing was changed)",
+                member.name, member.addr
+            ))),
+            Probe::Inconclusive(why) => {
+                tracing::info!(member = %member, "adding a member not answering yet: {why}");
+                Ok(())
+            }
+        }
     }
 
     /// Removes a member (voter or learner).

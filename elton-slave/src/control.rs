@@ -134,16 +134,12 @@ pub async fn start(
 /// already in answers at once. A group not initialised yet is retried.
 pub async fn join_loop(node: Arc<ControlNode>, master_url: String) {
     let pool = node.pool().clone();
-    let master = Member {
-        name: "master".into(),
-        addr: master_url,
-        role: Role::Voter,
-    };
     let me = node.member().clone();
     let mut pause = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let mut client = pool.control(&master)?;
+            // The URL names no master; any master of the cluster may answer.
+            let mut client = pool.control_at_master(&master_url)?;
             client
                 .join(JoinRequest {
                     node: me.name.clone(),

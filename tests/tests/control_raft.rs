@@ -24,6 +24,7 @@ fn control_raft() {
     phase3_a_full_restart_keeps_state_and_reexecutes_nothing(&mut g);
     phase4_bad_input_changes_nothing(&g);
     phase5_leader_killed_under_load_every_ack_applied_once(&mut g);
+    phase6_concurrent_writes_through_followers_each_answered_once(&g);
 }
 
 fn phase1_every_member_sees_one_leader_three_voters_two_learners(g: &Group) {
@@ -333,6 +334,38 @@ fn phase4_bad_input_changes_nothing(g: &Group) {
             .expect_err("slave1 speaking for slave2")
     });
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    // An address where another member answers: its certificate names that
+    // member, so the join is refused before the membership changes.
+    let e = g.fails(
+        1,
+        &[
+            "control",
+            "join",
+            "--node",
+            "m9",
+            "--addr",
+            &g.control_url(2),
+        ],
+    );
+    assert!(e.contains("names master m2, not master m9"), "{e}");
+    let slave1_addr = Group::member(&before, "slave1")["addr"]
+        .as_str()
+        .expect("slave1's address")
+        .to_string();
+    let e = g.fails(
+        2,
+        &[
+            "control",
+            "join",
+            "--node",
+            "slave9",
+            "--addr",
+            &slave1_addr,
+            "--role",
+            "slave",
+        ],
+    );
+    assert!(e.contains("names slave slave1, not slave slave9"), "{e}");
     let after = g.converged(1, CONVERGE);
     let members = |s: &serde_json::Value| s["members"].as_array().map(Vec::len);
     assert_eq!(members(&after), members(&before), "{after:#}");
@@ -519,4 +552,70 @@ fn phase5_leader_killed_under_load_every_ack_applied_once(g: &mut Group) {
     );
     let report = history.check().expect("the history is linearizable");
     eprintln!("phase 5: {acked} acknowledged, history {report:?}");
+}
+
+/// Many clients at once through the followers, whose forwarders then send
+/// the leader batches: every client gets its own answer, and every write
+/// is applied once, as if sent alone.
+fn phase6_concurrent_writes_through_followers_each_answered_once(g: &Group) {
+    const WRITERS: u64 = 32;
+    const WRITES: u64 = 10;
+    let leader = g.leader(1).expect("a leader");
+    let followers: Vec<String> = (1..=3)
+        .filter(|i| format!("m{i}") != leader)
+        .map(|i| g.master_url(i))
+        .collect();
+    let before = g.converged(1, CONVERGE);
+    let applied_before = Group::member(&before, "m1")["applied_requests"]
+        .as_u64()
+        .expect("applied");
+    let ca = std::fs::read_to_string(g.ca()).expect("ca");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // One connection per follower, shared by its writers (each its own
+    // client id), as an application server's clients would.
+    let conns: Vec<Client> =
+        rt.block_on(async { followers.iter().map(|u| client(u, &ca)).collect() });
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|n| {
+            let c = conns[n as usize % conns.len()].clone();
+            rt.spawn(async move {
+                for seq in 1..=WRITES {
+                    let request = serde_json::json!({
+                        "v": 1,
+                        "id": {"client": format!("p6-{n}"), "seq": seq},
+                        "command": {"kind": "put", "key": format!("p6-{n}"), "value": format!("{seq}")},
+                    });
+                    let mut req = tonic::Request::new(SubmitRequest {
+                        command: serde_json::to_vec(&request).expect("json"),
+                    });
+                    req.set_timeout(Duration::from_secs(60));
+                    let r = c.clone().submit(req).await.expect("a write through a follower");
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&r.into_inner().response).expect("response");
+                    // Each answer is this client's own: the previous value
+                    // of its own key.
+                    let previous = (seq > 1).then(|| format!("{}", seq - 1));
+                    assert_eq!(v["kind"], "value", "{v}");
+                    assert_eq!(v["value"].as_str(), previous.as_deref(), "p6-{n}: {v}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        rt.block_on(t).expect("writer");
+    }
+    let after = g.converged(1, CONVERGE);
+    for m in after["members"].as_array().expect("members") {
+        let applied = m["applied_requests"].as_u64().expect("applied") - applied_before;
+        assert_eq!(applied, WRITERS * WRITES, "{}: {after:#}", m["name"]);
+    }
+    for n in [0, WRITERS - 1] {
+        let r = g.submit(
+            1,
+            "p6-check",
+            n + 1,
+            &format!(r#"{{"kind":"get","key":"p6-{n}"}}"#),
+        );
+        assert_eq!(r["response"]["value"], WRITES.to_string(), "{r}");
+    }
 }

@@ -112,11 +112,11 @@ fn malformed_and_unknown_commands_are_rejected() {
 
 #[test]
 fn a_newer_version_is_a_version_error() {
-    let e = decode_err(r#"{"v":2,"id":{"client":"c","seq":1},"command":{"kind":"teleport"}}"#);
+    let e = decode_err(r#"{"v":3,"id":{"client":"c","seq":1},"command":{"kind":"teleport"}}"#);
     assert!(matches!(
         e,
         ControlError::UnsupportedVersion {
-            found: 2,
+            found: 3,
             supported: COMMAND_VERSION
         }
     ));
@@ -143,6 +143,28 @@ fn a_client_cannot_send_a_batch_but_the_log_reads_one() {
     // As a log entry (not through `decode`) it round-trips.
     let read: Request = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(read, batch);
+}
+
+#[test]
+fn only_a_batch_is_written_with_the_batch_version() {
+    let inner = Request::new(id(), Command::Noop);
+    // Client commands keep version 1, so members and clients of earlier
+    // builds read them as before.
+    assert_eq!(inner.v, 1);
+    assert_eq!(Request::decode(&inner.encode()).unwrap(), inner);
+    let batch = Request::new(
+        id(),
+        Command::Batch {
+            requests: vec![inner.clone(), inner],
+        },
+    );
+    assert_eq!(batch.v, BATCH_VERSION);
+    const { assert!(BATCH_VERSION <= COMMAND_VERSION) };
+    // Batches an earlier build wrote with version 1 are still read.
+    let mut old = serde_json::to_value(&batch).unwrap();
+    old["v"] = 1.into();
+    let read: Request = serde_json::from_value(old).unwrap();
+    assert_eq!(read.command, batch.command);
 }
 
 #[test]

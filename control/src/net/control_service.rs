@@ -12,6 +12,7 @@ use elton_proto::control_pb::{
 use tonic::{Request, Response, Status};
 
 use crate::gate::{Caller, ControlNeed, Gate, probe};
+use crate::net::peer_versions::advertise;
 use crate::net::pool::MAX_MESSAGE_BYTES;
 use crate::node::ControlNode;
 
@@ -49,7 +50,11 @@ impl Control for ControlService {
     ) -> Result<Response<SubmitResponse>, Status> {
         let (caller, forwarded, msg) = self.admit(req, ControlNeed::Submit)?;
         let resp = self.node.submit(msg.command, &caller, forwarded).await?;
-        Ok(Response::new(resp))
+        let mut resp = Response::new(resp);
+        // What this member reads, and so whether a follower may forward
+        // it batches.
+        advertise(resp.metadata_mut());
+        Ok(resp)
     }
 
     async fn status(

@@ -17,18 +17,21 @@ use elton_proto::CONTROL_WIRE_REVISION;
 use elton_proto::control_pb::SnapshotChunk;
 
 use crate::net::codec::{self, Reply, SnapshotHead};
+use crate::net::peer_versions::PeerVersions;
 use crate::net::pool::Pool;
 use crate::types::{Member, NodeId, TypeConfig};
 
-/// Makes one [`Connection`] per target; they share the pool's channels.
+/// Makes one [`Connection`] per target; they share the pool's channels,
+/// and record what each target says it reads in `versions`.
 #[derive(Clone)]
 pub struct Network {
     pool: Pool,
+    versions: PeerVersions,
 }
 
 impl Network {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool, versions: PeerVersions) -> Self {
+        Self { pool, versions }
     }
 }
 
@@ -40,6 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             member: node.clone(),
             pool: self.pool.clone(),
+            versions: self.versions.clone(),
         }
     }
 }
@@ -48,6 +52,7 @@ pub struct Connection {
     target: NodeId,
     member: Member,
     pool: Pool,
+    versions: PeerVersions,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -87,6 +92,14 @@ impl Connection {
     where
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        match &answer {
+            Ok(r) => self.versions.record(self.target, r.metadata()),
+            // A refusal from the member itself says what it reads too (an
+            // earlier build refuses a batch entry it cannot parse); a call
+            // that never reached it says nothing.
+            Err(s) if answered(s) => self.versions.record(self.target, s.metadata()),
+            Err(_) => {}
+        }
         let msg = answer.map_err(|s| self.failed(&s))?.into_inner();
         let reply: Reply<T, E> = codec::decode(msg.revision, &msg.json).map_err(|s| {
             let e = CallFailed {
@@ -103,6 +116,16 @@ impl Connection {
             ))
         })
     }
+}
+
+/// Whether a failed call was answered by the member's Raft service (rather
+/// than by the transport: no connection, deadline, refused handshake).
+fn answered(status: &Status) -> bool {
+    use tonic::Code;
+    !matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
 }
 
 impl RaftNetwork<TypeConfig> for Connection {

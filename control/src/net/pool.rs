@@ -10,6 +10,7 @@ use elton_proto::control_pb::raft_client::RaftClient;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::net::expected::Expected;
 use crate::net::tls::MemberTls;
 use crate::types::Member;
 
@@ -21,7 +22,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub struct Pool {
     tls: Option<MemberTls>,
     connect_timeout: Duration,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// By address and who must answer there.
+    channels: Arc<Mutex<HashMap<(String, Expected), Channel>>>,
 }
 
 impl Pool {
@@ -34,6 +36,11 @@ impl Pool {
         }
     }
 
+    /// This member's TLS material (`None` on an insecure group).
+    pub fn tls(&self) -> Option<&MemberTls> {
+        self.tls.as_ref()
+    }
+
     /// Whether members are reached over TLS (then only https addresses
     /// work).
     pub fn secure(&self) -> bool {
@@ -42,26 +49,33 @@ impl Pool {
 
     /// The channel to `member`, created on first use. Connecting is lazy:
     /// a member that is down fails each call (UNAVAILABLE), and the channel
-    /// reconnects by itself when it is back.
+    /// reconnects by itself when it is back. Over TLS, only `member` itself
+    /// may answer ([`Expected::member`]); anyone else fails the handshake.
     pub fn channel(&self, member: &Member) -> Result<Channel, Status> {
-        let key = format!("{}|{}", member.role, member.addr);
+        self.channel_to(&member.addr, Expected::member(member))
+    }
+
+    fn channel_to(&self, addr: &str, expected: Expected) -> Result<Channel, Status> {
+        let key = (addr.to_string(), expected.clone());
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
-        let mut endpoint = Endpoint::from_shared(member.addr.clone()).map_err(|e| {
-            Status::invalid_argument(format!("address {:?} of {}: {e}", member.addr, member.name))
+        let mut endpoint = Endpoint::from_shared(addr.to_string()).map_err(|e| {
+            Status::invalid_argument(format!("address {addr:?} of {expected}: {e}"))
         })?;
         match &self.tls {
-            Some(tls) if member.addr.starts_with("https://") => {
+            Some(tls) if addr.starts_with("https://") => {
+                let (config, verifier) = tls
+                    .client(expected.clone())
+                    .map_err(|e| Status::internal(format!("TLS to {expected}: {e}")))?;
                 endpoint = endpoint
-                    .tls_config(tls.client(member.role))
-                    .map_err(|e| Status::internal(format!("TLS to {}: {e}", member.name)))?;
+                    .tls_config_with_verifier(config, verifier)
+                    .map_err(|e| Status::internal(format!("TLS to {expected}: {e}")))?;
             }
             Some(_) => {
                 return Err(Status::invalid_argument(format!(
-                    "member {} has address {:?}; a secure group needs https",
-                    member.name, member.addr
+                    "{expected} has address {addr:?}; a secure group needs https"
                 )));
             }
             None => {}
@@ -87,8 +101,22 @@ impl Pool {
     }
 
     pub fn control(&self, member: &Member) -> Result<ControlClient<Channel>, Status> {
-        Ok(ControlClient::new(self.channel(member)?)
+        Ok(Self::control_client(self.channel(member)?))
+    }
+
+    /// The control service at `addr`, where any master of a trusted
+    /// cluster may answer: a slave host knows its master's URL, not its
+    /// name.
+    pub fn control_at_master(&self, addr: &str) -> Result<ControlClient<Channel>, Status> {
+        Ok(Self::control_client(self.channel_to(
+            addr,
+            Expected::any(elton_trust::Role::Master),
+        )?))
+    }
+
+    fn control_client(channel: Channel) -> ControlClient<Channel> {
+        ControlClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }

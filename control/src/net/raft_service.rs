@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::gate::{ControlNeed, Gate, probe};
 use crate::net::codec::{self, SnapshotHead};
+use crate::net::peer_versions::advertise;
 use crate::net::pool::MAX_MESSAGE_BYTES;
 use crate::types::Raft;
 
@@ -36,29 +37,59 @@ impl RaftService {
     }
 }
 
+/// Every answer, refusals included, tells the caller which command
+/// versions this member reads.
+fn stamped(answer: Result<RaftMessage, Status>) -> Result<Response<RaftMessage>, Status> {
+    match answer {
+        Ok(msg) => {
+            let mut r = Response::new(msg);
+            advertise(r.metadata_mut());
+            Ok(r)
+        }
+        Err(mut s) => {
+            advertise(s.metadata_mut());
+            Err(s)
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let msg = self.admit(req)?;
-        let rpc = codec::decode(msg.revision, &msg.json)?;
-        let reply = self.raft.vote(rpc).await;
-        Ok(Response::new(codec::encode(&reply)?))
+        stamped(self.answer_vote(req).await)
     }
 
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let msg = self.admit(req)?;
-        let rpc = codec::decode(msg.revision, &msg.json)?;
-        let reply = self.raft.append_entries(rpc).await;
-        Ok(Response::new(codec::encode(&reply)?))
+        stamped(self.answer_append(req).await)
     }
 
     async fn install_snapshot(
         &self,
         req: Request<SnapshotChunk>,
     ) -> Result<Response<RaftMessage>, Status> {
+        stamped(self.answer_snapshot(req).await)
+    }
+}
+
+impl RaftService {
+    async fn answer_vote(&self, req: Request<RaftMessage>) -> Result<RaftMessage, Status> {
+        let msg = self.admit(req)?;
+        let rpc = codec::decode(msg.revision, &msg.json)?;
+        let reply = self.raft.vote(rpc).await;
+        codec::encode(&reply)
+    }
+
+    async fn answer_append(&self, req: Request<RaftMessage>) -> Result<RaftMessage, Status> {
+        let msg = self.admit(req)?;
+        let rpc = codec::decode(msg.revision, &msg.json)?;
+        let reply = self.raft.append_entries(rpc).await;
+        codec::encode(&reply)
+    }
+
+    async fn answer_snapshot(&self, req: Request<SnapshotChunk>) -> Result<RaftMessage, Status> {
         let chunk = self.admit(req)?;
         let head: SnapshotHead = codec::decode(chunk.revision, &chunk.json)?;
         let rpc = InstallSnapshotRequest {
@@ -69,6 +100,6 @@ impl RaftRpc for RaftService {
             done: head.done,
         };
         let reply = self.raft.install_snapshot(rpc).await;
-        Ok(Response::new(codec::encode(&reply)?))
+        codec::encode(&reply)
     }
 }

@@ -214,14 +214,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
-    /// Durable: after a restart of every member openraft re-applies up to
-    /// this id from the log at once. Without it, entries whose non-durable
-    /// apply was lost in the crash waited for a commit in the new term, and
-    /// a leader restored in its old term did not advance the commit index
-    /// (control_raft phase 3 lost one applied request that way).
+    /// Persisted, but not waited for: the row rides on the next append's
+    /// fsync, or on the writer's own flush [`log_writer::FLUSH_AFTER`]
+    /// later when nothing else comes. openraft 0.9 awaits this between
+    /// commit and apply, so a durable write here was a third fsync on every
+    /// write's path. The row must reach disk soon, though: after a restart
+    /// of every member openraft re-applies up to this id from the log at
+    /// once; without it, entries whose non-durable apply was lost waited
+    /// for a commit in the new term, and a leader restored in its old term
+    /// did not advance the commit index (control_raft phase 3 lost one
+    /// applied request that way). It can never get ahead of the log: the
+    /// entries it names were appended (durably) before it was queued.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed, true)
-            .await
+        let value =
+            encode(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        // Nobody waits for the answer; a failed commit fails the next
+        // append of the same writer too, which openraft does see.
+        let (done, _) = oneshot::channel();
+        self.writer
+            .send(Op::Meta {
+                key: KEY_COMMITTED,
+                value,
+                durable: false,
+                done,
+            })
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 

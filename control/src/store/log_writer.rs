@@ -11,8 +11,9 @@
 //! append is queued its entries are served from [`Pending`].
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use openraft::storage::LogFlushed;
 use redb::{Database, Durability};
@@ -95,9 +96,38 @@ pub(crate) enum Op {
     },
 }
 
+/// How long non-durable rows may wait for another write's fsync before
+/// the writer makes them durable by itself (an empty durable commit).
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(10);
+
 /// The writer thread's loop: runs until every sender is gone.
 pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
+    // Whether a non-durable commit is not yet covered by a durable one.
+    let mut unflushed = false;
+    loop {
+        let first = if unflushed {
+            match rx.recv_timeout(FLUSH_AFTER) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    match commit(&db, &[], true) {
+                        Ok(()) => unflushed = false,
+                        Err(e) => tracing::warn!("control log: flushing the commit index: {e}"),
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(e) = commit(&db, &[], true) {
+                        tracing::warn!("control log: flushing the commit index: {e}");
+                    }
+                    return;
+                }
+            }
+        } else {
+            match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -105,8 +135,12 @@ pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let result = commit(&db, &batch);
+        let durable = batch
+            .iter()
+            .any(|op| !matches!(op, Op::Meta { durable: false, .. }));
+        let result = commit(&db, &batch, durable);
         if result.is_ok() {
+            unflushed = !durable;
             let ids: Vec<LogId> = batch
                 .iter()
                 .filter_map(|op| match op {
@@ -140,12 +174,9 @@ pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
     }
 }
 
-/// Applies `batch` in order in one transaction, durable unless it holds
-/// only non-durable meta rows.
-fn commit(db: &Database, batch: &[Op]) -> Result<(), ControlError> {
-    let durable = batch
-        .iter()
-        .any(|op| !matches!(op, Op::Meta { durable: false, .. }));
+/// Applies `batch` in order in one transaction; a durable commit also makes
+/// every earlier non-durable one durable (redb).
+fn commit(db: &Database, batch: &[Op], durable: bool) -> Result<(), ControlError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(if durable {
         Durability::Immediate
