@@ -312,7 +312,7 @@ impl ControlNode {
     /// Runs `here` on the leader: itself, or (unless the call was already
     /// forwarded) the leader reached by `there` over this member's pool.
     /// Retries while leadership moves, up to the leader wait.
-    async fn on_leader<T, H, HF, R, RF>(
+    pub(crate) async fn on_leader<T, H, HF, R, RF>(
         &self,
         forwarded: bool,
         here: H,
@@ -769,6 +769,12 @@ fn stamp_expiry(mut request: Request, now_ms: u64) -> Request {
     } = &mut request.command
     {
         *expires_at_ms = spec.for_ms.map(|ms| now_ms.saturating_add(ms));
+    }
+    // FastContainer's reports and scale-outs carry the leader's time too.
+    if let Command::InstanceReport { at_ms, .. } | Command::AppScaleOut { at_ms, .. } =
+        &mut request.command
+    {
+        *at_ms = now_ms;
     }
     request
 }

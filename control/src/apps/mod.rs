@@ -12,6 +12,7 @@
 //! `eltonfs/src/proxy/`.
 
 pub mod config;
+pub mod fleet;
 pub mod parse;
 pub mod scale;
 pub mod spec;
