@@ -93,6 +93,7 @@ impl ControlNode {
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
         tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
         tokio::spawn(Self::run_reconciler(Arc::downgrade(&node)));
+        tokio::spawn(crate::app_reconciler::run(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -203,7 +204,7 @@ impl ControlNode {
     }
 
     /// This member calling itself (reports, expiry).
-    fn self_caller(&self) -> Caller {
+    pub(crate) fn self_caller(&self) -> Caller {
         Caller {
             node: Some((
                 self.me.name.clone(),

@@ -10,13 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use elton_control::apps::fleet::{AppView, InstanceRecord};
-use elton_control::direct::DirectResult;
-use elton_control::{Action, Command, NodeResult, Request, RequestId, Response};
-use elton_proto::control_pb::{QueryRequest, SubmitRequest};
+use elton_control::{Command, Request, RequestId, Response};
+use elton_proto::control_pb::SubmitRequest;
 
 use super::Endpoints;
 use super::client::status;
-use super::control::{client, default_client_id};
+use super::control::{app_view, client, default_client_id};
 use super::default_data_dir;
 use crate::proxy::group::{Group, GroupFuture};
 use crate::proxy::instance::ProcessRuntime;
@@ -143,29 +142,7 @@ impl ControlGroup {
 
 impl Group for ControlGroup {
     fn view(&self) -> GroupFuture<'_, AppView> {
-        Box::pin(async move {
-            let mut c = client(&self.ep).await?;
-            let r = c
-                .query(QueryRequest {
-                    action: serde_json::to_vec(&Action::AppState)?,
-                    hosts: Vec::new(),
-                    all: false,
-                    deadline_ms: 5000,
-                    local: false,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            let result: DirectResult =
-                serde_json::from_slice(&r.result).context("the member's answer")?;
-            match result.hosts.into_values().next() {
-                Some(NodeResult::Ok { output }) => {
-                    serde_json::from_value(output).context("the apps in the answer")
-                }
-                Some(NodeResult::Failed { error }) => bail!("reading the apps: {error}"),
-                None => bail!("reading the apps: {} did not answer", result.node),
-            }
-        })
+        Box::pin(app_view(&self.ep))
     }
 
     fn report(&self, host: &str, instances: Vec<InstanceRecord>) -> GroupFuture<'_, ()> {
