@@ -43,10 +43,7 @@ pub async fn run(node: Weak<ControlNode>) {
                 command,
             );
             request.acked_below = seq;
-            match n
-                .submit(request.encode(), &n.self_caller(), false)
-                .await
-            {
+            match n.submit(request.encode(), &n.self_caller(), false).await {
                 Ok(_) => tracing::info!("reconciler: {what}"),
                 Err(e) => {
                     tracing::debug!("reconciler: {what}: {e}");

@@ -137,9 +137,13 @@ pub enum Command {
         at_ms: u64,
     },
     /// FastContainer's reconciler: sets `app`'s per-host assignments.
+    /// `at_ms` belongs to the leader (a newly assigned host's silence
+    /// counts from it).
     AppAssign {
         app: String,
         hosts: BTreeMap<String, u32>,
+        #[serde(default)]
+        at_ms: u64,
     },
     /// FastContainer's reconciler: `host` stopped reporting; its instances
     /// are lost and its assignments dropped.
@@ -359,7 +363,7 @@ impl Request {
             Command::AppScaleOut { app, host, .. } => crate::apps::spec::check_name(app)
                 .and_then(|()| crate::apps::spec::check_name(host))
                 .map_err(|e| ControlError::BadCommand(format!("scale out: {e}"))),
-            Command::AppAssign { app, hosts } => std::iter::once(app)
+            Command::AppAssign { app, hosts, .. } => std::iter::once(app)
                 .chain(hosts.keys())
                 .try_for_each(|n| crate::apps::spec::check_name(n))
                 .map_err(|e| ControlError::BadCommand(format!("assign: {e}"))),

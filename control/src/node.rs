@@ -772,8 +772,9 @@ fn stamp_expiry(mut request: Request, now_ms: u64) -> Request {
         *expires_at_ms = spec.for_ms.map(|ms| now_ms.saturating_add(ms));
     }
     // FastContainer's reports and scale-outs carry the leader's time too.
-    if let Command::InstanceReport { at_ms, .. } | Command::AppScaleOut { at_ms, .. } =
-        &mut request.command
+    if let Command::InstanceReport { at_ms, .. }
+    | Command::AppScaleOut { at_ms, .. }
+    | Command::AppAssign { at_ms, .. } = &mut request.command
     {
         *at_ms = now_ms;
     }

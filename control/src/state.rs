@@ -331,8 +331,8 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
                 Err(reason) => Response::Rejected { reason },
             }
         }
-        Command::AppAssign { app, hosts } => {
-            fleet_change(state, |s| s.fleet.assign(&s.apps, app, hosts))
+        Command::AppAssign { app, hosts, at_ms } => {
+            fleet_change(state, |s| s.fleet.assign(&s.apps, app, hosts, *at_ms))
         }
         Command::HostLost { host } => fleet_change(state, |s| s.fleet.lose(host)),
     }

@@ -71,6 +71,19 @@ pub struct HostRecord {
     #[serde(default)]
     pub lost: bool,
     pub instances: Vec<InstanceRecord>,
+    /// The leader's clock when the host was last given an assignment: a
+    /// host idle until then had no reason to report, so its silence
+    /// counts from here.
+    #[serde(default)]
+    pub assigned_at_ms: u64,
+}
+
+impl HostRecord {
+    /// When the host last showed it is alive, or was given work to show
+    /// it with.
+    pub fn heard_at_ms(&self) -> u64 {
+        self.reported_at_ms.max(self.assigned_at_ms)
+    }
 }
 
 /// The registry, the assignments and the decision times.
@@ -154,12 +167,14 @@ impl Fleet {
             .filter(|i| i.state != InstanceState::Stopped)
             .cloned()
             .collect();
+        let assigned_at_ms = self.hosts.get(host).map_or(0, |r| r.assigned_at_ms);
         self.hosts.insert(
             host.to_string(),
             HostRecord {
                 reported_at_ms: at_ms,
                 lost: false,
                 instances: kept,
+                assigned_at_ms,
             },
         );
         Ok(())
@@ -183,12 +198,14 @@ impl Fleet {
         Ok(())
     }
 
-    /// Sets app `app`'s assignments (hosts with 0 are dropped).
+    /// Sets app `app`'s assignments (hosts with 0 are dropped) at
+    /// `at_ms`.
     pub fn assign(
         &mut self,
         apps: &BTreeMap<String, App>,
         app: &str,
         hosts: &BTreeMap<String, u32>,
+        at_ms: u64,
     ) -> Result<(), String> {
         let spec = &apps
             .get(app)
@@ -209,6 +226,13 @@ impl Fleet {
             .filter(|(_, n)| **n > 0)
             .map(|(h, n)| (h.clone(), *n))
             .collect();
+        let before = self.assignments.get(app);
+        for (h, n) in &kept {
+            let raised = before.and_then(|b| b.get(h)).is_none_or(|old| n > old);
+            if raised && let Some(r) = self.hosts.get_mut(h) {
+                r.assigned_at_ms = r.assigned_at_ms.max(at_ms);
+            }
+        }
         if kept.is_empty() {
             self.assignments.remove(app);
         } else {
@@ -269,6 +293,9 @@ impl Fleet {
             .entry(host.clone())
             .or_insert(0);
         *slot = (*slot).max(on_host) + 1;
+        if let Some(r) = self.hosts.get_mut(&host) {
+            r.assigned_at_ms = r.assigned_at_ms.max(at_ms);
+        }
         self.decisions.insert(app.to_string(), at_ms);
         Ok(host)
     }
@@ -424,7 +451,7 @@ mod tests {
             .unwrap();
         f.report("h2", &[inst("web", "2", InstanceState::Ready)], 0)
             .unwrap();
-        f.assign(&apps, "web", &BTreeMap::from([("h2".into(), 1)]))
+        f.assign(&apps, "web", &BTreeMap::from([("h2".into(), 1)]), 0)
             .unwrap();
         f.lose("h2").unwrap();
         assert_eq!(f.live_instances("web"), 1);
@@ -445,13 +472,13 @@ mod tests {
         let mut f = Fleet::default();
         let too_many = BTreeMap::from([("h1".into(), 2), ("h2".into(), 2)]);
         assert!(
-            f.assign(&apps, "web", &too_many)
+            f.assign(&apps, "web", &too_many, 0)
                 .unwrap_err()
                 .contains("at most 3")
         );
-        f.assign(&apps, "web", &BTreeMap::from([("h1".into(), 0)]))
+        f.assign(&apps, "web", &BTreeMap::from([("h1".into(), 0)]), 0)
             .unwrap();
         assert!(!f.assignments.contains_key("web"));
-        assert!(f.assign(&apps, "nope", &BTreeMap::new()).is_err());
+        assert!(f.assign(&apps, "nope", &BTreeMap::new(), 0).is_err());
     }
 }

@@ -26,7 +26,7 @@ pub fn plan(
 ) -> Vec<Command> {
     let mut out = Vec::new();
     let mut after = fleet.clone();
-    let silent = |r: &HostRecord| r.reported_at_ms.saturating_add(lost_after_ms) < now_ms;
+    let silent = |r: &HostRecord| r.heard_at_ms().saturating_add(lost_after_ms) < now_ms;
     for (host, rec) in &fleet.hosts {
         let assigned = fleet.assignments.values().any(|h| h.contains_key(host));
         if !rec.lost && silent(rec) && (!rec.instances.is_empty() || assigned) {
@@ -34,12 +34,12 @@ pub fn plan(
             let _ = after.lose(host);
         }
     }
-    // Hosts that can take an instance: reporting, least loaded first.
-    let live: Vec<(&String, &HostRecord)> = after
-        .hosts
-        .iter()
-        .filter(|(_, r)| !r.lost && !silent(r))
-        .collect();
+    // Hosts that can take an instance: every host not lost, least loaded
+    // first. An idle host reports only when something changes, so an old
+    // report is no sign of death; a dead one that is assigned an instance
+    // stays silent and is lost `lost_after_ms` later, and the instance is
+    // placed again.
+    let live: Vec<(&String, &HostRecord)> = after.hosts.iter().filter(|(_, r)| !r.lost).collect();
     for (name, app) in apps {
         let spec = &app.spec;
         let assigned: BTreeMap<String, u32> =
@@ -64,6 +64,7 @@ pub fn plan(
             out.push(Command::AppAssign {
                 app: name.clone(),
                 hosts: next,
+                at_ms: 0,
             });
             continue;
         }
@@ -82,6 +83,7 @@ pub fn plan(
             out.push(Command::AppAssign {
                 app: name.clone(),
                 hosts: next,
+                at_ms: 0,
             });
         }
     }
@@ -111,10 +113,7 @@ mod tests {
         s.min = min;
         s.max = 4;
         s.idle_ms = 5_000;
-        BTreeMap::from([(
-            "web".to_string(),
-            create(&BTreeMap::new(), &s, 1).unwrap(),
-        )])
+        BTreeMap::from([("web".to_string(), create(&BTreeMap::new(), &s, 1).unwrap())])
     }
 
     fn inst(last_request_ms: u64) -> InstanceRecord {
@@ -144,21 +143,39 @@ mod tests {
                 Command::AppAssign {
                     app: "web".into(),
                     hosts: BTreeMap::from([("h2".into(), 1)]),
+                    at_ms: 0,
                 },
             ]
         );
         // Applied, the plan is empty: a second leader issues nothing new.
         let mut f2 = f.clone();
         f2.lose("h1").unwrap();
-        f2.assign(&apps(1), "web", &BTreeMap::from([("h2".into(), 1)]))
+        f2.assign(&apps(1), "web", &BTreeMap::from([("h2".into(), 1)]), 20_000)
             .unwrap();
         assert!(plan(&apps(1), &f2, 20_000, DEFAULT_LOST_AFTER_MS).is_empty());
     }
 
     #[test]
+    fn a_newly_assigned_idle_host_gets_time_to_report() {
+        let mut f = Fleet::default();
+        f.report("h1", &[inst(29_000)], 30_000).unwrap();
+        // h2 last reported long ago (idle); assigned an instance just now.
+        f.report("h2", &[], 0).unwrap();
+        f.assign(&apps(0), "web", &BTreeMap::from([("h2".into(), 1)]), 29_000)
+            .unwrap();
+        assert!(plan(&apps(0), &f, 30_000, DEFAULT_LOST_AFTER_MS).is_empty());
+        // Still silent 10 s later: lost.
+        assert_eq!(
+            plan(&apps(0), &f, 39_500, DEFAULT_LOST_AFTER_MS),
+            vec![Command::HostLost { host: "h2".into() }]
+        );
+    }
+
+    #[test]
     fn a_killed_instance_below_min_is_replaced_and_idle_hosts_stay() {
         let mut f = Fleet::default();
-        // h1 reported its instance gone; h2 idle and silent: not lost.
+        // h1 reported its instance gone; h2 idle and silent: not lost,
+        // and a candidate (ties to the lower name).
         f.report("h1", &[], 9_000).unwrap();
         f.report("h2", &[], 0).unwrap();
         let cmds = plan(&apps(1), &f, 12_000, DEFAULT_LOST_AFTER_MS);
@@ -167,6 +184,7 @@ mod tests {
             vec![Command::AppAssign {
                 app: "web".into(),
                 hosts: BTreeMap::from([("h1".into(), 1)]),
+                at_ms: 0,
             }]
         );
         assert!(plan(&apps(0), &f, 12_000, DEFAULT_LOST_AFTER_MS).is_empty());
@@ -176,7 +194,7 @@ mod tests {
     fn scale_out_assignments_return_to_min_when_idle() {
         let mut f = Fleet::default();
         f.report("h1", &[inst(1_000)], 9_000).unwrap();
-        f.assign(&apps(0), "web", &BTreeMap::from([("h1".into(), 2)]))
+        f.assign(&apps(0), "web", &BTreeMap::from([("h1".into(), 2)]), 0)
             .unwrap();
         // Busy a second ago: kept.
         assert!(plan(&apps(0), &f, 5_000, DEFAULT_LOST_AFTER_MS).is_empty());
@@ -186,6 +204,7 @@ mod tests {
             vec![Command::AppAssign {
                 app: "web".into(),
                 hosts: BTreeMap::from([("h1".into(), 0)]),
+                at_ms: 0,
             }]
         );
     }

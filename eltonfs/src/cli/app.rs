@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use elton_control::apps::spec::Unset;
 use elton_control::apps::fleet::{Fleet, InstanceRecord};
+use elton_control::apps::spec::Unset;
 use elton_control::apps::{App, AppPatch, AppSpec, parse};
 use elton_control::drcond::parse as limits;
 use elton_control::{Command, Response};
