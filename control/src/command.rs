@@ -133,6 +133,10 @@ pub enum Command {
     AppScaleOut {
         app: String,
         host: String,
+        /// Instances of the app the asking host runs now (its report may
+        /// not have been applied yet).
+        #[serde(default)]
+        running: u32,
         #[serde(default)]
         at_ms: u64,
     },

@@ -319,8 +319,16 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
             instances,
             at_ms,
         } => fleet_change(state, |s| s.fleet.report(host, instances, *at_ms)),
-        Command::AppScaleOut { app, host, at_ms } => {
-            match state.fleet.scale_out(&state.apps, app, host, *at_ms) {
+        Command::AppScaleOut {
+            app,
+            host,
+            running,
+            at_ms,
+        } => {
+            match state
+                .fleet
+                .scale_out(&state.apps, app, host, *running, *at_ms)
+            {
                 Ok(chosen) => {
                     state.changes.fleet = true;
                     Response::ScaledOut {

@@ -69,7 +69,9 @@ impl ProxyProc {
             .args(["--host", host])
             .args(["--refresh", "300ms", "--report-every", "500ms"])
             .args(["--ready-timeout", "5s", "--target-in-flight", "1"])
-            .env("ELTON_MASTER", g.master_url(1))
+            // A follower: it forwards to whichever master leads, so the
+            // leader can be killed under the proxies.
+            .env("ELTON_MASTER", g.master_url(2))
             .env("ELTON_SLAVE", g.slaves[slave - 1].url())
             .env(
                 "ELTON_SLAVE_DATA",
@@ -168,9 +170,15 @@ fn create(g: &Group, name: &str, extra: &[&str]) {
     g.ok(1, &args);
 }
 
+/// The master the test's CLI calls go to (2 once the first is killed).
+static VIA: AtomicUsize = AtomicUsize::new(1);
+
 /// `elton app show NAME --json`.
 fn show(g: &Group, name: &str) -> serde_json::Value {
-    let out = g.ok(1, &["app", "show", name, "--json"]);
+    let out = g.ok(
+        VIA.load(Ordering::Relaxed),
+        &["app", "show", name, "--json"],
+    );
     serde_json::from_str(out.trim()).expect("app show --json")
 }
 
@@ -250,7 +258,7 @@ impl Load {
 
 #[test]
 fn fastcontainer_cluster() {
-    let g = Group::new(1, 3, &[]);
+    let mut g = Group::new(3, 3, &[]);
     g.converged(1, CONVERGE);
     g.import(&[("index.html", "hello from site v1\n")], "site");
     let mut proxies: Vec<ProxyProc> = (1..=3).map(|i| ProxyProc::start(&g, i)).collect();
@@ -260,7 +268,8 @@ fn fastcontainer_cluster() {
     phase4_scale_up_raises_the_quota(&g, &proxies);
     phase5_an_instance_killed_by_hand_is_replaced(&g, &proxies);
     phase6_a_restarted_proxy_picks_its_assignments_up(&g, &mut proxies);
-    phase7_a_silent_hosts_instances_are_rescheduled(&g, &mut proxies);
+    let gone = phase7_a_silent_hosts_instances_are_rescheduled(&g, &mut proxies);
+    phase8_the_leader_killed_during_scaling(&mut g, &proxies, &gone);
 }
 
 fn phase1_idle_proxies_append_nothing_to_the_log(g: &Group, proxies: &[ProxyProc]) {
@@ -453,7 +462,8 @@ fn phase6_a_restarted_proxy_picks_its_assignments_up(g: &Group, proxies: &mut [P
     assert!(!alive(&old), "the previous run's instance was reaped");
 }
 
-fn phase7_a_silent_hosts_instances_are_rescheduled(g: &Group, proxies: &mut [ProxyProc]) {
+/// Returns the host that went silent.
+fn phase7_a_silent_hosts_instances_are_rescheduled(g: &Group, proxies: &mut [ProxyProc]) -> String {
     let (host, _) = assigned_keep(g);
     let p = proxies
         .iter_mut()
@@ -463,25 +473,89 @@ fn phase7_a_silent_hosts_instances_are_rescheduled(g: &Group, proxies: &mut [Pro
     p.kill();
     kill_all_under(&p.dir.clone());
     let t0 = Instant::now();
-    wait_until("rescheduled on another host", CONVERGE, || {
-        serving(g, "keep")
-            .iter()
-            .any(|i| i["host"] != host.as_str())
-    });
-    let lost = show(g, "keep")["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| i["state"] == "lost")
-        .count();
-    assert_eq!(lost, 1, "the silent host's instance is marked lost");
+    let lost = || {
+        show(g, "keep")["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i["state"] == "lost" && i["host"] == host.as_str())
+            .count()
+    };
+    wait_until(
+        "marked lost and rescheduled on another host",
+        CONVERGE,
+        || {
+            lost() == 1
+                && serving(g, "keep")
+                    .iter()
+                    .any(|i| i["host"] != host.as_str())
+        },
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(5),
+        "lost before the host was silent long"
+    );
     eprintln!("rescheduled after {:?}", t0.elapsed());
     // Every live proxy routes to the new instance, none to the lost one.
     for p in proxies.iter().filter(|p| p.host != host) {
         let (code, body) = p.get("keep.test", "/index.html");
         assert_eq!(code, 200, "{} answered {body}", p.host);
     }
+    host
+}
+
+fn phase8_the_leader_killed_during_scaling(g: &mut Group, proxies: &[ProxyProc], gone: &str) {
+    assert_eq!(g.leader(2).as_deref(), Some("m1"));
+    // The slaves reach the masters through m1 only (the harness's
+    // `--master-url`), so a host mounting the volume for the first time
+    // after m1 is killed could not: every live host mounts it now, each
+    // through an app of its own that no other host runs.
+    for q in proxies.iter().filter(|q| q.host != gone) {
+        if common::is_elton_mount(&q.dir.join("mounts/site@1")) {
+            continue;
+        }
+        let name = format!("prime-{}", q.host);
+        create(g, &name, &[]);
+        let host = format!("{name}.test");
+        wait_until("the host mounted the volume", CONVERGE, || {
+            q.get(&host, "/index.html").0 == 200
+        });
+        g.ok(1, &["app", "rm", &name]);
+    }
+    create(
+        g,
+        "late",
+        &["--max", "3", "--scale-at", "10%", "--cooldown", "60s"],
+    );
+    let p = proxies
+        .iter()
+        .find(|p| p.host != gone)
+        .expect("a live proxy");
+    wait_until("the app served", CONVERGE, || {
+        p.get("late.test", "/index.html").0 == 200
+    });
+    // The leader goes just as the load that makes the app scale begins.
+    g.masters[0].kill9();
+    VIA.store(2, Ordering::Relaxed);
+    let load = Load::start(&[p.port], "late.test", 8);
+    wait_until("a new leader", CONVERGE, || {
+        g.leader(2).is_some_and(|l| l != "m1")
+    });
+    wait_until(
+        "the second instance despite the lost leader",
+        CONVERGE,
+        || serving(g, "late").len() == 2,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failed) = load.finish();
+    // The instances serve on while the group elects: nothing fails.
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert_eq!(
+        serving(g, "late").len(),
+        2,
+        "one decision within the cooldown"
+    );
 }
 
 /// Where process `pid`'s group of `controller` is (cgroup v1).

@@ -241,7 +241,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// A scale-out asked by `from` at `at_ms`: one more instance of `app`,
+    /// A scale-out asked by `from` (which runs `running` instances of the
+    /// app now, reported or not) at `at_ms`: one more instance of `app`,
     /// assigned to the least-loaded live host. Refused within the app's
     /// cooldown and at its `max`. Returns the chosen host.
     pub fn scale_out(
@@ -249,6 +250,7 @@ impl Fleet {
         apps: &BTreeMap<String, App>,
         app: &str,
         from: &str,
+        running: u32,
         at_ms: u64,
     ) -> Result<String, String> {
         let spec = &apps
@@ -264,9 +266,11 @@ impl Fleet {
                 ));
             }
         }
-        let running = self.live_instances(app);
+        let reported_here = self.instances_on(app, from);
+        let running_here = running.max(reported_here);
+        let live = self.live_instances(app) - reported_here + running_here;
         let assigned: u32 = self.assignments.get(app).map_or(0, |h| h.values().sum());
-        let count = running.max(assigned);
+        let count = live.max(assigned);
         if count >= spec.max.min(MAX_INSTANCES) {
             return Err(format!(
                 "app {app:?} already runs {count} instances, its max"
@@ -285,7 +289,11 @@ impl Fleet {
             return Err("no live host to place an instance on".into());
         };
         let host = host.to_string();
-        let on_host = self.instances_on(app, &host);
+        let on_host = if host == from {
+            running_here
+        } else {
+            self.instances_on(app, &host)
+        };
         let slot = self
             .assignments
             .entry(app.to_string())
@@ -418,15 +426,15 @@ mod tests {
         f.report("h1", &[inst("web", "1", InstanceState::Ready)], 0)
             .unwrap();
         f.report("h2", &[], 0).unwrap();
-        assert_eq!(f.scale_out(&apps, "web", "h1", 1000).unwrap(), "h2");
+        assert_eq!(f.scale_out(&apps, "web", "h1", 0, 1000).unwrap(), "h2");
         assert_eq!(f.assignments["web"]["h2"], 1);
-        let e = f.scale_out(&apps, "web", "h1", 5000).unwrap_err();
+        let e = f.scale_out(&apps, "web", "h1", 0, 5000).unwrap_err();
         assert!(e.contains("cooling down"), "{e}");
         // After the cooldown: h2 now counts its assignment once it reports
         // the instance, so the next goes to the lower name of equals.
         f.report("h2", &[inst("web", "7", InstanceState::Ready)], 11_000)
             .unwrap();
-        assert_eq!(f.scale_out(&apps, "web", "h1", 11_000).unwrap(), "h1");
+        assert_eq!(f.scale_out(&apps, "web", "h1", 0, 11_000).unwrap(), "h1");
         assert_eq!(f.assignments["web"]["h1"], 2);
         // Three of three: at max.
         f.report(
@@ -438,9 +446,9 @@ mod tests {
             30_000,
         )
         .unwrap();
-        let e = f.scale_out(&apps, "web", "h1", 30_000).unwrap_err();
+        let e = f.scale_out(&apps, "web", "h1", 0, 30_000).unwrap_err();
         assert!(e.contains("its max"), "{e}");
-        assert!(f.scale_out(&apps, "nope", "h1", 30_000).is_err());
+        assert!(f.scale_out(&apps, "nope", "h1", 0, 30_000).is_err());
     }
 
     #[test]
@@ -460,7 +468,7 @@ mod tests {
         assert_eq!(f.remote_ready("web", "h1").count(), 0);
         assert_eq!(f.remote_ready("web", "h2").count(), 1);
         // A lost host is no placement target.
-        assert_eq!(f.scale_out(&apps, "web", "h1", 0).unwrap(), "h1");
+        assert_eq!(f.scale_out(&apps, "web", "h1", 0, 0).unwrap(), "h1");
         f.report("h2", &[], 50).unwrap();
         assert!(!f.hosts["h2"].lost);
         assert!(f.lose("h9").is_err());

@@ -90,14 +90,20 @@ pub fn plan(
     out
 }
 
-/// Whether no instance of `app` served a request within its idle period.
+/// Whether the app has instances and none served a request within its
+/// idle period, nor was its last scale-out that recent (the instances it
+/// placed may not be reported yet).
 fn idle(fleet: &Fleet, app: &str, idle_ms: u64, now_ms: u64) -> bool {
-    fleet
+    let past = |ms: u64| ms.saturating_add(idle_ms) < now_ms;
+    let mut instances = fleet
         .hosts
         .values()
         .flat_map(|r| &r.instances)
         .filter(|i| i.app == app)
-        .all(|i| i.last_request_ms.saturating_add(idle_ms) < now_ms)
+        .peekable();
+    instances.peek().is_some()
+        && instances.all(|i| past(i.last_request_ms))
+        && fleet.decisions.get(app).is_none_or(|d| past(*d))
 }
 
 #[cfg(test)]
@@ -188,6 +194,15 @@ mod tests {
             }]
         );
         assert!(plan(&apps(0), &f, 12_000, DEFAULT_LOST_AFTER_MS).is_empty());
+    }
+
+    #[test]
+    fn placements_not_reported_yet_are_not_idle() {
+        let mut f = Fleet::default();
+        f.report("h1", &[], 0).unwrap();
+        f.report("h2", &[], 0).unwrap();
+        f.scale_out(&apps(0), "web", "h1", 0, 9_000).unwrap();
+        assert!(plan(&apps(0), &f, 9_500, DEFAULT_LOST_AFTER_MS).is_empty());
     }
 
     #[test]

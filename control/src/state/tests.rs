@@ -628,6 +628,7 @@ fn the_fleet_follows_reports_scale_outs_and_the_reconciler() {
     let out = |at_ms| Command::AppScaleOut {
         app: "web".into(),
         host: "h1".into(),
+        running: 1,
         at_ms,
     };
     assert_eq!(

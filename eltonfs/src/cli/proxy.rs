@@ -96,6 +96,7 @@ pub async fn proxy(ep: &Endpoints, a: ProxyArgs) -> Result<()> {
         ep: ep.clone(),
         client_id: default_client_id(),
         seq: AtomicU64::new(1),
+        submitting: tokio::sync::Mutex::new(()),
     });
     let proxy = Proxy::new(settings, group, runtime);
     tracing::info!(addr = %a.listen, "proxy serving");
@@ -115,10 +116,14 @@ struct ControlGroup {
     ep: Endpoints,
     client_id: String,
     seq: AtomicU64,
+    /// One command at a time: each acknowledges every lower sequence
+    /// number, which must then have been answered.
+    submitting: tokio::sync::Mutex<()>,
 }
 
 impl ControlGroup {
     async fn submit(&self, command: Command) -> Result<Response> {
+        let _one = self.submitting.lock().await;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut request = Request::new(
             RequestId {
@@ -160,10 +165,16 @@ impl Group for ControlGroup {
         })
     }
 
-    fn scale_out(&self, app: &str, host: &str) -> GroupFuture<'_, Result<String, String>> {
+    fn scale_out(
+        &self,
+        app: &str,
+        host: &str,
+        running: u32,
+    ) -> GroupFuture<'_, Result<String, String>> {
         let command = Command::AppScaleOut {
             app: app.to_string(),
             host: host.to_string(),
+            running,
             at_ms: 0,
         };
         Box::pin(async move {

@@ -17,7 +17,13 @@ pub trait Group: Send + Sync {
     /// All of `host`'s instances, replacing its previous report (one log
     /// entry).
     fn report(&self, host: &str, instances: Vec<InstanceRecord>) -> GroupFuture<'_, ()>;
-    /// Asks for one more instance of `app`: `Ok(host)` it was assigned
-    /// to, `Err(reason)` the group refused (cooling down, at max).
-    fn scale_out(&self, app: &str, host: &str) -> GroupFuture<'_, Result<String, String>>;
+    /// Asks for one more instance of `app` for `host`, which runs
+    /// `running` of them now: `Ok(host)` it was assigned to,
+    /// `Err(reason)` the group refused (cooling down, at max).
+    fn scale_out(
+        &self,
+        app: &str,
+        host: &str,
+        running: u32,
+    ) -> GroupFuture<'_, Result<String, String>>;
 }

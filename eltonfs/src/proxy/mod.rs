@@ -62,6 +62,9 @@ type Body = BoxBody<Bytes, hyper::Error>;
 const READY_POLL: Duration = Duration::from_millis(2);
 /// How often idle instances are looked for.
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// How long after a failed start of an assigned instance the next is
+/// tried.
+const EXTRA_RETRY: Duration = Duration::from_secs(2);
 /// A waiting request gives up this long after the readiness deadline, so
 /// the start's own verdict (which names the reason) reaches it first.
 const WAIT_GRACE: Duration = Duration::from_secs(1);
@@ -134,6 +137,9 @@ struct Run {
     extra: Vec<Slot>,
     /// Extra instances being started.
     extra_starting: usize,
+    /// When an extra instance last failed to start: the next try waits
+    /// [`EXTRA_RETRY`].
+    extra_failed: Option<Instant>,
     waiting: usize,
     last_request: Instant,
     /// Numbers the starts; a waiter knows whether a failure is its start's.
@@ -451,6 +457,7 @@ impl Proxy {
                         draining: Vec::new(),
                         extra: Vec::new(),
                         extra_starting: 0,
+                        extra_failed: None,
                         waiting: 0,
                         last_request: Instant::now(),
                         start_seq: 0,
@@ -665,6 +672,7 @@ impl Proxy {
             }
             drop(run);
             r.bump();
+            self.changed.notify_one();
         });
     }
 
@@ -704,6 +712,7 @@ impl Proxy {
             }
             drop(run);
             r.bump();
+            self.changed.notify_one();
         });
     }
 

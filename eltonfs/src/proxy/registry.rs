@@ -16,7 +16,7 @@ use elton_control::apps::App;
 use elton_control::apps::fleet::{InstanceRecord, InstanceState};
 use elton_control::apps::scale::{self, Decision, HostLoad, InstanceLoad};
 
-use super::{AppRun, Proxy, Slot, wait_ready};
+use super::{AppRun, EXTRA_RETRY, Proxy, Slot, wait_ready};
 use crate::proxy::admission::Phase;
 
 /// How often load is measured and the scaling rule run.
@@ -49,6 +49,9 @@ impl Proxy {
             let Some(app) = apps.get(&name) else { continue };
             let r = self.run_of(&name);
             let mut run = r.lock();
+            if run.extra_failed.is_some_and(|t| t.elapsed() < EXTRA_RETRY) {
+                continue;
+            }
             let first = usize::from(run.instance.is_some() || run.phase == Phase::Starting);
             let have = first + run.extra.len() + run.extra_starting;
             let want = usize::try_from(want).unwrap_or(usize::MAX);
@@ -80,7 +83,10 @@ impl Proxy {
                     run.extra.push(Slot::new(instance, &app));
                     run.last_request = Instant::now();
                 }
-                Err(why) => tracing::warn!(app = %name, "extra instance failed: {why}"),
+                Err(why) => {
+                    run.extra_failed = Some(Instant::now());
+                    tracing::warn!(app = %name, "extra instance failed: {why}");
+                }
             }
             drop(run);
             r.bump();
@@ -199,13 +205,19 @@ impl Proxy {
                 match scale::decide(&app.spec, &instances, &hosts, last, now) {
                     Decision::Hold(why) => tracing::trace!(app = %name, "scaling: {why}"),
                     Decision::ScaleOut { .. } => {
-                        last_decision.insert(name.clone(), now);
-                        match p.group.scale_out(&name, &p.settings.host).await {
+                        // The group's answer starts the local cooldown; a
+                        // failed call (no leader) is asked again next tick.
+                        let running = u32::try_from(loads.len()).unwrap_or(u32::MAX);
+                        match p.group.scale_out(&name, &p.settings.host, running).await {
                             Ok(Ok(host)) => {
+                                last_decision.insert(name.clone(), now);
                                 tracing::info!(app = %name, %host, "scaled out");
                                 p.metrics.scale(&name, "out");
                             }
-                            Ok(Err(why)) => tracing::info!(app = %name, "scale-out refused: {why}"),
+                            Ok(Err(why)) => {
+                                last_decision.insert(name.clone(), now);
+                                tracing::info!(app = %name, "scale-out refused: {why}");
+                            }
                             Err(e) => tracing::warn!(app = %name, "asking for scale-out: {e:#}"),
                         }
                     }
