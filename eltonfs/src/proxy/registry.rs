@@ -3,6 +3,7 @@
 //! `Settings::report_every` while it runs any and at once on every
 //! change), starts the instances the group assigned it, and every
 //! [`SCALE_TICK`] measures its instances' load and runs the scaling rule
+//! (acting on a decision found on two ticks in a row)
 //! (`elton_control::apps::scale`): scale-out is asked of the group (which
 //! places the instance and holds the app's cooldown), scale-up raises the
 //! hot instance's CPU quota here.
@@ -177,6 +178,10 @@ impl Proxy {
     /// requests, and applies the scaling rule per app.
     pub(super) async fn scale_loop(me: std::sync::Weak<Self>) {
         let mut last_decision: HashMap<String, u64> = HashMap::new();
+        // Apps found hot on the previous tick: a decision needs two hot
+        // ticks in a row, so the burst of requests held during a cold
+        // start is not taken for load.
+        let mut hot: HashMap<String, bool> = HashMap::new();
         loop {
             tokio::time::sleep(SCALE_TICK).await;
             let Some(p) = me.upgrade() else { return };
@@ -202,7 +207,12 @@ impl Proxy {
                 let (hosts, instances, group_last) = p.cluster_loads(app, &loads);
                 let last = last_decision.get(&name).copied().max(group_last);
                 let now = wall_ms();
-                match scale::decide(&app.spec, &instances, &hosts, last, now) {
+                let decision = scale::decide(&app.spec, &instances, &hosts, last, now);
+                let was_hot = hot.insert(name.clone(), !matches!(decision, Decision::Hold(_)));
+                if !matches!(decision, Decision::Hold(_)) && was_hot != Some(true) {
+                    continue;
+                }
+                match decision {
                     Decision::Hold(why) => tracing::trace!(app = %name, "scaling: {why}"),
                     Decision::ScaleOut { .. } => {
                         // The group's answer starts the local cooldown; a
