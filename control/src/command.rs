@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apps::fleet::InstanceRecord;
 use crate::apps::{App, AppPatch, AppSpec};
 use crate::drcond::LimitSpec;
 use crate::error::ControlError;
@@ -123,6 +124,40 @@ pub enum Command {
     AppRemove { name: String },
     /// FastContainer: the apps, read through the log (linearizable).
     Apps,
+    /// FastContainer: a host's proxy reports all its instances, replacing
+    /// its previous report. `at_ms` belongs to the leader: it stamps its
+    /// clock when proposing.
+    InstanceReport {
+        host: String,
+        instances: Vec<InstanceRecord>,
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// FastContainer: a proxy asks for one more instance of `app`; the
+    /// group assigns it to the least-loaded live host unless the app is
+    /// cooling down or at its max. `at_ms` belongs to the leader.
+    AppScaleOut {
+        app: String,
+        host: String,
+        /// Instances of the app the asking host runs now (its report may
+        /// not have been applied yet).
+        #[serde(default)]
+        running: u32,
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// FastContainer's reconciler: sets `app`'s per-host assignments.
+    /// `at_ms` belongs to the leader (a newly assigned host's silence
+    /// counts from it).
+    AppAssign {
+        app: String,
+        hosts: BTreeMap<String, u32>,
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// FastContainer's reconciler: `host` stopped reporting; its instances
+    /// are lost and its assignments dropped.
+    HostLost { host: String },
 }
 
 /// Which members must run an [`Command::Execute`].
@@ -155,6 +190,10 @@ pub enum Action {
     /// drcond: where each limit stands on the host
     /// ([`crate::drcond::status::HostLimits`], `elton limit ls`).
     LimitStatus,
+    /// FastContainer: the apps and the instance registry
+    /// ([`crate::apps::fleet::AppView`]), answered from the leader's
+    /// applied state by the direct read path; never an execution.
+    AppState,
 }
 
 /// One member's answer to an execution.
@@ -205,6 +244,8 @@ pub enum Response {
     Apps { apps: Vec<App> },
     /// An app was removed.
     AppRemoved { name: String },
+    /// A scale-out was granted: `app` gets one more instance on `host`.
+    ScaledOut { app: String, host: String },
     /// The command was valid when proposed but could not take effect when
     /// applied (e.g. its target left the group meanwhile). Nothing changed.
     Rejected { reason: String },
@@ -314,6 +355,10 @@ impl Request {
                         .validate()
                         .map_err(|e| ControlError::BadCommand(format!("ps: {e}"))),
                     Action::Host | Action::LimitStatus => Ok(()),
+                    Action::AppState => bad(
+                        "app_state is read from the replicated state: ask it with a direct query"
+                            .into(),
+                    ),
                 }
             }
             Command::Limit { spec, .. } => spec
@@ -333,6 +378,19 @@ impl Request {
                 .map_err(|e| ControlError::BadCommand(format!("app {name:?}: {e}"))),
             Command::AppRemove { name } => crate::apps::spec::check_name(name)
                 .map_err(|e| ControlError::BadCommand(format!("app: {e}"))),
+            Command::InstanceReport {
+                host, instances, ..
+            } => crate::apps::fleet::check_report(host, instances)
+                .map_err(|e| ControlError::BadCommand(format!("instance report: {e}"))),
+            Command::AppScaleOut { app, host, .. } => crate::apps::spec::check_name(app)
+                .and_then(|()| crate::apps::spec::check_name(host))
+                .map_err(|e| ControlError::BadCommand(format!("scale out: {e}"))),
+            Command::AppAssign { app, hosts, .. } => std::iter::once(app)
+                .chain(hosts.keys())
+                .try_for_each(|n| crate::apps::spec::check_name(n))
+                .map_err(|e| ControlError::BadCommand(format!("assign: {e}"))),
+            Command::HostLost { host } => crate::apps::spec::check_name(host)
+                .map_err(|e| ControlError::BadCommand(format!("host lost: {e}"))),
             Command::Report { result, .. } => match result {
                 NodeResult::Ok { output } => {
                     let len = output.to_string().len();

@@ -23,6 +23,11 @@ pub fn run(action: &Action) -> NodeResult {
         },
         Action::Host => encoded(crate::drcond::fit::HostFacts::of_this_host()),
         Action::LimitStatus => encoded(crate::drcond::report::last()),
+        // Read from the replicated state by the member asked, never run on
+        // a host (`Request::validate` refuses it in an execution).
+        Action::AppState => NodeResult::Failed {
+            error: "app_state is answered by the member asked, not run on hosts".into(),
+        },
     }
 }
 

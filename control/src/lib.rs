@@ -43,6 +43,7 @@ pub mod store;
 pub mod types;
 
 // The network edge and the member runtime (see docs/architecture.md).
+pub mod app_reconciler;
 pub mod batcher;
 pub mod executor;
 pub mod forwarder;

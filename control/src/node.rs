@@ -113,6 +113,7 @@ impl ControlNode {
         tokio::spawn(Self::run_executions(Arc::downgrade(&node)));
         tokio::spawn(Self::run_expiry(Arc::downgrade(&node)));
         tokio::spawn(Self::run_reconciler(Arc::downgrade(&node)));
+        tokio::spawn(crate::app_reconciler::run(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -223,7 +224,7 @@ impl ControlNode {
     }
 
     /// This member calling itself (reports, expiry).
-    fn self_caller(&self) -> Caller {
+    pub(crate) fn self_caller(&self) -> Caller {
         Caller {
             node: Some((
                 self.me.name.clone(),
@@ -332,7 +333,7 @@ impl ControlNode {
     /// Runs `here` on the leader: itself, or (unless the call was already
     /// forwarded) the leader reached by `there` over this member's pool.
     /// Retries while leadership moves, up to the leader wait.
-    async fn on_leader<T, H, HF, R, RF>(
+    pub(crate) async fn on_leader<T, H, HF, R, RF>(
         &self,
         forwarded: bool,
         here: H,
@@ -879,6 +880,13 @@ fn stamp_expiry(mut request: Request, now_ms: u64) -> Request {
     } = &mut request.command
     {
         *expires_at_ms = spec.for_ms.map(|ms| now_ms.saturating_add(ms));
+    }
+    // FastContainer's reports and scale-outs carry the leader's time too.
+    if let Command::InstanceReport { at_ms, .. }
+    | Command::AppScaleOut { at_ms, .. }
+    | Command::AppAssign { at_ms, .. } = &mut request.command
+    {
+        *at_ms = now_ms;
     }
     request
 }

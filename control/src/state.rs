@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
+use crate::apps::fleet::Fleet;
 use crate::apps::{self, App};
 use crate::command::{Command, NodeResult, Request, Response};
 use crate::drcond::{Limit, LimitSpec};
@@ -45,6 +46,8 @@ pub struct Changes {
     pub limits: BTreeSet<u64>,
     /// Apps created, changed or removed.
     pub apps: BTreeSet<String>,
+    /// The FastContainer fleet (registry, assignments) changed.
+    pub fleet: bool,
 }
 
 /// Everything the group agreed on, as of `last_applied`.
@@ -64,6 +67,10 @@ pub struct State {
     /// of builds before FastContainer (read as none).
     #[serde(default)]
     pub apps: BTreeMap<String, App>,
+    /// FastContainer's instance registry and assignments. Absent in
+    /// snapshots of builds before it (read as empty).
+    #[serde(default)]
+    pub fleet: Fleet,
     /// Client requests applied with effect (not counting retries answered
     /// from the dedup table); lets tests check exactly-once application.
     pub applied_requests: u64,
@@ -99,6 +106,8 @@ impl State {
             // Likewise for builds before FastContainer.
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             apps: &'a BTreeMap<String, App>,
+            #[serde(skip_serializing_if = "Fleet::is_empty")]
+            fleet: &'a Fleet,
         }
         let bytes = serde_json::to_vec(&Content {
             membership: &self.membership,
@@ -108,6 +117,7 @@ impl State {
             applied_requests: self.applied_requests,
             limits: &self.limits,
             apps: &self.apps,
+            fleet: &self.fleet,
         })
         .unwrap_or_default();
         blake3::hash(&bytes).to_hex().to_string()
@@ -295,6 +305,8 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
             Ok(()) => {
                 state.apps.remove(name);
                 state.changes.apps.insert(name.clone());
+                state.fleet.forget_app(name);
+                state.changes.fleet = true;
                 Response::AppRemoved { name: name.clone() }
             }
             Err(reason) => Response::Rejected { reason },
@@ -302,6 +314,49 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
         Command::Apps => Response::Apps {
             apps: state.apps.values().cloned().collect(),
         },
+        Command::InstanceReport {
+            host,
+            instances,
+            at_ms,
+        } => fleet_change(state, |s| s.fleet.report(host, instances, *at_ms)),
+        Command::AppScaleOut {
+            app,
+            host,
+            running,
+            at_ms,
+        } => {
+            match state
+                .fleet
+                .scale_out(&state.apps, app, host, *running, *at_ms)
+            {
+                Ok(chosen) => {
+                    state.changes.fleet = true;
+                    Response::ScaledOut {
+                        app: app.clone(),
+                        host: chosen,
+                    }
+                }
+                Err(reason) => Response::Rejected { reason },
+            }
+        }
+        Command::AppAssign { app, hosts, at_ms } => {
+            fleet_change(state, |s| s.fleet.assign(&s.apps, app, hosts, *at_ms))
+        }
+        Command::HostLost { host } => fleet_change(state, |s| s.fleet.lose(host)),
+    }
+}
+
+/// Applies a change of the fleet: done, or rejected with nothing changed.
+fn fleet_change(
+    state: &mut State,
+    change: impl FnOnce(&mut State) -> Result<(), String>,
+) -> Response {
+    match change(state) {
+        Ok(()) => {
+            state.changes.fleet = true;
+            Response::Done
+        }
+        Err(reason) => Response::Rejected { reason },
     }
 }
 

@@ -7,12 +7,17 @@
 //! reads the CLI's notations (`web@3`, `30%`), [`config`] is the pure
 //! logic that creates, changes and removes apps against the apps already
 //! there (unique names and host names), [`scale`] is the pure scaling
-//! rule (scale out, scale up, cooldown; not wired yet). `state::apply`
-//! calls [`config`]; nothing here does IO. The proxy that runs apps is
+//! rule (scale out, scale up, cooldown; run by each host's proxy),
+//! [`fleet`] the instance registry and per-host assignments,
+//! [`reconcile`] the leader's reconciler's planner. `state::apply` calls
+//! [`config`] and [`fleet`]; nothing here does IO (the reconciler's loop
+//! is `crate::app_reconciler`). The proxy that runs apps is
 //! `eltonfs/src/proxy/`.
 
 pub mod config;
+pub mod fleet;
 pub mod parse;
+pub mod reconcile;
 pub mod scale;
 pub mod spec;
 

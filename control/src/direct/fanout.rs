@@ -26,6 +26,11 @@ impl ControlNode {
         };
         select::check(&action, deadline)
             .map_err(|e| NodeError::BadRequest(format!("query: {e}")))?;
+        if action == Action::AppState {
+            // A read of the agreed state, not of hosts: `local` marks a
+            // member's forward to the leader.
+            return self.read_app_state(&req, req.local).await;
+        }
         let selection = match (req.local, req.all, req.hosts.is_empty()) {
             (true, _, _) | (false, false, true) => HostSelection::Asked,
             (false, true, true) => HostSelection::All,

@@ -68,7 +68,7 @@ pub fn check(action: &Action, deadline: Duration) -> Result<(), String> {
             }
             Ok(())
         }
-        Action::Host | Action::LimitStatus => Ok(()),
+        Action::Host | Action::LimitStatus | Action::AppState => Ok(()),
     }
 }
 

@@ -583,3 +583,84 @@ fn a_state_without_apps_keeps_its_digest() {
     with.apps.clear();
     assert_eq!(before, with.digest());
 }
+
+#[test]
+fn the_fleet_follows_reports_scale_outs_and_the_reconciler() {
+    use crate::apps::fleet::{InstanceRecord, InstanceState};
+    let mut log = Log::new();
+    let mut s = State::default();
+    let mut spec = app_spec("web", "a.test");
+    spec.cooldown_ms = 10_000;
+    apply(&mut s, &log.req("c", 1, Command::AppCreate { spec }));
+    s.take_changes();
+    let report = |host: &str, at_ms: u64| Command::InstanceReport {
+        host: host.into(),
+        instances: vec![InstanceRecord {
+            app: "web".into(),
+            id: "42".into(),
+            addr: "127.0.0.1:9000".into(),
+            version: 1,
+            state: InstanceState::Ready,
+            last_request_ms: 0,
+            in_flight: 0,
+            cpu_percent_of_quota: 90,
+            quota_percent: None,
+        }],
+        at_ms,
+    };
+    assert_eq!(
+        apply(&mut s, &log.req("h1", 1, report("h1", 1_000))),
+        Response::Done
+    );
+    assert!(s.take_changes().fleet);
+    apply(
+        &mut s,
+        &log.req(
+            "h2",
+            1,
+            Command::InstanceReport {
+                host: "h2".into(),
+                instances: vec![],
+                at_ms: 1_000,
+            },
+        ),
+    );
+    let out = |at_ms| Command::AppScaleOut {
+        app: "web".into(),
+        host: "h1".into(),
+        running: 1,
+        at_ms,
+    };
+    assert_eq!(
+        apply(&mut s, &log.req("h1", 2, out(2_000))),
+        Response::ScaledOut {
+            app: "web".into(),
+            host: "h2".into()
+        }
+    );
+    // Within the cooldown: refused, nothing changes.
+    s.take_changes();
+    let digest = s.fleet.clone();
+    assert!(matches!(
+        apply(&mut s, &log.req("h1", 3, out(5_000))),
+        Response::Rejected { reason } if reason.contains("cooling down")
+    ));
+    assert_eq!(s.fleet, digest);
+    assert!(!s.take_changes().fleet);
+    // The reconciler loses h2: its assignment goes.
+    assert_eq!(
+        apply(
+            &mut s,
+            &log.req("r", 1, Command::HostLost { host: "h2".into() })
+        ),
+        Response::Done
+    );
+    assert!(s.fleet.assignments.is_empty());
+    assert!(s.fleet.hosts["h2"].lost);
+    // Removing the app forgets its decision.
+    apply(
+        &mut s,
+        &log.req("c", 2, Command::AppRemove { name: "web".into() }),
+    );
+    assert!(s.fleet.decisions.is_empty());
+}

@@ -48,6 +48,9 @@ const SM_EXECUTIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_
 const SM_LIMITS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sm_limits");
 /// `sm_apps`: app name → JSON `App` (FastContainer's configuration DB).
 const SM_APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_apps");
+/// `sm_fleet`: "fleet" → JSON `Fleet` (FastContainer's instance registry
+/// and assignments; small, rewritten whole when it changes).
+const SM_FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_fleet");
 /// `snapshot`: "meta" → JSON `SnapshotMeta`, "data" → snapshot bytes.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -69,6 +72,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), ControlError> 
     txn.open_table(SM_EXECUTIONS)?;
     txn.open_table(SM_LIMITS)?;
     txn.open_table(SM_APPS)?;
+    txn.open_table(SM_FLEET)?;
     txn.open_table(SNAPSHOT)?;
     Ok(())
 }
@@ -150,6 +154,7 @@ impl StateMachineStore {
         txn.delete_table(SM_EXECUTIONS)?;
         txn.delete_table(SM_LIMITS)?;
         txn.delete_table(SM_APPS)?;
+        txn.delete_table(SM_FLEET)?;
         create_tables(&txn)?;
         write_all(&txn, &incoming)?;
         save_snapshot(&txn, &meta, &bytes)?;
@@ -271,6 +276,10 @@ fn write_changes(
             None => limits.remove(id)?,
         };
     }
+    if changes.fleet {
+        let mut fleet = txn.open_table(SM_FLEET)?;
+        fleet.insert("fleet", encode(&state.fleet)?.as_slice())?;
+    }
     let mut apps = txn.open_table(SM_APPS)?;
     for name in &changes.apps {
         match state.apps.get(name) {
@@ -308,6 +317,8 @@ fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> 
     for (name, a) in &state.apps {
         apps.insert(name.as_str(), encode(a)?.as_slice())?;
     }
+    let mut fleet = txn.open_table(SM_FLEET)?;
+    fleet.insert("fleet", encode(&state.fleet)?.as_slice())?;
     Ok(())
 }
 
@@ -376,6 +387,16 @@ fn load_state(db: &Database) -> Result<State, ControlError> {
                 let (k, v) = item?;
                 let a: App = decode("app", v.value())?;
                 state.apps.insert(k.value().to_string(), a);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // And before the instance registry: an empty fleet.
+    match txn.open_table(SM_FLEET) {
+        Ok(table) => {
+            if let Some(v) = table.get("fleet")? {
+                state.fleet = decode("fleet", v.value())?;
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}

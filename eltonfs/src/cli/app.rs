@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use elton_control::apps::fleet::{Fleet, InstanceRecord};
 use elton_control::apps::spec::Unset;
 use elton_control::apps::{App, AppPatch, AppSpec, parse};
 use elton_control::drcond::parse as limits;
@@ -17,7 +18,7 @@ use elton_proto::pb::{GetVersionRequest, GetVolumeRequest};
 
 use super::Endpoints;
 use super::client::status;
-use super::control::{client, submit};
+use super::control::{app_view, client, submit};
 
 #[derive(Subcommand, Debug)]
 pub enum AppCommand {
@@ -160,12 +161,13 @@ pub async fn app(ep: &Endpoints, c: AppCommand) -> Result<()> {
         }
         AppCommand::Show { name, json } => {
             elton_control::apps::spec::check_name(&name).map_err(|e| anyhow!(e))?;
-            let apps = list(ep).await?;
-            let app = apps
+            let view = app_view(ep).await?;
+            let app = view
+                .apps
                 .iter()
                 .find(|a| a.spec.name == name)
                 .ok_or_else(|| anyhow!("no app {name:?} (see `elton app ls`)"))?;
-            print_app(app, json)
+            print_app_instances(app, &view.fleet, json)
         }
         AppCommand::Set(a) => {
             let patch = set_patch(ep, &a).await?;
@@ -368,6 +370,92 @@ fn print_app(a: &App, json: bool) -> Result<()> {
     println!("memory      {}", opt(s.memory_bytes.map(mib)));
     println!("scale at    {}%", s.scale_at_percent);
     println!("cooldown    {}", secs(s.cooldown_ms));
+    Ok(())
+}
+
+/// The app, its instances on every host (from the registry) and its
+/// per-host assignments.
+fn print_app_instances(a: &App, fleet: &Fleet, json: bool) -> Result<()> {
+    let name = &a.spec.name;
+    let instances: Vec<(&String, &InstanceRecord)> = fleet
+        .hosts
+        .iter()
+        .flat_map(|(h, r)| r.instances.iter().map(move |i| (h, i)))
+        .filter(|(_, i)| &i.app == name)
+        .collect();
+    let assigned = fleet.assignments.get(name).cloned().unwrap_or_default();
+    if json {
+        let mut v = app_json(a);
+        if let Some(o) = v.as_object_mut() {
+            let list: Vec<serde_json::Value> = instances
+                .iter()
+                .map(|(h, i)| {
+                    let mut j = serde_json::to_value(i).unwrap_or_default();
+                    if let Some(o) = j.as_object_mut() {
+                        o.insert("host".into(), h.as_str().into());
+                    }
+                    j
+                })
+                .collect();
+            o.insert("instances".into(), list.into());
+            o.insert(
+                "assigned".into(),
+                serde_json::to_value(&assigned).unwrap_or_default(),
+            );
+            o.insert(
+                "last_decision_ms".into(),
+                fleet.decisions.get(name).copied().into(),
+            );
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    print_app(a, false)?;
+    let assigned_text: Vec<String> = assigned.iter().map(|(h, n)| format!("{h}={n}")).collect();
+    println!(
+        "assigned    {}",
+        if assigned_text.is_empty() {
+            "-".into()
+        } else {
+            assigned_text.join(" ")
+        }
+    );
+    println!();
+    if instances.is_empty() {
+        println!("no instances (the next request starts one)");
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    println!(
+        "{:<16} {:<12} {:<22} {:>7} {:<9} {:>8} {:>5} {:>6}  LAST REQUEST",
+        "HOST", "ID", "ADDRESS", "VERSION", "STATE", "INFLIGHT", "CPU", "QUOTA"
+    );
+    for (h, i) in instances {
+        let state = serde_json::to_value(i.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let last = if i.last_request_ms == 0 {
+            "-".into()
+        } else {
+            format!("{}s ago", now.saturating_sub(i.last_request_ms) / 1000)
+        };
+        println!(
+            "{:<16} {:<12} {:<22} {:>7} {:<9} {:>8} {:>4}% {:>6}  {}",
+            h,
+            i.id,
+            i.addr,
+            i.version,
+            state,
+            i.in_flight,
+            i.cpu_percent_of_quota,
+            i.quota_percent
+                .map_or_else(|| "-".into(), |q| format!("{q}%")),
+            last
+        );
+    }
     Ok(())
 }
 

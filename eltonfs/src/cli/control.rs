@@ -182,6 +182,34 @@ pub(super) async fn submit(
     serde_json::from_slice(&r.response).context("the member's response")
 }
 
+/// FastContainer's apps and instance registry, read on the direct path:
+/// the leader answers from its applied state after confirming its
+/// leadership, and nothing is appended to the log.
+pub(super) async fn app_view(ep: &Endpoints) -> Result<elton_control::apps::fleet::AppView> {
+    use elton_control::NodeResult;
+    let mut c = client(ep).await?;
+    let r = c
+        .query(elton_proto::control_pb::QueryRequest {
+            action: serde_json::to_vec(&elton_control::Action::AppState)?,
+            hosts: Vec::new(),
+            all: false,
+            deadline_ms: 5000,
+            local: false,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let result: elton_control::direct::DirectResult =
+        serde_json::from_slice(&r.result).context("the member's answer")?;
+    match result.hosts.into_values().next() {
+        Some(NodeResult::Ok { output }) => {
+            serde_json::from_value(output).context("the apps in the answer")
+        }
+        Some(NodeResult::Failed { error }) => Err(anyhow!("reading the apps: {error}")),
+        None => Err(anyhow!("reading the apps: {} did not answer", result.node)),
+    }
+}
+
 pub(super) fn default_client_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -34,6 +34,26 @@ pub trait Instance: Send + Sync {
     fn exited(&mut self) -> Option<String>;
     /// Stops it (and everything it started).
     fn stop(&mut self);
+    /// Its id on this host for the instance registry: a pid or a
+    /// container id.
+    fn id(&self) -> String {
+        self.addr().to_string()
+    }
+    /// CPU time its processes used so far, in microseconds (`None`: not
+    /// measurable here). Sampled twice, it gives the instance's CPU use.
+    fn cpu_usage_usec(&self) -> Option<u64> {
+        None
+    }
+    /// Its CPU quota now, read back (percent of one core; `None`:
+    /// unlimited or unknown).
+    fn cpu_quota_percent(&self) -> Option<u32> {
+        None
+    }
+    /// Sets its CPU quota (scale-up).
+    fn set_cpu_quota(&mut self, percent: u32) -> Result<(), String> {
+        let _ = percent;
+        Err("this runtime cannot change an instance's CPU quota".into())
+    }
 }
 
 pub type StartFuture<'a> = Pin<Box<dyn Future<Output = Result<Box<dyn Instance>>> + Send + 'a>>;
@@ -190,6 +210,7 @@ impl Runtime for ProcessRuntime {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 log: log_path,
                 group: None,
+                memory_bytes: app.memory_bytes,
             };
             if let Some(cg) = cgroups {
                 let resources = Resources {
@@ -232,6 +253,8 @@ struct ProcessInstance {
     log: PathBuf,
     /// Its cgroup, if its app has limits: removed when it stops.
     group: Option<(Cgroups, u64)>,
+    /// Its app's memory limit, kept when its CPU quota changes.
+    memory_bytes: Option<u64>,
 }
 
 /// Makes group `id` with `resources` and moves `pid` into it (drcond's
@@ -290,6 +313,63 @@ impl Instance for ProcessInstance {
             });
         }
     }
+
+    fn id(&self) -> String {
+        self.child
+            .id()
+            .map_or_else(|| self.addr.to_string(), |p| p.to_string())
+    }
+
+    fn cpu_usage_usec(&self) -> Option<u64> {
+        let pids = match &self.group {
+            Some((cg, id)) => cg
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .members(*id),
+            None => vec![i32::try_from(self.child.id()?).ok()?],
+        };
+        let total: u64 = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+        Some(total.saturating_mul(1_000_000) / USER_HZ)
+    }
+
+    fn cpu_quota_percent(&self) -> Option<u32> {
+        let (cg, id) = self.group.as_ref()?;
+        cg.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_back(*id, None)
+            .cpu_percent
+    }
+
+    fn set_cpu_quota(&mut self, percent: u32) -> Result<(), String> {
+        let (cg, id) = self
+            .group
+            .as_ref()
+            .ok_or("the instance has no cgroup (its app sets no limits)")?;
+        let resources = Resources {
+            cpu_percent: Some(percent),
+            memory_bytes: self.memory_bytes,
+            ..Resources::default()
+        };
+        cg.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .run(&Step::Set { id: *id, resources })
+    }
+}
+
+/// The unit of `/proc/PID/stat`'s CPU times: the kernel exports them in
+/// USER_HZ, 100 on every architecture Linux runs Elton on.
+const USER_HZ: u64 = 100;
+
+/// User plus system CPU ticks of process `pid` (fields 14 and 15 of
+/// `/proc/PID/stat`, counted after the command name, which may hold
+/// spaces and parentheses).
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 impl Drop for ProcessInstance {

@@ -20,6 +20,8 @@ struct AppCounters {
     starts: u64,
     start_failures: u64,
     idle_stops: u64,
+    scale_outs: u64,
+    scale_ups: u64,
 }
 
 #[derive(Default)]
@@ -61,6 +63,15 @@ impl Metrics {
 
     pub fn idle_stop(&self, app: &str) {
         self.with(app, |c| c.idle_stops += 1);
+    }
+
+    /// A scaling decision carried out: `"out"` (granted by the group) or
+    /// `"up"` (a quota raised here).
+    pub fn scale(&self, app: &str, how: &str) {
+        self.with(app, |c| match how {
+            "out" => c.scale_outs += 1,
+            _ => c.scale_ups += 1,
+        });
     }
 
     /// The text exposition; `running` is each app's instances now.
@@ -111,6 +122,8 @@ impl Metrics {
             ),
             ("start_failures_total", "counter", |c| c.start_failures),
             ("idle_stops_total", "counter", |c| c.idle_stops),
+            ("scale_outs_total", "counter", |c| c.scale_outs),
+            ("scale_ups_total", "counter", |c| c.scale_ups),
         ] {
             let _ = writeln!(out, "# TYPE elton_proxy_{name} {help}");
             for (app, c) in apps.iter() {

@@ -5,8 +5,17 @@
 //! and forwards them through a pooled client. Idle instances stop.
 //!
 //! - [`admission`] (pure): forward, start, wait or turn away.
+//! - [`balance`] (pure): which ready instance gets a request.
 //! - [`instance`]: the [`instance::Runtime`] trait and the process runtime.
 //! - [`metrics`]: per-app counters for `/metrics`.
+//! - [`group`]: what the proxy asks of the control group.
+//! - [`registry`]: this host's part of the cluster — reporting its
+//!   instances, following its assignments, measuring load and asking for
+//!   scale-out or raising quotas (scale-up).
+//!
+//! The apps and the instance registry are read on the control group's
+//! direct read path (no log entry); an app's ready instances on other
+//! hosts (from the registry) take requests too, the least busy first.
 //!
 //! Errors become HTTP answers here only: 404 unknown host, 503 (with
 //! `Retry-After`) a full queue, 504 an instance that does not listen
@@ -14,14 +23,15 @@
 //! reason from its output) or that cannot be reached.
 
 pub mod admission;
+pub mod balance;
+pub mod group;
 pub mod instance;
 pub mod metrics;
+pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +39,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use elton_control::apps::App;
 use elton_control::apps::config::by_host;
+use elton_control::apps::fleet::Fleet;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -40,6 +51,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use admission::{Admit, Phase};
+use balance::Candidate;
+use group::Group;
 use instance::{Instance, Runtime};
 use metrics::Metrics;
 
@@ -49,13 +62,12 @@ type Body = BoxBody<Bytes, hyper::Error>;
 const READY_POLL: Duration = Duration::from_millis(2);
 /// How often idle instances are looked for.
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// How long after a failed start of an assigned instance the next is
+/// tried.
+const EXTRA_RETRY: Duration = Duration::from_secs(2);
 /// A waiting request gives up this long after the readiness deadline, so
 /// the start's own verdict (which names the reason) reaches it first.
 const WAIT_GRACE: Duration = Duration::from_secs(1);
-
-/// Reads the group's apps (the CLI asks the control group).
-pub type Fetch =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Vec<App>>> + Send>> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -65,6 +77,16 @@ pub struct Settings {
     pub queue: usize,
     /// How often the configuration is read again.
     pub refresh: Duration,
+    /// This host's name in the instance registry.
+    pub host: String,
+    /// The address other hosts' proxies reach this host's instances at.
+    pub advertise: IpAddr,
+    /// How often this host's instances are reported while it runs any
+    /// (and at once on every change).
+    pub report_every: Duration,
+    /// Requests in flight on one instance that count as 100% of its
+    /// share (the in-flight half of the scaling threshold).
+    pub target_in_flight: usize,
 }
 
 /// A started instance, the configuration generation (`App::updated`) it
@@ -73,10 +95,27 @@ pub struct Settings {
 struct Slot {
     instance: Box<dyn Instance>,
     generation: u64,
+    /// The volume version it runs.
+    version: u64,
     users: Arc<()>,
+    /// The last CPU sample (when, usage in µs) and the use it gave, in
+    /// percent of its quota.
+    cpu_sample: Option<(Instant, u64)>,
+    cpu_percent: u32,
 }
 
 impl Slot {
+    fn new(instance: Box<dyn Instance>, app: &App) -> Self {
+        Self {
+            instance,
+            generation: app.updated,
+            version: app.spec.version,
+            users: Arc::new(()),
+            cpu_sample: None,
+            cpu_percent: 0,
+        }
+    }
+
     fn in_flight(&self) -> usize {
         Arc::strong_count(&self.users) - 1
     }
@@ -93,6 +132,14 @@ struct Run {
     replace_failed: Option<u64>,
     /// Replaced instances, stopped once nothing is in flight on them.
     draining: Vec<Slot>,
+    /// Instances beyond the first, started for this host's assignments
+    /// (scale-out); they take requests beside `instance`.
+    extra: Vec<Slot>,
+    /// Extra instances being started.
+    extra_starting: usize,
+    /// When an extra instance last failed to start: the next try waits
+    /// [`EXTRA_RETRY`].
+    extra_failed: Option<Instant>,
     waiting: usize,
     last_request: Instant,
     /// Numbers the starts; a waiter knows whether a failure is its start's.
@@ -119,9 +166,16 @@ impl AppRun {
 
 pub struct Proxy {
     settings: Settings,
-    fetch: Fetch,
+    group: Arc<dyn Group>,
     /// The apps, and when the read that gave them started.
     apps: Mutex<(BTreeMap<String, App>, Option<Instant>)>,
+    /// The instance registry and assignments, as last read.
+    fleet: Mutex<Fleet>,
+    /// Holds on other hosts' instances while requests are forwarded to
+    /// them (their in-flight counts).
+    remote_users: Mutex<HashMap<SocketAddr, Arc<()>>>,
+    /// Woken on every change of this host's instances: reported at once.
+    changed: Arc<tokio::sync::Notify>,
     /// Held while reading the apps: reads caused by unknown hosts
     /// coalesce.
     reading: tokio::sync::Mutex<()>,
@@ -135,7 +189,7 @@ pub struct Proxy {
 struct Refusal(StatusCode, String);
 
 impl Proxy {
-    pub fn new(settings: Settings, fetch: Fetch, runtime: Arc<dyn Runtime>) -> Arc<Self> {
+    pub fn new(settings: Settings, group: Arc<dyn Group>, runtime: Arc<dyn Runtime>) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -143,8 +197,11 @@ impl Proxy {
             .build(connector);
         Arc::new(Self {
             settings,
-            fetch,
+            group,
             apps: Mutex::new((BTreeMap::new(), None)),
+            fleet: Mutex::new(Fleet::default()),
+            remote_users: Mutex::new(HashMap::new()),
+            changed: Arc::new(tokio::sync::Notify::new()),
             reading: tokio::sync::Mutex::new(()),
             runs: Mutex::new(HashMap::new()),
             runtime,
@@ -159,6 +216,8 @@ impl Proxy {
         self.refresh().await;
         tokio::spawn(Self::refresh_loop(Arc::downgrade(&self)));
         tokio::spawn(Self::idle_loop(Arc::downgrade(&self)));
+        tokio::spawn(Self::report_loop(Arc::downgrade(&self)));
+        tokio::spawn(Self::scale_loop(Arc::downgrade(&self)));
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
@@ -197,10 +256,11 @@ impl Proxy {
             .collect();
         for r in runs {
             let mut run = r.lock();
+            let run = &mut *run;
             if let Some(mut slot) = run.instance.take() {
                 slot.instance.stop();
             }
-            for mut slot in run.draining.drain(..) {
+            for mut slot in run.draining.drain(..).chain(run.extra.drain(..)) {
                 slot.instance.stop();
             }
         }
@@ -214,9 +274,14 @@ impl Proxy {
 
     async fn read_apps(&self) {
         let started = Instant::now();
-        match (self.fetch)().await {
-            Ok(apps) => {
-                let map = apps.into_iter().map(|a| (a.spec.name.clone(), a)).collect();
+        match self.group.view().await {
+            Ok(view) => {
+                let map = view
+                    .apps
+                    .into_iter()
+                    .map(|a| (a.spec.name.clone(), a))
+                    .collect();
+                *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = view.fleet;
                 let mut g = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
                 *g = (map, Some(started));
             }
@@ -236,7 +301,9 @@ impl Proxy {
     }
 
     /// Stops instances idle past their app's timeout (never below its
-    /// `min`, which this host keeps at one while `min` > 0).
+    /// `min`, which this host keeps at one while `min` > 0, nor below this
+    /// host's assignment), forgets instances that died, and starts the
+    /// instances this host is assigned.
     async fn idle_loop(me: std::sync::Weak<Self>) {
         loop {
             tokio::time::sleep(IDLE_TICK).await;
@@ -254,24 +321,46 @@ impl Proxy {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            let mut changed = false;
             for (name, r) in runs {
                 // A removed app's instance goes as soon as it is idle.
                 let (idle, min) = apps.get(&name).map_or((Duration::ZERO, 0), |a| {
                     (Duration::from_millis(a.spec.idle_ms), a.spec.min)
                 });
+                let assigned = p.assigned_here(&name);
                 let mut run = r.lock();
+                if forget_dead(&name, &mut run) {
+                    changed = true;
+                    r.bump();
+                }
                 run.draining.retain_mut(|slot| {
                     if slot.in_flight() > 0 {
                         return true;
                     }
                     slot.instance.stop();
                     tracing::info!(app = %name, "replaced instance stopped");
+                    changed = true;
                     false
                 });
+                let idle_for = run.last_request.elapsed() >= idle;
+                // Extra instances beyond the assignment (and `min`'s one)
+                // stop when idle.
+                let floor = usize::try_from(assigned.max(u32::from(min > 0))).unwrap_or(usize::MAX);
+                while idle_for
+                    && run.extra.len() + usize::from(run.instance.is_some()) > floor
+                    && run.extra.last().is_some_and(|s| s.in_flight() == 0)
+                {
+                    if let Some(mut slot) = run.extra.pop() {
+                        slot.instance.stop();
+                        tracing::info!(app = %name, "idle extra instance stopped");
+                        changed = true;
+                    }
+                }
                 let idle_now = run.phase == Phase::Ready
                     && run.instance.as_ref().is_some_and(|s| s.in_flight() == 0)
                     && min == 0
-                    && run.last_request.elapsed() >= idle;
+                    && assigned == 0
+                    && idle_for;
                 if idle_now {
                     if let Some(mut slot) = run.instance.take() {
                         slot.instance.stop();
@@ -281,7 +370,12 @@ impl Proxy {
                     r.bump();
                     p.metrics.idle_stop(&name);
                     tracing::info!(app = %name, "idle instance stopped");
+                    changed = true;
                 }
+            }
+            p.follow_assignments(&apps);
+            if changed {
+                p.changed.notify_one();
             }
         }
     }
@@ -361,6 +455,9 @@ impl Proxy {
                         replacing: false,
                         replace_failed: None,
                         draining: Vec::new(),
+                        extra: Vec::new(),
+                        extra_starting: 0,
+                        extra_failed: None,
                         waiting: 0,
                         last_request: Instant::now(),
                         start_seq: 0,
@@ -442,6 +539,13 @@ impl Proxy {
                 {
                     break Err(Refusal(*code, why.clone()));
                 }
+                // Several instances (extras here, others' on other hosts):
+                // the least busy takes it; the first instance goes the
+                // usual way below (which also replaces it on a deploy).
+                let remote = self.remote_holds(app);
+                if let Some(hold) = choose(app, &mut run, remote) {
+                    break Ok(hold);
+                }
                 let waiting = run.waiting - usize::from(queued);
                 match admission::admit(&run.phase, waiting, self.settings.queue) {
                     Admit::Forward => {
@@ -507,7 +611,34 @@ impl Proxy {
             let mut run = r.lock();
             run.waiting = run.waiting.saturating_sub(1);
         }
+        if result.is_ok() {
+            r.lock().last_request = Instant::now();
+        }
         result
+    }
+
+    /// Holds on the ready instances of `app` on other hosts (from the
+    /// registry) that run its version.
+    fn remote_holds(&self, app: &App) -> Vec<(SocketAddr, Arc<()>)> {
+        let addrs: Vec<SocketAddr> = {
+            let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
+            fleet
+                .remote_ready(&app.spec.name, &self.settings.host)
+                .filter(|(_, i)| i.version == app.spec.version)
+                .filter_map(|(_, i)| i.addr.parse().ok())
+                .collect()
+        };
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        let mut users = self
+            .remote_users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        addrs
+            .into_iter()
+            .map(|a| (a, users.entry(a).or_default().clone()))
+            .collect()
     }
 
     /// Starts an instance and watches it until its port accepts (Ready),
@@ -528,11 +659,7 @@ impl Proxy {
             match outcome {
                 Ok(instance) => {
                     tracing::info!(app = %name, addr = %instance.addr(), "instance ready");
-                    run.instance = Some(Slot {
-                        instance,
-                        generation: app.updated,
-                        users: Arc::new(()),
-                    });
+                    run.instance = Some(Slot::new(instance, &app));
                     run.replace_failed = None;
                     run.phase = Phase::Ready;
                     run.last_request = Instant::now();
@@ -545,6 +672,7 @@ impl Proxy {
             }
             drop(run);
             r.bump();
+            self.changed.notify_one();
         });
     }
 
@@ -569,11 +697,7 @@ impl Proxy {
             match outcome {
                 Ok(instance) if run.phase == Phase::Ready => {
                     tracing::info!(app = %name, generation = app.updated, "instance replaced");
-                    let new = Slot {
-                        instance,
-                        generation: app.updated,
-                        users: Arc::new(()),
-                    };
+                    let new = Slot::new(instance, &app);
                     if let Some(old) = run.instance.replace(new) {
                         run.draining.push(old);
                     }
@@ -588,6 +712,7 @@ impl Proxy {
             }
             drop(run);
             r.bump();
+            self.changed.notify_one();
         });
     }
 
@@ -601,7 +726,7 @@ impl Proxy {
                 let run = v.lock();
                 (
                     k.clone(),
-                    usize::from(run.instance.is_some()) + run.draining.len(),
+                    usize::from(run.instance.is_some()) + run.draining.len() + run.extra.len(),
                 )
             })
             .collect();
@@ -646,4 +771,74 @@ fn text(code: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *r.status_mut() = code;
     r
+}
+
+/// The least busy of the app's instances when it has more than the first
+/// (extras here, or ready ones on other hosts); `None` leaves the request
+/// to the first instance's admission (start, wait, forward).
+fn choose(
+    app: &App,
+    run: &mut Run,
+    remote: Vec<(SocketAddr, Arc<()>)>,
+) -> Option<(SocketAddr, Arc<()>)> {
+    if run.extra.is_empty() && remote.is_empty() {
+        return None;
+    }
+    let first = run.instance.as_ref().filter(|_| run.phase == Phase::Ready);
+    let mut holds: Vec<(SocketAddr, Arc<()>)> = Vec::new();
+    let mut cands: Vec<Candidate> = Vec::new();
+    if let Some(s) = first {
+        holds.push((s.instance.addr(), s.users.clone()));
+        cands.push(Candidate {
+            in_flight: s.in_flight(),
+            local: true,
+        });
+    }
+    for s in run.extra.iter().filter(|s| s.generation >= app.updated) {
+        holds.push((s.instance.addr(), s.users.clone()));
+        cands.push(Candidate {
+            in_flight: s.in_flight(),
+            local: true,
+        });
+    }
+    for (addr, users) in remote {
+        cands.push(Candidate {
+            in_flight: Arc::strong_count(&users) - 1,
+            local: false,
+        });
+        holds.push((addr, users));
+    }
+    let i = balance::pick(&cands)?;
+    // The first instance keeps its own path (deploy replacement).
+    if first.is_some() && i == 0 {
+        return None;
+    }
+    holds.into_iter().nth(i)
+}
+
+/// Forgets the app's instances that exited (killed by hand, crashed);
+/// whether any did.
+fn forget_dead(name: &str, run: &mut Run) -> bool {
+    let mut gone = false;
+    if let Some(slot) = run.instance.as_mut()
+        && let Some(why) = slot.instance.exited()
+    {
+        tracing::warn!(app = %name, "instance exited: {why}");
+        run.instance = None;
+        if run.phase == Phase::Ready {
+            run.phase = Phase::Stopped;
+        }
+        gone = true;
+    }
+    for list in [&mut run.extra, &mut run.draining] {
+        list.retain_mut(|slot| match slot.instance.exited() {
+            Some(why) => {
+                tracing::warn!(app = %name, "instance exited: {why}");
+                gone = true;
+                false
+            }
+            None => true,
+        });
+    }
+    gone
 }

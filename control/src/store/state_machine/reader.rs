@@ -100,6 +100,16 @@ impl StateReader {
         self.read().apps.clone()
     }
 
+    /// FastContainer's apps and fleet, as of one applied index.
+    pub fn app_view(&self) -> crate::apps::fleet::AppView {
+        let s = self.read();
+        crate::apps::fleet::AppView {
+            apps: s.apps.values().cloned().collect(),
+            fleet: s.fleet.clone(),
+            applied: s.last_applied.map_or(0, |l| l.index),
+        }
+    }
+
     /// Client requests applied with effect (retries excluded).
     pub fn applied_requests(&self) -> u64 {
         self.read().applied_requests

@@ -1,0 +1,592 @@
+//! FastContainer end to end, the cluster side: `elton proxy` on three
+//! hosts of a control group. Proxies read the apps and the instance
+//! registry without the Raft log, report their instances, balance across
+//! every host's ready instances, scale out (through the group, which
+//! places the instance and holds the cooldown) and up (the instance's CPU
+//! quota), and the leader's reconciler restores the desired state after
+//! instances, proxies or whole hosts are killed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::group::Group;
+use common::{KillOnDrop, MountGuard, TOKEN, bin, free_port, raw_http, wait_until};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const SERVE: &str = "exec busybox httpd -f -v -p 127.0.0.1:$PORT -h .";
+
+/// One host's proxy, killed on drop, then its instances, then its mounts.
+struct ProxyProc {
+    child: KillOnDrop,
+    _instances: Instances,
+    _mounts: Vec<MountGuard>,
+    host: String,
+    slave: usize,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// Kills the processes working under a proxy's directory on drop.
+struct Instances(PathBuf);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        kill_all_under(&self.0);
+    }
+}
+
+impl ProxyProc {
+    fn start(g: &Group, slave: usize) -> Self {
+        let port = free_port();
+        let host = format!("h{slave}");
+        let dir = g.dir.path().join(format!("proxy-{host}"));
+        Self {
+            child: Self::spawn(g, slave, &host, port, &dir),
+            _instances: Instances(dir.clone()),
+            _mounts: vec![MountGuard(dir.join("mounts/site@1"))],
+            host,
+            slave,
+            port,
+            dir,
+        }
+    }
+
+    fn spawn(g: &Group, slave: usize, host: &str, port: u16, dir: &Path) -> KillOnDrop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(g.dir.path().join(format!("proxy-{host}.log")))
+            .expect("proxy log");
+        let child = Command::new(bin())
+            .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(dir)
+            .args(["--host", host])
+            .args(["--refresh", "300ms", "--report-every", "500ms"])
+            .args(["--ready-timeout", "5s", "--target-in-flight", "1"])
+            // A follower: it forwards to whichever master leads, so the
+            // leader can be killed under the proxies.
+            .env("ELTON_MASTER", g.master_url(2))
+            .env("ELTON_SLAVE", g.slaves[slave - 1].url())
+            .env(
+                "ELTON_SLAVE_DATA",
+                g.dir.path().join(format!("slave{slave}")),
+            )
+            .env("ELTON_TOKEN", TOKEN)
+            .env("ELTON_CA", g.ca())
+            .env("ELTON_HOME", g.dir.path().join("home"))
+            .env("ELTON_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting elton proxy");
+        let child = KillOnDrop(child);
+        wait_until("the proxy listens", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        child
+    }
+
+    /// SIGKILL: its instances and mounts stay behind.
+    fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    fn restart(&mut self, g: &Group) {
+        self.child = Self::spawn(g, self.slave, &self.host, self.port, &self.dir);
+    }
+
+    fn get(&self, host: &str, path: &str) -> (u16, String) {
+        raw_http(
+            self.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    }
+
+    /// Requests each of this host's instances of `app` answered (from
+    /// busybox's `-v` log, one `response:` line per request).
+    fn served(&self, app: &str) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{app}-"))
+            })
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .matches("response:")
+                    .count()
+            })
+            .sum()
+    }
+}
+
+fn kill_all_under(dir: &Path) {
+    for pid in instances_under(dir) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
+/// Processes whose working directory is under `dir`: the apps' instances.
+fn instances_under(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn create(g: &Group, name: &str, extra: &[&str]) {
+    let host = format!("{name}.test");
+    let mut args = vec![
+        "app",
+        "create",
+        name,
+        "--host-name",
+        &host,
+        "--volume",
+        "site",
+        "--cmd",
+        SERVE,
+    ];
+    args.extend_from_slice(extra);
+    g.ok(1, &args);
+}
+
+/// The master the test's CLI calls go to (2 once the first is killed).
+static VIA: AtomicUsize = AtomicUsize::new(1);
+
+/// `elton app show NAME --json`.
+fn show(g: &Group, name: &str) -> serde_json::Value {
+    let out = g.ok(
+        VIA.load(Ordering::Relaxed),
+        &["app", "show", name, "--json"],
+    );
+    serde_json::from_str(out.trim()).expect("app show --json")
+}
+
+/// The app's registered instances that serve (starting or ready).
+fn serving(g: &Group, name: &str) -> Vec<serde_json::Value> {
+    show(g, name)["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i["state"] == "ready" || i["state"] == "starting")
+        .collect()
+}
+
+fn applied_requests(g: &Group) -> u64 {
+    let s = g.status(1).expect("status");
+    Group::member(&s, "m1")["applied_requests"]
+        .as_u64()
+        .expect("applied_requests")
+}
+
+/// Clients sending requests for `host` to the proxies at `ports` (round
+/// robin) until stopped; counts answers by status.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(ports: &[u16], host: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let ports = ports.to_vec();
+                let req = format!(
+                    "GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                );
+                std::thread::spawn(move || {
+                    let mut n = c;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (code, _) = raw_http(ports[n % ports.len()], &req);
+                        n += 1;
+                        if code == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the clients: (answered 200, failed).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[test]
+fn fastcontainer_cluster() {
+    let mut g = Group::new(3, 3, &[]);
+    g.converged(1, CONVERGE);
+    g.import(&[("index.html", "hello from site v1\n")], "site");
+    let mut proxies: Vec<ProxyProc> = (1..=3).map(|i| ProxyProc::start(&g, i)).collect();
+    phase1_idle_proxies_append_nothing_to_the_log(&g, &proxies);
+    phase2_instances_are_registered_and_shown(&g, &proxies);
+    phase3_scale_out_under_load_spreads_requests_and_cools_down(&g, &proxies);
+    phase4_scale_up_raises_the_quota(&g, &proxies);
+    phase5_an_instance_killed_by_hand_is_replaced(&g, &proxies);
+    phase6_a_restarted_proxy_picks_its_assignments_up(&g, &mut proxies);
+    let gone = phase7_a_silent_hosts_instances_are_rescheduled(&g, &mut proxies);
+    phase8_the_leader_killed_during_scaling(&mut g, &proxies, &gone);
+}
+
+fn phase1_idle_proxies_append_nothing_to_the_log(g: &Group, proxies: &[ProxyProc]) {
+    create(g, "web", &["--idle", "30s"]);
+    // Each proxy reports once when it starts (its host joins the
+    // registry); then, idle, only reads.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = applied_requests(g);
+    // Ten reads per proxy at --refresh 300ms.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = applied_requests(g);
+    assert_eq!(
+        before,
+        after,
+        "idle proxies appended {} requests in 3 s",
+        after - before
+    );
+    // The new app is known to every proxy without a log read.
+    let (code, body) = proxies[0].get("nosuch.test", "/");
+    assert_eq!(code, 404, "{body}");
+}
+
+fn phase2_instances_are_registered_and_shown(g: &Group, proxies: &[ProxyProc]) {
+    let (code, body) = proxies[0].get("web.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    wait_until("the instance registered", CONVERGE, || {
+        serving(g, "web").len() == 1
+    });
+    let inst = serving(g, "web").remove(0);
+    assert_eq!(inst["host"], "h1", "{inst}");
+    assert_eq!(inst["version"], 1, "{inst}");
+    let pid: u32 = inst["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a pid as id");
+    assert!(instances_under(&proxies[0].dir).contains(&pid), "{inst}");
+    assert!(
+        inst["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    let text = g.ok(1, &["app", "show", "web"]);
+    assert!(text.contains("h1") && text.contains("ready"), "{text}");
+    // The other hosts forward to it rather than starting their own (once
+    // their next read shows it).
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, body) = proxies[1].get("web.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    assert!(instances_under(&proxies[1].dir).is_empty());
+}
+
+fn phase3_scale_out_under_load_spreads_requests_and_cools_down(g: &Group, proxies: &[ProxyProc]) {
+    create(
+        g,
+        "busy",
+        &["--max", "3", "--scale-at", "10%", "--cooldown", "60s"],
+    );
+    let load = Load::start(&[proxies[0].port], "busy.test", 8);
+    wait_until("a second instance on another host", CONVERGE, || {
+        serving(g, "busy").len() == 2
+    });
+    let shown = show(g, "busy");
+    let hosts: Vec<&str> = shown["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["host"].as_str())
+        .collect();
+    assert!(hosts.contains(&"h1") && hosts.len() == 2, "{shown}");
+    assert_eq!(
+        shown["assigned"].as_object().map(|o| o.len()),
+        Some(1),
+        "{shown}"
+    );
+    let other = proxies
+        .iter()
+        .find(|p| hosts.contains(&p.host.as_str()) && p.host != "h1")
+        .expect("the second host");
+    let decided = shown["last_decision_ms"].as_u64().expect("a decision time");
+    // Both serve: the first host forwards to the second's instance.
+    let remote_before = other.served("busy");
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, failed) = load.finish();
+    assert!(
+        other.served("busy") > remote_before,
+        "the second instance took no requests"
+    );
+    assert!(proxies[0].served("busy") > 0);
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    // Cooldown: still hot, still two, and no newer decision.
+    let shown = show(g, "busy");
+    assert_eq!(shown["last_decision_ms"].as_u64(), Some(decided), "{shown}");
+    assert_eq!(serving(g, "busy").len(), 2, "{shown}");
+    g.ok(1, &["app", "rm", "busy"]);
+}
+
+fn phase4_scale_up_raises_the_quota(g: &Group, proxies: &[ProxyProc]) {
+    create(
+        g,
+        "up",
+        &[
+            "--max",
+            "1",
+            "--cpu",
+            "10%",
+            "--scale-at",
+            "10%",
+            "--cooldown",
+            "2s",
+        ],
+    );
+    let load = Load::start(&[proxies[0].port], "up.test", 8);
+    wait_until("the quota raised", CONVERGE, || {
+        serving(g, "up")
+            .first()
+            .and_then(|i| i["quota_percent"].as_u64())
+            .is_some_and(|q| q > 10)
+    });
+    let (_, failed) = load.finish();
+    assert_eq!(failed, 0);
+    let inst = serving(g, "up").remove(0);
+    let quota = inst["quota_percent"].as_u64().expect("quota");
+    assert!([20, 40].contains(&quota), "doubling from 10%: {inst}");
+    // Read back from the cgroup itself.
+    let pid: u32 = inst["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a pid");
+    let us: u64 = std::fs::read_to_string(cgroup_dir(pid, "cpu").join("cpu.cfs_quota_us"))
+        .expect("quota file")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(us >= 20_000, "cfs quota {us} µs");
+    g.ok(1, &["app", "rm", "up"]);
+}
+
+fn phase5_an_instance_killed_by_hand_is_replaced(g: &Group, proxies: &[ProxyProc]) {
+    create(g, "keep", &["--min", "1"]);
+    // The reconciler places it with no request.
+    wait_until("the min instance placed and running", CONVERGE, || {
+        serving(g, "keep").len() == 1
+    });
+    let inst = serving(g, "keep").remove(0);
+    let pid = inst["id"].as_str().expect("id").to_string();
+    let _ = Command::new("kill").args(["-9", &pid]).status();
+    wait_until("a replacement registered", CONVERGE, || {
+        serving(g, "keep")
+            .first()
+            .is_some_and(|i| i["id"].as_str() != Some(pid.as_str()))
+    });
+    // Every proxy reaches it once its next read shows it (none starts
+    // its own).
+    std::thread::sleep(Duration::from_secs(1));
+    for p in proxies {
+        let (code, body) = p.get("keep.test", "/index.html");
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!(serving(g, "keep").len(), 1);
+}
+
+/// The host assigned app `keep`'s instance, and that instance's id.
+fn assigned_keep(g: &Group) -> (String, String) {
+    let shown = show(g, "keep");
+    let host = shown["assigned"]
+        .as_object()
+        .and_then(|o| o.keys().next().cloned())
+        .expect("an assignment");
+    let id = serving(g, "keep")
+        .into_iter()
+        .find(|i| i["host"] == host.as_str())
+        .and_then(|i| i["id"].as_str().map(str::to_string))
+        .expect("its instance");
+    (host, id)
+}
+
+fn phase6_a_restarted_proxy_picks_its_assignments_up(g: &Group, proxies: &mut [ProxyProc]) {
+    let (host, old) = assigned_keep(g);
+    let p = proxies
+        .iter_mut()
+        .find(|p| p.host == host)
+        .expect("its proxy");
+    p.kill();
+    p.restart(g);
+    wait_until("the assignment running again", CONVERGE, || {
+        serving(g, "keep")
+            .iter()
+            .any(|i| i["host"] == host.as_str() && i["id"].as_str() != Some(old.as_str()))
+    });
+    assert!(!alive(&old), "the previous run's instance was reaped");
+}
+
+/// Returns the host that went silent.
+fn phase7_a_silent_hosts_instances_are_rescheduled(g: &Group, proxies: &mut [ProxyProc]) -> String {
+    let (host, _) = assigned_keep(g);
+    let p = proxies
+        .iter_mut()
+        .find(|p| p.host == host)
+        .expect("its proxy");
+    // The whole host goes: its proxy and its instances.
+    p.kill();
+    kill_all_under(&p.dir.clone());
+    let t0 = Instant::now();
+    let lost = || {
+        show(g, "keep")["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i["state"] == "lost" && i["host"] == host.as_str())
+            .count()
+    };
+    wait_until(
+        "marked lost and rescheduled on another host",
+        CONVERGE,
+        || {
+            lost() == 1
+                && serving(g, "keep")
+                    .iter()
+                    .any(|i| i["host"] != host.as_str())
+        },
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(5),
+        "lost before the host was silent long"
+    );
+    eprintln!("rescheduled after {:?}", t0.elapsed());
+    // Every live proxy routes to the new instance, none to the lost one.
+    for p in proxies.iter().filter(|p| p.host != host) {
+        let (code, body) = p.get("keep.test", "/index.html");
+        assert_eq!(code, 200, "{} answered {body}", p.host);
+    }
+    host
+}
+
+fn phase8_the_leader_killed_during_scaling(g: &mut Group, proxies: &[ProxyProc], gone: &str) {
+    assert_eq!(g.leader(2).as_deref(), Some("m1"));
+    // The slaves reach the masters through m1 only (the harness's
+    // `--master-url`), so a host mounting the volume for the first time
+    // after m1 is killed could not: every live host mounts it now, each
+    // through an app of its own that no other host runs.
+    for q in proxies.iter().filter(|q| q.host != gone) {
+        if common::is_elton_mount(&q.dir.join("mounts/site@1")) {
+            continue;
+        }
+        let name = format!("prime-{}", q.host);
+        create(g, &name, &[]);
+        let host = format!("{name}.test");
+        wait_until("the host mounted the volume", CONVERGE, || {
+            q.get(&host, "/index.html").0 == 200
+        });
+        g.ok(1, &["app", "rm", &name]);
+    }
+    create(
+        g,
+        "late",
+        &["--max", "3", "--scale-at", "10%", "--cooldown", "60s"],
+    );
+    let p = proxies
+        .iter()
+        .find(|p| p.host != gone)
+        .expect("a live proxy");
+    wait_until("the app served", CONVERGE, || {
+        p.get("late.test", "/index.html").0 == 200
+    });
+    // The leader goes just as the load that makes the app scale begins.
+    g.masters[0].kill9();
+    VIA.store(2, Ordering::Relaxed);
+    let load = Load::start(&[p.port], "late.test", 8);
+    wait_until("a new leader", CONVERGE, || {
+        g.leader(2).is_some_and(|l| l != "m1")
+    });
+    wait_until(
+        "the second instance despite the lost leader",
+        CONVERGE,
+        || serving(g, "late").len() == 2,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failed) = load.finish();
+    // The instances serve on while the group elects: nothing fails.
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert_eq!(
+        serving(g, "late").len(),
+        2,
+        "one decision within the cooldown"
+    );
+}
+
+/// Where process `pid`'s group of `controller` is (cgroup v1).
+fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _ = f.next();
+            let ctrls = f.next()?;
+            let path = f.next()?;
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .expect("controller mounted");
+    PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+}
+
+/// Whether process `pid` runs (a zombie, killed and waiting for a parent
+/// to reap it, does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s[s.rfind(')')? + 1..].trim_start().to_string();
+            rest.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
