@@ -1,8 +1,9 @@
-//! Instances of an app on this host, behind one trait so a Docker
-//! implementation can sit beside the process one. A process instance runs
-//! the app's command with `sh -c` in an Eltonfs mount of the app's volume
-//! at its version (one mount per volume version on this host, shared by
-//! every instance of it), with the port in its environment.
+//! Instances of an app on this host, behind one trait: a process instance
+//! (here) runs the app's command with `sh -c` in a read-only Eltonfs mount
+//! of the app's volume at its version (one mount per volume version on
+//! this host, shared by every instance of it), with the port in its
+//! environment; a Docker instance ([`super::docker`]) runs it in a
+//! container with the same mount as its working directory.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -119,6 +120,15 @@ impl ProcessRuntime {
         let state_dir = self.dir.join("mount-state").join(&spec);
         std::fs::create_dir_all(&mountpoint)
             .with_context(|| format!("creating {}", mountpoint.display()))?;
+        // A fresh state directory: an upper left by an older run (whose
+        // mounts were writable) must not show through the version.
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("clearing {}", state_dir.display()));
+            }
+        }
         let detached = Detached {
             spec: spec.clone(),
             mountpoint: mountpoint.clone(),
@@ -126,7 +136,11 @@ impl ProcessRuntime {
             slave_url: self.slave_url.clone(),
             slave_data: self.slave_data.clone(),
             token: self.token.clone(),
-            allow_other: false,
+            // Containers may run as any user (a root proxy can grant
+            // that; permissions still apply).
+            allow_other: rustix::process::geteuid().is_root(),
+            // Instances run exactly the committed tree: no write lands.
+            read_only: true,
             chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
             assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
         };
