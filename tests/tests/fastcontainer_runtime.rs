@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::busybox::{IMAGE, ensure_image};
 use common::group::Group;
 use common::{KillOnDrop, MountGuard, TOKEN, bin, free_port, raw_http, wait_until};
 
@@ -183,8 +184,20 @@ fn fastcontainer_runtime() {
     g.converged(1, CONVERGE);
     g.import(&[("index.html", "hello from site v1\n")], "site");
     create(&g, "web", "web.test", HTTPD, &["--idle", "2s"]);
-    let p = ProxyProc::start(&g);
+    let mut p = ProxyProc::start(&g);
     phase1_an_app_cannot_write_its_volume(&g, &p);
+    if !engine_answers() {
+        eprintln!(
+            "SKIPPED the Docker phases: no Docker engine answers (`docker info` failed); \
+             test.sh starts dockerd"
+        );
+        return;
+    }
+    ensure_image(g.dir.path());
+    phase2_the_app_as_a_container_answers_idle_stops_and_starts_again(&g, &p);
+    phase3_a_missing_image_and_a_container_that_exits_are_502_naming_why(&g, &p);
+    phase4_a_killed_proxy_removes_its_containers_on_restart(&g, &mut p);
+    phase5_a_proxy_stopped_with_sigterm_removes_its_containers(&p);
 }
 
 fn phase1_an_app_cannot_write_its_volume(g: &Group, p: &ProxyProc) {
@@ -212,9 +225,15 @@ fn phase1_an_app_cannot_write_its_volume(g: &Group, p: &ProxyProc) {
     // The same from outside the app: the shared mount is read-only.
     let mount = p.dir.join("mounts/site@1");
     let err = std::fs::write(mount.join("x.txt"), "x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::ROFS.raw_os_error()));
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
     let err = std::fs::remove_file(mount.join("index.html")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::ROFS.raw_os_error()));
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
     // It cannot be moved off its version either.
     let mount_arg = mount.to_str().unwrap();
     let err = g.fails(1, &["checkout", mount_arg, "1"]);
@@ -226,4 +245,148 @@ fn phase1_an_app_cannot_write_its_volume(g: &Group, p: &ProxyProc) {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("hello from site v1"), "{body}");
     g.ok(1, &["app", "rm", "scribble"]);
+}
+
+/// `docker inspect -f FORMAT ID`, trimmed.
+fn inspect(id: &str, format: &str) -> String {
+    let out = docker(&["inspect", "-f", format, id]).unwrap();
+    assert!(
+        out.status.success(),
+        "docker inspect {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn phase2_the_app_as_a_container_answers_idle_stops_and_starts_again(g: &Group, p: &ProxyProc) {
+    assert!(containers_of(&p.dir).is_empty());
+    create(
+        g,
+        "boxed",
+        "boxed.test",
+        HTTPD,
+        &[
+            "--image", IMAGE, "--idle", "2s", "--cpu", "50%", "--memory", "64M",
+        ],
+    );
+    let (code, body) = p.get("boxed.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello from site v1"), "{body}");
+    let ids = containers_of(&p.dir);
+    assert_eq!(ids.len(), 1, "one container: {ids:?}");
+    let id = &ids[0];
+    assert_eq!(inspect(id, "{{.State.Running}}"), "true");
+    assert_eq!(inspect(id, "{{.Config.WorkingDir}}"), "/app");
+    assert_eq!(
+        inspect(id, "{{index .Config.Labels \"elton.app\"}}"),
+        "boxed"
+    );
+    assert_eq!(inspect(id, "{{.HostConfig.NanoCpus}}"), "500000000");
+    assert_eq!(
+        inspect(id, "{{.HostConfig.Memory}}"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        inspect(id, "{{range .Mounts}}{{.Source}} {{.RW}}{{end}}"),
+        format!("{} false", p.dir.join("mounts/site@1").display())
+    );
+    // Read-only inside the container as well.
+    let out = docker(&["exec", id, "sh", "-c", "echo x > /app/new.txt"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    // Idle: stopped, and the container removed.
+    wait_until(
+        "the idle container stopped",
+        Duration::from_secs(15),
+        || p.metric("elton_proxy_idle_stops_total", "boxed") == 1,
+    );
+    wait_until("its container removed", Duration::from_secs(10), || {
+        containers_of(&p.dir).is_empty()
+    });
+    assert!(!docker(&["inspect", id]).unwrap().status.success());
+    // The next request starts a new one.
+    let (code, body) = p.get("boxed.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello from site v1"), "{body}");
+    assert_eq!(p.metric("elton_proxy_starts_total", "boxed"), 2);
+    let again = containers_of(&p.dir);
+    assert_eq!(again.len(), 1);
+    assert_ne!(&again[0], id);
+}
+
+fn phase3_a_missing_image_and_a_container_that_exits_are_502_naming_why(g: &Group, p: &ProxyProc) {
+    create(
+        g,
+        "ghost",
+        "ghost.test",
+        HTTPD,
+        &["--image", "elton-e2e-no-such-image:7"],
+    );
+    let (code, body) = p.get("ghost.test", "/");
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("image \"elton-e2e-no-such-image:7\" is not on this host's Docker engine"),
+        "{body}"
+    );
+    create(
+        g,
+        "boom",
+        "boom.test",
+        "echo 'boom in a box' >&2; exit 4",
+        &["--image", IMAGE],
+    );
+    let (code, body) = p.get("boom.test", "/");
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("exit code 4"), "{body}");
+    assert!(body.contains("boom in a box"), "{body}");
+    // The exited container is removed; only the serving one is left.
+    wait_until(
+        "the exited container removed",
+        Duration::from_secs(10),
+        || containers_of(&p.dir).len() == 1,
+    );
+    g.ok(1, &["app", "rm", "ghost"]);
+    g.ok(1, &["app", "rm", "boom"]);
+}
+
+fn phase4_a_killed_proxy_removes_its_containers_on_restart(g: &Group, p: &mut ProxyProc) {
+    let (code, body) = p.get("boxed.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    let before = containers_of(&p.dir);
+    assert_eq!(before.len(), 1, "the boxed app runs");
+    p.kill_and_restart(g);
+    // Removed before the new run serves.
+    let now = containers_of(&p.dir);
+    assert!(
+        before.iter().all(|id| !now.contains(id)),
+        "old containers {before:?} still there: {now:?}"
+    );
+    let (code, body) = p.get("boxed.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(containers_of(&p.dir).len(), 1);
+}
+
+fn phase5_a_proxy_stopped_with_sigterm_removes_its_containers(p: &ProxyProc) {
+    let (code, body) = p.get("boxed.test", "/index.html");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(containers_of(&p.dir).len(), 1);
+    let pid = p.child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until("the proxy exited", Duration::from_secs(20), || {
+        !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(
+        containers_of(&p.dir).is_empty(),
+        "{:?}",
+        containers_of(&p.dir)
+    );
 }

@@ -5,7 +5,9 @@
 //! and forwards them through a pooled client. Idle instances stop.
 //!
 //! - [`admission`] (pure): forward, start, wait or turn away.
-//! - [`instance`]: the [`instance::Runtime`] trait and the process runtime.
+//! - [`instance`]: the [`instance::Runtime`] trait and the process runtime;
+//!   [`docker`] the Docker one, [`by_image`] picks per app, [`mounts`]
+//!   the read-only mounts both run apps from.
 //! - [`metrics`]: per-app counters for `/metrics`.
 //!
 //! Errors become HTTP answers here only: 404 unknown host, 503 (with
@@ -14,8 +16,11 @@
 //! reason from its output) or that cannot be reached.
 
 pub mod admission;
+pub mod by_image;
+pub mod docker;
 pub mod instance;
 pub mod metrics;
+pub mod mounts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
