@@ -120,7 +120,10 @@ fn run(a: Args) -> Result<()> {
         .collect();
     let mut samples: Vec<Sample> = Vec::new();
     for t in threads {
-        samples.extend(t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))?);
+        samples.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))?,
+        );
     }
     let wall = start.elapsed();
     samples.sort_by_key(|s| s.n);
