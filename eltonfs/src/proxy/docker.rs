@@ -123,9 +123,11 @@ async fn remove(docker: &Docker, id: &str) {
     let options = RemoveContainerOptionsBuilder::new().force(true).build();
     match docker.remove_container(id, Some(options)).await {
         Ok(()) => tracing::debug!(container = id, "removed"),
-        // Gone already (removed by hand, or twice): nothing to do.
+        // Gone already (removed by hand, or twice), or being removed
+        // (by a stop's task): nothing to do.
         Err(EngineError::DockerResponseServerError {
-            status_code: 404, ..
+            status_code: 404 | 409,
+            ..
         }) => {}
         Err(e) => tracing::warn!(container = id, "removing the container: {e}"),
     }
@@ -271,7 +273,15 @@ impl Runtime for DockerRuntime {
     fn shutdown(&self) {
         let label = self.label.clone();
         run_aside(move |docker| async move {
-            remove_labelled(&docker, &label).await;
+            // Until none is listed: a removal a stop started may still
+            // be under way, and the process is about to end.
+            for _ in 0..100 {
+                if remove_labelled(&docker, &label).await == 0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            tracing::warn!("containers labelled {LABEL_DIR}={label} are still there");
         });
     }
 }
