@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::busybox::{IMAGE, ensure_image};
 use common::*;
 
-const IMAGE: &str = "elton-e2e-busybox:1";
 const SOCKET_DIR: &str = "/run/docker/plugins";
 
 fn docker(args: &[&str]) -> Output {
@@ -51,38 +51,6 @@ fn docker_fails(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "docker {args:?}: {n:?} not in {err:?}");
     }
-}
-
-/// A tiny image from Debian's busybox-static: /bin/busybox plus the applets
-/// the test uses.
-fn ensure_image(dir: &Path) {
-    if docker(&["image", "inspect", IMAGE]).status.success() {
-        return;
-    }
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("data")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox (test.sh installs busybox-static)");
-    for applet in ["sh", "cat", "echo", "sleep", "ls", "true"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    let tar = dir.join("rootfs.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success(), "tar of the busybox rootfs");
-    let out = docker(&["import", tar.to_str().unwrap(), IMAGE]);
-    assert!(
-        out.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `elton docker-plugin` as a real process, serving Docker on its socket.

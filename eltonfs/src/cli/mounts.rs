@@ -37,6 +37,10 @@ pub struct MountArgs {
     /// Let other users access the mount (permissions still apply).
     #[arg(long)]
     pub allow_other: bool,
+    /// Mount read-only: writes get EROFS, and commit, checkout and update
+    /// are refused (FastContainer's app mounts).
+    #[arg(long)]
+    pub read_only: bool,
     /// Commits store files larger than this many bytes as content-defined
     /// chunks plus a recipe.
     #[arg(long, env = "ELTON_CHUNK_THRESHOLD", hide_env_values = true, default_value_t = crate::chunking::DEFAULT_THRESHOLD)]
@@ -139,6 +143,7 @@ fn mount_in(
             slave_data,
             token: ep.token_opt()?,
             allow_other: a.allow_other,
+            read_only: a.read_only,
             chunk_threshold: a.chunk_threshold,
             assembled_max_bytes: a.assembled_max_bytes,
         });
@@ -151,6 +156,7 @@ fn mount_in(
         slave_data,
         token: ep.token_opt()?,
         allow_other: a.allow_other,
+        read_only: a.read_only,
         chunk_threshold: a.chunk_threshold,
         assembled_max_bytes: a.assembled_max_bytes,
     }

@@ -17,8 +17,11 @@ use super::Endpoints;
 use super::client::status;
 use super::control::{app_view, client, default_client_id};
 use super::default_data_dir;
+use crate::proxy::by_image::ByImage;
+use crate::proxy::docker::DockerRuntime;
 use crate::proxy::group::{Group, GroupFuture};
 use crate::proxy::instance::ProcessRuntime;
+use crate::proxy::mounts::Mounts;
 use crate::proxy::{Proxy, Settings};
 
 #[derive(Args, Debug)]
@@ -73,13 +76,15 @@ pub async fn proxy(ep: &Endpoints, a: ProxyArgs) -> Result<()> {
     let slave_data = a
         .slave_data
         .unwrap_or_else(|| default_data_dir().join("slave"));
-    let runtime = Arc::new(ProcessRuntime::new(
-        &dir,
-        &ep.slave,
-        &slave_data,
-        ep.token().ok(),
-    ));
-    runtime.reap();
+    let mounts = Arc::new(Mounts::new(&dir, &ep.slave, &slave_data, ep.token().ok()));
+    let runtime = Arc::new(ByImage {
+        process: Arc::new(ProcessRuntime::new(&dir, mounts.clone())),
+        docker: Arc::new(DockerRuntime::new(&dir, mounts)),
+    });
+    // What a killed run left: containers first (they hold bind mounts),
+    // then processes and mounts.
+    runtime.docker.reap().await;
+    runtime.process.reap();
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;

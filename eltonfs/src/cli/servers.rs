@@ -589,6 +589,7 @@ async fn mount_default(
         slave_data,
         token: endpoints.token.clone(),
         allow_other: false,
+        read_only: false,
         chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
         assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
     };

@@ -120,6 +120,7 @@ impl Plugin {
             token: self.config.token.clone(),
             // Containers run as any user; permissions still apply.
             allow_other: true,
+            read_only: false,
             chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
             assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
         }

@@ -20,6 +20,8 @@ pub struct Detached {
     pub slave_data: PathBuf,
     pub token: Option<String>,
     pub allow_other: bool,
+    /// Passed on as `--read-only`.
+    pub read_only: bool,
     /// Passed on as `--chunk-threshold`.
     pub chunk_threshold: u64,
     /// Passed on as `--assembled-max-bytes`.
@@ -67,6 +69,9 @@ impl Detached {
             .stderr(log);
         if self.allow_other {
             cmd.arg("--allow-other");
+        }
+        if self.read_only {
+            cmd.arg("--read-only");
         }
         match &self.token {
             Some(t) => cmd.env("ELTON_TOKEN", t),

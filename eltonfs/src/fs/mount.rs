@@ -81,6 +81,10 @@ pub struct MountOptions {
     pub slave_data: PathBuf,
     pub token: Option<String>,
     pub allow_other: bool,
+    /// Mounted `ro`: the kernel answers EROFS to every write, and the
+    /// control socket refuses commit, checkout and update, so the mount
+    /// shows exactly its version for as long as it lives.
+    pub read_only: bool,
     /// Files larger than this are committed as chunks plus a recipe.
     pub chunk_threshold: u64,
     /// Bound of `<state>/assembled/` (see [`super::chunked::Assembled`]).
@@ -347,6 +351,9 @@ pub fn run(opts: MountOptions) -> Result<()> {
         MountOption::Subtype("elton".into()),
         MountOption::DefaultPermissions,
     ];
+    if opts.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
@@ -515,6 +522,21 @@ fn execute(
         version: Some(record.version),
         ..Default::default()
     };
+    if m.opts.read_only
+        && matches!(
+            req,
+            ControlRequest::Commit { .. }
+                | ControlRequest::Checkout { .. }
+                | ControlRequest::Update
+        )
+    {
+        bail!(
+            "the mount at {} is read-only (it shows {}@{} only); nothing was changed",
+            m.opts.mountpoint.display(),
+            record.volume,
+            record.version
+        );
+    }
     match req {
         ControlRequest::Info => Ok(base),
         ControlRequest::Status => {

@@ -1,10 +1,10 @@
-//! Instances of an app on this host, behind one trait so a Docker
-//! implementation can sit beside the process one. A process instance runs
-//! the app's command with `sh -c` in an Eltonfs mount of the app's volume
-//! at its version (one mount per volume version on this host, shared by
-//! every instance of it), with the port in its environment.
+//! Instances of an app on this host, behind one trait: a process instance
+//! (here) runs the app's command with `sh -c` in a read-only Eltonfs mount
+//! of the app's volume at its version (one mount per volume version on
+//! this host, shared by every instance of it), with the port in its
+//! environment; a Docker instance ([`super::docker`]) runs it in a
+//! container with the same mount as its working directory.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use elton_control::drcond::Resources;
 use elton_control::drcond::host::CgroupHost;
 use elton_control::drcond::plan::Step;
 
-use crate::fs::daemon::Detached;
+use super::mounts::Mounts;
 
 /// drcond's cgroup mechanism, shared by the instances of one runtime.
 type Cgroups = Arc<std::sync::Mutex<CgroupHost>>;
@@ -66,15 +66,11 @@ pub trait Runtime: Send + Sync {
     fn shutdown(&self);
 }
 
-/// Where a process runtime keeps its mounts and logs, and what a mount
-/// needs.
+/// Runs instances as processes in the shared mounts, logs in
+/// `<dir>/logs`.
 pub struct ProcessRuntime {
     dir: PathBuf,
-    slave_url: String,
-    slave_data: PathBuf,
-    token: Option<String>,
-    /// Mounted volume versions, by `volume@version`.
-    mounts: tokio::sync::Mutex<HashMap<String, PathBuf>>,
+    mounts: Arc<Mounts>,
     /// Where instances get their app's CPU and memory limits; `None`
     /// where cgroups are not available (an app with limits is then
     /// refused rather than run unlimited).
@@ -82,13 +78,10 @@ pub struct ProcessRuntime {
 }
 
 impl ProcessRuntime {
-    pub fn new(dir: &Path, slave_url: &str, slave_data: &Path, token: Option<String>) -> Self {
+    pub fn new(dir: &Path, mounts: Arc<Mounts>) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            slave_url: slave_url.into(),
-            slave_data: slave_data.to_path_buf(),
-            token,
-            mounts: tokio::sync::Mutex::new(HashMap::new()),
+            mounts,
             // Groups at `<own cgroup>/elton-proxy-<tag of dir>/<port>`.
             cgroups: CgroupHost::open("proxy", dir).map(|h| Arc::new(std::sync::Mutex::new(h))),
         }
@@ -98,7 +91,7 @@ impl ProcessRuntime {
     /// running in its mounts) are killed and its mounts detached, so this
     /// run starts from nothing it does not know about.
     pub fn reap(&self) {
-        let mounts = self.dir.join("mounts");
+        let mounts = self.mounts.root();
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return;
         };
@@ -119,44 +112,7 @@ impl ProcessRuntime {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
-        if let Ok(entries) = std::fs::read_dir(&mounts) {
-            for e in entries.flatten() {
-                // Not mounted is the usual case: nothing to say.
-                let _ = crate::fs::mount::unmount(&e.path(), true);
-            }
-        }
-    }
-
-    /// The mount of `volume@version`, mounting it on first use. The lock is
-    /// held while mounting, so two apps on one version mount it once.
-    async fn mount(&self, volume: &str, version: u64) -> Result<PathBuf> {
-        let spec = format!("{volume}@{version}");
-        let mut mounts = self.mounts.lock().await;
-        if let Some(p) = mounts.get(&spec) {
-            return Ok(p.clone());
-        }
-        let mountpoint = self.dir.join("mounts").join(&spec);
-        let state_dir = self.dir.join("mount-state").join(&spec);
-        std::fs::create_dir_all(&mountpoint)
-            .with_context(|| format!("creating {}", mountpoint.display()))?;
-        let detached = Detached {
-            spec: spec.clone(),
-            mountpoint: mountpoint.clone(),
-            state_dir,
-            slave_url: self.slave_url.clone(),
-            slave_data: self.slave_data.clone(),
-            token: self.token.clone(),
-            allow_other: false,
-            chunk_threshold: crate::chunking::DEFAULT_THRESHOLD,
-            assembled_max_bytes: crate::fs::chunked::DEFAULT_ASSEMBLED_MAX_BYTES,
-        };
-        tokio::task::spawn_blocking(move || detached.spawn())
-            .await
-            .map_err(|e| anyhow!("mounting {spec}: {e}"))?
-            .with_context(|| format!("mounting {spec}"))?;
-        tracing::info!(mount = %mountpoint.display(), "mounted {spec} for its apps");
-        mounts.insert(spec, mountpoint.clone());
-        Ok(mountpoint)
+        self.mounts.reap();
     }
 }
 
@@ -179,7 +135,7 @@ impl Runtime for ProcessRuntime {
                     ));
                 }
             };
-            let cwd = self.mount(&app.volume, app.version).await?;
+            let cwd = self.mounts.get(&app.volume, app.version).await?;
             let port = free_port()?;
             let logs = self.dir.join("logs");
             std::fs::create_dir_all(&logs)
@@ -237,13 +193,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn shutdown(&self) {
-        if let Ok(mounts) = self.mounts.try_lock() {
-            for p in mounts.values() {
-                if let Err(e) = crate::fs::mount::unmount(p, true) {
-                    tracing::warn!("unmounting {}: {e}", p.display());
-                }
-            }
-        }
+        self.mounts.unmount_all();
     }
 }
 
@@ -382,7 +332,12 @@ impl Drop for ProcessInstance {
 /// said before it died.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+    tail(&String::from_utf8_lossy(&text))
+}
+
+/// The last three non-empty lines of `text`, joined with ` | `, at most
+/// 512 bytes.
+pub(super) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     if tail.len() > 512 {
@@ -398,7 +353,7 @@ fn log_tail(path: &Path) -> String {
 
 /// A port free now on 127.0.0.1 (the app binds it shortly after; another
 /// process taking it meanwhile shows as a start that never listens).
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }

@@ -6,7 +6,9 @@
 //!
 //! - [`admission`] (pure): forward, start, wait or turn away.
 //! - [`balance`] (pure): which ready instance gets a request.
-//! - [`instance`]: the [`instance::Runtime`] trait and the process runtime.
+//! - [`instance`]: the [`instance::Runtime`] trait and the process runtime;
+//!   [`docker`] the Docker one, [`by_image`] picks per app, [`mounts`]
+//!   the read-only mounts both run apps from.
 //! - [`metrics`]: per-app counters for `/metrics`.
 //! - [`group`]: what the proxy asks of the control group.
 //! - [`registry`]: this host's part of the cluster — reporting its
@@ -24,9 +26,12 @@
 
 pub mod admission;
 pub mod balance;
+pub mod by_image;
+pub mod docker;
 pub mod group;
 pub mod instance;
 pub mod metrics;
+pub mod mounts;
 pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod busybox;
 pub mod group;
 
 use std::net::{TcpListener, TcpStream};
