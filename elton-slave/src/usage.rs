@@ -1,0 +1,177 @@
+//! Counting what the store holds (objects and bytes) for the heartbeats'
+//! usage report, cheaply enough to do every few seconds.
+//!
+//! A full count lists every shard directory and stats every object: too
+//! slow to repeat often on a large store. But adding or removing an object
+//! always changes its shard directory's modification time, whichever
+//! process did it (a mount shares the store), so a shard whose directory
+//! time is unchanged since it was last listed still holds what it held.
+//! A recount stats the 256 shard directories and lists only the changed
+//! ones.
+//!
+//! As in Git's index, a shard listed within [`RACY`] of its directory's
+//! last change is not trusted: a change landing in the same clock tick as
+//! the listing would leave the time unchanged and go unseen. Such a shard
+//! is listed again next time.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How close to a directory's last change a listing may be and still be
+/// trusted to have seen it (coarse filesystem clocks tick in 1 s or
+/// 10 ms steps).
+const RACY: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Default)]
+struct Shard {
+    /// The directory's modification time when listed (seconds, nanos);
+    /// `None` when it must be listed again.
+    listed_at_mtime: Option<(i64, i64)>,
+    objects: u64,
+    bytes: u64,
+}
+
+/// The store's usage, recounted incrementally by [`Self::count`].
+pub struct UsageCounter {
+    objects_dir: PathBuf,
+    shards: Vec<Shard>,
+}
+
+impl UsageCounter {
+    pub fn new(objects_dir: &Path) -> Self {
+        Self {
+            objects_dir: objects_dir.to_path_buf(),
+            shards: vec![Shard::default(); 256],
+        }
+    }
+
+    /// Objects and bytes stored now. Blocking: stats every shard
+    /// directory, lists the changed ones.
+    pub fn count(&mut self) -> (u64, u64) {
+        let (mut objects, mut bytes) = (0, 0);
+        for (n, shard) in self.shards.iter_mut().enumerate() {
+            let dir = self.objects_dir.join(format!("{n:02x}"));
+            let mtime = fs::metadata(&dir).ok().map(|m| (m.mtime(), m.mtime_nsec()));
+            if mtime.is_none() || mtime != shard.listed_at_mtime {
+                *shard = list(&dir, mtime);
+            }
+            objects += shard.objects;
+            bytes += shard.bytes;
+        }
+        (objects, bytes)
+    }
+}
+
+/// Lists one shard; remembers `mtime` (read before listing, so a change
+/// during the listing shows as a newer time next round) unless it is too
+/// recent to trust.
+fn list(dir: &Path, mtime: Option<(i64, i64)>) -> Shard {
+    let mut shard = Shard {
+        listed_at_mtime: mtime.filter(|&(s, ns)| settled(s, ns)),
+        ..Shard::default()
+    };
+    let Ok(files) = fs::read_dir(dir) else {
+        return shard;
+    };
+    for f in files.flatten() {
+        if let Ok(m) = f.metadata()
+            && m.is_file()
+        {
+            shard.objects += 1;
+            shard.bytes += m.len();
+        }
+    }
+    shard
+}
+
+fn settled(secs: i64, nanos: i64) -> bool {
+    let Ok(secs) = u64::try_from(secs) else {
+        return false;
+    };
+    let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.clamp(0, 999_999_999) as u32);
+    SystemTime::now()
+        .duration_since(changed)
+        .is_ok_and(|age| age >= RACY)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn shard_dir(root: &Path, n: u8) -> PathBuf {
+        let d = root.join(format!("{n:02x}"));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Sets the directory's time a minute back; returns that time.
+    fn settle(dir: &Path) -> SystemTime {
+        let t = SystemTime::now() - Duration::from_secs(60);
+        set_mtime(dir, t);
+        t
+    }
+
+    fn set_mtime(dir: &Path, t: SystemTime) {
+        fs::File::open(dir).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn counts_objects_and_bytes_of_every_shard() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(shard_dir(root.path(), 0x00).join("a"), b"12345").unwrap();
+        fs::write(shard_dir(root.path(), 0xff).join("b"), b"123").unwrap();
+        assert_eq!(UsageCounter::new(root.path()).count(), (2, 8));
+    }
+
+    #[test]
+    fn a_settled_shard_is_not_listed_again_until_its_directory_changes() {
+        let root = tempfile::tempdir().unwrap();
+        let d = shard_dir(root.path(), 0x10);
+        fs::write(d.join("a"), b"12345").unwrap();
+        let settled = settle(&d);
+        let mut c = UsageCounter::new(root.path());
+        assert_eq!(c.count(), (1, 5));
+        // Growing a file in place does not change the directory's time:
+        // the cached count stands, which proves the shard was not listed
+        // again.
+        fs::write(d.join("a"), b"1234567890").unwrap();
+        set_mtime(&d, settled);
+        assert_eq!(c.count(), (1, 5));
+        // Adding an object changes the directory: it is listed again.
+        fs::write(d.join("b"), b"1").unwrap();
+        assert_eq!(c.count(), (2, 11));
+    }
+
+    #[test]
+    fn a_shard_changed_just_now_is_listed_again_next_time() {
+        let root = tempfile::tempdir().unwrap();
+        let d = shard_dir(root.path(), 0x20);
+        fs::write(d.join("a"), b"12345").unwrap();
+        let mut c = UsageCounter::new(root.path());
+        assert_eq!(c.count(), (1, 5));
+        // Same directory time (an in-place change stands in for a change
+        // within one clock tick): still seen, because the first listing
+        // was too recent to trust.
+        let mtime = fs::metadata(&d).unwrap().modified().unwrap();
+        fs::write(d.join("a"), b"1234567890").unwrap();
+        set_mtime(&d, mtime);
+        assert_eq!(c.count(), (1, 10));
+    }
+
+    #[test]
+    fn removed_objects_and_missing_shards_count_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let d = shard_dir(root.path(), 0x30);
+        fs::write(d.join("a"), b"12345").unwrap();
+        settle(&d);
+        let mut c = UsageCounter::new(root.path());
+        assert_eq!(c.count(), (1, 5));
+        fs::remove_file(d.join("a")).unwrap();
+        assert_eq!(c.count(), (0, 0));
+        fs::remove_dir(&d).unwrap();
+        assert_eq!(c.count(), (0, 0));
+    }
+}
