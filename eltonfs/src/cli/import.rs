@@ -82,7 +82,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     let hashing = ProgressBar::new_spinner().with_message("scanning");
     let h = hashing.clone();
     let scan = tokio::task::spawn_blocking(move || {
-        walk::scan(&dir, threshold, &mut |bytes| {
+        walk::scan(&dir, threshold, &|bytes| {
             h.inc(bytes);
             h.set_message(format!("hashed {}", indicatif::HumanBytes(h.position())));
         })
