@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
@@ -36,6 +36,23 @@ impl ChangeSet {
             .chain(&self.modified)
             .filter(|p| !p.ends_with('/'))
             .count() as u64
+    }
+
+    /// Every changed path and each directory above it, the root (`""`)
+    /// included: after a commit only these can look different to the
+    /// kernel, so only their cached inodes and names are invalidated (not
+    /// every inode of the volume it ever looked up).
+    pub fn touched(&self) -> HashSet<PathBuf> {
+        let mut out = HashSet::new();
+        for p in self.added.iter().chain(&self.modified).chain(&self.deleted) {
+            let mut path = PathBuf::from(p.trim_end_matches('/'));
+            while out.insert(path.clone()) {
+                if !path.pop() {
+                    break;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -413,4 +430,26 @@ pub fn unlink_aliases(layers: &Layers, store: &ObjectStore) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_is_the_changes_and_their_ancestors() {
+        let c = ChangeSet {
+            added: vec!["a/b/new".into(), "top/".into()],
+            modified: vec!["a/b/".into()],
+            deleted: vec!["x/gone".into()],
+        };
+        let mut got: Vec<PathBuf> = c.touched().into_iter().collect();
+        got.sort();
+        let want: Vec<PathBuf> = ["", "a", "a/b", "a/b/new", "top", "x", "x/gone"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+        assert!(ChangeSet::default().touched().is_empty());
+    }
 }
