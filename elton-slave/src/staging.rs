@@ -206,7 +206,10 @@ mod tests {
         fs::write(&src, b"linked bytes").unwrap();
         let mut s = Staging::new(&store);
         let a = s.link(&src).unwrap();
-        assert_eq!((a.id, a.size, a.new), (ObjectId::of(b"linked bytes"), 12, true));
+        assert_eq!(
+            (a.id, a.size, a.new),
+            (ObjectId::of(b"linked bytes"), 12, true)
+        );
         // The same bytes again, by any route, add nothing.
         assert!(!s.copy(&src).unwrap().new);
         assert!(!s.bytes(b"linked bytes").unwrap().new);
@@ -219,7 +222,10 @@ mod tests {
         assert_eq!(store.read(&b.id).unwrap().unwrap(), b"written bytes");
         // Stored now: staging it again adds nothing.
         assert!(!s.bytes(b"written bytes").unwrap().new);
-        assert_eq!(fs::read_dir(dir.path().join("data/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("data/tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -234,7 +240,10 @@ mod tests {
         assert_eq!(a.id, b.id);
         drop(s);
         assert!(!store.contains(&a.id));
-        assert_eq!(fs::read_dir(dir.path().join("data/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("data/tmp")).unwrap().count(),
+            0
+        );
         // The source keeps its single link: nothing aliases it.
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(&src).unwrap().nlink(), 1);

@@ -93,9 +93,15 @@ enum Hashed {
 enum Pending {
     Ready(Entry),
     /// A file: `jobs[job]`.
-    File { base: Entry, job: usize },
+    File {
+        base: Entry,
+        job: usize,
+    },
     /// A directory: `dirs[dir]`.
-    Dir { base: Entry, dir: usize },
+    Dir {
+        base: Entry,
+        dir: usize,
+    },
 }
 
 /// A walked directory; a child's index is always above its parent's.
@@ -128,7 +134,13 @@ pub fn scan_with(
     let mut scan = Scan::default();
     let mut dirs = Vec::new();
     let mut jobs = Vec::new();
-    walk(dir, chunk_threshold, &mut dirs, &mut jobs, &mut scan.skipped)?;
+    walk(
+        dir,
+        chunk_threshold,
+        &mut dirs,
+        &mut jobs,
+        &mut scan.skipped,
+    )?;
     let hashed = hash_all(&jobs, threads, on_file)?;
 
     // Results merged in walk order: which path names a duplicated content
@@ -386,12 +398,17 @@ mod tests {
     fn any_number_of_hashing_threads_gives_the_same_scan() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..40u32 {
-            let sub = d.path().join(format!("d{}", i % 7)).join(format!("e{}", i % 3));
+            let sub = d
+                .path()
+                .join(format!("d{}", i % 7))
+                .join(format!("e{}", i % 3));
             fs::create_dir_all(&sub).unwrap();
             // Some contents repeat: which path names them must not vary.
             fs::write(sub.join(format!("f{i}")), (i % 11).to_le_bytes()).unwrap();
         }
-        let big: Vec<u8> = (0..5u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let big: Vec<u8> = (0..5u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
         fs::write(d.path().join("big"), &big).unwrap();
         let one = scan_with(d.path(), 4 << 20, 1, &|_| {}).unwrap();
         let counted = std::sync::atomic::AtomicU64::new(0);
@@ -409,7 +426,13 @@ mod tests {
         assert_eq!(counted.into_inner(), 40 * 4 + big.len() as u64);
         let (root_id, root) = one.manifests.last().unwrap();
         assert_eq!(Some(*root_id), one.root);
-        assert!(DirManifest::decode(root).unwrap().get("big").unwrap().recipe);
+        assert!(
+            DirManifest::decode(root)
+                .unwrap()
+                .get("big")
+                .unwrap()
+                .recipe
+        );
     }
 
     #[test]
@@ -418,8 +441,14 @@ mod tests {
         fs::write(d.path().join("ok"), b"fine").unwrap();
         // A dangling path stands in for a file gone between walk and hash.
         let jobs = vec![
-            Job { path: d.path().join("ok"), chunked: false },
-            Job { path: d.path().join("gone"), chunked: false },
+            Job {
+                path: d.path().join("ok"),
+                chunked: false,
+            },
+            Job {
+                path: d.path().join("gone"),
+                chunked: false,
+            },
         ];
         let err = hash_all(&jobs, 2, &|_| {}).err().unwrap();
         assert!(format!("{err:#}").contains("gone"), "{err:#}");

@@ -51,12 +51,20 @@ fn phase1_reimport_sends_only_what_the_slave_lacks() {
     let out = c.ok(1, &["import", src.to_str().unwrap(), "vol"]);
     assert!(out.contains("vol@2"), "{out}");
     let after = uploaded(&c);
-    assert_eq!(after.0 - first.0, 3, "the file, sub/ and the root: {after:?}");
+    assert_eq!(
+        after.0 - first.0,
+        3,
+        "the file, sub/ and the root: {after:?}"
+    );
 
     // A file lost from the slave's disk is sent again by a re-import.
     let lost = ObjectId::of(&pseudo_random(3000, 7));
     let hex = lost.to_hex();
-    let path = c.slave_dir(1).join("objects").join(&hex[..2]).join(&hex[2..]);
+    let path = c
+        .slave_dir(1)
+        .join("objects")
+        .join(&hex[..2])
+        .join(&hex[2..]);
     fs::remove_file(&path).unwrap();
     c.ok(1, &["import", src.to_str().unwrap(), "vol"]);
     assert_eq!(uploaded(&c).0 - after.0, 1, "only the lost object");

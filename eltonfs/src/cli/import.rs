@@ -123,8 +123,13 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
         .await
         .with_context(|| format!("asking slave {}", ep.slave))?;
     let (data, trees): (Vec<Item>, Vec<Item>) = (
-        data.into_iter().filter(|i| lacking.contains(&i.id)).collect(),
-        trees.into_iter().filter(|i| lacking.contains(&i.id)).collect(),
+        data.into_iter()
+            .filter(|i| lacking.contains(&i.id))
+            .collect(),
+        trees
+            .into_iter()
+            .filter(|i| lacking.contains(&i.id))
+            .collect(),
     );
     let total: u64 = data.iter().chain(&trees).map(|i| i.size).sum();
     let pb = bar(total, "uploading");
