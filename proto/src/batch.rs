@@ -62,7 +62,7 @@ pub fn encode_ids(ids: &[ObjectId]) -> Vec<u8> {
 
 /// Parses an id list body of at most `limit` ids.
 pub fn decode_ids(body: &[u8], limit: usize) -> Result<Vec<ObjectId>, BatchError> {
-    if body.len() % 32 != 0 {
+    if !body.len().is_multiple_of(32) {
         return Err(BatchError::Ragged(body.len()));
     }
     let count = body.len() / 32;
