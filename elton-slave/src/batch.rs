@@ -34,7 +34,9 @@ impl From<BatchError> for SlaveError {
     fn from(e: BatchError) -> Self {
         match e {
             BatchError::TooLarge { limit, .. } => Self::TooLarge(limit),
-            e @ BatchError::Truncated(_) => Self::BadRequest(e.to_string()),
+            e @ (BatchError::Truncated(_)
+            | BatchError::Ragged(_)
+            | BatchError::TooManyIds { .. }) => Self::BadRequest(e.to_string()),
         }
     }
 }
@@ -102,6 +104,15 @@ where
     writer
         .await
         .map_err(|e| SlaveError::Io(format!("batch writer task: {e}")))?
+}
+
+/// The ids of `ids` the store does not hold, in order. Each one it holds
+/// is marked used ([`ObjectStore::note_used`]): the client will not send
+/// it again and relies on it for its commit, so garbage collection must
+/// keep it. Only the files in `objects/` count, never what the master
+/// believes: a re-import puts back what a slave lost. Blocking.
+pub fn missing(store: &ObjectStore, ids: Vec<ObjectId>) -> Vec<ObjectId> {
+    ids.into_iter().filter(|id| !store.note_used(id)).collect()
 }
 
 /// The writer's state between events.

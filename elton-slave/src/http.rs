@@ -61,6 +61,7 @@ type Shared = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/objects", axum::routing::post(post_objects))
+        .route("/v1/objects/missing", axum::routing::post(post_missing))
         .route("/v1/objects/{id}", get(get_object).put(put_object))
         .route(
             "/v1/volumes/{*rest}",
@@ -357,6 +358,40 @@ async fn post_objects(
     inc(&state.metrics.uploaded_bytes_total, receipt.bytes);
     state.volumes.announce(receipt.ids.clone()).await?;
     Ok((StatusCode::OK, axum::Json(receipt)).into_response())
+}
+
+/// Which of the ids in the body (an id list, [`elton_proto::batch`]) this
+/// slave does not hold: the answer is an id list too.
+async fn post_missing(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, SlaveError> {
+    use elton_proto::batch::{MAX_IDS, decode_ids, encode_ids};
+    state.count_request();
+    state.authorize(&headers).await?;
+    let limit = (MAX_IDS * 32) as u64;
+    let bytes = axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|e| {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                SlaveError::TooLarge(limit)
+            } else {
+                SlaveError::Transfer(e.to_string())
+            }
+        })?;
+    let ids = decode_ids(&bytes, MAX_IDS)?;
+    let store = state.fetcher.store().clone();
+    let missing = tokio::task::spawn_blocking(move || crate::batch::missing(&store, ids))
+        .await
+        .map_err(|e| SlaveError::Io(format!("missing task: {e}")))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        encode_ids(&missing),
+    )
+        .into_response())
 }
 
 /// Splits `volume/rest` and parses the volume name.

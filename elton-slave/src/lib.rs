@@ -1,6 +1,7 @@
 //! The Elton slave: the storage node of every host.
 //!
-//! - [`store`]: content-addressed, verified, durable object store.
+//! - [`store`]: content-addressed, verified, durable object store;
+//!   [`staging`]: many objects stored with two flushes (a mount's commit).
 //! - [`fetcher`]: fetch on miss through the master, coalesced ([`turns`]).
 //! - [`backup`]: backup copies the master asks for.
 //! - [`hot`]: small verified objects kept in memory.
@@ -41,6 +42,7 @@ pub mod range;
 pub mod scrub;
 pub mod scrub_pace;
 pub mod serve;
+pub mod staging;
 pub mod store;
 pub mod sweep;
 pub mod tokens;

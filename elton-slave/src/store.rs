@@ -91,61 +91,9 @@ impl ObjectStore {
         }
     }
 
-    /// Takes a local file into the store without copying its bytes: the
-    /// file is hard-linked into place (falling back to a copy across
-    /// filesystems), hashed and fsynced. Returns the id and whether this
-    /// call added the object (false: it was already stored). The caller
-    /// must not modify `src` afterwards while it still links the object.
-    pub fn adopt_link(&self, src: &Path) -> Result<(ObjectId, bool), SlaveError> {
-        let tmp = self.tmp.join(format!(
-            "adopt-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        match fs::hard_link(src, &tmp) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return self.adopt_copy(src),
-            Err(e) => return Err(io_err("linking", src, e)),
-        }
-        let result = (|| {
-            let mut file = File::open(&tmp).map_err(|e| io_err("opening", &tmp, e))?;
-            let id = hash_reader(&mut file).map_err(|e| io_err("reading", &tmp, e))?;
-            let dest = self.path(&id);
-            if dest.is_file() {
-                return Ok((id, false));
-            }
-            file.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
-            let shard = dest.parent().unwrap_or(&self.objects);
-            self.ensure_shard(shard)?;
-            crate::durable::publish(&tmp, &dest).map_err(|e| io_err("publishing", &dest, e))?;
-            Ok((id, true))
-        })();
-        let _ = fs::remove_file(&tmp); // gone already when published
-        result
-    }
-
-    /// Copies a local file into the store (a snapshot of its current bytes).
-    pub fn adopt_copy(&self, src: &Path) -> Result<(ObjectId, bool), SlaveError> {
-        let mut f = File::open(src).map_err(|e| io_err("opening", src, e))?;
-        let mut w = self.writer()?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| io_err("reading", src, e))?;
-            if n == 0 {
-                break;
-            }
-            w.write(&buf[..n])?;
-        }
-        let id = ObjectId::from_hash(w.hasher.clone().finalize());
-        let existed = self.contains(&id);
-        self.finish(w, Some(id))?;
-        Ok((id, !existed))
-    }
-
-    /// Removes an object. Used only to undo [`Self::adopt_link`] when the
-    /// commit that needed it failed, so the store never aliases a file that
+    /// Removes an object. Used only to undo a hard link a mount's commit
+    /// put in the store ([`crate::staging::Staging::link`]) when the commit
+    /// that needed it failed, so the store never aliases a file that
     /// stays writable elsewhere.
     pub fn remove(&self, id: &ObjectId) -> Result<(), SlaveError> {
         self.verified().remove(id);
@@ -531,32 +479,51 @@ impl ObjectStore {
     /// instead of two per object. Returns the ids this call added (the
     /// others were already stored). Blocking.
     pub fn publish_batch(&self, staged: Vec<Staged>) -> Result<Vec<ObjectId>, SlaveError> {
+        let mut added = Vec::new();
+        self.publish_batch_into(staged, &mut added)?;
+        Ok(added)
+    }
+
+    /// [`Self::publish_batch`], pushing each id it adds to `added` as soon
+    /// as it is in place, so a caller can undo a batch that failed halfway.
+    pub fn publish_batch_into(
+        &self,
+        staged: Vec<Staged>,
+        added: &mut Vec<ObjectId>,
+    ) -> Result<(), SlaveError> {
         if staged.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let tmp_dir = File::open(&self.tmp).map_err(|e| io_err("opening", &self.tmp, e))?;
         rustix::fs::syncfs(&tmp_dir).map_err(|e| io_err("syncfs", &self.tmp, e.into()))?;
-        let mut added = Vec::new();
-        for Staged { id, tmp } in staged {
+        for Staged { id, tmp, written } in staged {
             if self.note_used(&id) {
                 continue; // dropping `tmp` deletes the duplicate
             }
             let dest = self.path(&id);
             let shard = dest.parent().unwrap_or(&self.objects);
             self.ensure_shard(shard)?;
-            let (file, tmp_path) = tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
+            let tmp_path = tmp.keep().map_err(|e| SlaveError::Io(e.to_string()))?;
             if let Err(e) = fs::rename(&tmp_path, &dest) {
                 let _ = fs::remove_file(&tmp_path);
                 return Err(io_err("publishing", &dest, e));
             }
-            if let Ok(meta) = file.metadata() {
+            added.push(id);
+            // Bytes linked in from elsewhere are re-hashed on their first
+            // read.
+            if written && let Ok(meta) = fs::metadata(&dest) {
                 self.verified().insert(id, Stamp::of(&meta));
             }
-            added.push(id);
         }
         let objects = File::open(&self.objects).map_err(|e| io_err("opening", &self.objects, e))?;
         rustix::fs::syncfs(&objects).map_err(|e| io_err("syncfs", &self.objects, e.into()))?;
-        Ok(added)
+        Ok(())
+    }
+
+    /// The directory of the store's temp files (same filesystem as
+    /// `objects/`, so a temp file can be renamed into place).
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.tmp
     }
 
     /// Every object id present (for re-announcing to the master). Blocking.
@@ -637,19 +604,48 @@ impl BatchWriter {
         }
         Ok(Staged {
             id: actual,
-            tmp: self.0.tmp,
+            tmp: self.0.tmp.into_temp_path(),
+            written: true,
         })
+    }
+
+    /// The complete object, under the id its bytes hash to.
+    pub(crate) fn finish_any(self) -> Staged {
+        Staged {
+            id: ObjectId::from_hash(self.0.hasher.finalize()),
+            tmp: self.0.tmp.into_temp_path(),
+            written: true,
+        }
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn size(&self) -> u64 {
+        self.0.size
     }
 }
 
 /// A verified object in a temp file, waiting for
-/// [`ObjectStore::publish_batch`]; deleted if dropped unpublished.
+/// [`ObjectStore::publish_batch`]; deleted if dropped unpublished. It holds
+/// no open file, so a batch of thousands costs no descriptors.
 pub struct Staged {
     id: ObjectId,
-    tmp: tempfile::NamedTempFile,
+    tmp: tempfile::TempPath,
+    /// The store wrote (and hashed) these bytes itself; false for a file
+    /// hard-linked in, which another path still reaches.
+    written: bool,
 }
 
 impl Staged {
+    /// A temp file of the store holding bytes that hash to `id`, linked
+    /// from a file elsewhere (see [`crate::staging`]).
+    pub(crate) fn linked(id: ObjectId, tmp: tempfile::TempPath) -> Self {
+        Self {
+            id,
+            tmp,
+            written: false,
+        }
+    }
+
     pub fn id(&self) -> ObjectId {
         self.id
     }
@@ -675,7 +671,7 @@ pub fn arrival(meta: &fs::Metadata) -> SystemTime {
     at(meta.ctime(), meta.ctime_nsec()).max(at(meta.mtime(), meta.mtime_nsec()))
 }
 
-fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {
+pub(crate) fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -4,6 +4,7 @@
 //! and announces it to the master in one call, instead of an fsync, a
 //! request and an announcement per object.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use elton_proto::ObjectId;
-use elton_proto::batch::header;
+use elton_proto::batch::{MAX_IDS, decode_ids, encode_ids, header};
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
@@ -63,6 +64,45 @@ pub fn plan(sizes: &[u64], max_bytes: u64, max_objects: usize) -> Vec<std::ops::
         out.push(start..sizes.len());
     }
     out
+}
+
+/// Which of `ids` the slave lacks (`POST /v1/objects/missing` at `url`, at
+/// most [`MAX_IDS`] ids a request). The slave answers from the files it
+/// holds, so what it lost is sent again. A slave older than this call
+/// (`404`/`405`) is taken to lack them all.
+pub async fn missing(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    ids: &[ObjectId],
+) -> Result<HashSet<ObjectId>> {
+    let mut out = HashSet::new();
+    for part in ids.chunks(MAX_IDS) {
+        let resp = http
+            .post(url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(encode_ids(part))
+            .send()
+            .await
+            .with_context(|| format!("asking {url} which objects it lacks"))?;
+        if matches!(
+            resp.status(),
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            return Ok(ids.iter().copied().collect());
+        }
+        let body = check(resp)
+            .await
+            .context("asking which objects the slave lacks")?
+            .bytes()
+            .await
+            .context("reading the list of missing objects")?;
+        let lacking = decode_ids(&body, part.len())
+            .map_err(|e| anyhow!("the slave answered a bad list of missing objects: {e}"))?;
+        out.extend(lacking);
+    }
+    Ok(out)
 }
 
 /// Uploads `items`, [`PARALLEL_BATCHES`] batches at a time, in order of

@@ -1,11 +1,18 @@
 //! Scans a local directory into Elton's tree form: one canonical manifest per
 //! directory and the list of file objects to store. Blocking.
+//!
+//! Two passes: the directory walk (metadata only, one thread), then the
+//! files' contents hashed by a bounded pool of threads ([`hash_all`]), as
+//! files are independent; manifests are then built bottom-up. Memory stays
+//! bounded by the tree's entries plus one read buffer per thread.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use elton_proto::manifest::valid_entry_name;
@@ -34,6 +41,10 @@ impl Scan {
     }
 }
 
+/// Hashing threads: one per core, at most this many (the disk, not the
+/// CPU, limits a scan beyond that).
+pub const MAX_HASH_THREADS: usize = 8;
+
 /// Hashes a file's content.
 pub fn hash_file(path: &Path) -> Result<(ObjectId, u64)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -59,46 +70,222 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
         .saturating_add(m.mtime_nsec())
 }
 
-/// Scans `dir`. `on_file(bytes)` is called after each file is hashed.
-/// Files larger than `chunk_threshold` bytes are chunked (a recipe).
-pub fn scan(dir: &Path, chunk_threshold: u64, on_file: &mut dyn FnMut(u64)) -> Result<Scan> {
+/// A file whose content is to be hashed.
+struct Job {
+    path: PathBuf,
+    chunked: bool,
+}
+
+/// What hashing a file found.
+enum Hashed {
+    File(ObjectId, u64),
+    /// A large file: its recipe (id, encoded), size, and where each chunk
+    /// lies in it (id, offset, size).
+    Chunked {
+        id: ObjectId,
+        recipe: Vec<u8>,
+        size: u64,
+        chunks: Vec<(ObjectId, u64, u64)>,
+    },
+}
+
+/// An entry of a walked directory, its content maybe not hashed yet.
+enum Pending {
+    Ready(Entry),
+    /// A file: `jobs[job]`.
+    File {
+        base: Entry,
+        job: usize,
+    },
+    /// A directory: `dirs[dir]`.
+    Dir {
+        base: Entry,
+        dir: usize,
+    },
+}
+
+/// A walked directory; a child's index is always above its parent's.
+struct Walked {
+    path: PathBuf,
+    entries: Vec<Pending>,
+}
+
+/// Scans `dir`. `on_file(bytes)` is called after each file is hashed, from
+/// any hashing thread. Files larger than `chunk_threshold` bytes are
+/// chunked (a recipe).
+pub fn scan(dir: &Path, chunk_threshold: u64, on_file: &(dyn Fn(u64) + Sync)) -> Result<Scan> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_HASH_THREADS);
+    scan_with(dir, chunk_threshold, threads, on_file)
+}
+
+/// [`scan`] with `threads` hashing threads.
+pub fn scan_with(
+    dir: &Path,
+    chunk_threshold: u64,
+    threads: usize,
+    on_file: &(dyn Fn(u64) + Sync),
+) -> Result<Scan> {
     let meta = fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
     if !meta.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
     let mut scan = Scan::default();
-    let root = scan_dir(dir, chunk_threshold, &mut scan, on_file)?;
-    scan.root = Some(root.id());
-    scan.manifests.push((root.id(), root.encode()));
+    let mut dirs = Vec::new();
+    let mut jobs = Vec::new();
+    walk(
+        dir,
+        chunk_threshold,
+        &mut dirs,
+        &mut jobs,
+        &mut scan.skipped,
+    )?;
+    let hashed = hash_all(&jobs, threads, on_file)?;
+
+    // Results merged in walk order: which path names a duplicated content
+    // does not depend on the threads' timing.
+    for (job, h) in jobs.iter().zip(&hashed) {
+        scan.file_count += 1;
+        match h {
+            Hashed::File(id, size) => {
+                scan.files.entry(*id).or_insert((job.path.clone(), *size));
+            }
+            Hashed::Chunked {
+                id, recipe, chunks, ..
+            } => {
+                for (cid, offset, size) in chunks {
+                    scan.chunks
+                        .entry(*cid)
+                        .or_insert_with(|| (job.path.clone(), *offset, *size));
+                }
+                if scan.recipe_ids.insert(*id) {
+                    scan.recipes.push((*id, recipe.clone()));
+                }
+            }
+        }
+    }
+
+    // Children have higher indexes than their parents: built from the
+    // last, every directory's children are done before it.
+    let mut built: Vec<Option<(ObjectId, u64)>> = vec![None; dirs.len()];
+    for (i, w) in dirs.iter_mut().enumerate().rev() {
+        let mut entries = Vec::with_capacity(w.entries.len());
+        for p in std::mem::take(&mut w.entries) {
+            entries.push(match p {
+                Pending::Ready(e) => e,
+                Pending::File { base, job } => match &hashed[job] {
+                    Hashed::File(id, size) => Entry {
+                        size: *size,
+                        object: Some(*id),
+                        ..base
+                    },
+                    Hashed::Chunked { id, size, .. } => Entry {
+                        size: *size,
+                        object: Some(*id),
+                        recipe: true,
+                        ..base
+                    },
+                },
+                Pending::Dir { base, dir } => {
+                    let (id, size) = built[dir].context("a directory was not built")?;
+                    Entry {
+                        kind: EntryKind::Dir,
+                        size,
+                        object: Some(id),
+                        ..base
+                    }
+                }
+            });
+        }
+        let m = DirManifest::new(entries).with_context(|| format!("{}", w.path.display()))?;
+        let id = m.id();
+        built[i] = Some((id, m.entries.len() as u64));
+        scan.manifests.push((id, m.encode()));
+    }
+    scan.root = built.first().copied().flatten().map(|(id, _)| id);
     Ok(scan)
 }
 
-/// Chunks a large file: records where each chunk lies; returns the recipe
-/// (id, encoded) and the file's size.
-fn chunk_file(path: &Path, scan: &mut Scan) -> Result<(ObjectId, u64)> {
+/// Hashes every job on `threads` threads taking jobs in turn; the results
+/// are in job order. Stops at the first error.
+fn hash_all(jobs: &[Job], threads: usize, on_file: &(dyn Fn(u64) + Sync)) -> Result<Vec<Hashed>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Hashed>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, jobs.len().max(1)) {
+            s.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    match hash_job(job) {
+                        Ok(h) => {
+                            on_file(match &h {
+                                Hashed::File(_, size) | Hashed::Chunked { size, .. } => *size,
+                            });
+                            results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(h);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|h| h.context("a file was not hashed"))
+        .collect()
+}
+
+fn hash_job(job: &Job) -> Result<Hashed> {
+    if !job.chunked {
+        let (id, size) = hash_file(&job.path)?;
+        return Ok(Hashed::File(id, size));
+    }
+    let path = &job.path;
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut chunks = Vec::new();
     let recipe = crate::chunking::chunk(f, |offset, id, data| {
-        scan.chunks
-            .entry(id)
-            .or_insert_with(|| (path.to_path_buf(), offset, data.len() as u64));
+        chunks.push((id, offset, data.len() as u64));
         Ok(())
     })
     .with_context(|| format!("chunking {}", path.display()))?;
     let bytes = recipe.encode();
-    let id = ObjectId::of(&bytes);
-    if scan.recipe_ids.insert(id) {
-        scan.recipes.push((id, bytes));
-    }
-    Ok((id, recipe.size))
+    Ok(Hashed::Chunked {
+        id: ObjectId::of(&bytes),
+        recipe: bytes,
+        size: recipe.size,
+        chunks,
+    })
 }
 
-fn scan_dir(
+/// Walks `dir` and everything under it (metadata only): pushes a
+/// [`Walked`] per directory (`dir` first) and a [`Job`] per file.
+fn walk(
     dir: &Path,
     chunk_threshold: u64,
-    scan: &mut Scan,
-    on_file: &mut dyn FnMut(u64),
-) -> Result<DirManifest> {
-    let mut entries = Vec::new();
+    dirs: &mut Vec<Walked>,
+    jobs: &mut Vec<Job>,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let index = dirs.len();
+    dirs.push(Walked {
+        path: dir.to_path_buf(),
+        entries: Vec::new(),
+    });
     let listing = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for item in listing {
         let item = item.with_context(|| format!("listing {}", dir.display()))?;
@@ -125,37 +312,19 @@ fn scan_dir(
             target: None,
             xattrs: None,
         };
-        let entry = if ft.is_file() && crate::chunking::is_chunked(m.len(), chunk_threshold) {
-            let (id, size) = chunk_file(&path, scan)?;
-            on_file(size);
-            scan.file_count += 1;
-            Entry {
-                size,
-                object: Some(id),
-                recipe: true,
-                ..base
-            }
-        } else if ft.is_file() {
-            let (id, size) = hash_file(&path)?;
-            on_file(size);
-            scan.file_count += 1;
-            scan.files.entry(id).or_insert((path, size));
-            Entry {
-                size,
-                object: Some(id),
-                ..base
+        let pending = if ft.is_file() {
+            jobs.push(Job {
+                path,
+                chunked: crate::chunking::is_chunked(m.len(), chunk_threshold),
+            });
+            Pending::File {
+                base,
+                job: jobs.len() - 1,
             }
         } else if ft.is_dir() {
-            let child = scan_dir(&path, chunk_threshold, scan, on_file)?;
-            let id = child.id();
-            let size = child.entries.len() as u64;
-            scan.manifests.push((id, child.encode()));
-            Entry {
-                kind: EntryKind::Dir,
-                size,
-                object: Some(id),
-                ..base
-            }
+            let child = dirs.len();
+            walk(&path, chunk_threshold, dirs, jobs, skipped)?;
+            Pending::Dir { base, dir: child }
         } else if ft.is_symlink() {
             let target = fs::read_link(&path)
                 .with_context(|| format!("{}", path.display()))?
@@ -164,20 +333,20 @@ fn scan_dir(
                 .map_err(|t| {
                     anyhow::anyhow!("{}: link target {t:?} is not UTF-8", path.display())
                 })?;
-            Entry {
+            Pending::Ready(Entry {
                 kind: EntryKind::Symlink,
                 size: target.len() as u64,
                 target: Some(target),
                 ..base
-            }
+            })
         } else {
             // Sockets, FIFOs and devices have no content to share.
-            scan.skipped.push(path);
+            skipped.push(path);
             continue;
         };
-        entries.push(entry);
+        dirs[index].entries.push(pending);
     }
-    DirManifest::new(entries).with_context(|| format!("{}", dir.display()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -216,13 +385,73 @@ mod tests {
             }
         }
         let (sa, sb) = (
-            scan(a.path(), u64::MAX, &mut |_| {}).unwrap(),
-            scan(b.path(), u64::MAX, &mut |_| {}).unwrap(),
+            scan(a.path(), u64::MAX, &|_| {}).unwrap(),
+            scan(b.path(), u64::MAX, &|_| {}).unwrap(),
         );
         assert_eq!(sa.root, sb.root);
         assert_eq!(sa.files.len(), 1, "identical content is one object");
         assert_eq!(sa.file_count, 2);
         assert_eq!(sa.manifests.len(), 3);
+    }
+
+    #[test]
+    fn any_number_of_hashing_threads_gives_the_same_scan() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..40u32 {
+            let sub = d
+                .path()
+                .join(format!("d{}", i % 7))
+                .join(format!("e{}", i % 3));
+            fs::create_dir_all(&sub).unwrap();
+            // Some contents repeat: which path names them must not vary.
+            fs::write(sub.join(format!("f{i}")), (i % 11).to_le_bytes()).unwrap();
+        }
+        let big: Vec<u8> = (0..5u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        fs::write(d.path().join("big"), &big).unwrap();
+        let one = scan_with(d.path(), 4 << 20, 1, &|_| {}).unwrap();
+        let counted = std::sync::atomic::AtomicU64::new(0);
+        let four = scan_with(d.path(), 4 << 20, 4, &|n| {
+            counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(one.root, four.root);
+        assert_eq!(one.manifests, four.manifests);
+        assert_eq!(one.files, four.files);
+        assert_eq!(one.chunks, four.chunks);
+        assert_eq!(one.recipes, four.recipes);
+        assert_eq!((one.file_count, four.file_count), (41, 41));
+        assert_eq!(one.files.len(), 11);
+        assert_eq!(counted.into_inner(), 40 * 4 + big.len() as u64);
+        let (root_id, root) = one.manifests.last().unwrap();
+        assert_eq!(Some(*root_id), one.root);
+        assert!(
+            DirManifest::decode(root)
+                .unwrap()
+                .get("big")
+                .unwrap()
+                .recipe
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_fails_the_scan() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("ok"), b"fine").unwrap();
+        // A dangling path stands in for a file gone between walk and hash.
+        let jobs = vec![
+            Job {
+                path: d.path().join("ok"),
+                chunked: false,
+            },
+            Job {
+                path: d.path().join("gone"),
+                chunked: false,
+            },
+        ];
+        let err = hash_all(&jobs, 2, &|_| {}).err().unwrap();
+        assert!(format!("{err:#}").contains("gone"), "{err:#}");
     }
 
     #[test]
@@ -233,7 +462,7 @@ mod tests {
             .collect();
         fs::write(d.path().join("big"), &big).unwrap();
         fs::write(d.path().join("small"), b"small").unwrap();
-        let s = scan(d.path(), 4 << 20, &mut |_| {}).unwrap();
+        let s = scan(d.path(), 4 << 20, &|_| {}).unwrap();
         assert_eq!(s.files.len(), 1, "only the small file is one object");
         assert_eq!(s.recipes.len(), 1);
         let recipe = elton_proto::Recipe::decode(&s.recipes[0].1).unwrap();

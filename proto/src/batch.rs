@@ -6,6 +6,10 @@
 //! request, one syncfs and one announcement to the master per batch instead
 //! of per object. [`Decoder`] is the pure, incremental parser the slave runs
 //! over the body as it arrives; it never buffers an object's bytes.
+//!
+//! Before uploading, a client asks which objects the slave lacks
+//! (`POST /v1/objects/missing`): both bodies of that call are id lists,
+//! raw 32-byte ids one after another ([`encode_ids`], [`decode_ids`]).
 
 use crate::ObjectId;
 
@@ -38,6 +42,41 @@ pub enum BatchError {
     TooLarge { id: ObjectId, len: u64, limit: u64 },
     #[error("the batch ends inside {0}")]
     Truncated(&'static str),
+    #[error("an id list of {0} bytes is not a whole number of 32-byte ids")]
+    Ragged(usize),
+    #[error("an id list of {count} ids is over the limit of {limit}")]
+    TooManyIds { count: usize, limit: usize },
+}
+
+/// The most ids one `POST /v1/objects/missing` may ask about (2 MiB).
+pub const MAX_IDS: usize = 65_536;
+
+/// An id list body: the raw ids, one after another.
+pub fn encode_ids(ids: &[ObjectId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 32);
+    for id in ids {
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+/// Parses an id list body of at most `limit` ids.
+pub fn decode_ids(body: &[u8], limit: usize) -> Result<Vec<ObjectId>, BatchError> {
+    if !body.len().is_multiple_of(32) {
+        return Err(BatchError::Ragged(body.len()));
+    }
+    let count = body.len() / 32;
+    if count > limit {
+        return Err(BatchError::TooManyIds { count, limit });
+    }
+    Ok(body
+        .chunks_exact(32)
+        .map(|raw| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(raw);
+            ObjectId::from_raw(id)
+        })
+        .collect())
 }
 
 /// Incremental parser of a batch body. Feed it the body's chunks in order
@@ -197,6 +236,20 @@ mod tests {
                 "split {split}"
             );
         }
+    }
+
+    #[test]
+    fn id_lists_round_trip_and_ragged_or_long_ones_are_refused() {
+        let ids = vec![ObjectId::of(b"a"), ObjectId::of(b"b"), ObjectId::of(b"a")];
+        let body = encode_ids(&ids);
+        assert_eq!(body.len(), 96);
+        assert_eq!(decode_ids(&body, 3).unwrap(), ids);
+        assert_eq!(decode_ids(&[], 0).unwrap(), vec![]);
+        assert_eq!(decode_ids(&body[..95], 3), Err(BatchError::Ragged(95)));
+        assert_eq!(
+            decode_ids(&body, 2),
+            Err(BatchError::TooManyIds { count: 3, limit: 2 })
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn sample_tree(root: &Path) {
 /// large files, and manifests (as `elton import` chunks with its default).
 fn objects_of(src: &Path) -> Vec<ObjectId> {
     let threshold = eltonfs::chunking::DEFAULT_THRESHOLD;
-    let scan = eltonfs::walk::scan(src, threshold, &mut |_| {}).unwrap();
+    let scan = eltonfs::walk::scan(src, threshold, &|_| {}).unwrap();
     let mut ids: Vec<ObjectId> = scan.files.keys().copied().collect();
     ids.extend(scan.chunks.keys().copied());
     ids.extend(scan.recipes.iter().map(|(id, _)| *id));
@@ -257,8 +257,7 @@ fn fsck_reports_unreadable_versions_and_lost_objects() {
 
     // A file object disappears from the only holder: the location remains,
     // so only a check of the files notices; both versions use the file.
-    let scan =
-        eltonfs::walk::scan(&src, eltonfs::chunking::DEFAULT_THRESHOLD, &mut |_| {}).unwrap();
+    let scan = eltonfs::walk::scan(&src, eltonfs::chunking::DEFAULT_THRESHOLD, &|_| {}).unwrap();
     let part = *scan
         .files
         .iter()

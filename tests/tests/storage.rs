@@ -47,8 +47,7 @@ fn phase1_import_on_one_slave_read_everything_from_another() {
         ],
     );
 
-    let scan =
-        eltonfs::walk::scan(&src, eltonfs::chunking::DEFAULT_THRESHOLD, &mut |_| {}).unwrap();
+    let scan = eltonfs::walk::scan(&src, eltonfs::chunking::DEFAULT_THRESHOLD, &|_| {}).unwrap();
     // big.bin (20 MiB) is chunked: a recipe and its chunks.
     let objects =
         (scan.files.len() + scan.chunks.len() + scan.recipes.len() + scan.manifests.len()) as u64;

@@ -82,7 +82,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     let hashing = ProgressBar::new_spinner().with_message("scanning");
     let h = hashing.clone();
     let scan = tokio::task::spawn_blocking(move || {
-        walk::scan(&dir, threshold, &mut |bytes| {
+        walk::scan(&dir, threshold, &|bytes| {
             h.inc(bytes);
             h.set_message(format!("hashed {}", indicatif::HumanBytes(h.position())));
         })
@@ -92,16 +92,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     let root = scan.root()?;
     let http = reqwest::Client::new();
 
-    let total: u64 = scan.files.values().map(|(_, s)| s).sum::<u64>()
-        + scan.chunks.values().map(|(_, _, s)| s).sum::<u64>()
-        + scan
-            .manifests
-            .iter()
-            .chain(&scan.recipes)
-            .map(|(_, b)| b.len() as u64)
-            .sum::<u64>();
-    let pb = bar(total, "uploading");
-    let data = scan
+    let data: Vec<Item> = scan
         .files
         .iter()
         .map(|(id, (path, size))| Item {
@@ -115,7 +106,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             source: Source::Chunk(path.clone(), *offset),
         }))
         .collect();
-    let trees = scan
+    let trees: Vec<Item> = scan
         .recipes
         .iter()
         .chain(&scan.manifests)
@@ -125,6 +116,23 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             source: Source::Bytes(bytes.clone()),
         })
         .collect();
+    // Only what the slave lacks is sent: re-importing an unchanged tree
+    // sends nothing, and an object a slave lost is sent again.
+    let ids: Vec<ObjectId> = data.iter().chain(&trees).map(|i| i.id).collect();
+    let lacking = upload::missing(&http, &ep.slave_url("/v1/objects/missing"), &token, &ids)
+        .await
+        .with_context(|| format!("asking slave {}", ep.slave))?;
+    let (data, trees): (Vec<Item>, Vec<Item>) = (
+        data.into_iter()
+            .filter(|i| lacking.contains(&i.id))
+            .collect(),
+        trees
+            .into_iter()
+            .filter(|i| lacking.contains(&i.id))
+            .collect(),
+    );
+    let total: u64 = data.iter().chain(&trees).map(|i| i.size).sum();
+    let pb = bar(total, "uploading");
     // Files and chunks first, then recipes and manifests (children first),
     // so that whenever a recipe or manifest is stored, what it names is
     // already there.
@@ -140,12 +148,13 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     pb.finish_and_clear();
 
     // An identical tree publishes no version (as `git commit` with nothing
-    // to commit), but only after its objects were sent: re-importing is
-    // also how an operator puts back objects a slave lost.
+    // to commit), but only after the objects the slave lacked were sent:
+    // re-importing is also how an operator puts back objects a slave lost.
     if head != 0 && !args.allow_empty && head_root(ep, &http, &volume, head).await? == root {
         eprintln!(
             "nothing to import: {volume}@{head} already has this tree (root {root}); \
-             its objects were stored again; pass --allow-empty to publish a version anyway"
+             objects the slave lacked were stored again; pass --allow-empty to publish a \
+             version anyway"
         );
         return Ok(());
     }

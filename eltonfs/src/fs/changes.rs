@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
 use elton_slave::ObjectStore;
+use elton_slave::staging::Staging;
 use serde::{Deserialize, Serialize};
 
 use super::commit_reporter::Counters;
@@ -35,6 +36,23 @@ impl ChangeSet {
             .chain(&self.modified)
             .filter(|p| !p.ends_with('/'))
             .count() as u64
+    }
+
+    /// Every changed path and each directory above it, the root (`""`)
+    /// included: after a commit only these can look different to the
+    /// kernel, so only their cached inodes and names are invalidated (not
+    /// every inode of the volume it ever looked up).
+    pub fn touched(&self) -> HashSet<PathBuf> {
+        let mut out = HashSet::new();
+        for p in self.added.iter().chain(&self.modified).chain(&self.deleted) {
+            let mut path = PathBuf::from(p.trim_end_matches('/'));
+            while out.insert(path.clone()) {
+                if !path.pop() {
+                    break;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -138,67 +156,57 @@ pub struct Built {
     pub manifests: Vec<DirManifest>,
     /// Objects this commit hard-linked into the store (undone on failure).
     pub linked: Vec<ObjectId>,
-    /// Objects this commit copied into the store that were not there
-    /// before (chunks, recipes, snapshots): removed when it fails.
-    pub stored: Vec<ObjectId>,
     pub skipped: Vec<String>,
 }
 
 /// Builds the new tree: lower manifests with the upper's changes applied.
-/// File contents go into `store`: hard-linked (no copy) unless the file is
-/// open for writing or has other links, in which case a snapshot is copied.
-/// On failure, `stored` holds the objects copied into the store so far.
+/// File contents are staged in `staging`: hard-linked (no copy) unless the
+/// file is open for writing or has other links, in which case a snapshot is
+/// copied. What a failed build staged is published only if a full stage
+/// flushed itself meanwhile: [`Staging::added`] lists it for undoing.
 pub fn build(
     layers: &Layers,
-    store: &ObjectStore,
+    staging: &mut Staging<'_>,
     open_for_write: &HashSet<(u64, u64)>,
     chunk_threshold: u64,
-    stored: &mut Vec<ObjectId>,
     progress: &Counters,
 ) -> io::Result<Built> {
     let mut built = Built {
         root: ObjectId::of(b""),
         manifests: Vec::new(),
         linked: Vec::new(),
-        stored: Vec::new(),
         skipped: Vec::new(),
     };
-    let ctx = BuildCtx {
+    let mut ctx = BuildCtx {
         layers,
-        store,
+        staging,
         open_for_write,
         chunk_threshold,
         progress,
     };
-    let outcome = build_root(&ctx, &mut built);
-    stored.extend(built.stored.iter().copied());
-    outcome.map(|()| built)
+    let root_lower = root_lower(layers)?;
+    let root = build_dir(&mut ctx, Path::new(""), root_lower, &mut built)?;
+    built.root = root.id();
+    built.manifests.push(root);
+    Ok(built)
 }
 
 /// What every level of the build needs.
-struct BuildCtx<'a> {
+struct BuildCtx<'a, 'b> {
     layers: &'a Layers,
-    store: &'a ObjectStore,
+    staging: &'a mut Staging<'b>,
     open_for_write: &'a HashSet<(u64, u64)>,
     chunk_threshold: u64,
     progress: &'a Counters,
 }
 
-fn build_root(ctx: &BuildCtx<'_>, built: &mut Built) -> io::Result<()> {
-    let root_lower = root_lower(ctx.layers)?;
-    let root = build_dir(ctx, Path::new(""), root_lower, built)?;
-    built.root = root.id();
-    built.manifests.push(root);
-    Ok(())
-}
-
 fn build_dir(
-    ctx: &BuildCtx<'_>,
+    ctx: &mut BuildCtx<'_, '_>,
     rel: &Path,
     lower: Option<Arc<DirManifest>>,
     built: &mut Built,
 ) -> io::Result<DirManifest> {
-    let (layers, store) = (ctx.layers, ctx.store);
+    let layers = ctx.layers;
     let mut entries: BTreeMap<String, Entry> = lower
         .map(|l| {
             l.entries
@@ -252,10 +260,9 @@ fn build_dir(
             // Large files are stored as chunks (copies, so nothing to undo
             // on failure): unchanged chunks of an edited file keep their ids
             // and are already stored.
-            let before = built.stored.len();
-            let (id, size) = store_chunked(store, &path, &mut built.stored)?;
+            let (id, size, added) = store_chunked(ctx.staging, &path)?;
             ctx.progress.file(size, false);
-            ctx.progress.objects((built.stored.len() - before) as u64);
+            ctx.progress.objects(added);
             Entry {
                 size,
                 object: Some(id),
@@ -264,23 +271,20 @@ fn build_dir(
             }
         } else if m.is_file() {
             let snapshot = m.nlink() > 1 || ctx.open_for_write.contains(&(m.dev(), m.ino()));
-            let adopted = if snapshot {
-                store.adopt_copy(&path)
+            let put = if snapshot {
+                ctx.staging.copy(&path)
             } else {
-                store.adopt_link(&path)
-            };
-            let (id, added) = adopted.map_err(|e| io::Error::other(e.to_string()))?;
-            if added && !snapshot {
-                built.linked.push(id);
-            } else if added {
-                built.stored.push(id);
+                ctx.staging.link(&path)
             }
-            // The size is what was hashed: re-read from the store's copy.
-            let size = fs::metadata(store.path(&id))?.len();
-            ctx.progress.file(size, added);
+            .map_err(|e| io::Error::other(e.to_string()))?;
+            if put.new && !snapshot {
+                built.linked.push(put.id);
+            }
+            // The size is what was hashed.
+            ctx.progress.file(put.size, put.new);
             Entry {
-                size,
-                object: Some(id),
+                size: put.size,
+                object: Some(put.id),
                 ..base
             }
         } else if m.file_type().is_symlink() {
@@ -308,33 +312,23 @@ fn build_dir(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-/// Chunks a large upper file into the store; returns the recipe's id and
-/// the content's size. The bytes are read once, so the recipe is a
-/// consistent snapshot of them even if the file is being written.
-fn store_chunked(
-    store: &ObjectStore,
-    path: &Path,
-    stored: &mut Vec<ObjectId>,
-) -> io::Result<(ObjectId, u64)> {
+/// Chunks a large upper file into the stage; returns the recipe's id, the
+/// content's size and how many objects were new. The bytes are read once,
+/// so the recipe is a consistent snapshot of them even if the file is being
+/// written.
+fn store_chunked(staging: &mut Staging<'_>, path: &Path) -> io::Result<(ObjectId, u64, u64)> {
     let file = fs::File::open(path)?;
+    let mut added = 0;
     let recipe = crate::chunking::chunk(file, |_, id, data| {
-        if !store.contains(&id) {
-            store
-                .put_bytes(data)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            stored.push(id);
+        if !staging.has(&id) && staging.bytes(data).map_err(io::Error::other)?.new {
+            added += 1;
         }
         Ok(())
     })?;
-    let bytes = recipe.encode();
-    let id = ObjectId::of(&bytes);
-    if !store.contains(&id) {
-        store
-            .put_bytes(&bytes)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        stored.push(id);
-    }
-    Ok((id, recipe.size))
+    let put = staging
+        .bytes(&recipe.encode())
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok((put.id, recipe.size, added + u64::from(put.new)))
 }
 
 /// Removes objects a failed commit stored, unless they were there before
@@ -438,4 +432,26 @@ pub fn unlink_aliases(layers: &Layers, store: &ObjectStore) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_is_the_changes_and_their_ancestors() {
+        let c = ChangeSet {
+            added: vec!["a/b/new".into(), "top/".into()],
+            modified: vec!["a/b/".into()],
+            deleted: vec!["x/gone".into()],
+        };
+        let mut got: Vec<PathBuf> = c.touched().into_iter().collect();
+        got.sort();
+        let want: Vec<PathBuf> = ["", "a", "a/b", "a/b/new", "top", "x", "x/gone"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+        assert!(ChangeSet::default().touched().is_empty());
+    }
 }
