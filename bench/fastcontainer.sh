@@ -110,7 +110,9 @@ EOF
 # shellcheck disable=SC2016 # expanded by the app's shell
 CMD='sed -e "s|@PORT@|$PORT|g" -e "s|@ROOT@|$PWD|g" nginx.conf.in >/tmp/elton-fc-nginx-$PORT.conf && exec nginx -e stderr -p /tmp -c /tmp/elton-fc-nginx-$PORT.conf'
 "$ELTON" app create zero --host-name zero.test --volume site --cmd "$CMD" --idle 1s >/dev/null
-"$ELTON" app create steady --host-name steady.test --volume site --cmd "$CMD" --idle 1h >/dev/null
+# One instance, so (b) compares the two proxies in front of one backend
+# (the proxy would otherwise scale out and spread over several).
+"$ELTON" app create steady --host-name steady.test --volume site --cmd "$CMD" --idle 1h --max 1 >/dev/null
 "$ELTON" app create scaled --host-name scaled.test --volume site --cmd "$CMD" --idle 1h --cpu 25% >/dev/null
 
 ELTON_LOG=info "$ELTON" proxy --listen "127.0.0.1:$PPORT" --dir "$WORK/proxy" \
