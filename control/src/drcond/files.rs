@@ -142,6 +142,15 @@ pub fn holds(have: &Resources, want: &Resources) -> bool {
 /// `root` is absolute, e.g. `/elton/host1`.
 pub fn group_of(proc_cgroup: &str, root: &str, v2: bool, controller: &str) -> Option<u64> {
     let root = root.trim_end_matches('/');
+    let rest = hierarchy_path(proc_cgroup, v2, controller)?
+        .strip_prefix(root)?
+        .strip_prefix('/')?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// The process's path in `hierarchy` (v1: the line naming `controller`;
+/// v2: the `0::` line) from its `/proc/PID/cgroup` text.
+fn hierarchy_path<'a>(proc_cgroup: &'a str, v2: bool, controller: &str) -> Option<&'a str> {
     proc_cgroup.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
         let (hier, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -150,11 +159,7 @@ pub fn group_of(proc_cgroup: &str, root: &str, v2: bool, controller: &str) -> Op
         } else {
             ctrls.split(',').any(|c| c == controller)
         };
-        if !ours {
-            return None;
-        }
-        let rest = path.strip_prefix(root)?.strip_prefix('/')?;
-        rest.split('/').next()?.parse().ok()
+        ours.then_some(path)
     })
 }
 
@@ -168,23 +173,15 @@ pub fn group_of(proc_cgroup: &str, root: &str, v2: bool, controller: &str) -> Op
 /// forth on every tick and each return it into the other's group.
 pub fn foreign_group(proc_cgroup: &str, root: &str, v2: bool, controller: &str) -> Option<String> {
     let root = root.trim_end_matches('/');
-    proc_cgroup.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (hier, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let ours = if v2 {
-            hier == "0" && ctrls.is_empty()
-        } else {
-            ctrls.split(',').any(|c| c == controller)
-        };
-        if !ours || path.strip_prefix(root).is_some_and(|r| r.starts_with('/')) {
-            return None;
-        }
-        let parts: Vec<&str> = path.split('/').collect();
-        let at = parts
-            .windows(2)
-            .position(|w| is_host_root(w[0]) && w[1].parse::<u64>().is_ok())?;
-        Some(parts[..at + 2].join("/"))
-    })
+    let path = hierarchy_path(proc_cgroup, v2, controller)?;
+    if path.strip_prefix(root).is_some_and(|r| r.starts_with('/')) {
+        return None;
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let at = parts
+        .windows(2)
+        .position(|w| is_host_root(w[0]) && w[1].parse::<u64>().is_ok())?;
+    Some(parts[..at + 2].join("/"))
 }
 
 /// Whether a directory name is a host root: `elton-<name>-<8 hex>`.
