@@ -250,6 +250,25 @@ impl Proxy {
         }
     }
 
+    /// The apps as last read.
+    fn apps_snapshot(&self) -> BTreeMap<String, App> {
+        self.apps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// The apps this proxy has run state for, taken out of the lock.
+    fn runs_snapshot(&self) -> Vec<(String, Arc<AppRun>)> {
+        self.runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Stops every instance and releases the runtime's mounts.
     pub fn shutdown(&self) {
         let runs: Vec<Arc<AppRun>> = self
@@ -313,19 +332,8 @@ impl Proxy {
         loop {
             tokio::time::sleep(IDLE_TICK).await;
             let Some(p) = me.upgrade() else { return };
-            let apps = p
-                .apps
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
-                .clone();
-            let runs: Vec<(String, Arc<AppRun>)> = p
-                .runs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let apps = p.apps_snapshot();
+            let runs = p.runs_snapshot();
             let mut changed = false;
             for (name, r) in runs {
                 // A removed app's instance goes as soon as it is idle.

@@ -97,13 +97,7 @@ impl Proxy {
 
     /// This host's instances as the registry records them.
     fn records(&self) -> Vec<InstanceRecord> {
-        let runs: Vec<(String, Arc<AppRun>)> = self
-            .runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let runs = self.runs_snapshot();
         let now_ms = wall_ms();
         let mut out = Vec::new();
         for (app, r) in runs {
@@ -185,19 +179,8 @@ impl Proxy {
         loop {
             tokio::time::sleep(SCALE_TICK).await;
             let Some(p) = me.upgrade() else { return };
-            let apps = p
-                .apps
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
-                .clone();
-            let runs: Vec<(String, Arc<AppRun>)> = p
-                .runs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let apps = p.apps_snapshot();
+            let runs = p.runs_snapshot();
             for (name, r) in runs {
                 let Some(app) = apps.get(&name) else { continue };
                 let loads = p.sample(app, &r);
