@@ -22,18 +22,18 @@
 #       instance; medians of $ROUNDS runs, alternating, and their ratio
 #       (target >= 1.0x); the instance alone for reference.
 #   (c) the seed's experiment scaled to this host: $REQUESTS requests at
-#       concurrency $CONC (elton-fcbench, keep-alive) to an app limited to
-#       25 % of a core; at request $TRIGGER `elton app set --cpu 100%`. The
-#       proxy does not run a second instance of an app on one host yet
-#       (scale-out is not built on this branch), so the trigger is the
-#       nearest thing the code allows: a configuration change, which
-#       starts a replacement instance with four times the CPU beside the
-#       serving one and switches to it once it listens (a scale-up by
-#       replacement). p50 of the 10,000 requests before vs after the
-#       trigger, and the longest time without any answer around it.
+#       concurrency $CONC (elton-fcbench, keep-alive) to a CPU-bound app
+#       (elton-cpuapp: $WORK_US us of CPU per request) limited to 25 % of a
+#       core, at most one instance and no scale-up (--max 1, --max-cpu
+#       25%). At request $TRIGGER `elton app set scaled --max 2`: the
+#       instance, at its quota, asks for more and the proxy's scaling rule
+#       starts a second one (scale-out), then balances over both. p50 of
+#       the 10,000 requests before vs after the trigger and of the last
+#       10,000, and the longest time without any answer around it.
 #
 # Tunables (environment): ROUNDS (5), DURATION (10), CONNS (32),
-# REQUESTS (100000), CONC (16), TRIGGER (50000), ELTON_BIN, FCBENCH_BIN.
+# REQUESTS (100000), CONC (16), TRIGGER (50000), WORK_US (200), ELTON_BIN,
+# FCBENCH_BIN, CPUAPP_BIN.
 
 set -euo pipefail
 
@@ -43,6 +43,7 @@ CONNS=${CONNS:-32}
 REQUESTS=${REQUESTS:-100000}
 CONC=${CONC:-16}
 TRIGGER=${TRIGGER:-50000}
+WORK_US=${WORK_US:-200}
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -60,9 +61,11 @@ fi
 require curl wrk nginx python3
 release_bins elton
 FCBENCH=${FCBENCH_BIN:-$ROOT/target/release/elton-fcbench}
-if [[ -z "${FCBENCH_BIN:-}" ]]; then
-    log "building release elton-fcbench"
-    (cd "$ROOT" && cargo build --release -q -p elton-tests --bin elton-fcbench) || die "cargo build failed"
+CPUAPP=${CPUAPP_BIN:-$ROOT/target/release/elton-cpuapp}
+if [[ -z "${FCBENCH_BIN:-}" || -z "${CPUAPP_BIN:-}" ]]; then
+    log "building release elton-fcbench and elton-cpuapp"
+    (cd "$ROOT" && cargo build --release -q -p elton-tests --bin elton-fcbench --bin elton-cpuapp) ||
+        die "cargo build failed"
 fi
 bench_start fastcontainer
 # nginx's workers (user nobody) reach the mounts under it.
@@ -113,7 +116,8 @@ CMD='sed -e "s|@PORT@|$PORT|g" -e "s|@ROOT@|$PWD|g" nginx.conf.in >/tmp/elton-fc
 # One instance, so (b) compares the two proxies in front of one backend
 # (the proxy would otherwise scale out and spread over several).
 "$ELTON" app create steady --host-name steady.test --volume site --cmd "$CMD" --idle 1h --max 1 >/dev/null
-"$ELTON" app create scaled --host-name scaled.test --volume site --cmd "$CMD" --idle 1h --cpu 25% >/dev/null
+"$ELTON" app create scaled --host-name scaled.test --volume site --cmd "$CPUAPP --work-us $WORK_US" \
+    --idle 1h --cpu 25% --max-cpu 25% --max 1 --cooldown 5s >/dev/null
 
 ELTON_LOG=info "$ELTON" proxy --listen "127.0.0.1:$PPORT" --dir "$WORK/proxy" \
     --refresh 200ms >>"$WORK/proxy.log" 2>&1 &
@@ -241,13 +245,18 @@ done
 DIRECT_RPS=$(rps "http://127.0.0.1:$BPORT/index.html")
 log "elton req/s: ${ELTON_RPS[*]}; nginx req/s: ${NGINX_RPS[*]}; instance alone: $DIRECT_RPS"
 
-# ---- (c) 100,000 requests, more CPU at the 50,000th ---------------------------
+# ---- (c) 100,000 requests, a second instance at the 50,000th ------------------
 
 curl -sf -H 'Host: scaled.test' "http://127.0.0.1:$PPORT/index.html" >/dev/null || die "scaled did not answer"
 C_OUT=$("$FCBENCH" --addr "127.0.0.1:$PPORT" --host scaled.test --requests "$REQUESTS" \
     --concurrency "$CONC" --trigger-at "$TRIGGER" \
-    --trigger "\"$ELTON\" app set scaled --cpu 100% >/dev/null")
+    --trigger "\"$ELTON\" app set scaled --max 2 >/dev/null")
 log "elton-fcbench: $C_OUT"
+SCALED_TO=$("$ELTON" app show scaled --json | python3 -c 'import json,sys
+d = json.load(sys.stdin)
+print(len(d.get("instances", [])))')
+log "scaled runs $SCALED_TO instance(s) after the run"
+((SCALED_TO == 2)) || die "the experiment did not scale out (instances: $SCALED_TO); see $WORK/proxy.log"
 field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); 
 for k in sys.argv[2].split("."): d = d[k]
 print(d)' "$C_OUT" "$1"; }
@@ -265,6 +274,7 @@ printf '| (b) through elton proxy, median req/s | %s |\n' "$(median "${ELTON_RPS
 printf '| (b) through nginx proxy_pass, median req/s | %s |\n' "$(median "${NGINX_RPS[@]}")"
 printf '| (b) ratio elton / nginx (target >= 1.0) | %s |\n' "$(ratio "$(median "${ELTON_RPS[@]}")" "$(median "${NGINX_RPS[@]}")")"
 printf '| (b) the instance alone, req/s | %s |\n' "$DIRECT_RPS"
+printf '| (c) instances of the app after the run | %s |\n' "$SCALED_TO"
 printf '| (c) requests answered / errors | %s / %s |\n' "$(field answered)" "$(field errors)"
 printf '| (c) p50 of the %s before the trigger, ms | %s |\n' "$(field before.count)" "$(us_ms "$(field before.p50_us)")"
 printf '| (c) p50 of the %s after the trigger, ms | %s |\n' "$(field after.count)" "$(us_ms "$(field after.p50_us)")"

@@ -72,8 +72,23 @@ pub fn may_batch(
     me: NodeId,
     reads: impl Fn(NodeId) -> Option<u32>,
 ) -> Result<(), NodeId> {
+    every_member_reads(members, me, BATCH_VERSION, reads)
+}
+
+/// Whether leader `me` may write an entry of command `version`: every
+/// other member of `members` has said it reads it (as [`may_batch`]).
+/// Version 1 needs nobody's word: every build reads it.
+pub fn every_member_reads(
+    members: impl IntoIterator<Item = NodeId>,
+    me: NodeId,
+    version: u32,
+    reads: impl Fn(NodeId) -> Option<u32>,
+) -> Result<(), NodeId> {
+    if version <= 1 {
+        return Ok(());
+    }
     for id in members {
-        if id != me && reads(id).is_none_or(|v| v < BATCH_VERSION) {
+        if id != me && reads(id).is_none_or(|v| v < version) {
             return Err(id);
         }
     }
@@ -159,6 +174,25 @@ mod tests {
             Err(7)
         );
         assert_eq!(may_batch([1, 2, 3], 1, reads(&[(2, 2)])), Err(3));
+    }
+
+    #[test]
+    fn a_newer_command_waits_for_every_member_to_read_it() {
+        let reads = |known: &'static [(NodeId, u32)]| {
+            move |id: NodeId| known.iter().find(|(k, _)| *k == id).map(|(_, v)| *v)
+        };
+        // Version 1: every build reads it, heard from or not.
+        assert_eq!(every_member_reads([1, 2], 1, 1, reads(&[])), Ok(()));
+        assert_eq!(
+            every_member_reads([1, 2, 3], 1, 3, reads(&[(2, 3), (3, 2)])),
+            Err(3)
+        );
+        assert_eq!(
+            every_member_reads([1, 2, 3], 1, 3, reads(&[(2, 3), (3, 4)])),
+            Ok(())
+        );
+        // A one-member group needs nobody's word.
+        assert_eq!(every_member_reads([1], 1, 3, reads(&[])), Ok(()));
     }
 
     #[test]

@@ -43,6 +43,8 @@ struct Queued {
 /// Handle to one member's batcher task; the task ends with the handle.
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Queued>,
+    raft: Raft,
+    versions: PeerVersions,
 }
 
 impl Batcher {
@@ -53,17 +55,36 @@ impl Batcher {
     pub fn start(raft: Raft, name: &str, limits: BatchLimits, versions: PeerVersions) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = VersionGate {
-            versions,
+            versions: versions.clone(),
             holding: None,
         };
-        tokio::spawn(run(raft, rx, limits, gate, format!("batch:{name}")));
-        Self { tx }
+        tokio::spawn(run(raft.clone(), rx, limits, gate, format!("batch:{name}")));
+        Self { tx, raft, versions }
+    }
+
+    /// Refuses a command of a version some member may not read: it would
+    /// stop that member's state machine at the entry.
+    fn check_readable(&self, request: &Request) -> Result<(), NodeError> {
+        let version = request.command.version();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let members = m.membership_config.membership().nodes().map(|(id, _)| *id);
+        batch::every_member_reads(members, m.id, version, |id| self.versions.get(id)).map_err(
+            |id| {
+                NodeError::BadRequest(format!(
+                    "this command needs command version {version}, and member {id} has not \
+                     said it reads it (an earlier build, or not heard from yet): upgrade every \
+                     member first, or try again in a moment"
+                ))
+            },
+        )
     }
 
     /// Proposes `request` (of `bytes` encoded bytes) and answers once it is
     /// applied. Call on the leader only: a follower's batch fails with
     /// leadership moved.
     pub async fn write(&self, request: Request, bytes: usize) -> Result<Written, NodeError> {
+        self.check_readable(&request)?;
         let (reply, answer) = oneshot::channel();
         let stopped = || NodeError::Unavailable("this member's control plane is stopping".into());
         self.tx

@@ -22,8 +22,14 @@ use crate::types::NodeId;
 /// would be misread by an older member (not for new client kinds, which
 /// older members reject by kind before proposing), and when the leader
 /// starts writing something into the log that older members cannot read.
-/// 2: `batch` log entries.
-pub const COMMAND_VERSION: u32 = 2;
+/// 2: `batch` log entries. 3: an app's `cpu_max_percent` (and unsetting
+/// it).
+pub const COMMAND_VERSION: u32 = 3;
+
+/// The version of a command that uses an app's `cpu_max_percent`; the
+/// leader proposes such a command only while every member reads it
+/// ([`crate::batch::every_member_reads`]).
+pub const CPU_MAX_VERSION: u32 = 3;
 
 /// The version a `batch` entry is written with; the leader forms batches
 /// only while every member reads it ([`crate::batch::may_batch`]).
@@ -268,7 +274,12 @@ impl Command {
     /// still read every command they know.
     pub fn version(&self) -> u32 {
         match self {
-            Command::Batch { .. } => BATCH_VERSION,
+            Command::Batch { requests } => requests
+                .iter()
+                .map(|r| r.command.version())
+                .fold(BATCH_VERSION, u32::max),
+            Command::AppCreate { spec } if spec.cpu_max_percent.is_some() => CPU_MAX_VERSION,
+            Command::AppSet { patch, .. } if patch.needs_v3() => CPU_MAX_VERSION,
             _ => 1,
         }
     }

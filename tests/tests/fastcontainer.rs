@@ -146,6 +146,8 @@ fn phase2_bad_input_is_refused_and_changes_nothing(g: &Group) {
         (create(&["--volume", "site@9"]), "has no version 9"),
         (create(&["--volume", "nosuch"]), "nosuch"),
         (create(&["--cpu", "0%"]), "0%"),
+        (create(&["--max-cpu", "50%"]), "has none"),
+        (create(&["--cpu", "50%", "--max-cpu", "40%"]), "max-cpu 40%"),
         (create(&["--memory", "12X"]), "size"),
         (create(&["--memory", "1K"]), "memory"),
         (create(&["--min", "5"]), "above max"),
@@ -219,6 +221,8 @@ fn phase3_set_and_deploy_change_only_what_they_name(g: &Group) {
             "90s",
             "--scale-at",
             "50%",
+            "--max-cpu",
+            "60%",
             "--unset",
             "memory",
             "--json",
@@ -226,6 +230,8 @@ fn phase3_set_and_deploy_change_only_what_they_name(g: &Group) {
     );
     let app: serde_json::Value = serde_json::from_str(&out).expect("set output");
     assert_eq!(app["max"], 8);
+    // A command-version-3 field, accepted once every member reads it.
+    assert_eq!(app["cpu_max_percent"], 60);
     assert_eq!(app["idle_ms"], 90_000);
     assert_eq!(app["scale_at_percent"], 50);
     assert!(app.get("memory_bytes").is_none(), "{app:#}");

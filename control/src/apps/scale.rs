@@ -1,15 +1,15 @@
 //! The scaling rule (pure): given an app's instances with their load, the
 //! hosts that can run one, and when the app's last decision was made,
 //! whether to scale out (one more instance, on the least-loaded host),
-//! scale up (raise the hot instance's CPU quota) or do nothing. Not wired
-//! yet: the instance registry that feeds it is a later step (see
-//! `docs/architecture.md` §9, "FastContainer").
+//! scale up (raise the hot instance's CPU quota) or do nothing. Each
+//! host's proxy evaluates it for the instances it runs
+//! (`docs/architecture.md` §9, "FastContainer").
 
 use super::spec::AppSpec;
 use crate::types::NodeId;
 
-/// How far scale-up raises an instance's CPU quota: at most this many
-/// times the app's configured `cpu_percent`.
+/// How far scale-up raises an instance's CPU quota when the app sets no
+/// `cpu_max_percent`: at most this many times its `cpu_percent`.
 pub const MAX_SCALE_UP_FACTOR: u32 = 4;
 
 /// One instance's load, as its host measured it.
@@ -92,7 +92,10 @@ pub fn decide(
         .iter()
         .find(|h| h.host == hot.host)
         .map_or(quota, |h| h.cpu_capacity_percent);
-    let bound = base.saturating_mul(MAX_SCALE_UP_FACTOR).min(capacity);
+    let bound = app
+        .cpu_max_percent
+        .unwrap_or_else(|| base.saturating_mul(MAX_SCALE_UP_FACTOR))
+        .min(capacity);
     if quota >= bound {
         return Decision::Hold(format!(
             "at max {} instances and instance {} at its CPU bound of {bound}%",
@@ -217,6 +220,32 @@ mod tests {
             decide(&unlimited, &two, &hosts(), None, 0),
             Decision::Hold(why) if why.contains("no CPU limit")
         ));
+    }
+
+    #[test]
+    fn max_cpu_bounds_scale_up_and_at_the_base_only_scale_out_remains() {
+        let mut a = app();
+        a.max = 1;
+        a.cpu_max_percent = Some(45);
+        let hot = [inst(7, 1, 95, Some(30))];
+        assert_eq!(
+            decide(&a, &hot, &hosts(), None, 0),
+            Decision::ScaleUp {
+                id: 7,
+                quota_percent: 45
+            }
+        );
+        a.cpu_max_percent = Some(30);
+        assert!(matches!(
+            decide(&a, &hot, &hosts(), None, 0),
+            Decision::Hold(why) if why.contains("CPU bound of 30%")
+        ));
+        // Raising max then lets it scale out.
+        a.max = 2;
+        assert_eq!(
+            decide(&a, &hot, &hosts(), None, 0),
+            Decision::ScaleOut { host: 2 }
+        );
     }
 
     #[test]

@@ -69,6 +69,13 @@ pub struct AppSpec {
     /// Each instance's CPU, in percent of one core; none: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<u32>,
+    /// The most CPU scale-up may give one instance, in percent of one
+    /// core; none: [`super::scale::MAX_SCALE_UP_FACTOR`] times
+    /// `cpu_percent`. Equal to `cpu_percent`: no scale-up, only scale-out.
+    /// Added in command version 3 (written only when set, so specs
+    /// without it read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max_percent: Option<u32>,
     /// Each instance's memory; none: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
@@ -98,6 +105,8 @@ pub enum Unset {
     Image,
     Cpu,
     Memory,
+    /// Command version 3.
+    CpuMax,
 }
 
 /// A change to an app: the fields given are replaced, those in `unset`
@@ -126,6 +135,9 @@ pub struct AppPatch {
     pub max: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<u32>,
+    /// Command version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max_percent: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +163,7 @@ impl AppSpec {
             min: DEFAULT_MIN,
             max: DEFAULT_MAX,
             cpu_percent: None,
+            cpu_max_percent: None,
             memory_bytes: None,
             scale_at_percent: DEFAULT_SCALE_AT_PERCENT,
             cooldown_ms: DEFAULT_COOLDOWN_MS,
@@ -199,6 +212,20 @@ impl AppSpec {
                 "cpu {cpu}%: a CPU limit is 1% to {MAX_CPU_PERCENT}% of one core"
             ));
         }
+        if let Some(max) = self.cpu_max_percent {
+            let Some(cpu) = self.cpu_percent else {
+                return Err(format!(
+                    "max-cpu {max}% bounds scale-up of a CPU limit, and the app has none \
+                     (give --cpu too)"
+                ));
+            };
+            if max < cpu || max > MAX_CPU_PERCENT {
+                return Err(format!(
+                    "max-cpu {max}%: scale-up's bound is from the app's cpu ({cpu}%) to \
+                     {MAX_CPU_PERCENT}% of one core"
+                ));
+            }
+        }
         if let Some(m) = self.memory_bytes
             && m < MIN_MEMORY_BYTES
         {
@@ -225,6 +252,7 @@ impl AppSpec {
                 Unset::Image => s.image = None,
                 Unset::Cpu => s.cpu_percent = None,
                 Unset::Memory => s.memory_bytes = None,
+                Unset::CpuMax => s.cpu_max_percent = None,
             }
         }
         let set = |dst: &mut String, v: &Option<String>| {
@@ -244,6 +272,9 @@ impl AppSpec {
         if patch.cpu_percent.is_some() {
             s.cpu_percent = patch.cpu_percent;
         }
+        if patch.cpu_max_percent.is_some() {
+            s.cpu_max_percent = patch.cpu_max_percent;
+        }
         if patch.memory_bytes.is_some() {
             s.memory_bytes = patch.memory_bytes;
         }
@@ -260,6 +291,11 @@ impl AppSpec {
 impl AppPatch {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Whether the patch uses a field added in command version 3.
+    pub fn needs_v3(&self) -> bool {
+        self.cpu_max_percent.is_some() || self.unset.contains(&Unset::CpuMax)
     }
 
     /// What can be checked without the app it changes: the patch changes
@@ -280,6 +316,7 @@ impl AppPatch {
         both(Unset::Image, self.image.is_some(), "image")?;
         both(Unset::Cpu, self.cpu_percent.is_some(), "cpu")?;
         both(Unset::Memory, self.memory_bytes.is_some(), "memory")?;
+        both(Unset::CpuMax, self.cpu_max_percent.is_some(), "max-cpu")?;
         if let Some(h) = &self.host_name {
             check_host_name(h)?;
         }
@@ -459,6 +496,25 @@ mod tests {
         s.memory_bytes = Some(512 << 20);
         s.min = 4;
         s.validate().unwrap();
+        s.cpu_max_percent = Some(30);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_spec_without_max_cpu_encodes_as_before_version_3() {
+        let mut s = web();
+        s.cpu_percent = Some(30);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("cpu_max"), "{json}");
+        assert!(!AppPatch::default().needs_v3());
+        s.cpu_max_percent = Some(60);
+        let back: AppSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let p = AppPatch {
+            unset: BTreeSet::from([Unset::CpuMax]),
+            ..AppPatch::default()
+        };
+        assert!(p.needs_v3());
     }
 
     #[test]
@@ -499,6 +555,21 @@ mod tests {
             (
                 Box::new(|s| s.cpu_percent = Some(MAX_CPU_PERCENT + 1)),
                 "cpu",
+            ),
+            (Box::new(|s| s.cpu_max_percent = Some(50)), "has none"),
+            (
+                Box::new(|s| {
+                    s.cpu_percent = Some(50);
+                    s.cpu_max_percent = Some(40);
+                }),
+                "max-cpu 40%",
+            ),
+            (
+                Box::new(|s| {
+                    s.cpu_percent = Some(50);
+                    s.cpu_max_percent = Some(MAX_CPU_PERCENT + 1);
+                }),
+                "max-cpu",
             ),
             (Box::new(|s| s.memory_bytes = Some(1024)), "memory"),
             (Box::new(|s| s.scale_at_percent = 0), "scale-at"),

@@ -112,11 +112,11 @@ fn malformed_and_unknown_commands_are_rejected() {
 
 #[test]
 fn a_newer_version_is_a_version_error() {
-    let e = decode_err(r#"{"v":3,"id":{"client":"c","seq":1},"command":{"kind":"teleport"}}"#);
+    let e = decode_err(r#"{"v":4,"id":{"client":"c","seq":1},"command":{"kind":"teleport"}}"#);
     assert!(matches!(
         e,
         ControlError::UnsupportedVersion {
-            found: 3,
+            found: 4,
             supported: COMMAND_VERSION
         }
     ));
@@ -179,6 +179,21 @@ fn app_commands_decode_in_the_documented_form_and_bad_values_are_refused() {
         "patch":{"version":4,"unset":["cpu"]}}}"#;
     Request::decode(set).expect("documented form");
     let rm = br#"{"v":1,"id":{"client":"c","seq":3},"command":{"kind":"app_remove","name":"web"}}"#;
+    // max-cpu is command version 3, also when it is being unset.
+    let capped = String::from_utf8_lossy(create).replace(
+        r#""cpu_percent":30"#,
+        r#""cpu_percent":30,"cpu_max_percent":30"#,
+    );
+    let r = Request::decode(capped.as_bytes()).expect("documented form");
+    assert_eq!(r.command.version(), CPU_MAX_VERSION);
+    let r = Request::decode(
+        &String::from_utf8_lossy(set)
+            .replace("\"cpu\"", "\"cpu_max\"")
+            .into_bytes(),
+    )
+    .expect("documented form");
+    assert_eq!(r.command.version(), CPU_MAX_VERSION);
+    assert_eq!(Request::decode(set).unwrap().command.version(), 1);
     Request::decode(rm).expect("documented form");
 
     let bad_max = String::from_utf8_lossy(create).replace(r#""max":4"#, r#""max":0"#);

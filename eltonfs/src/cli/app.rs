@@ -92,6 +92,10 @@ pub struct Settings {
     /// unlimited].
     #[arg(long)]
     pub cpu: Option<String>,
+    /// The most CPU scale-up may give one instance, e.g. 60% (equal to
+    /// --cpu: scale out only) [default: 4 times --cpu].
+    #[arg(long)]
+    pub max_cpu: Option<String>,
     /// Each instance's memory, e.g. 512M [default: unlimited].
     #[arg(long)]
     pub memory: Option<String>,
@@ -121,7 +125,8 @@ pub struct SetArgs {
     pub name: String,
     #[command(flatten)]
     pub settings: Settings,
-    /// Clear an optional setting: cmd, image, cpu or memory (repeatable).
+    /// Clear an optional setting: cmd, image, cpu, max-cpu or memory
+    /// (repeatable).
     #[arg(long, value_parser = parse_unset)]
     pub unset: Vec<Unset>,
     /// Print JSON instead of text.
@@ -134,8 +139,9 @@ fn parse_unset(s: &str) -> Result<Unset, String> {
         "cmd" => Ok(Unset::Cmd),
         "image" => Ok(Unset::Image),
         "cpu" => Ok(Unset::Cpu),
+        "max-cpu" => Ok(Unset::CpuMax),
         "memory" => Ok(Unset::Memory),
-        _ => Err(format!("{s:?}: one of cmd, image, cpu, memory")),
+        _ => Err(format!("{s:?}: one of cmd, image, cpu, max-cpu, memory")),
     }
 }
 
@@ -275,6 +281,12 @@ fn patch_of(s: &Settings) -> Result<AppPatch> {
             .map(limits::percent)
             .transpose()
             .map_err(|e| anyhow!(e))?,
+        cpu_max_percent: s
+            .max_cpu
+            .as_deref()
+            .map(limits::percent)
+            .transpose()
+            .map_err(|e| anyhow!(e))?,
         memory_bytes: s
             .memory
             .as_deref()
@@ -367,6 +379,9 @@ fn print_app(a: &App, json: bool) -> Result<()> {
         "cpu         {}",
         opt(s.cpu_percent.map(|c| format!("{c}%")))
     );
+    if let Some(max) = s.cpu_max_percent {
+        println!("max cpu     {max}%");
+    }
     println!("memory      {}", opt(s.memory_bytes.map(mib)));
     println!("scale at    {}%", s.scale_at_percent);
     println!("cooldown    {}", secs(s.cooldown_ms));

@@ -397,6 +397,7 @@ mod tests {
             min: 0,
             max: 4,
             cpu_percent: Some(30),
+            cpu_max_percent: None,
             memory_bytes: Some(64 << 20),
             scale_at_percent: 80,
             cooldown_ms: 30_000,
