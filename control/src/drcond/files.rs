@@ -184,6 +184,18 @@ pub fn foreign_group(proc_cgroup: &str, root: &str, v2: bool, controller: &str) 
     Some(parts[..at + 2].join("/"))
 }
 
+/// Whether `path` (a hierarchy path) lies in some Elton host's limit
+/// group: a host root followed by a limit id. No process is ever returned
+/// into one: that host may be removing it (its `rmdir` would then fail
+/// with EBUSY and the group stay), and it is not where the process came
+/// from but where another host had just put it.
+pub fn in_host_group(path: &str) -> bool {
+    path.split('/')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| is_host_root(w[0]) && w[1].parse::<u64>().is_ok())
+}
+
 /// Whether a directory name is a host root: `elton-<name>-<8 hex>`.
 fn is_host_root(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("elton-") else {
@@ -336,6 +348,16 @@ mod tests {
             foreign_group("0::/elton-m3-12345678/4\n", "/elton-m1-0a0b0c0d", true, ""),
             Some("/elton-m3-12345678/4".to_string())
         );
+    }
+
+    #[test]
+    fn no_return_into_any_hosts_group() {
+        assert!(in_host_group("system.slice/elton-m2-0a0b0c0d/15"));
+        assert!(in_host_group("elton-m2-0a0b0c0d/15/"));
+        assert!(!in_host_group("system.slice/elton-m2-0a0b0c0d"));
+        assert!(!in_host_group("user.slice/session-3.scope"));
+        assert!(!in_host_group("elton-m2-notahex1/15"));
+        assert!(!in_host_group(""));
     }
 
     #[test]

@@ -309,6 +309,16 @@ impl CgroupHost {
     fn enter(&mut self, pid: i32, id: u64) -> Result<(), String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|e| format!("process {pid}: {e}"))?;
+        // The plan saw it free; another host of this machine may have taken
+        // it since. Its group would become the saved origin, and the
+        // process be returned into it later: leave it to that host.
+        let member_root = format!("/{}", self.root(MEMBERSHIP_CONTROLLER));
+        if let Some(held) =
+            files::foreign_group(&text, &member_root, self.v2, MEMBERSHIP_CONTROLLER)
+        {
+            tracing::debug!(pid, group = %held, "not taken: another Elton host holds it");
+            return Ok(());
+        }
         let start = procfs::process::Process::new(pid)
             .and_then(|p| p.stat())
             .map_err(|e| format!("process {pid}: {e}"))?
@@ -356,6 +366,7 @@ impl CgroupHost {
             // host's group): there it could never be returned.
             let rel = from
                 .filter(|p| !p.starts_with(&self.root(c)))
+                .filter(|p| !files::in_host_group(p))
                 .filter(|p| self.dir(c, p).is_dir())
                 .unwrap_or_else(|| self.base.get(c).cloned().unwrap_or_default());
             // cgroups-rs takes an empty path as "every controller's root";
