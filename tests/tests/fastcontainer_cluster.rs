@@ -408,7 +408,9 @@ fn phase4_scale_up_raises_the_quota(g: &Group, proxies: &[ProxyProc]) {
 }
 
 fn phase5_an_instance_killed_by_hand_is_replaced(g: &Group, proxies: &[ProxyProc]) {
-    create(g, "keep", &["--min", "1"]);
+    // A short idle timeout: instances a proxy starts beside the kept one
+    // (below) stop soon; the kept one never does.
+    create(g, "keep", &["--min", "1", "--idle", "2s"]);
     // The reconciler places it with no request.
     wait_until("the min instance placed and running", CONVERGE, || {
         serving(g, "keep").len() == 1
@@ -416,6 +418,13 @@ fn phase5_an_instance_killed_by_hand_is_replaced(g: &Group, proxies: &[ProxyProc
     let inst = serving(g, "keep").remove(0);
     let pid = inst["id"].as_str().expect("id").to_string();
     let _ = Command::new("kill").args(["-9", &pid]).status();
+    // At once, before any registry shows it gone: the proxies find the
+    // connection refused and send the request on (another instance, or
+    // one they start); none answers 502.
+    for p in proxies {
+        let (code, body) = p.get("keep.test", "/index.html");
+        assert_eq!(code, 200, "{} right after the kill: {body}", p.host);
+    }
     wait_until("a replacement registered", CONVERGE, || {
         serving(g, "keep")
             .first()
@@ -428,7 +437,10 @@ fn phase5_an_instance_killed_by_hand_is_replaced(g: &Group, proxies: &[ProxyProc
         let (code, body) = p.get("keep.test", "/index.html");
         assert_eq!(code, 200, "{body}");
     }
-    assert_eq!(serving(g, "keep").len(), 1);
+    // Instances started for the requests right after the kill go idle.
+    wait_until("only the kept instance left", CONVERGE, || {
+        serving(g, "keep").len() == 1
+    });
 }
 
 /// The host assigned app `keep`'s instance, and that instance's id.

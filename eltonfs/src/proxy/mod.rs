@@ -33,6 +33,7 @@ pub mod instance;
 pub mod metrics;
 pub mod mounts;
 pub mod registry;
+pub mod unreachable;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -47,7 +48,7 @@ use elton_control::apps::config::by_host;
 use elton_control::apps::fleet::Fleet;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HOST, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -60,6 +61,7 @@ use balance::Candidate;
 use group::Group;
 use instance::{Instance, Runtime};
 use metrics::Metrics;
+use unreachable::Unreachable;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -179,6 +181,8 @@ pub struct Proxy {
     /// Holds on other hosts' instances while requests are forwarded to
     /// them (their in-flight counts).
     remote_users: Mutex<HashMap<SocketAddr, Arc<()>>>,
+    /// Other hosts' instances that just refused a connection: skipped.
+    unreachable: Mutex<Unreachable>,
     /// Woken on every change of this host's instances: reported at once.
     changed: Arc<tokio::sync::Notify>,
     /// Held while reading the apps: reads caused by unknown hosts
@@ -186,12 +190,34 @@ pub struct Proxy {
     reading: tokio::sync::Mutex<()>,
     runs: Mutex<HashMap<String, Arc<AppRun>>>,
     runtime: Arc<dyn Runtime>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
     metrics: Metrics,
 }
 
 /// Why a request got no answer from its app.
 struct Refusal(StatusCode, String);
+
+/// Why one attempt to forward a request failed.
+enum Failed {
+    /// The instance at this address refused the connection: the request
+    /// never reached the app, so it may go to another instance.
+    Unreached(SocketAddr, Refusal),
+    Other(Refusal),
+}
+
+impl From<Refusal> for Failed {
+    fn from(r: Refusal) -> Self {
+        Failed::Other(r)
+    }
+}
+
+impl Failed {
+    fn refusal(self) -> Refusal {
+        match self {
+            Failed::Unreached(_, r) | Failed::Other(r) => r,
+        }
+    }
+}
 
 impl Proxy {
     pub fn new(settings: Settings, group: Arc<dyn Group>, runtime: Arc<dyn Runtime>) -> Arc<Self> {
@@ -206,6 +232,7 @@ impl Proxy {
             apps: Mutex::new((BTreeMap::new(), None)),
             fleet: Mutex::new(Fleet::default()),
             remote_users: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(Unreachable::default()),
             changed: Arc::new(tokio::sync::Notify::new()),
             reading: tokio::sync::Mutex::new(()),
             runs: Mutex::new(HashMap::new()),
@@ -340,7 +367,7 @@ impl Proxy {
                 let (idle, min) = apps.get(&name).map_or((Duration::ZERO, 0), |a| {
                     (Duration::from_millis(a.spec.idle_ms), a.spec.min)
                 });
-                let assigned = p.assigned_here(&name);
+                let floor = p.idle_floor(&name, min);
                 let mut run = r.lock();
                 if forget_dead(&name, &mut run) {
                     changed = true;
@@ -356,9 +383,8 @@ impl Proxy {
                     false
                 });
                 let idle_for = run.last_request.elapsed() >= idle;
-                // Extra instances beyond the assignment (and `min`'s one)
-                // stop when idle.
-                let floor = usize::try_from(assigned.max(u32::from(min > 0))).unwrap_or(usize::MAX);
+                // Instances beyond the floor stop when idle.
+                let floor = usize::try_from(floor).unwrap_or(usize::MAX);
                 while idle_for
                     && run.extra.len() + usize::from(run.instance.is_some()) > floor
                     && run.extra.last().is_some_and(|s| s.in_flight() == 0)
@@ -371,8 +397,7 @@ impl Proxy {
                 }
                 let idle_now = run.phase == Phase::Ready
                     && run.instance.as_ref().is_some_and(|s| s.in_flight() == 0)
-                    && min == 0
-                    && assigned == 0
+                    && floor == 0
                     && idle_for;
                 if idle_now {
                     if let Some(mut slot) = run.instance.take() {
@@ -482,14 +507,55 @@ impl Proxy {
             .clone()
     }
 
-    /// Finds or starts the app's instance and forwards `req` to it.
+    /// Finds or starts the app's instance and forwards `req` to it. A
+    /// request without a body whose instance refused the connection (it
+    /// died, or its host did, and the registry does not show it yet) goes
+    /// once more, to another instance or a new one: it never reached the
+    /// app, so sending it again repeats nothing.
     async fn route(
         self: &Arc<Self>,
         app: &App,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
         let r = self.run_of(&app.spec.name);
-        let (addr, _user) = self.ready_addr(app, &r).await?;
+        let (parts, body) = req.into_parts();
+        let again = body.is_end_stream().then(|| {
+            let mut b = Request::builder()
+                .method(parts.method.clone())
+                .uri(parts.uri.clone())
+                .version(parts.version);
+            if let Some(h) = b.headers_mut() {
+                h.clone_from(&parts.headers);
+            }
+            b
+        });
+        let first = self
+            .forward(app, &r, Request::from_parts(parts, body.boxed()))
+            .await;
+        match (first, again) {
+            (Err(Failed::Unreached(addr, why)), Some(again)) => {
+                tracing::info!(app = %app.spec.name, %addr, "instance refused the connection; trying another");
+                self.unreachable
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .mark(addr, Instant::now());
+                let Ok(req) = again.body(empty()) else {
+                    return Err(why);
+                };
+                self.forward(app, &r, req).await.map_err(Failed::refusal)
+            }
+            (first, _) => first.map_err(Failed::refusal),
+        }
+    }
+
+    /// One attempt: a ready instance, then the request to it.
+    async fn forward(
+        self: &Arc<Self>,
+        app: &App,
+        r: &Arc<AppRun>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Failed> {
+        let (addr, _user) = self.ready_addr(app, r).await?;
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -504,6 +570,7 @@ impl Proxy {
         match result {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) => {
+                let unreached = e.is_connect();
                 // A dead instance is forgotten, so the next request starts
                 // a new one.
                 let mut run = r.lock();
@@ -512,20 +579,44 @@ impl Proxy {
                     .as_mut()
                     .filter(|s| s.instance.addr() == addr)
                     .and_then(|s| s.instance.exited());
+                // Its other local instances too: one of them may be the
+                // one that refused, and the next attempt must not pick it.
+                let extras_gone = unreached && forget_dead_extras(&app.spec.name, &mut run);
+                if extras_gone && died.is_none() {
+                    drop(run);
+                    r.bump();
+                    return Err(Failed::Unreached(
+                        addr,
+                        Refusal(
+                            StatusCode::BAD_GATEWAY,
+                            format!("its instance at {addr} stopped"),
+                        ),
+                    ));
+                }
                 if let Some(why) = &died {
                     run.instance = None;
                     run.phase = Phase::Stopped;
                     drop(run);
                     r.bump();
-                    return Err(Refusal(
+                    let refusal = Refusal(
                         StatusCode::BAD_GATEWAY,
                         format!("its instance stopped: {why}"),
-                    ));
+                    );
+                    return Err(if unreached {
+                        Failed::Unreached(addr, refusal)
+                    } else {
+                        Failed::Other(refusal)
+                    });
                 }
-                Err(Refusal(
+                let refusal = Refusal(
                     StatusCode::BAD_GATEWAY,
                     format!("its instance at {addr} did not answer: {e}"),
-                ))
+                );
+                Err(if unreached {
+                    Failed::Unreached(addr, refusal)
+                } else {
+                    Failed::Other(refusal)
+                })
             }
         }
     }
@@ -635,10 +726,16 @@ impl Proxy {
     fn remote_holds(&self, app: &App) -> Vec<(SocketAddr, Arc<()>)> {
         let addrs: Vec<SocketAddr> = {
             let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
+            let skipped = self
+                .unreachable
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
             fleet
                 .remote_ready(&app.spec.name, &self.settings.host)
                 .filter(|(_, i)| i.version == app.spec.version)
                 .filter_map(|(_, i)| i.addr.parse().ok())
+                .filter(|a| !skipped.skips(a, now))
                 .collect()
         };
         if addrs.is_empty() {
@@ -780,6 +877,11 @@ async fn wait_ready(
     }
 }
 
+/// An empty request body.
+fn empty() -> Body {
+    http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+}
+
 fn text(code: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *r.status_mut() = code;
@@ -843,6 +945,12 @@ fn forget_dead(name: &str, run: &mut Run) -> bool {
         }
         gone = true;
     }
+    forget_dead_extras(name, run) || gone
+}
+
+/// [`forget_dead`] for the instances beside the first one.
+fn forget_dead_extras(name: &str, run: &mut Run) -> bool {
+    let mut gone = false;
     for list in [&mut run.extra, &mut run.draining] {
         list.retain_mut(|slot| match slot.instance.exited() {
             Some(why) => {

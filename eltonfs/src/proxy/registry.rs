@@ -24,15 +24,17 @@ use crate::proxy::admission::Phase;
 pub const SCALE_TICK: Duration = Duration::from_secs(1);
 
 impl Proxy {
-    /// Instances of `app` this host is assigned.
-    pub(super) fn assigned_here(&self, app: &str) -> u32 {
+    /// How many of `app`'s instances this host keeps however idle
+    /// ([`idle_floor`]).
+    pub(super) fn idle_floor(&self, app: &str, min: u32) -> u32 {
         let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
-        fleet
-            .assignments
-            .get(app)
+        let hosts = fleet.assignments.get(app);
+        let here = hosts
             .and_then(|h| h.get(&self.settings.host))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let total = hosts.map_or(0, |h| h.values().copied().fold(0u32, u32::saturating_add));
+        idle_floor(here, total, min)
     }
 
     /// Starts instances until this host runs as many of each app as it is
@@ -352,4 +354,36 @@ fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The instances of an app a host keeps however idle: those assigned to
+/// it. Until the group's assignments cover the app's `min` (the
+/// reconciler has not placed them yet), a host keeps one as well, so a
+/// `min` app that a request started does not stop meanwhile; once they
+/// cover it, instances elsewhere are extras and stop when idle.
+pub(super) fn idle_floor(assigned_here: u32, assigned_total: u32, min: u32) -> u32 {
+    if assigned_total >= min {
+        assigned_here
+    } else {
+        assigned_here.max(u32::from(min > 0))
+    }
+}
+
+#[cfg(test)]
+mod floor_tests {
+    use super::idle_floor;
+
+    #[test]
+    fn a_host_keeps_its_assignments_and_min_only_until_it_is_placed() {
+        // No min: only assignments (scale-out) are kept.
+        assert_eq!(idle_floor(0, 0, 0), 0);
+        assert_eq!(idle_floor(2, 3, 0), 2);
+        // min 1 placed on another host: this host's instance is an extra.
+        assert_eq!(idle_floor(0, 1, 1), 0);
+        // ...on this one: kept.
+        assert_eq!(idle_floor(1, 1, 1), 1);
+        // Not placed yet: every host keeps one.
+        assert_eq!(idle_floor(0, 0, 1), 1);
+        assert_eq!(idle_floor(0, 1, 2), 1);
+    }
 }
