@@ -344,16 +344,32 @@ fn phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(g: &Group, p: 
         g,
         "capped",
         "capped.test",
-        "exec busybox httpd -f -p 127.0.0.1:$PORT -h .",
+        // No `exec`: the shell forks the server at once, and the server
+        // must be limited as well as the shell.
+        "busybox httpd -f -p 127.0.0.1:$PORT -h .",
         &["--cpu", "20%", "--memory", "64M"],
     );
     let (code, body) = p.get("capped.test", "/index.html");
     assert_eq!(code, 200, "{body}");
-    let pid = instances_under(&p.dir)
+    let new: Vec<u32> = instances_under(&p.dir)
         .into_iter()
-        .find(|pid| !before.contains(pid))
-        .expect("the capped instance");
+        .filter(|pid| !before.contains(pid))
+        .collect();
+    assert!(new.len() >= 2, "the shell and the server: {new:?}");
+    let pid = new[0];
     let cpu = cgroup_dir(pid, "cpu");
+    for other in &new {
+        assert_eq!(
+            cgroup_dir(*other, "cpu"),
+            cpu,
+            "process {other} of the instance is outside its group"
+        );
+        assert_eq!(
+            cgroup_dir(*other, "memory"),
+            cgroup_dir(pid, "memory"),
+            "process {other} of the instance is outside its memory group"
+        );
+    }
     assert!(
         cpu.to_string_lossy().contains("/elton-proxy-"),
         "not in the proxy's groups: {}",

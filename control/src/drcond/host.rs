@@ -145,6 +145,28 @@ impl CgroupHost {
         }
     }
 
+    /// The `cgroup.procs` files through which a process joins group `id`
+    /// (created), in the order [`Self::enter`] moves processes: a process
+    /// writing `0` to each joins it itself. A process that must run
+    /// limited from its first instruction joins before `exec` this way
+    /// (a process moved after it started may already have forked
+    /// children that stay outside).
+    pub fn join_files(&self, id: u64) -> Vec<PathBuf> {
+        let controllers: &[&str] = if self.v2 {
+            &["cpu"]
+        } else {
+            &["blkio", "cpu", "memory", "pids"]
+        };
+        controllers
+            .iter()
+            .map(|c| {
+                self.dir(c, &format!("{}/{id}", self.root(c)))
+                    .join("cgroup.procs")
+            })
+            .filter(|p| p.exists())
+            .collect()
+    }
+
     /// The Elton groups present, by id, across the controllers.
     fn group_ids(&self) -> BTreeSet<u64> {
         let mut ids = BTreeSet::new();

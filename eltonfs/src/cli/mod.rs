@@ -241,7 +241,14 @@ pub fn main() -> ExitCode {
         quiet_broken_pipe();
     }
     init_tracing(&cli.command);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = if is_one_call(&cli.command) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("elton: error: starting runtime: {e}");
@@ -302,6 +309,13 @@ fn is_server(command: &Command) -> bool {
             | Command::DockerPlugin(_)
             | Command::Mount(_)
     )
+}
+
+/// Queries whose whole work is one call and printing its answer: they run
+/// on the calling thread. Starting a runtime's worker threads was a tenth
+/// of `elton ps`'s CPU (`docs/benchmarks.md`, k2i), more than the call.
+fn is_one_call(command: &Command) -> bool {
+    matches!(command, Command::Ps(_))
 }
 
 fn init_tracing(command: &Command) {

@@ -5,8 +5,10 @@
 //! environment; a Docker instance ([`super::docker`]) runs it in a
 //! container with the same mount as its working directory.
 
+use std::ffi::CString;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -137,6 +139,28 @@ impl Runtime for ProcessRuntime {
             };
             let cwd = self.mounts.get(&app.volume, app.version).await?;
             let port = free_port()?;
+            // Its group is named by its port: unique on this host while
+            // it runs. Made first, so the command joins it before it runs
+            // anything (see `join`).
+            let id = u64::from(port);
+            let group = match cgroups {
+                Some(cg) => {
+                    let resources = Resources {
+                        cpu_percent: app.cpu_percent,
+                        memory_bytes: app.memory_bytes,
+                        ..Resources::default()
+                    };
+                    let files = tokio::task::spawn_blocking({
+                        let cg = cg.clone();
+                        move || make_group(&cg, id, &resources)
+                    })
+                    .await
+                    .map_err(|e| anyhow!("limiting the instance: {e}"))?
+                    .map_err(|e| anyhow!("limiting the instance: {e}"))?;
+                    Some((cg, files))
+                }
+                None => None,
+            };
             let logs = self.dir.join("logs");
             std::fs::create_dir_all(&logs)
                 .with_context(|| format!("creating {}", logs.display()))?;
@@ -157,37 +181,40 @@ impl Runtime for ProcessRuntime {
                 // shell started.
                 .process_group(0)
                 .kill_on_drop(true);
-            let child = command
-                .spawn()
-                .with_context(|| format!("starting app {:?}", app.name))?;
+            if let Some((_, files)) = &group {
+                let files = files.clone();
+                // The one unsafe block of the crate: a hook between fork and
+                // exec is the only way to run limited from the start.
+                // SAFETY: `join` makes raw system calls only (open, write,
+                // close on paths prepared here): nothing that allocates or
+                // takes a lock, as the child of a threaded process requires.
+                #[allow(unsafe_code)]
+                unsafe {
+                    command.pre_exec(move || join(&files));
+                }
+            }
+            let child = match command.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some((cg, _)) = group {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            cg.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .run(&Step::Remove { id })
+                        })
+                        .await;
+                    }
+                    return Err(e).with_context(|| format!("starting app {:?}", app.name));
+                }
+            };
             tracing::info!(app = %app.name, port, pid = child.id(), "instance started");
-            let mut instance = ProcessInstance {
+            let instance = ProcessInstance {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 log: log_path,
-                group: None,
+                group: group.map(|(cg, _)| (cg, id)),
                 memory_bytes: app.memory_bytes,
             };
-            if let Some(cg) = cgroups {
-                let resources = Resources {
-                    cpu_percent: app.cpu_percent,
-                    memory_bytes: app.memory_bytes,
-                    ..Resources::default()
-                };
-                // Its group is named by its port: unique on this host
-                // while it runs.
-                let id = u64::from(port);
-                let pid = instance.child.id().and_then(|p| i32::try_from(p).ok());
-                let applied = tokio::task::spawn_blocking({
-                    let cg = cg.clone();
-                    move || limit(&cg, id, pid, &resources)
-                })
-                .await
-                .map_err(|e| anyhow!("limiting the instance: {e}"))?;
-                instance.group = Some((cg, id));
-                // On error the instance is dropped: stopped, group removed.
-                applied.map_err(|e| anyhow!("limiting the instance: {e}"))?;
-            }
             Ok(Box::new(instance) as Box<dyn Instance>)
         })
     }
@@ -207,18 +234,42 @@ struct ProcessInstance {
     memory_bytes: Option<u64>,
 }
 
-/// Makes group `id` with `resources` and moves `pid` into it (drcond's
-/// steps). The instance was started just before, so a child its command
-/// forked in that instant stays outside; `sh -c 'exec CMD'` forks none.
-fn limit(cg: &Cgroups, id: u64, pid: Option<i32>, r: &Resources) -> Result<(), String> {
-    let pid = pid.ok_or("the instance has already exited")?;
+/// Makes group `id` with `resources` (drcond's steps); its files to join
+/// it through.
+fn make_group(cg: &Cgroups, id: u64, r: &Resources) -> Result<Vec<CString>, String> {
     let mut h = cg.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     h.run(&Step::Create { id })?;
-    h.run(&Step::Set {
+    if let Err(e) = h.run(&Step::Set {
         id,
         resources: r.clone(),
-    })?;
-    h.run(&Step::Move { pid, id })
+    }) {
+        let _ = h.run(&Step::Remove { id });
+        return Err(e);
+    }
+    h.join_files(id)
+        .into_iter()
+        .map(|p| {
+            CString::new(p.into_os_string().into_vec())
+                .map_err(|_| format!("group {id}: a path with a NUL byte"))
+        })
+        .collect()
+}
+
+/// Run in the started child before `exec`: joins the instance's group by
+/// writing `0` ("this process") to each `cgroup.procs`. Moving the process
+/// from outside after it started would leave out what it forked in the
+/// meantime; `sh -c CMD` forks CMD at once (dash does not `exec` it).
+fn join(files: &[CString]) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags, open};
+    for f in files {
+        let fd = open(
+            f.as_c_str(),
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::io::write(&fd, b"0")?;
+    }
+    Ok(())
 }
 
 impl Instance for ProcessInstance {
