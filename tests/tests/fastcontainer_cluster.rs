@@ -398,12 +398,15 @@ fn phase4_scale_up_raises_the_quota(g: &Group, proxies: &[ProxyProc]) {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("a pid");
-    let us: u64 = std::fs::read_to_string(cgroup_dir(pid, "cpu").join("cpu.cfs_quota_us"))
-        .expect("quota file")
-        .trim()
-        .parse()
-        .expect("a number");
-    assert!(us >= 20_000, "cfs quota {us} µs");
+    let read = |f: &str| -> u64 {
+        std::fs::read_to_string(cgroup_dir(pid, "cpu").join(f))
+            .expect("cgroup file")
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let (us, period) = (read("cpu.cfs_quota_us"), read("cpu.cfs_period_us"));
+    assert!(us * 100 / period >= 20, "cfs quota {us} of {period} µs");
     g.ok(1, &["app", "rm", "up"]);
 }
 

@@ -381,7 +381,9 @@ fn phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(g: &Group, p: 
             .trim()
             .to_string()
     };
-    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "20000");
+    // 20 % over the instances' 10 ms period.
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "2000");
+    assert_eq!(read(cpu.join("cpu.cfs_period_us")), "10000");
     assert_eq!(
         read(cgroup_dir(pid, "memory").join("memory.limit_in_bytes")),
         (64u64 << 20).to_string()

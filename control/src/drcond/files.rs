@@ -16,7 +16,12 @@ const UNLIMITED_MEMORY: u64 = 1 << 62;
 
 /// The CFS quota for `percent` of one core over [`CFS_PERIOD_US`].
 pub fn cfs_quota_us(percent: u32) -> u64 {
-    u64::from(percent) * CFS_PERIOD_US / 100
+    cfs_quota_us_over(percent, CFS_PERIOD_US)
+}
+
+/// The CFS quota for `percent` of one core over `period_us`.
+pub fn cfs_quota_us_over(percent: u32, period_us: u64) -> u64 {
+    u64::from(percent) * period_us / 100
 }
 
 fn percent_of(quota: u64, period: u64) -> Option<u32> {
@@ -234,6 +239,7 @@ mod tests {
     fn cpu_files() {
         assert_eq!(cfs_quota_us(20), 20_000);
         assert_eq!(cfs_quota_us(150), 150_000);
+        assert_eq!(cfs_quota_us_over(25, 10_000), 2_500);
         assert_eq!(cpu_v1("20000\n", "100000\n"), Some(20));
         assert_eq!(cpu_v1("-1", "100000"), None);
         assert_eq!(cpu_v2("30000 100000\n"), Some(30));
