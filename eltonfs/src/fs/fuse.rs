@@ -899,41 +899,33 @@ impl Filesystem for EltonFs {
         }
     }
 
+    /// The listing is read at the first `readdir`, not here: a directory
+    /// the kernel has cached (below) is opened without being read.
+    ///
+    /// A directory only the lower has cannot change but through this mount
+    /// (each such change bumps the kernel's version of it, which drops the
+    /// cache) or a version switch (which invalidates every inode): the
+    /// kernel may keep its listing (`FOPEN_CACHE_DIR`) across opens
+    /// (`FOPEN_KEEP_CACHE`), so a second walk of a lower tree costs no
+    /// `READDIRPLUS`. A directory with an upper part is read every time:
+    /// a commit changes it without telling the kernel about each name.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut st = self.lock();
-        let result = (|| -> Result<u64, Errno> {
-            let rel = st.path(ino)?;
-            let view = st.view(&rel)?;
+        let result = (|| -> Result<(u64, bool), Errno> {
+            let view = st.view(&st.path(ino)?)?;
             if !view.is_dir() {
                 return Err(Errno::ENOTDIR);
             }
-            let parent_ino = match rel.parent() {
-                Some(p) => st.inodes.ino(p, None),
-                None => ROOT,
-            };
-            let mut entries = vec![
-                (ino.0, FileType::Directory, OsString::from(".")),
-                (parent_ino, FileType::Directory, OsString::from("..")),
-            ];
-            for (name, kind) in st.layers.list(&rel, &view)? {
-                let child_rel = rel.join(&name);
-                // Hard links share a number, as `lookup` gives them.
-                let (kind, link) = match kind {
-                    EntryKindOrUpper::Upper(m) => (
-                        kind_of_meta(&m),
-                        (!m.is_dir() && m.nlink() > 1).then(|| m.ino()),
-                    ),
-                    EntryKindOrUpper::Lower(k) => (kind_of_entry(k), None),
-                };
-                let child_ino = st.inodes.ino(&child_rel, link);
-                entries.push((child_ino, kind, name));
-            }
             let fh = st.fh();
-            st.dirs.insert(fh, entries);
-            Ok(fh)
+            st.dirs.insert(fh, None);
+            Ok((fh, view.upper.is_none()))
         })();
         match result {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, true)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -941,13 +933,16 @@ impl Filesystem for EltonFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let st = self.lock();
-        let Some(entries) = st.dirs.get(&fh.0) else {
+        let mut st = self.lock();
+        if let Err(e) = listed(&mut st, ino, fh) {
+            return reply.error(e);
+        }
+        let Some(Some(entries)) = st.dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -969,8 +964,11 @@ impl Filesystem for EltonFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let st = self.lock();
-        let (Some(entries), Ok(rel)) = (st.dirs.get(&fh.0), st.path(ino)) else {
+        let mut st = self.lock();
+        if let Err(e) = listed(&mut st, ino, fh) {
+            return reply.error(e);
+        }
+        let (Some(Some(entries)), Ok(rel)) = (st.dirs.get(&fh.0), st.path(ino)) else {
             return reply.error(Errno::EBADF);
         };
         // The directory's layers once, not a walk from the root per entry.
@@ -1329,11 +1327,50 @@ impl Filesystem for EltonFs {
 /// or ENOTDIR when the upper has no such entry.
 fn upper_xattr(path: &Path, name: &OsStr, size: u32) -> Result<Vec<u8>, Errno> {
     if size == 0 {
-        let len = rustix::fs::lgetxattr(path, name, &mut [0u8; 0][..]).map_err(rx)?;
+        let len = rustix::fs::lgetxattr_query(path, name).map_err(rx)?;
         return Ok(vec![0u8; len]);
     }
     let mut buf = vec![0u8; size as usize];
     let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).map_err(rx)?;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// Makes sure the open directory `fh` (of `ino`) has its listing, reading
+/// it on the first call: `.`, `..` and the merged names with their inode
+/// numbers and kinds.
+fn listed(st: &mut MountState, ino: INodeNo, fh: FileHandle) -> Result<(), Errno> {
+    match st.dirs.get(&fh.0) {
+        None => return Err(Errno::EBADF),
+        Some(Some(_)) => return Ok(()),
+        Some(None) => {}
+    }
+    let rel = st.path(ino)?;
+    let view = st.view(&rel)?;
+    if !view.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    let parent_ino = match rel.parent() {
+        Some(p) => st.inodes.ino(p, None),
+        None => ROOT,
+    };
+    let mut entries = vec![
+        (ino.0, FileType::Directory, OsString::from(".")),
+        (parent_ino, FileType::Directory, OsString::from("..")),
+    ];
+    for (name, kind) in st.layers.list(&rel, &view)? {
+        let child_rel = rel.join(&name);
+        // Hard links share a number, as `lookup` gives them.
+        let (kind, link) = match kind {
+            EntryKindOrUpper::Upper(m) => (
+                kind_of_meta(&m),
+                (!m.is_dir() && m.nlink() > 1).then(|| m.ino()),
+            ),
+            EntryKindOrUpper::Lower(k) => (kind_of_entry(k), None),
+        };
+        let child_ino = st.inodes.ino(&child_rel, link);
+        entries.push((child_ino, kind, name));
+    }
+    st.dirs.insert(fh.0, Some(entries));
+    Ok(())
 }
