@@ -27,7 +27,7 @@ pub use super::handle::Handle;
 use super::handle::Io;
 use super::inodes::ROOT;
 use super::layers::{
-    EntryKindOrUpper, PRIVATE_XATTR_PREFIX, is_whiteout_at, open_write, set_opaque_at,
+    EntryKindOrUpper, PRIVATE_XATTR_PREFIX, View, is_whiteout_at, open_write, set_opaque_at,
 };
 use super::meta::Meta;
 use super::mount_state::LowerData;
@@ -816,6 +816,10 @@ impl Filesystem for EltonFs {
         }
     }
 
+    /// Nothing waits here for a close: writes reach the upper file (through
+    /// passthrough or `write`) before they return, and the kernel releases
+    /// POSIX locks itself. ENOSYS tells the kernel so once; it then stops
+    /// sending FLUSH, a round trip fewer on every `close`.
     fn flush(
         &self,
         _req: &Request,
@@ -824,7 +828,24 @@ impl Filesystem for EltonFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// No file here has ioctls of its own: ENOTTY, as for a regular file on
+    /// a native filesystem. Every `isatty` on an open file (Python's
+    /// `open`, stdio) asks, so this answers without the lock.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn release(
@@ -878,41 +899,33 @@ impl Filesystem for EltonFs {
         }
     }
 
+    /// The listing is read at the first `readdir`, not here: a directory
+    /// the kernel has cached (below) is opened without being read.
+    ///
+    /// A directory only the lower has cannot change but through this mount
+    /// (each such change bumps the kernel's version of it, which drops the
+    /// cache) or a version switch (which invalidates every inode): the
+    /// kernel may keep its listing (`FOPEN_CACHE_DIR`) across opens
+    /// (`FOPEN_KEEP_CACHE`), so a second walk of a lower tree costs no
+    /// `READDIRPLUS`. A directory with an upper part is read every time:
+    /// a commit changes it without telling the kernel about each name.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut st = self.lock();
-        let result = (|| -> Result<u64, Errno> {
-            let rel = st.path(ino)?;
-            let view = st.view(&rel)?;
+        let result = (|| -> Result<(u64, bool), Errno> {
+            let view = st.view(&st.path(ino)?)?;
             if !view.is_dir() {
                 return Err(Errno::ENOTDIR);
             }
-            let parent_ino = match rel.parent() {
-                Some(p) => st.inodes.ino(p, None),
-                None => ROOT,
-            };
-            let mut entries = vec![
-                (ino.0, FileType::Directory, OsString::from(".")),
-                (parent_ino, FileType::Directory, OsString::from("..")),
-            ];
-            for (name, kind) in st.layers.list(&rel, &view)? {
-                let child_rel = rel.join(&name);
-                // Hard links share a number, as `lookup` gives them.
-                let (kind, link) = match kind {
-                    EntryKindOrUpper::Upper(m) => (
-                        kind_of_meta(&m),
-                        (!m.is_dir() && m.nlink() > 1).then(|| m.ino()),
-                    ),
-                    EntryKindOrUpper::Lower(k) => (kind_of_entry(k), None),
-                };
-                let child_ino = st.inodes.ino(&child_rel, link);
-                entries.push((child_ino, kind, name));
-            }
             let fh = st.fh();
-            st.dirs.insert(fh, entries);
-            Ok(fh)
+            st.dirs.insert(fh, None);
+            Ok((fh, view.upper.is_none()))
         })();
         match result {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, true)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -920,13 +933,16 @@ impl Filesystem for EltonFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let st = self.lock();
-        let Some(entries) = st.dirs.get(&fh.0) else {
+        let mut st = self.lock();
+        if let Err(e) = listed(&mut st, ino, fh) {
+            return reply.error(e);
+        }
+        let Some(Some(entries)) = st.dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -948,8 +964,11 @@ impl Filesystem for EltonFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let st = self.lock();
-        let (Some(entries), Ok(rel)) = (st.dirs.get(&fh.0), st.path(ino)) else {
+        let mut st = self.lock();
+        if let Err(e) = listed(&mut st, ino, fh) {
+            return reply.error(e);
+        }
+        let (Some(Some(entries)), Ok(rel)) = (st.dirs.get(&fh.0), st.path(ino)) else {
             return reply.error(Errno::EBADF);
         };
         // The directory's layers once, not a walk from the root per entry.
@@ -1050,14 +1069,16 @@ impl Filesystem for EltonFs {
                 return Err(Errno::NO_XATTR);
             }
             let rel = st.path(ino)?;
-            let view = st.view(&rel)?;
-            if view.upper.is_some() {
-                let up = st.layers.at(&rel)?.proc_path();
-                let mut buf = vec![0u8; 65536];
-                let n = rustix::fs::lgetxattr(&up, name, &mut buf[..]).map_err(rx)?;
-                buf.truncate(n);
-                return Ok(buf);
+            // An entry the upper has is the one visible at its path: ask it
+            // without resolving the layers. Most requests are the kernel's
+            // `security.capability` check before a new file's first write.
+            if let Ok(at) = st.layers.at(&rel) {
+                match upper_xattr(&at.proc_path(), name, size) {
+                    Err(Errno::ENOENT | Errno::ENOTDIR) => {}
+                    found => return found,
+                }
             }
+            let view = st.view(&rel)?;
             let key = name.to_str().ok_or(Errno::NO_XATTR)?;
             let value = view
                 .lower
@@ -1150,23 +1171,25 @@ impl Filesystem for EltonFs {
         reply: ReplyCreate,
     ) {
         let mut st = self.lock();
-        let result = (|| -> Result<(PathBuf, File), Errno> {
+        let result = (|| -> Result<(PathBuf, File, Meta), Errno> {
             let rel = child(&st.path(parent)?, name)?;
             let (up, _) = prepare_new(&st, &rel)?;
             let file = File::from(up.open(
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
                 Mode::from_bits_truncate(mode & !umask & 0o7777),
             )?);
-            own_new(&up, req, Some(mode & !umask & 0o7777), false)?;
-            Ok((rel, file))
+            let meta = own_new(&up, req, Some(mode & !umask & 0o7777), false)?;
+            Ok((rel, file, meta))
         })();
-        let (rel, file) = match result {
+        let (rel, file, meta) = match result {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let view = match st.view(&rel) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
+        // The new upper file is what the path shows: its attributes are
+        // the ones own_new read, no second walk through the layers.
+        let view = View {
+            upper: Some(meta),
+            lower: None,
         };
         let ino = st.ino_for(&rel, &view);
         let (attr, ttl) = attr_of(ino, &view);
@@ -1296,4 +1319,58 @@ impl Filesystem for EltonFs {
             Err(e) => reply.error(rx(e)),
         }
     }
+}
+
+/// The value of xattr `name` of the upper entry at `path` (not following a
+/// symlink), read into a buffer of the caller's `size`; for `size` 0 (the
+/// caller asks how long the value is) zeros of the value's length. ENOENT
+/// or ENOTDIR when the upper has no such entry.
+fn upper_xattr(path: &Path, name: &OsStr, size: u32) -> Result<Vec<u8>, Errno> {
+    if size == 0 {
+        let len = rustix::fs::lgetxattr_query(path, name).map_err(rx)?;
+        return Ok(vec![0u8; len]);
+    }
+    let mut buf = vec![0u8; size as usize];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).map_err(rx)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Makes sure the open directory `fh` (of `ino`) has its listing, reading
+/// it on the first call: `.`, `..` and the merged names with their inode
+/// numbers and kinds.
+fn listed(st: &mut MountState, ino: INodeNo, fh: FileHandle) -> Result<(), Errno> {
+    match st.dirs.get(&fh.0) {
+        None => return Err(Errno::EBADF),
+        Some(Some(_)) => return Ok(()),
+        Some(None) => {}
+    }
+    let rel = st.path(ino)?;
+    let view = st.view(&rel)?;
+    if !view.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    let parent_ino = match rel.parent() {
+        Some(p) => st.inodes.ino(p, None),
+        None => ROOT,
+    };
+    let mut entries = vec![
+        (ino.0, FileType::Directory, OsString::from(".")),
+        (parent_ino, FileType::Directory, OsString::from("..")),
+    ];
+    for (name, kind) in st.layers.list(&rel, &view)? {
+        let child_rel = rel.join(&name);
+        // Hard links share a number, as `lookup` gives them.
+        let (kind, link) = match kind {
+            EntryKindOrUpper::Upper(m) => (
+                kind_of_meta(&m),
+                (!m.is_dir() && m.nlink() > 1).then(|| m.ino()),
+            ),
+            EntryKindOrUpper::Lower(k) => (kind_of_entry(k), None),
+        };
+        let child_ino = st.inodes.ino(&child_rel, link);
+        entries.push((child_ino, kind, name));
+    }
+    st.dirs.insert(fh.0, Some(entries));
+    Ok(())
 }

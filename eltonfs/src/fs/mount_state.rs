@@ -15,11 +15,16 @@ use super::inodes::Inodes;
 use super::layers::{Layers, View};
 use super::meta::Meta;
 
+/// A directory's entries as `readdir` gives them: inode, kind, name.
+pub(super) type Listing = Vec<(u64, FileType, OsString)>;
+
 pub struct MountState {
     pub layers: Layers,
     pub inodes: Inodes,
     pub handles: HashMap<u64, Handle>,
-    pub(super) dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
+    /// Open directories: their listings (inode, kind, name), read at the
+    /// first `readdir` (`None` before).
+    pub(super) dirs: HashMap<u64, Option<Listing>>,
     pub(super) next_fh: u64,
     /// Per FUSE inode, the backing file (device, inode) its passthrough
     /// opens use: the kernel allows only one at a time.

@@ -114,18 +114,24 @@ pub(super) fn chown(at: &At, uid: Option<u32>, gid: Option<u32>) -> io::Result<(
     Ok(())
 }
 
-/// Gives a new upper entry (made by this process, as root) the owner and
-/// mode the kernel gives an entry made by the requester: its uid, and its
-/// gid unless the directory is setgid (then the directory's group, and a
-/// new directory inherits the setgid bit). `perm` is `None` for symlinks.
-pub(super) fn own_new(up: &At, req: &Request, perm: Option<u32>, is_dir: bool) -> io::Result<()> {
+/// Owner and permission bits for a new entry made by `uid`/`gid` in a
+/// directory of mode `dir_mode` and group `dir_gid`, as the kernel gives
+/// them: the
+/// requester's uid, and its gid unless the directory is setgid (then the
+/// directory's group, and a new directory inherits the setgid bit). `perm`
+/// is `None` for symlinks (their mode never changes).
+pub(super) fn new_owner(
+    dir_mode: u32,
+    dir_gid: u32,
+    uid: u32,
+    gid: u32,
+    perm: Option<u32>,
+    is_dir: bool,
+) -> (u32, u32, Option<u32>) {
     const SGID: u32 = libc::S_ISGID;
-    let dir = Meta::from(rustix::fs::fstat(&*up.dir)?);
-    let sgid_dir = dir.mode() & SGID != 0;
-    let gid = if sgid_dir { dir.gid() } else { req.gid() };
-    // chown clears setuid/setgid bits: set the mode after it.
-    chown(up, Some(req.uid()), Some(gid))?;
-    if let Some(mut perm) = perm {
+    let sgid_dir = dir_mode & SGID != 0;
+    let owner_gid = if sgid_dir { dir_gid } else { gid };
+    let perm = perm.map(|mut perm| {
         if is_dir && sgid_dir {
             perm |= SGID;
         }
@@ -135,14 +141,43 @@ pub(super) fn own_new(up: &At, req: &Request, perm: Option<u32>, is_dir: bool) -
             && sgid_dir
             && perm & SGID != 0
             && perm & 0o010 != 0
-            && req.uid() != 0
-            && req.gid() != gid
+            && uid != 0
+            && gid != owner_gid
         {
             perm &= !SGID;
         }
-        chmod(up, perm)?;
+        perm
+    });
+    (uid, owner_gid, perm)
+}
+
+/// Gives a new upper entry (made by this process, as root) the owner and
+/// mode [`new_owner`] decides, and returns its attributes. Only what
+/// differs is changed: an entry made by root with the mode asked for needs
+/// neither call.
+pub(super) fn own_new(up: &At, req: &Request, perm: Option<u32>, is_dir: bool) -> io::Result<Meta> {
+    let dir = Meta::from(rustix::fs::fstat(&*up.dir)?);
+    let (uid, gid, perm) = new_owner(dir.mode(), dir.gid(), req.uid(), req.gid(), perm, is_dir);
+    let now = up
+        .stat()?
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+    let chowned = (now.uid(), now.gid()) != (uid, gid);
+    if chowned {
+        chown(up, Some(uid), Some(gid))?;
     }
-    Ok(())
+    // chown clears setuid/setgid bits: the mode is set after it.
+    let chmodded = match perm {
+        Some(perm) if chowned || now.mode() & 0o7777 != perm => {
+            chmod(up, perm)?;
+            true
+        }
+        _ => false,
+    };
+    if !chowned && !chmodded {
+        return Ok(now);
+    }
+    up.stat()?
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 /// Sets the permission bits of an upper entry that is not a symlink.
@@ -227,4 +262,59 @@ pub(super) fn exchange(
     }
     st.inodes.exchange(a, b);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_owner;
+
+    const SGID: u32 = libc::S_ISGID;
+
+    #[test]
+    fn new_entries_get_the_requesters_ids_unless_the_directory_is_setgid() {
+        // A plain directory: the requester's uid and gid, the mode asked.
+        assert_eq!(
+            new_owner(0o755, 50, 1000, 100, Some(0o644), false),
+            (1000, 100, Some(0o644))
+        );
+        // A setgid directory: its group; a new directory inherits the bit.
+        assert_eq!(
+            new_owner(0o2775, 50, 1000, 100, Some(0o755), true),
+            (1000, 50, Some(0o755 | SGID))
+        );
+        assert_eq!(
+            new_owner(0o2775, 50, 1000, 100, Some(0o644), false),
+            (1000, 50, Some(0o644))
+        );
+        // A symlink keeps its mode (None), gets the owner all the same.
+        assert_eq!(
+            new_owner(0o2775, 50, 1000, 100, None, false),
+            (1000, 50, None)
+        );
+    }
+
+    #[test]
+    fn setgid_executables_of_a_foreign_group_lose_the_bit_except_for_root() {
+        let perm = Some(0o2755);
+        assert_eq!(
+            new_owner(0o2775, 50, 1000, 100, perm, false),
+            (1000, 50, Some(0o755))
+        );
+        // The requester's own group, or root: the bit stays.
+        assert_eq!(
+            new_owner(0o2775, 50, 1000, 50, perm, false),
+            (1000, 50, perm)
+        );
+        assert_eq!(new_owner(0o2775, 50, 0, 0, perm, false), (0, 50, perm));
+        // Not group-executable: the bit stays (mandatory-locking marker).
+        assert_eq!(
+            new_owner(0o2775, 50, 1000, 100, Some(0o2644), false),
+            (1000, 50, Some(0o2644))
+        );
+        // Outside a setgid directory nothing is cleared here.
+        assert_eq!(
+            new_owner(0o755, 50, 1000, 100, perm, false),
+            (1000, 100, perm)
+        );
+    }
 }

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Eltonfs metadata benchmark: the mount vs the native filesystem underneath
+# it, in one run, on the same filesystem (the temp dir's).
+#
+#   bash bench/eltonfs-meta.sh
+#
+# Figures (each the median of $ROUNDS per-round ratios, eltonfs/native speed;
+# the times are medians too):
+#   - stat of $STAT_FILES lower files, each round on a fresh mount (cold
+#     kernel cache), Python os.walk + os.stat
+#   - create of $CREATE_FILES small upper files (Python open/write/close)
+#   - `ls -lR` and `find` over a $TREE_FILES-file lower tree, cold (a fresh
+#     mount) and warm (the same command again on that mount)
+# The native side is the source tree the volume was imported from, in the
+# page cache (dropping the machine's caches would disturb everything else
+# running on it), so "cold" is the mount's cold start against a warm native
+# directory: the cost a user sees right after `elton mount`.
+#
+# Tunables: ROUNDS (default 5), STAT_FILES (10000), CREATE_FILES (10000),
+# TREE_FILES (100000), ELTON_BIN (skip the release build). Loopback only.
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+STAT_FILES=${STAT_FILES:-10000}
+CREATE_FILES=${CREATE_FILES:-10000}
+TREE_FILES=${TREE_FILES:-100000}
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+require_fuse
+require python3 curl find ls
+release_bins elton
+bench_start meta
+elton_up "$WORK/home"
+
+small_tree() { # root n: n files of 100 random bytes, 1,000 per directory
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:03}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
+        f.write(os.urandom(100))
+PY
+}
+# Wall time of a command in seconds, from bash's own clock (no process
+# start in the measurement); its output is discarded.
+timed() {
+    local t0=$EPOCHREALTIME
+    "$@" >/dev/null
+    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.4f\n", b - a}'
+}
+
+STAT_PY='import os, sys, time
+t = time.perf_counter()
+for d, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        os.stat(os.path.join(d, f))
+print(f"{time.perf_counter() - t:.4f}")'
+CREATE_PY='import os, sys, time
+root, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(root)
+t = time.perf_counter()
+for i in range(n):
+    with open(os.path.join(root, f"n{i:05}"), "wb") as f:
+        f.write(b"x" * 100)
+print(f"{time.perf_counter() - t:.4f}")'
+
+log "preparing $STAT_FILES and $TREE_FILES small files"
+small_tree "$WORK/src-stat" "$STAT_FILES"
+small_tree "$WORK/src-tree" "$TREE_FILES"
+"$ELTON" import --create "$WORK/src-stat" small >/dev/null
+"$ELTON" import --create "$WORK/src-tree" tree >/dev/null
+mkdir -p "$WORK/native"
+
+# Each figure: arrays of eltonfs times, native times, per-round speed ratios
+# (native time / eltonfs time).
+declare -A E N Q
+add() { # figure eltonfs-seconds native-seconds
+    E[$1]+="$2 "; N[$1]+="$3 "; Q[$1]+="$(ratio "$3" "$2") "
+}
+
+for r in $(seq "$ROUNDS"); do
+    log "round $r of $ROUNDS"
+    # stat and create: a fresh mount of the 10,000-file volume.
+    mount_volume small "$WORK/mnt-small-$r"
+    e=$(python3 -c "$STAT_PY" "$WORK/mnt-small-$r")
+    n=$(python3 -c "$STAT_PY" "$WORK/src-stat")
+    add stat "$e" "$n"
+    e=$(python3 -c "$CREATE_PY" "$WORK/mnt-small-$r/new" "$CREATE_FILES")
+    n=$(python3 -c "$CREATE_PY" "$WORK/native/new-$r" "$CREATE_FILES")
+    add create "$e" "$n"
+    fusermount3 -u "$WORK/mnt-small-$r"
+    # ls -lR, then find, each on its own fresh mount of the big tree.
+    for cmd in ls find; do
+        m="$WORK/mnt-$cmd-$r"
+        mount_volume tree "$m"
+        if [[ $cmd == ls ]]; then run=(ls -lR); else run=(find); fi
+        cold=$(timed "${run[@]}" "$m")
+        warm=$(timed "${run[@]}" "$m")
+        n=$(timed "${run[@]}" "$WORK/src-tree")
+        add "$cmd cold" "$cold" "$n"
+        add "$cmd warm" "$warm" "$n"
+        fusermount3 -u "$m"
+    done
+done
+
+# --- report --------------------------------------------------------------------
+printf '\n| figure | eltonfs (s) | native (s) | speed eltonfs/native (median of per-round ratios) | per-round ratios |\n|---|---|---|---|---|\n'
+row() { # figure label
+    # shellcheck disable=SC2086 # the arrays are space-separated lists
+    printf '| %s | %s | %s | **%s** | %s |\n' "$2" "$(median ${E[$1]})" "$(median ${N[$1]})" \
+        "$(median ${Q[$1]})" "${Q[$1]% }"
+}
+row stat "stat of $STAT_FILES lower files, fresh mount"
+row create "create of $CREATE_FILES small upper files"
+row "ls cold" "\`ls -lR\` of a $TREE_FILES-file lower tree, fresh mount"
+row "ls warm" "\`ls -lR\`, same mount again"
+row "find cold" "\`find\` of a $TREE_FILES-file lower tree, fresh mount"
+row "find warm" "\`find\`, same mount again"
+load_line
