@@ -486,9 +486,11 @@ impl Master for MasterService {
                 // No garbage-collection decision between check and record.
                 let fence = self.gc.fence();
                 let _fence = fence.read().await;
+                let started = Instant::now();
                 if !forwarded_by_peer {
                     self.validator.check(root, parent_root).await?;
                 }
+                let validated = started.elapsed();
                 let new = NewVersion {
                     volume: volume.clone(),
                     parent: r.parent,
@@ -500,6 +502,11 @@ impl Master for MasterService {
                     check_root: !forwarded_by_peer,
                 };
                 let info = self.with_store(move |s| s.commit(new)).await?;
+                tracing::debug!(
+                    validated_ms = validated.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "commit"
+                );
                 tracing::info!(volume = %info.volume, version = %info.version, root = %info.root,
                     via = peer.as_deref().unwrap_or("-"), "committed");
                 self.record(&info)
@@ -684,12 +691,18 @@ impl Master for MasterService {
         let registered = objects.clone();
         let replicator = self.replicator.clone();
         let n = node.clone();
+        let started = Instant::now();
         self.with_store(move |s| {
             s.add_locations(&n, &objects)?;
             replicator.announced(&n, &objects);
             Ok(())
         })
         .await?;
+        tracing::debug!(
+            objects = registered.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "AddLocations"
+        );
         self.resyncs.announced(&node, r.resync_id, r.last).await?;
         // Requests waiting for a cross-cluster transfer can now be served here.
         self.coalescer.settle(&registered);

@@ -35,6 +35,9 @@ const CACHE_MAX_OBJECT: usize = CACHE_BYTES / 8;
 /// How long one holder may take to serve a whole manifest or recipe
 /// (at most 64 MiB) before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Manifests read at once when the walk announces a directory's new
+/// subdirectories ([`TreeSource::prefetch`]).
+const PREFETCH_READS: usize = 8;
 
 pub struct TreeValidator {
     store: Arc<MetaStore>,
@@ -259,6 +262,24 @@ impl TreeSource for TreeValidator {
         let ids = ids.to_vec();
         let holdings = blocking(&self.store, move |s| s.holdings(&ids)).await?;
         Ok(holdings.iter().map(|h| !h.holders.is_empty()).collect())
+    }
+
+    /// Reads the manifests not cached yet, [`PREFETCH_READS`] at a time,
+    /// into the cache; a failed read is simply not cached, and the walk's
+    /// own read reports it.
+    async fn prefetch(&self, ids: &[ObjectId]) {
+        let wanted: Vec<ObjectId> = {
+            let cache = self.cache();
+            ids.iter()
+                .filter(|id| !cache.manifests.contains_key(id))
+                .copied()
+                .collect()
+        };
+        futures::stream::iter(wanted)
+            .map(|id| self.manifest(id))
+            .buffer_unordered(PREFETCH_READS)
+            .for_each(|_| async {})
+            .await;
     }
 }
 

@@ -494,8 +494,11 @@ impl ObjectStore {
         if staged.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let count = staged.len();
         let tmp_dir = File::open(&self.tmp).map_err(|e| io_err("opening", &self.tmp, e))?;
         rustix::fs::syncfs(&tmp_dir).map_err(|e| io_err("syncfs", &self.tmp, e.into()))?;
+        let synced = started.elapsed();
         for Staged { id, tmp, written } in staged {
             if self.note_used(&id) {
                 continue; // dropping `tmp` deletes the duplicate
@@ -515,8 +518,16 @@ impl ObjectStore {
                 self.verified().insert(id, Stamp::of(&meta));
             }
         }
+        let renamed = started.elapsed();
         let objects = File::open(&self.objects).map_err(|e| io_err("opening", &self.objects, e))?;
         rustix::fs::syncfs(&objects).map_err(|e| io_err("syncfs", &self.objects, e.into()))?;
+        tracing::debug!(
+            objects = count,
+            bytes_synced_ms = synced.as_millis() as u64,
+            renamed_ms = renamed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "published a batch"
+        );
         Ok(())
     }
 

@@ -363,8 +363,12 @@ impl Volumes {
                 p.volume.as_str()
             )));
         }
+        let started = std::time::Instant::now();
         let local = self.validate(p.root, parent_root).await?;
+        let validated = started.elapsed();
+        let announced_count = local.len();
         self.link.announce(local).await?;
+        let announced = started.elapsed();
         let req = CommitRequest {
             volume: p.volume.to_string(),
             parent: p.parent,
@@ -379,6 +383,13 @@ impl Volumes {
             .map_err(|e| SlaveError::Unauthorized(e.to_string()))?
             .apply(&mut req);
         let record = self.link.client().commit(req).await?.into_inner();
+        tracing::debug!(
+            validated_ms = validated.as_millis() as u64,
+            announced = announced_count,
+            announced_ms = announced.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "commit"
+        );
         let incarnation = record.incarnation.clone();
         let info = VersionInfo::try_from(record)
             .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))?;

@@ -138,6 +138,11 @@ pub async fn upload_groups(
     Ok(())
 }
 
+/// The request body is sent in pieces of about this size: one piece per
+/// object (two with its header) cost a write system call on each side per
+/// object of a few KiB.
+const BODY_PIECE: usize = 256 << 10;
+
 /// Sends one batch; its bytes are read from disk by a blocking thread as
 /// the request goes out.
 async fn send_batch(
@@ -147,28 +152,41 @@ async fn send_batch(
     items: Vec<Item>,
     pb: ProgressBar,
 ) -> Result<()> {
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(32);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     let reader = tokio::task::spawn_blocking(move || {
+        let mut piece: Vec<u8> = Vec::with_capacity(BODY_PIECE);
+        // False once the request has failed (it says why).
+        let send = |bytes: Vec<u8>| tx.blocking_send(Ok(Bytes::from(bytes))).is_ok();
         for item in items {
-            let read = read_item(&item).map(|data| {
-                let head = Bytes::copy_from_slice(&header(&item.id, item.size));
-                if tx.blocking_send(Ok(head)).is_err() {
-                    return false;
-                }
-                let n = data.len() as u64;
-                let sent = tx.blocking_send(Ok(Bytes::from(data))).is_ok();
-                pb.inc(n);
-                sent
-            });
-            match read {
-                Ok(true) => {}
-                Ok(false) => return Ok(()), // the request failed; it says why
+            let (id, size) = (item.id, item.size);
+            let data = match read_item(item) {
+                Ok(data) => data,
                 Err(e) => {
                     // Break the body off so the slave publishes nothing of it.
                     let _ = tx.blocking_send(Err(std::io::Error::other("read failed")));
                     return Err(e);
                 }
+            };
+            piece.extend_from_slice(&header(&id, size));
+            if data.len() < BODY_PIECE {
+                piece.extend_from_slice(&data);
+            } else {
+                // A large object goes as it is, after what came before it.
+                let before = std::mem::replace(&mut piece, Vec::with_capacity(BODY_PIECE));
+                if !send(before) || !send(data) {
+                    return Ok(());
+                }
             }
+            pb.inc(size);
+            if piece.len() >= BODY_PIECE {
+                let full = std::mem::replace(&mut piece, Vec::with_capacity(BODY_PIECE));
+                if !send(full) {
+                    return Ok(());
+                }
+            }
+        }
+        if !piece.is_empty() {
+            send(piece);
         }
         Ok(())
     });
@@ -189,11 +207,11 @@ async fn send_batch(
 }
 
 /// An item's bytes, which must be exactly as many as scanned.
-fn read_item(item: &Item) -> Result<Vec<u8>> {
-    let (data, path) = match &item.source {
-        Source::Bytes(b) => (b.clone(), None),
+fn read_item(item: Item) -> Result<Vec<u8>> {
+    let (data, path) = match item.source {
+        Source::Bytes(b) => (b, None),
         Source::File(path) => {
-            let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             // One byte more than expected shows a file that grew.
             let mut data = Vec::with_capacity(item.size as usize + 1);
             (&mut f)
@@ -203,9 +221,9 @@ fn read_item(item: &Item) -> Result<Vec<u8>> {
             (data, Some(path))
         }
         Source::Chunk(path, offset) => {
-            let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let mut data = vec![0u8; item.size as usize];
-            f.read_exact_at(&mut data, *offset)
+            f.read_exact_at(&mut data, offset)
                 .with_context(|| format!("reading {} at {offset}", path.display()))?;
             (data, Some(path))
         }

@@ -4,7 +4,8 @@
 //! Two passes: the directory walk (metadata only, one thread), then the
 //! files' contents hashed by a bounded pool of threads ([`hash_all`]), as
 //! files are independent; manifests are then built bottom-up. Memory stays
-//! bounded by the tree's entries plus one read buffer per thread.
+//! bounded by the tree's entries, one read buffer per thread, and the
+//! contents of small files kept for the upload (at most [`KEEP_BUDGET`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -12,7 +13,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use elton_proto::manifest::valid_entry_name;
@@ -25,6 +26,10 @@ pub struct Scan {
     pub manifests: Vec<(ObjectId, Vec<u8>)>,
     /// One local path per distinct file object (small files).
     pub files: HashMap<ObjectId, (PathBuf, u64)>,
+    /// The bytes of small files as the scan read and hashed them, so an
+    /// upload need not open and read them again (at most [`KEEP_BUDGET`]
+    /// bytes in all; files beyond it are only in `files`).
+    pub contents: HashMap<ObjectId, Vec<u8>>,
     /// Chunks of large files: where each distinct chunk lies (path, offset, size).
     pub chunks: HashMap<ObjectId, (PathBuf, u64, u64)>,
     /// Encoded recipes of large files, each once.
@@ -45,23 +50,58 @@ impl Scan {
 /// CPU, limits a scan beyond that).
 pub const MAX_HASH_THREADS: usize = 8;
 
+/// Files up to this size are kept in memory by a scan (see
+/// [`Scan::contents`]): for them, opening and reading the file a second
+/// time costs more than the bytes.
+pub const KEEP_MAX: u64 = 64 << 10;
+/// The most bytes of file contents one scan keeps.
+pub const KEEP_BUDGET: u64 = 128 << 20;
+
 /// Hashes a file's content.
 pub fn hash_file(path: &Path) -> Result<(ObjectId, u64)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
+    // One read buffer per thread, kept: a fresh 1 MiB buffer per file cost
+    // more than hashing a small file (the allocator returned it to the
+    // kernel each time; a TLB flush on every core).
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok((ObjectId::from_hash(hasher.finalize()), size))
+    BUF.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            buf.resize(1 << 20, 0);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        loop {
+            let n = f
+                .read(buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        Ok((ObjectId::from_hash(hasher.finalize()), size))
+    })
+}
+
+/// Reads a whole small file (`expected` bytes at the walk) and hashes it.
+fn read_small(path: &Path, expected: u64) -> Result<(ObjectId, Vec<u8>)> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // One byte of room beyond the expected size: a file that grew since the
+    // walk is read in full (up to the limit) instead of cut short.
+    let mut bytes = Vec::with_capacity(expected as usize + 1);
+    f.take(KEEP_MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > KEEP_MAX {
+        bail!(
+            "{} grew while it was being scanned: import again",
+            path.display()
+        );
+    }
+    Ok((ObjectId::of(&bytes), bytes))
 }
 
 fn mtime_ns(m: &fs::Metadata) -> i64 {
@@ -73,12 +113,15 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
 /// A file whose content is to be hashed.
 struct Job {
     path: PathBuf,
+    /// Its size at the walk.
+    size: u64,
     chunked: bool,
 }
 
 /// What hashing a file found.
 enum Hashed {
-    File(ObjectId, u64),
+    /// A file object: its id, size, and its bytes when kept.
+    File(ObjectId, u64, Option<Vec<u8>>),
     /// A large file: its recipe (id, encoded), size, and where each chunk
     /// lies in it (id, offset, size).
     Chunked {
@@ -141,15 +184,18 @@ pub fn scan_with(
         &mut jobs,
         &mut scan.skipped,
     )?;
-    let hashed = hash_all(&jobs, threads, on_file)?;
+    let mut hashed = hash_all(&jobs, threads, on_file)?;
 
     // Results merged in walk order: which path names a duplicated content
     // does not depend on the threads' timing.
-    for (job, h) in jobs.iter().zip(&hashed) {
+    for (job, h) in jobs.iter().zip(&mut hashed) {
         scan.file_count += 1;
         match h {
-            Hashed::File(id, size) => {
+            Hashed::File(id, size, kept) => {
                 scan.files.entry(*id).or_insert((job.path.clone(), *size));
+                if let Some(bytes) = kept.take() {
+                    scan.contents.entry(*id).or_insert(bytes);
+                }
             }
             Hashed::Chunked {
                 id, recipe, chunks, ..
@@ -175,7 +221,7 @@ pub fn scan_with(
             entries.push(match p {
                 Pending::Ready(e) => e,
                 Pending::File { base, job } => match &hashed[job] {
-                    Hashed::File(id, size) => Entry {
+                    Hashed::File(id, size, _) => Entry {
                         size: *size,
                         object: Some(*id),
                         ..base
@@ -213,6 +259,7 @@ fn hash_all(jobs: &[Job], threads: usize, on_file: &(dyn Fn(u64) + Sync)) -> Res
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Option<Hashed>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let budget = AtomicU64::new(KEEP_BUDGET);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, jobs.len().max(1)) {
@@ -220,10 +267,10 @@ fn hash_all(jobs: &[Job], threads: usize, on_file: &(dyn Fn(u64) + Sync)) -> Res
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
-                    match hash_job(job) {
+                    match hash_job(job, &budget) {
                         Ok(h) => {
                             on_file(match &h {
-                                Hashed::File(_, size) | Hashed::Chunked { size, .. } => *size,
+                                Hashed::File(_, size, _) | Hashed::Chunked { size, .. } => *size,
                             });
                             results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(h);
                         }
@@ -250,10 +297,22 @@ fn hash_all(jobs: &[Job], threads: usize, on_file: &(dyn Fn(u64) + Sync)) -> Res
         .collect()
 }
 
-fn hash_job(job: &Job) -> Result<Hashed> {
+/// Hashes one file; keeps a small file's bytes while `budget` (bytes left
+/// to keep) allows.
+fn hash_job(job: &Job, budget: &AtomicU64) -> Result<Hashed> {
     if !job.chunked {
+        let keep = job.size <= KEEP_MAX
+            && budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(job.size)
+                })
+                .is_ok();
+        if keep {
+            let (id, bytes) = read_small(&job.path, job.size)?;
+            return Ok(Hashed::File(id, bytes.len() as u64, Some(bytes)));
+        }
         let (id, size) = hash_file(&job.path)?;
-        return Ok(Hashed::File(id, size));
+        return Ok(Hashed::File(id, size, None));
     }
     let path = &job.path;
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -315,6 +374,7 @@ fn walk(
         let pending = if ft.is_file() {
             jobs.push(Job {
                 path,
+                size: m.len(),
                 chunked: crate::chunking::is_chunked(m.len(), chunk_threshold),
             });
             Pending::File {
@@ -423,6 +483,10 @@ mod tests {
         assert_eq!(one.recipes, four.recipes);
         assert_eq!((one.file_count, four.file_count), (41, 41));
         assert_eq!(one.files.len(), 11);
+        // Every small file's bytes are kept, under the id they hash to.
+        assert_eq!(one.contents.len(), 11);
+        assert!(one.contents.iter().all(|(id, b)| ObjectId::of(b) == *id));
+        assert_eq!(one.contents, four.contents);
         assert_eq!(counted.into_inner(), 40 * 4 + big.len() as u64);
         let (root_id, root) = one.manifests.last().unwrap();
         assert_eq!(Some(*root_id), one.root);
@@ -436,6 +500,42 @@ mod tests {
     }
 
     #[test]
+    fn small_files_are_kept_only_within_the_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("f");
+        fs::write(&path, b"four").unwrap();
+        let job = Job {
+            path: path.clone(),
+            size: 4,
+            chunked: false,
+        };
+        let budget = AtomicU64::new(6);
+        let Hashed::File(id, 4, Some(bytes)) = hash_job(&job, &budget).unwrap() else {
+            panic!("the first file fits the budget");
+        };
+        assert_eq!(
+            (id, bytes.as_slice()),
+            (ObjectId::of(b"four"), &b"four"[..])
+        );
+        assert_eq!(budget.load(Ordering::Relaxed), 2);
+        let Hashed::File(again, 4, None) = hash_job(&job, &budget).unwrap() else {
+            panic!("the second is over the budget: hashed, not kept");
+        };
+        assert_eq!(again, id);
+        // A file larger than `KEEP_MAX` is never kept.
+        fs::write(&path, vec![7u8; KEEP_MAX as usize + 1]).unwrap();
+        let big = Job {
+            size: KEEP_MAX + 1,
+            ..job
+        };
+        let budget = AtomicU64::new(u64::MAX);
+        assert!(matches!(
+            hash_job(&big, &budget).unwrap(),
+            Hashed::File(_, _, None)
+        ));
+    }
+
+    #[test]
     fn an_unreadable_file_fails_the_scan() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("ok"), b"fine").unwrap();
@@ -443,10 +543,12 @@ mod tests {
         let jobs = vec![
             Job {
                 path: d.path().join("ok"),
+                size: 4,
                 chunked: false,
             },
             Job {
                 path: d.path().join("gone"),
+                size: 4,
                 chunked: false,
             },
         ];

@@ -198,6 +198,26 @@ mod tests {
         assert!("xyz".parse::<ObjectId>().is_err());
         assert!(id.to_hex().to_uppercase().parse::<ObjectId>().is_err());
         assert!(ObjectId::from_bytes(&[0; 31]).is_err());
+        // The hand-written codec agrees with the hex crate on every byte.
+        let mut raw = [0u8; 32];
+        for chunk in 0..8u8 {
+            for (i, b) in raw.iter_mut().enumerate() {
+                *b = chunk * 32 + i as u8;
+            }
+            let id = ObjectId::from_raw(raw);
+            assert_eq!(id.to_hex(), hex::encode(raw));
+            assert_eq!(id.to_string(), hex::encode(raw));
+            assert_eq!(hex::encode(raw).parse::<ObjectId>(), Ok(id));
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, format!("\"{}\"", hex::encode(raw)));
+            assert_eq!(serde_json::from_str::<ObjectId>(&json).unwrap(), id);
+        }
+        for bad in ["g", "A", " ", "é"] {
+            let s = format!("{bad}{}", &id.to_hex()[bad.len()..]);
+            assert!(s.parse::<ObjectId>().is_err(), "{s}");
+        }
+        assert!(serde_json::from_str::<ObjectId>("\"00\"").is_err());
+        assert!(serde_json::from_str::<ObjectId>("7").is_err());
     }
 
     #[test]

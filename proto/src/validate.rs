@@ -49,6 +49,15 @@ pub trait TreeSource: Sync {
     /// per directory (and per recipe's chunk list), not once per object.
     fn held(&self, ids: &[ObjectId])
     -> impl Future<Output = Result<Vec<bool>, Self::Error>> + Send;
+
+    /// A hint: the walk will soon ask for these manifests. A source whose
+    /// reads are round trips (a master reading from holders) reads them
+    /// concurrently and keeps them; errors are left for the walk's own
+    /// request to report. The default does nothing.
+    fn prefetch(&self, ids: &[ObjectId]) -> impl Future<Output = ()> + Send {
+        let _ = ids;
+        async {}
+    }
 }
 
 /// What an entry asks of the tree. Two entries with the same key need the
@@ -283,6 +292,16 @@ impl<S: TreeSource> Walk<'_, S> {
                 .map_or("", |e| e.name.as_str());
             return Err(invalid(&format!("{}{name}", dir.path), p.reason));
         }
+        // A directory of new subdirectories (a first import, a new tree)
+        // would otherwise cost one round trip per manifest, one after the
+        // other.
+        if children.len() > 1 {
+            let ids: Vec<ObjectId> = children
+                .iter()
+                .flat_map(|c| std::iter::once(c.id).chain(c.old))
+                .collect();
+            self.source.prefetch(&ids).await;
+        }
         // Reversed onto the stacks, so directories are visited in name order.
         for child in children.into_iter().rev() {
             if child.old.is_some() {
@@ -311,6 +330,7 @@ mod tests {
         objects: HashMap<ObjectId, Vec<u8>>,
         manifests_read: Mutex<Vec<ObjectId>>,
         asked_held: Mutex<Vec<ObjectId>>,
+        prefetched: Mutex<Vec<Vec<ObjectId>>>,
     }
 
     impl Mem {
@@ -383,6 +403,10 @@ mod tests {
         async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, String> {
             self.asked_held.lock().unwrap().extend_from_slice(ids);
             Ok(ids.iter().map(|id| self.objects.contains_key(id)).collect())
+        }
+
+        async fn prefetch(&self, ids: &[ObjectId]) {
+            self.prefetched.lock().unwrap().push(ids.to_vec());
         }
     }
 
@@ -579,6 +603,38 @@ mod tests {
         // Committing the same tree again reads nothing.
         assert_eq!(mem.check(v2, Some(v2)).unwrap(), []);
         assert!(mem.reads().is_empty());
+    }
+
+    #[test]
+    fn new_subdirectories_are_announced_together_with_their_counterparts() {
+        let mut mem = Mem::default();
+        let (a, b, c) = (
+            mem.file("a", b"a"),
+            mem.file("b", b"b"),
+            mem.file("c", b"c"),
+        );
+        let (x1, y1) = (mem.subdir("x", vec![a.clone()]), mem.subdir("y", vec![b]));
+        let v1 = mem.dir(vec![x1.clone(), y1.clone()]);
+        mem.check(v1, None).unwrap();
+        let (x, y) = (x1.object.unwrap(), y1.object.unwrap());
+        assert_eq!(*mem.prefetched.lock().unwrap(), [vec![x, y]]);
+
+        // y changes and z is new: y comes with its old manifest, x (the
+        // same as before) is not asked for.
+        mem.prefetched.lock().unwrap().clear();
+        let y2 = mem.subdir("y", vec![c.clone()]);
+        let z = mem.subdir("z", vec![c, a]);
+        let v2 = mem.dir(vec![x1, y2.clone(), z.clone()]);
+        mem.check(v2, Some(v1)).unwrap();
+        assert_eq!(
+            *mem.prefetched.lock().unwrap(),
+            [vec![y2.object.unwrap(), y, z.object.unwrap()]]
+        );
+        // A directory with one subdirectory announces nothing.
+        mem.prefetched.lock().unwrap().clear();
+        let one = mem.dir(vec![y2]);
+        mem.check(one, None).unwrap();
+        assert!(mem.prefetched.lock().unwrap().is_empty());
     }
 
     #[test]

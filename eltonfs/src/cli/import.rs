@@ -77,11 +77,20 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     };
     let parent = args.parent.unwrap_or(head);
 
+    // Phase times, for `ELTON_LOG=eltonfs=debug` (where an import's
+    // time goes; docs/benchmarks.md).
+    let started = std::time::Instant::now();
+    let phase = |what: &str| {
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "import: {what}"
+        )
+    };
     let dir = args.dir.clone();
     let threshold = args.chunk_threshold;
     let hashing = ProgressBar::new_spinner().with_message("scanning");
     let h = hashing.clone();
-    let scan = tokio::task::spawn_blocking(move || {
+    let mut scan = tokio::task::spawn_blocking(move || {
         walk::scan(&dir, threshold, &|bytes| {
             h.inc(bytes);
             h.set_message(format!("hashed {}", indicatif::HumanBytes(h.position())));
@@ -89,16 +98,22 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     })
     .await??;
     hashing.finish_and_clear();
+    phase("scanned and hashed");
     let root = scan.root()?;
     let http = reqwest::Client::new();
 
+    let mut contents = std::mem::take(&mut scan.contents);
     let data: Vec<Item> = scan
         .files
         .iter()
         .map(|(id, (path, size))| Item {
             id: *id,
             size: *size,
-            source: Source::File(path.clone()),
+            // The bytes the scan read and hashed, when it kept them.
+            source: match contents.remove(id) {
+                Some(bytes) => Source::Bytes(bytes),
+                None => Source::File(path.clone()),
+            },
         })
         .chain(scan.chunks.iter().map(|(id, (path, offset, size))| Item {
             id: *id,
@@ -131,6 +146,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
             .filter(|i| lacking.contains(&i.id))
             .collect(),
     );
+    phase("asked the slave which objects it lacks");
     let total: u64 = data.iter().chain(&trees).map(|i| i.size).sum();
     let pb = bar(total, "uploading");
     // Files and chunks first, then recipes and manifests (children first),
@@ -146,6 +162,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
     .await
     .with_context(|| format!("uploading to slave {}", ep.slave))?;
     pb.finish_and_clear();
+    phase("uploaded");
 
     // An identical tree publishes no version (as `git commit` with nothing
     // to commit), but only after the objects the slave lacked were sent:
@@ -191,6 +208,7 @@ pub async fn import(ep: &Endpoints, args: ImportArgs) -> Result<()> {
         .await
         .with_context(|| format!("contacting slave {}", ep.slave))?;
     let record: serde_json::Value = check(resp).await?.json().await?;
+    phase("committed");
     for p in &scan.skipped {
         eprintln!(
             "elton: skipped {} (not a file, directory or symlink)",

@@ -19,11 +19,27 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_elton-e2e")
 }
 
+/// A port free now and never handed out before in this test process. The
+/// kernel may give a just-released port to the next `bind(0)`, and the
+/// tests of one binary run in parallel: two of them could otherwise be
+/// given the same port before either process binds it ("Address already
+/// in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
