@@ -276,6 +276,8 @@ printf '| (b) ratio elton / nginx (target >= 1.0) | %s |\n' "$(ratio "$(median "
 printf '| (b) the instance alone, req/s | %s |\n' "$DIRECT_RPS"
 printf '| (c) instances of the app after the run | %s |\n' "$SCALED_TO"
 printf '| (c) requests answered / errors | %s / %s |\n' "$(field answered)" "$(field errors)"
+printf '| (c) mean of the %s before / after the trigger / of the last %s, ms | %s / %s / %s |\n' "$(field before.count)" "$(field last.count)" \
+    "$(us_ms "$(field before.mean_us)")" "$(us_ms "$(field after.mean_us)")" "$(us_ms "$(field last.mean_us)")"
 printf '| (c) p50 of the %s before the trigger, ms | %s |\n' "$(field before.count)" "$(us_ms "$(field before.p50_us)")"
 printf '| (c) p50 of the %s after the trigger, ms | %s |\n' "$(field after.count)" "$(us_ms "$(field after.p50_us)")"
 printf '| (c) p50 of the last %s, ms | %s |\n' "$(field last.count)" "$(us_ms "$(field last.p50_us)")"

@@ -3,7 +3,7 @@
 //! connections, `--concurrency` at a time, `--requests` in all; when the
 //! request numbered `--trigger-at` is sent it runs `--trigger` (a shell
 //! command, in the background). Prints one JSON object: the latencies of
-//! the 10,000 requests before and after the trigger (p50, p99, max), the
+//! the 10,000 requests before and after the trigger (mean, p50, p99, max), the
 //! longest gap between two answers around it, and errors.
 //!
 //!   elton-fcbench --addr 127.0.0.1:8080 --host web.test --requests 100000 \
@@ -152,6 +152,10 @@ fn run(a: Args) -> Result<()> {
     let summary = |v: &[u64]| {
         json!({
             "count": v.len(),
+            // Closed loop: the mean is concurrency / throughput, so it
+            // halves when capacity doubles, whatever the distribution's
+            // shape (a shared CPU quota makes it bimodal).
+            "mean_us": v.iter().sum::<u64>() / (v.len().max(1) as u64),
             "p50_us": pct(v, 50),
             "p99_us": pct(v, 99),
             "max_us": v.last().copied().unwrap_or(0),
