@@ -92,24 +92,7 @@ fn leaf(g: &Group, name: &str) -> String {
 /// A host's Elton root in `controller`'s hierarchy: the hosts are this
 /// test's children, so they run in its cgroups.
 fn root(controller: &str, leaf: &str) -> PathBuf {
-    let own = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
-    let path = own
-        .lines()
-        .find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let _ = p.next();
-            let ctrls = p.next()?;
-            let path = p.next()?;
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .expect("controller mounted");
-    PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/'))
-        .join(leaf)
+    common::cgroup_dir("self", controller).join(leaf)
 }
 
 fn groups(leaf: &str) -> Vec<String> {

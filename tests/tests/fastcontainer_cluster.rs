@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::group::Group;
-use common::{KillOnDrop, MountGuard, TOKEN, bin, free_port, raw_http, wait_until};
+use common::{KillOnDrop, MountGuard, TOKEN, bin, cgroup_dir, free_port, raw_http, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const SERVE: &str = "exec busybox httpd -f -v -p 127.0.0.1:$PORT -h .";
@@ -399,7 +399,7 @@ fn phase4_scale_up_raises_the_quota(g: &Group, proxies: &[ProxyProc]) {
         .and_then(|s| s.parse().ok())
         .expect("a pid");
     let read = |f: &str| -> u64 {
-        std::fs::read_to_string(cgroup_dir(pid, "cpu").join(f))
+        std::fs::read_to_string(cgroup_dir(&pid.to_string(), "cpu").join(f))
             .expect("cgroup file")
             .trim()
             .parse()
@@ -571,27 +571,6 @@ fn phase8_the_leader_killed_during_scaling(g: &mut Group, proxies: &[ProxyProc],
         2,
         "one decision within the cooldown"
     );
-}
-
-/// Where process `pid`'s group of `controller` is (cgroup v1).
-fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
-    let path = text
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let _ = f.next();
-            let ctrls = f.next()?;
-            let path = f.next()?;
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .expect("controller mounted");
-    PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/'))
 }
 
 /// Whether process `pid` runs (a zombie, killed and waiting for a parent

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::group::Group;
-use common::{KillOnDrop, MountGuard, TOKEN, bin, free_port, raw_http, wait_until};
+use common::{KillOnDrop, MountGuard, TOKEN, bin, cgroup_dir, free_port, raw_http, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 /// The proxy's readiness deadline in this test.
@@ -314,27 +314,6 @@ fn phase6_a_new_app_is_served_without_restarting_the_proxy(g: &Group, p: &ProxyP
     assert_eq!(mounts, 1);
 }
 
-/// The cgroup v1 directory of `pid` for `controller`.
-fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
-    let path = text
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let _ = f.next();
-            let ctrls = f.next()?;
-            let path = f.next()?;
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .expect("controller mounted");
-    PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/'))
-}
-
 fn phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(g: &Group, p: &ProxyProc) {
     if !Path::new("/sys/fs/cgroup/cpu").exists() {
         panic!("this test needs cgroup v1 with the cpu controller at /sys/fs/cgroup/cpu");
@@ -357,16 +336,16 @@ fn phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(g: &Group, p: 
         .collect();
     assert!(new.len() >= 2, "the shell and the server: {new:?}");
     let pid = new[0];
-    let cpu = cgroup_dir(pid, "cpu");
+    let cpu = cgroup_dir(&pid.to_string(), "cpu");
     for other in &new {
         assert_eq!(
-            cgroup_dir(*other, "cpu"),
+            cgroup_dir(&other.to_string(), "cpu"),
             cpu,
             "process {other} of the instance is outside its group"
         );
         assert_eq!(
-            cgroup_dir(*other, "memory"),
-            cgroup_dir(pid, "memory"),
+            cgroup_dir(&other.to_string(), "memory"),
+            cgroup_dir(&pid.to_string(), "memory"),
             "process {other} of the instance is outside its memory group"
         );
     }
@@ -385,7 +364,7 @@ fn phase7_an_instance_runs_in_its_own_cgroup_with_the_apps_limits(g: &Group, p: 
     assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "2000");
     assert_eq!(read(cpu.join("cpu.cfs_period_us")), "10000");
     assert_eq!(
-        read(cgroup_dir(pid, "memory").join("memory.limit_in_bytes")),
+        read(cgroup_dir(&pid.to_string(), "memory").join("memory.limit_in_bytes")),
         (64u64 << 20).to_string()
     );
     // Removed with the app: its idle instance stops and the group goes.

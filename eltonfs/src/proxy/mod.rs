@@ -570,7 +570,13 @@ impl Proxy {
         match result {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) => {
-                let unreached = e.is_connect();
+                let failed = |refusal| {
+                    if e.is_connect() {
+                        Failed::Unreached(addr, refusal)
+                    } else {
+                        Failed::Other(refusal)
+                    }
+                };
                 // A dead instance is forgotten, so the next request starts
                 // a new one.
                 let mut run = r.lock();
@@ -581,42 +587,29 @@ impl Proxy {
                     .and_then(|s| s.instance.exited());
                 // Its other local instances too: one of them may be the
                 // one that refused, and the next attempt must not pick it.
-                let extras_gone = unreached && forget_dead_extras(&app.spec.name, &mut run);
+                let extras_gone = e.is_connect() && forget_dead_extras(&app.spec.name, &mut run);
                 if extras_gone && died.is_none() {
                     drop(run);
                     r.bump();
-                    return Err(Failed::Unreached(
-                        addr,
-                        Refusal(
-                            StatusCode::BAD_GATEWAY,
-                            format!("its instance at {addr} stopped"),
-                        ),
-                    ));
+                    return Err(failed(Refusal(
+                        StatusCode::BAD_GATEWAY,
+                        format!("its instance at {addr} stopped"),
+                    )));
                 }
                 if let Some(why) = &died {
                     run.instance = None;
                     run.phase = Phase::Stopped;
                     drop(run);
                     r.bump();
-                    let refusal = Refusal(
+                    return Err(failed(Refusal(
                         StatusCode::BAD_GATEWAY,
                         format!("its instance stopped: {why}"),
-                    );
-                    return Err(if unreached {
-                        Failed::Unreached(addr, refusal)
-                    } else {
-                        Failed::Other(refusal)
-                    });
+                    )));
                 }
-                let refusal = Refusal(
+                Err(failed(Refusal(
                     StatusCode::BAD_GATEWAY,
                     format!("its instance at {addr} did not answer: {e}"),
-                );
-                Err(if unreached {
-                    Failed::Unreached(addr, refusal)
-                } else {
-                    Failed::Other(refusal)
-                })
+                )))
             }
         }
     }

@@ -42,6 +42,28 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Where process `pid`'s group of `controller` is (cgroup v1), from its
+/// `/proc/PID/cgroup`; `pid` may be `"self"`.
+pub fn cgroup_dir(pid: &str, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _ = f.next();
+            let ctrls = f.next()?;
+            let path = f.next()?;
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .expect("controller mounted");
+    PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
