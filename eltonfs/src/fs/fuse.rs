@@ -24,7 +24,7 @@ use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid, XattrFlags};
 use super::attrs::{UPPER_TTL, attr_of, attr_of_meta, kind_of_entry, kind_of_meta};
 use super::chunked::{self, Assembled, ChunkedReader};
 pub use super::handle::Handle;
-use super::handle::Io;
+use super::handle::{FMODE_EXEC, Io};
 use super::inodes::ROOT;
 use super::layers::{
     EntryKindOrUpper, PRIVATE_XATTR_PREFIX, View, is_whiteout_at, open_write, set_opaque_at,
@@ -41,6 +41,11 @@ use super::upper_ops::{
 /// How long an open waits for the inode's other backing file to be closed
 /// (see [`EltonFs::wait_for_backing`]).
 const BACKING_WAIT: Duration = Duration::from_secs(1);
+/// How long an `O_RDONLY|O_TRUNC` open waits for a program that held the
+/// file to be gone (see [`EltonFs::wait_until_not_executed`]): its RELEASE
+/// is on its way, so this is a margin for a busy machine, and the time a
+/// refusal costs.
+const EXEC_RELEASE_WAIT: Duration = Duration::from_millis(250);
 /// Virtual xattr on the root naming the mount's control socket.
 pub const CONTROL_XATTR: &str = "user.elton.control";
 
@@ -146,6 +151,32 @@ impl EltonFs {
                     ino,
                     "open refused: the inode's old content is still open (ETXTBSY)"
                 );
+                return Err(Errno::ETXTBSY);
+            }
+            st = self
+                .released
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits (briefly) until no running program holds inode `ino` open;
+    /// ETXTBSY if one still does. The wait is for a program that has just
+    /// exited: the kernel sends the RELEASE of its file before its parent
+    /// learns of the exit, but another thread may be the one to handle it.
+    fn wait_until_not_executed<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, MountState>,
+        ino: u64,
+    ) -> Result<MutexGuard<'a, MountState>, Errno> {
+        let deadline = Instant::now() + EXEC_RELEASE_WAIT;
+        loop {
+            if !st.handles.values().any(|h| h.ino == ino && h.executes) {
+                return Ok(st);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(Errno::ETXTBSY);
             }
             st = self
@@ -620,6 +651,17 @@ impl Filesystem for EltonFs {
         let writable = !matches!(acc, OpenAccMode::O_RDONLY);
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let append = flags.0 & libc::O_APPEND != 0;
+        let executes = flags.0 & FMODE_EXEC != 0;
+        // The kernel refuses a writable open of a running program itself
+        // (ETXTBSY), before asking here. It does not for O_RDONLY|O_TRUNC:
+        // with FUSE_ATOMIC_O_TRUNC the truncation is this open's, and the
+        // kernel checks only after it, when the program is already gone.
+        if trunc && !writable {
+            let st = self.lock();
+            if let Err(e) = self.wait_until_not_executed(st, ino.0) {
+                return reply.error(e);
+            }
+        }
         // Lower file contents may need fetching: do that without the lock.
         let (rel, lower_entry) = {
             let st = self.lock();
@@ -661,6 +703,7 @@ impl Filesystem for EltonFs {
                 ino: ino.0,
                 writable: false,
                 append: false,
+                executes,
                 lower: lower_entry,
                 _backing: None,
                 chunked: Some(reader.clone()),
@@ -725,6 +768,7 @@ impl Filesystem for EltonFs {
             ino: ino.0,
             writable,
             append,
+            executes,
             lower: lower_entry,
             _backing: None,
             chunked: None,
@@ -1199,6 +1243,7 @@ impl Filesystem for EltonFs {
             ino,
             writable: true,
             append,
+            executes: false,
             lower: None,
             _backing: None,
             chunked: None,

@@ -12,12 +12,21 @@ use super::chunked::ChunkedReader;
 use super::layers::View;
 use super::meta::Meta;
 
+/// The open flag execve(2) opens a program with (`__FMODE_EXEC` in the
+/// kernel's `include/linux/fs.h`; FUSE passes it on in FUSE_OPEN). The
+/// libc crate does not define it.
+pub const FMODE_EXEC: i32 = 0o40;
+
 pub struct Handle {
     pub file: File,
     /// The FUSE inode this handle was opened on.
     pub ino: u64,
     pub writable: bool,
     pub append: bool,
+    /// Opened by execve(2) (see [`FMODE_EXEC`]): the kernel keeps such a
+    /// file open for as long as the program runs, and refuses to open it
+    /// for writing meanwhile (ETXTBSY).
+    pub executes: bool,
     /// For a lower file opened read-only: its entry. The open file is then
     /// the store's object, whose own attributes are not the entry's.
     pub(super) lower: Option<Entry>,
