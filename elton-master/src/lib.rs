@@ -76,7 +76,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::MasterConfig;
 pub use error::MasterError;
@@ -185,11 +185,17 @@ pub async fn run(
     // HTTP/1.1 is accepted for them (gRPC stays HTTP/2).
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(proc_http::router(proc_api));
+    // TCP_NODELAY on every accepted connection: otherwise a reply written
+    // in pieces (headers, then data and trailers) waits for the peer's
+    // delayed ACK, 40 ms, on Raft's AppendEntries answers and on writes.
     let result = server
         .max_frame_size(elton_proto::GRPC_MAX_FRAME_BYTES)
         .accept_http1(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| MasterError::Io(format!("gRPC server: {e}")));
     drop(stop_tx);

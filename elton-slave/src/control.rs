@@ -12,7 +12,7 @@ use elton_proto::NodeId;
 use elton_proto::control_pb::JoinRequest;
 use elton_trust::{Authenticated, NodeCredentials, TrustAnchors};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::{SlaveConfig, SlaveError};
@@ -118,9 +118,13 @@ pub async fn start(
         .add_service(raft_service.into_server())
         .add_service(control_service.into_server());
     tracing::info!(member = %node.member(), "control learner serving");
+    // TCP_NODELAY, as on the master (see there).
     let task = tokio::spawn(async move {
         if let Err(e) = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
         {
             tracing::error!("control endpoint: {e}");
