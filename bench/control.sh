@@ -30,7 +30,9 @@
 # elton"), ELTON_BIN / RAFTBENCH_BIN (use these binaries, skip the build),
 # ELTON_MASTER_FLAGS (extra flags for every Elton master, e.g. timers:
 # "--control-election-min-ms 200 --control-election-max-ms 400"). ROUNDS=0
-# measures failover only.
+# measures failover only. MASTER_LOG: the masters' ELTON_LOG (default warn;
+# "warn,elton_control::batcher=debug,elton_control::forwarder=debug" logs
+# every entry and forwarded call with its size and time, in $WORK/m*.log).
 # Installs etcd-server with apt-get if it is missing.
 
 set -euo pipefail
@@ -146,7 +148,7 @@ elton_start() { # member-number
     local i=$1 init=()
     [[ $i == 1 ]] && init=(--control-init) # a no-op once m1 is in the group
     # shellcheck disable=SC2086
-    ELTON_LOG=warn "$ELTON" master --id "m$i" --data-dir "$WORK/m$i" \
+    ELTON_LOG=${MASTER_LOG:-warn} "$ELTON" master --id "m$i" --data-dir "$WORK/m$i" \
         --listen "127.0.0.1:${ELTON_PORT[i]}" --insecure "${init[@]}" ${ELTON_MASTER_FLAGS:-} \
         >>"$WORK/m$i.log" 2>&1 &
     ELTON_PID[i]=$!
@@ -318,21 +320,23 @@ row() { # label array-name clients format invert
     row "$c clients: p50 latency, ms" P50 "$c" .2f 1
     row "$c clients: p99 latency, ms" P99 "$c" .2f 1
 done
-printf '| %-34s |' "kill -9 leader: unavailable, ms"
-fvals=()
-for s in "${SYS[@]}"; do
-    v=$(med "${FAIL[$s]}")
-    fvals+=("$v")
-    printf ' %10.0f |' "$v"
-done
-[[ ${#SYS[@]} -eq 2 ]] && printf ' %14s |' "$(ratio "${fvals[0]}" "${fvals[1]}")"
-echo
+if ((FAILOVERS > 0)); then
+    printf '| %-34s |' "kill -9 leader: unavailable, ms"
+    fvals=()
+    for s in "${SYS[@]}"; do
+        v=$(med "${FAIL[$s]}")
+        fvals+=("$v")
+        printf ' %10.0f |' "$v"
+    done
+    [[ ${#SYS[@]} -eq 2 ]] && printf ' %14s |' "$(ratio "${fvals[0]}" "${fvals[1]}")"
+    echo
+fi
 echo
 if [[ ${#SYS[@]} -eq 2 ]]; then
     echo "ratios: writes/s ${SYS[1]}/${SYS[0]}; latencies and unavailability ${SYS[0]}/${SYS[1]} (above 1.00: ${SYS[1]} better)"
 fi
 for s in "${SYS[@]}"; do
     ((ROUNDS > 0)) && for c in "${NCLIENTS[@]}"; do echo "per round, $s, $c clients, writes/s: ${WPS[$s,$c]}"; done
-    echo "per failover, $s, ms: ${FAIL[$s]}"
+    ((FAILOVERS > 0)) && echo "per failover, $s, ms: ${FAIL[$s]}"
 done
 load_line

@@ -184,8 +184,14 @@ async fn write_batch(raft: &Raft, taken: Vec<Queued>, id: RequestId) {
     let n = taken.len();
     let (requests, replies): (Vec<Request>, Vec<Reply>) =
         taken.into_iter().map(|q| (q.request, q.reply)).unzip();
-    tracing::trace!(requests = n, "proposing a batch");
+    let started = std::time::Instant::now();
     let written = raft.client_write(batch::envelope(requests, id)).await;
+    tracing::debug!(
+        requests = n,
+        us = started.elapsed().as_micros() as u64,
+        ok = written.is_ok(),
+        "entry written"
+    );
     let answers: Vec<Result<Written, NodeError>> = match written {
         Ok(r) => {
             let log_index = r.log_id.index;

@@ -143,7 +143,14 @@ async fn run(
         };
         let link = link.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let n = taken.len();
             link.send(leader, taken, id).await;
+            tracing::debug!(
+                requests = n,
+                us = started.elapsed().as_micros() as u64,
+                "forwarded"
+            );
             drop(slot);
         });
     }
