@@ -8,166 +8,44 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::group::Group;
-use common::{KillOnDrop, MountGuard, TOKEN, bin, cgroup_dir, free_port, raw_http, wait_until};
+use common::proxy::{ProxyOpts, ProxyProc, create_app, instances_under, kill_all_under};
+use common::{cgroup_dir, raw_http, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const SERVE: &str = "exec busybox httpd -f -v -p 127.0.0.1:$PORT -h .";
 
-/// One host's proxy, killed on drop, then its instances, then its mounts.
-struct ProxyProc {
-    child: KillOnDrop,
-    _instances: Instances,
-    _mounts: Vec<MountGuard>,
-    host: String,
-    slave: usize,
-    port: u16,
-    dir: PathBuf,
-}
-
-/// Kills the processes working under a proxy's directory on drop.
-struct Instances(PathBuf);
-
-impl Drop for Instances {
-    fn drop(&mut self) {
-        kill_all_under(&self.0);
-    }
-}
-
-impl ProxyProc {
-    fn start(g: &Group, slave: usize) -> Self {
-        let port = free_port();
-        let host = format!("h{slave}");
-        let dir = g.dir.path().join(format!("proxy-{host}"));
-        Self {
-            child: Self::spawn(g, slave, &host, port, &dir),
-            _instances: Instances(dir.clone()),
-            _mounts: vec![MountGuard(dir.join("mounts/site@1"))],
-            host,
-            slave,
-            port,
-            dir,
-        }
-    }
-
-    fn spawn(g: &Group, slave: usize, host: &str, port: u16, dir: &Path) -> KillOnDrop {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(g.dir.path().join(format!("proxy-{host}.log")))
-            .expect("proxy log");
-        let child = Command::new(bin())
-            .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--host", host])
-            .args(["--refresh", "300ms", "--report-every", "500ms"])
-            .args(["--ready-timeout", "5s", "--target-in-flight", "1"])
-            // A follower: it forwards to whichever master leads, so the
-            // leader can be killed under the proxies.
-            .env("ELTON_MASTER", g.master_url(2))
-            .env("ELTON_SLAVE", g.slaves[slave - 1].url())
-            .env(
-                "ELTON_SLAVE_DATA",
-                g.dir.path().join(format!("slave{slave}")),
-            )
-            .env("ELTON_TOKEN", TOKEN)
-            .env("ELTON_CA", g.ca())
-            .env("ELTON_HOME", g.dir.path().join("home"))
-            .env("ELTON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting elton proxy");
-        let child = KillOnDrop(child);
-        wait_until("the proxy listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        child
-    }
-
-    /// SIGKILL: its instances and mounts stay behind.
-    fn kill(&mut self) {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
-    }
-
-    fn restart(&mut self, g: &Group) {
-        self.child = Self::spawn(g, self.slave, &self.host, self.port, &self.dir);
-    }
-
-    fn get(&self, host: &str, path: &str) -> (u16, String) {
-        raw_http(
-            self.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-        )
-    }
-
-    /// Requests each of this host's instances of `app` answered (from
-    /// busybox's `-v` log, one `response:` line per request).
-    fn served(&self, app: &str) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{app}-"))
-            })
-            .map(|e| {
-                std::fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .matches("response:")
-                    .count()
-            })
-            .sum()
-    }
-}
-
-fn kill_all_under(dir: &Path) {
-    for pid in instances_under(dir) {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-}
-
-/// Processes whose working directory is under `dir`: the apps' instances.
-fn instances_under(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn create(g: &Group, name: &str, extra: &[&str]) {
-    let host = format!("{name}.test");
-    let mut args = vec![
-        "app",
-        "create",
-        name,
-        "--host-name",
-        &host,
-        "--volume",
-        "site",
-        "--cmd",
-        SERVE,
+    create_app(g, name, &format!("{name}.test"), SERVE, extra);
+}
+
+/// Host `h{slave}`'s proxy, through master 2: a follower, which forwards
+/// to whichever master leads, so the leader can be killed under it.
+fn start_proxy(g: &Group, slave: usize) -> ProxyProc {
+    let args = [
+        "--refresh",
+        "300ms",
+        "--report-every",
+        "500ms",
+        "--ready-timeout",
+        "5s",
+        "--target-in-flight",
+        "1",
     ];
-    args.extend_from_slice(extra);
-    g.ok(1, &args);
+    ProxyProc::start(
+        g,
+        ProxyOpts {
+            host: Some(format!("h{slave}")),
+            master: 2,
+            slave,
+            ..ProxyOpts::single(&args, &["site@1"])
+        },
+    )
 }
 
 /// The master the test's CLI calls go to (2 once the first is killed).
@@ -261,7 +139,7 @@ fn fastcontainer_cluster() {
     let mut g = Group::new(3, 3, &[]);
     g.converged(1, CONVERGE);
     g.import(&[("index.html", "hello from site v1\n")], "site");
-    let mut proxies: Vec<ProxyProc> = (1..=3).map(|i| ProxyProc::start(&g, i)).collect();
+    let mut proxies: Vec<ProxyProc> = (1..=3).map(|i| start_proxy(&g, i)).collect();
     phase1_idle_proxies_append_nothing_to_the_log(&g, &proxies);
     phase2_instances_are_registered_and_shown(&g, &proxies);
     phase3_scale_out_under_load_spreads_requests_and_cools_down(&g, &proxies);
@@ -420,11 +298,21 @@ fn phase5_an_instance_killed_by_hand_is_replaced(g: &Group, proxies: &[ProxyProc
     });
     let inst = serving(g, "keep").remove(0);
     let pid = inst["id"].as_str().expect("id").to_string();
+    // What the app answers a request with a body (busybox httpd serves no
+    // POST to a file): the same answer must come after the kill.
+    let (posted, _) = proxies[0].post("keep.test", "/index.html", "a=1");
+    assert_ne!(posted, 502);
     let _ = Command::new("kill").args(["-9", &pid]).status();
     // At once, before any registry shows it gone: the proxies find the
     // connection refused and send the request on (another instance, or
-    // one they start); none answers 502.
+    // one they start), its body too; none answers 502.
     for p in proxies {
+        let (code, body) = p.post("keep.test", "/index.html", "a=1");
+        assert_eq!(
+            code, posted,
+            "{}: a POST right after the kill: {body}",
+            p.host
+        );
         let (code, body) = p.get("keep.test", "/index.html");
         assert_eq!(code, 200, "{} right after the kill: {body}", p.host);
     }

@@ -7,142 +7,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::group::Group;
-use common::{KillOnDrop, MountGuard, TOKEN, bin, cgroup_dir, free_port, raw_http, wait_until};
+use common::proxy::{ProxyOpts, ProxyProc, create_app as create, instances_under};
+use common::{cgroup_dir, raw_http, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 /// The proxy's readiness deadline in this test.
 const READY: Duration = Duration::from_secs(3);
 /// Requests a starting app may hold in this test.
 const QUEUE: usize = 100;
-
-/// The proxy, killed on drop, then its instances (a killed proxy leaves
-/// them running), then the mounts it made are detached.
-struct ProxyProc {
-    // Dropped in this order.
-    child: KillOnDrop,
-    _instances: Instances,
-    _mounts: Vec<MountGuard>,
-    port: u16,
-    dir: PathBuf,
-}
-
-/// Kills the processes working under a proxy's directory on drop.
-struct Instances(PathBuf);
-
-impl Drop for Instances {
-    fn drop(&mut self) {
-        for pid in instances_under(&self.0) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
-impl ProxyProc {
-    fn start(g: &Group) -> Self {
-        let port = free_port();
-        let dir = g.dir.path().join("proxy");
-        Self {
-            child: Self::spawn(g, port, &dir),
-            _instances: Instances(dir.clone()),
-            _mounts: vec![
-                MountGuard(dir.join("mounts/site@1")),
-                MountGuard(dir.join("mounts/site@2")),
-            ],
-            port,
-            dir,
-        }
-    }
-
-    fn spawn(g: &Group, port: u16, dir: &Path) -> KillOnDrop {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(g.dir.path().join("proxy.log"))
-            .expect("proxy log");
-        let child = Command::new(bin())
-            .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--refresh", "500ms", "--ready-timeout", "3s"])
-            .args(["--queue", &QUEUE.to_string()])
-            .env("ELTON_MASTER", g.master_url(1))
-            .env("ELTON_SLAVE", g.slaves[0].url())
-            .env("ELTON_SLAVE_DATA", g.dir.path().join("slave1"))
-            .env("ELTON_TOKEN", TOKEN)
-            .env("ELTON_CA", g.ca())
-            .env("ELTON_HOME", g.dir.path().join("home"))
-            .env("ELTON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting elton proxy");
-        let child = KillOnDrop(child);
-        wait_until("the proxy listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        child
-    }
-
-    /// Kills the proxy (SIGKILL: its instances and mounts stay behind) and
-    /// starts it again on the same port and directory.
-    fn kill_and_restart(&mut self, g: &Group) {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
-        self.child = Self::spawn(g, self.port, &self.dir);
-    }
-
-    fn get(&self, host: &str, path: &str) -> (u16, String) {
-        raw_http(
-            self.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-        )
-    }
-
-    /// A metric's value for `app` (0 when absent).
-    fn metric(&self, name: &str, app: &str) -> u64 {
-        let (_, text) = self.get("127.0.0.1", "/metrics");
-        let prefix = format!("{name}{{app=\"{app}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn create(g: &Group, name: &str, host: &str, cmd: &str, extra: &[&str]) {
-    let mut args = vec![
-        "app",
-        "create",
-        name,
-        "--host-name",
-        host,
-        "--volume",
-        "site",
-        "--cmd",
-        cmd,
-    ];
-    args.extend_from_slice(extra);
-    g.ok(1, &args);
-}
-
-/// Processes whose working directory is under `dir`: the apps' instances.
-fn instances_under(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 #[test]
 fn fastcontainer_proxy() {
@@ -164,7 +39,16 @@ fn fastcontainer_proxy() {
         &[],
     );
     create(&g, "mute", "mute.test", "exec sleep 60", &[]);
-    let mut p = ProxyProc::start(&g);
+    let queue = QUEUE.to_string();
+    let args = [
+        "--refresh",
+        "500ms",
+        "--ready-timeout",
+        "3s",
+        "--queue",
+        &queue,
+    ];
+    let mut p = ProxyProc::start(&g, ProxyOpts::single(&args, &["site@1", "site@2"]));
     phase1_an_unknown_host_is_404_and_metrics_are_served(&p);
     phase2_fifty_concurrent_cold_requests_start_exactly_one_instance(&p);
     phase3_an_idle_instance_stops_and_the_next_request_starts_it_again(&p);

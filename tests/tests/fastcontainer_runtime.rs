@@ -12,170 +12,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::busybox::{IMAGE, ensure_image};
 use common::group::Group;
-use common::{KillOnDrop, MountGuard, TOKEN, bin, free_port, raw_http, wait_until};
+use common::proxy::{ProxyOpts, ProxyProc, containers_of, create_app as create, docker};
+use common::wait_until;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const HTTPD: &str = "exec busybox httpd -f -p 127.0.0.1:$PORT -h .";
 
-/// `elton proxy` as a process. Dropped in field order: the proxy is
-/// killed, then what it left (instances, containers, mounts) is removed.
-struct ProxyProc {
-    child: KillOnDrop,
-    _instances: Leftovers,
-    _mounts: Vec<MountGuard>,
-    port: u16,
-    dir: PathBuf,
-}
-
-/// Kills the processes working under a proxy's directory and removes the
-/// containers labelled with it.
-struct Leftovers(PathBuf);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for pid in instances_under(&self.0) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-        for id in containers_of(&self.0) {
-            let _ = docker(&["rm", "-f", &id]);
-        }
-    }
-}
-
-impl ProxyProc {
-    fn start(g: &Group) -> Self {
-        let port = free_port();
-        let dir = g.dir.path().join("proxy");
-        Self {
-            child: Self::spawn(g, port, &dir),
-            _instances: Leftovers(dir.clone()),
-            _mounts: vec![
-                MountGuard(dir.join("mounts/site@1")),
-                MountGuard(dir.join("mounts/site@2")),
-            ],
-            port,
-            dir,
-        }
-    }
-
-    fn spawn(g: &Group, port: u16, dir: &Path) -> KillOnDrop {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(g.dir.path().join("proxy.log"))
-            .unwrap();
-        let child = Command::new(bin())
-            .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--dir")
-            .arg(dir)
-            // Containers take longer to start than processes.
-            .args(["--refresh", "500ms", "--ready-timeout", "20s"])
-            .env("ELTON_MASTER", g.master_url(1))
-            .env("ELTON_SLAVE", g.slaves[0].url())
-            .env("ELTON_SLAVE_DATA", g.dir.path().join("slave1"))
-            .env("ELTON_TOKEN", TOKEN)
-            .env("ELTON_CA", g.ca())
-            .env("ELTON_HOME", g.dir.path().join("home"))
-            .env("ELTON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting elton proxy");
-        let child = KillOnDrop(child);
-        wait_until("the proxy listens", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        child
-    }
-
-    /// SIGKILL (its instances and containers stay behind), then the same
-    /// proxy again on the same port and directory.
-    fn kill_and_restart(&mut self, g: &Group) {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
-        self.child = Self::spawn(g, self.port, &self.dir);
-    }
-
-    fn get(&self, host: &str, path: &str) -> (u16, String) {
-        raw_http(
-            self.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-        )
-    }
-
-    /// A metric's value for `app` (0 when absent).
-    fn metric(&self, name: &str, app: &str) -> u64 {
-        let (_, text) = self.get("127.0.0.1", "/metrics");
-        let prefix = format!("{name}{{app=\"{app}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn create(g: &Group, name: &str, host: &str, cmd: &str, extra: &[&str]) {
-    let mut args = vec![
-        "app",
-        "create",
-        name,
-        "--host-name",
-        host,
-        "--volume",
-        "site",
-        "--cmd",
-        cmd,
-    ];
-    args.extend_from_slice(extra);
-    g.ok(1, &args);
-}
-
-/// Processes whose working directory is under `dir`: the process
-/// runtime's instances.
-fn instances_under(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn docker(args: &[&str]) -> Option<std::process::Output> {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-}
-
 /// Whether a Docker engine answers here.
 fn engine_answers() -> bool {
     docker(&["info"]).is_some_and(|o| o.status.success())
-}
-
-/// Ids of the containers (running or not) that the proxy working in `dir`
-/// made: they carry its directory as a label.
-fn containers_of(dir: &Path) -> Vec<String> {
-    let filter = format!("label=elton.proxy.dir={}", dir.display());
-    let Some(out) = docker(&["ps", "-aq", "--no-trunc", "--filter", &filter]) else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -184,7 +35,15 @@ fn fastcontainer_runtime() {
     g.converged(1, CONVERGE);
     g.import(&[("index.html", "hello from site v1\n")], "site");
     create(&g, "web", "web.test", HTTPD, &["--idle", "2s"]);
-    let mut p = ProxyProc::start(&g);
+    // Containers take longer to start than processes.
+    let args = ["--refresh", "500ms", "--ready-timeout", "20s"];
+    let mut p = ProxyProc::start(
+        &g,
+        ProxyOpts {
+            listen_within: Duration::from_secs(30),
+            ..ProxyOpts::single(&args, &["site@1", "site@2"])
+        },
+    );
     phase1_an_app_cannot_write_its_volume(&g, &p);
     if !engine_answers() {
         eprintln!(
@@ -371,7 +230,7 @@ fn phase5_a_proxy_stopped_with_sigterm_removes_its_containers(p: &ProxyProc) {
     let (code, body) = p.get("boxed.test", "/index.html");
     assert_eq!(code, 200, "{body}");
     assert_eq!(containers_of(&p.dir).len(), 1);
-    let pid = p.child.0.id().to_string();
+    let pid = p.pid().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])

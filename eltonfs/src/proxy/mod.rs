@@ -47,9 +47,9 @@ use elton_control::apps::App;
 use elton_control::apps::config::by_host;
 use elton_control::apps::fleet::Fleet;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HOST, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -64,6 +64,10 @@ use metrics::Metrics;
 use unreachable::Unreachable;
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies up to this size are read before they are forwarded, so
+/// that the request can go again if its instance refused the connection.
+pub const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
 
 /// How often a starting instance's port is tried.
 const READY_POLL: Duration = Duration::from_millis(2);
@@ -508,10 +512,13 @@ impl Proxy {
     }
 
     /// Finds or starts the app's instance and forwards `req` to it. A
-    /// request without a body whose instance refused the connection (it
-    /// died, or its host did, and the registry does not show it yet) goes
-    /// once more, to another instance or a new one: it never reached the
-    /// app, so sending it again repeats nothing.
+    /// request whose instance refused the connection (it died, or its host
+    /// did, and the registry does not show it yet) goes once more, to
+    /// another instance or a new one: it never reached the app, so sending
+    /// it again repeats nothing. That needs its body: one of up to
+    /// [`REPLAYABLE_BODY_BYTES`] is read before it is forwarded, as a
+    /// retrying proxy buffers what it may send twice; a larger one, or one
+    /// of unknown length, streams and such a request gets the 502.
     async fn route(
         self: &Arc<Self>,
         app: &App,
@@ -519,7 +526,23 @@ impl Proxy {
     ) -> Result<Response<Body>, Refusal> {
         let r = self.run_of(&app.spec.name);
         let (parts, body) = req.into_parts();
-        let again = body.is_end_stream().then(|| {
+        let (body, replay) = match replayable(&parts.headers, &body) {
+            Some(limit) => {
+                let bytes = Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        Refusal(
+                            StatusCode::BAD_REQUEST,
+                            format!("reading the request body: {e}"),
+                        )
+                    })?
+                    .to_bytes();
+                (full(bytes.clone()), Some(bytes))
+            }
+            None => (body.boxed(), None),
+        };
+        let again = replay.map(|bytes| {
             let mut b = Request::builder()
                 .method(parts.method.clone())
                 .uri(parts.uri.clone())
@@ -527,19 +550,19 @@ impl Proxy {
             if let Some(h) = b.headers_mut() {
                 h.clone_from(&parts.headers);
             }
-            b
+            (b, bytes)
         });
         let first = self
-            .forward(app, &r, Request::from_parts(parts, body.boxed()))
+            .forward(app, &r, Request::from_parts(parts, body))
             .await;
         match (first, again) {
-            (Err(Failed::Unreached(addr, why)), Some(again)) => {
+            (Err(Failed::Unreached(addr, why)), Some((again, bytes))) => {
                 tracing::info!(app = %app.spec.name, %addr, "instance refused the connection; trying another");
                 self.unreachable
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .mark(addr, Instant::now());
-                let Ok(req) = again.body(empty()) else {
+                let Ok(req) = again.body(full(bytes)) else {
                     return Err(why);
                 };
                 self.forward(app, &r, req).await.map_err(Failed::refusal)
@@ -870,9 +893,23 @@ async fn wait_ready(
     }
 }
 
-/// An empty request body.
-fn empty() -> Body {
-    http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+/// A request body held in memory (empty: no body at all).
+fn full(bytes: Bytes) -> Body {
+    if bytes.is_empty() {
+        return http_body_util::Empty::new().map_err(|e| match e {}).boxed();
+    }
+    Full::new(bytes).map_err(|e| match e {}).boxed()
+}
+
+/// The bound for reading a request's body before forwarding it, if the
+/// request may be sent twice (see [`Proxy::route`]): no body, or one whose
+/// declared length is at most [`REPLAYABLE_BODY_BYTES`].
+fn replayable(headers: &HeaderMap, body: &Incoming) -> Option<usize> {
+    if body.is_end_stream() {
+        return Some(0);
+    }
+    let declared: u64 = headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
+    (declared <= REPLAYABLE_BODY_BYTES as u64).then_some(REPLAYABLE_BODY_BYTES)
 }
 
 fn text(code: StatusCode, body: String) -> Response<Body> {

@@ -6,6 +6,7 @@
 
 pub mod busybox;
 pub mod group;
+pub mod proxy;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
