@@ -387,3 +387,37 @@ fn phase4_elton_up_mounts_a_default_volume_and_cleans_up() {
     assert!(!common::is_elton_mount(&mnt));
     drop(guard);
 }
+
+/// The kernel sends a file's RELEASE after `close(2)` returned, so a
+/// commit right after a write can find the file still open: it must wait
+/// for that release and clear the file, not keep it in the upper to be
+/// committed again. A file really held open is committed and kept.
+#[test]
+fn phase5_a_file_closed_right_before_a_commit_is_not_kept() {
+    let c = Cluster::new(1);
+    let src = c.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("seed"), b"seed\n").unwrap();
+    c.ok(1, &["import", "--create", src.to_str().unwrap(), "quick"]);
+    let d = c.dir.path();
+    let m = Mount::new(&c, 1, "quick", &d.join("mnt"), &d.join("state"), &[]);
+    let mnt = m.mountpoint.to_str().unwrap();
+    // 5.1: written, closed, committed at once, 20 times.
+    for i in 0..20 {
+        fs::write(m.path(&format!("f{i}")), format!("file {i}\n")).unwrap();
+        let out = m.elton(&["commit", mnt, "-m", &format!("f{i}")]);
+        assert!(out.status.success(), "{}", out_text(&out));
+        let status = out_text(&m.elton(&["status", mnt]));
+        assert!(
+            status.contains("nothing to commit"),
+            "round {i}: the closed file was kept:\n{status}"
+        );
+    }
+    // 5.2: a file held open for writing is committed and kept.
+    let mut held = fs::File::create(m.path("held")).unwrap();
+    held.write_all(b"open\n").unwrap();
+    let out = m.elton(&["commit", mnt, "-m", "held"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert!(out_text(&m.elton(&["status", mnt])).contains("held"));
+    drop(held);
+}

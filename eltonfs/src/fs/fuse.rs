@@ -53,8 +53,9 @@ pub struct EltonFs {
     pub state: Arc<Mutex<MountState>>,
     passthrough: AtomicBool,
     control_socket: PathBuf,
-    /// Signalled when a file handle is released.
-    released: Condvar,
+    /// Signalled when a file handle is released (shared with the commit,
+    /// which waits for releases still on their way).
+    released: Arc<Condvar>,
     /// Whole copies of chunked lower files whose chunks are all local.
     assembled: Assembled,
     /// Background fetches of chunks for the daemon-served chunked files.
@@ -66,12 +67,13 @@ impl EltonFs {
         state: Arc<Mutex<MountState>>,
         control_socket: PathBuf,
         assembled: Assembled,
+        released: Arc<Condvar>,
     ) -> Self {
         Self {
             state,
             passthrough: AtomicBool::new(true),
             control_socket,
-            released: Condvar::new(),
+            released,
             assembled,
             read_ahead: Arc::default(),
         }

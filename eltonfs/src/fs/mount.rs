@@ -13,7 +13,8 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use elton_proto::{ObjectId, VolumeName};
@@ -28,6 +29,11 @@ use super::commit_reporter::{Counters, Reporter};
 use super::fuse::{EltonFs, MountState};
 use super::layers::Layers;
 use super::lower::SlaveLower;
+
+/// How long a commit waits for files that look open for writing to be
+/// released (see [`commit`]); a file really held open costs the commit
+/// this much and is then kept in the upper, as before.
+const RELEASE_GRACE: Duration = Duration::from_millis(50);
 
 /// Format of `mount.json` and `commit.json`.
 pub const STATE_FORMAT: u32 = 1;
@@ -132,6 +138,8 @@ pub struct ControlResponse {
 
 pub(super) struct Mounted {
     pub(super) state: Arc<Mutex<MountState>>,
+    /// Signalled when the mount releases a file handle.
+    released: Arc<Condvar>,
     pub(super) record: Mutex<MountRecord>,
     pub(super) opts: MountOptions,
     store: Arc<ObjectStore>,
@@ -345,7 +353,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
 
     let assembled =
         super::chunked::Assembled::new(opts.state_dir.join("assembled"), opts.assembled_max_bytes);
-    let fs = EltonFs::new(state.clone(), socket.clone(), assembled);
+    let released = Arc::new(Condvar::new());
+    let fs = EltonFs::new(state.clone(), socket.clone(), assembled, released.clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("elton:{}", opts.volume)),
@@ -364,6 +373,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let notifier = session.notifier();
     let mounted = Arc::new(Mounted {
         state,
+        released,
         record: Mutex::new(record),
         opts,
         store,
@@ -607,6 +617,22 @@ fn commit(
         .ok_or_else(|| anyhow!("no write token: mount with --token or ELTON_TOKEN"))?;
     let invalidate = {
         let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
+        // The kernel sends a file's RELEASE after close(2) has returned: a
+        // file its writer closed just before this commit may still look
+        // open, and would be committed but kept in the upper (and committed
+        // again next time). Such a release is already on its way.
+        let deadline = Instant::now() + RELEASE_GRACE;
+        while !st.open_for_write().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = m
+                .released
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
         let changes = changes::status(&st.layers)?;
         if changes.is_empty() {
             return Ok(ControlResponse {
@@ -777,7 +803,7 @@ fn commit(
 pub(super) fn fault_point(point: &str) {
     if std::env::var("ELTON_FAULT_PAUSE").is_ok_and(|p| p == point) {
         tracing::warn!(point, "fault injection: pausing commit");
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(60));
     }
 }
 
