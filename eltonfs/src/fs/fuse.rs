@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use elton_proto::{Entry, EntryKind};
 use fuser::{
@@ -128,39 +128,33 @@ impl EltonFs {
     /// (copy-up, O_TRUNC).
     fn wait_for_backing<'a>(
         &'a self,
-        mut st: MutexGuard<'a, MountState>,
+        st: MutexGuard<'a, MountState>,
         ino: u64,
         key: Option<(u64, u64)>,
     ) -> Result<MutexGuard<'a, MountState>, Errno> {
         if !self.passthrough.load(Ordering::Relaxed) {
             return Ok(st);
         }
-        let deadline = Instant::now() + BACKING_WAIT;
-        loop {
-            // A chunked lower file served by the daemon counts as busy
-            // too: the kernel refuses a passthrough open next to it.
-            let busy = st
-                .backing
+        // A chunked lower file served by the daemon counts as busy too:
+        // the kernel refuses a passthrough open next to it.
+        let busy = |st: &mut MountState| {
+            st.backing
                 .get(&ino)
                 .is_some_and(|(k, w)| Some(*k) != key && w.strong_count() > 0)
-                || st.serves_chunked(ino);
-            if !busy {
-                return Ok(st);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                tracing::info!(
-                    ino,
-                    "open refused: the inode's old content is still open (ETXTBSY)"
-                );
-                return Err(Errno::ETXTBSY);
-            }
-            st = self
-                .released
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                || st.serves_chunked(ino)
+        };
+        let (st, waited) = self
+            .released
+            .wait_timeout_while(st, BACKING_WAIT, busy)
+            .unwrap_or_else(|p| p.into_inner());
+        if waited.timed_out() {
+            tracing::info!(
+                ino,
+                "open refused: the inode's old content is still open (ETXTBSY)"
+            );
+            return Err(Errno::ETXTBSY);
         }
+        Ok(st)
     }
 
     /// Waits (briefly) until no running program holds inode `ino` open;
@@ -169,24 +163,19 @@ impl EltonFs {
     /// learns of the exit, but another thread may be the one to handle it.
     fn wait_until_not_executed<'a>(
         &'a self,
-        mut st: MutexGuard<'a, MountState>,
+        st: MutexGuard<'a, MountState>,
         ino: u64,
     ) -> Result<MutexGuard<'a, MountState>, Errno> {
-        let deadline = Instant::now() + EXEC_RELEASE_WAIT;
-        loop {
-            if !st.handles.values().any(|h| h.ino == ino && h.executes) {
-                return Ok(st);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Errno::ETXTBSY);
-            }
-            st = self
-                .released
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        let executed =
+            |st: &mut MountState| st.handles.values().any(|h| h.ino == ino && h.executes);
+        let (st, waited) = self
+            .released
+            .wait_timeout_while(st, EXEC_RELEASE_WAIT, executed)
+            .unwrap_or_else(|p| p.into_inner());
+        if waited.timed_out() {
+            return Err(Errno::ETXTBSY);
         }
+        Ok(st)
     }
 
     fn lock(&self) -> MutexGuard<'_, MountState> {

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use elton_proto::{ObjectId, VolumeName};
@@ -616,23 +616,15 @@ fn commit(
         .clone()
         .ok_or_else(|| anyhow!("no write token: mount with --token or ELTON_TOKEN"))?;
     let invalidate = {
-        let mut st = m.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = m.state.lock().unwrap_or_else(|p| p.into_inner());
         // The kernel sends a file's RELEASE after close(2) has returned: a
         // file its writer closed just before this commit may still look
         // open, and would be committed but kept in the upper (and committed
         // again next time). Such a release is already on its way.
-        let deadline = Instant::now() + RELEASE_GRACE;
-        while !st.open_for_write().is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            st = m
-                .released
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let (mut st, _) = m
+            .released
+            .wait_timeout_while(st, RELEASE_GRACE, |st| !st.open_for_write().is_empty())
+            .unwrap_or_else(|p| p.into_inner());
         let changes = changes::status(&st.layers)?;
         if changes.is_empty() {
             return Ok(ControlResponse {
