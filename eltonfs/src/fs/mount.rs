@@ -627,7 +627,9 @@ fn commit(
             linked: Vec::new(),
         };
         write_json(&journal_path, &started)?;
-        let since = std::time::SystemTime::now();
+        // On the files' clock, or an object stored within this tick would
+        // look older than the commit and survive its undo.
+        let since = elton_slave::store::file_clock_now();
         let total_files = changes.files();
         progress.set_phase(Phase::Storing, total_files);
         // Everything the commit stores is staged and published with two
