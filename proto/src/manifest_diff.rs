@@ -4,18 +4,16 @@
 //! A commit that changes one file in a directory of 1,000 entries writes a
 //! new manifest of 1,000 entries; decoding both manifests whole on every
 //! commit made a small commit cost O(size of the changed directories).
-//! Here both are split into their entries' raw bytes (a syntax scan, no
-//! strings or ids built), and an entry whose bytes appear unchanged among
-//! the parent's entries is not decoded: it was checked, byte for byte, when
+//! Here both are split into their entries' raw bytes (a scan for each
+//! entry's end, no strings or ids built), paired by name, and an entry
+//! whose bytes equal the parent's entry of the same name is not decoded: it was checked, byte for byte, when
 //! the parent was published. What is still checked over the whole new
 //! manifest is what makes it canonical as a whole (`docs/formats.md` §2):
 //! the exact framing, the order of the names, the format number.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use memchr::memmem;
 
 use crate::ProtoError;
 use crate::manifest::{Entry, MANIFEST_FORMAT, MANIFEST_FORMAT_RECIPES, MAX_MANIFEST_BYTES};
@@ -49,38 +47,52 @@ impl DirDiff {
 /// `old` absent or not splittable, every entry is decoded and checked.
 pub fn diff(new: &[u8], old: Option<&[u8]>) -> Result<DirDiff, ProtoError> {
     let new = Split::parse(new)?;
-    let old = old.and_then(|o| Split::parse(o).ok());
-    let old_raw: HashSet<&str> = old
-        .iter()
-        .flat_map(|o| o.entries.iter().map(|e| e.raw))
-        .collect();
-
-    let mut changed = Vec::new();
-    let mut new_raw = HashSet::with_capacity(new.entries.len());
     for pair in new.entries.windows(2) {
-        if pair[0].name.as_bytes() >= pair[1].name.as_bytes() {
+        if pair[0].name >= pair[1].name {
             return Err(ProtoError::Manifest(format!(
                 "entries not strictly sorted at {:?}",
-                pair[1].name
+                String::from_utf8_lossy(&pair[1].name)
             )));
         }
     }
+    let old = old.and_then(|o| Split::parse(o).ok());
+    let old_entries = old.as_ref().map_or(&[][..], |o| &o.entries[..]);
     // An unchanged entry's recipe flag matters only for the format check;
     // a format-1 parent had none.
     let old_had_recipes = old
         .as_ref()
         .is_some_and(|o| o.format == MANIFEST_FORMAT_RECIPES);
+
+    // Both lists are in name order: one merge pairs each new entry with
+    // the parent's entry of the same name. (A parent out of order only
+    // pairs less, which decodes more.)
+    let mut changed = Vec::new();
+    let mut replaced_raw = Vec::new();
     let mut has_recipe = false;
+    let mut j = 0;
     for e in &new.entries {
-        new_raw.insert(e.raw);
-        if old_raw.contains(e.raw) {
-            has_recipe = has_recipe || (old_had_recipes && e.raw.contains(RECIPE_FIELD));
-            continue;
+        while old_entries.get(j).is_some_and(|o| o.name < e.name) {
+            replaced_raw.push(old_entries[j].raw);
+            j += 1;
+        }
+        if let Some(o) = old_entries.get(j).filter(|o| o.name == e.name) {
+            j += 1;
+            if o.raw == e.raw {
+                has_recipe =
+                    has_recipe || (old_had_recipes && memmem::find(e.raw, RECIPE_FIELD).is_some());
+                continue;
+            }
+            replaced_raw.push(o.raw);
         }
         let entry = decode_entry(e.raw)?;
         has_recipe |= entry.recipe;
         changed.push(entry);
     }
+    replaced_raw.extend(
+        old_entries[j.min(old_entries.len())..]
+            .iter()
+            .map(|o| o.raw),
+    );
 
     if new.format != MANIFEST_FORMAT && new.format != MANIFEST_FORMAT_RECIPES {
         return Err(ProtoError::Manifest(format!(
@@ -99,27 +111,25 @@ pub fn diff(new: &[u8], old: Option<&[u8]>) -> Result<DirDiff, ProtoError> {
             new.format
         )));
     }
-
-    let replaced = old
-        .iter()
-        .flat_map(|o| o.entries.iter())
-        .filter(|e| !new_raw.contains(e.raw))
-        .filter_map(|e| serde_json::from_str::<Entry>(e.raw).ok())
+    let replaced = replaced_raw
+        .into_iter()
+        .filter_map(|raw| serde_json::from_slice::<Entry>(raw).ok())
         .collect();
     Ok(DirDiff { changed, replaced })
 }
 
 /// How a chunked file's entry says so in canonical form. Inside a JSON
 /// string every `"` is escaped, so these bytes occur only as the field.
-const RECIPE_FIELD: &str = r#","recipe":true"#;
+const RECIPE_FIELD: &[u8] = br#","recipe":true"#;
 
 /// One entry, decoded and checked: valid in itself and in canonical form.
-fn decode_entry(raw: &str) -> Result<Entry, ProtoError> {
+fn decode_entry(raw: &[u8]) -> Result<Entry, ProtoError> {
+    // One JSON object and nothing else: `from_slice` refuses trailing bytes.
     let entry: Entry =
-        serde_json::from_str(raw).map_err(|e| ProtoError::Manifest(e.to_string()))?;
+        serde_json::from_slice(raw).map_err(|e| ProtoError::Manifest(e.to_string()))?;
     entry.validate()?;
     // Serializing a plain struct of strings and integers cannot fail.
-    if serde_json::to_string(&entry).unwrap_or_default() != raw {
+    if serde_json::to_vec(&entry).unwrap_or_default() != raw {
         return Err(ProtoError::Manifest(format!(
             "entry {:?} not in canonical form",
             entry.name
@@ -129,24 +139,25 @@ fn decode_entry(raw: &str) -> Result<Entry, ProtoError> {
 }
 
 /// A manifest whose framing is canonical, split into its entries' raw
-/// bytes; the entries themselves are not checked.
+/// bytes. The split is a scan for each entry's closing brace outside
+/// strings, not a JSON parser: every piece is then either byte-identical
+/// to an entry of a manifest that passed the full check, or parsed as
+/// exactly one entry by [`decode_entry`]; with the separators checked
+/// here, the whole is canonical JSON.
 struct Split<'a> {
     format: u32,
     entries: Vec<RawEntry<'a>>,
 }
 
 struct RawEntry<'a> {
-    name: Cow<'a, str>,
-    raw: &'a str,
+    /// The decoded name's bytes (the order is by them).
+    name: Cow<'a, [u8]>,
+    raw: &'a [u8],
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Frame<'a> {
-    format: u32,
-    #[serde(borrow)]
-    entries: Vec<&'a RawValue>,
-}
+const HEAD: &[u8] = br#"{"format":"#;
+const ENTRIES: &[u8] = br#","entries":["#;
+const TAIL: &[u8] = b"]}";
 
 impl<'a> Split<'a> {
     fn parse(bytes: &'a [u8]) -> Result<Self, ProtoError> {
@@ -156,55 +167,93 @@ impl<'a> Split<'a> {
                 bytes.len()
             )));
         }
-        let text = std::str::from_utf8(bytes).map_err(|e| ProtoError::Manifest(e.to_string()))?;
-        let frame: Frame<'a> =
-            serde_json::from_str(text).map_err(|e| ProtoError::Manifest(e.to_string()))?;
         let not_canonical = || ProtoError::Manifest("not in canonical form".into());
-        // The bytes must be exactly what the encoder writes around the
-        // entries: no whitespace, fields in order, entries one `,` apart.
-        let prefix = format!(r#"{{"format":{},"entries":["#, frame.format);
-        if !text.starts_with(&prefix) || !text.ends_with("]}") {
+        let rest = bytes.strip_prefix(HEAD).ok_or_else(not_canonical)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || (digits > 1 && rest[0] == b'0') {
             return Err(not_canonical());
         }
-        let base = text.as_ptr() as usize;
-        let mut at = prefix.len();
-        let mut entries = Vec::with_capacity(frame.entries.len());
-        for (i, value) in frame.entries.iter().enumerate() {
-            let raw = value.get();
-            let start = raw.as_ptr() as usize - base;
-            let expected = if i == 0 { at } else { at + 1 };
-            if start != expected || (i > 0 && text.as_bytes()[at] != b',') {
-                return Err(not_canonical());
-            }
-            at = start + raw.len();
+        let format: u32 = std::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(not_canonical)?;
+        let mut at = HEAD.len() + digits;
+        if !bytes[at..].starts_with(ENTRIES) {
+            return Err(not_canonical());
+        }
+        at += ENTRIES.len();
+        let mut entries = Vec::new();
+        if bytes[at..] == *TAIL {
+            return Ok(Self { format, entries });
+        }
+        loop {
+            let end = object_end(bytes, at).ok_or_else(not_canonical)?;
+            let raw = &bytes[at..end];
             entries.push(RawEntry {
                 name: entry_name(raw).ok_or_else(not_canonical)?,
                 raw,
             });
+            match bytes.get(end) {
+                Some(b',') => at = end + 1,
+                Some(b']') if bytes[end..] == *TAIL => return Ok(Self { format, entries }),
+                _ => return Err(not_canonical()),
+            }
         }
-        if at + 2 != text.len() {
-            return Err(not_canonical());
+    }
+}
+
+/// Where the object starting at `start` (a `{`) ends: the index after its
+/// closing brace, braces inside strings not counted.
+fn object_end(bytes: &[u8], start: usize) -> Option<usize> {
+    if bytes.get(start) != Some(&b'{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut i = start;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i = string_end(bytes, i + 1)?;
+                continue;
+            }
+            b'{' => depth += 1,
+            b'}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
         }
-        Ok(Self {
-            format: frame.format,
-            entries,
-        })
+        i += 1;
+    }
+    None
+}
+
+/// The index after the `"` closing the string whose contents start at `i`.
+fn string_end(bytes: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes[j] == b'"' {
+            return Some(j + 1);
+        }
+        i = j + 2; // the escaped byte
     }
 }
 
 /// The name of an entry in canonical form (its first field), decoded;
 /// `None` if the entry does not start with it.
-fn entry_name(raw: &str) -> Option<Cow<'_, str>> {
-    let quoted = raw.strip_prefix(r#"{"name":"#)?;
-    let body = quoted.strip_prefix('"')?;
-    match body.find(['"', '\\']) {
-        Some(end) if body.as_bytes()[end] == b'"' => Some(Cow::Borrowed(&body[..end])),
-        // Escapes: let the JSON parser read the one string.
-        _ => {
-            let mut de = serde_json::Deserializer::from_str(quoted);
-            String::deserialize(&mut de).ok().map(Cow::Owned)
-        }
+fn entry_name(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let quoted = raw.strip_prefix(br#"{"name":"#)?;
+    let end = string_end(quoted, 1)?;
+    let body = &quoted[1..end - 1];
+    if !body.contains(&b'\\') {
+        return Some(Cow::Borrowed(body));
     }
+    // Escapes: let the JSON parser read the one string.
+    serde_json::from_slice::<String>(&quoted[..end])
+        .ok()
+        .map(|s| Cow::Owned(s.into_bytes()))
 }
 
 #[cfg(test)]
