@@ -46,76 +46,264 @@ impl DirDiff {
 /// manifest of the same directory, trusted) are not decoded again. With
 /// `old` absent or not splittable, every entry is decoded and checked.
 pub fn diff(new: &[u8], old: Option<&[u8]>) -> Result<DirDiff, ProtoError> {
-    let new = Split::parse(new)?;
-    for pair in new.entries.windows(2) {
-        if pair[0].name >= pair[1].name {
+    match old.and_then(|old| Regions::trimmed(new, old)) {
+        Some(regions) => regions.check(),
+        None => Regions::whole(new, old)?.check(),
+    }
+}
+
+/// What is left to compare once the entries known unchanged are set
+/// aside.
+struct Regions<'a> {
+    format: u32,
+    /// New entries not known to be unchanged, in order.
+    new: Vec<RawEntry<'a>>,
+    /// The parent's entries they may replace, in order.
+    old: Vec<RawEntry<'a>>,
+    /// The parent had chunked files (format 2).
+    old_had_recipes: bool,
+    /// Names of the unchanged entries right before and after `new`.
+    before: Option<Cow<'a, [u8]>>,
+    after: Option<Cow<'a, [u8]>>,
+    /// Some unchanged entry outside `new` is a chunked file.
+    recipe_outside: bool,
+}
+
+/// Separates two entries in canonical form. In valid JSON `,{` occurs
+/// only between two objects of an array, and in a manifest the only such
+/// array is `entries`: in a trusted manifest, every occurrence is an entry
+/// boundary.
+const SEP: &[u8] = br#",{"name":""#;
+
+impl<'a> Regions<'a> {
+    /// Every entry of `new` against every entry of `old`.
+    fn whole(new: &'a [u8], old: Option<&'a [u8]>) -> Result<Self, ProtoError> {
+        let new = Split::parse(new)?;
+        let old = old.and_then(|o| Split::parse(o).ok());
+        Ok(Self {
+            format: new.format,
+            new: new.entries,
+            old_had_recipes: old
+                .as_ref()
+                .is_some_and(|o| o.format == MANIFEST_FORMAT_RECIPES),
+            old: old.map(|o| o.entries).unwrap_or_default(),
+            before: None,
+            after: None,
+            recipe_outside: false,
+        })
+    }
+
+    /// Sets aside the entries in the longest common prefix and suffix of
+    /// the two manifests' bytes, cut at entry boundaries of `old`: a
+    /// changed entry costs a `memcmp` of the bytes before and after it, not
+    /// a scan of them. `None` when the bytes do not lend themselves to it
+    /// (then [`Self::whole`] decides).
+    fn trimmed(new: &'a [u8], old: &'a [u8]) -> Option<Self> {
+        let (format, new_head) = header(new)?;
+        let (old_format, old_head) = header(old)?;
+        let (n, o) = (new.len(), old.len());
+        if !new.ends_with(TAIL) || !old.ends_with(TAIL) {
+            return None;
+        }
+        let l = common_prefix(new, old);
+        let r = common_suffix(new, old).min(n.min(o) - l);
+        // The prefix: old's entries that end (with their comma) within it.
+        let (p_new, p_old, prefix_entries) = if l > old_head {
+            match memmem::rfind(&old[old_head..(l + SEP.len() - 1).min(o)], SEP) {
+                Some(i) => (old_head + i + 1, old_head + i + 1, true),
+                None => (new_head, old_head, false),
+            }
+        } else {
+            (new_head, old_head, false)
+        };
+        // The suffix: old's entries that start within it, after the prefix.
+        let from = (o - r).max(p_old).saturating_sub(1);
+        let s_old = match memmem::find(&old[from..], SEP) {
+            Some(i) => from + i + 1,
+            None => o - TAIL.len(),
+        };
+        let suffix_entries = s_old < o - TAIL.len();
+        let s_new = (s_old + n).checked_sub(o)?;
+        if s_new < p_new || s_old < p_old || s_old < o - r {
+            return None;
+        }
+        let new_mid = split_region(new, p_new, s_new, prefix_entries, suffix_entries)?;
+        let old_mid = split_region(old, p_old, s_old, prefix_entries, suffix_entries)?;
+        let before = if prefix_entries {
+            let start = memmem::rfind(&old[old_head..p_old - 1], SEP)
+                .map_or(old_head, |i| old_head + i + 1);
+            Some(entry_name(&old[start..p_old - 1])?)
+        } else {
+            None
+        };
+        let after = if suffix_entries {
+            Some(entry_name(&old[s_old..])?)
+        } else {
+            None
+        };
+        let old_had_recipes = old_format == MANIFEST_FORMAT_RECIPES;
+        let recipe_outside = old_had_recipes
+            && (memmem::find(&old[old_head..p_old], RECIPE_FIELD).is_some()
+                || memmem::find(&old[s_old..], RECIPE_FIELD).is_some());
+        Some(Self {
+            format,
+            new: new_mid,
+            old: old_mid,
+            old_had_recipes,
+            before,
+            after,
+            recipe_outside,
+        })
+    }
+
+    fn check(self) -> Result<DirDiff, ProtoError> {
+        let names = self
+            .before
+            .iter()
+            .chain(self.new.iter().map(|e| &e.name))
+            .chain(self.after.iter());
+        for (a, b) in names.clone().zip(names.skip(1)) {
+            if a >= b {
+                return Err(ProtoError::Manifest(format!(
+                    "entries not strictly sorted at {:?}",
+                    String::from_utf8_lossy(b)
+                )));
+            }
+        }
+        // Both lists are in name order: one merge pairs each new entry
+        // with the parent's entry of the same name. (A parent out of order
+        // only pairs less, which decodes more.)
+        let old = &self.old[..];
+        let mut changed = Vec::new();
+        let mut replaced_raw = Vec::new();
+        let mut has_recipe = self.recipe_outside;
+        let mut j = 0;
+        for e in &self.new {
+            while old.get(j).is_some_and(|o| o.name < e.name) {
+                replaced_raw.push(old[j].raw);
+                j += 1;
+            }
+            if let Some(o) = old.get(j).filter(|o| o.name == e.name) {
+                j += 1;
+                if o.raw == e.raw {
+                    has_recipe = has_recipe
+                        || (self.old_had_recipes && memmem::find(e.raw, RECIPE_FIELD).is_some());
+                    continue;
+                }
+                replaced_raw.push(o.raw);
+            }
+            let entry = decode_entry(e.raw)?;
+            has_recipe |= entry.recipe;
+            changed.push(entry);
+        }
+        replaced_raw.extend(old[j.min(old.len())..].iter().map(|o| o.raw));
+
+        if self.format != MANIFEST_FORMAT && self.format != MANIFEST_FORMAT_RECIPES {
             return Err(ProtoError::Manifest(format!(
-                "entries not strictly sorted at {:?}",
-                String::from_utf8_lossy(&pair[1].name)
+                "unsupported format {} (this build reads {MANIFEST_FORMAT} and {MANIFEST_FORMAT_RECIPES})",
+                self.format
             )));
         }
-    }
-    let old = old.and_then(|o| Split::parse(o).ok());
-    let old_entries = old.as_ref().map_or(&[][..], |o| &o.entries[..]);
-    // An unchanged entry's recipe flag matters only for the format check;
-    // a format-1 parent had none.
-    let old_had_recipes = old
-        .as_ref()
-        .is_some_and(|o| o.format == MANIFEST_FORMAT_RECIPES);
-
-    // Both lists are in name order: one merge pairs each new entry with
-    // the parent's entry of the same name. (A parent out of order only
-    // pairs less, which decodes more.)
-    let mut changed = Vec::new();
-    let mut replaced_raw = Vec::new();
-    let mut has_recipe = false;
-    let mut j = 0;
-    for e in &new.entries {
-        while old_entries.get(j).is_some_and(|o| o.name < e.name) {
-            replaced_raw.push(old_entries[j].raw);
-            j += 1;
+        let required = if has_recipe {
+            MANIFEST_FORMAT_RECIPES
+        } else {
+            MANIFEST_FORMAT
+        };
+        if self.format != required {
+            return Err(ProtoError::Manifest(format!(
+                "format {} must be {required} (format {MANIFEST_FORMAT_RECIPES} exactly when an entry has a recipe)",
+                self.format
+            )));
         }
-        if let Some(o) = old_entries.get(j).filter(|o| o.name == e.name) {
-            j += 1;
-            if o.raw == e.raw {
-                has_recipe =
-                    has_recipe || (old_had_recipes && memmem::find(e.raw, RECIPE_FIELD).is_some());
-                continue;
-            }
-            replaced_raw.push(o.raw);
-        }
-        let entry = decode_entry(e.raw)?;
-        has_recipe |= entry.recipe;
-        changed.push(entry);
+        let replaced = replaced_raw
+            .into_iter()
+            .filter_map(|raw| serde_json::from_slice::<Entry>(raw).ok())
+            .collect();
+        Ok(DirDiff { changed, replaced })
     }
-    replaced_raw.extend(
-        old_entries[j.min(old_entries.len())..]
-            .iter()
-            .map(|o| o.raw),
-    );
+}
 
-    if new.format != MANIFEST_FORMAT && new.format != MANIFEST_FORMAT_RECIPES {
-        return Err(ProtoError::Manifest(format!(
-            "unsupported format {} (this build reads {MANIFEST_FORMAT} and {MANIFEST_FORMAT_RECIPES})",
-            new.format
-        )));
+/// The entries of `bytes[start..end]`, which lies between the prefix's
+/// entries (each followed by its `,`) and the suffix's (the first preceded
+/// by its `,`); `None` unless it is entries exactly so separated.
+fn split_region(
+    bytes: &[u8],
+    start: usize,
+    end: usize,
+    after_entries: bool,
+    before_entries: bool,
+) -> Option<Vec<RawEntry<'_>>> {
+    let mut out = Vec::new();
+    if start == end {
+        // Between two entries, one comma; before `]}`, none.
+        return (!after_entries || before_entries).then_some(out);
     }
-    let required = if has_recipe {
-        MANIFEST_FORMAT_RECIPES
-    } else {
-        MANIFEST_FORMAT
-    };
-    if new.format != required {
-        return Err(ProtoError::Manifest(format!(
-            "format {} must be {required} (format {MANIFEST_FORMAT_RECIPES} exactly when an entry has a recipe)",
-            new.format
-        )));
+    let mut at = start;
+    loop {
+        let e = object_end(bytes, at)?;
+        if e > end {
+            return None;
+        }
+        out.push(RawEntry {
+            name: entry_name(&bytes[at..e])?,
+            raw: &bytes[at..e],
+        });
+        if e == end {
+            return (!before_entries).then_some(out);
+        }
+        if bytes[e] != b',' {
+            return None;
+        }
+        at = e + 1;
+        if at == end {
+            return before_entries.then_some(out);
+        }
     }
-    let replaced = replaced_raw
-        .into_iter()
-        .filter_map(|raw| serde_json::from_slice::<Entry>(raw).ok())
-        .collect();
-    Ok(DirDiff { changed, replaced })
+}
+
+/// `{"format":N,"entries":[` in canonical form: N and the length.
+fn header(bytes: &[u8]) -> Option<(u32, usize)> {
+    let rest = bytes.strip_prefix(HEAD)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let format = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    rest[digits..]
+        .starts_with(ENTRIES)
+        .then_some((format, HEAD.len() + digits + ENTRIES.len()))
+}
+
+/// Length of the longest common prefix, compared a block at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let len = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= len && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    i + a[i..len]
+        .iter()
+        .zip(&b[i..len])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// Length of the longest common suffix, compared a block at a time.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - len..], &b[b.len() - len..]);
+    let mut k = 0;
+    while k + BLOCK <= len && a[len - k - BLOCK..len - k] == b[len - k - BLOCK..len - k] {
+        k += BLOCK;
+    }
+    k + a[..len - k]
+        .iter()
+        .rev()
+        .zip(b[..len - k].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// How a chunked file's entry says so in canonical form. Inside a JSON
@@ -168,20 +356,7 @@ impl<'a> Split<'a> {
             )));
         }
         let not_canonical = || ProtoError::Manifest("not in canonical form".into());
-        let rest = bytes.strip_prefix(HEAD).ok_or_else(not_canonical)?;
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 || (digits > 1 && rest[0] == b'0') {
-            return Err(not_canonical());
-        }
-        let format: u32 = std::str::from_utf8(&rest[..digits])
-            .ok()
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(not_canonical)?;
-        let mut at = HEAD.len() + digits;
-        if !bytes[at..].starts_with(ENTRIES) {
-            return Err(not_canonical());
-        }
-        at += ENTRIES.len();
+        let (format, mut at) = header(bytes).ok_or_else(not_canonical)?;
         let mut entries = Vec::new();
         if bytes[at..] == *TAIL {
             return Ok(Self { format, entries });
@@ -441,6 +616,85 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// What a check decided, comparably.
+    fn outcome(r: Result<DirDiff, ProtoError>) -> Result<(Vec<Entry>, Vec<Entry>), ()> {
+        r.map(|d| (d.changed, d.replaced)).map_err(|_| ())
+    }
+
+    #[test]
+    fn trimming_the_common_prefix_and_suffix_decides_as_the_whole_check() {
+        // Edits at the start, the middle and the end, inserts, removals,
+        // bad entries, and manifests emptied or filled, each decided the
+        // same with and without setting the common bytes aside.
+        let base: Vec<Entry> = (0..50).map(|i| file(&format!("f{i:02}"))).collect();
+        let old = DirManifest::new(base.clone()).unwrap();
+        let ob = old.encode();
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let mut trimmed = 0;
+        for round in 0..400 {
+            let mut raws: Vec<String> = base
+                .iter()
+                .map(|e| serde_json::to_string(e).unwrap())
+                .collect();
+            for _ in 0..1 + next(3) {
+                let at = next(raws.len() + 1);
+                let fresh = file(&format!("f{:02}{}", next(50), ["", "x", "\\"][next(3)]));
+                let mut raw = serde_json::to_string(&fresh).unwrap();
+                if next(10) == 0 {
+                    raw = raw.replacen(r#""mode":420"#, r#""mode": 420"#, 1);
+                }
+                match next(3) {
+                    0 if at < raws.len() => raws[at] = raw,
+                    1 if at < raws.len() => {
+                        raws.remove(at);
+                    }
+                    _ => raws.insert(at, raw),
+                }
+            }
+            if round % 50 == 0 {
+                raws.clear();
+            }
+            let new = format!(r#"{{"format":1,"entries":[{}]}}"#, raws.join(",")).into_bytes();
+            let fast = Regions::trimmed(&new, &ob);
+            trimmed += usize::from(fast.is_some());
+            let fast = outcome(match fast {
+                Some(r) => r.check(),
+                None => Regions::whole(&new, Some(&ob)).and_then(Regions::check),
+            });
+            let slow = outcome(Regions::whole(&new, Some(&ob)).and_then(Regions::check));
+            assert_eq!(
+                fast,
+                slow,
+                "round {round}: {}",
+                String::from_utf8_lossy(&new)
+            );
+            assert_eq!(
+                fast.is_ok(),
+                DirManifest::decode(&new).is_ok(),
+                "round {round}"
+            );
+        }
+        assert!(
+            trimmed > 300,
+            "the common bytes were set aside {trimmed} times"
+        );
+        // The old manifest emptied, and filled from empty.
+        let empty = DirManifest::default().encode();
+        for (new, old) in [(&ob, &empty), (&empty, &ob)] {
+            let fast = outcome(Regions::trimmed(new, old).unwrap().check());
+            assert_eq!(
+                fast,
+                outcome(Regions::whole(new, Some(old)).and_then(Regions::check))
+            );
+        }
     }
 
     #[test]
