@@ -4,12 +4,14 @@
 //! A commit that changes one file in a directory of 1,000 entries writes a
 //! new manifest of 1,000 entries; decoding both manifests whole on every
 //! commit made a small commit cost O(size of the changed directories).
-//! Here both are split into their entries' raw bytes (a scan for each
-//! entry's end, no strings or ids built), paired by name, and an entry
-//! whose bytes equal the parent's entry of the same name is not decoded: it was checked, byte for byte, when
-//! the parent was published. What is still checked over the whole new
+//! Here the entries in the common prefix and suffix of the two manifests'
+//! bytes are set aside with a `memcmp`; what is left is split into its
+//! entries' raw bytes (a scan for each entry's end, no strings or ids
+//! built) and paired by name, and an entry whose bytes equal the parent's
+//! entry of the same name is not decoded: it was checked, byte for byte,
+//! when the parent was published. What is still checked over the whole new
 //! manifest is what makes it canonical as a whole (`docs/formats.md` §2):
-//! the exact framing, the order of the names, the format number.
+//! the size, the exact framing, the order of the names, the format number.
 
 use std::borrow::Cow;
 
@@ -46,6 +48,12 @@ impl DirDiff {
 /// manifest of the same directory, trusted) are not decoded again. With
 /// `old` absent or not splittable, every entry is decoded and checked.
 pub fn diff(new: &[u8], old: Option<&[u8]>) -> Result<DirDiff, ProtoError> {
+    if new.len() > MAX_MANIFEST_BYTES {
+        return Err(ProtoError::Manifest(format!(
+            "{} bytes is too large",
+            new.len()
+        )));
+    }
     match old.and_then(|old| Regions::trimmed(new, old)) {
         Some(regions) => regions.check(),
         None => Regions::whole(new, old)?.check(),
@@ -596,6 +604,14 @@ mod tests {
             assert!(DirManifest::decode(bad.as_bytes()).is_err());
         }
         assert!(diff(&ob, Some(&ob)).unwrap().changed.is_empty());
+        // Too large, even when it shares every byte but one with the parent.
+        let mut huge = ob.clone();
+        huge.splice(
+            ob.len() - 2..ob.len() - 2,
+            std::iter::repeat_n(b' ', MAX_MANIFEST_BYTES),
+        );
+        let e = diff(&huge, Some(&ob)).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
         let empty = DirManifest::default().encode();
         assert!(diff(&empty, Some(&ob)).unwrap().replaced.len() == 1000);
     }
