@@ -2,12 +2,13 @@
 //! a peer home): [`elton_proto::validate_tree`], the slave's own check, run
 //! again here because a master believes no node by default.
 //!
-//! Manifests and recipes are read whole from live holders of this cluster,
-//! verified against their id, then decoded. A holder that serves other
+//! Manifests and recipes are read whole from live holders of this cluster
+//! and verified against their id; recipes are decoded here, manifests by
+//! the walk (only the entries that differ from the parent's). A holder that serves other
 //! bytes loses that location ([`TreeValidator::note_bad_location`]) and the
 //! next holder is tried. An object counts as held when some node of this
-//! cluster is registered for it. Decoded manifests and recipes are kept in
-//! a bounded cache (they are immutable): the new manifests of one commit
+//! cluster is registered for it. Manifests' bytes and decoded recipes are
+//! kept in a bounded cache (they are immutable): the new manifests of one commit
 //! are the parent manifests of the next.
 
 use std::collections::HashMap;
@@ -17,8 +18,7 @@ use std::time::Duration;
 use elton_proto::manifest::MAX_MANIFEST_BYTES;
 use elton_proto::recipe::MAX_RECIPE_BYTES;
 use elton_proto::{
-    DirManifest, FetchError, NodeId, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
-    validate_tree,
+    FetchError, NodeId, ObjectId, ProtoError, Recipe, TreeError, TreeSource, validate_tree,
 };
 use futures::StreamExt;
 
@@ -50,7 +50,7 @@ pub struct TreeValidator {
 
 #[derive(Default)]
 struct Decoded {
-    manifests: HashMap<ObjectId, Arc<DirManifest>>,
+    manifests: HashMap<ObjectId, Arc<Vec<u8>>>,
     recipes: HashMap<ObjectId, Arc<Recipe>>,
     bytes: usize,
 }
@@ -124,7 +124,7 @@ impl TreeValidator {
         id: ObjectId,
         limit: usize,
         slot: fn(&mut Decoded) -> &mut HashMap<ObjectId, Arc<T>>,
-        decode: fn(&[u8]) -> Result<T, ProtoError>,
+        decode: fn(Vec<u8>) -> Result<T, ProtoError>,
         too_large: fn(String) -> ProtoError,
     ) -> Result<Arc<T>, FetchError<MasterError>> {
         let cached = slot(&mut self.cache()).get(&id).cloned();
@@ -138,13 +138,14 @@ impl TreeValidator {
             return Ok(v);
         }
         let bytes = self.read(id, limit, too_large).await?;
-        let v = Arc::new(decode(&bytes).map_err(FetchError::Malformed)?);
-        if bytes.len() <= CACHE_MAX_OBJECT {
+        let len = bytes.len();
+        let v = Arc::new(decode(bytes).map_err(FetchError::Malformed)?);
+        if len <= CACHE_MAX_OBJECT {
             let mut cache = self.cache();
-            if cache.bytes + bytes.len() > CACHE_BYTES {
+            if cache.bytes + len > CACHE_BYTES {
                 *cache = Decoded::default();
             }
-            cache.bytes += bytes.len();
+            cache.bytes += len;
             slot(&mut cache).insert(id, v.clone());
         }
         Ok(v)
@@ -236,12 +237,12 @@ impl TreeValidator {
 impl TreeSource for TreeValidator {
     type Error = MasterError;
 
-    async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, FetchError<MasterError>> {
+    async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, FetchError<MasterError>> {
         self.decoded(
             id,
             MAX_MANIFEST_BYTES,
             |c| &mut c.manifests,
-            DirManifest::decode,
+            Ok,
             ProtoError::Manifest,
         )
         .await
@@ -252,7 +253,7 @@ impl TreeSource for TreeValidator {
             id,
             MAX_RECIPE_BYTES,
             |c| &mut c.recipes,
-            Recipe::decode,
+            |b| Recipe::decode(&b),
             ProtoError::Recipe,
         )
         .await
@@ -292,7 +293,7 @@ mod tests {
     use axum::extract::{Path, State};
     use axum::http::StatusCode;
     use axum::routing::get;
-    use elton_proto::{Entry, EntryKind};
+    use elton_proto::{DirManifest, Entry, EntryKind};
 
     use super::*;
 

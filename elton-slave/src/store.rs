@@ -682,6 +682,21 @@ pub fn arrival(meta: &fs::Metadata) -> SystemTime {
     at(meta.ctime(), meta.ctime_nsec()).max(at(meta.mtime(), meta.mtime_nsec()))
 }
 
+/// Now, on the clock the kernel stamps files with: `CLOCK_REALTIME_COARSE`,
+/// the time of the last timer tick, up to one tick (4 ms at `HZ=250`)
+/// behind [`SystemTime::now`]. A write that must later tell the files it
+/// stored from older ones by [`arrival`] takes its start from this clock:
+/// with `SystemTime::now()` a file it stored within the same tick is
+/// stamped *before* the start, passes for one that was there already, and
+/// a failed upload's undo kept it (`tests/tests/trust_gc.rs` phase 1 found
+/// a 1.4 MB chunk left behind once the upload got fast enough).
+pub fn file_clock_now() -> SystemTime {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    UNIX_EPOCH
+        + std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+        + std::time::Duration::from_nanos(t.tv_nsec.max(0) as u64)
+}
+
 pub(crate) fn hash_reader(r: &mut impl Read) -> io::Result<ObjectId> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

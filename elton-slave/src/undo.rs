@@ -27,7 +27,7 @@ impl Default for Undo {
 impl Undo {
     pub fn new() -> Self {
         Self {
-            since: SystemTime::now(),
+            since: crate::store::file_clock_now(),
             stored: Vec::new(),
         }
     }
@@ -58,5 +58,26 @@ impl Undo {
             tracing::info!(objects = n, bytes, "removed the objects of a failed upload");
         }
         (n, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undo_removes_what_was_stored_in_the_tick_it_began() {
+        // The store's files carry the kernel's coarse timestamps; an undo
+        // that began on the precise clock took an object stored within the
+        // same tick for an older one and kept it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        for i in 0..50u32 {
+            let mut undo = Undo::new();
+            let id = store.put_bytes(&i.to_le_bytes()).unwrap();
+            undo.record(id);
+            assert_eq!(undo.undo(&store).0, 1, "round {i}");
+            assert!(!store.contains(&id), "round {i}");
+        }
     }
 }

@@ -539,12 +539,11 @@ struct CommitSource<'a>(&'a Volumes);
 impl TreeSource for CommitSource<'_> {
     type Error = SlaveError;
 
-    async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, FetchError<SlaveError>> {
-        self.0
-            .read_manifest(id)
-            .await
-            .map_err(not_held)?
-            .map_err(FetchError::Malformed)
+    /// The bytes as stored (verified), not the decoded cache: the walk
+    /// decodes only the entries that differ from the parent's manifest.
+    async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, FetchError<SlaveError>> {
+        let bytes = self.0.fetcher.read(id).await.map_err(not_held)?;
+        Ok(Arc::new(bytes))
     }
 
     async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, FetchError<SlaveError>> {

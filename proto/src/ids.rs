@@ -39,7 +39,29 @@ impl ObjectId {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex_str(&mut [0; 64]).to_string()
+    }
+
+    /// The hex form in `buf`, without allocating: manifests print
+    /// thousands of ids, and a char-by-char encoder was the largest part of
+    /// a commit's CPU time on the master (issue 16).
+    fn hex_str<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Only ASCII digits were written.
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The value of a lowercase hex digit.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
     }
 }
 
@@ -47,18 +69,25 @@ impl FromStr for ObjectId {
     type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Only the lowercase form is accepted, so one object has one URL.
-        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ProtoError::ObjectId(s.chars().take(80).collect()));
+        let bad = || ProtoError::ObjectId(s.chars().take(80).collect());
+        let digits = s.as_bytes();
+        if digits.len() != 64 {
+            return Err(bad());
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| ProtoError::ObjectId(s.to_string()))?;
+        for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (hex_digit(pair[0]), hex_digit(pair[1])) else {
+                return Err(bad());
+            };
+            *o = hi << 4 | lo;
+        }
         Ok(Self(out))
     }
 }
 
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex_str(&mut [0; 64]))
     }
 }
 
@@ -70,14 +99,24 @@ impl fmt::Debug for ObjectId {
 
 impl Serialize for ObjectId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(self.hex_str(&mut [0; 64]))
     }
 }
 
 impl<'de> Deserialize<'de> for ObjectId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        /// Parses the string where the deserializer has it (no copy).
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = ObjectId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object id (64 lowercase hex digits)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ObjectId, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 

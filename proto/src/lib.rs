@@ -22,6 +22,7 @@ pub mod chunking;
 pub mod error;
 pub mod ids;
 pub mod manifest;
+pub mod manifest_diff;
 pub mod path;
 pub mod recipe;
 pub mod record;

@@ -87,7 +87,7 @@ impl Entry {
         }
     }
 
-    fn validate(&self) -> Result<(), ProtoError> {
+    pub(crate) fn validate(&self) -> Result<(), ProtoError> {
         let bad = |why: String| Err(ProtoError::Manifest(why));
         if !valid_entry_name(&self.name) {
             return bad(format!("invalid entry name {:?}", self.name));

@@ -8,10 +8,14 @@
 //! records, and every object it adds (file contents, recipes, chunks, child
 //! manifests) is held by some node.
 //!
-//! Only what differs from the parent's tree is visited. An entry whose
-//! object (and, for a chunked file, recipe and size) appears in a parent
-//! manifest the walk has read was checked when the parent was published, so
-//! a commit costs O(changed directories and their entries), not O(tree).
+//! Only what differs from the parent's tree is visited, and within a
+//! changed directory only the entries that differ from the parent's
+//! manifest of the same directory are decoded ([`crate::manifest_diff`]):
+//! an entry found byte for byte in it was checked when the parent was
+//! published. An entry whose object (and, for a chunked file, recipe and
+//! size) appears in a parent entry the walk has decoded (one replaced or
+//! removed) was checked then too, so a commit costs O(changed entries),
+//! plus a syntax scan of the changed directories' manifests, not O(tree).
 //! Directories are paired with the parent's by name; a directory with no
 //! counterpart (new, or moved) is visited after all paired ones, when every
 //! parent manifest on the changed paths has been read: a subtree moved out
@@ -24,19 +28,21 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::{FetchError, TreeError};
-use crate::{DirManifest, Entry, EntryKind, ObjectId, Recipe};
+use crate::manifest_diff::{self, DirDiff};
+use crate::{Entry, EntryKind, ObjectId, Recipe};
 
 /// Where [`validate_tree`] reads manifests and recipes and learns which
 /// objects are held.
 pub trait TreeSource: Sync {
     type Error: Send;
 
-    /// The manifest `id`, from bytes verified against `id` and decoded with
-    /// [`DirManifest::decode`]. `Ok` implies some node holds it.
+    /// The bytes of manifest `id`, verified against `id` but not decoded:
+    /// the walk decodes only what differs from the parent's manifest
+    /// ([`crate::manifest_diff`]). `Ok` implies some node holds it.
     fn manifest(
         &self,
         id: ObjectId,
-    ) -> impl Future<Output = Result<Arc<DirManifest>, FetchError<Self::Error>>> + Send;
+    ) -> impl Future<Output = Result<Arc<Vec<u8>>, FetchError<Self::Error>>> + Send;
 
     /// The recipe `id`, from bytes verified against `id` and decoded with
     /// [`Recipe::decode`]. `Ok` implies some node holds it.
@@ -179,7 +185,7 @@ impl<S: TreeSource> Walk<'_, S> {
         if self.published.contains(&Claim::Dir(dir.id)) {
             return Ok(());
         }
-        let manifest = match self.source.manifest(dir.id).await {
+        let bytes = match self.source.manifest(dir.id).await {
             Ok(m) => m,
             Err(FetchError::NotHeld) => return Err(invalid(&dir.path, not_held(dir.id))),
             Err(FetchError::Malformed(e)) => {
@@ -198,24 +204,29 @@ impl<S: TreeSource> Walk<'_, S> {
             },
             None => None,
         };
-        if let Some(old) = &old {
-            self.published.extend(old.entries.iter().filter_map(claim));
-        }
+        let diff: DirDiff = match manifest_diff::diff(&bytes, old.as_deref().map(Vec::as_slice)) {
+            Ok(d) => d,
+            Err(e) => return Err(invalid(&dir.path, format!("manifest {}: {e}", dir.id))),
+        };
+        // Entries of the parent's manifest that are also in the new one
+        // were not decoded and add no claims: a copy of one elsewhere is
+        // checked again, which costs a lookup, not a wrong answer.
+        self.published
+            .extend(diff.replaced.iter().filter_map(claim));
 
         let mut problem = None;
         // (entry index, object) to ask about, in entry order.
         let mut wanted: Vec<(usize, ObjectId)> = Vec::new();
         let mut children = Vec::new();
-        for (i, e) in manifest.entries.iter().enumerate() {
+        for (i, e) in diff.changed.iter().enumerate() {
             let Some(c) = claim(e) else { continue };
             if self.published.contains(&c) || !self.claimed.insert(c) {
                 continue;
             }
             match c {
                 Claim::Dir(id) => {
-                    let old_child = old
-                        .as_ref()
-                        .and_then(|o| o.get(&e.name))
+                    let old_child = diff
+                        .replaced(&e.name)
                         .filter(|b| b.kind == EntryKind::Dir)
                         .and_then(|b| b.object);
                     children.push(Dir {
@@ -286,10 +297,7 @@ impl<S: TreeSource> Walk<'_, S> {
             }
         }
         if let Some(p) = problem {
-            let name = manifest
-                .entries
-                .get(p.entry)
-                .map_or("", |e| e.name.as_str());
+            let name = diff.changed.get(p.entry).map_or("", |e| e.name.as_str());
             return Err(invalid(&format!("{}{name}", dir.path), p.reason));
         }
         // A directory of new subdirectories (a first import, a new tree)
@@ -322,7 +330,7 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use super::*;
-    use crate::Chunk;
+    use crate::{Chunk, DirManifest};
 
     /// Objects in memory; every stored object counts as held.
     #[derive(Default)]
@@ -386,11 +394,10 @@ mod tests {
     impl TreeSource for Mem {
         type Error = String;
 
-        async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, FetchError<String>> {
+        async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, FetchError<String>> {
             self.manifests_read.lock().unwrap().push(id);
             let bytes = self.objects.get(&id).ok_or(FetchError::NotHeld)?;
-            let m = DirManifest::decode(bytes).map_err(FetchError::Malformed)?;
-            Ok(Arc::new(m))
+            Ok(Arc::new(bytes.clone()))
         }
 
         async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, FetchError<String>> {
@@ -603,6 +610,41 @@ mod tests {
         // Committing the same tree again reads nothing.
         assert_eq!(mem.check(v2, Some(v2)).unwrap(), []);
         assert!(mem.reads().is_empty());
+    }
+
+    #[test]
+    fn a_large_changed_directory_checks_only_its_changed_entries() {
+        let mut mem = Mem::default();
+        let files: Vec<Entry> = (0..1000)
+            .map(|i| mem.file(&format!("f{i:04}"), format!("{i}").as_bytes()))
+            .collect();
+        let d1 = mem.subdir("d", files.clone());
+        let v1 = mem.dir(vec![d1]);
+        assert!(mem.check(v1, None).is_ok());
+        mem.asked_held.lock().unwrap().clear();
+
+        let mut changed = files.clone();
+        changed[500] = mem.file("f0500", b"new");
+        let d2 = mem.subdir("d", changed.clone());
+        let v2 = mem.dir(vec![d2]);
+        assert!(mem.check(v2, Some(v1)).is_ok());
+        assert_eq!(*mem.asked_held.lock().unwrap(), [ObjectId::of(b"new")]);
+
+        // The same change naming an object no node holds is refused, and
+        // so is one bad entry among the 999 unchanged.
+        changed[500] = file_entry("f0500", ObjectId::of(b"nowhere"), 7);
+        let d3 = dir_entry("d", mem.raw_dir(changed.clone()));
+        let v3 = mem.dir(vec![d3]);
+        let e = mem.check(v3, Some(v1)).unwrap_err();
+        assert!(e.contains("d/f0500: refers to object"), "{e}");
+        for bad in ["..", "a/b", "f0499", "f0502"] {
+            let mut entries = files.clone();
+            entries[500] = mem.file(bad, b"new");
+            let d = dir_entry("d", mem.raw_dir(entries));
+            let v = mem.dir(vec![d]);
+            let e = mem.check(v, Some(v1)).unwrap_err();
+            assert!(e.starts_with("invalid tree: d/: manifest"), "{bad}: {e}");
+        }
     }
 
     #[test]

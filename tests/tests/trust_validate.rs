@@ -121,8 +121,8 @@ fn dir_entry(name: &str, object: ObjectId) -> Entry {
     Entry::dir(name, object, 1)
 }
 
-#[test]
-fn master_refuses_malformed_trees_and_accepts_a_changed_subtree() {
+/// A cluster of one slave with the volume created.
+fn fixture() -> Fixture {
     let f = Fixture {
         c: Cluster::new(1),
         http: reqwest::blocking::Client::new(),
@@ -138,6 +138,24 @@ fn master_refuses_malformed_trees_and_accepts_a_changed_subtree() {
         };
         f.master().await.create_volume(req).await.unwrap();
     });
+    f
+}
+
+/// A manifest's bytes from entries serialized one by one (`raw` replaces
+/// entry `at`'s bytes), so a test can place one non-canonical entry among
+/// canonical ones.
+fn manifest_bytes(entries: &[Entry], at: usize, raw: &str) -> Vec<u8> {
+    let mut parts: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    parts[at] = raw.to_string();
+    format!(r#"{{"format":1,"entries":[{}]}}"#, parts.join(",")).into_bytes()
+}
+
+#[test]
+fn master_refuses_malformed_trees_and_accepts_a_changed_subtree() {
+    let f = fixture();
 
     // Version 1: docs/a.txt and lib/x.txt.
     let lib = f.dir("lib", vec![f.file("x.txt", b"x\n")]);
@@ -224,4 +242,74 @@ fn master_refuses_malformed_trees_and_accepts_a_changed_subtree() {
         .bytes()
         .unwrap();
     assert_eq!(served.as_ref(), b"a v2\n");
+}
+
+/// The master decodes only the entries of a changed directory that differ
+/// from the parent's manifest (issue 16); one bad entry among 1,000
+/// unchanged ones is still refused, whatever is wrong with it.
+#[test]
+fn one_bad_entry_in_a_large_changed_directory_is_refused() {
+    let f = fixture();
+    let content = f.put(b"same bytes\n");
+    let files: Vec<Entry> = (0..1000)
+        .map(|i| file_entry(&format!("f{i:04}"), content, 11))
+        .collect();
+    let big = f.dir("big", files.clone());
+    assert_eq!(f.commit(0, f.root(vec![big])).unwrap(), 1);
+
+    let with = |at: usize, e: &Entry| {
+        let raw = serde_json::to_string(e).unwrap();
+        let dir = f.put(&manifest_bytes(&files, at, &raw));
+        f.root(vec![dir_entry("big", dir)])
+    };
+    let nowhere = ObjectId::of(b"never uploaded anywhere");
+    f.refused(
+        1,
+        with(500, &file_entry("f0500", nowhere, 3)),
+        "big/f0500",
+        "which no node holds",
+    );
+    f.refused(
+        1,
+        with(0, &file_entry("..", content, 11)),
+        "big/",
+        "invalid entry name",
+    );
+    f.refused(
+        1,
+        with(500, &file_entry("f0499", content, 11)),
+        "big/",
+        "not strictly sorted",
+    );
+    f.refused(
+        1,
+        with(500, &file_entry("f0502", content, 11)),
+        "big/",
+        "not strictly sorted",
+    );
+    let spaced = serde_json::to_string(&file_entry("f0500", content, 12))
+        .unwrap()
+        .replacen(r#""size":12"#, r#""size": 12"#, 1);
+    let dir = f.put(&manifest_bytes(&files, 500, &spaced));
+    f.refused(1, f.root(vec![dir_entry("big", dir)]), "big/", "canonical");
+    // The framing is checked even when every entry is unchanged.
+    let mut loose = manifest_bytes(&files, 0, &serde_json::to_string(&files[0]).unwrap());
+    loose.push(b'\n');
+    let dir = f.put(&loose);
+    f.refused(1, f.root(vec![dir_entry("big", dir)]), "big/", "canonical");
+
+    // One valid change among the 1,000 is published.
+    let changed = f.file("f0500", b"new\n");
+    assert_eq!(f.commit(1, with(500, &changed)).unwrap(), 2);
+    let served = f
+        .http
+        .get(format!(
+            "{}/v1/volumes/{VOLUME}/2/big/f0500",
+            f.c.slave_url(1)
+        ))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(served.as_ref(), b"new\n");
 }

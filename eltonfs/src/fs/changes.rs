@@ -152,8 +152,10 @@ fn walk(
 /// The result of turning the upper into a tree.
 pub struct Built {
     pub root: ObjectId,
-    /// New manifests to store, children first.
-    pub manifests: Vec<DirManifest>,
+    /// New manifests' bytes to store, children first. Each is encoded
+    /// once: a manifest of 1,000 entries costs more to encode than the
+    /// rest of its directory's commit.
+    pub manifests: Vec<Vec<u8>>,
     /// Objects this commit hard-linked into the store (undone on failure).
     pub linked: Vec<ObjectId>,
     pub skipped: Vec<String>,
@@ -186,8 +188,8 @@ pub fn build(
     };
     let root_lower = root_lower(layers)?;
     let root = build_dir(&mut ctx, Path::new(""), root_lower, &mut built)?;
-    built.root = root.id();
-    built.manifests.push(root);
+    built.root = root.id;
+    built.manifests.push(root.bytes);
     Ok(built)
 }
 
@@ -200,12 +202,19 @@ struct BuildCtx<'a, 'b> {
     progress: &'a Counters,
 }
 
+/// A new directory manifest, encoded.
+struct Encoded {
+    id: ObjectId,
+    bytes: Vec<u8>,
+    entries: u64,
+}
+
 fn build_dir(
     ctx: &mut BuildCtx<'_, '_>,
     rel: &Path,
     lower: Option<Arc<DirManifest>>,
     built: &mut Built,
-) -> io::Result<DirManifest> {
+) -> io::Result<Encoded> {
     let layers = ctx.layers;
     let mut entries: BTreeMap<String, Entry> = lower
         .map(|l| {
@@ -250,11 +259,11 @@ fn build_dir(
             let child = build_dir(ctx, &rel.join(&name), child_lower, built)?;
             let e = Entry {
                 kind: EntryKind::Dir,
-                size: child.entries.len() as u64,
-                object: Some(child.id()),
+                size: child.entries,
+                object: Some(child.id),
                 ..base
             };
-            built.manifests.push(child);
+            built.manifests.push(child.bytes);
             e
         } else if m.is_file() && crate::chunking::is_chunked(m.len(), ctx.chunk_threshold) {
             // Large files are stored as chunks (copies, so nothing to undo
@@ -308,8 +317,14 @@ fn build_dir(
         entries.insert(name, entry);
     }
     ctx.progress.dir();
-    DirManifest::new(entries.into_values().collect())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    let manifest = DirManifest::new(entries.into_values().collect())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let bytes = manifest.encode();
+    Ok(Encoded {
+        id: ObjectId::of(&bytes),
+        bytes,
+        entries: manifest.entries.len() as u64,
+    })
 }
 
 /// Chunks a large upper file into the stage; returns the recipe's id, the

@@ -645,13 +645,17 @@ fn commit(
             linked: Vec::new(),
         };
         write_json(&journal_path, &started)?;
-        let since = std::time::SystemTime::now();
+        // On the files' clock, or an object stored within this tick would
+        // look older than the commit and survive its undo.
+        let since = elton_slave::store::file_clock_now();
         let total_files = changes.files();
         progress.set_phase(Phase::Storing, total_files);
         // Everything the commit stores is staged and published with two
         // flushes of the filesystem (not two per object) before the
         // journal names the root: objects are durable before the version.
         let mut staging = Staging::new(&m.store);
+        let timer = std::time::Instant::now();
+        let mut phases = [std::time::Duration::ZERO; 3];
         let built = changes::build(
             &st.layers,
             &mut staging,
@@ -660,17 +664,20 @@ fn commit(
             progress,
         )
         .and_then(|built| {
+            phases[0] = timer.elapsed();
             for manifest in &built.manifests {
                 let put = staging
-                    .bytes(&manifest.encode())
+                    .bytes(manifest)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 if put.new {
                     progress.objects(1);
                 }
             }
+            phases[1] = timer.elapsed();
             staging
                 .flush()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
+            phases[2] = timer.elapsed();
             Ok(built)
         });
         let stored = staging.added().to_vec();
@@ -755,6 +762,16 @@ fn commit(
             }
         };
         fault_point("after-publish");
+        // Where a commit's time goes (issue 16): which phase scales with
+        // what shows in a debug log, without a profiler.
+        tracing::debug!(
+            manifests = built.manifests.len(),
+            build_ms = phases[0].as_millis() as u64,
+            encode_ms = (phases[1] - phases[0]).as_millis() as u64,
+            flush_ms = (phases[2] - phases[1]).as_millis() as u64,
+            publish_ms = (timer.elapsed() - phases[2]).as_millis() as u64,
+            "commit"
+        );
         changes::clear_upper(&st.layers, &open_for_write)?;
         st.layers.root = Some(built.root);
         let rec = MountRecord {
