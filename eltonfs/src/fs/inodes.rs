@@ -5,12 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use foldhash::fast::RandomState;
+
 pub const ROOT: u64 = 1;
 
 #[derive(Default)]
 pub struct Inodes {
-    by_path: HashMap<PathBuf, u64>,
-    by_ino: HashMap<u64, PathBuf>,
+    by_path: HashMap<PathBuf, u64, RandomState>,
+    by_ino: HashMap<u64, PathBuf, RandomState>,
     /// Upper inode number → ours, for files with several links. The upper
     /// filesystem reuses the numbers of deleted files, so an entry lives
     /// only while one of our paths names its inode (see [`Self::remove`]).

@@ -121,8 +121,10 @@ impl LowerSource for SlaveLower {
         {
             return Ok(m.clone());
         }
+        // `read_small` verified the bytes against `id`, a manifest of the
+        // published version this mount shows.
         let bytes = self.read_small(id)?;
-        let m = Arc::new(DirManifest::decode(&bytes).map_err(|e| {
+        let m = Arc::new(DirManifest::decode_published(&bytes).map_err(|e| {
             tracing::error!(manifest = %id, "{e}");
             io::Error::from_raw_os_error(libc::EIO)
         })?);
