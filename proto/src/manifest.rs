@@ -342,7 +342,10 @@ mod tests {
             text.replacen(r#""name":"a""#, r#""name":"b""#, 1),
             text.replacen(r#""format":1"#, r#""format":9"#, 1),
         ] {
-            assert!(DirManifest::decode_published(bad.as_bytes()).is_err(), "{bad}");
+            assert!(
+                DirManifest::decode_published(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
         }
         let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
         assert!(DirManifest::decode_published(&huge).is_err());

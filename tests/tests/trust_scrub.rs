@@ -317,3 +317,46 @@ fn phase5_scrub_needs_an_admin_token_and_a_known_node() {
     // their way).
     assert!(s["objects"].as_u64().unwrap() >= 1, "{s}");
 }
+
+#[test]
+fn phase6_a_rotten_manifest_is_refetched_by_a_new_mount_never_listed() {
+    let c = Cluster::new(2);
+    let src = c.dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let body = pseudo_random(1000, 13);
+    fs::write(src.join("sub/a.bin"), &body).unwrap();
+    c.ok(1, &["import", "--create", src.to_str().unwrap(), "v"]);
+    // A directory's listing carries its manifest id as the ETag.
+    let resp = reqwest::blocking::get(format!("{}/v1/volumes/v/1/sub/", c.slave_url(1))).unwrap();
+    assert_eq!(resp.status(), 200);
+    let sub_id = resp.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    wait_until(
+        "backup copy of the manifest on slave 2",
+        Duration::from_secs(30),
+        || held_on(&c, 2, &sub_id),
+    );
+
+    // The mount reads manifests from the store itself, hashing them as it
+    // reads: for a rotten one it asks the slave, whose copy it hashes too
+    // (here from the slave's memory: the listing above made it hot); the
+    // bad bytes are never parsed.
+    let manifest = object_path(&c, 1, &sub_id);
+    flip(&manifest, 5);
+    let mnt = c.dir.path().join("mnt1");
+    let m1 = Mount::new(&c, 1, "v", &mnt, &c.dir.path().join("m1"), &[]);
+    let names: Vec<_> = fs::read_dir(m1.path("sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["a.bin"]);
+    assert_eq!(read_all(&m1.path("sub/a.bin")).unwrap(), body);
+    // The scrub repairs the store's copy.
+    let (ok, s) = scrub(&c, &[]);
+    assert!(ok, "{s}");
+    let stored = read_all(&manifest).unwrap();
+    assert_eq!(blake3::hash(&stored).to_hex().as_str(), sub_id, "repaired");
+}

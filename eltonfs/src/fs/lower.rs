@@ -24,11 +24,14 @@ pub trait LowerSource: Send + Sync {
     fn is_local(&self, id: &ObjectId) -> bool;
 }
 
-/// Reads the local slave's store; asks the slave (`HEAD /v1/objects/{id}`,
-/// which fetches and verifies on a miss) before first use of an object, and
-/// again whenever the store's file is no longer the one the slave verified
-/// then (another inode, size, mtime or ctime: rewritten, quarantined by a
-/// scrub, repaired), so the slave hashes it again before the mount uses it.
+/// Reads the local slave's store. Small objects (manifests, recipes) are
+/// read whole and hashed as they are read; the slave is asked only for one
+/// that is missing or corrupt. For a file's object, which the kernel reads
+/// in place, the mount asks the slave (`HEAD /v1/objects/{id}`, which
+/// fetches and verifies on a miss) before first use, and again whenever the
+/// store's file is no longer the one the slave verified then (another
+/// inode, size, mtime or ctime: rewritten, quarantined by a scrub,
+/// repaired), so the slave hashes it again before the mount uses it.
 pub struct SlaveLower {
     slave_url: String,
     store: Arc<ObjectStore>,
@@ -66,11 +69,35 @@ impl SlaveLower {
 
     /// An object's bytes, fetched if needed and verified as read.
     fn read_small(&self, id: &ObjectId) -> io::Result<Vec<u8>> {
-        self.ensure_local(id)?;
-        self.store
-            .read(id)
-            .map_err(|e| other(e.to_string()))?
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+        // A small object is hashed as it is read, so a local copy that
+        // matches needs no round trip to the slave (a cold listing paid one
+        // per directory).
+        if let Ok(bytes) = std::fs::read(self.store.path(id))
+            && ObjectId::of(&bytes) == *id
+        {
+            return Ok(bytes);
+        }
+        // Missing or bad here: the slave's copy (it fetches a miss, and may
+        // serve a hot object from memory while the file on disk is bad,
+        // which its scrub repairs), hashed again before use.
+        let url = format!("{}/v1/objects/{id}", self.slave_url);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .map_err(|e| other(format!("slave {url}: {e}")))?;
+        if !resp.status().is_success() {
+            tracing::warn!(object = %id, status = %resp.status(), "lower object unavailable");
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let bytes = resp
+            .bytes()
+            .map_err(|e| other(format!("slave {url}: {e}")))?;
+        if ObjectId::of(&bytes) != *id {
+            tracing::error!(object = %id, "the slave sent other bytes");
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(bytes.to_vec())
     }
 
     fn ensure_local(&self, id: &ObjectId) -> io::Result<()> {
