@@ -302,10 +302,22 @@ impl Layers {
             }
         }
         if let Some(id) = self.merged_lower(rel, view)? {
-            for e in &self.lower.manifest(&id)?.entries {
-                let name = OsString::from(&e.name);
-                if !out.contains_key(&name) && !whiteouts.contains(&name) {
-                    out.insert(name, EntryKindOrUpper::Lower(e.kind));
+            let manifest = self.lower.manifest(&id)?;
+            let lower = manifest
+                .entries
+                .iter()
+                .map(|e| (OsString::from(&e.name), EntryKindOrUpper::Lower(e.kind)));
+            if out.is_empty() && whiteouts.is_empty() {
+                // Only the lower has entries: already sorted, built in bulk.
+                out = lower.collect();
+            } else {
+                // Sorted, so that many deletions do not make a listing
+                // quadratic.
+                whiteouts.sort_unstable();
+                for (name, kind) in lower {
+                    if !out.contains_key(&name) && whiteouts.binary_search(&name).is_err() {
+                        out.insert(name, kind);
+                    }
                 }
             }
         }
@@ -765,6 +777,34 @@ mod tests {
         fs::create_dir(l.upper_path(Path::new("d"))).unwrap();
         set_opaque(&l.upper_path(Path::new("d"))).unwrap();
         assert!(l.view(Path::new("d/inner")).unwrap().is_none());
+    }
+
+    #[test]
+    fn phase1a_a_listing_merges_the_upper_and_hides_whiteouts() {
+        let (_dir, l) = fixture();
+        let names = |l: &Layers| {
+            let root = l.view(Path::new("")).unwrap().unwrap();
+            l.list(Path::new(""), &root)
+                .unwrap()
+                .into_iter()
+                .map(|(n, k)| {
+                    (
+                        n.into_string().unwrap(),
+                        matches!(k, EntryKindOrUpper::Upper(_)),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // Lower only: the manifest's order.
+        let lower = [("big", false), ("d", false), ("f", false), ("liar", false)];
+        assert_eq!(names(&l), lower.map(|(n, u)| (n.to_string(), u)));
+        // An upper file, a copied-up one, and two lower names deleted.
+        fs::write(l.upper_path(Path::new("a-new")), b"n").unwrap();
+        l.copy_up(Path::new("f")).unwrap();
+        l.whiteout(Path::new("liar")).unwrap();
+        l.whiteout(Path::new("big")).unwrap();
+        let merged = [("a-new", true), ("d", false), ("f", true)];
+        assert_eq!(names(&l), merged.map(|(n, u)| (n.to_string(), u)));
     }
 
     #[test]
