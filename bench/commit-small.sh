@@ -35,15 +35,7 @@ elton_up "$WORK/home"
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 log "writing a $VOLUME_FILES-file tree"
-python3 - "$WORK/src-vol" "$VOLUME_FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:03}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
-        f.write(os.urandom(100))
-PY
+small_tree "$WORK/src-vol" "$VOLUME_FILES"
 log "importing it"
 "$ELTON" import --create "$WORK/src-vol" vol >/dev/null
 cp -a "$WORK/src-vol" "$WORK/git-vol"

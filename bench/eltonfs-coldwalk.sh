@@ -31,15 +31,7 @@ BINS=("$ELTON")
 if [[ -n ${B_BIN:-} ]]; then BINS+=("$B_BIN"); fi
 
 log "preparing $FILES small files"
-python3 - "$WORK/src" "$FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:03}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
-        f.write(os.urandom(100))
-PY
+small_tree "$WORK/src" "$FILES"
 "$ELTON" import --create "$WORK/src" small >/dev/null
 
 # Prints "list stat total" in seconds.

@@ -35,17 +35,6 @@ release_bins elton
 bench_start meta
 elton_up "$WORK/home"
 
-small_tree() { # root n: n files of 100 random bytes, 1,000 per directory
-    python3 - "$1" "$2" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:03}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
-        f.write(os.urandom(100))
-PY
-}
 # Wall time of a command in seconds, from bash's own clock (no process
 # start in the measurement); its output is discarded.
 timed() {

@@ -38,17 +38,6 @@ bench_start fs
 elton_up "$WORK/home"
 
 unmount() { fusermount3 -u "$1"; }
-small_tree() { # root n: n files of 100 random bytes, 1,000 per directory
-    python3 - "$1" "$2" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:03}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
-        f.write(os.urandom(100))
-PY
-}
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 # --- 1. sequential read of a cached 1 GiB lower file --------------------------

@@ -24,6 +24,7 @@
 #   elton_up HOME [FLAGS..]  tracked `elton up` (no mount, data dir HOME, free ports), waited for;
 #                            sets ELTON_PID MASTER_PORT SLAVE_PORT, exports ELTON_HOME/MASTER/SLAVE/TOKEN
 #   mount_volume VOL DIR     mounts VOL at DIR, upper layer $WORK/state-<basename DIR>; tracked
+#   small_tree ROOT N        N files of 100 random bytes under ROOT, 1,000 per directory (d000/f000000 ...)
 #   seconds                  a monotonic clock, in seconds
 #   median [-a] N...         median; of an even count the lower middle value (-a: mean of the two)
 #   ratio A B                A / B, 2 decimals
@@ -173,6 +174,18 @@ mount_volume() {
     mkdir -p "$2"
     "$ELTON" mount "$1" "$2" --upper "$WORK/state-$(basename "$2")" >/dev/null
     track_mount "$2"
+}
+
+small_tree() { # root n: n files of 100 random bytes, 1,000 per directory
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:03}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06}"), "wb") as f:
+        f.write(os.urandom(100))
+PY
 }
 
 seconds() { python3 -c 'import time; print(time.perf_counter())'; }

@@ -80,24 +80,35 @@ impl SlaveLower {
         // Missing or bad here: the slave's copy (it fetches a miss, and may
         // serve a hot object from memory while the file on disk is bad,
         // which its scrub repairs), hashed again before use.
+        let bytes = self
+            .ask_slave(reqwest::Method::GET, id)?
+            .bytes()
+            .map_err(|e| other(format!("slave: object {id}: {e}")))?;
+        if ObjectId::of(&bytes) != *id {
+            tracing::error!(object = %id, "the slave sent other bytes");
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// `GET` or `HEAD /v1/objects/{id}` on the slave, which fetches a miss
+    /// and verifies what it serves; EIO unless it answers with success.
+    fn ask_slave(
+        &self,
+        method: reqwest::Method,
+        id: &ObjectId,
+    ) -> io::Result<reqwest::blocking::Response> {
         let url = format!("{}/v1/objects/{id}", self.slave_url);
         let resp = self
             .http
-            .get(&url)
+            .request(method, &url)
             .send()
             .map_err(|e| other(format!("slave {url}: {e}")))?;
         if !resp.status().is_success() {
             tracing::warn!(object = %id, status = %resp.status(), "lower object unavailable");
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let bytes = resp
-            .bytes()
-            .map_err(|e| other(format!("slave {url}: {e}")))?;
-        if ObjectId::of(&bytes) != *id {
-            tracing::error!(object = %id, "the slave sent other bytes");
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(bytes.to_vec())
+        Ok(resp)
     }
 
     fn ensure_local(&self, id: &ObjectId) -> io::Result<()> {
@@ -112,16 +123,7 @@ impl SlaveLower {
         if current.is_some() && known == current {
             return Ok(());
         }
-        let url = format!("{}/v1/objects/{id}", self.slave_url);
-        let resp = self
-            .http
-            .head(&url)
-            .send()
-            .map_err(|e| other(format!("slave {url}: {e}")))?;
-        if !resp.status().is_success() {
-            tracing::warn!(object = %id, status = %resp.status(), "lower object unavailable");
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        self.ask_slave(reqwest::Method::HEAD, id)?;
         let mut ensured = self.ensured.lock().unwrap_or_else(|p| p.into_inner());
         match FileStamp::of_path(&path) {
             Some(stamp) => {
