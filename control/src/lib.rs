@@ -12,7 +12,7 @@
 //!   [`state::apply`], one entry at a time, with exactly-once sessions.
 //! - [`execution`] (pure): which members must answer an `Execute`, and the
 //!   result once all answered or the deadline passed.
-//! - [`store`]: `control.redb`; [`open_store`] returns the [`LogStore`]
+//! - [`store`]: `control.redb` and `control.wal/`; [`open_store`] returns the [`LogStore`]
 //!   (group-committed, durable before openraft is told) and
 //!   [`StateMachineStore`] halves for `openraft::Raft::new`;
 //!   [`StateMachineStore::reader`] gives a [`StateReader`] for local reads,

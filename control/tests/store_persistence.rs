@@ -347,3 +347,112 @@ async fn apps_survive_a_restart_and_a_snapshot() -> Result<(), Box<dyn std::erro
     assert_eq!(fresh.reader().digest(), sm.reader().digest());
     Ok(())
 }
+
+/// Writes a format-1 store by hand: the log in redb's `log` and `meta`
+/// tables, as builds before the control log wrote it.
+fn write_format_1(
+    path: &std::path::Path,
+    entries: &[Entry],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let db = redb::Database::create(path)?;
+    let txn = db.begin_write()?;
+    {
+        let meta_def: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+        let log_def: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("log");
+        let mut meta = txn.open_table(meta_def)?;
+        meta.insert("format", 1u64.to_le_bytes().as_slice())?;
+        meta.insert("vote", serde_json::to_vec(&Vote::new(4, 1))?.as_slice())?;
+        meta.insert(
+            "committed",
+            serde_json::to_vec(&Some(log_id(3)))?.as_slice(),
+        )?;
+        meta.insert("last_purged", serde_json::to_vec(&log_id(1))?.as_slice())?;
+        let mut log = txn.open_table(log_def)?;
+        for e in entries {
+            log.insert(e.log_id.index, serde_json::to_vec(e)?.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_migrated_also_after_a_cut_migration()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = TempDir::new()?;
+    let path = dir.path().join("control.redb");
+    write_format_1(&path, &[put(2, "c", 1, "k", "a"), put(3, "c", 2, "k", "b")])?;
+    // A migration cut short left a log directory with a stray segment: the
+    // format-1 file still counts, and the log is built again from it.
+    let wal = elton_control::store::log_dir(&path);
+    std::fs::create_dir(&wal)?;
+    std::fs::write(wal.join("0000000000000001.seg"), b"half a segment")?;
+    {
+        let (mut log, _sm) = open_store(&path)?;
+        assert_eq!(log.read_vote().await?, Some(Vote::new(4, 1)));
+        assert_eq!(log.read_committed().await?, Some(log_id(3)));
+        let state = log.get_log_state().await?;
+        assert_eq!(state.last_purged_log_id, Some(log_id(1)));
+        assert_eq!(state.last_log_id, Some(log_id(3)));
+        let got: Vec<u64> = log
+            .try_get_log_entries(0..10)
+            .await?
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, [2, 3]);
+        append_one(&mut log, put(4, "c", 3, "k", "c")).await?;
+    }
+    {
+        // Format 2 now, and redb no longer holds the log.
+        let db = redb::Database::open(&path)?;
+        let txn = redb::ReadableDatabase::begin_read(&db)?;
+        let meta_def: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+        let meta = txn.open_table(meta_def)?;
+        let format = meta.get("format")?.ok_or("no format")?.value().to_vec();
+        assert_eq!(format, 2u64.to_le_bytes());
+        assert!(meta.get("vote")?.is_none());
+        let log_def: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("log");
+        assert!(txn.open_table(log_def).is_err(), "the log table is gone");
+    }
+    let (mut log, _sm) = open_store(&path)?;
+    let got: Vec<u64> = log
+        .try_get_log_entries(0..10)
+        .await?
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(got, [2, 3, 4]);
+    Ok(())
+}
+
+#[test]
+fn a_log_without_its_state_machine_or_the_reverse_is_refused()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = TempDir::new()?;
+    let path = dir.path().join("control.redb");
+    drop(open_store(&path)?);
+    let wal = elton_control::store::log_dir(&path);
+    // The state machine file without its log.
+    let aside = dir.path().join("aside.wal");
+    std::fs::rename(&wal, &aside)?;
+    match open_store(&path) {
+        Err(ControlError::Corrupt(m)) if m.contains("missing") => {}
+        Err(e) => return Err(format!("wrong error: {e}").into()),
+        Ok(_) => return Err("opened without its log".into()),
+    }
+    // The log without its state machine file.
+    std::fs::rename(&aside, &wal)?;
+    std::fs::remove_file(&path)?;
+    match open_store(&path) {
+        Err(ControlError::Corrupt(m)) if m.contains("without its state machine") => {}
+        Err(e) => return Err(format!("wrong error: {e}").into()),
+        Ok(_) => return Err("opened a log beside a new state machine".into()),
+    }
+    assert!(
+        wal.join("0000000000000001.seg").exists(),
+        "the log was left alone"
+    );
+    assert!(!path.exists(), "no state machine file was created");
+    Ok(())
+}

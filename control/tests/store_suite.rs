@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite against `control.redb`.
+//! openraft's storage conformance suite against the control store.
 
 use elton_control::types::StorageError;
 use elton_control::{LogStore, StateMachineStore, TypeConfig, open_store};

@@ -73,7 +73,7 @@ pub struct MasterConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlConfig {
-    /// Where `control.redb` lives. Default: `<data_dir>`.
+    /// Where `control.redb` and `control.wal/` live. Default: `<data_dir>`.
     pub dir: Option<PathBuf>,
     /// The URL other members reach this master's control service at.
     /// Default: `https://<listen address>` (`http://` when insecure).

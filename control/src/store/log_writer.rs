@@ -1,6 +1,7 @@
-//! The log store's writer: one thread owns the log's writes and commits
-//! everything queued since its last commit in one redb transaction, with
-//! one fsync (writes from concurrent callers share it).
+//! The log store's writer: one thread owns the log's writes and writes
+//! everything queued since its last write as one batch of the control log
+//! ([`super::wal`]), with one `fdatasync` (writes from concurrent callers
+//! share it).
 //!
 //! `append` waits for its transaction before it returns, although openraft
 //! also takes a `LogFlushed` callback: openraft 0.9.25 answers a leader's
@@ -19,12 +20,11 @@ use openraft::storage::LogFlushed;
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
-use super::log_store::encode;
-use super::{LOG, META};
+use super::wal::{Appender, Change, Wal};
 use crate::error::ControlError;
-use crate::types::{Entry, LogId, TypeConfig};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-/// Most operations committed in one transaction.
+/// Most operations written in one batch.
 const MAX_BATCH: usize = 4096;
 
 /// Entries appended but not committed yet, by index.
@@ -75,8 +75,8 @@ impl Pending {
 
 type Done = oneshot::Sender<Result<(), ControlError>>;
 
-/// A write for the writer thread. All but `Append` are awaited by their
-/// caller.
+/// A write for the writer thread. All but `Committed` are awaited by
+/// their caller.
 pub(crate) enum Op {
     Append {
         entries: Vec<Entry>,
@@ -84,39 +84,53 @@ pub(crate) enum Op {
         done: Done,
     },
     /// Deletes `index >= from`.
-    Truncate { from: u64, done: Done },
-    /// Records `upto` as purged and deletes `index <= upto.index`.
-    Purge { upto: LogId, done: Done },
-    /// Sets a `meta` row; `durable: false` rows ride on the next fsync.
-    Meta {
-        key: &'static str,
-        value: Vec<u8>,
-        durable: bool,
+    Truncate {
+        from: u64,
         done: Done,
+    },
+    /// Records `upto` as purged and deletes `index <= upto.index`.
+    Purge {
+        upto: LogId,
+        done: Done,
+    },
+    Vote {
+        vote: Vote,
+        done: Done,
+    },
+    /// Rides on the next flush (see [`FLUSH_AFTER`]).
+    Committed {
+        committed: Option<LogId>,
     },
 }
 
-/// How long non-durable rows may wait for another write's fsync before
-/// the writer makes them durable by itself (an empty durable commit).
+/// How long a written committed id may wait for another write's flush
+/// before the writer flushes the log by itself.
 pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(10);
 
-/// The writer thread's loop: runs until every sender is gone.
-pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
-    // Whether a non-durable commit is not yet covered by a durable one.
+/// The writer thread's loop: runs until every sender is gone. `db` is the
+/// state machine's file, made durable before a purge (below).
+pub(crate) fn run(
+    wal: Arc<Wal>,
+    mut appender: Appender,
+    db: Arc<Database>,
+    pending: Arc<Pending>,
+    rx: Receiver<Op>,
+) {
+    // Whether a written committed id is not yet covered by a flush.
     let mut unflushed = false;
     loop {
         let first = if unflushed {
             match rx.recv_timeout(FLUSH_AFTER) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    match commit(&db, &[], true) {
+                    match appender.flush() {
                         Ok(()) => unflushed = false,
                         Err(e) => tracing::warn!("control log: flushing the commit index: {e}"),
                     }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    if let Err(e) = commit(&db, &[], true) {
+                    if let Err(e) = appender.flush() {
                         tracing::warn!("control log: flushing the commit index: {e}");
                     }
                     return;
@@ -135,10 +149,8 @@ pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let durable = batch
-            .iter()
-            .any(|op| !matches!(op, Op::Meta { durable: false, .. }));
-        let result = commit(&db, &batch, durable);
+        let durable = batch.iter().any(|op| !matches!(op, Op::Committed { .. }));
+        let result = write(&wal, &mut appender, &db, &batch, durable);
         if result.is_ok() {
             unflushed = !durable;
             let ids: Vec<LogId> = batch
@@ -165,49 +177,47 @@ pub(crate) fn run(db: Arc<Database>, pending: Arc<Pending>, rx: Receiver<Op>) {
                     callback.log_io_completed(flushed);
                     let _ = done.send(r);
                 }
-                Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Meta { done, .. } => {
+                Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Vote { done, .. } => {
                     // The caller may have given up waiting; nothing to do.
                     let _ = done.send(r);
                 }
+                Op::Committed { .. } => {}
             }
         }
     }
 }
 
-/// Applies `batch` in order in one transaction; a durable commit also makes
-/// every earlier non-durable one durable (redb).
-fn commit(db: &Database, batch: &[Op], durable: bool) -> Result<(), ControlError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    })?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        for op in batch {
-            match op {
-                Op::Append { entries, .. } => {
-                    for e in entries {
-                        log.insert(e.log_id.index, encode(e)?.as_slice())?;
-                    }
-                }
-                Op::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Op::Purge { upto, .. } => {
-                    meta.insert(super::KEY_LAST_PURGED, encode(upto)?.as_slice())?;
-                    log.retain_in(..=upto.index, |_, _| false)?;
-                }
-                Op::Meta { key, value, .. } => {
-                    meta.insert(*key, value.as_slice())?;
-                }
-            }
+/// Writes `batch` in order as one log write.
+///
+/// Before a purge, the state machine's file is made durable: its applies
+/// are committed without a flush (`state_machine.rs`), and once the log no
+/// longer holds the purged entries, nothing could re-apply what a crash
+/// took from it. openraft purges only entries a built snapshot (a durable
+/// commit) covers, so this normally finds nothing left to flush; it makes
+/// the log's safety independent of that.
+fn write(
+    wal: &Wal,
+    appender: &mut Appender,
+    db: &Database,
+    batch: &[Op],
+    durable: bool,
+) -> Result<(), ControlError> {
+    if batch.iter().any(|op| matches!(op, Op::Purge { .. })) {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+    }
+    let mut changes = Vec::with_capacity(batch.len());
+    for op in batch {
+        match op {
+            Op::Append { entries, .. } => changes.extend(entries.iter().map(Change::Entry)),
+            Op::Truncate { from, .. } => changes.push(Change::Truncate(*from)),
+            Op::Purge { upto, .. } => changes.push(Change::Purged(*upto)),
+            Op::Vote { vote, .. } => changes.push(Change::Vote(*vote)),
+            Op::Committed { committed } => changes.push(Change::Committed(*committed)),
         }
     }
-    txn.commit()?;
-    Ok(())
+    appender.write(wal, &changes, durable)
 }
 
 #[cfg(test)]

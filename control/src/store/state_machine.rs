@@ -30,7 +30,10 @@ use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
+mod flusher;
 mod reader;
+
+use flusher::Flusher;
 
 pub use reader::StateReader;
 
@@ -82,6 +85,7 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<Option<LogId>>,
+    flusher: Arc<Flusher>,
 }
 
 /// Builds snapshots from a copy of the state taken under a short lock.
@@ -94,10 +98,12 @@ impl StateMachineStore {
     pub(crate) fn load(db: Arc<Database>) -> Result<Self, ControlError> {
         let state = load_state(&db)?;
         let (applied, _) = watch::channel(state.last_applied);
+        let flusher = Arc::new(Flusher::start(db.clone())?);
         Ok(Self {
             db,
             state: Arc::new(RwLock::new(state)),
             applied,
+            flusher,
         })
     }
 
@@ -121,6 +127,7 @@ impl StateMachineStore {
         txn.set_durability(Durability::None)?;
         write_changes(&txn, &state, &changes)?;
         txn.commit()?;
+        self.flusher.applied();
         self.applied.send_replace(state.last_applied);
         Ok(responses)
     }
@@ -486,6 +493,7 @@ impl StateMachineStore {
             db: self.db.clone(),
             state: self.state.clone(),
             applied: self.applied.clone(),
+            flusher: self.flusher.clone(),
         }
     }
 }

@@ -97,7 +97,7 @@ pub struct MasterArgs {
 /// The master's control plane settings (docs/operations.md §Control plane).
 #[derive(Args, Debug, Default)]
 pub struct ControlArgs {
-    /// Directory of control.redb (Raft log and state) [default: the data dir].
+    /// Directory of control.redb (state machine) and control.wal/ (Raft log) [default: the data dir].
     #[arg(long)]
     pub control_dir: Option<PathBuf>,
     /// URL other members reach this master's control service at
