@@ -57,13 +57,23 @@ impl Answers {
 /// requests, each still to be checked as a client's (`Request::decode`).
 /// `None`: an ordinary command.
 pub fn forwarded_batch(bytes: &[u8]) -> Result<Option<Vec<Request>>, ControlError> {
-    let raw: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ControlError::BadCommand(format!("not JSON: {e}")))?;
-    if raw["command"]["kind"] != "batch" {
+    // Only the command's kind first (serde skips the rest without building
+    // it), and the typed envelope only for a batch.
+    #[derive(Deserialize)]
+    struct Peek {
+        command: Option<Kind>,
+    }
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: Option<String>,
+    }
+    let peek: Peek = serde_json::from_slice(bytes)
+        .map_err(|e| ControlError::BadCommand(format!("not a JSON object: {e}")))?;
+    if peek.command.and_then(|c| c.kind).as_deref() != Some("batch") {
         return Ok(None);
     }
     let envelope: Request =
-        serde_json::from_value(raw).map_err(|e| ControlError::BadCommand(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| ControlError::BadCommand(e.to_string()))?;
     if envelope.v == 0 || envelope.v > COMMAND_VERSION {
         return Err(ControlError::UnsupportedVersion {
             found: envelope.v,
@@ -77,8 +87,8 @@ pub fn forwarded_batch(bytes: &[u8]) -> Result<Option<Vec<Request>>, ControlErro
 }
 
 /// Checks one request of a forwarded batch as the leader would a client's.
-pub fn check_forwarded(request: &Request) -> Result<Request, ControlError> {
-    let request = Request::decode(&request.encode())?;
+pub fn check_forwarded(request: Request) -> Result<Request, ControlError> {
+    request.check()?;
     if !batch::batchable(&request.command) {
         return Err(ControlError::BadCommand(
             "execute, limit and batch commands are never forwarded in a batch".into(),
@@ -115,7 +125,7 @@ mod tests {
         let b = batch::envelope(vec![put.clone(), req(2, Command::Noop)], put.id.clone());
         let inner = forwarded_batch(&b.encode()).unwrap().unwrap();
         assert_eq!(inner.len(), 2);
-        assert_eq!(check_forwarded(&inner[0]).unwrap(), put);
+        assert_eq!(check_forwarded(inner[0].clone()).unwrap(), put);
         let empty = req(3, Command::Batch { requests: vec![] });
         assert!(forwarded_batch(&empty.encode()).is_err());
         assert!(forwarded_batch(b"{").is_err());
@@ -124,9 +134,9 @@ mod tests {
     #[test]
     fn entry_bound_commands_are_refused_inside() {
         let nested = req(1, Command::Batch { requests: vec![] });
-        assert!(check_forwarded(&nested).is_err());
+        assert!(check_forwarded(nested.clone()).is_err());
         let release = req(2, Command::Release { id: 4 });
-        assert!(check_forwarded(&release).is_ok());
+        assert!(check_forwarded(release.clone()).is_ok());
     }
 
     #[test]

@@ -473,7 +473,7 @@ impl ControlNode {
             )));
         }
         let one = |request: Request| async move {
-            let request = crate::forward::check_forwarded(&request)?;
+            let request = crate::forward::check_forwarded(request)?;
             self.check_targets(&request)?;
             let len = request.encode().len();
             let w = self
