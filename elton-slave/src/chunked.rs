@@ -21,7 +21,7 @@ use crate::http::{
     AppState, Slice, etag, immutable_headers, not_modified, object_response, unsatisfiable,
 };
 use crate::metrics::inc;
-use crate::read_ahead::{READ_AHEAD_BYTES, ReadAhead};
+use crate::read_ahead::{READ_AHEAD_BYTES, READ_AHEAD_FETCHES, ReadAhead};
 
 /// A chunked file as its manifest entry describes it.
 pub struct ChunkedFile {
@@ -75,6 +75,7 @@ pub async fn serve(
     let mut pieces = ReadAhead::new(
         pieces.into_iter().map(|p| (p.len, p)),
         READ_AHEAD_BYTES,
+        READ_AHEAD_FETCHES,
         fetcher.read_ahead_pool().clone(),
         move |p| {
             let fetcher = fetcher.clone();

@@ -39,6 +39,14 @@ pub const READ_AHEAD_BYTES: u64 = 64 << 20;
 /// reads at full read-ahead.
 pub const READ_AHEAD_POOL_BYTES: usize = 256 << 20;
 
+/// Fetches one response keeps on the network at once. Streams to the same
+/// peer share the link about evenly, so the piece the consumer waits for
+/// gets 1/n of it: with n unbounded, 64 MiB of later pieces land (and fill
+/// the budget, which stops the fetching) before a 4 MiB head does. 16
+/// chunks (1 MiB on average) cover the 12.5 MB product of 1 Gbit/s at
+/// 100 ms, and 16 chunks of at most 4 MiB are never more than the budget.
+pub const READ_AHEAD_FETCHES: usize = 16;
+
 /// The slave-wide allowance of read-ahead bytes.
 #[derive(Clone)]
 pub struct ReadAheadPool(Arc<Semaphore>);
@@ -78,6 +86,9 @@ impl<T> Drop for Task<T> {
 struct Running<T> {
     bytes: u64,
     task: Task<Result<T, SlaveError>>,
+    /// The task's result, once it finished (maybe before the pieces
+    /// ahead of it).
+    outcome: Option<Result<T, SlaveError>>,
     /// `None` for the piece read outside the pool.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -92,6 +103,9 @@ pub struct ReadAhead<I, F> {
     /// Bytes of `running`.
     ahead: u64,
     budget: u64,
+    /// Entries of `running` without an outcome, and their bound.
+    fetching: usize,
+    max_fetching: usize,
     pool: ReadAheadPool,
     fetch: F,
 }
@@ -101,10 +115,12 @@ where
     F: FnMut(I) -> Fut,
     Fut: Future<Output = Result<bytes::Bytes, SlaveError>> + Send + 'static,
 {
-    /// `items` with their sizes in bytes. Starts the first fetches at once.
+    /// `items` with their sizes in bytes; at most `max_fetching` of them
+    /// fetched at once. Starts the first fetches at once.
     pub fn new(
         items: impl IntoIterator<Item = (u64, I)>,
         budget: u64,
+        max_fetching: usize,
         pool: ReadAheadPool,
         fetch: F,
     ) -> Self {
@@ -113,6 +129,8 @@ where
             running: VecDeque::new(),
             ahead: 0,
             budget,
+            fetching: 0,
+            max_fetching: max_fetching.max(1),
             pool,
             fetch,
         };
@@ -120,13 +138,14 @@ where
         this
     }
 
-    /// Starts pieces while they fit in the budget and the pool; the next
-    /// piece the consumer needs is started in any case.
+    /// Starts pieces while they fit in the budget, the pool and the
+    /// fetches allowed; the next piece the consumer needs is started in any
+    /// case.
     fn fill(&mut self) {
         while let Some(&(bytes, _)) = self.todo.front() {
             let permit = if self.running.is_empty() {
                 None
-            } else if self.ahead + bytes > self.budget {
+            } else if self.ahead + bytes > self.budget || self.fetching >= self.max_fetching {
                 return;
             } else {
                 match self.pool.try_take(bytes) {
@@ -139,11 +158,26 @@ where
             };
             let task = Task(tokio::spawn((self.fetch)(item)));
             self.ahead += bytes;
+            self.fetching += 1;
             self.running.push_back(Running {
                 bytes,
                 task,
+                outcome: None,
                 _permit: permit,
             });
+        }
+    }
+
+    /// Collects the outcomes of finished fetches (in any order), which frees
+    /// their network slots; the unfinished ones wake `cx` when they finish.
+    fn collect(&mut self, cx: &mut Context<'_>) {
+        for r in self.running.iter_mut().filter(|r| r.outcome.is_none()) {
+            if let Poll::Ready(joined) = Pin::new(&mut r.task.0).poll(cx) {
+                r.outcome = Some(
+                    joined.unwrap_or_else(|e| Err(SlaveError::Io(format!("read-ahead task: {e}")))),
+                );
+                self.fetching -= 1;
+            }
         }
     }
 }
@@ -158,26 +192,38 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(head) = this.running.front_mut() else {
-            return Poll::Ready(None);
-        };
-        let joined = match Pin::new(&mut head.task.0).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(joined) => joined,
+        this.collect(cx);
+        // Slots freed by pieces that finished out of order go to the
+        // network now; the new fetches are polled so that they wake us too.
+        let before = this.running.len();
+        this.fill();
+        if this.running.len() > before {
+            this.collect(cx);
+        }
+        let item = match this.running.front_mut() {
+            None => return Poll::Ready(None),
+            Some(head) => match head.outcome.take() {
+                None => return Poll::Pending,
+                Some(item) => item,
+            },
         };
         if let Some(done) = this.running.pop_front() {
             this.ahead -= done.bytes;
         }
-        let item = joined.unwrap_or_else(|e| Err(SlaveError::Io(format!("read-ahead task: {e}"))));
         if item.is_err() {
             // What follows an error is never served; stop fetching it.
             this.todo.clear();
             this.running.clear();
             this.ahead = 0;
+            this.fetching = 0;
         } else {
             // Before handing the piece out: the freed budget goes to the
             // network at once, not after the consumer's next poll.
+            let before = this.running.len();
             this.fill();
+            if this.running.len() > before {
+                this.collect(cx);
+            }
         }
         Poll::Ready(Some(item))
     }
@@ -255,22 +301,28 @@ mod tests {
         let mut s = ReadAhead::new(
             pieces(&[MIB; 200]),
             READ_AHEAD_BYTES,
+            READ_AHEAD_FETCHES,
             ReadAheadPool::default(),
             p.fetch(),
         );
+        // The consumer waits on the stream, as a response body does.
+        let consumer = p.clone();
+        let reader = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Some(b) = s.next().await {
+                let b = b.unwrap();
+                assert_eq!(b[0], next as u8, "in order");
+                next += 1;
+                consumer.handed_out(&b);
+            }
+            next
+        });
         wait_started(&p, 64).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(p.started.lock().unwrap().len(), 64);
         assert_eq!(p.most.load(Ordering::SeqCst), READ_AHEAD_BYTES);
         p.release_head.notify_one();
-        let mut next = 0u8;
-        while let Some(b) = s.next().await {
-            let b = b.unwrap();
-            assert_eq!(b[0], next, "in order");
-            next = next.wrapping_add(1);
-            p.handed_out(&b);
-        }
-        assert_eq!(next as usize, 200);
+        assert_eq!(reader.await.unwrap(), 200);
         assert!(p.most.load(Ordering::SeqCst) <= READ_AHEAD_BYTES);
     }
 
@@ -281,6 +333,7 @@ mod tests {
         let _s = ReadAhead::new(
             pieces(&[4 * MIB; 40]),
             READ_AHEAD_BYTES,
+            READ_AHEAD_FETCHES,
             ReadAheadPool::default(),
             p.fetch(),
         );
@@ -290,16 +343,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_most_the_allowed_fetches_are_on_the_network_at_once() {
+        let started = Arc::new(AtomicU64::new(0));
+        let st = started.clone();
+        let mut s = ReadAhead::new(
+            (0..100).map(|i| (256 << 10, i)),
+            READ_AHEAD_BYTES,
+            READ_AHEAD_FETCHES,
+            ReadAheadPool::default(),
+            move |i: u64| {
+                st.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // The head is late; the others finish and free their slots.
+                    let wait = if i == 0 { 200 } else { 1 };
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    Ok(Bytes::from(vec![0u8; 256 << 10]))
+                }
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(started.load(Ordering::SeqCst), READ_AHEAD_FETCHES as u64);
+        let mut n = 0;
+        while let Some(b) = s.next().await {
+            b.unwrap();
+            n += 1;
+            if n == 1 {
+                // While the head was late, the pieces that finished were
+                // replaced up to the byte budget (polling collects them).
+                let ahead = started.load(Ordering::SeqCst);
+                assert!(ahead > READ_AHEAD_FETCHES as u64, "{ahead}");
+            }
+        }
+        assert_eq!(n, 100);
+    }
+
+    #[tokio::test]
     async fn an_empty_pool_still_lets_each_response_fetch_its_next_piece() {
         let pool = ReadAheadPool::new(3 * MIB as usize);
         let a = Probe::default();
         let b = Probe::default();
-        let mut sa = ReadAhead::new(pieces(&[MIB; 8]), READ_AHEAD_BYTES, pool.clone(), a.fetch());
+        let mut sa = ReadAhead::new(
+            pieces(&[MIB; 8]),
+            READ_AHEAD_BYTES,
+            16,
+            pool.clone(),
+            a.fetch(),
+        );
         wait_started(&a, 4).await;
         // One outside the pool, three from it.
         assert_eq!(a.started.lock().unwrap().len(), 4);
         assert_eq!(pool.available(), 0);
-        let mut sb = ReadAhead::new(pieces(&[MIB; 3]), READ_AHEAD_BYTES, pool.clone(), b.fetch());
+        let mut sb = ReadAhead::new(
+            pieces(&[MIB; 3]),
+            READ_AHEAD_BYTES,
+            16,
+            pool.clone(),
+            b.fetch(),
+        );
         b.release_head.notify_one();
         let mut got = 0;
         while let Some(r) = sb.next().await {
@@ -330,7 +430,7 @@ mod tests {
                 }
             }
         };
-        let mut s = ReadAhead::new((0..10).map(|i| (MIB, i)), 4 * MIB, pool.clone(), fetch);
+        let mut s = ReadAhead::new((0..10).map(|i| (MIB, i)), 4 * MIB, 16, pool.clone(), fetch);
         assert!(s.next().await.unwrap().is_ok());
         assert!(s.next().await.unwrap().is_err());
         assert!(s.next().await.is_none(), "nothing after an error");
@@ -343,6 +443,7 @@ mod tests {
         let s = ReadAhead::new(
             (0..10).map(|i| (MIB, i + 2)),
             4 * MIB,
+            16,
             pool.clone(),
             |_| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
