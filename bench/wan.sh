@@ -31,7 +31,9 @@
 #
 # Tunables: THESIS_MIB (64), READS (3), TPUT_MIB (256), ROUNDS (3),
 # EDIT_MIB (256), LATENCY_MS (0, added by both links), RATE (unlimited,
-# bytes/s per link direction), ELTON_BIN / LINK_BIN (skip the build).
+# bytes/s per link direction), ELTON_BIN / LINK_BIN (skip the build),
+# KEEP_LOGS=DIR (the servers' logs are copied there at the end; with e.g.
+# ELTON_LOG=info,elton_slave=debug for per-chunk timestamps).
 
 set -euo pipefail
 

@@ -9,7 +9,9 @@
 //! too, as they sit in memory; the budget is set well above the product so
 //! that such a wait does not starve the link (a count of 16 pieces, done or
 //! not, left less than the product in flight a third of the time; see
-//! `docs/benchmarks.md`, "Multi-cluster").
+//! `docs/benchmarks.md`, "Multi-cluster"). Fetches on the network are
+//! bounded by count as well ([`READ_AHEAD_FETCHES`]), so that the piece the
+//! consumer waits for keeps a fair share of the link.
 //!
 //! Memory: every piece beyond the one a response needs next takes its bytes
 //! from a pool shared by the whole slave ([`ReadAheadPool`]). When the pool
