@@ -93,6 +93,10 @@ bench_cleanup() {
         fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+    # KEEP_LOGS=DIR: the servers' logs outlive the run (e.g. with ELTON_LOG=debug).
+    if [[ -n "${KEEP_LOGS:-}" && -n "$WORK" ]]; then
+        mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$KEEP_LOGS"/ 2>/dev/null || true
+    fi
     if [[ -n "$WORK" ]]; then rm -rf "$WORK"; fi
     exit "$rc"
 }

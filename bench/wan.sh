@@ -31,7 +31,9 @@
 #
 # Tunables: THESIS_MIB (64), READS (3), TPUT_MIB (256), ROUNDS (3),
 # EDIT_MIB (256), LATENCY_MS (0, added by both links), RATE (unlimited,
-# bytes/s per link direction), ELTON_BIN / LINK_BIN (skip the build).
+# bytes/s per link direction), ELTON_BIN / LINK_BIN (skip the build),
+# KEEP_LOGS=DIR (the servers' logs are copied there at the end; with e.g.
+# ELTON_LOG=info,elton_slave=debug for per-chunk timestamps).
 
 set -euo pipefail
 
@@ -160,8 +162,9 @@ machine_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 rate_and_cpu() { # t0 t1 busy0 busy1 -> "MiB/s CPU-seconds"
     python3 -c "import sys; t0,t1,c0,c1=map(float,sys.argv[1:]); print(f'{$TPUT_MIB / (t1 - t0):.0f} {(c1 - c0) / 100:.2f}')" "$@"
 }
-read_b() { # url-path -> downloads from B's slave into $WORK/got, checks it
-    curl -fsS -o "$WORK/got" "http://127.0.0.1:$SB$1" || die "read of $1 in B failed"
+read_b() { # url-path -> downloads from B's slave into $WORK/got; the time to its first byte in $WORK/ttfb
+    curl -fsS -o "$WORK/got" -w '%{time_starttransfer}' "http://127.0.0.1:$SB$1" >"$WORK/ttfb" ||
+        die "read of $1 in B failed"
 }
 
 # --- 1. the thesis scenario ----------------------------------------------------
@@ -203,7 +206,8 @@ for r in $(seq "$ROUNDS"); do
     }
     run_p() {
         local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
-        curl -fsS -o "$WORK/got" "http://127.0.0.1:$LPLAIN/v1/volumes/tput-$r/1/big.bin" || die "plain download failed"
+        curl -fsS -o "$WORK/got" -w '%{time_starttransfer}' "http://127.0.0.1:$LPLAIN/v1/volumes/tput-$r/1/big.bin" \
+            >"$WORK/ttfb-plain" || die "plain download failed"
         t1=$(seconds); c1=$(machine_busy)
         rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
@@ -222,6 +226,10 @@ for r in $(seq "$ROUNDS"); do
     tput_e+=("$e"); tput_p+=("$p")
     tput_r+=("$(ratio "$e" "$p")")
     log "round $r: elton cold read $e MiB/s ($e_cpu CPU-s), plain download $p MiB/s ($p_cpu CPU-s), through 4 proxies $c MiB/s ($c_cpu CPU-s)"
+    # The first byte waits for the version record, the manifests on the
+    # path and the recipe before the first chunk: round trips that the plain
+    # download does not make.
+    log "round $r: first byte after: elton $(cat "$WORK/ttfb") s, plain $(cat "$WORK/ttfb-plain") s"
 done
 
 # --- 3. the 1-byte edit -------------------------------------------------------------

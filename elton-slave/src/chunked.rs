@@ -2,7 +2,8 @@
 //! bytes are the recipe's chunks in order, each opened through the fetcher
 //! (local store, else fetched through the master and verified). A range
 //! touches only the chunks it overlaps, so a reader of a slice of a large
-//! file fetches only that slice's chunks.
+//! file fetches only that slice's chunks. The chunks after the one being
+//! sent are fetched ahead, up to a budget in bytes ([`crate::read_ahead`]).
 
 use std::sync::Arc;
 
@@ -20,11 +21,7 @@ use crate::http::{
     AppState, Slice, etag, immutable_headers, not_modified, object_response, unsatisfiable,
 };
 use crate::metrics::inc;
-
-/// Chunks opened (and fetched if missing) ahead of the one being sent, so
-/// that a cold sequential read keeps several transfers in flight. Bounds a
-/// response's memory to this many chunks.
-const PREFETCH: usize = 16;
+use crate::read_ahead::{READ_AHEAD_BYTES, READ_AHEAD_FETCHES, ReadAhead};
 
 /// A chunked file as its manifest entry describes it.
 pub struct ChunkedFile {
@@ -72,9 +69,24 @@ pub async fn serve(
         ));
     }
     let pieces = recipe.pieces(r.start, r.len);
-    // The first chunk is read before answering, so that the common failures
-    // (no holder, master down) become an error status instead of a cut body.
-    let Some((first, rest)) = pieces.split_first() else {
+    let fetcher = state.fetcher.clone();
+    let volume = volume.cloned();
+    let recipe_id = file.recipe;
+    let mut pieces = ReadAhead::new(
+        pieces.into_iter().map(|p| (p.len, p)),
+        READ_AHEAD_BYTES,
+        READ_AHEAD_FETCHES,
+        fetcher.read_ahead_pool().clone(),
+        move |p| {
+            let fetcher = fetcher.clone();
+            let volume = volume.clone();
+            async move { read_piece(&fetcher, recipe_id, p, volume.as_ref()).await }
+        },
+    );
+    // The first piece is awaited before answering, so that the common
+    // failures (no holder, master down) become an error status instead of a
+    // cut body; the ones after it are already on their way.
+    let Some(head) = pieces.next().await else {
         return Ok(object_response(
             Body::empty(),
             &tag,
@@ -83,25 +95,15 @@ pub async fn serve(
             recipe.size,
         ));
     };
-    let fetcher = state.fetcher.clone();
-    let volume = volume.cloned();
-    let head = read_piece(&fetcher, file.recipe, *first, volume.as_ref()).await?;
+    let head = head?;
     inc(&state.metrics.http_bytes_served_total, r.len);
-    let recipe_id = file.recipe;
-    let tail = futures::stream::iter(rest.to_vec())
-        .map(move |p| {
-            let fetcher = fetcher.clone();
-            let volume = volume.clone();
-            async move { read_piece(&fetcher, recipe_id, p, volume.as_ref()).await }
-        })
-        .buffered(PREFETCH)
-        .inspect(|r| {
-            if let Err(e) = r {
-                // The status is already sent: the client sees the body end
-                // short of Content-Length, never bytes that are not the file's.
-                tracing::warn!("chunked response aborted: {e}");
-            }
-        });
+    let tail = pieces.inspect(|r| {
+        if let Err(e) = r {
+            // The status is already sent: the client sees the body end
+            // short of Content-Length, never bytes that are not the file's.
+            tracing::warn!("chunked response aborted: {e}");
+        }
+    });
     let body = futures::stream::once(async move { Ok::<_, SlaveError>(head) }).chain(tail);
     Ok(object_response(
         Body::from_stream(body),

@@ -23,6 +23,7 @@ use crate::SlaveError;
 use crate::hot::HotCache;
 use crate::master_link::MasterLink;
 use crate::metrics::{Metrics, inc};
+use crate::read_ahead::ReadAheadPool;
 use crate::store::ObjectStore;
 use crate::turns::{Turn, Turns};
 
@@ -70,6 +71,7 @@ pub struct Fetcher {
     metrics: Arc<Metrics>,
     turns: Turns,
     background: Arc<Semaphore>,
+    read_ahead: ReadAheadPool,
 }
 
 impl Fetcher {
@@ -81,11 +83,17 @@ impl Fetcher {
             metrics,
             turns: Turns::default(),
             background: Arc::new(Semaphore::new(BACKGROUND_STORES)),
+            read_ahead: ReadAheadPool::default(),
         }
     }
 
     pub fn store(&self) -> &Arc<ObjectStore> {
         &self.store
+    }
+
+    /// The slave-wide allowance of chunked responses' read-ahead.
+    pub fn read_ahead_pool(&self) -> &ReadAheadPool {
+        &self.read_ahead
     }
 
     /// A small object from memory, if it is there.

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod mount_copies;
 pub mod quarantine;
 pub mod range;
+pub mod read_ahead;
 pub mod scrub;
 pub mod scrub_pace;
 pub mod serve;
