@@ -286,7 +286,7 @@ impl Command {
 }
 
 /// Refuses a command version this build does not speak.
-fn check_version(v: u32) -> Result<(), ControlError> {
+pub(crate) fn check_version(v: u32) -> Result<(), ControlError> {
     if v == 0 || v > COMMAND_VERSION {
         return Err(ControlError::UnsupportedVersion {
             found: v,

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch;
-use crate::command::{COMMAND_VERSION, Command, Request, Response};
+use crate::command::{Command, Request, Response, check_version};
 use crate::error::ControlError;
 
 /// One request's outcome in a forwarded batch's answer.
@@ -74,12 +74,7 @@ pub fn forwarded_batch(bytes: &[u8]) -> Result<Option<Vec<Request>>, ControlErro
     }
     let envelope: Request =
         serde_json::from_slice(bytes).map_err(|e| ControlError::BadCommand(e.to_string()))?;
-    if envelope.v == 0 || envelope.v > COMMAND_VERSION {
-        return Err(ControlError::UnsupportedVersion {
-            found: envelope.v,
-            supported: COMMAND_VERSION,
-        });
-    }
+    check_version(envelope.v)?;
     match envelope.command {
         Command::Batch { requests } if !requests.is_empty() => Ok(Some(requests)),
         _ => Err(ControlError::BadCommand("an empty forwarded batch".into())),

@@ -103,14 +103,22 @@ async fn log_and_vote_survive_a_restart() -> Result<(), Box<dyn std::error::Erro
     let state = log.get_log_state().await?;
     assert_eq!(state.last_purged_log_id, Some(log_id(2)));
     assert_eq!(state.last_log_id, Some(log_id(4)));
-    let got: Vec<u64> = log
-        .try_get_log_entries(0..100)
+    let got = indexes(&mut log, 0..100).await?;
+    assert_eq!(got, [3, 4]);
+    Ok(())
+}
+
+/// The indexes of the entries the log holds in `range`.
+async fn indexes(
+    log: &mut elton_control::LogStore,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+    Ok(log
+        .try_get_log_entries(range)
         .await?
         .iter()
         .map(|e| e.log_id.index)
-        .collect();
-    assert_eq!(got, [3, 4]);
-    Ok(())
+        .collect())
 }
 
 async fn append_one(
@@ -215,12 +223,7 @@ async fn queued_appends_are_all_durable() -> Result<(), Box<dyn std::error::Erro
         }
     }
     let (mut log, _sm) = open_store(&path)?;
-    let got: Vec<u64> = log
-        .try_get_log_entries(0..1000)
-        .await?
-        .iter()
-        .map(|e| e.log_id.index)
-        .collect();
+    let got = indexes(&mut log, 0..1000).await?;
     assert_eq!(got, (1..=200).collect::<Vec<u64>>());
     Ok(())
 }
@@ -394,12 +397,7 @@ async fn a_format_1_store_is_migrated_also_after_a_cut_migration()
         let state = log.get_log_state().await?;
         assert_eq!(state.last_purged_log_id, Some(log_id(1)));
         assert_eq!(state.last_log_id, Some(log_id(3)));
-        let got: Vec<u64> = log
-            .try_get_log_entries(0..10)
-            .await?
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
+        let got = indexes(&mut log, 0..10).await?;
         assert_eq!(got, [2, 3]);
         append_one(&mut log, put(4, "c", 3, "k", "c")).await?;
     }
@@ -416,12 +414,7 @@ async fn a_format_1_store_is_migrated_also_after_a_cut_migration()
         assert!(txn.open_table(log_def).is_err(), "the log table is gone");
     }
     let (mut log, _sm) = open_store(&path)?;
-    let got: Vec<u64> = log
-        .try_get_log_entries(0..10)
-        .await?
-        .iter()
-        .map(|e| e.log_id.index)
-        .collect();
+    let got = indexes(&mut log, 0..10).await?;
     assert_eq!(got, [2, 3, 4]);
     Ok(())
 }

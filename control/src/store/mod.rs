@@ -114,6 +114,8 @@ fn orphan_log(dir: &Path) -> ControlError {
 }
 
 fn read_format(db: &Database) -> Result<Option<u64>, ControlError> {
+    // A write transaction, aborted: in a new file `meta` does not exist
+    // yet, and a read transaction could not open it.
     let txn = db.begin_write()?;
     let found = {
         let meta = txn.open_table(META)?;
@@ -168,32 +170,31 @@ fn migrate_v1(db: &Database, dir: &Path) -> Result<(), ControlError> {
             let row = |key: &str| -> Result<Option<Vec<u8>>, ControlError> {
                 Ok(meta.get(key)?.map(|v| v.value().to_vec()))
             };
-            let vote: Option<Vote> = match row(KEY_VOTE_V1)? {
-                Some(b) => Some(log_store::decode("vote", &b)?),
-                None => None,
-            };
-            let committed: Option<LogId> = match row(KEY_COMMITTED_V1)? {
-                Some(b) => log_store::decode::<Option<LogId>>("committed", &b)?,
-                None => None,
-            };
-            let purged: Option<LogId> = match row(KEY_LAST_PURGED_V1)? {
-                Some(b) => Some(log_store::decode("last_purged", &b)?),
-                None => None,
-            };
+            let vote: Option<Vote> = row(KEY_VOTE_V1)?
+                .map(|b| log_store::decode("vote", &b))
+                .transpose()?;
+            let committed: Option<LogId> = row(KEY_COMMITTED_V1)?
+                .map(|b| log_store::decode::<Option<LogId>>("committed", &b))
+                .transpose()?
+                .flatten();
+            let purged: Option<LogId> = row(KEY_LAST_PURGED_V1)?
+                .map(|b| log_store::decode("last_purged", &b))
+                .transpose()?;
+            // A write transaction: a missing table opens empty (and the
+            // transaction is aborted), any other failure is an error, never
+            // an empty log.
             let mut entries = Vec::new();
-            if let Ok(log) = txn.open_table(LOG_V1) {
-                for item in log.iter()? {
-                    let (k, v) = item?;
-                    let e: Entry = log_store::decode("log entry", v.value())?;
-                    if e.log_id.index != k.value() {
-                        return Err(ControlError::Corrupt(format!(
-                            "log row {} holds entry {}",
-                            k.value(),
-                            e.log_id.index
-                        )));
-                    }
-                    entries.push(e);
+            for item in txn.open_table(LOG_V1)?.iter()? {
+                let (k, v) = item?;
+                let e: Entry = log_store::decode("log entry", v.value())?;
+                if e.log_id.index != k.value() {
+                    return Err(ControlError::Corrupt(format!(
+                        "log row {} holds entry {}",
+                        k.value(),
+                        e.log_id.index
+                    )));
                 }
+                entries.push(e);
             }
             (vote, committed, purged, entries)
         };
