@@ -120,12 +120,14 @@ impl ControlNode {
     /// Runs the executions this member is a target of, as they are
     /// applied, and reports each result through the group. Unreported ones
     /// (the group had no leader, this member restarted) are tried again on
-    /// the next applied entry or after a pause. Ends with the member.
+    /// the next change to the executions or after a pause. Ends with the
+    /// member.
     async fn run_executions(node: std::sync::Weak<Self>) {
-        let Some(mut applied) = node.upgrade().map(|n| n.reader.watch_applied()) else {
+        let Some(mut epochs) = node.upgrade().map(|n| n.reader.watch_epochs()) else {
             return;
         };
         loop {
+            let seen = epochs.borrow_and_update().executions;
             let Some(n) = node.upgrade() else { return };
             for e in n.reader.owed_executions(n.id) {
                 let action = e.action.clone();
@@ -142,9 +144,14 @@ impl ControlNode {
             }
             let pause = n.settings.leader_wait;
             drop(n);
-            // Woken by the next applied entry; the timeout retries reports
-            // that failed while nothing else happens.
-            let _ = tokio::time::timeout(pause, applied.changed()).await;
+            // Woken by a new execution (or report); the timeout retries
+            // reports that failed while nothing else happens. A closed
+            // channel (the store is gone) must not spin.
+            let changed = epochs.wait_for(|e| e.executions != seen);
+            let closed = matches!(tokio::time::timeout(pause, changed).await, Ok(Err(_)));
+            if closed {
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 
@@ -177,8 +184,8 @@ impl ControlNode {
     }
 
     /// drcond on this host: makes its cgroups match the limits it must
-    /// apply, on every applied entry (a new or released limit takes effect
-    /// at once) and every [`RECONCILE_TICK`] (processes that started
+    /// apply, whenever the limits change (a new or released limit takes
+    /// effect at once) and every [`RECONCILE_TICK`] (processes that started
     /// since). Off where cgroups are not available.
     async fn run_reconciler(node: std::sync::Weak<Self>) {
         let Some(n) = node.upgrade() else { return };
@@ -195,10 +202,11 @@ impl ControlNode {
                 return;
             }
         };
-        let mut applied = n.reader.watch_applied();
+        let mut epochs = n.reader.watch_epochs();
         drop(n);
         let mut last_errors = Vec::new();
         loop {
+            let seen = epochs.borrow_and_update().limits;
             let Some(n) = node.upgrade() else { return };
             let limits = crate::drcond::plan::for_host(&n.reader.limits(), n.id);
             drop(n);
@@ -217,7 +225,12 @@ impl ControlNode {
                 last_errors = errors;
             }
             // A closed channel (the store is gone) must not spin.
-            if let Ok(Err(_)) = tokio::time::timeout(RECONCILE_TICK, applied.changed()).await {
+            let changed = epochs.wait_for(|e| e.limits != seen);
+            let closed = matches!(
+                tokio::time::timeout(RECONCILE_TICK, changed).await,
+                Ok(Err(_))
+            );
+            if closed {
                 tokio::time::sleep(RECONCILE_TICK).await;
             }
         }
@@ -302,6 +315,17 @@ impl ControlNode {
 
     /// The leader as this member knows it, waiting out an election.
     async fn wait_leader(&self) -> Result<(NodeId, Member), NodeError> {
+        // Every write asks; while there is a leader, a look at the metrics
+        // answers without the copy of them a wait makes.
+        {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if let Some(leader) = m.current_leader
+                && let Some(member) = m.membership_config.membership().get_node(&leader)
+            {
+                return Ok((leader, member.clone()));
+            }
+        }
         let wait = self
             .raft
             .wait(Some(self.settings.leader_wait))
@@ -466,7 +490,7 @@ impl ControlNode {
         &self,
         requests: Vec<Request>,
     ) -> Result<SubmitResponse, NodeError> {
-        if self.metrics().current_leader != Some(self.id) {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
             return Err(NodeError::Unavailable(format!(
                 "{} is not the leader",
                 self.me.name
@@ -535,9 +559,6 @@ impl ControlNode {
     /// Members a command names must be in the group now (they may still
     /// leave before it applies; the state machine then rejects it).
     fn check_targets(&self, request: &Request) -> Result<(), NodeError> {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        let known = |id: &NodeId| membership.get_node(id).is_some();
         let named: Vec<NodeId> = match &request.command {
             Command::Execute {
                 targets: Targets::Nodes { ids },
@@ -550,6 +571,13 @@ impl ControlNode {
             },
             _ => Vec::new(),
         };
+        if named.is_empty() {
+            return Ok(());
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let known = |id: &NodeId| membership.get_node(id).is_some();
         match named.into_iter().find(|id| !known(id)) {
             Some(id) => Err(NodeError::NotFound(format!(
                 "member {id} is not in the control group (see `elton control status`)"

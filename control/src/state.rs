@@ -50,6 +50,22 @@ pub struct Changes {
     pub fleet: bool,
 }
 
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn merge(&mut self, other: Changes) {
+        self.kv.extend(other.kv);
+        self.sessions.extend(other.sessions);
+        self.responses.extend(other.responses);
+        self.executions.extend(other.executions);
+        self.limits.extend(other.limits);
+        self.apps.extend(other.apps);
+        self.fleet |= other.fleet;
+    }
+}
+
 /// Everything the group agreed on, as of `last_applied`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -76,12 +92,53 @@ pub struct State {
     pub applied_requests: u64,
     #[serde(skip)]
     changes: Changes,
+    #[serde(skip)]
+    epochs: Epochs,
+}
+
+/// How many times the rows that hosts act on (drcond's limits, executions)
+/// changed in this process, so that a host's loops wake when there is
+/// something for them, not on every applied write. Local, not agreed: not
+/// in snapshots or digests, and counted from zero at start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Epochs {
+    pub limits: u64,
+    pub executions: u64,
 }
 
 impl State {
     /// The rows changed since the last call, leaving none.
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Puts back changes taken by [`State::take_changes`] that could not be
+    /// written, so that the next write covers them.
+    pub fn restore_changes(&mut self, taken: Changes) {
+        self.changes.merge(taken);
+    }
+
+    pub fn epochs(&self) -> Epochs {
+        self.epochs
+    }
+
+    /// Carries the epochs of the state this one replaces forward, one
+    /// step further: after a snapshot install, anything may have changed.
+    pub fn follow_epochs(&mut self, replaced: Epochs) {
+        self.epochs = Epochs {
+            limits: replaced.limits + 1,
+            executions: replaced.executions + 1,
+        };
+    }
+
+    fn limit_changed(&mut self, id: u64) {
+        self.changes.limits.insert(id);
+        self.epochs.limits += 1;
+    }
+
+    fn execution_changed(&mut self, exec: u64) {
+        self.changes.executions.insert(exec);
+        self.epochs.executions += 1;
     }
 
     /// The first response recorded for a request, if it is still kept.
@@ -249,10 +306,10 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
                     reports: BTreeMap::new(),
                 },
             );
-            state.changes.executions.insert(index);
+            state.execution_changed(index);
             while state.executions.len() > MAX_EXECUTIONS {
                 if let Some((old, _)) = state.executions.pop_first() {
-                    state.changes.executions.insert(old);
+                    state.execution_changed(old);
                 }
             }
             Response::Executing {
@@ -280,7 +337,7 @@ fn apply_command(state: &mut State, index: u64, command: &Command) -> Response {
                     reason: format!("no limit {id} (never set, or already released)"),
                 };
             }
-            state.changes.limits.insert(*id);
+            state.limit_changed(*id);
             Response::Released { id: *id }
         }
         Command::AppCreate { spec } => match apps::config::create(&state.apps, spec, index) {
@@ -379,7 +436,7 @@ fn limit(state: &mut State, index: u64, spec: &LimitSpec, expires_at_ms: Option<
             expires_at_ms,
         },
     );
-    state.changes.limits.insert(index);
+    state.limit_changed(index);
     Response::Limited {
         id: index,
         hosts,
@@ -404,7 +461,7 @@ fn report(state: &mut State, exec: u64, node: NodeId, result: &NodeResult) -> Re
         };
     }
     execution.reports.insert(node, result.clone());
-    state.changes.executions.insert(exec);
+    state.execution_changed(exec);
     Response::Reported { exec, node }
 }
 

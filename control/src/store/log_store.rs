@@ -15,13 +15,13 @@ use std::sync::mpsc::Sender;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
-use redb::Database;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::blocking;
 use super::log_writer::{self, Op, Pending};
+use super::state_machine::Persister;
 use super::wal::{Appender, Wal};
 use crate::error::ControlError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -69,14 +69,14 @@ impl LogStore {
     pub(crate) fn new(
         wal: Arc<Wal>,
         appender: Appender,
-        db: Arc<Database>,
+        persister: Arc<Persister>,
     ) -> Result<Self, ControlError> {
         let pending = Arc::new(Pending::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let (w, p) = (wal.clone(), pending.clone());
         let thread = std::thread::Builder::new()
             .name("control-log".into())
-            .spawn(move || log_writer::run(w, appender, db, p, rx))?;
+            .spawn(move || log_writer::run(w, appender, persister, p, rx))?;
         Ok(Self {
             wal,
             pending,

@@ -17,9 +17,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use openraft::storage::LogFlushed;
-use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
+use super::state_machine::Persister;
 use super::wal::{Appender, Change, Wal};
 use crate::error::ControlError;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
@@ -107,12 +107,12 @@ pub(crate) enum Op {
 /// before the writer flushes the log by itself.
 pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(10);
 
-/// The writer thread's loop: runs until every sender is gone. `db` is the
-/// state machine's file, made durable before a purge (below).
+/// The writer thread's loop: runs until every sender is gone. `persister`
+/// writes the state machine's file, flushed before a purge (below).
 pub(crate) fn run(
     wal: Arc<Wal>,
     mut appender: Appender,
-    db: Arc<Database>,
+    persister: Arc<Persister>,
     pending: Arc<Pending>,
     rx: Receiver<Op>,
 ) {
@@ -150,7 +150,7 @@ pub(crate) fn run(
             }
         }
         let durable = batch.iter().any(|op| !matches!(op, Op::Committed { .. }));
-        let result = write(&wal, &mut appender, &db, &batch, durable);
+        let result = write(&wal, &mut appender, &persister, &batch, durable);
         if result.is_ok() {
             unflushed = !durable;
             let ids: Vec<LogId> = batch
@@ -189,23 +189,21 @@ pub(crate) fn run(
 
 /// Writes `batch` in order as one log write.
 ///
-/// Before a purge, the state machine's file is made durable: its applies
-/// are committed without a flush (`state_machine.rs`), and once the log no
-/// longer holds the purged entries, nothing could re-apply what a crash
-/// took from it. openraft purges only entries a built snapshot (a durable
-/// commit) covers, so this normally finds nothing left to flush; it makes
-/// the log's safety independent of that.
+/// Before a purge, the state machine's applies are written to its file
+/// durably: they live in memory until a flush (`state_machine.rs`), and
+/// once the log no longer holds the purged entries, nothing could re-apply
+/// what a crash took from it. openraft purges only entries a built snapshot
+/// covers; the snapshot is a copy beside the rows, not the rows, so this
+/// flush is what keeps the log's safety.
 fn write(
     wal: &Wal,
     appender: &mut Appender,
-    db: &Database,
+    persister: &Persister,
     batch: &[Op],
     durable: bool,
 ) -> Result<(), ControlError> {
     if batch.iter().any(|op| matches!(op, Op::Purge { .. })) {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.commit()?;
+        persister.flush()?;
     }
     let mut changes = Vec::with_capacity(batch.len());
     for op in batch {

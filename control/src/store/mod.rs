@@ -2,12 +2,12 @@
 //! control log (`<name>.wal/`, append-only segments, [`wal`]), and the
 //! state machine in `<name>.redb` (layouts in `docs/formats.md` §12.2).
 //!
-//! The state machine's commits skip the fsync: after a crash it is at worst
-//! behind the durable log, and openraft re-applies the committed tail. The
-//! log therefore must hold every entry the state machine's durable state
-//! has not: a background flush makes the applies durable within
-//! 50 ms (`state_machine/flusher.rs`), and the log writer makes them durable
-//! before any purge.
+//! The state machine's file follows its in-memory state: after a crash it
+//! is at worst behind the durable log, and openraft re-applies the committed
+//! tail. The log therefore must hold every entry the file has not: a
+//! background flush writes the applies within 50 ms
+//! (`state_machine/flusher.rs`), and the log writer flushes them before any
+//! purge.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,8 +70,8 @@ pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), ControlE
     let db = Arc::new(Database::create(path)?);
     prepare(&db, &dir)?;
     let (wal, appender) = wal::Wal::open(&dir)?;
-    let log = LogStore::new(wal, appender, db.clone())?;
     let sm = StateMachineStore::load(db)?;
+    let log = LogStore::new(wal, appender, sm.persister())?;
     Ok((log, sm))
 }
 

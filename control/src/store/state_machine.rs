@@ -1,12 +1,15 @@
-//! The state machine's persistence: entries go through the pure
-//! [`crate::state::apply`] on an in-memory [`State`], and the rows it
-//! changed are written to `control.redb` in the same batch.
+//! The state machine: entries go through the pure [`crate::state::apply`]
+//! on an in-memory [`State`]; [`persister`] writes the rows they changed to
+//! `control.redb`, many applies at a time.
 //!
-//! Applies are committed without an fsync: a crash may lose the latest
-//! applied batches, and openraft re-applies them from the durable log (the
-//! exactly-once table is part of the same rows, so a re-applied request is
-//! recognised as new only if its first application was lost too). Snapshot
-//! installs are durable, since they replace state the log no longer has.
+//! An apply touches no file, so it runs on openraft's state machine task
+//! with no hop to a blocking thread. The file follows within
+//! [`flusher::FLUSH_EVERY`] (and before any purge of the log, and on
+//! shutdown): a crash loses at most that much of the applied state, which
+//! openraft re-applies from the durable log; the exactly-once rows are
+//! written with `last_applied`, so a re-applied request is new only if its
+//! first application was lost too. Snapshot installs are durable at once,
+//! since they replace state the log no longer has.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,16 +28,18 @@ use crate::apps::App;
 use crate::drcond::Limit;
 use crate::error::ControlError;
 use crate::execution::Execution;
-use crate::state::{self, Changes, Session, State};
+use crate::state::{self, Epochs, Session, State};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 mod flusher;
+mod persister;
 mod reader;
 
 use flusher::Flusher;
 
+pub(crate) use persister::Persister;
 pub use reader::StateReader;
 
 /// `sm_meta`: "last_applied", "membership", "applied_requests" (JSON).
@@ -82,9 +87,10 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), ControlError> 
 
 /// openraft's `RaftStateMachine` over `control.redb`.
 pub struct StateMachineStore {
-    db: Arc<Database>,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<Option<LogId>>,
+    epochs: watch::Sender<Epochs>,
+    persister: Arc<Persister>,
     flusher: Arc<Flusher>,
 }
 
@@ -96,13 +102,20 @@ pub struct SnapshotBuilder {
 
 impl StateMachineStore {
     pub(crate) fn load(db: Arc<Database>) -> Result<Self, ControlError> {
-        let state = load_state(&db)?;
-        let (applied, _) = watch::channel(state.last_applied);
-        let flusher = Arc::new(Flusher::start(db.clone())?);
+        let state = Arc::new(RwLock::new(load_state(&db)?));
+        let last_applied = state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_applied;
+        let (applied, _) = watch::channel(last_applied);
+        let (epochs, _) = watch::channel(Epochs::default());
+        let persister = Arc::new(Persister::new(db, state.clone()));
+        let flusher = Arc::new(Flusher::start(persister.clone())?);
         Ok(Self {
-            db,
-            state: Arc::new(RwLock::new(state)),
+            state,
             applied,
+            epochs,
+            persister,
             flusher,
         })
     }
@@ -110,7 +123,17 @@ impl StateMachineStore {
     /// A read handle on the applied state; stays valid after this store is
     /// handed to openraft.
     pub fn reader(&self) -> StateReader {
-        StateReader::new(self.state.clone(), self.applied.subscribe())
+        StateReader::new(
+            self.state.clone(),
+            self.applied.subscribe(),
+            self.epochs.subscribe(),
+        )
+    }
+
+    /// The writer of this store's rows (the log writer flushes through it
+    /// before a purge).
+    pub(crate) fn persister(&self) -> Arc<Persister> {
+        self.persister.clone()
     }
 
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<crate::Response>, ControlError> {
@@ -122,14 +145,20 @@ impl StateMachineStore {
             .iter()
             .map(|e| state::apply(&mut state, e))
             .collect();
-        let changes = state.take_changes();
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        write_changes(&txn, &state, &changes)?;
-        txn.commit()?;
-        self.flusher.applied();
-        self.applied.send_replace(state.last_applied);
+        self.published(&state);
         Ok(responses)
+    }
+
+    /// Tells the watchers what changed: every apply moves `applied`; the
+    /// epochs move only when rows that hosts act on did.
+    fn published(&self, state: &State) {
+        self.applied.send_replace(state.last_applied);
+        let epochs = state.epochs();
+        self.epochs.send_if_modified(|e| {
+            let changed = *e != epochs;
+            *e = epochs;
+            changed
+        });
     }
 
     fn install(&self, meta: SnapshotMeta, bytes: Vec<u8>) -> Result<(), ControlError> {
@@ -148,11 +177,28 @@ impl StateMachineStore {
                 meta.snapshot_id
             )));
         }
-        let mut state = self
-            .state
-            .write()
-            .map_err(|_| ControlError::Storage("state lock poisoned".into()))?;
-        let mut txn = self.db.begin_write()?;
+        self.persister.replace(|| {
+            let mut state = self
+                .state
+                .write()
+                .map_err(|_| ControlError::Storage("state lock poisoned".into()))?;
+            self.write_snapshot_state(&meta, &bytes, &incoming)?;
+            incoming.take_changes();
+            incoming.follow_epochs(state.epochs());
+            *state = incoming;
+            self.published(&state);
+            Ok(state.last_applied)
+        })
+    }
+
+    /// Replaces every row of the file with `incoming`'s, durably.
+    fn write_snapshot_state(
+        &self,
+        meta: &SnapshotMeta,
+        bytes: &[u8],
+        incoming: &State,
+    ) -> Result<(), ControlError> {
+        let mut txn = self.persister.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         // Replace, not merge: rows the snapshot lacks must go.
         txn.delete_table(SM_KV)?;
@@ -163,17 +209,14 @@ impl StateMachineStore {
         txn.delete_table(SM_APPS)?;
         txn.delete_table(SM_FLEET)?;
         create_tables(&txn)?;
-        write_all(&txn, &incoming)?;
-        save_snapshot(&txn, &meta, &bytes)?;
+        write_all(&txn, incoming)?;
+        save_snapshot(&txn, meta, bytes)?;
         txn.commit()?;
-        incoming.take_changes();
-        *state = incoming;
-        self.applied.send_replace(state.last_applied);
         Ok(())
     }
 
     fn current_snapshot(&self) -> Result<Option<Snapshot>, ControlError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.persister.db().begin_read()?;
         let table = txn.open_table(SNAPSHOT)?;
         let (Some(meta), Some(data)) = (table.get("meta")?, table.get("data")?) else {
             return Ok(None);
@@ -231,74 +274,15 @@ fn save_snapshot(
 }
 
 fn write_meta(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> {
-    let mut meta = txn.open_table(SM_META)?;
-    meta.insert("last_applied", encode(&state.last_applied)?.as_slice())?;
-    meta.insert("membership", encode(&state.membership)?.as_slice())?;
-    meta.insert(
-        "applied_requests",
-        encode(&state.applied_requests)?.as_slice(),
-    )?;
-    Ok(())
-}
-
-/// Writes the rows `changes` names from `state` (absent rows are deleted).
-fn write_changes(
-    txn: &WriteTransaction,
-    state: &State,
-    changes: &Changes,
-) -> Result<(), ControlError> {
-    write_meta(txn, state)?;
-    let mut kv = txn.open_table(SM_KV)?;
-    for key in &changes.kv {
-        match state.kv.get(key) {
-            Some(v) => kv.insert(key.as_str(), v.as_str())?,
-            None => kv.remove(key.as_str())?,
-        };
-    }
-    let mut sessions = txn.open_table(SM_SESSIONS)?;
-    for client in &changes.sessions {
-        match state.sessions.get(client) {
-            Some(s) => sessions.insert(client.as_str(), s.floor)?,
-            None => sessions.remove(client.as_str())?,
-        };
-    }
-    let mut responses = txn.open_table(SM_RESPONSES)?;
-    for (client, seq) in &changes.responses {
-        match state.response(client, *seq) {
-            Some(r) => responses.insert((client.as_str(), *seq), encode(r)?.as_slice())?,
-            None => responses.remove((client.as_str(), *seq))?,
-        };
-    }
-    let mut executions = txn.open_table(SM_EXECUTIONS)?;
-    for exec in &changes.executions {
-        match state.executions.get(exec) {
-            Some(e) => executions.insert(exec, encode(e)?.as_slice())?,
-            None => executions.remove(exec)?,
-        };
-    }
-    let mut limits = txn.open_table(SM_LIMITS)?;
-    for id in &changes.limits {
-        match state.limits.get(id) {
-            Some(l) => limits.insert(id, encode(l)?.as_slice())?,
-            None => limits.remove(id)?,
-        };
-    }
-    if changes.fleet {
-        let mut fleet = txn.open_table(SM_FLEET)?;
-        fleet.insert("fleet", encode(&state.fleet)?.as_slice())?;
-    }
-    let mut apps = txn.open_table(SM_APPS)?;
-    for name in &changes.apps {
-        match state.apps.get(name) {
-            Some(a) => apps.insert(name.as_str(), encode(a)?.as_slice())?,
-            None => apps.remove(name.as_str())?,
-        };
+    let mut table = txn.open_table(SM_META)?;
+    for (key, value) in persister::meta(state)? {
+        table.insert(key, value.as_slice())?;
     }
     Ok(())
 }
 
 /// Writes every row of `state` into freshly created tables.
-fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> {
+pub(super) fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> {
     write_meta(txn, state)?;
     let mut kv = txn.open_table(SM_KV)?;
     for (k, v) in &state.kv {
@@ -329,7 +313,7 @@ fn write_all(txn: &WriteTransaction, state: &State) -> Result<(), ControlError> 
     Ok(())
 }
 
-fn load_state(db: &Database) -> Result<State, ControlError> {
+pub(super) fn load_state(db: &Database) -> Result<State, ControlError> {
     let txn = db.begin_read()?;
     let mut state = State::default();
     let meta = txn.open_table(SM_META)?;
@@ -445,16 +429,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // In memory only (see the module's comment): no blocking hop.
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let this = self.handle();
-        blocking(move || this.apply_batch(entries))
-            .await
+        self.apply_batch(entries)
             .map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            db: self.persister.db().clone(),
             state: self.state.clone(),
         }
     }
@@ -490,9 +473,10 @@ impl StateMachineStore {
     /// A second handle on the same store, to move into blocking tasks.
     fn handle(&self) -> Self {
         Self {
-            db: self.db.clone(),
             state: self.state.clone(),
             applied: self.applied.clone(),
+            epochs: self.epochs.clone(),
+            persister: self.persister.clone(),
             flusher: self.flusher.clone(),
         }
     }

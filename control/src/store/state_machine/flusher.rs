@@ -1,20 +1,16 @@
-//! Makes the state machine's applies durable in the background.
+//! Writes the state machine's applies to its file in the background.
 //!
-//! Applies commit without an fsync, so that a write's path has none of its
-//! own; until a durable commit follows, a crash takes them back and
-//! openraft re-applies them from the log. With the log in its own files
-//! (format 2), no log write makes the redb file durable any more, so this
-//! thread does, at most [`FLUSH_EVERY`] after an apply: a crash re-applies
-//! that little, as it did when the log's fsyncs covered the applies.
+//! Applies change only memory, so that a write's path has no file work of
+//! its own; until a flush follows, a crash takes them back and openraft
+//! re-applies them from the log. This thread flushes ([`Persister::flush`])
+//! every [`FLUSH_EVERY`]: a crash re-applies that little.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redb::{Database, Durability};
-
+use super::Persister;
 use crate::error::ControlError;
 
 /// Longest time an apply stays without a durable commit.
@@ -23,27 +19,22 @@ pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// The flushing thread; stopping it (drop) makes the last applies durable
 /// and releases the file.
 pub(crate) struct Flusher {
-    dirty: Arc<AtomicBool>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Flusher {
-    pub(crate) fn start(db: Arc<Database>) -> Result<Self, ControlError> {
-        let dirty = Arc::new(AtomicBool::new(false));
+    pub(crate) fn start(persister: Arc<Persister>) -> Result<Self, ControlError> {
         let (stop, rx) = std::sync::mpsc::channel::<()>();
-        let d = dirty.clone();
         let thread = std::thread::Builder::new()
             .name("control-sm-flush".into())
             .spawn(move || {
                 loop {
                     let stopping =
                         !matches!(rx.recv_timeout(FLUSH_EVERY), Err(RecvTimeoutError::Timeout));
-                    if d.swap(false, Ordering::AcqRel)
-                        && let Err(e) = flush(&db)
-                    {
-                        d.store(true, Ordering::Release);
-                        tracing::warn!("control state machine: flushing applies: {e}");
+                    // A failed flush keeps its rows owed; the next tries again.
+                    if let Err(e) = persister.flush() {
+                        tracing::warn!("control state machine: writing applies: {e}");
                     }
                     if stopping {
                         return;
@@ -51,23 +42,10 @@ impl Flusher {
                 }
             })?;
         Ok(Self {
-            dirty,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
-
-    /// Notes a commit that is not durable yet.
-    pub(crate) fn applied(&self) {
-        self.dirty.store(true, Ordering::Release);
-    }
-}
-
-fn flush(db: &Database) -> Result<(), ControlError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    txn.commit()?;
-    Ok(())
 }
 
 impl Drop for Flusher {

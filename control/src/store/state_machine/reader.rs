@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::command::ExecutionResult;
 use crate::execution::{self, Execution};
-use crate::state::State;
+use crate::state::{Epochs, State};
 use crate::types::{LogId, NodeId, StoredMembership};
 
 /// A cloneable read handle on the applied state. Reads are local: they see
@@ -18,11 +18,20 @@ use crate::types::{LogId, NodeId, StoredMembership};
 pub struct StateReader {
     state: Arc<RwLock<State>>,
     applied: watch::Receiver<Option<LogId>>,
+    epochs: watch::Receiver<Epochs>,
 }
 
 impl StateReader {
-    pub(crate) fn new(state: Arc<RwLock<State>>, applied: watch::Receiver<Option<LogId>>) -> Self {
-        Self { state, applied }
+    pub(crate) fn new(
+        state: Arc<RwLock<State>>,
+        applied: watch::Receiver<Option<LogId>>,
+        epochs: watch::Receiver<Epochs>,
+    ) -> Self {
+        Self {
+            state,
+            applied,
+            epochs,
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -38,6 +47,13 @@ impl StateReader {
     /// Changes whenever a batch is applied or a snapshot installed.
     pub fn watch_applied(&self) -> watch::Receiver<Option<LogId>> {
         self.applied.clone()
+    }
+
+    /// Changes when drcond's limits or the executions change (or a
+    /// snapshot is installed), not on every applied write: what a host's
+    /// loops wait on.
+    pub fn watch_epochs(&self) -> watch::Receiver<Epochs> {
+        self.epochs.clone()
     }
 
     /// Waits until at least `index` is applied, or `deadline`. Returns
