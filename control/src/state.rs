@@ -41,6 +41,11 @@ pub struct Changes {
     pub sessions: BTreeSet<String>,
     /// Dedup rows added or dropped.
     pub responses: BTreeSet<(String, u64)>,
+    /// Of those, the rows added since the changes were last taken: not in
+    /// the file, so dropping one again needs no write at all. (A client's
+    /// answered request is usually acknowledged, and its row dropped,
+    /// within a few writes; most rows never reach the file.)
+    pub new_responses: BTreeSet<(String, u64)>,
     pub executions: BTreeSet<u64>,
     /// Limits set or released.
     pub limits: BTreeSet<u64>,
@@ -55,10 +60,26 @@ impl Changes {
         *self == Self::default()
     }
 
+    fn response_added(&mut self, client: &str, seq: u64) {
+        let row = (client.to_string(), seq);
+        self.responses.insert(row.clone());
+        self.new_responses.insert(row);
+    }
+
+    fn response_dropped(&mut self, client: &str, seq: u64) {
+        let row = (client.to_string(), seq);
+        if self.new_responses.remove(&row) {
+            self.responses.remove(&row);
+        } else {
+            self.responses.insert(row);
+        }
+    }
+
     fn merge(&mut self, other: Changes) {
         self.kv.extend(other.kv);
         self.sessions.extend(other.sessions);
         self.responses.extend(other.responses);
+        self.new_responses.extend(other.new_responses);
         self.executions.extend(other.executions);
         self.limits.extend(other.limits);
         self.apps.extend(other.apps);
@@ -234,12 +255,12 @@ fn apply_request(state: &mut State, index: u64, request: &Request) -> Response {
     state.applied_requests += 1;
     let session = state.sessions.entry(client.clone()).or_default();
     session.responses.insert(seq, response.clone());
-    state.changes.responses.insert((client.clone(), seq));
+    state.changes.response_added(client, seq);
     // Forget what the client acknowledged, then the oldest beyond the cap.
     let mut floor = session.floor.max(request.acked_below);
     while session.responses.len() > MAX_SESSION_RESPONSES {
         if let Some((oldest, _)) = session.responses.pop_first() {
-            state.changes.responses.insert((client.clone(), oldest));
+            state.changes.response_dropped(client, oldest);
             floor = floor.max(oldest + 1);
         }
     }
@@ -247,7 +268,7 @@ fn apply_request(state: &mut State, index: u64, request: &Request) -> Response {
         let dropped: Vec<u64> = session.responses.range(..floor).map(|(s, _)| *s).collect();
         for s in dropped {
             session.responses.remove(&s);
-            state.changes.responses.insert((client.clone(), s));
+            state.changes.response_dropped(client, s);
         }
         session.floor = floor;
         state.changes.sessions.insert(client.clone());

@@ -109,3 +109,26 @@ fn phase4_a_replacement_is_not_overwritten_by_rows_applied_before_it() {
     assert_eq!(file.kv.get("a"), None);
     assert_eq!(file.kv.get("z").map(String::as_str), Some("new"));
 }
+
+#[test]
+fn phase5_dedup_rows_dropped_before_a_flush_never_reach_the_file_and_others_leave_it() {
+    let (_dir, p, state) = open();
+    let acked = |index, seq, below| {
+        let mut e = put(index, seq, "k", "v");
+        if let EntryPayload::Normal(r) = &mut e.payload {
+            r.acked_below = below;
+        }
+        e
+    };
+    apply(&state, &[put(1, 1, "k", "v")]);
+    p.flush().unwrap();
+    // Row 1 is in the file and dropped now; row 2 comes and goes between
+    // two flushes.
+    apply(&state, &[acked(2, 2, 2), acked(3, 3, 3)]);
+    p.flush().unwrap();
+    let file = on_file(&p);
+    let kept: Vec<u64> = file.sessions["c"].responses.keys().copied().collect();
+    assert_eq!(kept, [3]);
+    assert_eq!(file.sessions["c"].floor, 3);
+    assert_eq!(file.digest(), state.read().unwrap().digest());
+}
