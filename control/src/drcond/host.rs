@@ -367,15 +367,27 @@ impl CgroupHost {
         self.save_origins()?;
         let target = CgroupPid::from(u64::try_from(pid).unwrap_or(0));
         // blkio before memory: cgroup writeback pairs them.
-        for c in ["blkio", "cpu", "memory", "pids"] {
+        // k2i's table keeps cgroups per process: this move changes them.
+        let moved = ["blkio", "cpu", "memory", "pids"].iter().try_for_each(|c| {
             self.group(c, id)
                 .add_task_by_tgid(target)
-                .map_err(|e| format!("moving {pid} into group {id} ({c}): {e}"))?;
-        }
-        Ok(())
+                .map_err(|e| format!("moving {pid} into group {id} ({c}): {e}"))
+        });
+        crate::k2i::procs::forget(pid);
+        moved
     }
 
     fn leave(&mut self, pid: i32, id: u64) -> Result<(), String> {
+        let returned = self.move_back(pid, id);
+        // k2i's table keeps cgroups per process: this move changes them.
+        crate::k2i::procs::forget(pid);
+        returned?;
+        self.origins.remove(&pid);
+        self.save_origins()
+    }
+
+    /// Moves `pid` out of group `id`, back to the groups it came from.
+    fn move_back(&self, pid: i32, id: u64) -> Result<(), String> {
         let start = procfs::process::Process::new(pid)
             .and_then(|p| p.stat())
             .ok()
@@ -418,8 +430,7 @@ impl CgroupHost {
                 return Err(format!("returning {pid} from group {id} ({c}): {e}"));
             }
         }
-        self.origins.remove(&pid);
-        self.save_origins()
+        Ok(())
     }
 
     fn save_origins(&self) -> Result<(), String> {

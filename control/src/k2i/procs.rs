@@ -2,14 +2,17 @@
 //! it off the async runtime). Processes that exit while being read are
 //! skipped, not errors.
 //!
-//! One pass reads, per process, `stat` (pid, state, CPU ticks, RSS, start
-//! time), `cmdline`, then `cgroup` only for a process the pid and name
-//! filters kept, and the owner from the directory's metadata (no
-//! `status`). With a
-//! CPU window the matched processes' `stat` is read once more at its end;
-//! without one CPU% is the lifetime average, as `ps` computes it.
+//! A listing reads the pid list and, per process, `stat` (pid, state, CPU
+//! ticks, RSS, start time, `comm`) and the owner (an `fstat` of the
+//! process's directory, already open); the command line and cgroups come
+//! from the host's [`ProcTable`], read from `/proc` only for a process the
+//! table does not know (new, a reused pid, or after an `exec`). `--pid`
+//! reads its one process in full. With a CPU window the matched
+//! processes' `stat` is read once more at its end; without one CPU% is
+//! the lifetime average, as `ps` computes it.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use procfs::Current;
@@ -17,6 +20,21 @@ use procfs::process::{Process, all_processes};
 
 use super::passwd;
 use super::query::{HostProcs, MAX_ANSWER_BYTES, ProcInfo, ProcQuery, bound};
+use super::table::{Identity, ProcTable, Slow};
+
+/// This host's process table, shared by its queries. A listing holds it
+/// for its whole pass, so [`forget`] after a cgroup move cannot be undone
+/// by a pass that read the process's cgroups before the move.
+static TABLE: Mutex<ProcTable> = Mutex::new(ProcTable::new());
+
+/// Forgets what the table keeps of `pid`: this host moved it to another
+/// cgroup, and the next query must read its cgroups again.
+pub fn forget(pid: i32) {
+    TABLE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .forget(pid);
+}
 
 /// What one pass over a process gives, before its CPU use is known.
 struct First {
@@ -53,13 +71,20 @@ pub fn list(query: &ProcQuery) -> Result<HostProcs, String> {
     let started = Instant::now();
     let mut firsts = Vec::new();
     match query.pid {
+        // One process: read in full, the table is for listings.
         Some(pid) => match Process::new(pid) {
-            Ok(p) => firsts.extend(read(p, query, &host)),
+            Ok(p) => firsts.extend(read(p, query, &host, None)),
             Err(_) => return Ok(HostProcs::default()),
         },
         None => {
             let all = all_processes().map_err(|e| format!("listing /proc: {e}"))?;
-            firsts.extend(all.flatten().filter_map(|p| read(p, query, &host)));
+            let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+            table.begin_pass();
+            firsts.extend(
+                all.flatten()
+                    .filter_map(|p| read(p, query, &host, Some(&mut table))),
+            );
+            table.end_pass();
         }
     }
     if query.window_ms == 0 {
@@ -100,28 +125,45 @@ fn lifetime_percent(ticks: u64, tps: u64, alive: f64) -> f64 {
     round1(ticks as f64 / tps as f64 / alive * 100.0)
 }
 
-fn read(process: Process, query: &ProcQuery, host: &Host) -> Option<First> {
+/// One process: its `stat` and owner, and its command line and cgroups
+/// from `table` when it knows the process (else read, and kept there).
+fn read(
+    process: Process,
+    query: &ProcQuery,
+    host: &Host,
+    table: Option<&mut ProcTable>,
+) -> Option<First> {
     let stat = process.stat().ok()?;
     if query.pid.is_some_and(|p| p != stat.pid) {
         return None;
     }
-    // Kernel threads have an empty command line; a process that exited
-    // meanwhile is dropped by the reads below.
-    let cmdline = process.cmdline().unwrap_or_default();
-    if !query.matches_identity(stat.pid, &stat.comm, &cmdline) {
+    let id = Identity {
+        pid: stat.pid,
+        start_ticks: stat.starttime,
+        comm: stat.comm.clone(),
+    };
+    let slow = match table {
+        None => read_slow(&process).0,
+        Some(table) => match table.get(&id) {
+            Some(kept) => kept.clone(),
+            None => {
+                let (slow, complete) = read_slow(&process);
+                // A read that failed (the process exited meanwhile) is
+                // not kept: it would stand for the process's real facts.
+                if complete {
+                    table.insert(id, slow.clone());
+                }
+                slow
+            }
+        },
+    };
+    if !query.matches_identity(stat.pid, &stat.comm, &slow.cmdline)
+        || !query.matches_cgroups(&slow.cgroups)
+    {
         return None;
     }
-    let cgroups: Vec<String> = process
-        .cgroups()
-        .map(|c| {
-            c.0.iter()
-                .map(|g| format!("{}:{}:{}", g.hierarchy, g.controllers.join(","), g.pathname))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !query.matches_cgroups(&cgroups) {
-        return None;
-    }
+    // Read on every query (one `fstat` of the open directory): a process
+    // may change its user without an `exec` (a daemon dropping root).
     let user = process
         .uid()
         .map(|u| passwd::name(&host.users, u))
@@ -134,15 +176,33 @@ fn read(process: Process, query: &ProcQuery, host: &Host) -> Option<First> {
             user,
             state: stat.state.to_string(),
             name: stat.comm,
-            cmdline,
+            cmdline: slow.cmdline,
             cpu_percent: 0.0,
             rss_bytes: stat.rss.saturating_mul(host.page),
             start_time: host.boot + stat.starttime / host.tps,
-            cgroups,
+            cgroups: slow.cgroups,
         },
         started: stat.starttime as f64 / host.tps as f64,
         process,
     })
+}
+
+/// A process's command line and cgroups from `/proc`, and whether both
+/// were read (`false`: what failed is left empty).
+fn read_slow(process: &Process) -> (Slow, bool) {
+    // Kernel threads have an empty command line.
+    let cmdline = process.cmdline();
+    let cgroups = process.cgroups().map(|c| {
+        c.0.iter()
+            .map(|g| format!("{}:{}:{}", g.hierarchy, g.controllers.join(","), g.pathname))
+            .collect::<Vec<String>>()
+    });
+    let complete = cmdline.is_ok() && cgroups.is_ok();
+    let slow = Slow {
+        cmdline: cmdline.unwrap_or_default(),
+        cgroups: cgroups.unwrap_or_default(),
+    };
+    (slow, complete)
 }
 
 fn round1(x: f64) -> f64 {
@@ -182,6 +242,46 @@ mod tests {
         })
         .expect("no such process is an empty answer");
         assert!(none.procs.is_empty());
+    }
+
+    fn listed(pid: u32) -> Option<ProcInfo> {
+        let all = list(&ProcQuery {
+            window_ms: 0,
+            ..ProcQuery::default()
+        })
+        .expect("reading /proc");
+        all.procs.into_iter().find(|p| p.pid == pid as i32)
+    }
+
+    #[test]
+    fn listings_follow_new_processes_execs_and_exits() {
+        // Warm the table, then start a process: the next listing shows it.
+        assert!(listed(std::process::id()).is_some());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _ ; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting sh");
+        let pid = child.id();
+        let before = listed(pid).expect("the new process is listed");
+        assert_eq!(before.name, "sh");
+        assert!(before.cmdline.iter().any(|a| a.contains("exec sleep")));
+        // The same process runs another program: its command line is
+        // read again, not taken from the table.
+        drop(child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let after = loop {
+            let p = listed(pid).expect("still listed");
+            if p.name == "sleep" || Instant::now() > deadline {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(after.cmdline, ["sleep", "30"]);
+        assert_eq!(after.start_time, before.start_time);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(listed(pid).is_none(), "an exited process is not listed");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use clap::{Arg, ArgAction, ArgMatches, CommandFactory};
 use super::Cli;
 
 /// The endpoint flags, by clap id and long name.
-const ENDPOINT_FLAGS: [(&str, &str); 5] = [
+pub(super) const ENDPOINT_FLAGS: [(&str, &str); 5] = [
     ("master", "master"),
     ("slave", "slave"),
     ("token", "token"),
@@ -86,9 +86,18 @@ const UNUSED: &[(&str, &[&str], &str)] = &[
 ];
 
 /// The command line: the derived one, with stand-ins for unused flags.
+/// The whole command line.
 pub fn command() -> clap::Command {
-    let mut cmd = Cli::command();
+    hide_unused(Cli::command())
+}
+
+/// `cmd` with the hidden stand-ins of its subcommands' unused flags (of
+/// those it has: a lean command line has one, `lean.rs`).
+pub fn hide_unused(mut cmd: clap::Command) -> clap::Command {
     for (sub, unused, _) in UNUSED {
+        if cmd.find_subcommand(sub).is_none() {
+            continue;
+        }
         cmd = cmd.mut_subcommand(*sub, |mut sc| {
             for id in *unused {
                 let long = ENDPOINT_FLAGS

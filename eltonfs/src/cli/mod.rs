@@ -11,6 +11,7 @@ mod fsck;
 mod gc;
 mod import;
 mod inspect;
+mod lean;
 mod limit;
 mod metadata;
 mod mounts;
@@ -33,12 +34,11 @@ use crate::spec::{Spec, VersionRef};
 
 pub use client::Endpoints;
 
+/// What `elton --help` says Elton is.
+const ABOUT: &str = "Share versioned directory trees between clusters";
+
 #[derive(Parser, Debug)]
-#[command(
-    name = "elton",
-    version,
-    about = "Share versioned directory trees between clusters"
-)]
+#[command(name = "elton", version, about = ABOUT)]
 pub struct Cli {
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -160,8 +160,7 @@ pub enum Command {
     /// The control plane's Raft group: init, join, leave, status, submit.
     #[command(subcommand)]
     Control(control::ControlCommand),
-    /// List the processes of control group members (k2i): by host, read
-    /// from each host's /proc.
+    #[command(about = ps::ABOUT)]
     Ps(ps::PsArgs),
     /// Limit CPU, memory and IO of processes on control group hosts
     /// (drcond); `ls`, `release ID`.
@@ -228,7 +227,8 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Entry point of the binary: run, print a one-line error, set the exit code.
 pub fn main() -> ExitCode {
-    let matches = flags::command().get_matches();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = lean::command_for(&args).get_matches_from(args);
     if let Err(e) = flags::reject_unused(&matches) {
         eprintln!("elton: error: {e}");
         return ExitCode::from(2);

@@ -18,6 +18,11 @@ use super::Endpoints;
 use super::client::status;
 use super::control::client;
 
+/// What `elton --help` says `ps` does (shared with its lean command
+/// line, `lean.rs`).
+pub const ABOUT: &str =
+    "List the processes of control group members (k2i): by host, read from each host's /proc";
+
 #[derive(Args, Debug)]
 pub struct PsArgs {
     /// A member's node name (repeatable) [default: the master asked].
