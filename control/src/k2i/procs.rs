@@ -3,8 +3,8 @@
 //! skipped, not errors.
 //!
 //! A listing reads the pid list and, per process, `stat` (pid, state, CPU
-//! ticks, RSS, start time, `comm`) and the owner (an `fstat` of the
-//! process's directory, already open); the command line and cgroups come
+//! ticks, RSS, start time, `comm`), its command line and the owner (an
+//! `fstat` of the process's directory, already open); the cgroups come
 //! from the host's [`ProcTable`], read from `/proc` only for a process the
 //! table does not know (new, a reused pid, or after an `exec`). `--pid`
 //! reads its one process in full. With a CPU window the matched
@@ -145,7 +145,13 @@ fn read(
     let slow = match table {
         None => read_slow(&process).0,
         Some(table) => match table.get(&id) {
-            Some(kept) => kept.clone(),
+            // The command line is read again every time (a few µs): a
+            // process may retitle itself without an exec (nginx's and
+            // PostgreSQL's workers do), and `ps` must show that.
+            Some(kept) => Slow {
+                cmdline: process.cmdline().unwrap_or_default(),
+                cgroups: kept.cgroups.clone(),
+            },
             None => {
                 let (slow, complete) = read_slow(&process);
                 // A read that failed (the process exited meanwhile) is

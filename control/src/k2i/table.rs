@@ -1,12 +1,13 @@
 //! k2i's process table: what a host keeps between `ps` queries so that a
-//! query reads one file per process (`/proc/PID/stat`) instead of three
-//! (`stat`, `cmdline`, `cgroup`). Pure: [`super::procs`] does the reads;
+//! query reads two files per process (`stat`, `cmdline`) instead of three
+//! (and `cgroup`). The command line is read every time although the table
+//! keeps it: a process may retitle itself without an exec. Pure: [`super::procs`] does the reads;
 //! this type decides which of them a process needs and forgets processes
 //! that are gone.
 //!
 //! A query still lists every process that exists when it runs (the pid
-//! list and each `stat` are read every time); only a process's command
-//! line and cgroups come from the table, and only while the process is
+//! list, each `stat` and command line are read every time); only a
+//! process's cgroups come from the table, and only while the process is
 //! the same one: same pid, same start time (a reused pid is a new
 //! process) and same `comm` (an `exec` changes it, and with it the
 //! command line).
