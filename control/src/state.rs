@@ -56,10 +56,6 @@ pub struct Changes {
 }
 
 impl Changes {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
     fn response_added(&mut self, client: &str, seq: u64) {
         let row = (client.to_string(), seq);
         self.responses.insert(row.clone());

@@ -20,7 +20,7 @@ use procfs::process::{Process, all_processes};
 
 use super::passwd;
 use super::query::{HostProcs, MAX_ANSWER_BYTES, ProcInfo, ProcQuery, bound};
-use super::table::{Identity, ProcTable, Slow};
+use super::table::{Identity, Kept, ProcTable};
 
 /// This host's process table, shared by its queries. A listing holds it
 /// for its whole pass, so [`forget`] after a cgroup move cannot be undone
@@ -142,30 +142,32 @@ fn read(
         start_ticks: stat.starttime,
         comm: stat.comm.clone(),
     };
-    let slow = match table {
-        None => read_slow(&process).0,
+    // Kernel threads have an empty command line. It is read every time (a
+    // few µs): a process may retitle itself without an exec (nginx's and
+    // PostgreSQL's workers do), and `ps` must show that.
+    let cmdline = process.cmdline();
+    let cgroups = match table {
+        None => read_cgroups(&process).unwrap_or_default(),
         Some(table) => match table.get(&id) {
-            // The command line is read again every time (a few µs): a
-            // process may retitle itself without an exec (nginx's and
-            // PostgreSQL's workers do), and `ps` must show that.
-            Some(kept) => Slow {
-                cmdline: process.cmdline().unwrap_or_default(),
-                cgroups: kept.cgroups.clone(),
-            },
-            None => {
-                let (slow, complete) = read_slow(&process);
-                // A read that failed (the process exited meanwhile) is
-                // not kept: it would stand for the process's real facts.
-                if complete {
-                    table.insert(id, slow.clone());
+            Some(kept) => kept.cgroups.clone(),
+            None => match read_cgroups(&process) {
+                // Kept only when the process was still there for both
+                // reads: an empty answer would stand for its real facts.
+                Ok(cgroups) if cmdline.is_ok() => {
+                    table.insert(
+                        id,
+                        Kept {
+                            cgroups: cgroups.clone(),
+                        },
+                    );
+                    cgroups
                 }
-                slow
-            }
+                read => read.unwrap_or_default(),
+            },
         },
     };
-    if !query.matches_identity(stat.pid, &stat.comm, &slow.cmdline)
-        || !query.matches_cgroups(&slow.cgroups)
-    {
+    let cmdline = cmdline.unwrap_or_default();
+    if !query.matches_identity(stat.pid, &stat.comm, &cmdline) || !query.matches_cgroups(&cgroups) {
         return None;
     }
     // Read on every query (one `fstat` of the open directory): a process
@@ -182,33 +184,25 @@ fn read(
             user,
             state: stat.state.to_string(),
             name: stat.comm,
-            cmdline: slow.cmdline,
+            cmdline,
             cpu_percent: 0.0,
             rss_bytes: stat.rss.saturating_mul(host.page),
             start_time: host.boot + stat.starttime / host.tps,
-            cgroups: slow.cgroups,
+            cgroups,
         },
         started: stat.starttime as f64 / host.tps as f64,
         process,
     })
 }
 
-/// A process's command line and cgroups from `/proc`, and whether both
-/// were read (`false`: what failed is left empty).
-fn read_slow(process: &Process) -> (Slow, bool) {
-    // Kernel threads have an empty command line.
-    let cmdline = process.cmdline();
-    let cgroups = process.cgroups().map(|c| {
-        c.0.iter()
-            .map(|g| format!("{}:{}:{}", g.hierarchy, g.controllers.join(","), g.pathname))
-            .collect::<Vec<String>>()
-    });
-    let complete = cmdline.is_ok() && cgroups.is_ok();
-    let slow = Slow {
-        cmdline: cmdline.unwrap_or_default(),
-        cgroups: cgroups.unwrap_or_default(),
-    };
-    (slow, complete)
+/// A process's cgroups from `/proc/PID/cgroup`.
+fn read_cgroups(process: &Process) -> procfs::ProcResult<Vec<String>> {
+    Ok(process
+        .cgroups()?
+        .0
+        .iter()
+        .map(|g| format!("{}:{}:{}", g.hierarchy, g.controllers.join(","), g.pathname))
+        .collect())
 }
 
 fn round1(x: f64) -> f64 {
@@ -273,12 +267,15 @@ mod tests {
         assert_eq!(before.name, "sh");
         assert!(before.cmdline.iter().any(|a| a.contains("exec sleep")));
         // The same process runs another program: its command line is
-        // read again, not taken from the table.
+        // read again, not taken from the table. The kernel renames the
+        // task before the new image's arguments are in place, so a listing
+        // in between shows "sleep" with an empty command line: wait for
+        // the arguments, not the name.
         drop(child.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(5);
         let after = loop {
             let p = listed(pid).expect("still listed");
-            if p.name == "sleep" || Instant::now() > deadline {
+            if !p.cmdline.is_empty() && p.name == "sleep" || Instant::now() > deadline {
                 break p;
             }
             std::thread::sleep(Duration::from_millis(10));

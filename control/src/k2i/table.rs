@@ -1,16 +1,16 @@
 //! k2i's process table: what a host keeps between `ps` queries so that a
 //! query reads two files per process (`stat`, `cmdline`) instead of three
-//! (and `cgroup`). The command line is read every time although the table
-//! keeps it: a process may retitle itself without an exec. Pure: [`super::procs`] does the reads;
-//! this type decides which of them a process needs and forgets processes
-//! that are gone.
+//! (and `cgroup`). It keeps only cgroups: the command line is read every
+//! time because a process may retitle itself without an exec. Pure:
+//! [`super::procs`] does the reads; this type decides which of them a
+//! process needs and forgets processes that are gone.
 //!
 //! A query still lists every process that exists when it runs (the pid
 //! list, each `stat` and command line are read every time); only a
 //! process's cgroups come from the table, and only while the process is
 //! the same one: same pid, same start time (a reused pid is a new
-//! process) and same `comm` (an `exec` changes it, and with it the
-//! command line).
+//! process) and same `comm` (an `exec` changes it; a program that starts
+//! by moving itself to another cgroup is then read again).
 
 use std::collections::BTreeMap;
 
@@ -24,35 +24,32 @@ pub struct Identity {
     pub comm: String,
 }
 
-/// What a process keeps while its identity holds, read once.
+/// What the table keeps of a process while its identity holds, read once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Slow {
-    /// The command line; empty for kernel threads.
-    pub cmdline: Vec<String>,
+pub struct Kept {
     /// `/proc/PID/cgroup` lines: `hierarchy:controllers:path`.
     pub cgroups: Vec<String>,
 }
 
-impl Slow {
-    /// Bytes this entry holds, to bound the table (strings plus their
-    /// vectors' headers; close enough for a budget).
+impl Kept {
+    /// Bytes this entry holds, to bound the table (strings plus the
+    /// vector's header; close enough for a budget).
     fn bytes(&self) -> usize {
-        let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
-        strings(&self.cmdline) + strings(&self.cgroups) + 48
+        self.cgroups.iter().map(|s| s.len() + 24).sum::<usize>() + 24
     }
 }
 
-/// How many bytes of command lines and cgroups a table keeps at most: a
-/// command line can be megabytes (`ARG_MAX`), and a host with thousands
-/// of them must not grow a master by gigabytes. Processes beyond the
-/// budget are read on every query, as without a table.
+/// How many bytes of cgroups a table keeps at most: a host with many
+/// processes in deep cgroup trees must not grow a master without bound.
+/// Processes beyond the budget are read on every query, as without a
+/// table.
 pub const MAX_TABLE_BYTES: usize = 16 << 20;
 
 #[derive(Debug)]
 struct Entry {
     start_ticks: u64,
     comm: String,
-    slow: Slow,
+    kept: Kept,
     /// The last full pass that saw this process.
     pass: u64,
 }
@@ -105,7 +102,7 @@ impl ProcTable {
         self.entries.retain(|_, e| {
             let keep = e.pass == pass;
             if !keep {
-                freed += e.slow.bytes();
+                freed += e.kept.bytes();
             }
             keep
         });
@@ -116,22 +113,22 @@ impl ProcTable {
     /// The kept facts of `id`, when the table holds the same process
     /// (same pid, start time and `comm`); marks it seen in this pass.
     /// `None`: read them (and [`ProcTable::insert`] them).
-    pub fn get(&mut self, id: &Identity) -> Option<&Slow> {
+    pub fn get(&mut self, id: &Identity) -> Option<&Kept> {
         let pass = self.pass;
         let e = self.entries.get_mut(&id.pid)?;
         if e.start_ticks != id.start_ticks || e.comm != id.comm {
             return None;
         }
         e.pass = pass;
-        Some(&e.slow)
+        Some(&e.kept)
     }
 
-    /// Keeps `slow` for `id`, replacing what the pid held (a reused pid,
+    /// Keeps `kept` for `id`, replacing what the pid held (a reused pid,
     /// or the same process after an `exec`). Not kept, and the pid
     /// forgotten, when it would take the table over its budget.
-    pub fn insert(&mut self, id: Identity, slow: Slow) {
+    pub fn insert(&mut self, id: Identity, kept: Kept) {
         self.forget(id.pid);
-        let size = slow.bytes();
+        let size = kept.bytes();
         if self.bytes + size > self.budget {
             return;
         }
@@ -141,7 +138,7 @@ impl ProcTable {
             Entry {
                 start_ticks: id.start_ticks,
                 comm: id.comm,
-                slow,
+                kept,
                 pass: self.pass,
             },
         );
@@ -151,7 +148,7 @@ impl ProcTable {
     /// host moved it to another cgroup).
     pub fn forget(&mut self, pid: i32) {
         if let Some(old) = self.entries.remove(&pid) {
-            self.bytes -= old.slow.bytes();
+            self.bytes -= old.kept.bytes();
         }
     }
 
@@ -182,10 +179,10 @@ mod tests {
         }
     }
 
-    fn slow(cmd: &str) -> Slow {
-        Slow {
-            cmdline: vec![cmd.into()],
-            cgroups: vec!["1:cpu:/".into()],
+    /// What a pass reads for a process; `tag` tells processes apart.
+    fn kept(tag: &str) -> Kept {
+        Kept {
+            cgroups: vec![format!("1:cpu:/{tag}")],
         }
     }
 
@@ -194,10 +191,10 @@ mod tests {
     fn pass(t: &mut ProcTable, procs: &[(Identity, &str)]) -> Vec<i32> {
         t.begin_pass();
         let mut read = Vec::new();
-        for (i, cmd) in procs {
+        for (i, tag) in procs {
             if t.get(i).is_none() {
                 read.push(i.pid);
-                t.insert(i.clone(), slow(cmd));
+                t.insert(i.clone(), kept(tag));
             }
         }
         t.end_pass();
@@ -210,7 +207,7 @@ mod tests {
         let procs = [(id(1, 5, "init"), "/sbin/init"), (id(42, 900, "sh"), "sh")];
         assert_eq!(pass(&mut t, &procs), [1, 42]);
         assert_eq!(pass(&mut t, &procs), Vec::<i32>::new());
-        assert_eq!(t.get(&procs[1].0), Some(&slow("sh")));
+        assert_eq!(t.get(&procs[1].0), Some(&kept("sh")));
     }
 
     #[test]
@@ -231,7 +228,7 @@ mod tests {
         pass(&mut t, &[(id(42, 900, "sh"), "sh -c old")]);
         // Same pid and name, later start: another process.
         assert_eq!(pass(&mut t, &[(id(42, 950, "sh"), "sh -c new")]), [42]);
-        assert_eq!(t.get(&id(42, 950, "sh")), Some(&slow("sh -c new")));
+        assert_eq!(t.get(&id(42, 950, "sh")), Some(&kept("sh -c new")));
         assert_eq!(t.get(&id(42, 900, "sh")), None);
         assert_eq!(t.len(), 1);
     }
@@ -240,9 +237,9 @@ mod tests {
     fn an_exec_is_read_again() {
         let mut t = ProcTable::new();
         pass(&mut t, &[(id(42, 900, "sh"), "sh -c sleep")]);
-        // Same process, new program: comm changed, so has the command line.
+        // Same process, new program: comm changed, so it is read again.
         assert_eq!(pass(&mut t, &[(id(42, 900, "sleep"), "sleep 9")]), [42]);
-        assert_eq!(t.get(&id(42, 900, "sleep")), Some(&slow("sleep 9")));
+        assert_eq!(t.get(&id(42, 900, "sleep")), Some(&kept("sleep 9")));
     }
 
     #[test]
@@ -273,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_budget_bounds_the_table() {
-        let one = slow("x").bytes();
+        let one = kept("x").bytes();
         let mut t = ProcTable::with_budget(one * 2);
         let procs: Vec<_> = (1..=4).map(|p| (id(p, 1, "x"), "x")).collect();
         assert_eq!(pass(&mut t, &procs), [1, 2, 3, 4]);
