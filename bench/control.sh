@@ -32,7 +32,9 @@
 # "--control-election-min-ms 200 --control-election-max-ms 400"). ROUNDS=0
 # measures failover only. MASTER_LOG: the masters' ELTON_LOG (default warn;
 # "warn,elton_control::batcher=debug,elton_control::forwarder=debug" logs
-# every entry and forwarded call with its size and time, in $WORK/m*.log).
+# every entry and forwarded call with its size and time, in $WORK/m*.log;
+# add elton_control::net=debug for each AppendEntries sent and answered, and
+# elton_control::store::log_writer=debug for each write of the control log).
 # Installs etcd-server with apt-get if it is missing.
 
 set -euo pipefail

@@ -134,9 +134,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let started = std::time::Instant::now();
+        let entries = rpc.entries.len();
         let msg = codec::encode(&rpc).map_err(|s| self.failed(&s))?;
+        let bytes = msg.json.len();
         let mut client = self.pool.raft(&self.member).map_err(|s| self.failed(&s))?;
         let answer = client.append_entries(Self::request(msg, &option)).await;
+        tracing::debug!(
+            to = %self.member.name,
+            entries,
+            bytes,
+            us = started.elapsed().as_micros() as u64,
+            "append sent"
+        );
         self.reply(answer)
     }
 

@@ -83,9 +83,20 @@ impl RaftService {
     }
 
     async fn answer_append(&self, req: Request<RaftMessage>) -> Result<RaftMessage, Status> {
+        let started = std::time::Instant::now();
         let msg = self.admit(req)?;
-        let rpc = codec::decode(msg.revision, &msg.json)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            codec::decode(msg.revision, &msg.json)?;
+        let entries = rpc.entries.len();
+        let decoded_us = started.elapsed().as_micros() as u64;
         let reply = self.raft.append_entries(rpc).await;
+        tracing::debug!(
+            entries,
+            bytes = msg.json.len(),
+            decoded_us,
+            us = started.elapsed().as_micros() as u64,
+            "append answered"
+        );
         codec::encode(&reply)
     }
 

@@ -20,8 +20,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::blocking;
-use super::log_writer::{self, Op, Pending};
+use super::log_writer::{self, Op};
 use super::state_machine::Persister;
+use super::tail::Tail;
 use super::wal::{Appender, Wal};
 use crate::error::ControlError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -32,7 +33,7 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<Wal>,
-    pending: Arc<Pending>,
+    tail: Arc<Tail>,
     writer: Arc<Writer>,
 }
 
@@ -71,15 +72,15 @@ impl LogStore {
         appender: Appender,
         persister: Arc<Persister>,
     ) -> Result<Self, ControlError> {
-        let pending = Arc::new(Pending::default());
+        let tail = Arc::new(Tail::default());
         let (tx, rx) = std::sync::mpsc::channel();
-        let (w, p) = (wal.clone(), pending.clone());
+        let (w, p) = (wal.clone(), tail.clone());
         let thread = std::thread::Builder::new()
             .name("control-log".into())
             .spawn(move || log_writer::run(w, appender, persister, p, rx))?;
         Ok(Self {
             wal,
-            pending,
+            tail,
             writer: Arc::new(Writer {
                 tx: Some(tx),
                 thread: Some(thread),
@@ -99,27 +100,28 @@ impl LogStore {
             .map_err(|_| ControlError::Storage("the log writer has stopped".into()))?
     }
 
-    /// Entries in the range: written ones from the log, overlaid with those
-    /// still queued. The queue is read first: an entry written between the
-    /// two reads is then found in the log rather than missed.
+    /// Entries in the range, read from the log, overlaid with the tail
+    /// (which holds those still queued). The tail is read first: an entry
+    /// written and dropped from the tail between the two reads is then found
+    /// in the log rather than missed.
     fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, ControlError> {
-        let queued = self.pending.range((start, end));
+        let held = self.tail.range((start, end));
         let mut out: std::collections::BTreeMap<u64, Entry> = self
             .wal
             .entries((start, end))?
             .into_iter()
             .map(|e| (e.log_id.index, e))
             .collect();
-        for e in queued {
+        for e in held {
             out.insert(e.log_id.index, e);
         }
         Ok(out.into_values().collect())
     }
 
     fn log_state(&self) -> LogState<TypeConfig> {
-        let queued = self.pending.last();
+        let held = self.tail.last();
         let last_purged = self.wal.purged();
-        let last = [queued, self.wal.last(), last_purged]
+        let last = [held, self.wal.last(), last_purged]
             .into_iter()
             .flatten()
             .max_by_key(|l| l.index);
@@ -147,8 +149,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let this = self.clone();
         let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        // Replication and the state machine read what was just appended:
+        // from memory, without a blocking-pool hop.
+        if let Some(entries) = self.tail.covering((start, end)) {
+            return Ok(entries);
+        }
+        let this = self.clone();
         blocking(move || this.entries(start, end))
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
@@ -212,7 +219,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        self.pending.insert(&entries);
+        self.tail.insert(&entries);
         self.write(|done| Op::Append {
             entries,
             callback,
@@ -223,7 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.pending.truncate(log_id.index);
+        self.tail.truncate(log_id.index);
         self.write(|done| Op::Truncate {
             from: log_id.index,
             done,
@@ -233,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.pending.purge(log_id.index);
+        self.tail.purge(log_id.index);
         self.write(|done| Op::Purge { upto: log_id, done })
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))

@@ -9,69 +9,23 @@
 //! callback (its `Condition::LogFlushed` is unimplemented), so a follower
 //! whose `append` returned early would acknowledge entries it could still
 //! lose, and a majority crash could lose a committed command. While an
-//! append is queued its entries are served from [`Pending`].
+//! append is queued its entries are served from the [`Tail`].
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
 use super::state_machine::Persister;
+use super::tail::Tail;
 use super::wal::{Appender, Change, Wal};
 use crate::error::ControlError;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Most operations written in one batch.
 const MAX_BATCH: usize = 4096;
-
-/// Entries appended but not committed yet, by index.
-#[derive(Default)]
-pub(crate) struct Pending(RwLock<BTreeMap<u64, Entry>>);
-
-impl Pending {
-    pub(crate) fn insert(&self, entries: &[Entry]) {
-        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        for e in entries {
-            p.insert(e.log_id.index, e.clone());
-        }
-    }
-
-    /// Drops pending entries at `index >= from` (a truncation).
-    pub(crate) fn truncate(&self, from: u64) {
-        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        p.split_off(&from);
-    }
-
-    /// Drops pending entries at `index <= upto` (a purge).
-    pub(crate) fn purge(&self, upto: u64) {
-        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        *p = p.split_off(&(upto.saturating_add(1)));
-    }
-
-    /// Forgets entries now on disk; an entry replaced meanwhile (truncated
-    /// and appended again with another log id) stays.
-    fn committed(&self, ids: &[LogId]) {
-        let mut p = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        for id in ids {
-            if p.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                p.remove(&id.index);
-            }
-        }
-    }
-
-    pub(crate) fn range(&self, range: (std::ops::Bound<u64>, std::ops::Bound<u64>)) -> Vec<Entry> {
-        let p = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        p.range(range).map(|(_, e)| e.clone()).collect()
-    }
-
-    pub(crate) fn last(&self) -> Option<LogId> {
-        let p = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        p.last_key_value().map(|(_, e)| e.log_id)
-    }
-}
 
 type Done = oneshot::Sender<Result<(), ControlError>>;
 
@@ -113,7 +67,7 @@ pub(crate) fn run(
     wal: Arc<Wal>,
     mut appender: Appender,
     persister: Arc<Persister>,
-    pending: Arc<Pending>,
+    tail: Arc<Tail>,
     rx: Receiver<Op>,
 ) {
     // Whether a written committed id is not yet covered by a flush.
@@ -150,22 +104,21 @@ pub(crate) fn run(
             }
         }
         let durable = batch.iter().any(|op| !matches!(op, Op::Committed { .. }));
+        let started = std::time::Instant::now();
         let result = write(&wal, &mut appender, &persister, &batch, durable);
-        if result.is_ok() {
+        tracing::debug!(
+            ops = batch.len(),
+            durable,
+            us = started.elapsed().as_micros() as u64,
+            "log batch written"
+        );
+        if let Ok(lengths) = &result {
             unflushed = !durable;
-            let ids: Vec<LogId> = batch
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Append { entries, .. } => Some(entries.iter().map(|e| e.log_id)),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            pending.committed(&ids);
+            tail.written(&written_entries(&batch, lengths));
         }
         for op in batch {
             let r = match &result {
-                Ok(()) => Ok(()),
+                Ok(_) => Ok(()),
                 Err(e) => Err(ControlError::Storage(e.to_string())),
             };
             match op {
@@ -187,7 +140,31 @@ pub(crate) fn run(
     }
 }
 
-/// Writes `batch` in order as one log write.
+/// The entries of `batch` with their record lengths; `lengths` has one per
+/// change, in the order [`write`] makes them.
+fn written_entries(batch: &[Op], lengths: &[u64]) -> Vec<(LogId, u64)> {
+    let mut lengths = lengths.iter();
+    let mut out = Vec::new();
+    for op in batch {
+        match op {
+            Op::Append { entries, .. } => {
+                out.extend(
+                    entries
+                        .iter()
+                        .zip(lengths.by_ref())
+                        .map(|(e, l)| (e.log_id, *l)),
+                );
+            }
+            _ => {
+                lengths.next();
+            }
+        }
+    }
+    out
+}
+
+/// Writes `batch` in order as one log write; returns each change's record
+/// length.
 ///
 /// Before a purge, the state machine's applies are written to its file
 /// durably: they live in memory until a flush (`state_machine.rs`), and
@@ -201,7 +178,7 @@ fn write(
     persister: &Persister,
     batch: &[Op],
     durable: bool,
-) -> Result<(), ControlError> {
+) -> Result<Vec<u64>, ControlError> {
     if batch.iter().any(|op| matches!(op, Op::Purge { .. })) {
         persister.flush()?;
     }
@@ -216,62 +193,4 @@ fn write(
         }
     }
     appender.write(wal, &changes, durable)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::ops::Bound::{Excluded, Included, Unbounded};
-
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Blank,
-        }
-    }
-
-    fn indexes(p: &Pending) -> Vec<(u64, u64)> {
-        p.range((Unbounded, Unbounded))
-            .iter()
-            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
-            .collect()
-    }
-
-    #[test]
-    fn queued_entries_are_served_until_committed() {
-        let p = Pending::default();
-        p.insert(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
-        assert_eq!(p.last().map(|l| l.index), Some(3));
-        assert_eq!(p.range((Included(2), Excluded(3))).len(), 1);
-        p.committed(&[entry(1, 1).log_id, entry(1, 2).log_id]);
-        assert_eq!(indexes(&p), [(1, 3)]);
-    }
-
-    #[test]
-    fn a_replaced_entry_survives_the_commit_of_the_old_one() {
-        let p = Pending::default();
-        p.insert(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
-        // A new leader's entries replace 2 and 3 before the old ones are
-        // committed.
-        p.truncate(2);
-        assert_eq!(indexes(&p), [(1, 1)]);
-        p.insert(&[entry(2, 2)]);
-        p.committed(&[entry(1, 1).log_id, entry(1, 2).log_id, entry(1, 3).log_id]);
-        assert_eq!(indexes(&p), [(2, 2)]);
-        assert_eq!(p.last(), Some(entry(2, 2).log_id));
-    }
-
-    #[test]
-    fn purge_drops_queued_entries_up_to_the_index() {
-        let p = Pending::default();
-        p.insert(&[entry(1, 4), entry(1, 5), entry(1, 6)]);
-        p.purge(5);
-        assert_eq!(indexes(&p), [(1, 6)]);
-        p.purge(u64::MAX);
-        assert_eq!(indexes(&p), []);
-        assert_eq!(p.last(), None);
-    }
 }

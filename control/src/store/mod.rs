@@ -20,6 +20,7 @@ use crate::types::{Entry, LogId, Vote};
 mod log_store;
 mod log_writer;
 mod state_machine;
+mod tail;
 mod wal;
 
 pub use log_store::LogStore;

@@ -481,14 +481,15 @@ fn replay(t: &mut Tables, seq: u64, bytes: &[u8]) -> Result<usize, (usize, Strin
 
 impl Appender {
     /// Writes `changes` as one batch (one `write`, and one `fdatasync` if
-    /// `durable`), then makes them visible to readers. A batch whose write
-    /// or flush failed is not made visible, and nothing is written after it.
+    /// `durable`), then makes them visible to readers; returns each
+    /// change's record length. A batch whose write or flush failed is not
+    /// made visible, and nothing is written after it.
     pub(crate) fn write(
         &mut self,
         wal: &Wal,
         changes: &[Change<'_>],
         durable: bool,
-    ) -> Result<(), ControlError> {
+    ) -> Result<Vec<u64>, ControlError> {
         if let Some(why) = &self.failed {
             return Err(ControlError::Storage(format!(
                 "the control log stopped after a failed write ({why}); restart the member"
@@ -520,14 +521,16 @@ impl Appender {
         self.len += buf.len() as u64;
         let mut t = wal.tables.write().unwrap_or_else(PoisonError::into_inner);
         let mut purged = false;
+        let mut lengths = Vec::with_capacity(spans.len());
         for (c, (start, len)) in changes.iter().zip(spans) {
             t.apply(c, Some((self.seq, base + start as u64, len as u64)));
             purged |= matches!(c, Change::Purged(_));
+            lengths.push(len as u64);
         }
         if purged {
             self.delete_unneeded(wal, &mut t);
         }
-        Ok(())
+        Ok(lengths)
     }
 
     /// Makes everything written so far durable (the committed id rides
