@@ -5,7 +5,7 @@
 //! The state machine's file follows its in-memory state: after a crash it
 //! is at worst behind the durable log, and openraft re-applies the committed
 //! tail. The log therefore must hold every entry the file has not: a
-//! background flush writes the applies within 50 ms
+//! background flush writes the applies within 250 ms
 //! (`state_machine/flusher.rs`), and the log writer flushes them before any
 //! purge.
 
