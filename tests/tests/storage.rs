@@ -281,12 +281,19 @@ fn phase4_corrupt_objects_are_never_served() {
     assert_eq!(get(&url2).bytes().unwrap().as_ref(), content.as_slice());
     assert_eq!(metric(&s2, "corrupt_objects_total"), 1);
 
-    // Corrupt everywhere: a clear error, never the bad bytes.
+    // Corrupt everywhere: a clear error, never the bad bytes. Which error
+    // depends on a race: the replicator, which saw slave 2's first copy
+    // quarantined, may have a backup copy to slave 2 in flight. If that
+    // copy reaches slave 1's bad copy first, the master already knows no
+    // live node holds the object when the read's fetch asks (404, "no live
+    // node holds"); otherwise the read's fetch is the one that finds it bad
+    // (502).
     corrupt(&c.slave_dir(1), &id);
     corrupt(&c.slave_dir(2), &id);
     let resp = get(&url2);
-    assert_eq!(resp.status(), 502);
+    let status = resp.status().as_u16();
     let body = resp.text().unwrap();
+    assert!(status == 502 || status == 404, "{status}: {body}");
     assert!(body.contains("error"), "{body}");
     // Both copies are now quarantined: asking slave 1 is a clear "gone".
     let resp = get(&format!("{s1}/v1/objects/{id}"));
