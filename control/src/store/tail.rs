@@ -171,6 +171,16 @@ impl Tail {
             Bound::Excluded(s) => s.checked_add(1)?,
             Bound::Unbounded => return None,
         };
+        // `BTreeMap::range` panics on an inverted range; openraft asks for
+        // none, but an empty answer is the right one.
+        let empty = match range.1 {
+            Bound::Included(end) => end < start,
+            Bound::Excluded(end) => end <= start,
+            Bound::Unbounded => false,
+        };
+        if empty {
+            return Some(Vec::new());
+        }
         let t = self.read();
         let (&first, _) = t.entries.first_key_value()?;
         if start < first {

@@ -61,6 +61,19 @@ fn phase2_a_read_before_the_first_held_entry_goes_to_the_log() {
         Some(0)
     );
     assert!(Tail::default().covering((Included(1), Unbounded)).is_none());
+    // Empty and inverted ranges are empty answers, not a panic.
+    assert_eq!(
+        t.covering((Included(11), Excluded(11))).map(|v| v.len()),
+        Some(0)
+    );
+    assert_eq!(
+        t.covering((Excluded(11), Excluded(11))).map(|v| v.len()),
+        Some(0)
+    );
+    assert_eq!(
+        t.covering((Included(12), Included(10))).map(|v| v.len()),
+        Some(0)
+    );
 }
 
 #[test]
