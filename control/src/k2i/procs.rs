@@ -137,34 +137,13 @@ fn read(
     if query.pid.is_some_and(|p| p != stat.pid) {
         return None;
     }
-    let id = Identity {
-        pid: stat.pid,
-        start_ticks: stat.starttime,
-        comm: stat.comm.clone(),
-    };
     // Kernel threads have an empty command line. It is read every time (a
     // few µs): a process may retitle itself without an exec (nginx's and
     // PostgreSQL's workers do), and `ps` must show that.
     let cmdline = process.cmdline();
     let cgroups = match table {
         None => read_cgroups(&process).unwrap_or_default(),
-        Some(table) => match table.get(&id) {
-            Some(kept) => kept.cgroups.clone(),
-            None => match read_cgroups(&process) {
-                // Kept only when the process was still there for both
-                // reads: an empty answer would stand for its real facts.
-                Ok(cgroups) if cmdline.is_ok() => {
-                    table.insert(
-                        id,
-                        Kept {
-                            cgroups: cgroups.clone(),
-                        },
-                    );
-                    cgroups
-                }
-                read => read.unwrap_or_default(),
-            },
-        },
+        Some(table) => kept_cgroups(table, &process, &stat, cmdline.is_ok()),
     };
     let cmdline = cmdline.unwrap_or_default();
     if !query.matches_identity(stat.pid, &stat.comm, &cmdline) || !query.matches_cgroups(&cgroups) {
@@ -193,6 +172,33 @@ fn read(
         started: stat.starttime as f64 / host.tps as f64,
         process,
     })
+}
+
+/// `process`'s cgroups from `table`, else read and kept there. A read is
+/// kept only when the process was still there for it and for its command
+/// line (`cmdline_read`): an empty answer would stand for its real facts.
+fn kept_cgroups(
+    table: &mut ProcTable,
+    process: &Process,
+    stat: &procfs::process::Stat,
+    cmdline_read: bool,
+) -> Vec<String> {
+    let id = Identity {
+        pid: stat.pid,
+        start_ticks: stat.starttime,
+        comm: stat.comm.clone(),
+    };
+    if let Some(kept) = table.get(&id) {
+        return kept.cgroups.clone();
+    }
+    match read_cgroups(process) {
+        Ok(cgroups) if cmdline_read => {
+            let kept = cgroups.clone();
+            table.insert(id, Kept { cgroups: kept });
+            cgroups
+        }
+        read => read.unwrap_or_default(),
+    }
 }
 
 /// A process's cgroups from `/proc/PID/cgroup`.

@@ -112,9 +112,9 @@ pub(crate) fn run(
             us = started.elapsed().as_micros() as u64,
             "log batch written"
         );
-        if let Ok(lengths) = &result {
+        if let Ok(written) = &result {
             unflushed = !durable;
-            tail.written(&written_entries(&batch, lengths));
+            tail.written(written);
         }
         for op in batch {
             let r = match &result {
@@ -140,31 +140,8 @@ pub(crate) fn run(
     }
 }
 
-/// The entries of `batch` with their record lengths; `lengths` has one per
-/// change, in the order [`write`] makes them.
-fn written_entries(batch: &[Op], lengths: &[u64]) -> Vec<(LogId, u64)> {
-    let mut lengths = lengths.iter();
-    let mut out = Vec::new();
-    for op in batch {
-        match op {
-            Op::Append { entries, .. } => {
-                out.extend(
-                    entries
-                        .iter()
-                        .zip(lengths.by_ref())
-                        .map(|(e, l)| (e.log_id, *l)),
-                );
-            }
-            _ => {
-                lengths.next();
-            }
-        }
-    }
-    out
-}
-
-/// Writes `batch` in order as one log write; returns each change's record
-/// length.
+/// Writes `batch` in order as one log write; returns the entries written,
+/// with their record lengths.
 ///
 /// Before a purge, the state machine's applies are written to its file
 /// durably: they live in memory until a flush (`state_machine.rs`), and
@@ -178,7 +155,7 @@ fn write(
     persister: &Persister,
     batch: &[Op],
     durable: bool,
-) -> Result<Vec<u64>, ControlError> {
+) -> Result<Vec<(LogId, u64)>, ControlError> {
     if batch.iter().any(|op| matches!(op, Op::Purge { .. })) {
         persister.flush()?;
     }
@@ -192,5 +169,13 @@ fn write(
             Op::Committed { committed } => changes.push(Change::Committed(*committed)),
         }
     }
-    appender.write(wal, &changes, durable)
+    let lengths = appender.write(wal, &changes, durable)?;
+    Ok(changes
+        .iter()
+        .zip(lengths)
+        .filter_map(|(c, len)| match c {
+            Change::Entry(e) => Some((e.log_id, len)),
+            _ => None,
+        })
+        .collect())
 }

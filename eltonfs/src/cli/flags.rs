@@ -85,8 +85,8 @@ const UNUSED: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
-/// The command line: the derived one, with stand-ins for unused flags.
-/// The whole command line.
+/// The whole command line: the derived one, with stand-ins for unused
+/// flags.
 pub fn command() -> clap::Command {
     hide_unused(Cli::command())
 }

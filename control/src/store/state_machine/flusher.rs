@@ -15,9 +15,10 @@ use crate::error::ControlError;
 
 /// Longest time an apply stays without a durable commit. Each commit costs
 /// a redb transaction and an `fdatasync` beside the control log's own: at
-/// 50 ms they were 5 % of the masters' CPU under load, at 250 ms a fifth of
-/// that, and a crash still re-applies only a fraction of a second of the
-/// log.
+/// 50 ms the flusher was 8.8 % of the masters' CPU under load, 4.7 % in the
+/// commits alone, which now come five times less often (`docs/benchmarks.md`,
+/// "Control plane", runs 17-19); a crash still re-applies only a fraction
+/// of a second of the log.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// The flushing thread; stopping it (drop) makes the last applies durable
