@@ -16,7 +16,8 @@
 //!   to re-announce its inventory so its wrong locations are swept.
 //! - [`peers`], [`remote`], [`crossfetch`], [`coalesce`]: peer masters of
 //!   other clusters: remote volumes, forwarded commits, cross-cluster
-//!   fetches (one WAN transfer per object at a time).
+//!   fetches (one WAN transfer per object at a time); [`along_path`]: the
+//!   objects a home sends with a version record to a peer's first read.
 //! - [`wan`], [`metrics`]: WAN accounting and the Prometheus endpoint.
 //! - [`planner`] (pure) and [`replicator`]: backup copies and repair.
 //! - [`fsck`] and [`walk`]: checking replication and version readability.
@@ -34,6 +35,7 @@
 //! [`run`] serves on an already-bound listener until `shutdown` resolves, so
 //! tests can start a master on port 0 in-process.
 
+pub mod along_path;
 pub mod auth;
 pub mod backup;
 pub mod coalesce;

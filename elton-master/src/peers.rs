@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use elton_proto::PEER_METADATA_KEY;
 use elton_proto::pb::master_client::MasterClient;
 use elton_proto::pb::{self, ObjectChunk};
+use elton_proto::{PEER_METADATA_KEY, VolumePath};
 use futures::Stream;
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -146,7 +146,10 @@ impl PeerSet {
         self.stats
             .bytes(&peer.name, None, Direction::Out, msg.encoded_len() as u64);
         let req = self.request(msg);
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, call(peer.client(), req)).await;
+        tracing::debug!(peer = %peer.name, call = std::any::type_name::<Req>(),
+            ms = started.elapsed().as_secs_f64() * 1e3, "peer call answered");
         let result = match result {
             Ok(r) => r,
             Err(_) => Err(self.timed_out(peer)),
@@ -200,15 +203,19 @@ impl PeerSet {
             .map(|r| r.volumes)
     }
 
+    /// A version record; with `read_path`, the home sends the objects on
+    /// that path along (`VersionRecord.along_path`).
     pub async fn get_version(
         &self,
         peer: &Peer,
         volume: &str,
         version: u64,
+        read_path: Option<&VolumePath>,
     ) -> Result<pb::VersionRecord, PeerFailure> {
         let msg = pb::GetVersionRequest {
             volume: volume.into(),
             version,
+            read_path: read_path.map(ToString::to_string),
         };
         self.unary(peer, msg, |mut c, r| async move { c.get_version(r).await })
             .await
@@ -258,7 +265,10 @@ impl PeerSet {
             .bytes(&peer.name, None, Direction::Out, msg.encoded_len() as u64);
         let req = self.request(msg);
         let mut client = peer.transfer_client();
+        let started = std::time::Instant::now();
         let opened = tokio::time::timeout(self.timeout, client.fetch_object(req)).await;
+        tracing::debug!(peer = %peer.name, ms = started.elapsed().as_secs_f64() * 1e3,
+            "peer object stream opened");
         let opened = match opened {
             Ok(r) => r,
             Err(_) => Err(self.timed_out(peer)),

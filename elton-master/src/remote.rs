@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use elton_proto::pb;
-use elton_proto::{HEAD_METADATA_KEY, VersionInfo, VolumeName};
+use elton_proto::{HEAD_METADATA_KEY, VersionInfo, VolumeName, VolumePath};
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 
 use crate::MasterError;
 use crate::peers::{Peer, PeerFailure, PeerSet};
@@ -126,25 +128,89 @@ impl RemoteVolumes {
     }
 
     /// `version` 0 is the head, always asked of the home; numbered records
-    /// come from the cache when present.
+    /// come from the cache when present. With `read_path`, a record asked
+    /// of the home brings the objects on that path along (passed on to the
+    /// caller, not cached: the reader stores them). The home of a volume
+    /// not known yet is found by asking every peer for the record itself,
+    /// one round trip where a lookup and then the record take two.
     pub async fn version(
         &self,
         name: &VolumeName,
         version: u64,
+        read_path: Option<&VolumePath>,
     ) -> Result<pb::VersionRecord, MasterError> {
         if version != 0
             && let Some(r) = self.cache().get(&(name.clone(), version))
         {
             return Ok(r.clone());
         }
-        let home = self.home(name).await?;
-        let record = self
-            .peers
-            .get_version(home, name.as_str(), version)
-            .await
-            .map_err(|f| failure(home, f))?;
-        self.remember(name, std::slice::from_ref(&record))?;
+        let known = self.known_home(name).and_then(|n| self.peers.get(&n));
+        let found = match known {
+            Some(home) => Some(self.version_from(home, name, version, read_path).await?),
+            None => self.version_from_any(name, version, read_path).await,
+        };
+        let record = match found {
+            Some(record) => record,
+            // Nobody answered with a record: the lookup tells an unknown
+            // volume from an unknown version or an unreachable home.
+            None => {
+                let home = self.home(name).await?;
+                self.version_from(home, name, version, read_path).await?
+            }
+        };
+        let stored = pb::VersionRecord {
+            along_path: Vec::new(),
+            ..record.clone()
+        };
+        self.remember(name, std::slice::from_ref(&stored))?;
         Ok(record)
+    }
+
+    async fn version_from(
+        &self,
+        home: &Peer,
+        name: &VolumeName,
+        version: u64,
+        read_path: Option<&VolumePath>,
+    ) -> Result<pb::VersionRecord, MasterError> {
+        self.peers
+            .get_version(home, name.as_str(), version, read_path)
+            .await
+            .map_err(|f| failure(home, f))
+    }
+
+    /// Asks every peer at once for the record; the first to answer with one
+    /// of `name` is its home (remembered). `None` when none did, whatever
+    /// the reasons (the caller's lookup reports them).
+    async fn version_from_any(
+        &self,
+        name: &VolumeName,
+        version: u64,
+        read_path: Option<&VolumePath>,
+    ) -> Option<pb::VersionRecord> {
+        let mut asked: FuturesUnordered<_> = self
+            .peers
+            .all()
+            .iter()
+            .map(|p| async move {
+                let answer = self
+                    .peers
+                    .get_version(p, name.as_str(), version, read_path)
+                    .await;
+                (p, answer)
+            })
+            .collect();
+        while let Some((peer, answer)) = asked.next().await {
+            let Ok(record) = answer else { continue };
+            if record.volume != name.as_str() {
+                tracing::warn!(volume = %name, peer = %peer.name, answered = %record.volume,
+                    "peer answered a record of another volume; ignored");
+                continue;
+            }
+            self.cached_home().insert(name.clone(), peer.name.clone());
+            return Some(record);
+        }
+        None
     }
 
     pub async fn versions(

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use elton_proto::pb::master_server::{Master, MasterServer};
 use elton_proto::pb::{self, NodeInfo};
 use elton_proto::{
-    HttpAddr, MAX_LOCATIONS_PER_CALL, NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName,
+    HttpAddr, MAX_LOCATIONS_PER_CALL, NodeId, ObjectId, SIZE_METADATA_KEY, VolumeName, VolumePath,
 };
 use futures::StreamExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::along_path::{Budget, objects_along};
 use crate::auth::{Auth, Caller, Need};
 use crate::coalesce::{Coalescer, Turn};
 use crate::crossfetch::CrossFetch;
@@ -345,7 +346,7 @@ impl MasterService {
             match r.parent {
                 0 => None,
                 n => {
-                    let parent = self.remote.version(volume, n).await?;
+                    let parent = self.remote.version(volume, n, None).await?;
                     Some(ObjectId::from_bytes(&parent.root).map_err(|e| {
                         MasterError::Io(format!("version record from the home: {e}"))
                     })?)
@@ -527,11 +528,29 @@ impl Master for MasterService {
         let (_, peer) = self.admit(&req, Need::Read)?;
         let r = req.into_inner();
         let name: VolumeName = r.volume.parse().map_err(MasterError::from)?;
+        let read_path = r
+            .read_path
+            .as_deref()
+            .map(VolumePath::parse)
+            .transpose()
+            .map_err(MasterError::from)?;
         let n = name.clone();
         let record = match self.with_store(move |s| s.version(&n, r.version)).await {
-            Ok(info) => self.record(&info),
+            Ok(info) => {
+                let mut record = self.record(&info);
+                // Only a peer saves WAN round trips by it; this cluster's
+                // slaves read the same objects a LAN hop away.
+                if let (Some(path), Some(_)) = (&read_path, &peer) {
+                    record.along_path =
+                        objects_along(self.validator.as_ref(), info.root, path, Budget::standard())
+                            .await;
+                }
+                record
+            }
             Err(MasterError::UnknownVolume(_)) if self.may_ask_peers(peer.as_deref()) => {
-                self.remote.version(&name, r.version).await?
+                self.remote
+                    .version(&name, r.version, read_path.as_ref())
+                    .await?
             }
             Err(e) => return Err(e.into()),
         };

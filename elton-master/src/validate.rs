@@ -23,6 +23,7 @@ use elton_proto::{
 use futures::StreamExt;
 
 use crate::MasterError;
+use crate::along_path::PathSource;
 use crate::fetch::{self, HolderReader, Opened};
 use crate::nodes::Liveness;
 use crate::store::{MetaStore, NodeRow, blocking};
@@ -277,10 +278,27 @@ impl TreeSource for TreeValidator {
                 .collect()
         };
         futures::stream::iter(wanted)
-            .map(|id| self.manifest(id))
+            .map(|id| TreeSource::manifest(self, id))
             .buffer_unordered(PREFETCH_READS)
             .for_each(|_| async {})
             .await;
+    }
+}
+
+/// Where [`crate::along_path`] reads from on a volume's home: the same
+/// holders, deadlines and cache (the manifests of a version just committed
+/// are still in it).
+impl PathSource for TreeValidator {
+    async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, String> {
+        TreeSource::manifest(self, id)
+            .await
+            .map_err(|e| format!("manifest {id}: {e}"))
+    }
+
+    async fn recipe(&self, id: ObjectId) -> Result<Vec<u8>, String> {
+        self.read(id, MAX_RECIPE_BYTES, ProtoError::Recipe)
+            .await
+            .map_err(|e| format!("recipe {id}: {e}"))
     }
 }
 

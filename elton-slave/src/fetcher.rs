@@ -119,6 +119,38 @@ impl Fetcher {
         Ok(())
     }
 
+    /// Takes the bytes of an object a master sent unasked (the manifests
+    /// and recipe on a path about to be read, `GetVersionRequest.read_path`)
+    /// as the object they hash to, so nothing about them is trusted. Unless
+    /// it is stored here already, it is stored and announced in the
+    /// background like a fetched chunk; a read of it meanwhile waits for
+    /// that store (its turn is taken before this returns) instead of
+    /// fetching it again.
+    pub async fn adopt(self: &Arc<Self>, bytes: Bytes) {
+        if bytes.len() as u64 > IN_MEMORY_MAX {
+            return; // more than a master sends: not worth hashing
+        }
+        let hashed = bytes.clone();
+        let Ok(id) = tokio::task::spawn_blocking(move || ObjectId::of(&hashed)).await else {
+            return;
+        };
+        if self.store.contains(&id) {
+            return;
+        }
+        let turn = self.turns.take(id).await;
+        if self.store.contains(&id) {
+            return; // a fetch of it ended while this waited
+        }
+        let Ok(permit) = self.background.clone().acquire_owned().await else {
+            return;
+        };
+        inc(&self.metrics.objects_fetched_total, 1);
+        inc(&self.metrics.fetched_bytes_total, bytes.len() as u64);
+        tracing::debug!(object = %id, size = bytes.len(), "adopted");
+        let this = self.clone();
+        tokio::spawn(async move { this.store_fetched(id, bytes, turn, permit).await });
+    }
+
     /// Opens a verified local copy, fetching it first unless `local_only`.
     pub async fn open(&self, id: ObjectId, local_only: bool) -> Result<(File, u64), SlaveError> {
         self.open_for(id, local_only, None).await
@@ -274,8 +306,9 @@ impl Fetcher {
         }
     }
 
-    /// Writes a chunk fetched by [`Fetcher::read_range`] to the store, lets
-    /// waiting readers of it go, then announces it.
+    /// Writes a chunk fetched by [`Fetcher::read_range`] (or an object
+    /// taken by [`Fetcher::adopt`]) to the store, lets waiting readers of
+    /// it go, then announces it.
     async fn store_fetched(
         &self,
         id: ObjectId,

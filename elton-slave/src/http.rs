@@ -439,7 +439,10 @@ async fn get_volume_path(
         return Ok(resp);
     }
     let version: Version = version.parse()?;
-    let issued = state.volumes.version_record(&volume, version).await?;
+    let issued = state
+        .volumes
+        .version_record_for(&volume, version, Some(&path))
+        .await?;
     let info = &issued.info;
     match state.volumes.resolve(info.root, &path).await? {
         Resolved::File(entry) => {

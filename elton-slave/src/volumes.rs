@@ -143,6 +143,20 @@ impl Volumes {
         volume: &VolumeName,
         v: Version,
     ) -> Result<Issued, SlaveError> {
+        self.version_record_for(volume, v, None).await
+    }
+
+    /// As [`Self::version_record`], for a read of `path` in that version:
+    /// a record not cached here is asked for with the path, so that for a
+    /// volume homed in another cluster the home sends the manifests and
+    /// recipe on the way along with it (one WAN round trip instead of one
+    /// per object; see `GetVersionRequest.read_path`).
+    pub async fn version_record_for(
+        &self,
+        volume: &VolumeName,
+        v: Version,
+        path: Option<&VolumePath>,
+    ) -> Result<Issued, SlaveError> {
         let cache = self.link.versions();
         let stale = match cache.get(volume, v) {
             Some(hit) if hit.confirmed => {
@@ -153,14 +167,14 @@ impl Volumes {
             }
             stale => stale,
         };
-        let mut fetched = self.fetch_record(volume, v.get()).await;
+        let mut fetched = self.fetch_record(volume, v.get(), path).await;
         if stale.is_some() && matches!(fetched, Err(SlaveError::MasterUnavailable(_))) {
             // A connection broken by the master's restart fails the first
             // call; the next one reconnects. Before serving from the cache,
             // make sure the master is really unreachable, not just back
             // under a new incarnation.
             tokio::time::sleep(STALE_RETRY_DELAY).await;
-            fetched = self.fetch_record(volume, v.get()).await;
+            fetched = self.fetch_record(volume, v.get(), path).await;
         }
         match fetched {
             Ok(issued) => {
@@ -186,7 +200,7 @@ impl Volumes {
 
     /// The head's record; `None` while the volume has no version.
     pub async fn head(&self, volume: &VolumeName) -> Result<Option<Issued>, SlaveError> {
-        match self.fetch_record(volume, 0).await {
+        match self.fetch_record(volume, 0, None).await {
             Ok(issued) => {
                 self.link.versions().seen(&issued.incarnation, volume);
                 Ok(Some(issued))
@@ -196,12 +210,21 @@ impl Volumes {
         }
     }
 
-    async fn fetch_record(&self, volume: &VolumeName, v: u64) -> Result<Issued, SlaveError> {
+    async fn fetch_record(
+        &self,
+        volume: &VolumeName,
+        v: u64,
+        path: Option<&VolumePath>,
+    ) -> Result<Issued, SlaveError> {
         let req = GetVersionRequest {
             volume: volume.to_string(),
             version: v,
+            read_path: path.map(VolumePath::to_string),
         };
-        let record = self.link.client().get_version(req).await?.into_inner();
+        let mut record = self.link.client().get_version(req).await?.into_inner();
+        for bytes in std::mem::take(&mut record.along_path) {
+            self.fetcher.adopt(bytes.into()).await;
+        }
         let incarnation = record.incarnation.clone();
         let info = VersionInfo::try_from(record)
             .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))?;

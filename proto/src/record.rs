@@ -51,6 +51,7 @@ impl From<&VersionInfo> for pb::VersionRecord {
             time_unix: v.time,
             // Filled in by the master that serves the record.
             incarnation: String::new(),
+            along_path: Vec::new(),
         }
     }
 }

@@ -596,3 +596,103 @@ fn phase7_one_byte_edit_of_a_large_file_moves_only_its_changed_chunk() {
     eprintln!("1-byte edit of 256 MiB: B's read of the new version moved {moved} WAN bytes");
     assert!(moved <= 4 * MIB, "WAN bytes {moved} > 4 MiB");
 }
+
+/// The most objects B's master knows one node of `c` to hold.
+fn most_objects_on_a_node(c: &Cluster) -> u64 {
+    let out = c.ok(1, &["node", "ls", "--json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["objects"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// WAN requests B's master made of A's so far.
+fn requests_to_a(p: &Pair) -> u64 {
+    stats(&p.b, "alpha")["requests_out"].as_u64().unwrap()
+}
+
+#[test]
+fn phase8_a_cold_read_asks_the_home_once_before_the_bytes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let p = Pair::new();
+    p.a.ok(1, &["volume", "create", "deep"]);
+    let dir = tempfile::tempdir_in(p.a.dir.path()).unwrap();
+    let leaf = dir.path().join("x/y/z");
+    fs::create_dir_all(&leaf).unwrap();
+    let small = b"a small file three directories down".to_vec();
+    let big = pseudo_random((12 * MIB) as usize, 8);
+    fs::write(leaf.join("small.txt"), &small).unwrap();
+    fs::write(leaf.join("big.bin"), &big).unwrap();
+    p.a.ok(1, &["import", dir.path().to_str().unwrap(), "deep"]);
+
+    // A whole file under three directories, volume unknown to B: the
+    // record, with the four manifests on the way, then the file. Before,
+    // a lookup, the record and one request per manifest came first.
+    let before = requests_to_a(&p);
+    let url = |i: usize, f: &str| format!("{}/v1/volumes/deep/1/x/y/z/{f}", p.b.slave_url(i));
+    let (status, body, _) = timed_get(&url(1, "small.txt"));
+    assert_eq!((status, body), (200, small.clone()));
+    assert_eq!(requests_to_a(&p) - before, 2, "GetVersion, FetchObject");
+
+    // The manifests came with the record and are stored and announced in
+    // B like fetched objects (in the background): once B's master knows
+    // them, a read on B's other slave asks nothing more of A.
+    wait_until(
+        "B's slave 1 announced what it read",
+        Duration::from_secs(10),
+        || most_objects_on_a_node(&p.b) >= 5,
+    );
+    let before = requests_to_a(&p);
+    let (status, body, _) = timed_get(&url(2, "small.txt"));
+    assert_eq!((status, body), (200, small));
+    assert_eq!(requests_to_a(&p), before, "served inside B");
+
+    // A chunked file in a new version: the record brings its recipe too,
+    // so only its chunks are fetched. How many there are is read from the
+    // recipe in A.
+    fs::write(leaf.join("new.txt"), b"version 2").unwrap();
+    p.a.ok(1, &["import", dir.path().to_str().unwrap(), "deep"]);
+    let listing: serde_json::Value = get(&format!("{}/v1/volumes/deep/2/x/y/z", p.a.slave_url(1)))
+        .json()
+        .unwrap();
+    let entry = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "big.bin")
+        .unwrap()
+        .clone();
+    assert_eq!(entry["recipe"], true, "12 MiB is chunked: {entry}");
+    let recipe: serde_json::Value = get(&format!(
+        "{}/v1/objects/{}",
+        p.a.slave_url(1),
+        entry["object"].as_str().unwrap()
+    ))
+    .json()
+    .unwrap();
+    let chunks = recipe["chunks"].as_array().unwrap().len() as u64;
+    assert!(chunks > 1, "{recipe}");
+    let before = requests_to_a(&p);
+    let (status, body, _) = timed_get(&format!(
+        "{}/v1/volumes/deep/2/x/y/z/big.bin",
+        p.b.slave_url(2)
+    ));
+    assert_eq!(status, 200);
+    assert!(body == big, "the chunked file's bytes");
+    assert_eq!(
+        requests_to_a(&p) - before,
+        1 + chunks,
+        "GetVersion, then one FetchObject per chunk"
+    );
+
+    // A path that is not there is still a clean 404, and nothing is left
+    // half-known: the next read of the volume works.
+    let (status, _, _) = timed_get(&url(1, "nope"));
+    assert_eq!(status, 404);
+    let (status, _, _) = timed_get(&format!("{}/v1/volumes/deep/9/x", p.b.slave_url(1)));
+    assert_eq!(status, 404, "no version 9");
+}

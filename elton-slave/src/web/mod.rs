@@ -211,6 +211,7 @@ async fn record(
         .get_version(elton_proto::pb::GetVersionRequest {
             volume: volume.to_string(),
             version: n,
+            read_path: None,
         })
         .await?
         .into_inner())

@@ -313,6 +313,7 @@ async fn resolve(ep: &Endpoints, volume: &str, version: Option<u64>) -> Result<u
             m.get_version(GetVersionRequest {
                 volume: volume.to_string(),
                 version: v,
+                read_path: None,
             })
             .await
             .map_err(status)?;

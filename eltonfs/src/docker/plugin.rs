@@ -325,6 +325,7 @@ async fn check_on_master(endpoints: &crate::cli::Endpoints, o: &VolumeOptions) -
             .get_version(GetVersionRequest {
                 volume: o.volume.to_string(),
                 version: v,
+                read_path: None,
             })
             .await
             .map_err(|s| anyhow!("{}@{v}: {}", o.volume, s.message()))?;

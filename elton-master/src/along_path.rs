@@ -1,0 +1,124 @@
+//! The objects a reader in a peer cluster needs to reach one path of a
+//! version, sent along with the version record.
+//!
+//! A cold read of `/dir/file` in another cluster used to cost one WAN round
+//! trip per object, one after the other: the version record, the root
+//! manifest, each directory's manifest, the file's recipe, and only then
+//! the first chunk. The home reads them in its own cluster instead (a LAN
+//! round trip each, and the manifests of a version just committed are in
+//! the validator's cache) and answers them with the record
+//! (`VersionRecord.along_path`). The walk is best effort and bounded: it
+//! stops at the first object it cannot read, a name that is not there, or
+//! its deadline, and leaves out objects beyond its byte budget; the reader
+//! fetches whatever is missing as before. Nothing sent needs to be
+//! trusted: the receiver uses the bytes only as the object they hash to.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elton_proto::{DirManifest, EntryKind, ObjectId, VolumePath};
+use tokio::time::Instant;
+
+/// Bytes of objects sent with one record: a few ordinary manifests and a
+/// recipe, well inside a gRPC message (the reader may ask again for what
+/// was left out).
+pub const ALONG_PATH_BYTES: usize = 2 << 20;
+/// How long the home may spend reading them before it answers with what
+/// it has: about one WAN round trip, which is what each object saves.
+pub const ALONG_PATH_TIME: Duration = Duration::from_millis(250);
+
+/// Where the walk reads verified object bytes from.
+pub trait PathSource {
+    /// A directory manifest's bytes, verified against `id`.
+    fn manifest(&self, id: ObjectId) -> impl Future<Output = Result<Arc<Vec<u8>>, String>> + Send;
+    /// A chunked file's recipe's bytes, verified against `id`.
+    fn recipe(&self, id: ObjectId) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+}
+
+/// The limits of one walk.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub bytes: usize,
+    pub deadline: Instant,
+}
+
+impl Budget {
+    /// The default limits, from now.
+    pub fn standard() -> Self {
+        Self {
+            bytes: ALONG_PATH_BYTES,
+            deadline: Instant::now() + ALONG_PATH_TIME,
+        }
+    }
+}
+
+enum Want {
+    Manifest(ObjectId),
+    Recipe(ObjectId),
+}
+
+/// The bytes of the manifests from `root` down to `path` and, when `path`
+/// is a chunked file, of its recipe, in that order, within `budget`.
+pub async fn objects_along(
+    source: &impl PathSource,
+    root: ObjectId,
+    path: &VolumePath,
+    budget: Budget,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut left = budget.bytes;
+    let mut names = path.components().iter();
+    let mut want = Want::Manifest(root);
+    loop {
+        let read = match want {
+            Want::Manifest(id) => {
+                tokio::time::timeout_at(budget.deadline, source.manifest(id)).await
+            }
+            Want::Recipe(id) => {
+                tokio::time::timeout_at(budget.deadline, async {
+                    source.recipe(id).await.map(Arc::new)
+                })
+                .await
+            }
+        };
+        let bytes = match read {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                tracing::debug!(%path, "objects along the path: stopped at a read: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!(%path, sent = out.len(), "objects along the path: out of time");
+                break;
+            }
+        };
+        if bytes.len() <= left {
+            left -= bytes.len();
+            out.push(bytes.as_ref().clone());
+        }
+        let Want::Manifest(_) = want else {
+            break; // a recipe ends the path
+        };
+        let Some(name) = names.next() else {
+            break;
+        };
+        // Verified bytes of a manifest this master published.
+        let Ok(dir) = DirManifest::decode_published(&bytes) else {
+            break;
+        };
+        let Some(entry) = dir.get(name) else {
+            break;
+        };
+        let last = names.len() == 0;
+        want = match (entry.kind, entry.object) {
+            (EntryKind::Dir, Some(id)) => Want::Manifest(id),
+            (EntryKind::File, Some(id)) if last && entry.recipe => Want::Recipe(id),
+            _ => break,
+        };
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

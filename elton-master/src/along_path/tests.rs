@@ -1,0 +1,186 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use elton_proto::Entry;
+
+use super::*;
+
+/// Objects by id; a read of anything else fails, a read of `stall` never
+/// ends. Records what was read.
+#[derive(Default)]
+struct Fake {
+    objects: HashMap<ObjectId, Vec<u8>>,
+    stall: Option<ObjectId>,
+    reads: Mutex<Vec<ObjectId>>,
+}
+
+impl Fake {
+    fn put(&mut self, bytes: Vec<u8>) -> ObjectId {
+        let id = ObjectId::of(&bytes);
+        self.objects.insert(id, bytes);
+        id
+    }
+
+    fn dir(&mut self, entries: Vec<Entry>) -> ObjectId {
+        self.put(DirManifest::new(entries).unwrap().encode())
+    }
+
+    async fn read(&self, id: ObjectId) -> Result<Vec<u8>, String> {
+        self.reads.lock().unwrap().push(id);
+        if self.stall == Some(id) {
+            std::future::pending::<()>().await;
+        }
+        self.objects
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("{id} is not held"))
+    }
+}
+
+impl PathSource for Fake {
+    async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, String> {
+        self.read(id).await.map(Arc::new)
+    }
+
+    async fn recipe(&self, id: ObjectId) -> Result<Vec<u8>, String> {
+        self.read(id).await
+    }
+}
+
+fn entry(name: &str, kind: EntryKind, object: ObjectId, recipe: bool) -> Entry {
+    Entry {
+        name: name.into(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: 1,
+        mtime: 0,
+        object: Some(object),
+        recipe,
+        target: None,
+        xattrs: None,
+    }
+}
+
+/// `/a/b/big` (chunked), `/a/b/small` (whole), `/a/link` (symlink).
+struct Tree {
+    fake: Fake,
+    root: ObjectId,
+    a: ObjectId,
+    b: ObjectId,
+    recipe: ObjectId,
+}
+
+fn tree() -> Tree {
+    let mut fake = Fake::default();
+    let recipe = fake.put(b"a recipe's bytes".to_vec());
+    let small = ObjectId::of(b"small file, not read by the walk");
+    let b = fake.dir(vec![
+        entry("big", EntryKind::File, recipe, true),
+        entry("small", EntryKind::File, small, false),
+    ]);
+    let a = fake.dir(vec![
+        entry("b", EntryKind::Dir, b, false),
+        Entry {
+            object: None,
+            target: Some("b/small".into()),
+            ..entry("link", EntryKind::Symlink, small, false)
+        },
+    ]);
+    let root = fake.dir(vec![entry("a", EntryKind::Dir, a, false)]);
+    Tree {
+        fake,
+        root,
+        a,
+        b,
+        recipe,
+    }
+}
+
+fn ids(objects: &[Vec<u8>]) -> Vec<ObjectId> {
+    objects.iter().map(|b| ObjectId::of(b)).collect()
+}
+
+async fn walk(t: &Tree, path: &str, budget: Budget) -> Vec<ObjectId> {
+    let path = VolumePath::parse(path).unwrap();
+    ids(&objects_along(&t.fake, t.root, &path, budget).await)
+}
+
+#[tokio::test]
+async fn phase1_a_chunked_file_brings_every_manifest_on_its_path_and_its_recipe() {
+    let t = tree();
+    let got = walk(&t, "a/b/big", Budget::standard()).await;
+    assert_eq!(got, vec![t.root, t.a, t.b, t.recipe]);
+}
+
+#[tokio::test]
+async fn phase2_a_whole_file_a_directory_and_the_root_bring_their_manifests_only() {
+    let t = tree();
+    let manifests = vec![t.root, t.a, t.b];
+    assert_eq!(walk(&t, "a/b/small", Budget::standard()).await, manifests);
+    assert_eq!(walk(&t, "a/b", Budget::standard()).await, manifests);
+    assert_eq!(walk(&t, "", Budget::standard()).await, vec![t.root]);
+    assert_eq!(
+        walk(&t, "a/link", Budget::standard()).await,
+        vec![t.root, t.a],
+        "a symlink has nothing to send"
+    );
+}
+
+#[tokio::test]
+async fn phase3_a_missing_name_or_a_file_in_the_middle_stops_the_walk() {
+    let t = tree();
+    assert_eq!(
+        walk(&t, "a/nope/big", Budget::standard()).await,
+        vec![t.root, t.a]
+    );
+    assert_eq!(
+        walk(&t, "a/b/big/deeper", Budget::standard()).await,
+        vec![t.root, t.a, t.b],
+        "a file is not a directory; its recipe is not sent"
+    );
+}
+
+#[tokio::test]
+async fn phase4_an_object_that_cannot_be_read_ends_the_walk_with_what_was_read() {
+    let mut t = tree();
+    t.fake.objects.remove(&t.b);
+    assert_eq!(
+        walk(&t, "a/b/big", Budget::standard()).await,
+        vec![t.root, t.a]
+    );
+}
+
+#[tokio::test]
+async fn phase5_objects_beyond_the_byte_budget_are_left_out_and_the_walk_goes_on() {
+    let t = tree();
+    let root_len = t.fake.objects[&t.root].len();
+    let a_len = t.fake.objects[&t.a].len();
+    assert!(a_len > root_len, "the test needs a larger than the root");
+    let budget = Budget {
+        bytes: root_len + 16,
+        ..Budget::standard()
+    };
+    let got = walk(&t, "a/b/big", budget).await;
+    assert_eq!(got, vec![t.root, t.recipe], "a and b did not fit");
+    assert_eq!(
+        t.fake.reads.lock().unwrap().len(),
+        4,
+        "the walk still read every object to find the next"
+    );
+}
+
+#[tokio::test]
+async fn phase6_a_read_past_the_deadline_answers_with_what_was_read() {
+    let mut t = tree();
+    t.fake.stall = Some(t.b);
+    let budget = Budget {
+        bytes: ALONG_PATH_BYTES,
+        deadline: Instant::now() + Duration::from_millis(50),
+    };
+    let started = std::time::Instant::now();
+    let got = walk(&t, "a/b/big", budget).await;
+    assert_eq!(got, vec![t.root, t.a]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
