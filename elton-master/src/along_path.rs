@@ -9,9 +9,10 @@
 //! the validator's cache) and answers them with the record
 //! (`VersionRecord.along_path`). The walk is best effort and bounded: it
 //! stops at the first object it cannot read, a name that is not there, or
-//! its deadline, and leaves out objects beyond its byte budget; the reader
+//! its deadline, or the first object beyond its byte budget; the reader
 //! fetches whatever is missing as before. Nothing sent needs to be
-//! trusted: the receiver uses the bytes only as the object they hash to.
+//! trusted: the receiver keeps only a chain of objects from the record's
+//! root, each the object its bytes hash to and named by the one before.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,8 +33,13 @@ pub const ALONG_PATH_TIME: Duration = Duration::from_millis(250);
 pub trait PathSource {
     /// A directory manifest's bytes, verified against `id`.
     fn manifest(&self, id: ObjectId) -> impl Future<Output = Result<Arc<Vec<u8>>, String>> + Send;
-    /// A chunked file's recipe's bytes, verified against `id`.
-    fn recipe(&self, id: ObjectId) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    /// A chunked file's recipe's bytes, verified against `id`, refused if
+    /// larger than `limit` (what is left of the budget).
+    fn recipe(
+        &self,
+        id: ObjectId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
 /// The limits of one walk.
@@ -77,7 +83,7 @@ pub async fn objects_along(
             }
             Want::Recipe(id) => {
                 tokio::time::timeout_at(budget.deadline, async {
-                    source.recipe(id).await.map(Arc::new)
+                    source.recipe(id, left).await.map(Arc::new)
                 })
                 .await
             }
@@ -93,10 +99,13 @@ pub async fn objects_along(
                 break;
             }
         };
-        if bytes.len() <= left {
-            left -= bytes.len();
-            out.push(bytes.as_ref().clone());
+        // The reader accepts a chain from the root (each object named by
+        // the one before), so one that does not fit ends what is sent.
+        if bytes.len() > left {
+            break;
         }
+        left -= bytes.len();
+        out.push(bytes.as_ref().clone());
         let Want::Manifest(_) = want else {
             break; // a recipe ends the path
         };

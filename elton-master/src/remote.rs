@@ -7,7 +7,7 @@
 //! can change (the head, the version list, a commit) is always asked of the
 //! home and fails fast when it cannot be reached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use elton_proto::pb;
@@ -32,6 +32,11 @@ pub struct RemoteVolumes {
     /// of another one (the home was restored or started again) drops them,
     /// since their numbers may name other trees now.
     incarnations: Mutex<HashMap<VolumeName, String>>,
+    /// Numbered versions already asked of the home with a read path: a
+    /// record cached by a call without one (the head of a `latest` read,
+    /// a listing) is asked once more by the first read with a path, so
+    /// that the objects on it come along.
+    walked: Mutex<HashSet<(VolumeName, u64)>>,
 }
 
 /// The outcome of asking every peer whether it homes a volume.
@@ -51,6 +56,7 @@ impl RemoteVolumes {
             homes: Mutex::new(HashMap::new()),
             records: Mutex::new(HashMap::new()),
             incarnations: Mutex::new(HashMap::new()),
+            walked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -128,66 +134,87 @@ impl RemoteVolumes {
     }
 
     /// `version` 0 is the head, always asked of the home; numbered records
-    /// come from the cache when present. With `read_path`, a record asked
-    /// of the home brings the objects on that path along (passed on to the
-    /// caller, not cached: the reader stores them). The home of a volume
-    /// not known yet is found by asking every peer for the record itself,
-    /// one round trip where a lookup and then the record take two.
+    /// come from the cache when present. With `read_path` (ignored for the
+    /// head, which is never cached: each call would make the home walk
+    /// again), a record asked of the home brings the objects on that path
+    /// along, passed on to the caller and never cached. The home of a
+    /// volume not known yet is found by asking every peer for the record
+    /// itself: one round trip where a lookup and then the record take two.
     pub async fn version(
         &self,
         name: &VolumeName,
         version: u64,
         read_path: Option<&VolumePath>,
     ) -> Result<pb::VersionRecord, MasterError> {
-        if version != 0
-            && let Some(r) = self.cache().get(&(name.clone(), version))
-        {
-            return Ok(r.clone());
+        let read_path = read_path.filter(|_| version != 0);
+        let cached = (version != 0)
+            .then(|| self.cache().get(&(name.clone(), version)).cloned())
+            .flatten();
+        if let Some(cached) = cached {
+            return match self.known_home(name).and_then(|n| self.peers.get(&n)) {
+                // Not while the home is known to be unreachable: a cached
+                // record is what answers then, without a wait.
+                Some(home)
+                    if read_path.is_some()
+                        && self.peers.stats().reachable(&home.name)
+                        && self.first_walk(name, version) =>
+                {
+                    // One round trip that saves one per object on the path;
+                    // the cached record still answers if the home cannot.
+                    match self
+                        .peers
+                        .get_version(home, name.as_str(), version, read_path)
+                        .await
+                    {
+                        Ok(record)
+                            if self.remember(name, std::slice::from_ref(&record)).is_ok() =>
+                        {
+                            Ok(record)
+                        }
+                        _ => Ok(cached),
+                    }
+                }
+                _ => Ok(cached),
+            };
+        }
+        if read_path.is_some() {
+            // This record comes with the objects on the path.
+            self.first_walk(name, version);
         }
         let known = self.known_home(name).and_then(|n| self.peers.get(&n));
-        let found = match known {
-            Some(home) => Some(self.version_from(home, name, version, read_path).await?),
-            None => self.version_from_any(name, version, read_path).await,
+        let record = match known {
+            Some(home) => self
+                .peers
+                .get_version(home, name.as_str(), version, read_path)
+                .await
+                .map_err(|f| failure(home, f))?,
+            None => self.version_from_any(name, version, read_path).await?,
         };
-        let record = match found {
-            Some(record) => record,
-            // Nobody answered with a record: the lookup tells an unknown
-            // volume from an unknown version or an unreachable home.
-            None => {
-                let home = self.home(name).await?;
-                self.version_from(home, name, version, read_path).await?
-            }
-        };
-        let stored = pb::VersionRecord {
-            along_path: Vec::new(),
-            ..record.clone()
-        };
-        self.remember(name, std::slice::from_ref(&stored))?;
+        self.remember(name, std::slice::from_ref(&record))?;
         Ok(record)
     }
 
-    async fn version_from(
-        &self,
-        home: &Peer,
-        name: &VolumeName,
-        version: u64,
-        read_path: Option<&VolumePath>,
-    ) -> Result<pb::VersionRecord, MasterError> {
-        self.peers
-            .get_version(home, name.as_str(), version, read_path)
-            .await
-            .map_err(|f| failure(home, f))
+    /// Asks every peer at once for the record; the first to answer with one
+    /// of `name` is its home (remembered). When none does, the peers that
+    /// answered "not found" are asked whether they home the volume, to
+    /// tell an unknown version (the home's answer is passed on) from an
+    /// unknown volume; peers that did not answer are not asked again.
+    /// Whether this is the first read with a path of `name`'s `version`
+    /// (and notes it). Bounded like the records' cache.
+    fn first_walk(&self, name: &VolumeName, version: u64) -> bool {
+        let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        if walked.len() >= MAX_CACHED_RECORDS {
+            walked.clear();
+        }
+        walked.insert((name.clone(), version))
     }
 
-    /// Asks every peer at once for the record; the first to answer with one
-    /// of `name` is its home (remembered). `None` when none did, whatever
-    /// the reasons (the caller's lookup reports them).
     async fn version_from_any(
         &self,
         name: &VolumeName,
         version: u64,
         read_path: Option<&VolumePath>,
-    ) -> Option<pb::VersionRecord> {
+    ) -> Result<pb::VersionRecord, MasterError> {
         let mut asked: FuturesUnordered<_> = self
             .peers
             .all()
@@ -200,17 +227,44 @@ impl RemoteVolumes {
                 (p, answer)
             })
             .collect();
+        let mut not_found = Vec::new();
+        let mut unreachable = Vec::new();
         while let Some((peer, answer)) = asked.next().await {
-            let Ok(record) = answer else { continue };
-            if record.volume != name.as_str() {
-                tracing::warn!(volume = %name, peer = %peer.name, answered = %record.volume,
-                    "peer answered a record of another volume; ignored");
-                continue;
+            match answer {
+                Ok(record) if record.volume == name.as_str() => {
+                    self.cached_home().insert(name.clone(), peer.name.clone());
+                    return Ok(record);
+                }
+                Ok(record) => {
+                    tracing::warn!(volume = %name, peer = %peer.name, answered = %record.volume,
+                        "peer answered a record of another volume; ignored");
+                }
+                Err(PeerFailure::NotFound(message)) => not_found.push((peer, message)),
+                Err(PeerFailure::Unreachable(e)) => {
+                    unreachable.push(format!("{} ({e})", peer.name));
+                }
+                // Only a home answers anything but "not found" about a
+                // volume (a refusal, an error of its store): pass it on.
+                Err(failed @ PeerFailure::Status(_)) => return Err(failure(peer, failed)),
             }
-            self.cached_home().insert(name.clone(), peer.name.clone());
-            return Some(record);
         }
-        None
+        let homes = join_all(not_found.into_iter().map(|(p, message)| async move {
+            let homes_it = self.peers.get_volume(p, name.as_str()).await.is_ok();
+            (p, message, homes_it)
+        }))
+        .await;
+        if let Some((home, message, _)) = homes.into_iter().find(|(_, _, homes_it)| *homes_it) {
+            self.cached_home().insert(name.clone(), home.name.clone());
+            return Err(failure(home, PeerFailure::NotFound(message)));
+        }
+        if unreachable.is_empty() {
+            Err(MasterError::UnknownVolume(name.to_string()))
+        } else {
+            Err(MasterError::PeersUnreachable {
+                what: format!("volume {:?}", name.as_str()),
+                peers: unreachable.join(", "),
+            })
+        }
     }
 
     pub async fn versions(
@@ -280,7 +334,13 @@ impl RemoteVolumes {
             cache.clear();
         }
         for r in records {
-            cache.insert((name.clone(), r.version), r.clone());
+            // Objects sent along are the reader's to store, not the
+            // cache's to keep (a peer's answer is input like any other).
+            let record = pb::VersionRecord {
+                along_path: Vec::new(),
+                ..r.clone()
+            };
+            cache.insert((name.clone(), r.version), record);
         }
         Ok(())
     }
@@ -351,5 +411,27 @@ mod tests {
             "web@2 of the old incarnation"
         );
         assert!(cache.get(&(docs, 1)).is_some());
+    }
+
+    #[test]
+    fn records_never_keep_objects_sent_along_and_a_version_is_walked_once() {
+        let config = MasterConfig {
+            insecure: true,
+            ..MasterConfig::default()
+        };
+        let identity = Identity::load(&config).unwrap();
+        let wan = Arc::new(WanStats::new(std::iter::empty::<(&str, &str)>()));
+        let remote = RemoteVolumes::new(Arc::new(PeerSet::new(&config, wan, &identity).unwrap()));
+        let web: VolumeName = "web".parse().unwrap();
+        let sent = pb::VersionRecord {
+            along_path: vec![vec![1; 1 << 20]],
+            ..record("web", 1, "aa")
+        };
+        remote.remember(&web, &[sent]).unwrap();
+        assert!(remote.cache()[&(web.clone(), 1)].along_path.is_empty());
+
+        assert!(remote.first_walk(&web, 1));
+        assert!(!remote.first_walk(&web, 1), "asked with a path once");
+        assert!(remote.first_walk(&web, 2));
     }
 }

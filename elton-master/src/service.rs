@@ -538,9 +538,10 @@ impl Master for MasterService {
         let record = match self.with_store(move |s| s.version(&n, r.version)).await {
             Ok(info) => {
                 let mut record = self.record(&info);
-                // Only a peer saves WAN round trips by it; this cluster's
-                // slaves read the same objects a LAN hop away.
-                if let (Some(path), Some(_)) = (&read_path, &peer) {
+                // Only a peer saves WAN round trips by it (this cluster's
+                // slaves read the same objects a LAN hop away), and only
+                // for a numbered version, whose record it then keeps.
+                if let (Some(path), Some(_), true) = (&read_path, &peer, r.version != 0) {
                     record.along_path =
                         objects_along(self.validator.as_ref(), info.root, path, Budget::standard())
                             .await;

@@ -295,8 +295,8 @@ impl PathSource for TreeValidator {
             .map_err(|e| format!("manifest {id}: {e}"))
     }
 
-    async fn recipe(&self, id: ObjectId) -> Result<Vec<u8>, String> {
-        self.read(id, MAX_RECIPE_BYTES, ProtoError::Recipe)
+    async fn recipe(&self, id: ObjectId, limit: usize) -> Result<Vec<u8>, String> {
+        self.read(id, limit.min(MAX_RECIPE_BYTES), ProtoError::Recipe)
             .await
             .map_err(|e| format!("recipe {id}: {e}"))
     }

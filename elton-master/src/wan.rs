@@ -92,6 +92,15 @@ impl WanStats {
         self.with(peer, |c| c.reachable = up);
     }
 
+    /// The outcome of the last call to `peer` (false before any).
+    pub fn reachable(&self, peer: &str) -> bool {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|c| c.reachable)
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, PeerCounters> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

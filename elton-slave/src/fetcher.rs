@@ -119,33 +119,24 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Takes the bytes of an object a master sent unasked (the manifests
-    /// and recipe on a path about to be read, `GetVersionRequest.read_path`)
-    /// as the object they hash to, so nothing about them is trusted. Unless
-    /// it is stored here already, it is stored and announced in the
-    /// background like a fetched chunk; a read of it meanwhile waits for
-    /// that store (its turn is taken before this returns) instead of
-    /// fetching it again.
-    pub async fn adopt(self: &Arc<Self>, bytes: Bytes) {
-        if bytes.len() as u64 > IN_MEMORY_MAX {
-            return; // more than a master sends: not worth hashing
-        }
-        let hashed = bytes.clone();
-        let Ok(id) = tokio::task::spawn_blocking(move || ObjectId::of(&hashed)).await else {
-            return;
-        };
+    /// Takes an object a master sent unasked (see [`crate::along_path`]),
+    /// whose bytes the caller has hashed to `id`: unless it is stored here
+    /// already, it is stored and announced in the background like a
+    /// fetched chunk. A read of it meanwhile waits for that store (its turn
+    /// is taken before this returns) instead of fetching it again. Never
+    /// waits: if a fetch of it is under way, or the background stores are
+    /// all busy, the object is left to that fetch or to the reader.
+    pub fn adopt(self: &Arc<Self>, id: ObjectId, bytes: Bytes) {
         if self.store.contains(&id) {
             return;
         }
-        let turn = self.turns.take(id).await;
-        if self.store.contains(&id) {
-            return; // a fetch of it ended while this waited
-        }
-        let Ok(permit) = self.background.clone().acquire_owned().await else {
+        let Some(turn) = self.turns.try_take(id) else {
             return;
         };
-        inc(&self.metrics.objects_fetched_total, 1);
-        inc(&self.metrics.fetched_bytes_total, bytes.len() as u64);
+        let Ok(permit) = self.background.clone().try_acquire_owned() else {
+            return;
+        };
+        inc(&self.metrics.objects_adopted_total, 1);
         tracing::debug!(object = %id, size = bytes.len(), "adopted");
         let this = self.clone();
         tokio::spawn(async move { this.store_fetched(id, bytes, turn, permit).await });

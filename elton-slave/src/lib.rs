@@ -2,7 +2,8 @@
 //!
 //! - [`store`]: content-addressed, verified, durable object store;
 //!   [`staging`]: many objects stored with two flushes (a mount's commit).
-//! - [`fetcher`]: fetch on miss through the master, coalesced ([`turns`]).
+//! - [`fetcher`]: fetch on miss through the master, coalesced ([`turns`]);
+//!   [`along_path`]: which objects sent with a version record are kept.
 //! - [`backup`]: backup copies the master asks for.
 //! - [`hot`]: small verified objects kept in memory.
 //! - [`master_link`]: registration, heartbeats, object announcements.
@@ -22,6 +23,7 @@
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` resolves.
 
+pub mod along_path;
 pub mod backup;
 pub mod batch;
 pub mod chunked;

@@ -30,6 +30,7 @@ counters! {
     cache_misses_total => "Object reads that had to fetch through the master.",
     objects_fetched_total => "Objects fetched through the master and stored.",
     fetched_bytes_total => "Bytes of objects fetched through the master.",
+    objects_adopted_total => "Objects a master sent with a version record, kept and stored.",
     objects_uploaded_total => "Objects received by upload.",
     uploaded_bytes_total => "Bytes received by upload.",
     corrupt_objects_total => "Objects found corrupt on disk and quarantined.",

@@ -48,6 +48,21 @@ impl Turns {
         turn
     }
 
+    /// `id`'s turn if nobody holds it, without waiting.
+    pub fn try_take(&self, id: ObjectId) -> Option<Turn> {
+        let gate = lock(&self.gates).entry(id).or_default().clone();
+        let mut turn = Turn {
+            gates: self.gates.clone(),
+            id,
+            gate,
+            guard: None,
+        };
+        // A held gate drops `turn` here, which removes the gate only if it
+        // was made for this call.
+        turn.guard = Some(turn.gate.clone().try_lock_owned().ok()?);
+        Some(turn)
+    }
+
     #[cfg(test)]
     fn gates(&self) -> usize {
         lock(&self.gates).len()
@@ -108,5 +123,20 @@ mod tests {
         let _ = cancelled.await;
         drop(held);
         assert_eq!(turns.gates(), 0);
+    }
+
+    #[tokio::test]
+    async fn try_take_gets_a_free_turn_and_leaves_a_held_one_alone() {
+        let turns = Turns::default();
+        let a = ObjectId::of(b"a");
+        let held = turns.take(a).await;
+        assert!(turns.try_take(a).is_none(), "held by another request");
+        assert_eq!(turns.gates(), 1, "the holder's gate stays");
+        drop(held);
+        assert_eq!(turns.gates(), 0);
+        let taken = turns.try_take(a).expect("free");
+        assert!(turns.try_take(a).is_none());
+        drop(taken);
+        assert_eq!(turns.gates(), 0, "nothing left behind");
     }
 }

@@ -13,6 +13,7 @@ use elton_proto::{
 use futures::{StreamExt, TryStreamExt};
 
 use crate::SlaveError;
+use crate::along_path::chain_along;
 use crate::fetcher::Fetcher;
 use crate::master_link::MasterLink;
 use crate::tokens::Bearer;
@@ -222,13 +223,23 @@ impl Volumes {
             read_path: path.map(VolumePath::to_string),
         };
         let mut record = self.link.client().get_version(req).await?.into_inner();
-        for bytes in std::mem::take(&mut record.along_path) {
-            self.fetcher.adopt(bytes.into()).await;
-        }
+        let along = std::mem::take(&mut record.along_path);
         let incarnation = record.incarnation.clone();
         let info = VersionInfo::try_from(record)
             .map_err(|e| SlaveError::Master(format!("bad version record: {e}")))?;
+        if let Some(path) = path.filter(|_| !along.is_empty()) {
+            self.adopt_along(info.root, path.clone(), along).await;
+        }
         Ok(Issued { info, incarnation })
+    }
+
+    /// Keeps the chain of objects sent with a record for `path` (hashed
+    /// on the blocking pool: up to a few MiB).
+    async fn adopt_along(&self, root: ObjectId, path: VolumePath, along: Vec<Vec<u8>>) {
+        let chain = tokio::task::spawn_blocking(move || chain_along(root, &path, along)).await;
+        for (id, bytes) in chain.unwrap_or_default() {
+            self.fetcher.adopt(id, bytes);
+        }
     }
 
     pub async fn manifest(&self, id: ObjectId) -> Result<Arc<DirManifest>, SlaveError> {

@@ -689,6 +689,23 @@ fn phase8_a_cold_read_asks_the_home_once_before_the_bytes() {
         "GetVersion, then one FetchObject per chunk"
     );
 
+    // `latest`: the head's record is asked (and cached by B's master)
+    // without a path; the redirected read asks the home once more, with
+    // the path, and its manifests come along.
+    fs::write(leaf.join("latest.txt"), b"version 3").unwrap();
+    p.a.ok(1, &["import", dir.path().to_str().unwrap(), "deep"]);
+    let before = requests_to_a(&p);
+    let (status, body, _) = timed_get(&format!(
+        "{}/v1/volumes/deep/latest/x/y/z/latest.txt",
+        p.b.slave_url(1)
+    ));
+    assert_eq!((status, body.as_slice()), (200, &b"version 3"[..]));
+    assert_eq!(
+        requests_to_a(&p) - before,
+        3,
+        "GetVersion of the head, GetVersion of 3 with the path, FetchObject"
+    );
+
     // A path that is not there is still a clean 404, and nothing is left
     // half-known: the next read of the volume works.
     let (status, _, _) = timed_get(&url(1, "nope"));

@@ -42,8 +42,12 @@ impl PathSource for Fake {
         self.read(id).await.map(Arc::new)
     }
 
-    async fn recipe(&self, id: ObjectId) -> Result<Vec<u8>, String> {
-        self.read(id).await
+    async fn recipe(&self, id: ObjectId, limit: usize) -> Result<Vec<u8>, String> {
+        let bytes = self.read(id).await?;
+        if bytes.len() > limit {
+            return Err(format!("{id} is larger than {limit} bytes"));
+        }
+        Ok(bytes)
     }
 }
 
@@ -153,22 +157,28 @@ async fn phase4_an_object_that_cannot_be_read_ends_the_walk_with_what_was_read()
 }
 
 #[tokio::test]
-async fn phase5_objects_beyond_the_byte_budget_are_left_out_and_the_walk_goes_on() {
+async fn phase5_the_first_object_beyond_the_byte_budget_ends_what_is_sent() {
     let t = tree();
     let root_len = t.fake.objects[&t.root].len();
-    let a_len = t.fake.objects[&t.a].len();
-    assert!(a_len > root_len, "the test needs a larger than the root");
     let budget = Budget {
         bytes: root_len + 16,
         ..Budget::standard()
     };
     let got = walk(&t, "a/b/big", budget).await;
-    assert_eq!(got, vec![t.root, t.recipe], "a and b did not fit");
-    assert_eq!(
-        t.fake.reads.lock().unwrap().len(),
-        4,
-        "the walk still read every object to find the next"
-    );
+    assert_eq!(got, vec![t.root], "a did not fit; what follows is not sent");
+
+    // The recipe is read with what is left as its limit: too large, it is
+    // refused by the source, not read whole and dropped.
+    let manifests: usize = [t.root, t.a, t.b]
+        .iter()
+        .map(|id| t.fake.objects[id].len())
+        .sum();
+    let budget = Budget {
+        bytes: manifests + 4,
+        ..Budget::standard()
+    };
+    let got = walk(&t, "a/b/big", budget).await;
+    assert_eq!(got, vec![t.root, t.a, t.b]);
 }
 
 #[tokio::test]
