@@ -71,8 +71,7 @@ impl RemoteVolumes {
     /// Asks every peer (in parallel) whether it homes `name`; remembers the
     /// answer. Uses the remembered home without asking when there is one.
     pub async fn lookup(&self, name: &VolumeName) -> Result<Lookup<'_>, MasterError> {
-        let known = self.cached_home().get(name).cloned();
-        if let Some(peer) = known.and_then(|n| self.peers.get(&n)) {
+        if let Some(peer) = self.known_home_peer(name) {
             return Ok(Lookup::Found(peer));
         }
         let answers = join_all(
@@ -125,6 +124,10 @@ impl RemoteVolumes {
         self.cached_home().get(name).cloned()
     }
 
+    fn known_home_peer(&self, name: &VolumeName) -> Option<&Peer> {
+        self.known_home(name).and_then(|n| self.peers.get(&n))
+    }
+
     pub async fn volume(&self, name: &VolumeName) -> Result<pb::VolumeInfo, MasterError> {
         let home = self.home(name).await?;
         self.peers
@@ -151,38 +154,17 @@ impl RemoteVolumes {
             .then(|| self.cache().get(&(name.clone(), version)).cloned())
             .flatten();
         if let Some(cached) = cached {
-            return match self.known_home(name).and_then(|n| self.peers.get(&n)) {
-                // Not while the home is known to be unreachable: a cached
-                // record is what answers then, without a wait.
-                Some(home)
-                    if read_path.is_some()
-                        && self.peers.stats().reachable(&home.name)
-                        && self.first_walk(name, version) =>
-                {
-                    // One round trip that saves one per object on the path;
-                    // the cached record still answers if the home cannot.
-                    match self
-                        .peers
-                        .get_version(home, name.as_str(), version, read_path)
-                        .await
-                    {
-                        Ok(record)
-                            if self.remember(name, std::slice::from_ref(&record)).is_ok() =>
-                        {
-                            Ok(record)
-                        }
-                        _ => Ok(cached),
-                    }
-                }
-                _ => Ok(cached),
+            let again = match read_path {
+                Some(path) => self.ask_again_with_path(name, version, path).await,
+                None => None,
             };
+            return Ok(again.unwrap_or(cached));
         }
         if read_path.is_some() {
             // This record comes with the objects on the path.
             self.first_walk(name, version);
         }
-        let known = self.known_home(name).and_then(|n| self.peers.get(&n));
-        let record = match known {
+        let record = match self.known_home_peer(name) {
             Some(home) => self
                 .peers
                 .get_version(home, name.as_str(), version, read_path)
@@ -194,11 +176,31 @@ impl RemoteVolumes {
         Ok(record)
     }
 
-    /// Asks every peer at once for the record; the first to answer with one
-    /// of `name` is its home (remembered). When none does, the peers that
-    /// answered "not found" are asked whether they home the volume, to
-    /// tell an unknown version (the home's answer is passed on) from an
-    /// unknown volume; peers that did not answer are not asked again.
+    /// A record cached without a path (the head of a `latest` read, a
+    /// listing), asked of the home once more with one, so that the objects
+    /// on it come along: one round trip that saves one per object. `None`
+    /// (the cached record answers) after the first such read of the
+    /// version, while the home is known to be unreachable (no wait), or
+    /// when the home cannot answer.
+    async fn ask_again_with_path(
+        &self,
+        name: &VolumeName,
+        version: u64,
+        path: &VolumePath,
+    ) -> Option<pb::VersionRecord> {
+        let home = self.known_home_peer(name)?;
+        if !self.peers.stats().reachable(&home.name) || !self.first_walk(name, version) {
+            return None;
+        }
+        let record = self
+            .peers
+            .get_version(home, name.as_str(), version, Some(path))
+            .await
+            .ok()?;
+        self.remember(name, std::slice::from_ref(&record)).ok()?;
+        Some(record)
+    }
+
     /// Whether this is the first read with a path of `name`'s `version`
     /// (and notes it). Bounded like the records' cache.
     fn first_walk(&self, name: &VolumeName, version: u64) -> bool {
@@ -209,6 +211,11 @@ impl RemoteVolumes {
         walked.insert((name.clone(), version))
     }
 
+    /// Asks every peer at once for the record; the first to answer with one
+    /// of `name` is its home (remembered). When none does, the peers that
+    /// answered "not found" are asked whether they home the volume, to
+    /// tell an unknown version (the home's answer is passed on) from an
+    /// unknown volume; peers that did not answer are not asked again.
     async fn version_from_any(
         &self,
         name: &VolumeName,
@@ -387,15 +394,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_record_of_a_new_home_incarnation_drops_the_volumes_cached_records() {
+    /// Remote volumes of a master without peers (nothing is asked here).
+    fn remote_volumes() -> RemoteVolumes {
         let config = MasterConfig {
             insecure: true,
             ..MasterConfig::default()
         };
         let identity = Identity::load(&config).unwrap();
         let wan = Arc::new(WanStats::new(std::iter::empty::<(&str, &str)>()));
-        let remote = RemoteVolumes::new(Arc::new(PeerSet::new(&config, wan, &identity).unwrap()));
+        RemoteVolumes::new(Arc::new(PeerSet::new(&config, wan, &identity).unwrap()))
+    }
+
+    #[test]
+    fn a_record_of_a_new_home_incarnation_drops_the_volumes_cached_records() {
+        let remote = remote_volumes();
         let (web, docs): (VolumeName, VolumeName) =
             ("web".parse().unwrap(), "docs".parse().unwrap());
         remote
@@ -415,13 +427,7 @@ mod tests {
 
     #[test]
     fn records_never_keep_objects_sent_along_and_a_version_is_walked_once() {
-        let config = MasterConfig {
-            insecure: true,
-            ..MasterConfig::default()
-        };
-        let identity = Identity::load(&config).unwrap();
-        let wan = Arc::new(WanStats::new(std::iter::empty::<(&str, &str)>()));
-        let remote = RemoteVolumes::new(Arc::new(PeerSet::new(&config, wan, &identity).unwrap()));
+        let remote = remote_volumes();
         let web: VolumeName = "web".parse().unwrap();
         let sent = pb::VersionRecord {
             along_path: vec![vec![1; 1 << 20]],

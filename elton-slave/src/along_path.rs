@@ -60,34 +60,15 @@ mod tests {
 
     use super::*;
 
-    fn entry(name: &str, kind: EntryKind, object: ObjectId, recipe: bool) -> Entry {
-        Entry {
-            name: name.into(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 1,
-            mtime: 0,
-            object: Some(object),
-            recipe,
-            target: None,
-            xattrs: None,
-        }
-    }
-
     /// `/d/big` (chunked): the root's, d's and the recipe's bytes.
     fn path_objects() -> (ObjectId, Vec<Vec<u8>>) {
         let recipe = b"recipe".to_vec();
-        let d = DirManifest::new(vec![entry(
-            "big",
-            EntryKind::File,
-            ObjectId::of(&recipe),
-            true,
-        )])
-        .unwrap()
-        .encode();
-        let root = DirManifest::new(vec![entry("d", EntryKind::Dir, ObjectId::of(&d), false)])
+        let big = Entry {
+            recipe: true,
+            ..Entry::file("big", ObjectId::of(&recipe), 1)
+        };
+        let d = DirManifest::new(vec![big]).unwrap().encode();
+        let root = DirManifest::new(vec![Entry::dir("d", ObjectId::of(&d), 1)])
             .unwrap()
             .encode();
         (ObjectId::of(&root), vec![root, d, recipe])

@@ -36,31 +36,30 @@ fn lock(
 impl Turns {
     /// Waits until no other request of this slave holds `id`'s turn.
     pub async fn take(&self, id: ObjectId) -> Turn {
-        let gate = lock(&self.gates).entry(id).or_default().clone();
-        // Built before waiting, so that a cancelled wait still cleans up.
-        let mut turn = Turn {
-            gates: self.gates.clone(),
-            id,
-            gate,
-            guard: None,
-        };
+        let mut turn = self.unheld(id);
         turn.guard = Some(turn.gate.clone().lock_owned().await);
         turn
     }
 
     /// `id`'s turn if nobody holds it, without waiting.
     pub fn try_take(&self, id: ObjectId) -> Option<Turn> {
-        let gate = lock(&self.gates).entry(id).or_default().clone();
-        let mut turn = Turn {
-            gates: self.gates.clone(),
-            id,
-            gate,
-            guard: None,
-        };
+        let mut turn = self.unheld(id);
         // A held gate drops `turn` here, which removes the gate only if it
         // was made for this call.
         turn.guard = Some(turn.gate.clone().try_lock_owned().ok()?);
         Some(turn)
+    }
+
+    /// A turn on `id`'s gate, not holding it yet: built before waiting, so
+    /// that a cancelled wait still cleans up.
+    fn unheld(&self, id: ObjectId) -> Turn {
+        let gate = lock(&self.gates).entry(id).or_default().clone();
+        Turn {
+            gates: self.gates.clone(),
+            id,
+            gate,
+            guard: None,
+        }
     }
 
     #[cfg(test)]

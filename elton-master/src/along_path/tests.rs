@@ -51,19 +51,11 @@ impl PathSource for Fake {
     }
 }
 
-fn entry(name: &str, kind: EntryKind, object: ObjectId, recipe: bool) -> Entry {
+/// A chunked file's entry: `object` is its recipe.
+fn chunked(name: &str, recipe: ObjectId) -> Entry {
     Entry {
-        name: name.into(),
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: 1,
-        mtime: 0,
-        object: Some(object),
-        recipe,
-        target: None,
-        xattrs: None,
+        recipe: true,
+        ..Entry::file(name, recipe, 1)
     }
 }
 
@@ -80,19 +72,17 @@ fn tree() -> Tree {
     let mut fake = Fake::default();
     let recipe = fake.put(b"a recipe's bytes".to_vec());
     let small = ObjectId::of(b"small file, not read by the walk");
-    let b = fake.dir(vec![
-        entry("big", EntryKind::File, recipe, true),
-        entry("small", EntryKind::File, small, false),
-    ]);
+    let b = fake.dir(vec![chunked("big", recipe), Entry::file("small", small, 1)]);
     let a = fake.dir(vec![
-        entry("b", EntryKind::Dir, b, false),
+        Entry::dir("b", b, 2),
         Entry {
+            kind: EntryKind::Symlink,
             object: None,
             target: Some("b/small".into()),
-            ..entry("link", EntryKind::Symlink, small, false)
+            ..Entry::file("link", small, 7)
         },
     ]);
-    let root = fake.dir(vec![entry("a", EntryKind::Dir, a, false)]);
+    let root = fake.dir(vec![Entry::dir("a", a, 2)]);
     Tree {
         fake,
         root,
