@@ -33,6 +33,10 @@
 #   load_line                the load averages at bench_start and now (the scripts' last line)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Figures are for Elton as it is run, not under a developer's shell: with
+# RUST_BACKTRACE set, every error value a process makes (also ones it
+# handles) captures a backtrace, about a millisecond each.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 BENCH_NAME=$(basename "${BASH_SOURCE[1]:-$0}")
 WORK=""
 LOAD_START=""

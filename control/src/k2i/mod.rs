@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod passwd;
+pub mod proc_dir;
 pub mod procs;
 pub mod query;
 pub mod table;

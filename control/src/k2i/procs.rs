@@ -3,22 +3,27 @@
 //! skipped, not errors.
 //!
 //! A listing reads the pid list and, per process, `stat` (pid, state, CPU
-//! ticks, RSS, start time, `comm`), its command line and the owner (an
-//! `fstat` of the process's directory, already open); the cgroups come
-//! from the host's [`ProcTable`], read from `/proc` only for a process the
-//! table does not know (new, a reused pid, or after an `exec`). `--pid`
-//! reads its one process in full. With a CPU window the matched
-//! processes' `stat` is read once more at its end; without one CPU% is
-//! the lifetime average, as `ps` computes it.
+//! ticks, RSS, start time, `comm`) with its owner (an `fstat` of the open
+//! `stat`), and its command line; the cgroups come from the host's
+//! [`ProcTable`], read from `/proc` only for a process the table does not
+//! know (new, a reused pid, or after an `exec`). A listing of many
+//! processes is split among up to [`MAX_READERS`] threads: each file
+//! read is a system call that the kernel answers from the process's
+//! state, and nothing orders them, so on a host with several cores the
+//! pass takes a fraction of the time of one thread's (`ps` reads one
+//! after the other). `--pid` reads its one process in full. With a CPU
+//! window the matched processes' `stat` is read once more at its end;
+//! without one CPU% is the lifetime average, as `ps` computes it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use procfs::Current;
-use procfs::process::{Process, all_processes};
+use procfs::process::Stat;
+use procfs::{Current, FromRead};
 
 use super::passwd;
+use super::proc_dir::ProcDir;
 use super::query::{HostProcs, MAX_ANSWER_BYTES, ProcInfo, ProcQuery, bound};
 use super::table::{Identity, Kept, ProcTable};
 
@@ -26,6 +31,12 @@ use super::table::{Identity, Kept, ProcTable};
 /// for its whole pass, so [`forget`] after a cgroup move cannot be undone
 /// by a pass that read the process's cgroups before the move.
 static TABLE: Mutex<ProcTable> = Mutex::new(ProcTable::new());
+
+/// At most this many threads read one listing.
+pub const MAX_READERS: usize = 4;
+/// Each reading thread gets at least this many processes: below it,
+/// starting a thread costs more than it saves.
+const MIN_PER_READER: usize = 24;
 
 /// Forgets what the table keeps of `pid`: this host moved it to another
 /// cgroup, and the next query must read its cgroups again.
@@ -36,13 +47,22 @@ pub fn forget(pid: i32) {
         .forget(pid);
 }
 
-/// What one pass over a process gives, before its CPU use is known.
+/// What one read of a process gives, before its cgroups and CPU use are
+/// known.
+struct Read {
+    stat: Stat,
+    /// `None`: the process was gone before its command line was read.
+    cmdline: Option<Vec<String>>,
+    uid: u32,
+}
+
+/// A process that passed the filters, before its CPU use is known.
 struct First {
-    process: Process,
     info: ProcInfo,
     ticks: u64,
-    /// When it started, in seconds since boot.
-    started: f64,
+    /// When it started, in clock ticks since boot: the same process at
+    /// the end of a CPU window.
+    start_ticks: u64,
 }
 
 /// The host facts a pass needs, read once per query.
@@ -62,36 +82,34 @@ pub fn list(query: &ProcQuery) -> Result<HostProcs, String> {
     let host = Host {
         users: passwd::cached(),
         tps: procfs::ticks_per_second().max(1),
-        boot: procfs::boot_time_secs().map_err(|e| format!("reading /proc/stat: {e}"))?,
+        boot: boot_time()?,
         page: procfs::page_size(),
         uptime: procfs::Uptime::current()
             .map_err(|e| format!("reading /proc/uptime: {e}"))?
             .uptime,
     };
+    let dir = ProcDir::open().map_err(|e| format!("opening /proc: {e}"))?;
     let started = Instant::now();
-    let mut firsts = Vec::new();
-    match query.pid {
+    let firsts = match query.pid {
         // One process: read in full, the table is for listings.
-        Some(pid) => match Process::new(pid) {
-            Ok(p) => firsts.extend(read(p, query, &host, None)),
-            Err(_) => return Ok(HostProcs::default()),
-        },
-        None => {
-            let all = all_processes().map_err(|e| format!("listing /proc: {e}"))?;
-            let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
-            table.begin_pass();
-            firsts.extend(
-                all.flatten()
-                    .filter_map(|p| read(p, query, &host, Some(&mut table))),
-            );
-            table.end_pass();
-        }
-    }
+        Some(pid) => read(&dir, pid, &mut Vec::new())
+            .and_then(|r| {
+                let cgroups = read_cgroups(&dir, pid, &mut Vec::new()).unwrap_or_default();
+                first(r, cgroups, query, &host)
+            })
+            .into_iter()
+            .collect(),
+        None => listing(&dir, query, &host)?,
+    };
     if query.window_ms == 0 {
         let procs = firsts
             .into_iter()
             .map(|f| ProcInfo {
-                cpu_percent: lifetime_percent(f.ticks, host.tps, host.uptime - f.started),
+                cpu_percent: lifetime_percent(
+                    f.ticks,
+                    host.tps,
+                    host.uptime - f.start_ticks as f64 / host.tps as f64,
+                ),
                 ..f.info
             })
             .collect();
@@ -102,65 +120,109 @@ pub fn list(query: &ProcQuery) -> Result<HostProcs, String> {
         std::thread::sleep(rest);
     }
     let elapsed = started.elapsed().as_secs_f64().max(1e-3);
-    let procs = firsts
-        .into_iter()
-        .filter_map(|f| {
-            // Gone during the window: no longer a process to report.
-            let stat = f.process.stat().ok()?;
-            let used = (stat.utime + stat.stime).saturating_sub(f.ticks);
-            let mut info = f.info;
-            info.cpu_percent = round1(used as f64 / host.tps as f64 / elapsed * 100.0);
-            info.state = stat.state.to_string();
-            Some(info)
-        })
-        .collect();
+    let procs = in_parallel(firsts, |f, buf| {
+        // Gone during the window, or its pid reused: no longer a process
+        // to report.
+        dir.read(f.info.pid, "stat", buf, false).ok()?;
+        let stat = Stat::from_read(&buf[..]).ok()?;
+        if stat.starttime != f.start_ticks {
+            return None;
+        }
+        let used = (stat.utime + stat.stime).saturating_sub(f.ticks);
+        let mut info = f.info;
+        info.cpu_percent = round1(used as f64 / host.tps as f64 / elapsed * 100.0);
+        info.state = stat.state.to_string();
+        Some(info)
+    });
     Ok(bound(procs, MAX_ANSWER_BYTES))
 }
 
-/// CPU% over a process's life: `ticks` of CPU in `alive` seconds.
-fn lifetime_percent(ticks: u64, tps: u64, alive: f64) -> f64 {
-    if alive <= 0.0 {
-        return 0.0;
+/// Every process of the host that passes `query`'s filters. The table is
+/// held for the whole pass (see [`TABLE`]).
+fn listing(dir: &ProcDir, query: &ProcQuery, host: &Host) -> Result<Vec<First>, String> {
+    let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    let pids = dir.pids().map_err(|e| format!("listing /proc: {e}"))?;
+    // The files every process needs, read in parallel; the pid and name
+    // filters are applied as they come in.
+    let reads = in_parallel(pids, |pid, buf| {
+        read(dir, pid, buf).filter(|r| {
+            let cmdline = r.cmdline.as_deref().unwrap_or_default();
+            query.matches_identity(r.stat.pid, &r.stat.comm, cmdline)
+        })
+    });
+    // The cgroups the table keeps; the others are read (new processes).
+    table.begin_pass();
+    let (mut known, unknown): (Vec<_>, Vec<_>) = reads
+        .into_iter()
+        .map(|r| {
+            let kept = table.get(&identity(&r.stat)).map(|k| k.cgroups.clone());
+            (r, kept)
+        })
+        .partition(|(_, kept)| kept.is_some());
+    let fresh = in_parallel(unknown, |(r, _), buf| {
+        let cgroups = read_cgroups(dir, r.stat.pid, buf);
+        Some((r, cgroups))
+    });
+    for (r, cgroups) in fresh {
+        // Kept only when the process was still there for its cgroups and
+        // its command line: an empty answer would stand for its facts.
+        let cgroups = match cgroups {
+            Ok(cgroups) if r.cmdline.is_some() => {
+                table.insert(
+                    identity(&r.stat),
+                    Kept {
+                        cgroups: cgroups.clone(),
+                    },
+                );
+                cgroups
+            }
+            read => read.unwrap_or_default(),
+        };
+        known.push((r, Some(cgroups)));
     }
-    round1(ticks as f64 / tps as f64 / alive * 100.0)
+    table.end_pass();
+    drop(table);
+    let mut firsts: Vec<First> = known
+        .into_iter()
+        .filter_map(|(r, cgroups)| first(r, cgroups.unwrap_or_default(), query, host))
+        .collect();
+    firsts.sort_by_key(|f| f.info.pid);
+    Ok(firsts)
 }
 
-/// One process: its `stat` and owner, and its command line and cgroups
-/// from `table` when it knows the process (else read, and kept there).
-fn read(
-    process: Process,
-    query: &ProcQuery,
-    host: &Host,
-    table: Option<&mut ProcTable>,
-) -> Option<First> {
-    let stat = process.stat().ok()?;
-    if query.pid.is_some_and(|p| p != stat.pid) {
-        return None;
-    }
-    // Kernel threads have an empty command line. It is read every time (a
-    // few µs): a process may retitle itself without an exec (nginx's and
-    // PostgreSQL's workers do), and `ps` must show that.
-    let cmdline = process.cmdline();
-    let cgroups = match table {
-        None => read_cgroups(&process).unwrap_or_default(),
-        Some(table) => kept_cgroups(table, &process, &stat, cmdline.is_ok()),
-    };
+/// One process's `stat`, owner and command line; `None` when it is gone.
+/// Kernel threads have an empty command line. It is read every time (a
+/// few µs): a process may retitle itself without an exec (nginx's and
+/// PostgreSQL's workers do), and `ps` must show that. The owner is read
+/// every time too: a process may change its user without an `exec` (a
+/// daemon dropping root).
+fn read(dir: &ProcDir, pid: i32, buf: &mut Vec<u8>) -> Option<Read> {
+    let uid = dir.read(pid, "stat", buf, true).ok()??;
+    let stat = Stat::from_read(&buf[..]).ok()?;
+    let cmdline = dir.read(pid, "cmdline", buf, false).ok().map(|_| {
+        buf.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    });
+    Some(Read { stat, cmdline, uid })
+}
+
+/// A process read in full as a listed process, when it passes the
+/// filters.
+fn first(r: Read, cgroups: Vec<String>, query: &ProcQuery, host: &Host) -> Option<First> {
+    let Read { stat, cmdline, uid } = r;
     let cmdline = cmdline.unwrap_or_default();
     if !query.matches_identity(stat.pid, &stat.comm, &cmdline) || !query.matches_cgroups(&cgroups) {
         return None;
     }
-    // Read on every query (one `fstat` of the open directory): a process
-    // may change its user without an `exec` (a daemon dropping root).
-    let user = process
-        .uid()
-        .map(|u| passwd::name(&host.users, u))
-        .unwrap_or_default();
     Some(First {
         ticks: stat.utime + stat.stime,
+        start_ticks: stat.starttime,
         info: ProcInfo {
             pid: stat.pid,
             ppid: stat.ppid,
-            user,
+            user: passwd::name(&host.users, uid),
             state: stat.state.to_string(),
             name: stat.comm,
             cmdline,
@@ -169,46 +231,105 @@ fn read(
             start_time: host.boot + stat.starttime / host.tps,
             cgroups,
         },
-        started: stat.starttime as f64 / host.tps as f64,
-        process,
     })
 }
 
-/// `process`'s cgroups from `table`, else read and kept there. A read is
-/// kept only when the process was still there for it and for its command
-/// line (`cmdline_read`): an empty answer would stand for its real facts.
-fn kept_cgroups(
-    table: &mut ProcTable,
-    process: &Process,
-    stat: &procfs::process::Stat,
-    cmdline_read: bool,
-) -> Vec<String> {
-    let id = Identity {
+fn identity(stat: &Stat) -> Identity {
+    Identity {
         pid: stat.pid,
         start_ticks: stat.starttime,
         comm: stat.comm.clone(),
-    };
-    if let Some(kept) = table.get(&id) {
-        return kept.cgroups.clone();
-    }
-    match read_cgroups(process) {
-        Ok(cgroups) if cmdline_read => {
-            let kept = cgroups.clone();
-            table.insert(id, Kept { cgroups: kept });
-            cgroups
-        }
-        read => read.unwrap_or_default(),
     }
 }
 
-/// A process's cgroups from `/proc/PID/cgroup`.
-fn read_cgroups(process: &Process) -> procfs::ProcResult<Vec<String>> {
-    Ok(process
-        .cgroups()?
-        .0
-        .iter()
-        .map(|g| format!("{}:{}:{}", g.hierarchy, g.controllers.join(","), g.pathname))
+/// A process's cgroups: the lines of `/proc/PID/cgroup`, which are
+/// `hierarchy:controllers:path` already.
+fn read_cgroups(dir: &ProcDir, pid: i32, buf: &mut Vec<u8>) -> std::io::Result<Vec<String>> {
+    dir.read(pid, "cgroup", buf, false)?;
+    Ok(String::from_utf8_lossy(buf)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
         .collect())
+}
+
+/// `f` over `items`, split in order among up to [`MAX_READERS`] threads
+/// (this one included); each thread reuses one read buffer. The results
+/// keep the items' order.
+fn in_parallel<T, R, F>(items: Vec<T>, f: F) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+    F: Fn(T, &mut Vec<u8>) -> Option<R> + Sync,
+{
+    let readers = readers_for(items.len());
+    let run = |chunk: Vec<T>| {
+        let mut buf = Vec::new();
+        chunk
+            .into_iter()
+            .filter_map(|item| f(item, &mut buf))
+            .collect::<Vec<R>>()
+    };
+    if readers <= 1 {
+        return run(items);
+    }
+    let per = items.len().div_ceil(readers);
+    let mut chunks = Vec::with_capacity(readers);
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let mut chunks = chunks.into_iter();
+    let mine = chunks.next().unwrap_or_default();
+    std::thread::scope(|s| {
+        let others: Vec<_> = chunks.map(|c| s.spawn(|| run(c))).collect();
+        let mut out = run(mine);
+        for o in others {
+            // A reader that panicked lost only its share; the panic is
+            // the bug to report, not a reason to fail the query.
+            if let Ok(mut part) = o.join() {
+                out.append(&mut part);
+            }
+        }
+        out
+    })
+}
+
+/// How many threads read `n` processes: one per [`MIN_PER_READER`]
+/// processes, at most one per core and [`MAX_READERS`].
+fn readers_for(n: usize) -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    (n / MIN_PER_READER).clamp(1, cores.clamp(1, MAX_READERS))
+}
+
+/// When the host booted, in seconds since the Unix epoch: read from
+/// `/proc/stat` once per process (procfs caches it per thread, and the
+/// blocking threads that run queries come and go; the file holds every
+/// CPU's and interrupt's counters).
+fn boot_time() -> Result<u64, String> {
+    static BOOT: OnceLock<u64> = OnceLock::new();
+    if let Some(b) = BOOT.get() {
+        return Ok(*b);
+    }
+    let b = procfs::boot_time_secs().map_err(|e| format!("reading /proc/stat: {e}"))?;
+    Ok(*BOOT.get_or_init(|| b))
+}
+
+/// CPU% over a process's life: `ticks` of CPU in `alive` seconds.
+fn lifetime_percent(ticks: u64, tps: u64, alive: f64) -> f64 {
+    if alive <= 0.0 {
+        return 0.0;
+    }
+    round1(ticks as f64 / tps as f64 / alive * 100.0)
 }
 
 fn round1(x: f64) -> f64 {
@@ -269,9 +390,22 @@ mod tests {
             .spawn()
             .expect("starting sh");
         let pid = child.id();
-        let before = listed(pid).expect("the new process is listed");
+        // `spawn` returns once the child is inside `execve`, which names
+        // the task before the new image's arguments are in place: wait
+        // for them (a listing in between shows "sh" with no arguments).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let before = loop {
+            let p = listed(pid).expect("the new process is listed");
+            if !p.cmdline.is_empty() || Instant::now() > deadline {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         assert_eq!(before.name, "sh");
-        assert!(before.cmdline.iter().any(|a| a.contains("exec sleep")));
+        assert!(
+            before.cmdline.iter().any(|a| a.contains("exec sleep")),
+            "{before:?}"
+        );
         // The same process runs another program: its command line is
         // read again, not taken from the table. The kernel renames the
         // task before the new image's arguments are in place, so a listing
@@ -291,6 +425,24 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(listed(pid).is_none(), "an exited process is not listed");
+    }
+
+    #[test]
+    fn parallel_reads_keep_the_order_and_drop_what_is_gone() {
+        let items: Vec<i32> = (0..1000).collect();
+        let out = in_parallel(items, |i, buf| {
+            buf.push(0);
+            (i % 3 != 0).then_some(i * 2)
+        });
+        let want: Vec<i32> = (0..1000).filter(|i| i % 3 != 0).map(|i| i * 2).collect();
+        assert_eq!(out, want);
+        assert_eq!(
+            in_parallel(Vec::<i32>::new(), |i, _| Some(i)),
+            Vec::<i32>::new()
+        );
+        assert_eq!(readers_for(0), 1);
+        assert_eq!(readers_for(MIN_PER_READER - 1), 1);
+        assert!((1..=MAX_READERS).contains(&readers_for(100_000)));
     }
 
     #[test]

@@ -128,7 +128,8 @@ pub fn bound(mut procs: Vec<ProcInfo>, budget: usize) -> HostProcs {
     let mut truncated = 0;
     for p in procs {
         // Serialising plain data cannot fail; a failure counts as too big.
-        let size = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len() + 1);
+        let mut counter = ByteCount(0);
+        let size = serde_json::to_writer(&mut counter, &p).map_or(usize::MAX, |()| counter.0 + 1);
         if truncated == 0 && used + size <= budget {
             used += size;
             kept.push(p);
@@ -139,6 +140,20 @@ pub fn bound(mut procs: Vec<ProcInfo>, budget: usize) -> HostProcs {
     HostProcs {
         procs: kept,
         truncated,
+    }
+}
+
+/// Counts the bytes written to it: a JSON size without the JSON.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -9,9 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use elton_control::direct::DirectResult;
 use elton_control::k2i::ProcQuery;
-use elton_control::k2i::answer::{HostAnswer, by_host, to_json};
+use elton_control::k2i::answer::{HostAnswer, PsAnswer, decode, to_json};
 use elton_proto::control_pb::QueryRequest;
 
 use super::Endpoints;
@@ -74,9 +73,10 @@ pub async fn ps(ep: &Endpoints, a: PsArgs) -> Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    let result: DirectResult = serde_json::from_slice(&r.result).context("the member's answer")?;
-    let missing = result.missing.clone();
-    let answers = by_host(result);
+    let PsAnswer {
+        hosts: answers,
+        missing,
+    } = decode(&r.result).context("the member's answer")?;
     // One buffered write, not one per line (stdout is line-buffered): a
     // whole host's table is a few hundred lines.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
