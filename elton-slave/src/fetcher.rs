@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -456,6 +455,29 @@ fn range_in(id: ObjectId, size: u64, start: u64, len: u64) -> Result<Range<usize
     }
 }
 
+/// `len` bytes of `file` from `start`, read into memory that is not
+/// zeroed first. A zeroed buffer of a chunk's size (`vec![0; len]`) made
+/// jemalloc hand back freshly zeroed pages, so every page a read filled
+/// was a page fault and a kernel page clear: a third of a slave's CPU
+/// serving a large file (`docs/benchmarks.md`, HTTP reads). `read_to_end`
+/// on a `File` reads straight into the vector's spare capacity.
+fn read_exact_at(file: &File, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let want = usize::try_from(len)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "range too large"))?;
+    let mut buf = Vec::with_capacity(want);
+    let mut f = file;
+    f.seek(SeekFrom::Start(start))?;
+    f.take(len).read_to_end(&mut buf)?;
+    if buf.len() != want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} of {want} bytes at offset {start}", buf.len()),
+        ));
+    }
+    Ok(buf)
+}
+
 /// Reads `start..start + len` of a verified local copy.
 async fn read_at(
     id: ObjectId,
@@ -465,11 +487,30 @@ async fn read_at(
 ) -> Result<(Bytes, u64), SlaveError> {
     range_in(id, size, start, len)?;
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, start)?;
-        Ok::<_, std::io::Error>((Bytes::from(buf), size))
+        Ok::<_, std::io::Error>((Bytes::from(read_exact_at(&file, start, len)?), size))
     })
     .await
     .map_err(|e| SlaveError::Io(format!("read task: {e}")))?
     .map_err(|e| SlaveError::Io(format!("reading object {id}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_read_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("object");
+        let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let file = File::open(&path).expect("open");
+        for (start, len) in [(0, bytes.len()), (5, 1), (1 << 20, 2 << 20), (0, 0)] {
+            let got = read_exact_at(&file, start as u64, len as u64).expect("read");
+            assert_eq!(got, bytes[start..start + len], "{start}+{len}");
+        }
+        // Past the end: an error, never a short buffer.
+        let err = read_exact_at(&file, bytes.len() as u64 - 3, 10).expect_err("short");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }

@@ -268,10 +268,24 @@ async fn body_of(mut file: std::fs::File, start: u64, len: u64) -> Result<Body, 
             return;
         }
         while left > 0 {
-            let mut buf = vec![0u8; left.min(STREAM_CHUNK as u64) as usize];
-            match file.read_exact(&mut buf) {
+            // Read into memory that is not zeroed first: a zeroed buffer
+            // of this size comes back as fresh pages, one page fault per
+            // 4 KiB sent (see `fetcher::read_exact_at`).
+            let want = left.min(STREAM_CHUNK as u64);
+            let mut buf = Vec::with_capacity(want as usize);
+            let read = (&mut file).take(want).read_to_end(&mut buf).and_then(|n| {
+                if n as u64 == want {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("object ended {} bytes early", left - n as u64),
+                    ))
+                }
+            });
+            match read {
                 Ok(()) => {
-                    left -= buf.len() as u64;
+                    left -= want;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // client went away
                     }

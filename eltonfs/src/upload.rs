@@ -6,8 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -221,9 +220,14 @@ fn read_item(item: Item) -> Result<Vec<u8>> {
             (data, Some(path))
         }
         Source::Chunk(path, offset) => {
-            let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            let mut data = vec![0u8; item.size as usize];
-            f.read_exact_at(&mut data, offset)
+            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            // Into memory that is not zeroed first (`read_to_end` on a
+            // file fills spare capacity): a zeroed chunk-sized buffer came
+            // back as fresh pages, a page fault per 4 KiB read. A short
+            // read shows a file that shrank (checked below).
+            let mut data = Vec::with_capacity(item.size as usize);
+            f.seek(SeekFrom::Start(offset))
+                .and_then(|_| (&mut f).take(item.size).read_to_end(&mut data))
                 .with_context(|| format!("reading {} at {offset}", path.display()))?;
             (data, Some(path))
         }
