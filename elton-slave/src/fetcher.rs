@@ -460,8 +460,9 @@ fn range_in(id: ObjectId, size: u64, start: u64, len: u64) -> Result<Range<usize
 /// jemalloc hand back freshly zeroed pages, so every page a read filled
 /// was a page fault and a kernel page clear: a third of a slave's CPU
 /// serving a large file (`docs/benchmarks.md`, HTTP reads). `read_to_end`
-/// on a `File` reads straight into the vector's spare capacity.
-fn read_exact_at(file: &File, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
+/// on a `File` reads straight into the vector's spare capacity. A file
+/// that ends before `start + len` is an error, never a short buffer.
+pub(crate) fn read_exact_at(file: &File, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let want = usize::try_from(len)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "range too large"))?;

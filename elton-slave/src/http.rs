@@ -16,7 +16,7 @@ use elton_proto::{LOCAL_ONLY_HEADER, ObjectId, Version, VolumeName, VolumePath, 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
-use crate::fetcher::Fetcher;
+use crate::fetcher::{Fetcher, read_exact_at};
 use crate::hot::HOT_MAX_OBJECT;
 use crate::metrics::{Metrics, inc};
 use crate::scrub::{ScrubEvent, Scrubber};
@@ -262,30 +262,13 @@ async fn body_of(mut file: std::fs::File, start: u64, len: u64) -> Result<Body, 
     // chunks; the channel bounds memory to a few chunks per response.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        if let Err(e) = file.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        while left > 0 {
-            // Read into memory that is not zeroed first: a zeroed buffer
-            // of this size comes back as fresh pages, one page fault per
-            // 4 KiB sent (see `fetcher::read_exact_at`).
-            let want = left.min(STREAM_CHUNK as u64);
-            let mut buf = Vec::with_capacity(want as usize);
-            let read = (&mut file).take(want).read_to_end(&mut buf).and_then(|n| {
-                if n as u64 == want {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("object ended {} bytes early", left - n as u64),
-                    ))
-                }
-            });
-            match read {
-                Ok(()) => {
-                    left -= want;
+        let end = start + len;
+        let mut at = start;
+        while at < end {
+            let want = (end - at).min(STREAM_CHUNK as u64);
+            match read_exact_at(&file, at, want) {
+                Ok(buf) => {
+                    at += want;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // client went away
                     }

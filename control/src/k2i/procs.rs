@@ -152,14 +152,18 @@ fn listing(dir: &ProcDir, query: &ProcQuery, host: &Host) -> Result<Vec<First>, 
     });
     // The cgroups the table keeps; the others are read (new processes).
     table.begin_pass();
-    let (mut known, unknown): (Vec<_>, Vec<_>) = reads
-        .into_iter()
-        .map(|r| {
-            let kept = table.get(&identity(&r.stat)).map(|k| k.cgroups.clone());
-            (r, kept)
-        })
-        .partition(|(_, kept)| kept.is_some());
-    let fresh = in_parallel(unknown, |(r, _), buf| {
+    let mut known = Vec::with_capacity(reads.len());
+    let mut unknown = Vec::new();
+    for r in reads {
+        match table.get(&identity(&r.stat)) {
+            Some(kept) => {
+                let cgroups = kept.cgroups.clone();
+                known.push((r, cgroups));
+            }
+            None => unknown.push(r),
+        }
+    }
+    let fresh = in_parallel(unknown, |r, buf| {
         let cgroups = read_cgroups(dir, r.stat.pid, buf);
         Some((r, cgroups))
     });
@@ -178,13 +182,13 @@ fn listing(dir: &ProcDir, query: &ProcQuery, host: &Host) -> Result<Vec<First>, 
             }
             read => read.unwrap_or_default(),
         };
-        known.push((r, Some(cgroups)));
+        known.push((r, cgroups));
     }
     table.end_pass();
     drop(table);
     let mut firsts: Vec<First> = known
         .into_iter()
-        .filter_map(|(r, cgroups)| first(r, cgroups.unwrap_or_default(), query, host))
+        .filter_map(|(r, cgroups)| first(r, cgroups, query, host))
         .collect();
     firsts.sort_by_key(|f| f.info.pid);
     Ok(firsts)
@@ -289,10 +293,11 @@ where
         let others: Vec<_> = chunks.map(|c| s.spawn(|| run(c))).collect();
         let mut out = run(mine);
         for o in others {
-            // A reader that panicked lost only its share; the panic is
-            // the bug to report, not a reason to fail the query.
-            if let Ok(mut part) = o.join() {
-                out.append(&mut part);
+            // A reader's panic is the query's: an answer missing a share
+            // of the processes would look complete.
+            match o.join() {
+                Ok(mut part) => out.append(&mut part),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
         out
