@@ -7,7 +7,7 @@
 # Figures (each the median of $ROUNDS per-round ratios, eltonfs/native speed;
 # the times are medians too):
 #   - stat of $STAT_FILES lower files, each round on a fresh mount (cold
-#     kernel cache), Python os.walk + os.stat
+#     kernel cache), then again on that mount, Python os.walk + os.stat
 #   - create of $CREATE_FILES small upper files (Python open/write/close)
 #   - `ls -lR` and `find` over a $TREE_FILES-file lower tree, cold (a fresh
 #     mount) and warm (the same command again on that mount)
@@ -16,8 +16,16 @@
 # running on it), so "cold" is the mount's cold start against a warm native
 # directory: the cost a user sees right after `elton mount`.
 #
+# The cold figures are also given against a native filesystem that starts
+# cold the same way (NATIVE_FRESH=0 skips it): the same trees in ext4
+# images, loop-mounted afresh for each cold walk. Their blocks come from the
+# image files in the page cache, as a fresh Elton mount's manifests come
+# from its store in the page cache; their inodes and dentries are built by
+# the first walk, as a fresh Elton mount's are.
+#
 # Tunables: ROUNDS (default 5), STAT_FILES (10000), CREATE_FILES (10000),
-# TREE_FILES (100000), ELTON_BIN (skip the release build). Loopback only.
+# TREE_FILES (100000), NATIVE_FRESH (1), ELTON_BIN (skip the release build).
+# Loopback only; the fresh native side needs root, mkfs.ext4 and loop devices.
 
 set -euo pipefail
 
@@ -25,6 +33,7 @@ ROUNDS=${ROUNDS:-5}
 STAT_FILES=${STAT_FILES:-10000}
 CREATE_FILES=${CREATE_FILES:-10000}
 TREE_FILES=${TREE_FILES:-100000}
+NATIVE_FRESH=${NATIVE_FRESH:-1}
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -65,6 +74,27 @@ small_tree "$WORK/src-tree" "$TREE_FILES"
 "$ELTON" import --create "$WORK/src-tree" tree >/dev/null
 mkdir -p "$WORK/native"
 
+# ext4 images of the two source trees, for the fresh native mounts.
+if [[ $NATIVE_FRESH == 1 ]]; then
+    command -v mkfs.ext4 >/dev/null && [[ -e /dev/loop-control && $EUID == 0 ]] ||
+        die "the fresh native side needs root, mkfs.ext4 and /dev/loop-control (or NATIVE_FRESH=0)"
+    for t in stat tree; do
+        # Room for one block and one inode per file, and as much again.
+        n=$(find "$WORK/src-$t" | wc -l)
+        mkfs.ext4 -q -F -N $((n * 2 + 1024)) -d "$WORK/src-$t" "$WORK/native-$t.img" "$((n * 8 / 1024 + 64))M"
+    done
+fi
+# The wall time of `cmd` on a fresh read-only mount of image $1 at $2.
+fresh_native() { # image mountpoint cmd...
+    mkdir -p "$2"
+    mount -o loop,ro,noatime "$1" "$2"
+    track_mount "$2"
+    local t
+    t=$("${@:3}" "$2")
+    umount "$2"
+    printf '%s\n' "$t"
+}
+
 # Each figure: arrays of eltonfs times, native times, per-round speed ratios
 # (native time / eltonfs time).
 declare -A E N Q
@@ -77,8 +107,13 @@ for r in $(seq "$ROUNDS"); do
     # stat and create: a fresh mount of the 10,000-file volume.
     mount_volume small "$WORK/mnt-small-$r"
     e=$(python3 -c "$STAT_PY" "$WORK/mnt-small-$r")
+    warm=$(python3 -c "$STAT_PY" "$WORK/mnt-small-$r")
     n=$(python3 -c "$STAT_PY" "$WORK/src-stat")
     add stat "$e" "$n"
+    add "stat warm" "$warm" "$n"
+    if [[ $NATIVE_FRESH == 1 ]]; then
+        add "stat fresh" "$e" "$(fresh_native "$WORK/native-stat.img" "$WORK/fresh-stat" python3 -c "$STAT_PY")"
+    fi
     e=$(python3 -c "$CREATE_PY" "$WORK/mnt-small-$r/new" "$CREATE_FILES")
     n=$(python3 -c "$CREATE_PY" "$WORK/native/new-$r" "$CREATE_FILES")
     add create "$e" "$n"
@@ -93,6 +128,9 @@ for r in $(seq "$ROUNDS"); do
         n=$(timed "${run[@]}" "$WORK/src-tree")
         add "$cmd cold" "$cold" "$n"
         add "$cmd warm" "$warm" "$n"
+        if [[ $NATIVE_FRESH == 1 ]]; then
+            add "$cmd fresh" "$cold" "$(fresh_native "$WORK/native-tree.img" "$WORK/fresh-tree" timed "${run[@]}")"
+        fi
         fusermount3 -u "$m"
     done
 done
@@ -105,9 +143,17 @@ row() { # figure label
         "$(median ${Q[$1]})" "${Q[$1]% }"
 }
 row stat "stat of $STAT_FILES lower files, fresh mount"
+row "stat warm" "stat of $STAT_FILES lower files, same mount again"
 row create "create of $CREATE_FILES small upper files"
 row "ls cold" "\`ls -lR\` of a $TREE_FILES-file lower tree, fresh mount"
 row "ls warm" "\`ls -lR\`, same mount again"
 row "find cold" "\`find\` of a $TREE_FILES-file lower tree, fresh mount"
 row "find warm" "\`find\`, same mount again"
+if [[ $NATIVE_FRESH == 1 ]]; then
+    printf '\nThe cold figures against a fresh native mount (ext4 image, loop, read-only):\n'
+    printf '\n| figure | eltonfs (s) | native, fresh mount (s) | speed eltonfs/native (median of per-round ratios) | per-round ratios |\n|---|---|---|---|---|\n'
+    row "stat fresh" "stat of $STAT_FILES lower files, fresh mount"
+    row "ls fresh" "\`ls -lR\` of a $TREE_FILES-file lower tree, fresh mount"
+    row "find fresh" "\`find\` of a $TREE_FILES-file lower tree, fresh mount"
+fi
 load_line

@@ -615,6 +615,7 @@ fn commit(
         .token
         .clone()
         .ok_or_else(|| anyhow!("no write token: mount with --token or ELTON_TOKEN"))?;
+    let entered = std::time::Instant::now();
     let invalidate = {
         let st = m.state.lock().unwrap_or_else(|p| p.into_inner());
         // The kernel sends a file's RELEASE after close(2) has returned: a
@@ -655,6 +656,7 @@ fn commit(
         // journal names the root: objects are durable before the version.
         let mut staging = Staging::new(&m.store);
         let timer = std::time::Instant::now();
+        let before_build = timer - entered;
         let mut phases = [std::time::Duration::ZERO; 3];
         let built = changes::build(
             &st.layers,
@@ -766,6 +768,7 @@ fn commit(
         // what shows in a debug log, without a profiler.
         tracing::debug!(
             manifests = built.manifests.len(),
+            status_ms = before_build.as_millis() as u64,
             build_ms = phases[0].as_millis() as u64,
             encode_ms = (phases[1] - phases[0]).as_millis() as u64,
             flush_ms = (phases[2] - phases[1]).as_millis() as u64,
@@ -800,6 +803,10 @@ fn commit(
     };
     let (inos, version) = invalidate;
     invalidate_all(notifier, inos);
+    tracing::debug!(
+        total_ms = entered.elapsed().as_millis() as u64,
+        "commit finished"
+    );
     Ok(ControlResponse {
         volume: Some(record.volume.to_string()),
         version: Some(version),
