@@ -3,6 +3,8 @@
 //! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
 //! - [`addr`]: a node's HTTP address (`HttpAddr`, exactly `host:port`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
+//! - [`paged`]: large directories cut into pages, and their index (a design
+//!   step: not yet read or written by any node).
 //! - [`recipe`]: chunk lists of large files (content-defined chunking).
 //! - [`batch`]: the body of a batch upload of many objects.
 //! - [`chunking`]: how a large file is cut into the chunks of its recipe.
@@ -23,6 +25,7 @@ pub mod error;
 pub mod ids;
 pub mod manifest;
 pub mod manifest_diff;
+pub mod paged;
 pub mod path;
 pub mod recipe;
 pub mod record;

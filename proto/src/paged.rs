@@ -1,0 +1,530 @@
+//! Paged directory manifests: where a large directory's listing is cut into
+//! pages, the index that lists the pages, and the re-cut of a changed
+//! listing that reads only the pages a change touches
+//! (`docs/paged-manifests.md`).
+//!
+//! The first step of that design: no node writes or reads this format yet.
+//! Everything here is pure (no IO): a caller hands in the entries of the
+//! pages it loaded.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::valid_entry_name;
+use crate::{DirManifest, Entry, ObjectId, ProtoError};
+
+/// A directory with more entries than this is stored as an index of pages.
+pub const PAGED_MIN: usize = 256;
+/// Fewest entries in a page other than a directory's last one.
+pub const PAGE_MIN: usize = 16;
+/// Most entries in a page.
+pub const PAGE_MAX: usize = 256;
+/// A name ends a page (size rules allowing) when its boundary hash is 0
+/// modulo this: 64 entries a page on average.
+const BOUNDARY_MODULUS: u64 = 64;
+/// Manifest format of an index.
+pub const INDEX_FORMAT: u32 = 3;
+
+/// Hashing with a context of its own keeps the cut independent of every
+/// other use of BLAKE3 in Elton (object ids above all).
+static BOUNDARY_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("elton 2026-12 directory page boundary"));
+
+/// Whether `name` may end a page: a function of the name alone, so that an
+/// insertion or a deletion moves only the boundaries next to it.
+pub fn is_boundary(name: &str) -> bool {
+    let digest = BOUNDARY_HASHER.clone().update(name.as_bytes()).finalize();
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(low) % BOUNDARY_MODULUS == 0
+}
+
+/// Whether a page of `len` entries whose last entry is `last` is complete:
+/// the cut would end it there.
+fn ends_page(len: usize, last: &str) -> bool {
+    len >= PAGE_MAX || (len >= PAGE_MIN && is_boundary(last))
+}
+
+/// The pages of a sorted listing, as ranges of positions in it. The cut
+/// from a given position depends only on the names from there on.
+pub fn cut<S: AsRef<str>>(names: &[S]) -> Vec<Range<usize>> {
+    let mut pages = Vec::new();
+    let mut start = 0;
+    for (i, name) in names.iter().enumerate() {
+        if ends_page(i + 1 - start, name.as_ref()) {
+            pages.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < names.len() {
+        pages.push(start..names.len());
+    }
+    pages
+}
+
+/// One page of an index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageRef {
+    /// Name of the page's first entry.
+    pub first: String,
+    pub entries: u64,
+    /// The page: an ordinary (format 1 or 2) manifest.
+    pub manifest: ObjectId,
+}
+
+/// A paged directory's manifest (format 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirIndex {
+    pub format: u32,
+    /// The directory's entries, all pages together.
+    pub entries: u64,
+    pub pages: Vec<PageRef>,
+}
+
+impl DirIndex {
+    /// The canonical bytes (fields in order, no whitespace).
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain structs, strings and integers cannot fail to serialize.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and checks an index on its own (its pages are checked when
+    /// they are read, by [`assemble`]); the input must be canonical.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let bad = |why: String| ProtoError::Manifest(format!("page index: {why}"));
+        let index: DirIndex = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        index.validate().map_err(bad)?;
+        if index.encode() != bytes {
+            return Err(bad("not in canonical form".into()));
+        }
+        Ok(index)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.format != INDEX_FORMAT {
+            return Err(format!("format {}, not {INDEX_FORMAT}", self.format));
+        }
+        if self.entries as usize <= PAGED_MIN {
+            return Err(format!(
+                "{} entries: a directory of at most {PAGED_MIN} is not paged",
+                self.entries
+            ));
+        }
+        let mut sum = 0u64;
+        for (i, page) in self.pages.iter().enumerate() {
+            let last = i + 1 == self.pages.len();
+            let n = page.entries as usize;
+            if n == 0 || n > PAGE_MAX || (!last && n < PAGE_MIN) {
+                return Err(format!("page {i} holds {n} entries"));
+            }
+            if !valid_entry_name(&page.first) {
+                return Err(format!("page {i}: invalid first name {:?}", page.first));
+            }
+            if i > 0 && self.pages[i - 1].first.as_bytes() >= page.first.as_bytes() {
+                return Err(format!("page {i} does not start after page {}", i - 1));
+            }
+            sum += page.entries;
+        }
+        if sum != self.entries {
+            return Err(format!(
+                "the pages hold {sum} entries, the index says {}",
+                self.entries
+            ));
+        }
+        Ok(())
+    }
+
+    /// The page that holds `name` if the directory has it: the last page
+    /// whose first name is not after it (the first page for a name before
+    /// them all).
+    pub fn page_of(&self, name: &str) -> usize {
+        self.pages
+            .partition_point(|p| p.first.as_bytes() <= name.as_bytes())
+            .saturating_sub(1)
+    }
+}
+
+/// A large directory's index and pages, cut from its whole listing; `None`
+/// for a directory that stays one manifest.
+pub fn split(dir: &DirManifest) -> Result<Option<(DirIndex, Vec<DirManifest>)>, ProtoError> {
+    if dir.entries.len() <= PAGED_MIN {
+        return Ok(None);
+    }
+    let names: Vec<&str> = dir.entries.iter().map(|e| e.name.as_str()).collect();
+    let mut refs = Vec::new();
+    let mut pages = Vec::new();
+    for range in cut(&names) {
+        let page = DirManifest::new(dir.entries[range].to_vec())?;
+        refs.push(PageRef {
+            first: page.entries[0].name.clone(),
+            entries: page.entries.len() as u64,
+            manifest: page.id(),
+        });
+        pages.push(page);
+    }
+    let index = DirIndex {
+        format: INDEX_FORMAT,
+        entries: dir.entries.len() as u64,
+        pages: refs,
+    };
+    Ok(Some((index, pages)))
+}
+
+/// The whole listing of a paged directory from its index and its pages, in
+/// the index's order, each already verified against its id by the caller.
+/// Checks that the pages are the index's and that they are cut where
+/// [`cut`] cuts, so a paged directory has one form only.
+pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, ProtoError> {
+    let bad = |why: String| Err(ProtoError::Manifest(format!("paged directory: {why}")));
+    if pages.len() != index.pages.len() {
+        return bad(format!(
+            "{} pages for an index of {}",
+            pages.len(),
+            index.pages.len()
+        ));
+    }
+    let mut entries: Vec<Entry> = Vec::with_capacity(index.entries as usize);
+    for (i, (page, r)) in pages.iter().zip(&index.pages).enumerate() {
+        let last = i + 1 == pages.len();
+        if page.entries.len() as u64 != r.entries
+            || page.entries.first().map(|e| e.name.as_str()) != Some(r.first.as_str())
+        {
+            return bad(format!("page {i} is not the one its index entry describes"));
+        }
+        // Within the page, only its last entry may end it; the last page may
+        // end anywhere.
+        let ends = page
+            .entries
+            .iter()
+            .enumerate()
+            .position(|(k, e)| ends_page(k + 1, &e.name));
+        let expected = if last {
+            None
+        } else {
+            Some(page.entries.len() - 1)
+        };
+        if ends != expected && !(last && ends == Some(page.entries.len() - 1)) {
+            return bad(format!("page {i} is not cut where the cut rule cuts"));
+        }
+        if let (Some(prev), Some(first)) = (entries.last(), page.entries.first())
+            && prev.name.as_bytes() >= first.name.as_bytes()
+        {
+            return bad(format!("page {i} overlaps the page before it"));
+        }
+        entries.extend(page.entries.iter().cloned());
+    }
+    DirManifest::new(entries)
+}
+
+/// One page of a re-cut directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// A page of the old index, unchanged (not read).
+    Kept(PageRef),
+    /// New entries, to be written as a page.
+    New(Vec<Entry>),
+}
+
+/// The pages of a paged directory after `changes` (a name to its new entry,
+/// or `None` to delete it), reading only the old pages the changes fall in
+/// and, where a moved boundary calls for it, the pages after them.
+/// `load(i)` returns the entries of old page `i`. The result is the same
+/// cut as [`cut`] of the whole new listing, with every page that did not
+/// change kept by reference. The caller turns a result of at most
+/// [`PAGED_MIN`] entries back into one manifest.
+pub fn recut<E>(
+    old: &DirIndex,
+    changes: &BTreeMap<String, Option<Entry>>,
+    mut load: impl FnMut(usize) -> Result<Vec<Entry>, E>,
+) -> Result<Vec<Page>, E> {
+    let n = old.pages.len();
+    let mut touched = vec![false; n];
+    for name in changes.keys() {
+        touched[old.page_of(name)] = true;
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if !touched[i] {
+            out.push(Page::Kept(old.pages[i].clone()));
+            i += 1;
+            continue;
+        }
+        // A run of pages from `i`: its cut starts where the old one did,
+        // since everything before it is unchanged. It ends at the first
+        // page end after the changes where the new cut ends a page too;
+        // from there the old cut goes on unchanged.
+        let mut entries = Vec::new();
+        let mut j = i;
+        loop {
+            entries.extend(load(j)?);
+            j += 1;
+            while j < n && touched[j] {
+                entries.extend(load(j)?);
+                j += 1;
+            }
+            let lower = (i > 0).then(|| old.pages[i].first.as_str());
+            let upper = old.pages.get(j).map(|p| p.first.as_str());
+            let merged = merge(&entries, changes, lower, upper);
+            let ranges = cut(&merged.iter().map(|e| e.name.as_str()).collect::<Vec<_>>());
+            let closed = match (ranges.last(), merged.last()) {
+                (Some(r), Some(e)) => ends_page(r.len(), &e.name),
+                _ => true, // the run's entries are all gone
+            };
+            if closed || j == n {
+                out.extend(ranges.into_iter().map(|r| Page::New(merged[r].to_vec())));
+                break;
+            }
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+/// The entries of a run of old pages with the changes whose names fall in
+/// `[lower, upper)` applied (no bound for `None`).
+fn merge(
+    entries: &[Entry],
+    changes: &BTreeMap<String, Option<Entry>>,
+    lower: Option<&str>,
+    upper: Option<&str>,
+) -> Vec<Entry> {
+    let mut by_name: BTreeMap<&[u8], &Entry> =
+        entries.iter().map(|e| (e.name.as_bytes(), e)).collect();
+    for (name, change) in changes {
+        let above = lower.is_none_or(|l| name.as_bytes() >= l.as_bytes());
+        let below = upper.is_none_or(|u| name.as_bytes() < u.as_bytes());
+        if !(above && below) {
+            continue;
+        }
+        match change {
+            Some(e) => by_name.insert(name.as_bytes(), e),
+            None => by_name.remove(name.as_bytes()),
+        };
+    }
+    by_name.into_values().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), so a failing case
+    /// can be replayed from its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn entry(name: &str, tag: u64) -> Entry {
+        Entry::file(name, ObjectId::of(&tag.to_le_bytes()), tag)
+    }
+
+    fn listing(n: usize, rng: &mut Rng) -> Vec<Entry> {
+        let mut names: Vec<String> = (0..n)
+            .map(|_| format!("f{:08}", rng.below(1 << 30)))
+            .collect();
+        names.sort();
+        names.dedup();
+        names.iter().map(|s| entry(s, 0)).collect()
+    }
+
+    fn paged(entries: Vec<Entry>) -> (DirIndex, Vec<DirManifest>) {
+        split(&DirManifest::new(entries).unwrap()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn pages_follow_the_size_rules_and_the_names() {
+        let mut rng = Rng(7);
+        let entries = listing(5_000, &mut rng);
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let pages = cut(&names);
+        assert_eq!(pages.first().unwrap().start, 0);
+        assert_eq!(pages.last().unwrap().end, names.len());
+        for w in pages.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        for (i, p) in pages.iter().enumerate() {
+            assert!(p.len() <= PAGE_MAX);
+            if i + 1 < pages.len() {
+                assert!(p.len() >= PAGE_MIN);
+                assert!(ends_page(p.len(), names[p.end - 1]));
+            }
+        }
+        // About 64 a page on average: the rule is hashed, not positional.
+        let average = names.len() / pages.len();
+        assert!((40..=100).contains(&average), "{average} entries a page");
+        // The cut from a page start is the same whatever came before it.
+        let from_second = cut(&names[pages[1].start..]);
+        assert_eq!(from_second[0].len(), pages[1].len());
+    }
+
+    #[test]
+    fn an_index_round_trips_and_its_pages_reassemble_the_directory() {
+        let mut rng = Rng(11);
+        let entries = listing(1_000, &mut rng);
+        let whole = DirManifest::new(entries).unwrap();
+        let (index, pages) = split(&whole).unwrap().unwrap();
+        assert!(index.pages.len() > 1);
+        let bytes = index.encode();
+        assert!(bytes.starts_with(br#"{"format":3,"entries":"#));
+        assert_eq!(DirIndex::decode(&bytes).unwrap(), index);
+        assert_eq!(assemble(&index, &pages).unwrap(), whole);
+        // A small directory is not paged.
+        let small = DirManifest::new(whole.entries[..PAGED_MIN].to_vec()).unwrap();
+        assert!(split(&small).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_broken_index_or_page_is_refused() {
+        let mut rng = Rng(13);
+        let (index, pages) = paged(listing(1_000, &mut rng));
+        let text = String::from_utf8(index.encode()).unwrap();
+        // Not canonical, wrong format, wrong count, pages out of order.
+        assert!(DirIndex::decode(text.replace(":3,", ": 3,").as_bytes()).is_err());
+        assert!(DirIndex::decode(text.replace("\"format\":3", "\"format\":2").as_bytes()).is_err());
+        let mut wrong_count = index.clone();
+        wrong_count.entries += 1;
+        assert!(DirIndex::decode(&wrong_count.encode()).is_err());
+        let mut swapped = index.clone();
+        swapped.pages.swap(0, 1);
+        assert!(DirIndex::decode(&swapped.encode()).is_err());
+        // A page that is not the one listed, pages cut elsewhere than the
+        // rule cuts, and overlapping pages.
+        let mut other = pages.clone();
+        other.swap(0, 1);
+        assert!(assemble(&index, &other).is_err());
+        let mut moved = pages.clone();
+        let taken = moved[1].entries.remove(0);
+        moved[0].entries.push(taken);
+        let mut moved_index = index.clone();
+        moved_index.pages[0].entries += 1;
+        moved_index.pages[1].entries -= 1;
+        moved_index.pages[1].first = moved[1].entries[0].name.clone();
+        assert!(assemble(&moved_index, &moved).is_err());
+        assert!(assemble(&index, &pages[..pages.len() - 1]).is_err());
+    }
+
+    /// The old pages' entries, as `recut` loads them, counting the loads.
+    fn loader<'a>(
+        pages: &'a [DirManifest],
+        loads: &'a mut Vec<usize>,
+    ) -> impl FnMut(usize) -> Result<Vec<Entry>, ()> + 'a {
+        move |i| {
+            loads.push(i);
+            Ok(pages[i].entries.clone())
+        }
+    }
+
+    fn materialize(recut: &[Page], old_pages: &[DirManifest], old: &DirIndex) -> Vec<Vec<Entry>> {
+        recut
+            .iter()
+            .map(|p| match p {
+                Page::New(e) => e.clone(),
+                Page::Kept(r) => {
+                    let i = old.pages.iter().position(|o| o == r).unwrap();
+                    old_pages[i].entries.clone()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_recut_equals_the_cut_of_the_whole_new_listing() {
+        for seed in 1..200u64 {
+            let mut rng = Rng(seed * 0x9E37_79B9);
+            let old_entries = listing(300 + rng.below(3_000) as usize, &mut rng);
+            let (old, old_pages) = paged(old_entries.clone());
+            let mut changes = BTreeMap::new();
+            for _ in 0..1 + rng.below(40) {
+                let (name, change) = match rng.below(3) {
+                    // A new name, an edited entry, a deleted one.
+                    0 => (format!("f{:08}", rng.below(1 << 30)), Some(1)),
+                    1 => (
+                        old_entries[rng.below(old_entries.len() as u64) as usize]
+                            .name
+                            .clone(),
+                        Some(2),
+                    ),
+                    _ => (
+                        old_entries[rng.below(old_entries.len() as u64) as usize]
+                            .name
+                            .clone(),
+                        None,
+                    ),
+                };
+                changes.insert(name.clone(), change.map(|t| entry(&name, t)));
+            }
+            let mut new_listing: BTreeMap<String, Entry> = old_entries
+                .iter()
+                .map(|e| (e.name.clone(), e.clone()))
+                .collect();
+            for (name, change) in &changes {
+                match change {
+                    Some(e) => new_listing.insert(name.clone(), e.clone()),
+                    None => new_listing.remove(name),
+                };
+            }
+            let new_entries: Vec<Entry> = new_listing.into_values().collect();
+            let names: Vec<&str> = new_entries.iter().map(|e| e.name.as_str()).collect();
+            let expected: Vec<Vec<Entry>> = cut(&names)
+                .into_iter()
+                .map(|r| new_entries[r].to_vec())
+                .collect();
+
+            let mut loads = Vec::new();
+            let result = recut(&old, &changes, loader(&old_pages, &mut loads)).unwrap();
+            assert_eq!(
+                materialize(&result, &old_pages, &old),
+                expected,
+                "seed {seed}"
+            );
+            // Pages are read at most once, and only around the changes.
+            let mut sorted = loads.clone();
+            sorted.dedup();
+            assert_eq!(sorted, loads, "seed {seed}: a page read twice");
+            let touched: std::collections::BTreeSet<usize> =
+                changes.keys().map(|n| old.page_of(n)).collect();
+            assert!(
+                loads.len() <= 2 * touched.len() + 2,
+                "seed {seed}: {} pages read for {} touched",
+                loads.len(),
+                touched.len()
+            );
+            // Every page the recut kept is an old page, untouched.
+            for p in &result {
+                if let Page::Kept(r) = p {
+                    assert!(!touched.contains(&old.pages.iter().position(|o| o == r).unwrap()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_change_in_a_large_directory_reads_one_page_and_writes_one() {
+        let mut rng = Rng(17);
+        let old_entries = listing(1_000, &mut rng);
+        let (old, old_pages) = paged(old_entries.clone());
+        let name = old_entries[500].name.clone();
+        let changes = BTreeMap::from([(name.clone(), Some(entry(&name, 9)))]);
+        let mut loads = Vec::new();
+        let result = recut(&old, &changes, loader(&old_pages, &mut loads)).unwrap();
+        assert_eq!(loads, vec![old.page_of(&name)]);
+        let new = result.iter().filter(|p| matches!(p, Page::New(_))).count();
+        assert_eq!(new, 1);
+        assert_eq!(result.len(), old.pages.len());
+    }
+}
