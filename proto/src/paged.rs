@@ -221,6 +221,53 @@ pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, 
     DirManifest::new(entries)
 }
 
+/// A directory manifest as stored: one manifest, or the index of a paged
+/// directory whose pages the caller reads (in its own IO) and hands to
+/// [`assemble`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listing {
+    Whole(DirManifest),
+    Paged(DirIndex),
+}
+
+/// Decodes a directory manifest's bytes, whichever form it has; both must
+/// be canonical.
+pub fn decode_dir(bytes: &[u8]) -> Result<Listing, ProtoError> {
+    // The format is the first field of both forms, so the prefix decides
+    // without parsing the rest twice.
+    if bytes.starts_with(br#"{"format":3,"#) {
+        DirIndex::decode(bytes).map(Listing::Paged)
+    } else {
+        DirManifest::decode(bytes).map(Listing::Whole)
+    }
+}
+
+/// The pages of `new` that a check must read, each with the positions of
+/// the pages of `parent` (the same directory in the parent version) whose
+/// names overlap it: a page whose id the parent's index already lists is
+/// unchanged and is not read at all.
+pub fn changed_pages(parent: &DirIndex, new: &DirIndex) -> Vec<(usize, Range<usize>)> {
+    let known: std::collections::HashSet<&ObjectId> =
+        parent.pages.iter().map(|p| &p.manifest).collect();
+    new.pages
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !known.contains(&p.manifest))
+        .map(|(i, p)| {
+            let from = parent.page_of(&p.first);
+            let to = match new.pages.get(i + 1) {
+                // The parent's pages that start before the next new page.
+                Some(next) => parent
+                    .pages
+                    .partition_point(|q| q.first.as_bytes() < next.first.as_bytes())
+                    .max(from + 1),
+                None => parent.pages.len(),
+            };
+            (i, from..to)
+        })
+        .collect()
+}
+
 /// One page of a re-cut directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Page {
@@ -416,6 +463,57 @@ mod tests {
         moved_index.pages[1].first = moved[1].entries[0].name.clone();
         assert!(assemble(&moved_index, &moved).is_err());
         assert!(assemble(&index, &pages[..pages.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn both_forms_decode_and_a_check_reads_only_the_pages_that_changed() {
+        let mut rng = Rng(19);
+        let entries = listing(1_000, &mut rng);
+        let whole = DirManifest::new(entries.clone()).unwrap();
+        let (index, pages) = split(&whole).unwrap().unwrap();
+        assert_eq!(
+            decode_dir(&index.encode()).unwrap(),
+            Listing::Paged(index.clone())
+        );
+        let small = DirManifest::new(entries[..10].to_vec()).unwrap();
+        assert_eq!(decode_dir(&small.encode()).unwrap(), Listing::Whole(small));
+        assert!(decode_dir(br#"{"format":3,"entries":1,"pages":[]}"#).is_err());
+
+        // Edit one entry: one new page, compared with the parent's page that
+        // held the same names.
+        let name = entries[600].name.clone();
+        let changes = BTreeMap::from([(name.clone(), Some(entry(&name, 5)))]);
+        let edited = recut(&index, &changes, |i| Ok::<_, ()>(pages[i].entries.clone())).unwrap();
+        let new_index = DirIndex {
+            format: INDEX_FORMAT,
+            entries: index.entries,
+            pages: edited
+                .iter()
+                .map(|p| match p {
+                    Page::Kept(r) => r.clone(),
+                    Page::New(e) => {
+                        let m = DirManifest::new(e.clone()).unwrap();
+                        PageRef {
+                            first: e[0].name.clone(),
+                            entries: e.len() as u64,
+                            manifest: m.id(),
+                        }
+                    }
+                })
+                .collect(),
+        };
+        let p = index.page_of(&name);
+        assert_eq!(changed_pages(&index, &new_index), vec![(p, p..p + 1)]);
+        assert!(changed_pages(&index, &index).is_empty());
+        // A new first page that starts before the parent's: compared with
+        // the parent's first page.
+        let before = "a-before-everything".to_string();
+        let changes = BTreeMap::from([(before.clone(), Some(entry(&before, 1)))]);
+        let recut = recut(&index, &changes, |i| Ok::<_, ()>(pages[i].entries.clone())).unwrap();
+        let Page::New(first) = &recut[0] else {
+            panic!("the first page changed")
+        };
+        assert_eq!(first[0].name, before);
     }
 
     /// The old pages' entries, as `recut` loads them, counting the loads.
