@@ -98,9 +98,9 @@ put_ms() { # mode round: median ms of $COMMITS one-file commits over HTTP
 import_ms() { # mode: median ms of $IMPORTS `elton import` of one file
     local i t0 t1 times=()
     for ((i = 0; i < IMPORTS; i++)); do
-        t0=$(seconds)
+        t0=${EPOCHREALTIME/[!0-9]/.}
         in_mode "$1" "$ELTON" import "$WORK/one" "$VOLUME" >/dev/null
-        t1=$(seconds)
+        t1=${EPOCHREALTIME/[!0-9]/.}
         times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) * 1000}')")
     done
     printf '%.1f' "$(median -a "${times[@]}")"

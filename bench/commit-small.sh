@@ -55,13 +55,13 @@ declare -a E=() G=()
 for r in $(seq "$ROUNDS"); do
     change "$WORK/mnt-vol" "$r"
     sync
-    t0=$(seconds); "$ELTON" commit "$WORK/mnt-vol" -m "round $r" >/dev/null; t1=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}; "$ELTON" commit "$WORK/mnt-vol" -m "round $r" >/dev/null; t1=${EPOCHREALTIME/[!0-9]/.}
     E+=("$(elapsed "$t0" "$t1")")
     change "$WORK/git-vol" "$r"
     sync
-    t0=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}
     (cd "$WORK/git-vol" && git add -A && git -c user.name=b -c user.email=b@b commit -q -m "round $r")
-    t1=$(seconds)
+    t1=${EPOCHREALTIME/[!0-9]/.}
     G+=("$(elapsed "$t0" "$t1")")
     log "round $r: elton commit ${E[-1]} s, git ${G[-1]} s"
 done

@@ -38,7 +38,7 @@ release_bins elton
 bench_start commit
 elton_up "$WORK/home"
 
-elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}'; }
+elapsed_since() { awk -v a="$1" -v b="${EPOCHREALTIME/[!0-9]/.}" 'BEGIN {printf "%.3f", b - a}'; }
 tree() { # root n size: n files of `size` random bytes, 1,000 per directory
     python3 - "$1" "$2" "$3" <<'PY'
 import os, sys
@@ -57,7 +57,7 @@ tree "$WORK/src-new" "$NEW_FILES" 12288
 declare -a T_CP=() T_NEW=()
 for ((r = 0; r <= ROUNDS; r++)); do
     sync
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     cp -r "$WORK/src-new" "$WORK/copy-$r"
     sync
     t=$(elapsed_since "$t0")
@@ -70,7 +70,7 @@ for ((r = 0; r <= ROUNDS; r++)); do
     mount_volume "new$r" "$WORK/mnt-new$r"
     cp -r "$WORK/src-new" "$WORK/mnt-new$r/tree"
     sync
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     "$ELTON" commit -q -m "new files" "$WORK/mnt-new$r" >/dev/null
     t=$(elapsed_since "$t0")
     fusermount3 -u "$WORK/mnt-new$r"
@@ -89,7 +89,7 @@ one_change() { # files -> median seconds of a one-file commit
     for ((r = 0; r <= ROUNDS; r++)); do
         echo "round $r" >"$WORK/mnt-$vol/d000/f000000"
         sync
-        t0=$EPOCHREALTIME
+        t0=${EPOCHREALTIME/[!0-9]/.}
         "$ELTON" commit -q -m "round $r" "$WORK/mnt-$vol" >/dev/null
         t=$(elapsed_since "$t0")
         ((r == 0)) && continue

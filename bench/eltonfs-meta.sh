@@ -33,7 +33,8 @@ ROUNDS=${ROUNDS:-5}
 STAT_FILES=${STAT_FILES:-10000}
 CREATE_FILES=${CREATE_FILES:-10000}
 TREE_FILES=${TREE_FILES:-100000}
-NATIVE_FRESH=${NATIVE_FRESH:-1}
+# The fresh native side mounts loop devices: on by default for root only.
+if [[ $EUID == 0 ]]; then NATIVE_FRESH=${NATIVE_FRESH:-1}; else NATIVE_FRESH=${NATIVE_FRESH:-0}; fi
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -47,9 +48,9 @@ elton_up "$WORK/home"
 # Wall time of a command in seconds, from bash's own clock (no process
 # start in the measurement); its output is discarded.
 timed() {
-    local t0=$EPOCHREALTIME
+    local t0=${EPOCHREALTIME/[!0-9]/.}
     "$@" >/dev/null
-    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.4f\n", b - a}'
+    awk -v a="$t0" -v b="${EPOCHREALTIME/[!0-9]/.}" 'BEGIN {printf "%.4f\n", b - a}'
 }
 
 STAT_PY='import os, sys, time
@@ -82,17 +83,20 @@ if [[ $NATIVE_FRESH == 1 ]]; then
         # Room for one block and one inode per file, and as much again.
         n=$(find "$WORK/src-$t" | wc -l)
         mkfs.ext4 -q -F -N $((n * 2 + 1024)) -d "$WORK/src-$t" "$WORK/native-$t.img" "$((n * 8 / 1024 + 64))M"
+        mkdir -p "$WORK/fresh-$t"
+        track_mount "$WORK/fresh-$t"
     done
+else
+    log "NATIVE_FRESH=0: no comparison with a freshly mounted native filesystem"
 fi
-# The wall time of `cmd` on a fresh read-only mount of image $1 at $2.
+# Sets FRESH to the output of `cmd DIR` (a time) on a fresh read-only mount
+# of image $1 at DIR=$2. Mounting and unmounting stay in this shell, so a
+# failure stops the script (not a subshell) and the cleanup sees the mount.
 fresh_native() { # image mountpoint cmd...
-    mkdir -p "$2"
     mount -o loop,ro,noatime "$1" "$2"
-    track_mount "$2"
-    local t
-    t=$("${@:3}" "$2")
+    mountpoint -q "$2" || die "$1 is not mounted at $2"
+    FRESH=$("${@:3}" "$2")
     umount "$2"
-    printf '%s\n' "$t"
 }
 
 # Each figure: arrays of eltonfs times, native times, per-round speed ratios
@@ -112,7 +116,8 @@ for r in $(seq "$ROUNDS"); do
     add stat "$e" "$n"
     add "stat warm" "$warm" "$n"
     if [[ $NATIVE_FRESH == 1 ]]; then
-        add "stat fresh" "$e" "$(fresh_native "$WORK/native-stat.img" "$WORK/fresh-stat" python3 -c "$STAT_PY")"
+        fresh_native "$WORK/native-stat.img" "$WORK/fresh-stat" python3 -c "$STAT_PY"
+        add "stat fresh" "$e" "$FRESH"
     fi
     e=$(python3 -c "$CREATE_PY" "$WORK/mnt-small-$r/new" "$CREATE_FILES")
     n=$(python3 -c "$CREATE_PY" "$WORK/native/new-$r" "$CREATE_FILES")
@@ -129,7 +134,8 @@ for r in $(seq "$ROUNDS"); do
         add "$cmd cold" "$cold" "$n"
         add "$cmd warm" "$warm" "$n"
         if [[ $NATIVE_FRESH == 1 ]]; then
-            add "$cmd fresh" "$cold" "$(fresh_native "$WORK/native-tree.img" "$WORK/fresh-tree" timed "${run[@]}")"
+            fresh_native "$WORK/native-tree.img" "$WORK/fresh-tree" timed "${run[@]}"
+            add "$cmd fresh" "$cold" "$FRESH"
         fi
         fusermount3 -u "$m"
     done

@@ -136,12 +136,12 @@ mount_volume vol "$WORK/mnt-vol"
 e=(); g=()
 for r in $(seq "$ROUNDS"); do
     change "$WORK/mnt-vol" "$r"
-    t0=$(seconds); "$ELTON" commit "$WORK/mnt-vol" -m "round $r" >/dev/null; t1=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}; "$ELTON" commit "$WORK/mnt-vol" -m "round $r" >/dev/null; t1=${EPOCHREALTIME/[!0-9]/.}
     e+=("$(elapsed "$t0" "$t1")")
     change "$WORK/git-vol" "$r"
-    t0=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}
     (cd "$WORK/git-vol" && git add -A && git -c user.name=b -c user.email=b@b commit -q -m "round $r")
-    t1=$(seconds)
+    t1=${EPOCHREALTIME/[!0-9]/.}
     g+=("$(elapsed "$t0" "$t1")")
 done
 R[commit]="$(median "${e[@]}") $(median "${g[@]}")"

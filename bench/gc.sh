@@ -100,18 +100,18 @@ GC_S=() RM_S=()
 for ((r = 1; r <= ROUNDS; r++)); do
     plant
     sleep 2 # past the cutoff: one second after the walk begins
-    t0=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}
     out=$("$ELTON" gc --json --grace-secs 0.001)
-    t1=$(seconds)
+    t1=${EPOCHREALTIME/[!0-9]/.}
     deleted=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["deleted"])' <<<"$out")
     [[ "$deleted" == "$N" ]] || die "round $r: gc deleted $deleted, expected $N: $out"
     live=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["live_objects"])' <<<"$out")
     GC_S+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')")
 
     layout "$WORK/base"
-    t0=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}
     find "$WORK/base" -type f -delete
-    t1=$(seconds)
+    t1=${EPOCHREALTIME/[!0-9]/.}
     RM_S+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')")
     log "round $r: gc ${GC_S[-1]} s ($live live objects kept), find -delete ${RM_S[-1]} s"
 done

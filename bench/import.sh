@@ -67,7 +67,7 @@ TREE_BYTES=$(find "$TREE" -type f -printf '%s\n' | awk '{s += $1} END {print s}'
 log "tree: $TREE_FILES files, $TREE_BYTES bytes"
 
 # --- timing helpers ----------------------------------------------------------------
-elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}'; }
+elapsed_since() { awk -v a="$1" -v b="${EPOCHREALTIME/[!0-9]/.}" 'BEGIN {printf "%.3f", b - a}'; }
 stats() { # prints "median min max" of the arguments (the median of an even count: the mean of the middle two)
     printf '%s\n' "$@" | sort -g | awk -v m="$(median -a "$@")" '{a[NR] = $1} END {
         printf "%.3f %.3f %.3f", m, a[1], a[NR] }'
@@ -78,7 +78,7 @@ declare -a T_CP=() T_CPSYNC=() T_GIT=() T_FRESH=() T_AGAIN=()
 # cp -r
 for ((r = 0; r <= RUNS; r++)); do
     sync
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     cp -r "$TREE" "$WORK/copy-$r"
     t=$(elapsed_since "$t0")
     ((r == 0)) && { log "cp -r warm-up: ${t}s"; continue; }
@@ -89,7 +89,7 @@ done
 # cp -r + sync
 for ((r = 0; r <= RUNS; r++)); do
     sync
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     cp -r "$TREE" "$WORK/copy-sync-$r"
     sync
     t=$(elapsed_since "$t0")
@@ -103,7 +103,7 @@ for ((r = 0; r <= RUNS; r++)); do
     sync
     export GIT_DIR="$WORK/git-$r" GIT_WORK_TREE="$TREE"
     git init -q
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm import
     t=$(elapsed_since "$t0")
     unset GIT_DIR GIT_WORK_TREE
@@ -117,7 +117,7 @@ for ((r = 0; r <= RUNS; r++)); do
     stop_pid "$ELTON_PID"
     elton_up "$WORK/home-fresh-$r"
     sync
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     out=$("$ELTON" import --create "$TREE" "$VOLUME")
     t=$(elapsed_since "$t0")
     log "$out"
@@ -136,7 +136,7 @@ grep -q "$TREE_FILES files" <<<"$out" || die "import did not report $TREE_FILES 
 # elton import of the unchanged tree into the same volume (objects present)
 for ((r = 1; r <= RUNS; r++)); do
     sync
-    t0=$EPOCHREALTIME
+    t0=${EPOCHREALTIME/[!0-9]/.}
     out=$("$ELTON" import "$TREE" "$VOLUME")
     t=$(elapsed_since "$t0")
     log "$out"

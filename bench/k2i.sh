@@ -63,7 +63,7 @@ done
 log "3 masters in one group (gRPC on ${PORT[*]})"
 
 ms() { # start-EPOCHREALTIME: ms since then
-    awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f\n", (b - a) * 1000}'
+    awk -v a="$1" -v b="${EPOCHREALTIME/[!0-9]/.}" 'BEGIN {printf "%.1f\n", (b - a) * 1000}'
 }
 
 pct() { # P values...: the P-th percentile (nearest rank)
@@ -78,25 +78,25 @@ med() { printf '%.1f' "$(median -a "$@")"; } # median, 1 decimal
 
 ELTON_PS=() PS_AUX=() PS_ALL=() PS_ONE=() PS_WINDOW=() START=() CURL=()
 for ((r = 0; r < ROUNDS; r++)); do
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     ctl ps --window 10s --deadline 1s >/dev/null 2>&1 && die "a window above the deadline was taken"
     START+=("$(ms "$t")")
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     curl -sf -o /dev/null "http://127.0.0.1:${PORT[1]}/v1/proc?host=m1&window_ms=0" || die "curl /v1/proc failed"
     CURL+=("$(ms "$t")")
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     ctl ps --host m1 --window 0ms >/dev/null
     ELTON_PS+=("$(ms "$t")")
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     ps aux >/dev/null
     PS_AUX+=("$(ms "$t")")
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     ctl ps --host m1 --window 0ms --pid 1 >/dev/null
     PS_ONE+=("$(ms "$t")")
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     ctl ps --host m1 >/dev/null
     PS_WINDOW+=("$(ms "$t")")
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     ctl ps --all --window 0ms >/dev/null
     PS_ALL+=("$(ms "$t")")
 done
@@ -219,7 +219,7 @@ in_effect() { # id: 0 when every host's group holds the quota and one holds the 
 EFFECT=()
 for ((r = 0; r < LIMITS; r++)); do
     id=$(ctl limit --json --pid "$SLEEPER" --all --cpu 50% | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-    t=$EPOCHREALTIME
+    t=${EPOCHREALTIME/[!0-9]/.}
     for ((spin = 0; ; spin++)); do
         in_effect "$id" && break
         ((spin < 200000)) || die "limit $id not in effect on every host: $(ctl limit ls)"

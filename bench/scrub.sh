@@ -97,17 +97,17 @@ curl -sf -o /dev/null "$SMALL_URL" || die "GET $SMALL_URL failed"
 # --- 1. scrub vs b3sum -------------------------------------------------------------------
 b3sum_secs() {
     local t0 t1
-    t0=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}
     (cd "$HOME_DIR/slave/objects" && find . -type f -print0 | xargs -0 b3sum >/dev/null)
-    t1=$(seconds)
+    t1=${EPOCHREALTIME/[!0-9]/.}
     awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b - a}'
 }
 # Prints "seconds objects bytes bad" of one `elton scrub --json`.
 scrub_run() {
     local t0 t1 out
-    t0=$(seconds)
+    t0=${EPOCHREALTIME/[!0-9]/.}
     out=$("$ELTON" scrub --json 2>/dev/null) || die "elton scrub failed: $out"
-    t1=$(seconds)
+    t1=${EPOCHREALTIME/[!0-9]/.}
     python3 -c '
 import json, sys
 s = json.loads(sys.argv[1])

@@ -198,23 +198,23 @@ for r in $(seq "$ROUNDS"); do
     # Each prints "MiB/s CPU-seconds", the CPU-seconds being what the whole
     # machine (all processes, both cores) spent during the read.
     run_e() {
-        local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
+        local t0 t1 c0 c1; c0=$(machine_busy); t0=${EPOCHREALTIME/[!0-9]/.}
         read_b "/v1/volumes/tput-$r/1/big.bin"
-        t1=$(seconds); c1=$(machine_busy)
+        t1=${EPOCHREALTIME/[!0-9]/.}; c1=$(machine_busy)
         cmp -s "$WORK/got" "$WORK/tput-$r/big.bin" || die "cold read in B differs"
         rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
     run_p() {
-        local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
+        local t0 t1 c0 c1; c0=$(machine_busy); t0=${EPOCHREALTIME/[!0-9]/.}
         curl -fsS -o "$WORK/got" -w '%{time_starttransfer}' "http://127.0.0.1:$LPLAIN/v1/volumes/tput-$r/1/big.bin" \
             >"$WORK/ttfb-plain" || die "plain download failed"
-        t1=$(seconds); c1=$(machine_busy)
+        t1=${EPOCHREALTIME/[!0-9]/.}; c1=$(machine_busy)
         rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
     run_c() {
-        local t0 t1 c0 c1; c0=$(machine_busy); t0=$(seconds)
+        local t0 t1 c0 c1; c0=$(machine_busy); t0=${EPOCHREALTIME/[!0-9]/.}
         curl -fsS -o "$WORK/got" "http://127.0.0.1:${LCHAIN[0]}/v1/volumes/tput-$r/1/big.bin" || die "chained download failed"
-        t1=$(seconds); c1=$(machine_busy)
+        t1=${EPOCHREALTIME/[!0-9]/.}; c1=$(machine_busy)
         rate_and_cpu "$t0" "$t1" "$c0" "$c1"
     }
     cpu_before=$(cpu_times)

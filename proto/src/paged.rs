@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::valid_entry_name;
+use crate::manifest::{MAX_MANIFEST_BYTES, valid_entry_name};
 use crate::{DirManifest, Entry, ObjectId, ProtoError};
 
 /// A directory with more entries than this is stored as an index of pages.
@@ -97,6 +97,9 @@ impl DirIndex {
     /// they are read, by [`assemble`]); the input must be canonical.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
         let bad = |why: String| ProtoError::Manifest(format!("page index: {why}"));
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(bad(format!("{} bytes is too large", bytes.len())));
+        }
         let index: DirIndex = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         index.validate().map_err(bad)?;
         if index.encode() != bytes {
@@ -109,7 +112,7 @@ impl DirIndex {
         if self.format != INDEX_FORMAT {
             return Err(format!("format {}, not {INDEX_FORMAT}", self.format));
         }
-        if self.entries as usize <= PAGED_MIN {
+        if self.entries <= PAGED_MIN as u64 {
             return Err(format!(
                 "{} entries: a directory of at most {PAGED_MIN} is not paged",
                 self.entries
@@ -118,8 +121,8 @@ impl DirIndex {
         let mut sum = 0u64;
         for (i, page) in self.pages.iter().enumerate() {
             let last = i + 1 == self.pages.len();
-            let n = page.entries as usize;
-            if n == 0 || n > PAGE_MAX || (!last && n < PAGE_MIN) {
+            let n = page.entries;
+            if n == 0 || n > PAGE_MAX as u64 || (!last && n < PAGE_MIN as u64) {
                 return Err(format!("page {i} holds {n} entries"));
             }
             if !valid_entry_name(&page.first) {
@@ -181,6 +184,9 @@ pub fn split(dir: &DirManifest) -> Result<Option<(DirIndex, Vec<DirManifest>)>, 
 /// [`cut`] cuts, so a paged directory has one form only.
 pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, ProtoError> {
     let bad = |why: String| Err(ProtoError::Manifest(format!("paged directory: {why}")));
+    if let Err(why) = index.validate() {
+        return bad(why);
+    }
     if pages.len() != index.pages.len() {
         return bad(format!(
             "{} pages for an index of {}",
@@ -188,7 +194,7 @@ pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, 
             index.pages.len()
         ));
     }
-    let mut entries: Vec<Entry> = Vec::with_capacity(index.entries as usize);
+    let mut entries: Vec<Entry> = Vec::with_capacity(pages.iter().map(|p| p.entries.len()).sum());
     for (i, (page, r)) in pages.iter().zip(&index.pages).enumerate() {
         let last = i + 1 == pages.len();
         if page.entries.len() as u64 != r.entries
@@ -231,7 +237,9 @@ pub enum Listing {
 }
 
 /// Decodes a directory manifest's bytes, whichever form it has; both must
-/// be canonical.
+/// be canonical. A whole manifest of more than [`PAGED_MIN`] entries still
+/// decodes: trees written before paging keep their bytes. A new tree must
+/// also pass [`check_form`], so that a directory has one form only.
 pub fn decode_dir(bytes: &[u8]) -> Result<Listing, ProtoError> {
     // The format is the first field of both forms, so the prefix decides
     // without parsing the rest twice.
@@ -242,30 +250,48 @@ pub fn decode_dir(bytes: &[u8]) -> Result<Listing, ProtoError> {
     }
 }
 
-/// The pages of `new` that a check must read, each with the positions of
-/// the pages of `parent` (the same directory in the parent version) whose
-/// names overlap it: a page whose id the parent's index already lists is
-/// unchanged and is not read at all.
-pub fn changed_pages(parent: &DirIndex, new: &DirIndex) -> Vec<(usize, Range<usize>)> {
-    let known: std::collections::HashSet<&ObjectId> =
-        parent.pages.iter().map(|p| &p.manifest).collect();
-    new.pages
+/// The form rule for a directory about to be published: paged exactly
+/// when it has more than [`PAGED_MIN`] entries (an index can hold no fewer,
+/// see [`DirIndex::decode`]).
+pub fn check_form(listing: &Listing) -> Result<(), ProtoError> {
+    match listing {
+        Listing::Whole(m) if m.entries.len() > PAGED_MIN => Err(ProtoError::Manifest(format!(
+            "a directory of {} entries must be paged (more than {PAGED_MIN})",
+            m.entries.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What a check must compare between a directory's index and its parent's:
+/// runs of new pages, each with the run of the parent's pages in the same
+/// place. The pages both indexes list (by id) are unchanged and anchor the
+/// runs; between two anchors the new pages (none, for a deletion of whole
+/// pages) replace the parent's pages (none, for an insertion of whole
+/// pages). Unchanged pages are never read.
+pub fn changed_pages(parent: &DirIndex, new: &DirIndex) -> Vec<(Range<usize>, Range<usize>)> {
+    let in_parent: std::collections::HashMap<&ObjectId, usize> = parent
+        .pages
         .iter()
         .enumerate()
-        .filter(|(_, p)| !known.contains(&p.manifest))
-        .map(|(i, p)| {
-            let from = parent.page_of(&p.first);
-            let to = match new.pages.get(i + 1) {
-                // The parent's pages that start before the next new page.
-                Some(next) => parent
-                    .pages
-                    .partition_point(|q| q.first.as_bytes() < next.first.as_bytes())
-                    .max(from + 1),
-                None => parent.pages.len(),
-            };
-            (i, from..to)
-        })
-        .collect()
+        .map(|(i, p)| (&p.manifest, i))
+        .collect();
+    let mut runs = Vec::new();
+    let (mut new_from, mut parent_from) = (0, 0);
+    for (i, page) in new.pages.iter().enumerate() {
+        // A page listed out of order is no anchor: it is compared too.
+        let Some(&j) = in_parent.get(&page.manifest).filter(|&&j| j >= parent_from) else {
+            continue;
+        };
+        if new_from < i || parent_from < j {
+            runs.push((new_from..i, parent_from..j));
+        }
+        (new_from, parent_from) = (i + 1, j + 1);
+    }
+    if new_from < new.pages.len() || parent_from < parent.pages.len() {
+        runs.push((new_from..new.pages.len(), parent_from..parent.pages.len()));
+    }
+    runs
 }
 
 /// One page of a re-cut directory.
@@ -283,13 +309,30 @@ pub enum Page {
 /// `load(i)` returns the entries of old page `i`. The result is the same
 /// cut as [`cut`] of the whole new listing, with every page that did not
 /// change kept by reference. The caller turns a result of at most
-/// [`PAGED_MIN`] entries back into one manifest.
-pub fn recut<E>(
+/// [`PAGED_MIN`] entries back into one manifest. A change whose entry has
+/// another name than its key is refused.
+pub fn recut<E: From<ProtoError>>(
     old: &DirIndex,
     changes: &BTreeMap<String, Option<Entry>>,
     mut load: impl FnMut(usize) -> Result<Vec<Entry>, E>,
 ) -> Result<Vec<Page>, E> {
+    if let Some((key, _)) = changes
+        .iter()
+        .find(|(k, c)| c.as_ref().is_some_and(|e| &e.name != *k))
+    {
+        return Err(
+            ProtoError::Manifest(format!("change {key:?} carries another entry's name")).into(),
+        );
+    }
     let n = old.pages.len();
+    if n == 0 {
+        let merged = merge(&[], changes, None, None);
+        let names: Vec<&str> = merged.iter().map(|e| e.name.as_str()).collect();
+        return Ok(cut(&names)
+            .into_iter()
+            .map(|r| Page::New(merged[r].to_vec()))
+            .collect());
+    }
     let mut touched = vec![false; n];
     for name in changes.keys() {
         touched[old.page_of(name)] = true;
@@ -341,14 +384,12 @@ fn merge(
     lower: Option<&str>,
     upper: Option<&str>,
 ) -> Vec<Entry> {
+    use std::ops::Bound;
     let mut by_name: BTreeMap<&[u8], &Entry> =
         entries.iter().map(|e| (e.name.as_bytes(), e)).collect();
-    for (name, change) in changes {
-        let above = lower.is_none_or(|l| name.as_bytes() >= l.as_bytes());
-        let below = upper.is_none_or(|u| name.as_bytes() < u.as_bytes());
-        if !(above && below) {
-            continue;
-        }
+    let from = lower.map_or(Bound::Unbounded, |l| Bound::Included(l.to_string()));
+    let to = upper.map_or(Bound::Unbounded, |u| Bound::Excluded(u.to_string()));
+    for (name, change) in changes.range((from, to)) {
         match change {
             Some(e) => by_name.insert(name.as_bytes(), e),
             None => by_name.remove(name.as_bytes()),
@@ -465,62 +506,141 @@ mod tests {
         assert!(assemble(&index, &pages[..pages.len() - 1]).is_err());
     }
 
+    /// The index a re-cut directory gets (pages written as they come).
+    fn index_of(pages: &[Page]) -> DirIndex {
+        let refs: Vec<PageRef> = pages
+            .iter()
+            .map(|p| match p {
+                Page::Kept(r) => r.clone(),
+                Page::New(e) => PageRef {
+                    first: e[0].name.clone(),
+                    entries: e.len() as u64,
+                    manifest: DirManifest::new(e.clone()).unwrap().id(),
+                },
+            })
+            .collect();
+        DirIndex {
+            format: INDEX_FORMAT,
+            entries: refs.iter().map(|r| r.entries).sum(),
+            pages: refs,
+        }
+    }
+
+    fn load_from(
+        pages: &[DirManifest],
+    ) -> impl FnMut(usize) -> Result<Vec<Entry>, ProtoError> + '_ {
+        |i| Ok(pages[i].entries.clone())
+    }
+
     #[test]
-    fn both_forms_decode_and_a_check_reads_only_the_pages_that_changed() {
+    fn both_forms_decode_and_only_a_small_directory_is_whole() {
         let mut rng = Rng(19);
         let entries = listing(1_000, &mut rng);
         let whole = DirManifest::new(entries.clone()).unwrap();
-        let (index, pages) = split(&whole).unwrap().unwrap();
-        assert_eq!(
-            decode_dir(&index.encode()).unwrap(),
-            Listing::Paged(index.clone())
-        );
+        let (index, _) = split(&whole).unwrap().unwrap();
+        let paged = decode_dir(&index.encode()).unwrap();
+        assert_eq!(paged, Listing::Paged(index.clone()));
+        assert!(check_form(&paged).is_ok());
         let small = DirManifest::new(entries[..10].to_vec()).unwrap();
-        assert_eq!(decode_dir(&small.encode()).unwrap(), Listing::Whole(small));
+        let decoded = decode_dir(&small.encode()).unwrap();
+        assert_eq!(decoded, Listing::Whole(small));
+        assert!(check_form(&decoded).is_ok());
+        // A large directory written whole (before paging) still decodes, but
+        // a new tree may not have one.
+        let large = decode_dir(&whole.encode()).unwrap();
+        assert!(check_form(&large).is_err());
         assert!(decode_dir(br#"{"format":3,"entries":1,"pages":[]}"#).is_err());
+    }
 
-        // Edit one entry: one new page, compared with the parent's page that
-        // held the same names.
+    #[test]
+    fn a_check_compares_only_the_pages_that_changed() {
+        let mut rng = Rng(23);
+        let entries = listing(1_000, &mut rng);
+        let (index, pages) = paged(entries.clone());
+        assert!(changed_pages(&index, &index).is_empty());
+
+        // One edited entry: one new page against the parent's page that held
+        // the same names.
         let name = entries[600].name.clone();
         let changes = BTreeMap::from([(name.clone(), Some(entry(&name, 5)))]);
-        let edited = recut(&index, &changes, |i| Ok::<_, ()>(pages[i].entries.clone())).unwrap();
-        let new_index = DirIndex {
-            format: INDEX_FORMAT,
-            entries: index.entries,
-            pages: edited
-                .iter()
-                .map(|p| match p {
-                    Page::Kept(r) => r.clone(),
-                    Page::New(e) => {
-                        let m = DirManifest::new(e.clone()).unwrap();
-                        PageRef {
-                            first: e[0].name.clone(),
-                            entries: e.len() as u64,
-                            manifest: m.id(),
-                        }
-                    }
-                })
-                .collect(),
-        };
+        let edited = index_of(&recut(&index, &changes, load_from(&pages)).unwrap());
         let p = index.page_of(&name);
-        assert_eq!(changed_pages(&index, &new_index), vec![(p, p..p + 1)]);
-        assert!(changed_pages(&index, &index).is_empty());
-        // A new first page that starts before the parent's: compared with
-        // the parent's first page.
+        assert_eq!(changed_pages(&index, &edited), vec![(p..p + 1, p..p + 1)]);
+
+        // Every entry of a middle page deleted: no new page, and the deleted
+        // page is still compared (its entries are gone from the directory).
+        let k = index.pages.len() / 2;
+        let changes: BTreeMap<String, Option<Entry>> = pages[k]
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), None))
+            .collect();
+        let shrunk = index_of(&recut(&index, &changes, load_from(&pages)).unwrap());
+        let runs = changed_pages(&index, &shrunk);
+        assert!(!runs.is_empty());
+        assert!(
+            runs.iter().any(|(_, old)| old.contains(&k)),
+            "the deleted page {k} is compared: {runs:?}"
+        );
+
+        // A new first name, before all others: the first pages change.
         let before = "a-before-everything".to_string();
         let changes = BTreeMap::from([(before.clone(), Some(entry(&before, 1)))]);
-        let recut = recut(&index, &changes, |i| Ok::<_, ()>(pages[i].entries.clone())).unwrap();
-        let Page::New(first) = &recut[0] else {
+        let grown = recut(&index, &changes, load_from(&pages)).unwrap();
+        let Page::New(first) = &grown[0] else {
             panic!("the first page changed")
         };
         assert_eq!(first[0].name, before);
+        assert_eq!(changed_pages(&index, &index_of(&grown))[0].1.start, 0);
+    }
+
+    #[test]
+    fn each_broken_rule_of_an_index_is_refused() {
+        let mut rng = Rng(29);
+        let (index, pages) = paged(listing(1_000, &mut rng));
+        let refused = |i: &DirIndex| DirIndex::decode(&i.encode()).is_err();
+        assert!(!refused(&index));
+        // A page other than the last with fewer than PAGE_MIN entries.
+        let mut short = index.clone();
+        short.pages[0].entries = PAGE_MIN as u64 - 1;
+        short.entries = short.pages.iter().map(|p| p.entries).sum();
+        assert!(refused(&short));
+        // A page of more than PAGE_MAX.
+        let mut long = index.clone();
+        long.pages[0].entries = PAGE_MAX as u64 + 1;
+        long.entries = long.pages.iter().map(|p| p.entries).sum();
+        assert!(refused(&long));
+        // An index of a directory small enough to be whole.
+        let mut few = index.clone();
+        few.pages.truncate(2);
+        few.entries = few.pages.iter().map(|p| p.entries).sum();
+        assert!(few.entries <= PAGED_MIN as u64);
+        assert!(refused(&few));
+        // An invalid first name.
+        let mut bad_name = index.clone();
+        bad_name.pages[1].first = "a/b".into();
+        assert!(refused(&bad_name));
+        // Two pages merged into one: cut where the rule does not cut.
+        let mut merged_entries = pages[0].entries.clone();
+        merged_entries.extend(pages[1].entries.iter().cloned());
+        let merged_page = DirManifest::new(merged_entries).unwrap();
+        let mut merged_index = index.clone();
+        merged_index.pages[0].entries += merged_index.pages[1].entries;
+        merged_index.pages[0].manifest = merged_page.id();
+        merged_index.pages.remove(1);
+        let mut merged_pages = vec![merged_page];
+        merged_pages.extend(pages[2..].iter().cloned());
+        assert!(assemble(&merged_index, &merged_pages).is_err());
+        // A change that carries another entry's name.
+        let changes = BTreeMap::from([("x".to_string(), Some(entry("y", 1)))]);
+        assert!(recut(&index, &changes, load_from(&pages)).is_err());
     }
 
     /// The old pages' entries, as `recut` loads them, counting the loads.
     fn loader<'a>(
         pages: &'a [DirManifest],
         loads: &'a mut Vec<usize>,
-    ) -> impl FnMut(usize) -> Result<Vec<Entry>, ()> + 'a {
+    ) -> impl FnMut(usize) -> Result<Vec<Entry>, ProtoError> + 'a {
         move |i| {
             loads.push(i);
             Ok(pages[i].entries.clone())

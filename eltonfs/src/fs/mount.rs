@@ -656,6 +656,8 @@ fn commit(
         // journal names the root: objects are durable before the version.
         let mut staging = Staging::new(&m.store);
         let timer = std::time::Instant::now();
+        // The lock, the wait for late releases, the status walk and the
+        // journal's fsync.
         let before_build = timer - entered;
         let mut phases = [std::time::Duration::ZERO; 3];
         let built = changes::build(
@@ -768,7 +770,7 @@ fn commit(
         // what shows in a debug log, without a profiler.
         tracing::debug!(
             manifests = built.manifests.len(),
-            status_ms = before_build.as_millis() as u64,
+            prepare_ms = before_build.as_millis() as u64,
             build_ms = phases[0].as_millis() as u64,
             encode_ms = (phases[1] - phases[0]).as_millis() as u64,
             flush_ms = (phases[2] - phases[1]).as_millis() as u64,
