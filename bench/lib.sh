@@ -25,13 +25,15 @@
 #                            sets ELTON_PID MASTER_PORT SLAVE_PORT, exports ELTON_HOME/MASTER/SLAVE/TOKEN
 #   mount_volume VOL DIR     mounts VOL at DIR, upper layer $WORK/state-<basename DIR>; tracked
 #   small_tree ROOT N        N files of 100 random bytes under ROOT, 1,000 per directory (d000/f000000 ...)
-#   seconds                  the wall clock in seconds, '.' as the decimal point (timed code
-#                            reads ${EPOCHREALTIME/[!0-9]/.} inline instead: no fork in the interval)
 #   median [-a] N...         median; of an even count the lower middle value (-a: mean of the two)
 #   ratio A B                A / B, 2 decimals
 #   dd_mibs DD-ARG...        runs dd, prints the rate it reports in MiB/s (integer)
 #   write_once DIR BS COUNT [durable]  dd_mibs of writing DIR/w.bin (durable: fdatasync); rm; sync
 #   load_line                the load averages at bench_start and now (the scripts' last line)
+#
+# Timed code reads the wall clock as ${EPOCHREALTIME/[!0-9]/.}: no process or
+# subshell inside the interval (a Python timestamp put its 0.13 s start
+# there), and a decimal point for awk whatever the locale.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Figures are for Elton as it is run, not under a developer's shell: with
@@ -196,12 +198,6 @@ for i in range(n):
         f.write(os.urandom(100))
 PY
 }
-
-# The wall clock, from bash itself: a timestamp that starts a process (a
-# Python one-liner takes 0.1 s to start on this machine) would put that
-# start inside every interval it ends. The decimal separator follows the
-# locale; awk needs a point.
-seconds() { printf '%s\n' "${EPOCHREALTIME/[!0-9]/.}"; }
 
 median() {
     local mean=0

@@ -181,7 +181,7 @@ pub fn split(dir: &DirManifest) -> Result<Option<(DirIndex, Vec<DirManifest>)>, 
 /// The whole listing of a paged directory from its index and its pages, in
 /// the index's order, each already verified against its id by the caller.
 /// Checks that the pages are the index's and that they are cut where
-/// [`cut`] cuts, so a paged directory has one form only.
+/// [`cut`] cuts the whole listing, so a paged directory has one form only.
 pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, ProtoError> {
     let bad = |why: String| Err(ProtoError::Manifest(format!("paged directory: {why}")));
     if let Err(why) = index.validate() {
@@ -196,26 +196,10 @@ pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, 
     }
     let mut entries: Vec<Entry> = Vec::with_capacity(pages.iter().map(|p| p.entries.len()).sum());
     for (i, (page, r)) in pages.iter().zip(&index.pages).enumerate() {
-        let last = i + 1 == pages.len();
         if page.entries.len() as u64 != r.entries
             || page.entries.first().map(|e| e.name.as_str()) != Some(r.first.as_str())
         {
             return bad(format!("page {i} is not the one its index entry describes"));
-        }
-        // Within the page, only its last entry may end it; the last page may
-        // end anywhere.
-        let ends = page
-            .entries
-            .iter()
-            .enumerate()
-            .position(|(k, e)| ends_page(k + 1, &e.name));
-        let expected = if last {
-            None
-        } else {
-            Some(page.entries.len() - 1)
-        };
-        if ends != expected && !(last && ends == Some(page.entries.len() - 1)) {
-            return bad(format!("page {i} is not cut where the cut rule cuts"));
         }
         if let (Some(prev), Some(first)) = (entries.last(), page.entries.first())
             && prev.name.as_bytes() >= first.name.as_bytes()
@@ -223,6 +207,11 @@ pub fn assemble(index: &DirIndex, pages: &[DirManifest]) -> Result<DirManifest, 
             return bad(format!("page {i} overlaps the page before it"));
         }
         entries.extend(page.entries.iter().cloned());
+    }
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let sizes = cut(&names).into_iter().map(|r| r.len());
+    if !sizes.eq(pages.iter().map(|p| p.entries.len())) {
+        return bad("the pages are not cut where the cut rule cuts".into());
     }
     DirManifest::new(entries)
 }
@@ -309,8 +298,9 @@ pub enum Page {
 /// `load(i)` returns the entries of old page `i`. The result is the same
 /// cut as [`cut`] of the whole new listing, with every page that did not
 /// change kept by reference. The caller turns a result of at most
-/// [`PAGED_MIN`] entries back into one manifest. A change whose entry has
-/// another name than its key is refused.
+/// [`PAGED_MIN`] entries back into one manifest. An index that breaks its
+/// rules, or a change whose entry has another name than its key, is
+/// refused.
 pub fn recut<E: From<ProtoError>>(
     old: &DirIndex,
     changes: &BTreeMap<String, Option<Entry>>,
@@ -324,15 +314,10 @@ pub fn recut<E: From<ProtoError>>(
             ProtoError::Manifest(format!("change {key:?} carries another entry's name")).into(),
         );
     }
+    // A valid index has pages, so every name falls in one.
+    old.validate()
+        .map_err(|why| ProtoError::Manifest(format!("page index: {why}")))?;
     let n = old.pages.len();
-    if n == 0 {
-        let merged = merge(&[], changes, None, None);
-        let names: Vec<&str> = merged.iter().map(|e| e.name.as_str()).collect();
-        return Ok(cut(&names)
-            .into_iter()
-            .map(|r| Page::New(merged[r].to_vec()))
-            .collect());
-    }
     let mut touched = vec![false; n];
     for name in changes.keys() {
         touched[old.page_of(name)] = true;
