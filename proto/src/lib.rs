@@ -23,6 +23,7 @@ pub mod batch;
 pub mod chunking;
 pub mod error;
 pub mod ids;
+pub mod listing;
 pub mod manifest;
 pub mod manifest_diff;
 pub mod paged;

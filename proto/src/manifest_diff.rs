@@ -282,6 +282,16 @@ fn header(bytes: &[u8]) -> Option<(u32, usize)> {
         .then_some((format, HEAD.len() + digits + ENTRIES.len()))
 }
 
+/// How many entries a manifest that [`diff`] accepted holds: one more than
+/// its entry separators, which occur nowhere else in canonical JSON (a
+/// quote inside a string is escaped). A scan, not a parse.
+pub fn entry_count(bytes: &[u8]) -> usize {
+    match header(bytes) {
+        Some((_, at)) if bytes.get(at) == Some(&b'{') => memmem::find_iter(bytes, SEP).count() + 1,
+        _ => 0,
+    }
+}
+
 /// Length of the longest common prefix, compared a block at a time.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     const BLOCK: usize = 64;

@@ -27,6 +27,8 @@ pub const PAGE_MAX: usize = 256;
 const BOUNDARY_MODULUS: u64 = 64;
 /// Manifest format of an index.
 pub const INDEX_FORMAT: u32 = 3;
+/// How an index's canonical bytes start (the format is their first field).
+pub const INDEX_PREFIX: &[u8] = br#"{"format":3,"#;
 
 /// Hashing with a context of its own keeps the cut independent of every
 /// other use of BLAKE3 in Elton (object ids above all).
@@ -44,7 +46,7 @@ pub fn is_boundary(name: &str) -> bool {
 
 /// Whether a page of `len` entries whose last entry is `last` is complete:
 /// the cut would end it there.
-fn ends_page(len: usize, last: &str) -> bool {
+pub fn ends_page(len: usize, last: &str) -> bool {
     len >= PAGE_MAX || (len >= PAGE_MIN && is_boundary(last))
 }
 
@@ -232,7 +234,7 @@ pub enum Listing {
 pub fn decode_dir(bytes: &[u8]) -> Result<Listing, ProtoError> {
     // The format is the first field of both forms, so the prefix decides
     // without parsing the rest twice.
-    if bytes.starts_with(br#"{"format":3,"#) {
+    if bytes.starts_with(INDEX_PREFIX) {
         DirIndex::decode(bytes).map(Listing::Paged)
     } else {
         DirManifest::decode(bytes).map(Listing::Whole)

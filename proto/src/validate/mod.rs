@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use crate::error::{FetchError, TreeError};
 use crate::manifest_diff::{self, DirDiff};
-use crate::{Entry, EntryKind, ObjectId, Recipe};
+use crate::{Entry, EntryKind, ObjectId, Recipe, paged};
+
+mod paged_dir;
 
 /// Where [`validate_tree`] reads manifests and recipes and learns which
 /// objects are held.
@@ -204,9 +206,25 @@ impl<S: TreeSource> Walk<'_, S> {
             },
             None => None,
         };
-        let diff: DirDiff = match manifest_diff::diff(&bytes, old.as_deref().map(Vec::as_slice)) {
-            Ok(d) => d,
-            Err(e) => return Err(invalid(&dir.path, format!("manifest {}: {e}", dir.id))),
+        let paged = |m: &[u8]| m.starts_with(paged::INDEX_PREFIX);
+        let diff: DirDiff = if paged(&bytes) || old.as_deref().is_some_and(|o| paged(o)) {
+            self.paged_diff(&dir, &bytes, old.as_deref().map(Vec::as_slice))
+                .await?
+        } else {
+            match manifest_diff::diff(&bytes, old.as_deref().map(Vec::as_slice)) {
+                Ok(_) if manifest_diff::entry_count(&bytes) > paged::PAGED_MIN => {
+                    return Err(invalid(
+                        &dir.path,
+                        format!(
+                            "manifest {}: a directory of more than {} entries must be paged",
+                            dir.id,
+                            paged::PAGED_MIN
+                        ),
+                    ));
+                }
+                Ok(d) => d,
+                Err(e) => return Err(invalid(&dir.path, format!("manifest {}: {e}", dir.id))),
+            }
         };
         // Entries of the parent's manifest that are also in the new one
         // were not decoded and add no claims: a copy of one elsewhere is
@@ -348,9 +366,14 @@ mod tests {
             id
         }
 
+        /// Stores a directory in its one form (paged when large).
         fn dir(&mut self, entries: Vec<Entry>) -> ObjectId {
             let m = DirManifest::new(entries).unwrap();
-            self.put(&m.encode())
+            let encoded = crate::listing::encode_dir(&m).unwrap();
+            for (_, bytes) in &encoded.objects {
+                self.put(bytes);
+            }
+            encoded.id
         }
 
         /// Stores a manifest exactly as given, valid or not.
@@ -631,9 +654,10 @@ mod tests {
         assert_eq!(*mem.asked_held.lock().unwrap(), [ObjectId::of(b"new")]);
 
         // The same change naming an object no node holds is refused, and
-        // so is one bad entry among the 999 unchanged.
+        // so is one bad entry among the 999 unchanged (in a whole manifest,
+        // refused for its form as well).
         changed[500] = file_entry("f0500", ObjectId::of(b"nowhere"), 7);
-        let d3 = dir_entry("d", mem.raw_dir(changed.clone()));
+        let d3 = mem.subdir("d", changed.clone());
         let v3 = mem.dir(vec![d3]);
         let e = mem.check(v3, Some(v1)).unwrap_err();
         assert!(e.contains("d/f0500: refers to object"), "{e}");
@@ -728,4 +752,7 @@ mod tests {
         let e = mem.check(root, None).unwrap_err();
         assert!(e.starts_with("invalid tree: evil\\nline: refers"), "{e}");
     }
+
+    /// Directories stored as an index of pages.
+    mod paged_dirs;
 }
