@@ -18,7 +18,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use elton_proto::{DirManifest, EntryKind, ObjectId, VolumePath};
+use elton_proto::listing::{self, Step};
+use elton_proto::{EntryKind, ObjectId, VolumePath};
 use tokio::time::Instant;
 
 /// Bytes of objects sent with one record: a few ordinary manifests and a
@@ -75,6 +76,9 @@ pub async fn objects_along(
     let mut out = Vec::new();
     let mut left = budget.bytes;
     let mut names = path.components().iter();
+    // A name looked up in a paged directory's index is looked up again in
+    // the page the index names (one level: a page is never an index).
+    let mut in_page: Option<&String> = None;
     let mut want = Want::Manifest(root);
     loop {
         let read = match want {
@@ -109,20 +113,24 @@ pub async fn objects_along(
         let Want::Manifest(_) = want else {
             break; // a recipe ends the path
         };
-        let Some(name) = names.next() else {
+        let paged = in_page.is_some();
+        let Some(name) = in_page.take().or_else(|| names.next()) else {
             break;
         };
         // Verified bytes of a manifest this master published.
-        let Ok(dir) = DirManifest::decode_published(&bytes) else {
-            break;
-        };
-        let Some(entry) = dir.get(name) else {
-            break;
-        };
-        let last = names.len() == 0;
-        want = match (entry.kind, entry.object) {
-            (EntryKind::Dir, Some(id)) => Want::Manifest(id),
-            (EntryKind::File, Some(id)) if last && entry.recipe => Want::Recipe(id),
+        want = match listing::step(&bytes, name) {
+            Some(Step::Page(id)) if !paged => {
+                in_page = Some(name);
+                Want::Manifest(id)
+            }
+            Some(Step::Entry(entry)) => {
+                let last = names.len() == 0;
+                match (entry.kind, entry.object) {
+                    (EntryKind::Dir, Some(id)) => Want::Manifest(id),
+                    (EntryKind::File, Some(id)) if last && entry.recipe => Want::Recipe(id),
+                    _ => break,
+                }
+            }
             _ => break,
         };
     }

@@ -11,7 +11,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use elton_proto::manifest::{DirManifest, EntryKind, MAX_MANIFEST_BYTES};
+use elton_proto::manifest::{EntryKind, MAX_MANIFEST_BYTES};
+use elton_proto::paged::{self, Listing};
 use elton_proto::recipe::{MAX_RECIPE_BYTES, Recipe};
 use elton_proto::{ObjectId, VersionInfo};
 
@@ -66,12 +67,23 @@ impl LiveSet {
             if self.objects.contains(&dir) {
                 continue;
             }
-            let manifest = match self.reader.read_object(dir, MAX_MANIFEST_BYTES).await? {
-                Ok(bytes) => DirManifest::decode(&bytes)
-                    .map_err(|e| format!("manifest does not decode: {e}")),
+            let listing = match self.reader.read_object(dir, MAX_MANIFEST_BYTES).await? {
+                Ok(bytes) => {
+                    paged::decode_dir(&bytes).map_err(|e| format!("manifest does not decode: {e}"))
+                }
                 Err(reason) => Err(reason),
             }
             .map_err(|reason| unwalkable(path.clone(), dir, reason))?;
+            let manifest = match listing {
+                Listing::Whole(manifest) => manifest,
+                // A paged directory: its pages are live, and hold its
+                // entries.
+                Listing::Paged(index) => {
+                    stack.extend(index.pages.iter().map(|r| (r.manifest, path.clone())));
+                    self.objects.insert(dir);
+                    continue;
+                }
+            };
             for e in &manifest.entries {
                 let Some(object) = e.object else { continue };
                 let entry_path = format!("{path}{}", e.name);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use elton_proto::manifest::{DirManifest, EntryKind, MAX_MANIFEST_BYTES};
+use elton_proto::paged::{self, Listing};
 use elton_proto::recipe::{MAX_RECIPE_BYTES, Recipe};
 use elton_proto::{LOCAL_ONLY_HEADER, NodeId, ObjectId};
 use futures::future::BoxFuture;
@@ -106,12 +107,12 @@ impl Walker {
 
     async fn check_manifest(&mut self, id: ObjectId) -> Result<Option<Unreadable>, MasterError> {
         let holding = self.holding(id).await?;
-        let manifest = match self.read_manifest(&holding).await {
+        let manifest = match self.read_manifest(&holding).await? {
             Ok(m) => m,
-            Err(reason) => {
+            Err((object, reason)) => {
                 return Ok(Some(Unreadable {
                     path: String::new(),
-                    object: id,
+                    object,
                     reason,
                 }));
             }
@@ -252,10 +253,45 @@ impl Walker {
         Ok(self.read_small(&holding, limit).await)
     }
 
-    async fn read_manifest(&self, h: &Holding) -> Result<DirManifest, String> {
-        let bytes = self.read_small(h, MAX_MANIFEST_BYTES).await?;
-        // Same bytes on every holder: a decode error is final.
-        DirManifest::decode(&bytes).map_err(|e| format!("manifest does not decode: {e}"))
+    /// A directory's whole listing, from its pages if it is paged; or the
+    /// object (the manifest, or one of its pages) that cannot be read.
+    async fn read_manifest(
+        &self,
+        h: &Holding,
+    ) -> Result<Result<DirManifest, (ObjectId, String)>, MasterError> {
+        let decoded = |bytes: &[u8]| {
+            // Same bytes on every holder: a decode error is final.
+            paged::decode_dir(bytes).map_err(|e| format!("manifest does not decode: {e}"))
+        };
+        let listing = match self.read_small(h, MAX_MANIFEST_BYTES).await {
+            Ok(bytes) => decoded(&bytes),
+            Err(reason) => Err(reason),
+        };
+        let index = match listing {
+            Ok(Listing::Whole(m)) => return Ok(Ok(m)),
+            Ok(Listing::Paged(index)) => index,
+            Err(reason) => return Ok(Err((h.object, reason))),
+        };
+        let holdings = self
+            .holdings(index.pages.iter().map(|r| r.manifest).collect())
+            .await?;
+        let mut pages = Vec::with_capacity(holdings.len());
+        for page in &holdings {
+            let read = match self.read_small(page, MAX_MANIFEST_BYTES).await {
+                Ok(bytes) => match decoded(&bytes) {
+                    Ok(Listing::Whole(m)) => Ok(m),
+                    Ok(Listing::Paged(_)) => Err("a page is itself an index".to_string()),
+                    Err(reason) => Err(reason),
+                },
+                Err(reason) => Err(reason),
+            };
+            match read {
+                Ok(m) => pages.push(m),
+                Err(reason) => return Ok(Err((page.object, reason))),
+            }
+        }
+        Ok(paged::assemble(&index, &pages)
+            .map_err(|e| (h.object, format!("paged directory does not assemble: {e}"))))
     }
 
     /// A small object's verified bytes from the first live holder that

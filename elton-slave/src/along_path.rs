@@ -11,7 +11,8 @@
 //! does not need. Pure, apart from hashing.
 
 use bytes::Bytes;
-use elton_proto::{DirManifest, EntryKind, ObjectId, VolumePath};
+use elton_proto::listing::{self, Step};
+use elton_proto::{Entry, EntryKind, ObjectId, VolumePath};
 
 /// The verified prefix of `objects` that follows `path` down from `root`.
 pub fn chain_along(
@@ -22,6 +23,9 @@ pub fn chain_along(
     let mut names = path.components().iter();
     // The id the next object must have, and whether it is a manifest.
     let mut want = Some((root, true));
+    // A name looked up in a paged directory's index, to look up again in
+    // the page it names (one level: a page is never an index).
+    let mut in_page: Option<&String> = None;
     let mut kept = Vec::new();
     for bytes in objects {
         let Some((expected, manifest)) = want.take() else {
@@ -32,21 +36,27 @@ pub fn chain_along(
             break;
         }
         let bytes = Bytes::from(bytes);
-        if manifest && let Some(name) = names.next() {
-            want = next_on_path(&bytes, name, names.len() == 0);
+        let paged = in_page.is_some();
+        if manifest && let Some(name) = in_page.take().or_else(|| names.next()) {
+            // Bytes that hash to an id the version names; a bad manifest
+            // only ends the chain (the read reports it when it decodes it).
+            want = match listing::step(&bytes, name) {
+                Some(Step::Page(page)) if !paged => {
+                    in_page = Some(name);
+                    Some((page, true))
+                }
+                Some(Step::Entry(entry)) => next_on_path(&entry, names.len() == 0),
+                _ => None,
+            };
         }
         kept.push((id, bytes));
     }
     kept
 }
 
-/// What `name` in the manifest `bytes` leads to on the path: a directory's
-/// manifest, or the recipe of a chunked file that ends the path.
-fn next_on_path(bytes: &[u8], name: &str, last: bool) -> Option<(ObjectId, bool)> {
-    // Bytes that hash to an id the version names; a bad manifest only
-    // ends the chain (the read reports it when it decodes it).
-    let dir = DirManifest::decode_published(bytes).ok()?;
-    let entry = dir.get(name)?;
+/// What an entry on the path leads to: a directory's manifest, or the
+/// recipe of a chunked file that ends the path.
+fn next_on_path(entry: &Entry, last: bool) -> Option<(ObjectId, bool)> {
     match (entry.kind, entry.object) {
         (EntryKind::Dir, Some(id)) => Some((id, true)),
         (EntryKind::File, Some(id)) if last && entry.recipe => Some((id, false)),
@@ -56,7 +66,7 @@ fn next_on_path(bytes: &[u8], name: &str, last: bool) -> Option<(ObjectId, bool)
 
 #[cfg(test)]
 mod tests {
-    use elton_proto::Entry;
+    use elton_proto::DirManifest;
 
     use super::*;
 

@@ -81,7 +81,10 @@ fn descend(
         out,
         &format!("{at}{first}/"),
     )?;
-    entry.object = Some(child.id());
+    // The id a parent names is the stored form's: an index for a large
+    // directory. The caller encodes each manifest again to store it; an
+    // upload rewrites one path, so that costs little.
+    entry.object = Some(elton_proto::listing::encode_dir(&child)?.id);
     entry.size = child.entries.len() as u64;
     out.push(child);
     dir.upsert(entry);

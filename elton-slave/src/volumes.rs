@@ -10,6 +10,7 @@ use elton_proto::{
     DirManifest, Entry, EntryKind, FetchError, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
     Version, VersionInfo, VolumeName, VolumePath, validate_tree,
 };
+use elton_proto::listing::{Strictness, encode_dir, load_dir_async};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::SlaveError;
@@ -63,6 +64,21 @@ impl StoredFile {
             size,
             recipe: true,
         }
+    }
+}
+
+/// Pages of one directory read at once.
+const PARALLEL_PAGE_READS: usize = 16;
+
+/// Reading a directory: the fetch failed, or what it read does not decode.
+enum ReadError {
+    Fetch(SlaveError),
+    Decode(ProtoError),
+}
+
+impl From<ProtoError> for ReadError {
+    fn from(e: ProtoError) -> Self {
+        Self::Decode(e)
     }
 }
 
@@ -258,17 +274,38 @@ impl Volumes {
 
     /// The outer error is the fetch's, the inner one the decoding's: the
     /// tree check reports a malformed manifest against the entry naming it.
+    /// A paged directory's pages are read concurrently and assembled.
     async fn read_manifest(
         &self,
         id: ObjectId,
     ) -> Result<Result<Arc<DirManifest>, ProtoError>, SlaveError> {
-        self.read_decoded(
-            &self.manifests,
-            MANIFEST_CACHE_ENTRIES,
-            id,
-            DirManifest::decode,
-        )
-        .await
+        if let Some(v) = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(Ok(v.clone()));
+        }
+        let bytes = self.fetcher.read(id).await?;
+        let read_pages = |ids: Vec<ObjectId>| async move {
+            futures::stream::iter(ids.into_iter().map(|p| self.fetcher.read(p)))
+                .buffered(PARALLEL_PAGE_READS)
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(ReadError::Fetch)
+        };
+        let v = match load_dir_async(&bytes, Strictness::Canonical, read_pages).await {
+            Ok(loaded) => Arc::new(loaded.manifest),
+            Err(ReadError::Fetch(e)) => return Err(e),
+            Err(ReadError::Decode(e)) => return Ok(Err(e)),
+        };
+        let mut cache = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MANIFEST_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, v.clone());
+        Ok(Ok(v))
     }
 
     async fn read_recipe(
@@ -513,14 +550,19 @@ impl Volumes {
         let store = self.fetcher.store().clone();
         let (ids, stored) = tokio::task::spawn_blocking(move || {
             let mut stored = Vec::new();
-            let ids = manifests
-                .iter()
-                .map(|m| {
-                    let id = store.put_bytes(&m.encode())?;
-                    stored.push(id);
-                    Ok(id)
-                })
-                .collect::<Result<Vec<_>, SlaveError>>();
+            let mut put = || -> Result<Vec<ObjectId>, SlaveError> {
+                let mut ids = Vec::new();
+                for m in &manifests {
+                    // A large directory's pages first, its index last.
+                    for (_, bytes) in encode_dir(m)?.objects {
+                        let id = store.put_bytes(&bytes)?;
+                        stored.push(id);
+                        ids.push(id);
+                    }
+                }
+                Ok(ids)
+            };
+            let ids = put();
             (ids, stored)
         })
         .await

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
+use elton_proto::listing::encode_dir;
 use elton_proto::manifest::valid_entry_name;
 use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
 
@@ -245,9 +246,10 @@ pub fn scan_with(
             });
         }
         let m = DirManifest::new(entries).with_context(|| format!("{}", w.path.display()))?;
-        let id = m.id();
-        built[i] = Some((id, m.entries.len() as u64));
-        scan.manifests.push((id, m.encode()));
+        // A large directory is stored as pages and an index, the index last.
+        let dir = encode_dir(&m).with_context(|| format!("{}", w.path.display()))?;
+        built[i] = Some((dir.id, dir.entries));
+        scan.manifests.extend(dir.objects);
     }
     scan.root = built.first().copied().flatten().map(|(id, _)| id);
     Ok(scan)

@@ -54,7 +54,12 @@ pub fn load_dir<E: From<ProtoError>>(
     mut page: impl FnMut(ObjectId) -> Result<Vec<u8>, E>,
 ) -> Result<LoadedDir, E> {
     let index = match decode_listing(bytes, strictness)? {
-        Listing::Whole(manifest) => return Ok(LoadedDir { manifest, index: None }),
+        Listing::Whole(manifest) => {
+            return Ok(LoadedDir {
+                manifest,
+                index: None,
+            });
+        }
         Listing::Paged(index) => index,
     };
     let mut pages = Vec::with_capacity(index.pages.len());
@@ -68,26 +73,30 @@ pub fn load_dir<E: From<ProtoError>>(
     })
 }
 
-/// [`load_dir`] for a caller whose reads are futures.
+/// [`load_dir`] for a caller whose reads are futures: `pages(ids)` returns
+/// the verified bytes of all of a paged directory's pages, in order, so
+/// that it can read them concurrently (a page across a WAN costs a round
+/// trip).
 pub async fn load_dir_async<E, F, Fut>(
     bytes: &[u8],
     strictness: Strictness,
-    mut page: F,
+    pages: F,
 ) -> Result<LoadedDir, E>
 where
     E: From<ProtoError>,
-    F: FnMut(ObjectId) -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, E>>,
+    F: FnOnce(Vec<ObjectId>) -> Fut,
+    Fut: Future<Output = Result<Vec<Vec<u8>>, E>>,
 {
     let index = match decode_listing(bytes, strictness)? {
         Listing::Whole(manifest) => return Ok(LoadedDir { manifest, index: None }),
         Listing::Paged(index) => index,
     };
-    let mut pages = Vec::with_capacity(index.pages.len());
-    for r in &index.pages {
-        pages.push(decode_page(&page(r.manifest).await?, strictness)?);
-    }
-    let manifest = paged::assemble(&index, &pages)?;
+    let read = pages(index.pages.iter().map(|r| r.manifest).collect()).await?;
+    let decoded = read
+        .iter()
+        .map(|b| decode_page(b, strictness))
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest = paged::assemble(&index, &decoded)?;
     Ok(LoadedDir {
         manifest,
         index: Some(index),
@@ -221,6 +230,28 @@ pub fn encode_recut<E: From<ProtoError>>(
         entries: total,
         objects,
     })
+}
+
+/// One step down a path from a directory manifest's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The directory is paged: the name, if there, is in this page.
+    Page(ObjectId),
+    /// The name's entry.
+    Entry(Entry),
+}
+
+/// Where `name` leads from a published directory manifest's `bytes`, for
+/// walks that follow one path (the objects sent along a version record):
+/// `None` when the bytes do not decode or the name is not there.
+pub fn step(bytes: &[u8], name: &str) -> Option<Step> {
+    match decode_listing(bytes, Strictness::Published).ok()? {
+        Listing::Whole(dir) => dir.get(name).cloned().map(Step::Entry),
+        Listing::Paged(index) => index
+            .pages
+            .get(index.page_of(name))
+            .map(|r| Step::Page(r.manifest)),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Subcommands around Eltonfs mounts: `mount`, `umount`, `commit`,
 //! `status`, `checkout`, and `diff` between two versions.
 
+use elton_proto::listing::{Strictness, load_dir_async};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -318,14 +319,27 @@ pub async fn diff(ep: &Endpoints, volume: &str, v1: VersionRef, v2: VersionRef) 
     Ok(())
 }
 
-async fn manifest(ep: &Endpoints, http: &reqwest::Client, id: ObjectId) -> Result<DirManifest> {
+/// An object's bytes from the local slave, checked against `id`.
+async fn object(ep: &Endpoints, http: &reqwest::Client, id: ObjectId) -> Result<Vec<u8>> {
     let resp = check(
         http.get(ep.slave_url(&format!("/v1/objects/{id}")))
             .send()
             .await?,
     )
     .await?;
-    Ok(DirManifest::decode(&resp.bytes().await?)?)
+    let bytes = resp.bytes().await?.to_vec();
+    anyhow::ensure!(ObjectId::of(&bytes) == id, "the slave sent other bytes for {id}");
+    Ok(bytes)
+}
+
+/// A directory's whole listing, its pages read together if it is paged.
+async fn manifest(ep: &Endpoints, http: &reqwest::Client, id: ObjectId) -> Result<DirManifest> {
+    let bytes = object(ep, http, id).await?;
+    let pages = |ids: Vec<ObjectId>| {
+        futures::future::try_join_all(ids.into_iter().map(|p| object(ep, http, p)))
+    };
+    let loaded = load_dir_async::<anyhow::Error, _, _>(&bytes, Strictness::Canonical, pages).await?;
+    Ok(loaded.manifest)
 }
 
 fn diff_dirs<'a>(

@@ -8,7 +8,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use elton_proto::{DirManifest, Entry, EntryKind, ObjectId};
+use elton_proto::listing::{encode_dir, encode_recut, page_spans};
+use elton_proto::paged::{self, DirIndex};
+use elton_proto::{DirManifest, Entry, EntryKind, ObjectId, ProtoError};
 use elton_slave::ObjectStore;
 use elton_slave::staging::Staging;
 use serde::{Deserialize, Serialize};
@@ -186,10 +188,13 @@ pub fn build(
         chunk_threshold,
         progress,
     };
-    let root_lower = root_lower(layers)?;
+    let root_lower = if is_opaque(&layers.upper) {
+        None
+    } else {
+        layers.root.map(|id| lower_dir(layers, &id)).transpose()?
+    };
     let root = build_dir(&mut ctx, Path::new(""), root_lower, &mut built)?;
     built.root = root.id;
-    built.manifests.push(root.bytes);
     Ok(built)
 }
 
@@ -202,28 +207,41 @@ struct BuildCtx<'a, 'b> {
     progress: &'a Counters,
 }
 
-/// A new directory manifest, encoded.
+/// A new directory, stored in `Built::manifests`.
 struct Encoded {
     id: ObjectId,
-    bytes: Vec<u8>,
     entries: u64,
+}
+
+/// A lower directory as a commit needs it: its listing, and its index if
+/// it is paged (only the pages the changes fall in are rewritten).
+struct LowerDir {
+    manifest: Arc<DirManifest>,
+    index: Option<Arc<DirIndex>>,
+}
+
+fn lower_dir(layers: &Layers, id: &ObjectId) -> io::Result<LowerDir> {
+    Ok(LowerDir {
+        manifest: layers.lower.manifest(id)?,
+        index: layers.lower.index(id)?,
+    })
+}
+
+fn invalid_data(e: ProtoError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 fn build_dir(
     ctx: &mut BuildCtx<'_, '_>,
     rel: &Path,
-    lower: Option<Arc<DirManifest>>,
+    lower: Option<LowerDir>,
     built: &mut Built,
 ) -> io::Result<Encoded> {
     let layers = ctx.layers;
-    let mut entries: BTreeMap<String, Entry> = lower
-        .map(|l| {
-            l.entries
-                .iter()
-                .map(|e| (e.name.clone(), e.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // What the upper changes in this directory: a name's new entry, or
+    // `None` where the name is gone.
+    let mut changes: BTreeMap<String, Option<Entry>> = BTreeMap::new();
+    let below = |name: &str| lower.as_ref().and_then(|l| l.manifest.get(name));
     let upath = layers.upper_path(rel);
     for item in fs::read_dir(&upath)? {
         let item = item?;
@@ -231,7 +249,7 @@ fn build_dir(
         let path = item.path();
         let m = fs::symlink_metadata(&path)?;
         if is_whiteout(&path, &m) {
-            entries.remove(&name);
+            changes.insert(name, None);
             continue;
         }
         let base = Entry {
@@ -251,20 +269,21 @@ fn build_dir(
             xattrs: user_xattrs(&path)?,
         };
         let entry = if m.is_dir() {
-            let child_lower = if is_opaque(&path) {
-                None
-            } else {
-                lower_child(layers, entries.get(&name))?
+            let child_lower = match below(&name) {
+                Some(Entry {
+                    kind: EntryKind::Dir,
+                    object: Some(id),
+                    ..
+                }) if !is_opaque(&path) => Some(lower_dir(layers, id)?),
+                _ => None,
             };
             let child = build_dir(ctx, &rel.join(&name), child_lower, built)?;
-            let e = Entry {
+            Entry {
                 kind: EntryKind::Dir,
                 size: child.entries,
                 object: Some(child.id),
                 ..base
-            };
-            built.manifests.push(child.bytes);
-            e
+            }
         } else if m.is_file() && crate::chunking::is_chunked(m.len(), ctx.chunk_threshold) {
             // Large files are stored as chunks (copies, so nothing to undo
             // on failure): unchanged chunks of an edited file keep their ids
@@ -311,19 +330,52 @@ fn build_dir(
             // replaced a lower entry still deleted it.
             built.skipped.push(rel.join(&name).display().to_string());
             ctx.progress.entry();
-            entries.remove(&name);
+            changes.insert(name, None);
             continue;
         };
-        entries.insert(name, entry);
+        changes.insert(name, Some(entry));
     }
     ctx.progress.dir();
-    let manifest = DirManifest::new(entries.into_values().collect())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let bytes = manifest.encode();
+    let dir = match lower {
+        // A paged directory: only the pages the changes fall in are read
+        // from the listing and written again; the others keep their ids.
+        Some(LowerDir {
+            manifest,
+            index: Some(index),
+        }) => {
+            let spans = page_spans(&index);
+            let page = |i: usize| -> Result<Vec<Entry>, ProtoError> {
+                spans
+                    .get(i)
+                    .and_then(|span| manifest.entries.get(span.clone()))
+                    .map(<[Entry]>::to_vec)
+                    .ok_or_else(|| ProtoError::Manifest("a page beyond its listing".into()))
+            };
+            let pages = paged::recut(&index, &changes, page).map_err(invalid_data)?;
+            encode_recut(&index, pages, page).map_err(invalid_data)?
+        }
+        lower => {
+            let mut entries: BTreeMap<&str, &Entry> = lower
+                .as_ref()
+                .map(|l| l.manifest.entries.iter().map(|e| (e.name.as_str(), e)).collect())
+                .unwrap_or_default();
+            for (name, change) in &changes {
+                match change {
+                    Some(e) => entries.insert(name, e),
+                    None => entries.remove(name.as_str()),
+                };
+            }
+            let manifest = DirManifest::new(entries.into_values().cloned().collect())
+                .map_err(invalid_data)?;
+            encode_dir(&manifest).map_err(invalid_data)?
+        }
+    };
+    built
+        .manifests
+        .extend(dir.objects.into_iter().map(|(_, bytes)| bytes));
     Ok(Encoded {
-        id: ObjectId::of(&bytes),
-        bytes,
-        entries: manifest.entries.len() as u64,
+        id: dir.id,
+        entries: dir.entries,
     })
 }
 

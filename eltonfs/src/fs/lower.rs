@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use elton_proto::{DirManifest, ObjectId, Recipe};
+use elton_proto::listing::{LoadedDir, Strictness, decode_listing};
+use elton_proto::paged::{DirIndex, Listing};
+use elton_proto::{DirManifest, ObjectId, ProtoError, Recipe};
 use elton_slave::ObjectStore;
 
 use super::stamp::FileStamp;
@@ -15,7 +17,16 @@ use super::stamp::FileStamp;
 /// Where lower data comes from; a trait so the overlay logic can be tested
 /// without servers.
 pub trait LowerSource: Send + Sync {
+    /// A directory's whole listing, assembled from its pages when it is
+    /// stored as an index.
     fn manifest(&self, id: &ObjectId) -> io::Result<Arc<DirManifest>>;
+    /// The index a directory's listing was assembled from, if it is paged
+    /// (a commit re-cuts only the pages its changes fall in). The default
+    /// is for sources that hold whole manifests only.
+    fn index(&self, id: &ObjectId) -> io::Result<Option<Arc<DirIndex>>> {
+        let _ = id;
+        Ok(None)
+    }
     /// A local, verified file holding the object's bytes.
     fn object_path(&self, id: &ObjectId) -> io::Result<PathBuf>;
     /// A chunked file's recipe, verified and decoded (sizes add up).
@@ -39,8 +50,14 @@ pub struct SlaveLower {
     /// Objects the slave verified for us, with their file as it was then.
     ensured: Mutex<HashMap<ObjectId, FileStamp>>,
     manifests: Mutex<HashMap<ObjectId, Arc<DirManifest>>>,
+    /// The indexes of the paged directories among `manifests`.
+    indexes: Mutex<HashMap<ObjectId, Arc<DirIndex>>>,
     recipes: Mutex<HashMap<ObjectId, Arc<Recipe>>>,
 }
+
+/// Most pages of one directory read at once: a cold listing across a WAN
+/// waits about one round trip for its pages, not one per page.
+const PARALLEL_PAGES: usize = 16;
 
 fn other(msg: String) -> io::Error {
     io::Error::other(msg)
@@ -59,6 +76,7 @@ impl SlaveLower {
             http,
             ensured: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
             recipes: Mutex::new(HashMap::new()),
         })
     }
@@ -89,6 +107,65 @@ impl SlaveLower {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(bytes.to_vec())
+    }
+
+    /// A directory of the published version this mount shows, from its
+    /// manifest's bytes and, if it is paged, its pages (read in parallel).
+    /// `read_small` verified each against its id.
+    fn load_dir(&self, id: &ObjectId) -> io::Result<LoadedDir> {
+        let corrupt = |e: ProtoError| {
+            tracing::error!(manifest = %id, "{e}");
+            io::Error::from_raw_os_error(libc::EIO)
+        };
+        let bytes = self.read_small(id)?;
+        let index = match decode_listing(&bytes, Strictness::Published).map_err(corrupt)? {
+            Listing::Whole(manifest) => {
+                return Ok(LoadedDir {
+                    manifest,
+                    index: None,
+                });
+            }
+            Listing::Paged(index) => index,
+        };
+        let ids: Vec<ObjectId> = index.pages.iter().map(|r| r.manifest).collect();
+        let mut pages = Vec::with_capacity(ids.len());
+        // Local pages cost a file read each; threads would cost more.
+        let batch = if ids.iter().all(|p| self.store.contains(p)) {
+            1
+        } else {
+            PARALLEL_PAGES
+        };
+        for batch in ids.chunks(batch) {
+            let read: Vec<io::Result<Vec<u8>>> = if let [page] = batch {
+                vec![self.read_small(page)]
+            } else {
+                self.read_in_parallel(batch)
+            };
+            for bytes in read {
+                pages.push(DirManifest::decode_published(&bytes?).map_err(corrupt)?);
+            }
+        }
+        let manifest = elton_proto::paged::assemble(&index, &pages).map_err(corrupt)?;
+        Ok(LoadedDir {
+            manifest,
+            index: Some(index),
+        })
+    }
+
+    fn read_in_parallel(&self, ids: &[ObjectId]) -> Vec<io::Result<Vec<u8>>> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|page| s.spawn(move || self.read_small(page)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(other("a page reader panicked".into())))
+                })
+                .collect()
+        })
     }
 
     /// `GET` or `HEAD /v1/objects/{id}` on the slave, which fetches a miss
@@ -150,18 +227,30 @@ impl LowerSource for SlaveLower {
         {
             return Ok(m.clone());
         }
-        // `read_small` verified the bytes against `id`, a manifest of the
-        // published version this mount shows.
-        let bytes = self.read_small(id)?;
-        let m = Arc::new(DirManifest::decode_published(&bytes).map_err(|e| {
-            tracing::error!(manifest = %id, "{e}");
-            io::Error::from_raw_os_error(libc::EIO)
-        })?);
+        let loaded = self.load_dir(id)?;
+        let m = Arc::new(loaded.manifest);
+        if let Some(index) = loaded.index {
+            self.indexes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*id, Arc::new(index));
+        }
         self.manifests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(*id, m.clone());
         Ok(m)
+    }
+
+    fn index(&self, id: &ObjectId) -> io::Result<Option<Arc<DirIndex>>> {
+        // Read (and kept) together with the listing.
+        self.manifest(id)?;
+        Ok(self
+            .indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned())
     }
 
     fn object_path(&self, id: &ObjectId) -> io::Result<PathBuf> {

@@ -177,7 +177,10 @@ impl<S: TreeSource> Walk<'_, S> {
         if let (Some(last), Some(next)) = (entries.last(), index.pages.get(run.end))
             && last.name.as_bytes() >= next.first.as_bytes()
         {
-            return Err(bad(format!("page {} overlaps the page after it", run.end - 1)));
+            return Err(bad(format!(
+                "page {} overlaps the page after it",
+                run.end - 1
+            )));
         }
         Ok(entries)
     }

@@ -69,7 +69,12 @@ fn a_paged_directory_is_checked_by_the_pages_that_changed() {
     // unchanged page before it; not the other pages.
     let reads = mem.reads();
     assert!(reads.len() <= 7, "{} manifests read", reads.len());
-    let mut want = vec![v2, d2.object.unwrap(), new_pages[0].manifest, ObjectId::of(b"new")];
+    let mut want = vec![
+        v2,
+        d2.object.unwrap(),
+        new_pages[0].manifest,
+        ObjectId::of(b"new"),
+    ];
     want.sort();
     let mut added = added;
     added.sort();
@@ -121,7 +126,10 @@ fn a_directory_in_the_wrong_form_or_cut_elsewhere_is_refused() {
     let v = mem.dir(vec![whole]);
     for parent in [None, Some(v1)] {
         let e = mem.check(v, parent).unwrap_err();
-        assert!(e.contains("d/: manifest") && e.contains("must be paged"), "{e}");
+        assert!(
+            e.contains("d/: manifest") && e.contains("must be paged"),
+            "{e}"
+        );
     }
 
     // One entry moved from the second page into the first.
