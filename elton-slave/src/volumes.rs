@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use elton_proto::listing::{Strictness, encode_dir, load_dir_async};
 use elton_proto::pb::{CommitRequest, GetVersionRequest, LocateRequest};
 use elton_proto::{
     DirManifest, Entry, EntryKind, FetchError, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
     Version, VersionInfo, VolumeName, VolumePath, validate_tree,
 };
-use elton_proto::listing::{Strictness, encode_dir, load_dir_async};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::SlaveError;

@@ -88,7 +88,12 @@ where
     Fut: Future<Output = Result<Vec<Vec<u8>>, E>>,
 {
     let index = match decode_listing(bytes, strictness)? {
-        Listing::Whole(manifest) => return Ok(LoadedDir { manifest, index: None }),
+        Listing::Whole(manifest) => {
+            return Ok(LoadedDir {
+                manifest,
+                index: None,
+            });
+        }
         Listing::Paged(index) => index,
     };
     let read = pages(index.pages.iter().map(|r| r.manifest).collect()).await?;

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use elton_proto::Entry;
+use elton_proto::{DirManifest, Entry};
 
 use super::*;
 

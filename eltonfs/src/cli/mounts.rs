@@ -328,7 +328,10 @@ async fn object(ep: &Endpoints, http: &reqwest::Client, id: ObjectId) -> Result<
     )
     .await?;
     let bytes = resp.bytes().await?.to_vec();
-    anyhow::ensure!(ObjectId::of(&bytes) == id, "the slave sent other bytes for {id}");
+    anyhow::ensure!(
+        ObjectId::of(&bytes) == id,
+        "the slave sent other bytes for {id}"
+    );
     Ok(bytes)
 }
 
@@ -338,7 +341,8 @@ async fn manifest(ep: &Endpoints, http: &reqwest::Client, id: ObjectId) -> Resul
     let pages = |ids: Vec<ObjectId>| {
         futures::future::try_join_all(ids.into_iter().map(|p| object(ep, http, p)))
     };
-    let loaded = load_dir_async::<anyhow::Error, _, _>(&bytes, Strictness::Canonical, pages).await?;
+    let loaded =
+        load_dir_async::<anyhow::Error, _, _>(&bytes, Strictness::Canonical, pages).await?;
     Ok(loaded.manifest)
 }
 

@@ -357,7 +357,13 @@ fn build_dir(
         lower => {
             let mut entries: BTreeMap<&str, &Entry> = lower
                 .as_ref()
-                .map(|l| l.manifest.entries.iter().map(|e| (e.name.as_str(), e)).collect())
+                .map(|l| {
+                    l.manifest
+                        .entries
+                        .iter()
+                        .map(|e| (e.name.as_str(), e))
+                        .collect()
+                })
                 .unwrap_or_default();
             for (name, change) in &changes {
                 match change {
@@ -365,8 +371,8 @@ fn build_dir(
                     None => entries.remove(name.as_str()),
                 };
             }
-            let manifest = DirManifest::new(entries.into_values().cloned().collect())
-                .map_err(invalid_data)?;
+            let manifest =
+                DirManifest::new(entries.into_values().cloned().collect()).map_err(invalid_data)?;
             encode_dir(&manifest).map_err(invalid_data)?
         }
     };

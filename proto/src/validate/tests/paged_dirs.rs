@@ -1,5 +1,6 @@
 use super::*;
-use crate::listing::{LoadedDir, Strictness, encode_dir, load_dir};
+use crate::ProtoError;
+use crate::listing::{LoadedDir, Strictness, load_dir};
 use crate::paged::{DirIndex, PageRef};
 
 fn files(mem: &mut Mem, n: usize) -> Vec<Entry> {
@@ -34,8 +35,6 @@ fn raw_index(mem: &mut Mem, pages: Vec<Vec<Entry>>) -> ObjectId {
     };
     mem.put(&index.encode())
 }
-
-use crate::ProtoError;
 
 #[test]
 fn a_paged_directory_is_checked_by_the_pages_that_changed() {
