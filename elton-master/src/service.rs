@@ -468,7 +468,7 @@ impl Master for MasterService {
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::VersionRecord>, Status> {
         let (_, peer) = self.admit(&req, Need::Commit)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let volume: VolumeName = r.volume.parse().map_err(MasterError::from)?;
         let root = object_id(&r.root)?;
         // A configured peer checked the tree in its cluster, where it lives.
@@ -489,6 +489,7 @@ impl Master for MasterService {
                 let _fence = fence.read().await;
                 let started = Instant::now();
                 if !forwarded_by_peer {
+                    self.validator.seed(std::mem::take(&mut r.manifests));
                     self.validator.check(root, parent_root).await?;
                 }
                 let validated = started.elapsed();

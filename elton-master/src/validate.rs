@@ -11,7 +11,7 @@
 //! kept in a bounded cache (they are immutable): the new manifests of one commit
 //! are the parent manifests of the next.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ const CACHE_MAX_OBJECT: usize = CACHE_BYTES / 8;
 /// How long one holder may take to serve a whole manifest or recipe
 /// (at most 64 MiB) before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes of manifests taken from one commit request ([`TreeValidator::seed`]).
+const SEED_BYTES: usize = 4 << 20;
 /// Manifests read at once when the walk announces a directory's new
 /// subdirectories ([`TreeSource::prefetch`]).
 const PREFETCH_READS: usize = 8;
@@ -91,12 +93,45 @@ impl TreeValidator {
         {
             return Err(MasterError::RootNotStored(root.to_string()));
         }
-        match validate_tree(self, root, parent_root).await {
+        let check = Check {
+            validator: self,
+            confirmed: Mutex::new(HashSet::from([root])),
+        };
+        match validate_tree(&check, root, parent_root).await {
             Ok(_) => Ok(()),
             Err(TreeError::Invalid { path, reason }) => {
                 Err(MasterError::InvalidTree { path, reason })
             }
             Err(TreeError::Source(e)) => Err(e),
+        }
+    }
+
+    /// Keeps manifests sent with a commit (`CommitRequest.manifests`) in
+    /// the cache under the ids their bytes hash to, so that the check does
+    /// not read them back from the slave that sent them. Nothing else is
+    /// believed: the check still requires a node to hold each one it uses,
+    /// and bytes that are not a manifest fail its decoding as if read.
+    pub fn seed(&self, manifests: Vec<Vec<u8>>) {
+        let mut budget = SEED_BYTES;
+        let hashed: Vec<(ObjectId, Vec<u8>)> = manifests
+            .into_iter()
+            .take_while(|b| {
+                budget = budget.saturating_sub(b.len());
+                budget > 0
+            })
+            .filter(|b| b.len() <= CACHE_MAX_OBJECT)
+            .map(|b| (ObjectId::of(&b), b))
+            .collect();
+        let mut cache = self.cache();
+        for (id, bytes) in hashed {
+            if cache.manifests.contains_key(&id) {
+                continue;
+            }
+            if cache.bytes + bytes.len() > CACHE_BYTES {
+                *cache = Decoded::default();
+            }
+            cache.bytes += bytes.len();
+            cache.manifests.insert(id, Arc::new(bytes));
         }
     }
 
@@ -120,9 +155,13 @@ impl TreeValidator {
 
     /// A decoded manifest or recipe: from the cache when some node still
     /// holds it, else read and verified from a live holder, decoded, cached.
+    ///
+    /// `confirmed` lists objects a node was found to hold during the same
+    /// check: a cached one of those is not looked up again.
     async fn decoded<T>(
         &self,
         id: ObjectId,
+        confirmed: Option<&Mutex<HashSet<ObjectId>>>,
         limit: usize,
         slot: fn(&mut Decoded) -> &mut HashMap<ObjectId, Arc<T>>,
         decode: fn(Vec<u8>) -> Result<T, ProtoError>,
@@ -130,11 +169,17 @@ impl TreeValidator {
     ) -> Result<Arc<T>, FetchError<MasterError>> {
         let cached = slot(&mut self.cache()).get(&id).cloned();
         if let Some(v) = cached {
-            if blocking(&self.store, move |s| s.holders(&id))
-                .await?
-                .is_empty()
-            {
-                return Err(FetchError::NotHeld);
+            let known = confirmed.is_some_and(|c| lock(c).contains(&id));
+            if !known {
+                if blocking(&self.store, move |s| s.holders(&id))
+                    .await?
+                    .is_empty()
+                {
+                    return Err(FetchError::NotHeld);
+                }
+                if let Some(c) = confirmed {
+                    lock(c).insert(id);
+                }
             }
             return Ok(v);
         }
@@ -234,49 +279,79 @@ impl TreeValidator {
     }
 }
 
+/// One tree check's view of the validator: the objects it has found held
+/// are not looked up again (a commit of 100 large directories reads about
+/// 500 manifests, most from the cache; one lookup each cost more than the
+/// rest of the check).
+struct Check<'a> {
+    validator: &'a TreeValidator,
+    confirmed: Mutex<HashSet<ObjectId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Where [`validate_tree`] reads from on a master: this cluster's holders.
-impl TreeSource for TreeValidator {
+impl TreeSource for Check<'_> {
     type Error = MasterError;
 
     async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, FetchError<MasterError>> {
-        self.decoded(
-            id,
-            MAX_MANIFEST_BYTES,
-            |c| &mut c.manifests,
-            Ok,
-            ProtoError::Manifest,
-        )
-        .await
+        self.validator
+            .decoded(
+                id,
+                Some(&self.confirmed),
+                MAX_MANIFEST_BYTES,
+                |c| &mut c.manifests,
+                Ok,
+                ProtoError::Manifest,
+            )
+            .await
     }
 
     async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, FetchError<MasterError>> {
-        self.decoded(
-            id,
-            MAX_RECIPE_BYTES,
-            |c| &mut c.recipes,
-            |b| Recipe::decode(&b),
-            ProtoError::Recipe,
-        )
-        .await
+        self.validator
+            .decoded(
+                id,
+                Some(&self.confirmed),
+                MAX_RECIPE_BYTES,
+                |c| &mut c.recipes,
+                |b| Recipe::decode(&b),
+                ProtoError::Recipe,
+            )
+            .await
     }
 
     async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, MasterError> {
         let ids = ids.to_vec();
-        let holdings = blocking(&self.store, move |s| s.holdings(&ids)).await?;
+        let holdings = blocking(&self.validator.store, move |s| s.holdings(&ids)).await?;
         Ok(holdings.iter().map(|h| !h.holders.is_empty()).collect())
     }
 
-    /// Reads the manifests not cached yet, [`PREFETCH_READS`] at a time,
-    /// into the cache; a failed read is simply not cached, and the walk's
-    /// own read reports it.
+    /// Confirms in one lookup that the cached ones are held, and reads
+    /// the others, [`PREFETCH_READS`] at a time, into the cache; a failed
+    /// read is simply not cached, and the walk's own read reports it.
     async fn prefetch(&self, ids: &[ObjectId]) {
-        let wanted: Vec<ObjectId> = {
-            let cache = self.cache();
+        let (cached, wanted): (Vec<ObjectId>, Vec<ObjectId>) = {
+            let cache = self.validator.cache();
+            let confirmed = lock(&self.confirmed);
             ids.iter()
-                .filter(|id| !cache.manifests.contains_key(id))
-                .copied()
-                .collect()
+                .filter(|id| !confirmed.contains(id))
+                .partition(|id| cache.manifests.contains_key(id))
         };
+        if !cached.is_empty() {
+            let asked = cached.clone();
+            if let Ok(holdings) = blocking(&self.validator.store, move |s| s.holdings(&asked)).await
+            {
+                let mut confirmed = lock(&self.confirmed);
+                confirmed.extend(
+                    holdings
+                        .iter()
+                        .filter(|h| !h.holders.is_empty())
+                        .map(|h| h.object),
+                );
+            }
+        }
         futures::stream::iter(wanted)
             .map(|id| TreeSource::manifest(self, id))
             .buffer_unordered(PREFETCH_READS)
@@ -290,9 +365,16 @@ impl TreeSource for TreeValidator {
 /// are still in it).
 impl PathSource for TreeValidator {
     async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, String> {
-        TreeSource::manifest(self, id)
-            .await
-            .map_err(|e| format!("manifest {id}: {e}"))
+        self.decoded(
+            id,
+            None,
+            MAX_MANIFEST_BYTES,
+            |c| &mut c.manifests,
+            Ok,
+            ProtoError::Manifest,
+        )
+        .await
+        .map_err(|e| format!("manifest {id}: {e}"))
     }
 
     async fn recipe(&self, id: ObjectId, limit: usize) -> Result<Vec<u8>, String> {

@@ -28,6 +28,11 @@ const RECIPE_CACHE_ENTRIES: usize = 1024;
 /// about to be served because it did not answer.
 const STALE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Bytes of new manifests sent with a commit, for the master's check
+/// (`CommitRequest.manifests`): a commit of 100 changed large directories
+/// sends about 1.2 MB; a first import of a large tree, what fits.
+const MANIFESTS_SENT_BYTES: usize = 2 << 20;
+
 /// Locate calls in flight at once while a commit's objects are checked.
 const PARALLEL_LOCATES: usize = 16;
 
@@ -392,24 +397,39 @@ impl Volumes {
     /// differs from the parent's tree). The root must be stored here: this
     /// slave vouches for it. Returns the objects the tree adds that are
     /// stored here, which the master must learn about.
+    /// Checks the tree; returns the objects it adds that this slave
+    /// stores, and the bytes of the new manifests it read (up to
+    /// [`MANIFESTS_SENT_BYTES`]) for the master's check.
     async fn validate(
         &self,
         root: ObjectId,
         parent_root: Option<ObjectId>,
-    ) -> Result<Vec<ObjectId>, SlaveError> {
+    ) -> Result<(Vec<ObjectId>, Vec<Vec<u8>>), SlaveError> {
         if !self.fetcher.store().contains(&root) {
             return Err(SlaveError::BadRequest(format!(
                 "root manifest {root} is not stored on this slave; upload it first"
             )));
         }
-        let added = validate_tree(&CommitSource(self), root, parent_root)
+        let source = CommitSource::new(self);
+        let added = validate_tree(&source, root, parent_root)
             .await
             .map_err(|e| match e {
                 e @ TreeError::Invalid { .. } => SlaveError::BadRequest(e.to_string()),
                 TreeError::Source(e) => e,
             })?;
+        let read = source.1.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut manifests = Vec::new();
+        let mut budget = MANIFESTS_SENT_BYTES;
+        for bytes in added.iter().filter_map(|id| read.get(id)) {
+            if bytes.len() > budget {
+                break;
+            }
+            budget -= bytes.len();
+            manifests.push(bytes.as_ref().clone());
+        }
         let store = self.fetcher.store();
-        Ok(added.into_iter().filter(|id| store.contains(id)).collect())
+        let local = added.into_iter().filter(|id| store.contains(id)).collect();
+        Ok((local, manifests))
     }
 
     /// Validates the tree, makes sure the master knows where its new
@@ -435,7 +455,7 @@ impl Volumes {
             )));
         }
         let started = std::time::Instant::now();
-        let local = self.validate(p.root, parent_root).await?;
+        let (local, manifests) = self.validate(p.root, parent_root).await?;
         let validated = started.elapsed();
         let announced_count = local.len();
         self.link.announce(local).await?;
@@ -448,6 +468,7 @@ impl Volumes {
             author: p.author,
             host: p.host,
             incarnation: p.incarnation.or(parent_incarnation).unwrap_or_default(),
+            manifests,
         };
         let mut req = tonic::Request::new(req);
         elton_trust::BearerAuth::new(Some(&p.bearer.0))
@@ -610,7 +631,15 @@ fn not_held(e: SlaveError) -> FetchError<SlaveError> {
 /// Where this slave's commit check finds objects: its own store, fetching
 /// through the master what it lacks (fetched objects are stored and
 /// announced, as any miss), and the master's locations.
-struct CommitSource<'a>(&'a Volumes);
+/// Manifests it read are kept (up to [`MANIFEST_CACHE_ENTRIES`]) for the
+/// one check it serves.
+struct CommitSource<'a>(&'a Volumes, Mutex<HashMap<ObjectId, Arc<Vec<u8>>>>);
+
+impl<'a> CommitSource<'a> {
+    fn new(volumes: &'a Volumes) -> Self {
+        Self(volumes, Mutex::new(HashMap::new()))
+    }
+}
 
 impl TreeSource for CommitSource<'_> {
     type Error = SlaveError;
@@ -618,8 +647,35 @@ impl TreeSource for CommitSource<'_> {
     /// The bytes as stored (verified), not the decoded cache: the walk
     /// decodes only the entries that differ from the parent's manifest.
     async fn manifest(&self, id: ObjectId) -> Result<Arc<Vec<u8>>, FetchError<SlaveError>> {
-        let bytes = self.0.fetcher.read(id).await.map_err(not_held)?;
-        Ok(Arc::new(bytes))
+        if let Some(bytes) = self.1.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(bytes.clone());
+        }
+        let bytes = Arc::new(self.0.fetcher.read(id).await.map_err(not_held)?);
+        let mut cache = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        // A first import's check reads every manifest of the tree once.
+        if cache.len() >= MANIFEST_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Reads the manifests not read yet, several at a time (each read is
+    /// a blocking file read and a hash, or a fetch); a failed read is left
+    /// for the walk's own read to report.
+    async fn prefetch(&self, ids: &[ObjectId]) {
+        let wanted: Vec<ObjectId> = {
+            let cache = self.1.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter()
+                .filter(|id| !cache.contains_key(id))
+                .copied()
+                .collect()
+        };
+        futures::stream::iter(wanted)
+            .map(|id| TreeSource::manifest(self, id))
+            .buffer_unordered(PARALLEL_LOCATES)
+            .for_each(|_| async {})
+            .await;
     }
 
     async fn recipe(&self, id: ObjectId) -> Result<Arc<Recipe>, FetchError<SlaveError>> {

@@ -327,6 +327,13 @@ impl<S: TreeSource> Walk<'_, S> {
                 .flat_map(|c| std::iter::once(c.id).chain(c.old))
                 .collect();
             self.source.prefetch(&ids).await;
+            // Their pages too, for the paged ones: read one directory at a
+            // time, a commit touching 100 large directories would wait
+            // for 100 rounds of page reads.
+            let pages = self.pages_to_compare(&children).await;
+            if !pages.is_empty() {
+                self.source.prefetch(&pages).await;
+            }
         }
         // Reversed onto the stacks, so directories are visited in name order.
         for child in children.into_iter().rev() {

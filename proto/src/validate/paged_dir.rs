@@ -108,6 +108,7 @@ impl<S: TreeSource> Walk<'_, S> {
             }
         }
 
+        self.source.prefetch(&run_pages(index, parent)).await;
         let mut diff = DirDiff::default();
         for (new, old) in runs {
             let entries = self.run_of_pages(dir, index, new.clone()).await?;
@@ -185,6 +186,37 @@ impl<S: TreeSource> Walk<'_, S> {
         Ok(entries)
     }
 
+    /// The pages [`Self::paged_diff`] will read for these directories, as
+    /// far as their manifests (already prefetched) tell: a hint, so
+    /// manifests that cannot be read or decoded are passed over here and
+    /// reported by the walk.
+    pub(super) async fn pages_to_compare(&self, dirs: &[Dir]) -> Vec<crate::ObjectId> {
+        let mut ids = Vec::new();
+        for dir in dirs {
+            let Ok(new) = self.source.manifest(dir.id).await else {
+                continue;
+            };
+            let Ok(Listing::Paged(index)) = paged::decode_dir(&new) else {
+                continue;
+            };
+            let parent = match dir.old {
+                Some(old) => match self.source.manifest(old).await {
+                    Ok(bytes) => match listing::decode_listing(&bytes, Strictness::Published) {
+                        Ok(Listing::Paged(parent)) => Some(parent),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            match parent {
+                Some(parent) => ids.extend(run_pages(&index, &parent)),
+                None => ids.extend(index.pages.iter().map(|r| r.manifest)),
+            }
+        }
+        ids
+    }
+
     async fn prefetch_pages(&self, pages: &[PageRef]) {
         if pages.len() > 1 {
             let ids: Vec<_> = pages.iter().map(|r| r.manifest).collect();
@@ -255,4 +287,22 @@ impl<S: TreeSource> Walk<'_, S> {
         }
         Ok(entries)
     }
+}
+
+/// The pages a comparison of `index` with `parent` reads: the new pages of
+/// each run, the parent's pages they replace, and the unchanged page
+/// before each run (its last name bounds the run).
+fn run_pages(index: &DirIndex, parent: &DirIndex) -> Vec<crate::ObjectId> {
+    let mut ids = Vec::new();
+    for (new, old) in paged::changed_pages(parent, index) {
+        let before = new.start.checked_sub(1).filter(|_| !new.is_empty());
+        ids.extend(
+            before
+                .into_iter()
+                .chain(new)
+                .map(|i| index.pages[i].manifest),
+        );
+        ids.extend(parent.pages[old].iter().map(|r| r.manifest));
+    }
+    ids
 }
