@@ -171,10 +171,9 @@ impl TreeValidator {
         if let Some(v) = cached {
             let known = confirmed.is_some_and(|c| lock(c).contains(&id));
             if !known {
-                if blocking(&self.store, move |s| s.holders(&id))
-                    .await?
-                    .is_empty()
-                {
+                // A read transaction on a small table: on this thread, as
+                // a hop to the blocking pool and back costs more.
+                if self.store.holders(&id)?.is_empty() {
                     return Err(FetchError::NotHeld);
                 }
                 if let Some(c) = confirmed {
@@ -323,8 +322,8 @@ impl TreeSource for Check<'_> {
     }
 
     async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, MasterError> {
-        let ids = ids.to_vec();
-        let holdings = blocking(&self.validator.store, move |s| s.holdings(&ids)).await?;
+        // Read transactions, on this thread (as in `TreeValidator::decoded`).
+        let holdings = self.validator.store.holdings(ids)?;
         Ok(holdings.iter().map(|h| !h.holders.is_empty()).collect())
     }
 
@@ -340,9 +339,7 @@ impl TreeSource for Check<'_> {
                 .partition(|id| cache.manifests.contains_key(id))
         };
         if !cached.is_empty() {
-            let asked = cached.clone();
-            if let Ok(holdings) = blocking(&self.validator.store, move |s| s.holdings(&asked)).await
-            {
+            if let Ok(holdings) = self.validator.store.holdings(&cached) {
                 let mut confirmed = lock(&self.confirmed);
                 confirmed.extend(
                     holdings

@@ -10,6 +10,8 @@
 mod common;
 
 use common::{Cluster, MasterGrpc, TOKEN};
+use elton_proto::listing::{encode_dir, page_spans};
+use elton_proto::paged::split;
 use elton_proto::pb;
 use elton_proto::{Chunk, DirManifest, Entry, ObjectId, PEER_METADATA_KEY, Recipe};
 
@@ -40,9 +42,13 @@ impl Fixture {
         file_entry(name, self.put(content), content.len() as u64)
     }
 
+    /// A directory in its one form: paged when it is large.
     fn dir(&self, name: &str, entries: Vec<Entry>) -> Entry {
-        let id = self.put(&DirManifest::new(entries).unwrap().encode());
-        dir_entry(name, id)
+        let encoded = encode_dir(&DirManifest::new(entries).unwrap()).unwrap();
+        for (_, bytes) in &encoded.objects {
+            self.put(bytes);
+        }
+        dir_entry(name, encoded.id)
     }
 
     /// A directory whose manifest is stored exactly as given, valid or not.
@@ -244,9 +250,9 @@ fn master_refuses_malformed_trees_and_accepts_a_changed_subtree() {
     assert_eq!(served.as_ref(), b"a v2\n");
 }
 
-/// The master decodes only the entries of a changed directory that differ
-/// from the parent's manifest (issue 16); one bad entry among 1,000
-/// unchanged ones is still refused, whatever is wrong with it.
+/// The master decodes only the pages of a changed paged directory that
+/// differ from the parent's (issue 16); one bad entry in a page among the
+/// 1,000 unchanged entries is still refused, whatever is wrong with it.
 #[test]
 fn one_bad_entry_in_a_large_changed_directory_is_refused() {
     let f = fixture();
@@ -257,55 +263,79 @@ fn one_bad_entry_in_a_large_changed_directory_is_refused() {
     let big = f.dir("big", files.clone());
     assert_eq!(f.commit(0, f.root(vec![big])).unwrap(), 1);
 
-    let with = |at: usize, e: &Entry| {
-        let raw = serde_json::to_string(e).unwrap();
-        let dir = f.put(&manifest_bytes(&files, at, &raw));
-        f.root(vec![dir_entry("big", dir)])
+    // The page holding f0500, and a position inside it (its neighbours
+    // on both sides are in the same page).
+    let (index, pages) = split(&DirManifest::new(files.clone()).unwrap())
+        .unwrap()
+        .unwrap();
+    let spans = page_spans(&index);
+    let page = spans.iter().position(|s| s.contains(&500)).unwrap();
+    let span = spans[page].clone();
+    assert!(span.len() >= 3, "{span:?}");
+    let at = span.start + span.len() / 2;
+    // The big/ whose page holds `raw` in place of entry `at`.
+    let with_page = |bytes: Vec<u8>| {
+        let mut bad = index.clone();
+        bad.pages[page].manifest = f.put(&bytes);
+        f.root(vec![dir_entry("big", f.put(&bad.encode()))])
     };
+    let with = |at: usize, raw: &str| {
+        with_page(manifest_bytes(&pages[page].entries, at - span.start, raw))
+    };
+    let json = |e: &Entry| serde_json::to_string(e).unwrap();
+    let name = |i: usize| files[i].name.clone();
+
     let nowhere = ObjectId::of(b"never uploaded anywhere");
     f.refused(
         1,
-        with(500, &file_entry("f0500", nowhere, 3)),
-        "big/f0500",
+        with(at, &json(&file_entry(&name(at), nowhere, 3))),
+        &format!("big/{}", name(at)),
         "which no node holds",
     );
+    let slashed = format!("{}/x", name(at));
     f.refused(
         1,
-        with(0, &file_entry("..", content, 11)),
+        with(at, &json(&file_entry(&slashed, content, 11))),
         "big/",
         "invalid entry name",
     );
     f.refused(
         1,
-        with(500, &file_entry("f0499", content, 11)),
+        with(at, &json(&file_entry(&name(at - 1), content, 11))),
         "big/",
         "not strictly sorted",
     );
     f.refused(
         1,
-        with(500, &file_entry("f0502", content, 11)),
+        with(at, &json(&file_entry(&name(at + 1), content, 11))),
         "big/",
         "not strictly sorted",
     );
-    let spaced = serde_json::to_string(&file_entry("f0500", content, 12))
-        .unwrap()
-        .replacen(r#""size":12"#, r#""size": 12"#, 1);
-    let dir = f.put(&manifest_bytes(&files, 500, &spaced));
-    f.refused(1, f.root(vec![dir_entry("big", dir)]), "big/", "canonical");
+    let spaced =
+        json(&file_entry(&name(at), content, 12)).replacen(r#""size":12"#, r#""size": 12"#, 1);
+    f.refused(1, with(at, &spaced), "big/", "canonical");
     // The framing is checked even when every entry is unchanged.
-    let mut loose = manifest_bytes(&files, 0, &serde_json::to_string(&files[0]).unwrap());
+    let mut loose = pages[page].encode();
     loose.push(b'\n');
-    let dir = f.put(&loose);
-    f.refused(1, f.root(vec![dir_entry("big", dir)]), "big/", "canonical");
+    f.refused(1, with_page(loose), "big/", "canonical");
+    // And the whole form of more than 256 entries is refused.
+    let whole = f.put(&DirManifest::new(files.clone()).unwrap().encode());
+    f.refused(
+        1,
+        f.root(vec![dir_entry("big", whole)]),
+        "big/",
+        "must be paged",
+    );
 
     // One valid change among the 1,000 is published.
-    let changed = f.file("f0500", b"new\n");
-    assert_eq!(f.commit(1, with(500, &changed)).unwrap(), 2);
+    let changed = f.file(&name(at), b"new\n");
+    assert_eq!(f.commit(1, with(at, &json(&changed))).unwrap(), 2);
     let served = f
         .http
         .get(format!(
-            "{}/v1/volumes/{VOLUME}/2/big/f0500",
-            f.c.slave_url(1)
+            "{}/v1/volumes/{VOLUME}/2/big/{}",
+            f.c.slave_url(1),
+            name(at)
         ))
         .send()
         .unwrap()
