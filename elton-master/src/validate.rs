@@ -338,16 +338,15 @@ impl TreeSource for Check<'_> {
                 .filter(|id| !confirmed.contains(id))
                 .partition(|id| cache.manifests.contains_key(id))
         };
-        if !cached.is_empty() {
-            if let Ok(holdings) = self.validator.store.holdings(&cached) {
-                let mut confirmed = lock(&self.confirmed);
-                confirmed.extend(
-                    holdings
-                        .iter()
-                        .filter(|h| !h.holders.is_empty())
-                        .map(|h| h.object),
-                );
-            }
+        if !cached.is_empty()
+            && let Ok(holdings) = self.validator.store.holdings(&cached)
+        {
+            lock(&self.confirmed).extend(
+                holdings
+                    .iter()
+                    .filter(|h| !h.holders.is_empty())
+                    .map(|h| h.object),
+            );
         }
         futures::stream::iter(wanted)
             .map(|id| TreeSource::manifest(self, id))
