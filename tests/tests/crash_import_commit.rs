@@ -155,12 +155,24 @@ fn phase2_kill9_of_a_mount_during_commit_at_random_points() {
     let src = c.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("base.txt"), b"base\n").unwrap();
+    // A directory of more than 256 files is stored as pages; each round
+    // edits one of them and adds one, so each commit re-cuts pages.
+    fs::create_dir_all(src.join("big")).unwrap();
+    for i in 0..300 {
+        fs::write(src.join(format!("big/f{i:03}")), format!("base {i}\n")).unwrap();
+    }
     c.ok(1, &["import", "--create", src.to_str().unwrap(), "mnt"]);
     let (mnt, state) = (c.dir.path().join("mnt"), c.dir.path().join("state"));
     let mut rng = Rng::from_env("mount commit");
 
-    let write_round =
-        |m: &Mount, round: u64| write_tree(&m.path(&format!("r{round:02}")), round, 100);
+    let big_edit = |round: u64| (format!("big/f{:03}", round * 7), format!("round {round}\n"));
+    let big_new = |round: u64| (format!("big/new{round:02}"), format!("new {round}\n"));
+    let write_round = |m: &Mount, round: u64| {
+        write_tree(&m.path(&format!("r{round:02}")), round, 100);
+        for (path, content) in [big_edit(round), big_new(round)] {
+            fs::write(m.path(&path), content).unwrap();
+        }
+    };
     let commit = |m: &Mount| {
         Command::new(common::bin())
             .args(["commit", m.mountpoint.to_str().unwrap(), "-m", "crash"])
@@ -203,6 +215,10 @@ fn phase2_kill9_of_a_mount_during_commit_at_random_points() {
                 let got = cat(&c, &format!("mnt@{after}:r{r:02}/small/f007"));
                 let want = pseudo_random(512 + 7 * 37, r * 10_000 + 7);
                 assert_eq!(got, want, "round {round}: r{r:02}");
+                for (path, content) in [big_edit(*r), big_new(*r)] {
+                    let got = cat(&c, &format!("mnt@{after}:{path}"));
+                    assert_eq!(got, content.as_bytes(), "round {round}: {path}");
+                }
             }
         }
         // Committed or not, the mount shows every file written.
@@ -213,7 +229,16 @@ fn phase2_kill9_of_a_mount_during_commit_at_random_points() {
                 pseudo_random(512 + 7 * 37, r * 10_000 + 7),
                 "round {round}"
             );
+            for (path, content) in [big_edit(*r), big_new(*r)] {
+                let got = fs::read(m.path(&path)).unwrap();
+                assert_eq!(got, content.as_bytes(), "round {round}: {path}");
+            }
         }
+        assert_eq!(
+            fs::read_dir(m.path("big")).unwrap().count(),
+            300 + written.len(),
+            "round {round}: big/"
+        );
         assert_all_versions_verify(&c, &format!("mount commit round {round}"));
     }
 
