@@ -21,6 +21,11 @@ fn volume(c: &Cluster) {
     fs::write(src.join("b.txt"), "b1\n").unwrap();
     fs::write(src.join("shared.txt"), "shared1\n").unwrap();
     fs::write(src.join("dir/x"), "x1\n").unwrap();
+    // More than 256 entries: stored as pages (`docs/formats.md` §2b).
+    fs::create_dir_all(src.join("big")).unwrap();
+    for i in 0..300 {
+        fs::write(src.join(format!("big/f{i:03}")), format!("big {i}\n")).unwrap();
+    }
     c.ok(1, &["import", "--create", src.to_str().unwrap(), "vol"]);
 }
 
@@ -58,6 +63,11 @@ fn phase1_update_merges_disjoint_changes_keeps_both_sides_and_commits_on_the_hea
     fs::write(b.path("b.txt"), "b2 from B\n").unwrap();
     fs::write(b.path("shared.txt"), "shared from B\n").unwrap();
     fs::remove_file(b.path("dir/x")).unwrap();
+    // In the paged directory too, each side in another page.
+    fs::write(a.path("big/f010"), "big 10 from A\n").unwrap();
+    fs::write(a.path("big/new-from-a"), "new in big\n").unwrap();
+    fs::write(b.path("big/f250"), "big 250 from B\n").unwrap();
+    fs::remove_file(b.path("big/f100")).unwrap();
 
     let out = a.elton(&["commit", &mnt_a, "-m", "A's change"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -87,6 +97,11 @@ fn phase1_update_merges_disjoint_changes_keeps_both_sides_and_commits_on_the_hea
     assert!(!b.path("dir/x").exists(), "B's deletion stays");
     assert_eq!(read(&b, "shared.txt"), "shared from B\n");
     assert_eq!(read(&b, "shared.txt.elton-theirs"), "shared from A\n");
+    assert_eq!(read(&b, "big/f010"), "big 10 from A\n");
+    assert_eq!(read(&b, "big/new-from-a"), "new in big\n");
+    assert_eq!(read(&b, "big/f250"), "big 250 from B\n");
+    assert!(!b.path("big/f100").exists(), "B's deletion in big/ stays");
+    assert_eq!(fs::read_dir(b.path("big")).unwrap().count(), 300);
     let status = text(&b.elton(&["status", &mnt_b]));
     assert!(status.starts_with("vol@2"), "{status}");
 
@@ -107,10 +122,15 @@ fn phase1_update_merges_disjoint_changes_keeps_both_sides_and_commits_on_the_hea
         ("new-from-a.txt", "new\n"),
         ("b.txt", "b2 from B\n"),
         ("shared.txt", "shared from B\n"),
+        ("big/f010", "big 10 from A\n"),
+        ("big/new-from-a", "new in big\n"),
+        ("big/f250", "big 250 from B\n"),
+        ("big/f299", "big 299\n"),
     ] {
         assert_eq!(c.ok(1, &["cat", &format!("vol@3:{path}")]), want, "{path}");
     }
     assert!(!c.cli(1, &["cat", "vol@3:dir/x"]).status.success());
+    assert!(!c.cli(1, &["cat", "vol@3:big/f100"]).status.success());
     assert!(
         !c.cli(1, &["cat", "vol@3:shared.txt.elton-theirs"])
             .status
