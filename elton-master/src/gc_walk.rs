@@ -22,6 +22,11 @@ use crate::walk::Walker;
 pub struct LiveSet {
     reader: Walker,
     objects: HashSet<ObjectId>,
+    /// Manifests and recipes whose contents were collected. Kept apart
+    /// from `objects`: the same bytes may also be some file's content (a
+    /// manifest's bytes committed as a file), and a file's id in the live
+    /// set says nothing about the objects the bytes name.
+    expanded: HashSet<ObjectId>,
     /// (volume, version) already walked, so a re-walk visits only new ones.
     versions: HashSet<(String, u64)>,
 }
@@ -31,6 +36,7 @@ impl LiveSet {
         Self {
             reader,
             objects: HashSet::new(),
+            expanded: HashSet::new(),
             versions: HashSet::new(),
         }
     }
@@ -64,7 +70,7 @@ impl LiveSet {
             };
         let mut stack = vec![(v.root, String::new())];
         while let Some((dir, path)) = stack.pop() {
-            if self.objects.contains(&dir) {
+            if self.expanded.contains(&dir) {
                 continue;
             }
             let listing = match self.reader.read_object(dir, MAX_MANIFEST_BYTES).await? {
@@ -81,6 +87,7 @@ impl LiveSet {
                 Listing::Paged(index) => {
                     stack.extend(index.pages.iter().map(|r| (r.manifest, path.clone())));
                     self.objects.insert(dir);
+                    self.expanded.insert(dir);
                     continue;
                 }
             };
@@ -90,13 +97,14 @@ impl LiveSet {
                 match e.kind {
                     EntryKind::Dir => stack.push((object, format!("{entry_path}/"))),
                     EntryKind::File if e.recipe => {
-                        if !self.objects.contains(&object) {
+                        if !self.expanded.contains(&object) {
                             let chunks = self
                                 .recipe_chunks(object)
                                 .await?
                                 .map_err(|reason| unwalkable(entry_path, object, reason))?;
                             self.objects.extend(chunks);
                             self.objects.insert(object);
+                            self.expanded.insert(object);
                         }
                     }
                     EntryKind::File | EntryKind::Symlink => {
@@ -105,6 +113,7 @@ impl LiveSet {
                 }
             }
             self.objects.insert(dir);
+            self.expanded.insert(dir);
         }
         self.versions
             .insert((v.volume.to_string(), v.version.get()));

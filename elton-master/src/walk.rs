@@ -44,6 +44,10 @@ pub struct Walker {
     live: HashMap<NodeId, String>,
     check_files: bool,
     verdicts: HashMap<ObjectId, Option<Unreadable>>,
+    /// Verdicts on manifests as directories (their whole subtree), apart
+    /// from `verdicts`: the same bytes may also be some file's content,
+    /// and a file that reads says nothing about the objects they name.
+    trees: HashMap<ObjectId, Option<Unreadable>>,
 }
 
 impl Walker {
@@ -59,12 +63,17 @@ impl Walker {
             live,
             check_files,
             verdicts: HashMap::new(),
+            trees: HashMap::new(),
         }
     }
 
     /// Distinct objects whose verdict is known.
     pub fn objects_walked(&self) -> u64 {
-        self.verdicts.len() as u64
+        self.verdicts
+            .keys()
+            .chain(self.trees.keys())
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64
     }
 
     async fn holdings(&self, objects: Vec<ObjectId>) -> Result<Vec<Holding>, MasterError> {
@@ -96,11 +105,11 @@ impl Walker {
         root: ObjectId,
     ) -> BoxFuture<'_, Result<Option<Unreadable>, MasterError>> {
         Box::pin(async move {
-            if let Some(v) = self.verdicts.get(&root) {
+            if let Some(v) = self.trees.get(&root) {
                 return Ok(v.clone());
             }
             let verdict = self.check_manifest(root).await?;
-            self.verdicts.insert(root, verdict.clone());
+            self.trees.insert(root, verdict.clone());
             Ok(verdict)
         })
     }

@@ -126,6 +126,14 @@ fn phase1_import_mount_commit_diff_gc_and_fsck_through_pages() {
     assert_eq!(fs::read_to_string(big.join("f0500a")).unwrap(), "added\n");
     assert!(!big.join("f0001").exists());
     assert_eq!(names(&big).len(), FILES);
+    // Version 3 adds a file whose content is the bytes of one of big/'s
+    // pages: the same id is then a file's object and a page, and the
+    // collection below must still mark the files that page names.
+    let page = v2.pages[v2.page_of("f0777")].manifest;
+    fs::write(m.path("page-copy"), object(&c, page)).unwrap();
+    let out = m.elton(&["commit", m.mountpoint.to_str().unwrap(), "-m", "copy"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(big_index(&c, "vol", 3), v2);
     drop(m);
 
     let diff = c.ok(1, &["diff", "vol", "1", "2"]);
@@ -136,8 +144,8 @@ fn phase1_import_mount_commit_diff_gc_and_fsck_through_pages() {
         assert!(diff.contains(path), "{path} not in {diff}");
     }
 
-    // Version 1 dropped and collected: every page of version 2 stays, and
-    // a fresh mount reads every file.
+    // Versions 1 and 2 dropped and collected: every page of version 3
+    // (big/ is version 2's) stays, and a fresh mount reads every file.
     c.ok(1, &["volume", "retention", "vol", "--keep", "1"]);
     std::thread::sleep(Duration::from_millis(1500));
     let gc: serde_json::Value = serde_json::from_str(&c.ok(1, &["gc", "--json"])).unwrap();
@@ -157,6 +165,7 @@ fn phase1_import_mount_commit_diff_gc_and_fsck_through_pages() {
     let big = m.path("big");
     let seen = names(&big);
     assert_eq!(seen.len(), FILES);
+    assert_eq!(fs::read(m.path("page-copy")).unwrap(), object(&c, page));
     for name in &seen {
         let got = fs::read_to_string(big.join(name)).unwrap();
         let want = match name.as_str() {

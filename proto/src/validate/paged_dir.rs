@@ -163,11 +163,14 @@ impl<S: TreeSource> Walk<'_, S> {
             .iter()
             .map(|r| r.entries as usize)
             .collect();
+        // A run of no new pages (whole pages deleted) ends where the
+        // unchanged page before it does, at a cut.
         let closed = || {
-            names
-                .last()
-                .zip(cut.last())
-                .is_some_and(|(last, &len)| paged::ends_page(len, last))
+            names.is_empty()
+                || names
+                    .last()
+                    .zip(cut.last())
+                    .is_some_and(|(last, &len)| paged::ends_page(len, last))
         };
         if cut != described || (run.end < index.pages.len() && !closed()) {
             return Err(bad(format!(

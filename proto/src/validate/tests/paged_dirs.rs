@@ -208,3 +208,30 @@ fn the_parents_last_page_followed_by_new_pages_must_end_at_a_cut() {
         assert!(e.contains("not cut where the cut rule cuts"), "{e}");
     }
 }
+
+#[test]
+fn deleting_whole_pages_is_accepted() {
+    let mut mem = Mem::default();
+    let entries = files(&mut mem, 1000);
+    let d1 = mem.subdir("d", entries.clone());
+    let v1 = mem.dir(vec![d1.clone()]);
+    mem.check(v1, None).unwrap();
+    let index = loaded(&mem, d1.object.unwrap()).index.unwrap();
+    let spans = crate::listing::page_spans(&index);
+    // The first page, a middle one, and both together.
+    let middle = spans.len() / 2;
+    for gone in [vec![0], vec![middle], vec![0, middle]] {
+        let kept: Vec<Entry> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !gone.iter().any(|&p| spans[p].contains(i)))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let d2 = mem.subdir("d", kept);
+        let new = loaded(&mem, d2.object.unwrap()).index.unwrap();
+        assert_eq!(new.pages.len(), index.pages.len() - gone.len(), "{gone:?}");
+        let v2 = mem.dir(vec![d2]);
+        mem.check(v2, Some(v1))
+            .unwrap_or_else(|e| panic!("pages {gone:?} deleted: {e}"));
+    }
+}
