@@ -46,37 +46,28 @@ pub fn decode_listing(bytes: &[u8], strictness: Strictness) -> Result<Listing, P
     }
 }
 
-/// Reads a directory from its manifest's bytes; `page(id)` returns the
-/// verified bytes of one of its pages (asked for in order, each once).
+/// Reads a directory from its manifest's bytes; for a paged one,
+/// `pages(ids)` returns the verified bytes of all its pages, in order (so
+/// that the caller can read them concurrently: a page across a WAN costs
+/// a round trip).
 pub fn load_dir<E: From<ProtoError>>(
     bytes: &[u8],
     strictness: Strictness,
-    mut page: impl FnMut(ObjectId) -> Result<Vec<u8>, E>,
+    pages: impl FnOnce(Vec<ObjectId>) -> Result<Vec<Vec<u8>>, E>,
 ) -> Result<LoadedDir, E> {
-    let index = match decode_listing(bytes, strictness)? {
-        Listing::Whole(manifest) => {
-            return Ok(LoadedDir {
-                manifest,
-                index: None,
-            });
+    match decode_listing(bytes, strictness)? {
+        Listing::Whole(manifest) => Ok(LoadedDir {
+            manifest,
+            index: None,
+        }),
+        Listing::Paged(index) => {
+            let read = pages(page_ids(&index))?;
+            Ok(assemble_read(index, &read, strictness)?)
         }
-        Listing::Paged(index) => index,
-    };
-    let mut pages = Vec::with_capacity(index.pages.len());
-    for r in &index.pages {
-        pages.push(decode_page(&page(r.manifest)?, strictness)?);
     }
-    let manifest = paged::assemble(&index, &pages)?;
-    Ok(LoadedDir {
-        manifest,
-        index: Some(index),
-    })
 }
 
-/// [`load_dir`] for a caller whose reads are futures: `pages(ids)` returns
-/// the verified bytes of all of a paged directory's pages, in order, so
-/// that it can read them concurrently (a page across a WAN costs a round
-/// trip).
+/// [`load_dir`] for a caller whose reads are futures.
 pub async fn load_dir_async<E, F, Fut>(
     bytes: &[u8],
     strictness: Strictness,
@@ -87,17 +78,29 @@ where
     F: FnOnce(Vec<ObjectId>) -> Fut,
     Fut: Future<Output = Result<Vec<Vec<u8>>, E>>,
 {
-    let index = match decode_listing(bytes, strictness)? {
-        Listing::Whole(manifest) => {
-            return Ok(LoadedDir {
-                manifest,
-                index: None,
-            });
+    match decode_listing(bytes, strictness)? {
+        Listing::Whole(manifest) => Ok(LoadedDir {
+            manifest,
+            index: None,
+        }),
+        Listing::Paged(index) => {
+            let read = pages(page_ids(&index)).await?;
+            Ok(assemble_read(index, &read, strictness)?)
         }
-        Listing::Paged(index) => index,
-    };
-    let read = pages(index.pages.iter().map(|r| r.manifest).collect()).await?;
-    let decoded = read
+    }
+}
+
+fn page_ids(index: &DirIndex) -> Vec<ObjectId> {
+    index.pages.iter().map(|r| r.manifest).collect()
+}
+
+/// A paged directory from its index and its pages' bytes.
+fn assemble_read(
+    index: DirIndex,
+    pages: &[Vec<u8>],
+    strictness: Strictness,
+) -> Result<LoadedDir, ProtoError> {
+    let decoded = pages
         .iter()
         .map(|b| decode_page(b, strictness))
         .collect::<Result<Vec<_>, _>>()?;
@@ -275,12 +278,19 @@ mod tests {
         dir.objects.iter().cloned().collect()
     }
 
+    fn stored_page(
+        objects: &HashMap<ObjectId, Vec<u8>>,
+        id: ObjectId,
+    ) -> Result<Vec<u8>, ProtoError> {
+        objects
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ProtoError::Manifest(format!("no page {id}")))
+    }
+
     fn read(objects: &HashMap<ObjectId, Vec<u8>>, id: ObjectId) -> LoadedDir {
-        load_dir::<ProtoError>(&objects[&id], Strictness::Canonical, |p| {
-            objects
-                .get(&p)
-                .cloned()
-                .ok_or_else(|| ProtoError::Manifest(format!("no page {p}")))
+        load_dir::<ProtoError>(&objects[&id], Strictness::Canonical, |ids| {
+            ids.iter().map(|p| stored_page(objects, *p)).collect()
         })
         .unwrap()
     }
@@ -314,11 +324,8 @@ mod tests {
         let mut objects = stored(&enc);
         let page = enc.objects[0].0;
         objects.remove(&page);
-        let err = load_dir::<ProtoError>(&objects[&enc.id], Strictness::Published, |p| {
-            objects
-                .get(&p)
-                .cloned()
-                .ok_or_else(|| ProtoError::Manifest(format!("no page {p}")))
+        let err = load_dir::<ProtoError>(&objects[&enc.id], Strictness::Published, |ids| {
+            ids.iter().map(|p| stored_page(&objects, *p)).collect()
         })
         .unwrap_err();
         assert!(err.to_string().contains(&page.to_string()), "{err}");
@@ -370,9 +377,9 @@ mod tests {
     fn an_index_is_refused_where_pages_disagree_with_it() {
         let enc = encode_dir(&DirManifest::new(entries(600)).unwrap()).unwrap();
         let objects = stored(&enc);
-        let swapped = load_dir::<ProtoError>(&objects[&enc.id], Strictness::Published, |_| {
+        let swapped = load_dir::<ProtoError>(&objects[&enc.id], Strictness::Published, |ids| {
             // Every page answered with the first page's bytes.
-            Ok(enc.objects[0].1.clone())
+            Ok(vec![enc.objects[0].1.clone(); ids.len()])
         });
         assert!(swapped.is_err());
     }

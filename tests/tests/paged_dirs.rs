@@ -35,6 +35,21 @@ fn source(c: &Cluster) -> std::path::PathBuf {
     src
 }
 
+/// Imports `src` as version 1 of a new volume `vol`.
+fn import_v1(c: &Cluster, src: &std::path::Path) {
+    c.ok(
+        1,
+        &[
+            "import",
+            src.to_str().unwrap(),
+            "vol",
+            "--create",
+            "-m",
+            "v1",
+        ],
+    );
+}
+
 fn object(c: &Cluster, id: ObjectId) -> Vec<u8> {
     let r = reqwest::blocking::Client::new()
         .get(format!("{}/v1/objects/{id}", c.slave_url(1)))
@@ -81,17 +96,7 @@ fn names(dir: &std::path::Path) -> BTreeSet<String> {
 fn phase1_import_mount_commit_diff_gc_and_fsck_through_pages() {
     let c = Cluster::with_args(1, &["--gc-grace-ms", "1000", "--gc-interval-ms", "0"], &[]);
     let src = source(&c);
-    c.ok(
-        1,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "vol",
-            "--create",
-            "-m",
-            "v1",
-        ],
-    );
+    import_v1(&c, &src);
 
     // Import wrote big/ as an index of pages; the small directories whole.
     let v1 = big_index(&c, "vol", 1);
@@ -186,17 +191,7 @@ fn phase2_a_cold_read_from_another_cluster_goes_through_the_index() {
     let a = Cluster::federated(1, pki_a, pa, &[(&pki_b, to_b.url())]);
     let b = Cluster::federated(1, pki_b, pb, &[(a.pki(), to_a.url())]);
     let src = source(&a);
-    a.ok(
-        1,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "vol",
-            "--create",
-            "-m",
-            "v1",
-        ],
-    );
+    import_v1(&a, &src);
 
     for i in [123, 999] {
         let url = format!("{}/v1/volumes/vol/1/big/f{i:04}", b.slave_url(1));

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use elton_proto::listing::{LoadedDir, Strictness, decode_listing};
-use elton_proto::paged::{DirIndex, Listing};
+use elton_proto::listing::{LoadedDir, Strictness, load_dir};
+use elton_proto::paged::DirIndex;
 use elton_proto::{DirManifest, ObjectId, ProtoError, Recipe};
 use elton_slave::ObjectStore;
 
@@ -53,6 +53,25 @@ pub struct SlaveLower {
     /// The indexes of the paged directories among `manifests`.
     indexes: Mutex<HashMap<ObjectId, Arc<DirIndex>>>,
     recipes: Mutex<HashMap<ObjectId, Arc<Recipe>>>,
+}
+
+/// Reading a directory failed: a read (its error as is), or bytes that do
+/// not decode or assemble (EIO, logged).
+enum LoadError {
+    Read(io::Error),
+    Corrupt(ProtoError),
+}
+
+impl From<ProtoError> for LoadError {
+    fn from(e: ProtoError) -> Self {
+        Self::Corrupt(e)
+    }
+}
+
+impl From<io::Error> for LoadError {
+    fn from(e: io::Error) -> Self {
+        Self::Read(e)
+    }
 }
 
 /// Most pages of one directory read at once: a cold listing across a WAN
@@ -113,43 +132,32 @@ impl SlaveLower {
     /// manifest's bytes and, if it is paged, its pages (read in parallel).
     /// `read_small` verified each against its id.
     fn load_dir(&self, id: &ObjectId) -> io::Result<LoadedDir> {
-        let corrupt = |e: ProtoError| {
-            tracing::error!(manifest = %id, "{e}");
-            io::Error::from_raw_os_error(libc::EIO)
-        };
         let bytes = self.read_small(id)?;
-        let index = match decode_listing(&bytes, Strictness::Published).map_err(corrupt)? {
-            Listing::Whole(manifest) => {
-                return Ok(LoadedDir {
-                    manifest,
-                    index: None,
-                });
+        load_dir(&bytes, Strictness::Published, |ids| self.read_pages(&ids)).map_err(|e| match e {
+            LoadError::Read(e) => e,
+            LoadError::Corrupt(e) => {
+                tracing::error!(manifest = %id, "{e}");
+                io::Error::from_raw_os_error(libc::EIO)
             }
-            Listing::Paged(index) => index,
-        };
-        let ids: Vec<ObjectId> = index.pages.iter().map(|r| r.manifest).collect();
-        let mut pages = Vec::with_capacity(ids.len());
+        })
+    }
+
+    /// A paged directory's pages, in order.
+    fn read_pages(&self, ids: &[ObjectId]) -> Result<Vec<Vec<u8>>, LoadError> {
         // Local pages cost a file read each; threads would cost more.
-        let batch = if ids.iter().all(|p| self.store.contains(p)) {
-            1
-        } else {
-            PARALLEL_PAGES
-        };
-        for batch in ids.chunks(batch) {
-            let read: Vec<io::Result<Vec<u8>>> = if let [page] = batch {
-                vec![self.read_small(page)]
-            } else {
-                self.read_in_parallel(batch)
-            };
-            for bytes in read {
-                pages.push(DirManifest::decode_published(&bytes?).map_err(corrupt)?);
+        if ids.iter().all(|p| self.store.contains(p)) {
+            return Ok(ids
+                .iter()
+                .map(|p| self.read_small(p))
+                .collect::<io::Result<_>>()?);
+        }
+        let mut pages = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(PARALLEL_PAGES) {
+            for page in self.read_in_parallel(batch) {
+                pages.push(page?);
             }
         }
-        let manifest = elton_proto::paged::assemble(&index, &pages).map_err(corrupt)?;
-        Ok(LoadedDir {
-            manifest,
-            index: Some(index),
-        })
+        Ok(pages)
     }
 
     fn read_in_parallel(&self, ids: &[ObjectId]) -> Vec<io::Result<Vec<u8>>> {

@@ -227,6 +227,23 @@ impl<S: TreeSource> Walk<'_, S> {
         }
     }
 
+    /// A page of the new tree, read as the walk reads a manifest: a page
+    /// no node holds or that cannot be read makes the tree invalid.
+    async fn page(
+        &self,
+        dir: &Dir,
+        r: &PageRef,
+        decode: fn(&[u8]) -> Result<DirManifest, crate::ProtoError>,
+    ) -> Result<DirManifest, TreeError<S::Error>> {
+        let bad = |reason: String| invalid(&dir.path, format!("page {}: {reason}", r.manifest));
+        match self.source.manifest(r.manifest).await {
+            Ok(bytes) => decode(&bytes).map_err(|e| bad(e.to_string())),
+            Err(FetchError::NotHeld) => Err(invalid(&dir.path, not_held(r.manifest))),
+            Err(FetchError::Malformed(e)) => Err(bad(e.to_string())),
+            Err(FetchError::Failed(e)) => Err(TreeError::Source(e)),
+        }
+    }
+
     /// A page the new tree adds: held, canonical, and the one its index
     /// entry describes.
     async fn new_page(
@@ -234,19 +251,18 @@ impl<S: TreeSource> Walk<'_, S> {
         dir: &Dir,
         r: &PageRef,
     ) -> Result<DirManifest, TreeError<S::Error>> {
-        let bad = |reason: String| invalid(&dir.path, format!("page {}: {reason}", r.manifest));
-        let bytes = match self.source.manifest(r.manifest).await {
-            Ok(b) => b,
-            Err(FetchError::NotHeld) => return Err(invalid(&dir.path, not_held(r.manifest))),
-            Err(FetchError::Malformed(e)) => return Err(bad(e.to_string())),
-            Err(FetchError::Failed(e)) => return Err(TreeError::Source(e)),
-        };
+        let page = self.page(dir, r, DirManifest::decode).await?;
         self.note_held(r.manifest);
-        let page = DirManifest::decode(&bytes).map_err(|e| bad(e.to_string()))?;
         if page.entries.len() as u64 != r.entries
             || page.entries.first().map(|e| e.name.as_str()) != Some(r.first.as_str())
         {
-            return Err(bad("is not the page its index entry describes".into()));
+            return Err(invalid(
+                &dir.path,
+                format!(
+                    "page {}: is not the page its index entry describes",
+                    r.manifest
+                ),
+            ));
         }
         Ok(page)
     }
@@ -254,17 +270,11 @@ impl<S: TreeSource> Walk<'_, S> {
     /// A page the new tree shares with the parent's: published, so only
     /// read, but it must still be there.
     async fn unchanged_page(
-        &mut self,
+        &self,
         dir: &Dir,
         r: &PageRef,
     ) -> Result<DirManifest, TreeError<S::Error>> {
-        let bad = |reason: String| invalid(&dir.path, format!("page {}: {reason}", r.manifest));
-        match self.source.manifest(r.manifest).await {
-            Ok(bytes) => DirManifest::decode_published(&bytes).map_err(|e| bad(e.to_string())),
-            Err(FetchError::NotHeld) => Err(invalid(&dir.path, not_held(r.manifest))),
-            Err(FetchError::Malformed(e)) => Err(bad(e.to_string())),
-            Err(FetchError::Failed(e)) => Err(TreeError::Source(e)),
-        }
+        self.page(dir, r, DirManifest::decode_published).await
     }
 
     /// The entries of the parent's pages `run`, trusted as published; a

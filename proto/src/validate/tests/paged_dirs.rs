@@ -10,8 +10,8 @@ fn files(mem: &mut Mem, n: usize) -> Vec<Entry> {
 }
 
 fn loaded(mem: &Mem, id: ObjectId) -> LoadedDir {
-    load_dir::<ProtoError>(&mem.objects[&id], Strictness::Canonical, |p| {
-        Ok(mem.objects[&p].clone())
+    load_dir::<ProtoError>(&mem.objects[&id], Strictness::Canonical, |ids| {
+        Ok(ids.iter().map(|p| mem.objects[p].clone()).collect())
     })
     .unwrap()
 }
