@@ -24,6 +24,16 @@ impl Marker {
             .stdin(Stdio::null())
             .spawn()
             .expect("starting a marker process");
+        // `spawn` returns once bash runs; until bash has exec'd `sleep` the
+        // process is `bash -c …` (and for a moment mid-exec has no command
+        // line at all), which a query made right now would list unlike a
+        // marker.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(marker.as_bytes())) {
+            assert!(Instant::now() < deadline, "marker {marker} never exec'd");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Marker(child)
     }
 
