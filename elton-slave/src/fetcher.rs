@@ -90,6 +90,11 @@ impl Fetcher {
         }
     }
 
+    /// The slave's counters, shared with its HTTP service.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn store(&self) -> &Arc<ObjectStore> {
         &self.store
     }

@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, inc};
 use crate::scrub::{ScrubEvent, Scrubber};
 use crate::tokens::{Bearer, Tokens};
 use crate::undo::Undo;
-use crate::volumes::{FilePut, Proposal, Resolved, StoredFile, Volumes};
+use crate::volumes::{FilePut, Proposal, Resolved, Stored, StoredFile, Volumes};
 use crate::{SlaveError, chunked, range};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -31,7 +31,11 @@ const LATEST_MAX_AGE: &str = "public, max-age=5";
 /// Objects up to this size are read in one go rather than streamed.
 const INLINE_BYTES: u64 = 1 << 20;
 const STREAM_CHUNK: usize = 1 << 20;
-const MAX_JSON_BODY: usize = 64 << 10;
+/// A commit body may list up to this many objects in `stored`, and as
+/// many in `manifests` (about 67 bytes each as JSON)…
+const MAX_COMMIT_LISTED: usize = 8192;
+/// …which bounds it at about 1.1 MB.
+const MAX_COMMIT_BODY: usize = 2 << 20;
 
 /// Characters escaped in path segments of generated URLs.
 pub(crate) const SEGMENT: &AsciiSet = &CONTROLS
@@ -604,6 +608,42 @@ struct CommitBody {
     /// another one.
     #[serde(default)]
     incarnation: Option<String>,
+    /// Every object the writer stored here that the new tree's changed
+    /// entries name (manifests included): the slave announces those it
+    /// holds instead of checking the tree itself (the master checks it).
+    #[serde(default)]
+    stored: Option<Vec<ObjectId>>,
+    /// The new directory manifests among them, whose bytes go to the
+    /// master with the commit. Only with `stored`.
+    #[serde(default)]
+    manifests: Option<Vec<ObjectId>>,
+}
+
+impl CommitBody {
+    /// `stored` and `manifests` as a [`Stored`], within their bounds.
+    fn stored(&mut self) -> Result<Option<Stored>, SlaveError> {
+        let objects = self.stored.take();
+        let manifests = self.manifests.take();
+        for (field, list) in [("stored", &objects), ("manifests", &manifests)] {
+            let n = list.as_ref().map_or(0, Vec::len);
+            if n > MAX_COMMIT_LISTED {
+                return Err(SlaveError::BadRequest(format!(
+                    "commit body: `{field}` lists {n} objects, more than {MAX_COMMIT_LISTED}; \
+                     leave it out and the slave checks the tree itself"
+                )));
+            }
+        }
+        match (objects, manifests) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(SlaveError::BadRequest(
+                "commit body: `manifests` is only taken with `stored`".into(),
+            )),
+            (Some(objects), manifests) => Ok(Some(Stored {
+                objects,
+                manifests: manifests.unwrap_or_default(),
+            })),
+        }
+    }
 }
 
 async fn post_version(
@@ -620,11 +660,12 @@ async fn post_version(
             "POST /v1/volumes/{rest}: use /v1/volumes/<volume>/versions"
         )));
     }
-    let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
+    let bytes = axum::body::to_bytes(body, MAX_COMMIT_BODY)
         .await
-        .map_err(|_| SlaveError::TooLarge(MAX_JSON_BODY as u64))?;
-    let c: CommitBody = serde_json::from_slice(&bytes)
+        .map_err(|_| SlaveError::TooLarge(MAX_COMMIT_BODY as u64))?;
+    let mut c: CommitBody = serde_json::from_slice(&bytes)
         .map_err(|e| SlaveError::BadRequest(format!("commit body: {e}")))?;
+    let stored = c.stored()?;
     let info = state
         .volumes
         .commit(Proposal {
@@ -636,6 +677,7 @@ async fn post_version(
             host: c.host,
             bearer,
             incarnation: c.incarnation,
+            stored,
         })
         .await?;
     inc(&state.metrics.commits_total, 1);

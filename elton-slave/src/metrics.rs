@@ -38,6 +38,7 @@ counters! {
     scrubbed_bytes_total => "Bytes re-hashed by the scrub.",
     scrub_repaired_total => "Corrupt objects the scrub replaced with a good copy.",
     commits_total => "Versions committed through this slave.",
+    commit_tree_checks_total => "Commits whose tree this slave checked itself (the writer did not list what it stored here).",
     backup_copies_total => "Backup copies made at the master's request (objects fetched or confirmed).",
     backup_failures_total => "Backup copies the master asked for that failed.",
 }

@@ -119,6 +119,25 @@ pub struct Proposal {
     /// the one of the parent record this slave checks the tree against.
     /// The master refuses the commit if it is not its own.
     pub incarnation: Option<String>,
+    /// What the writer stored here for this commit, when it says; without
+    /// it this slave checks the tree itself to learn that.
+    pub stored: Option<Stored>,
+}
+
+/// The objects a writer that stages straight into this slave's store (a
+/// mount) stored for one commit (`POST …/versions`, `stored` and
+/// `manifests`). With it, the master's check is the tree's only one:
+/// this slave announces what of it it really holds (each id is looked
+/// up) and sends the new manifests' bytes along, read and hashed here.
+/// Nothing in it is believed beyond that: the master checks the whole
+/// change, as it does for any commit.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Every object the new tree's changed entries name, manifests
+    /// included.
+    pub objects: Vec<ObjectId>,
+    /// The new directory manifests (pages and indexes among them).
+    pub manifests: Vec<ObjectId>,
 }
 
 impl Volumes {
@@ -396,10 +415,9 @@ impl Volumes {
     /// Checks the tree under `root` with [`validate_tree`] (only what
     /// differs from the parent's tree). The root must be stored here: this
     /// slave vouches for it. Returns the objects the tree adds that are
-    /// stored here, which the master must learn about.
-    /// Checks the tree; returns the objects it adds that this slave
-    /// stores, and the bytes of the new manifests it read (up to
-    /// [`MANIFESTS_SENT_BYTES`]) for the master's check.
+    /// stored here, which the master must learn about, and the bytes of
+    /// the new manifests it read (up to [`MANIFESTS_SENT_BYTES`]) for the
+    /// master's check.
     async fn validate(
         &self,
         root: ObjectId,
@@ -432,6 +450,57 @@ impl Volumes {
         Ok((local, manifests))
     }
 
+    /// What a writer said it stored ([`Stored`]), as [`Self::validate`]
+    /// answers: the listed objects stored here, and the bytes of the
+    /// listed manifests (up to [`MANIFESTS_SENT_BYTES`], hashed as read).
+    /// A manifest not stored here is left for the master to read from a
+    /// holder, or to refuse; a corrupt one is quarantined and withdrawn,
+    /// and fails the commit.
+    async fn listed(
+        &self,
+        root: ObjectId,
+        stored: Stored,
+    ) -> Result<(Vec<ObjectId>, Vec<Vec<u8>>), SlaveError> {
+        let store = self.fetcher.store().clone();
+        let (local, manifests, corrupt) = tokio::task::spawn_blocking(move || {
+            if !store.contains(&root) {
+                return Err(SlaveError::BadRequest(format!(
+                    "root manifest {root} is not stored on this slave; upload it first"
+                )));
+            }
+            let mut manifests = Vec::new();
+            let mut corrupt = Vec::new();
+            let mut budget = MANIFESTS_SENT_BYTES;
+            for id in &stored.manifests {
+                match store.read(id) {
+                    Ok(Some(bytes)) if bytes.len() <= budget => {
+                        budget -= bytes.len();
+                        manifests.push(bytes);
+                    }
+                    Ok(Some(_)) => break,
+                    Ok(None) => {}
+                    Err(SlaveError::Corrupt(id)) => corrupt.push(id),
+                    Err(e) => return Err(e),
+                }
+            }
+            let local: Vec<ObjectId> = stored
+                .objects
+                .into_iter()
+                .filter(|id| store.contains(id))
+                .collect();
+            Ok((local, manifests, corrupt))
+        })
+        .await
+        .map_err(|e| SlaveError::Io(format!("commit task: {e}")))??;
+        if let Some(first) = corrupt.first() {
+            if let Err(e) = self.link.withdraw(&corrupt).await {
+                tracing::warn!("withdrawing quarantined manifests from the master: {e}");
+            }
+            return Err(SlaveError::Corrupt(*first));
+        }
+        Ok((local, manifests))
+    }
+
     /// Validates the tree, makes sure the master knows where its new
     /// objects are, and compare-and-sets the head.
     pub async fn commit(&self, p: Proposal) -> Result<Issued, SlaveError> {
@@ -455,7 +524,13 @@ impl Volumes {
             )));
         }
         let started = std::time::Instant::now();
-        let (local, manifests) = self.validate(p.root, parent_root).await?;
+        let (local, manifests) = match p.stored {
+            Some(stored) => self.listed(p.root, stored).await?,
+            None => {
+                crate::metrics::inc(&self.fetcher.metrics().commit_tree_checks_total, 1);
+                self.validate(p.root, parent_root).await?
+            }
+        };
         let validated = started.elapsed();
         let announced_count = local.len();
         self.link.announce(local).await?;
@@ -604,6 +679,7 @@ impl Volumes {
             host: "http".into(),
             bearer: bearer.clone(),
             incarnation,
+            stored: None,
         })
         .await
     }

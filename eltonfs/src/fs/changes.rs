@@ -154,10 +154,15 @@ fn walk(
 /// The result of turning the upper into a tree.
 pub struct Built {
     pub root: ObjectId,
-    /// New manifests' bytes to store, children first. Each is encoded
-    /// once: a manifest of 1,000 entries costs more to encode than the
-    /// rest of its directory's commit.
-    pub manifests: Vec<Vec<u8>>,
+    /// New manifests (ids and bytes) to store, children first. Each is
+    /// encoded once: a manifest of 1,000 entries costs more to encode than
+    /// the rest of its directory's commit.
+    pub manifests: Vec<(ObjectId, Vec<u8>)>,
+    /// Every object the new tree's changed entries name (file contents,
+    /// recipes and their chunks, child manifests), each once: what the
+    /// slave announces to the master for this commit (`docs/formats.md`,
+    /// `POST …/versions`, `stored`).
+    pub referenced: Vec<ObjectId>,
     /// Objects this commit hard-linked into the store (undone on failure).
     pub linked: Vec<ObjectId>,
     pub skipped: Vec<String>,
@@ -178,6 +183,7 @@ pub fn build(
     let mut built = Built {
         root: ObjectId::of(b""),
         manifests: Vec::new(),
+        referenced: Vec::new(),
         linked: Vec::new(),
         skipped: Vec::new(),
     };
@@ -195,6 +201,9 @@ pub fn build(
     };
     let root = build_dir(&mut ctx, Path::new(""), root_lower, &mut built)?;
     built.root = root.id;
+    built.referenced.push(root.id);
+    let mut seen = HashSet::with_capacity(built.referenced.len());
+    built.referenced.retain(|id| seen.insert(*id));
     Ok(built)
 }
 
@@ -288,7 +297,7 @@ fn build_dir(
             // Large files are stored as chunks (copies, so nothing to undo
             // on failure): unchanged chunks of an edited file keep their ids
             // and are already stored.
-            let (id, size, added) = store_chunked(ctx.staging, &path)?;
+            let (id, size, added) = store_chunked(ctx.staging, &path, &mut built.referenced)?;
             ctx.progress.file(size, false);
             ctx.progress.objects(added);
             Entry {
@@ -336,6 +345,11 @@ fn build_dir(
         changes.insert(name, Some(entry));
     }
     ctx.progress.dir();
+    built.referenced.extend(
+        changes
+            .values()
+            .filter_map(|change| change.as_ref().and_then(|e| e.object)),
+    );
     let dir = match lower {
         // A paged directory: only the pages the changes fall in are read
         // from the listing and written again; the others keep their ids.
@@ -377,8 +391,9 @@ fn build_dir(
         }
     };
     built
-        .manifests
-        .extend(dir.objects.into_iter().map(|(_, bytes)| bytes));
+        .referenced
+        .extend(dir.objects.iter().map(|(id, _)| *id));
+    built.manifests.extend(dir.objects);
     Ok(Encoded {
         id: dir.id,
         entries: dir.entries,
@@ -386,13 +401,18 @@ fn build_dir(
 }
 
 /// Chunks a large upper file into the stage; returns the recipe's id, the
-/// content's size and how many objects were new. The bytes are read once,
-/// so the recipe is a consistent snapshot of them even if the file is being
-/// written.
-fn store_chunked(staging: &mut Staging<'_>, path: &Path) -> io::Result<(ObjectId, u64, u64)> {
+/// content's size and how many objects were new. The chunks' ids go to
+/// `referenced`. The bytes are read once, so the recipe is a consistent
+/// snapshot of them even if the file is being written.
+fn store_chunked(
+    staging: &mut Staging<'_>,
+    path: &Path,
+    referenced: &mut Vec<ObjectId>,
+) -> io::Result<(ObjectId, u64, u64)> {
     let file = fs::File::open(path)?;
     let mut added = 0;
     let recipe = crate::chunking::chunk(file, |_, id, data| {
+        referenced.push(id);
         if !staging.has(&id) && staging.bytes(data).map_err(io::Error::other)?.new {
             added += 1;
         }
@@ -454,8 +474,67 @@ fn user_xattrs(path: &Path) -> io::Result<Option<BTreeMap<String, String>>> {
 pub fn clear_upper(layers: &Layers, keep: &HashSet<(u64, u64)>) -> io::Result<()> {
     // Directories are removed behind the descriptor cache's back.
     layers.dirs.forget_all();
-    clear_dir(&layers.upper, keep)?;
+    if keep.is_empty() {
+        move_to_trash(&layers.upper, &layers.work)?;
+    } else {
+        clear_dir(&layers.upper, keep)?;
+    }
     let _ = rustix::fs::lremovexattr(&layers.upper, super::layers::OPAQUE_XATTR);
+    Ok(())
+}
+
+/// Names of the work directory's trash directories.
+const TRASH_PREFIX: &str = "trash-";
+
+/// Empties `upper` by moving each of its entries into a new trash
+/// directory under `work` (one rename each) and deleting the trash on a
+/// thread of its own: a commit that touched 100 directories waits for 100
+/// renames, not for 200 unlinks (issue 16). The upper directory itself
+/// stays (its own attributes are the volume root's). A crash leaves the
+/// trash for [`empty_trash`] at the next start.
+fn move_to_trash(upper: &Path, work: &Path) -> io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let trash = work.join(format!(
+        "{TRASH_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut made = false;
+    for item in fs::read_dir(upper)? {
+        let item = item?;
+        if !made {
+            fs::create_dir(&trash)?;
+            made = true;
+        }
+        fs::rename(item.path(), trash.join(item.file_name()))?;
+    }
+    if made {
+        std::thread::Builder::new()
+            .name("upper-trash".into())
+            .spawn(move || remove_trash(&trash))?;
+    }
+    Ok(())
+}
+
+fn remove_trash(trash: &Path) {
+    if let Err(e) = fs::remove_dir_all(trash) {
+        tracing::warn!("deleting {} (a committed upper): {e}", trash.display());
+    }
+}
+
+/// Deletes the trash a crash left in `work` (see [`move_to_trash`]), on a
+/// thread of its own.
+pub fn empty_trash(work: &Path) -> io::Result<()> {
+    let left: Vec<std::path::PathBuf> = fs::read_dir(work)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TRASH_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    if !left.is_empty() {
+        std::thread::Builder::new()
+            .name("upper-trash".into())
+            .spawn(move || left.iter().for_each(|t| remove_trash(t)))?;
+    }
     Ok(())
 }
 
@@ -526,5 +605,73 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(ChangeSet::default().touched().is_empty());
+    }
+
+    fn upper_with_changes() -> (tempfile::TempDir, Layers) {
+        let dir = tempfile::tempdir().unwrap();
+        let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+        fs::create_dir_all(upper.join("a/b")).unwrap();
+        fs::create_dir(&work).unwrap();
+        fs::write(upper.join("a/b/f"), b"f").unwrap();
+        fs::write(upper.join("top"), b"t").unwrap();
+        let layers = Layers::new(upper, work, Arc::new(super::super::mount::NoLower), None);
+        (dir, layers)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn clearing_the_upper_leaves_it_empty_at_once_and_the_trash_goes() {
+        let (_dir, layers) = upper_with_changes();
+        clear_upper(&layers, &HashSet::new()).unwrap();
+        assert!(names(&layers.upper).is_empty());
+        // The trash is deleted on its own thread.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !names(&layers.work).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                names(&layers.work)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // An empty upper makes no trash.
+        clear_upper(&layers, &HashSet::new()).unwrap();
+        assert!(names(&layers.work).is_empty());
+    }
+
+    #[test]
+    fn a_file_open_for_writing_stays_in_the_upper() {
+        let (_dir, layers) = upper_with_changes();
+        let m = fs::metadata(layers.upper.join("a/b/f")).unwrap();
+        let keep = HashSet::from([(m.dev(), m.ino())]);
+        clear_upper(&layers, &keep).unwrap();
+        assert_eq!(names(&layers.upper), ["a"]);
+        assert_eq!(names(&layers.upper.join("a/b")), ["f"]);
+    }
+
+    #[test]
+    fn trash_left_by_a_crash_is_emptied_at_the_next_start() {
+        let (_dir, layers) = upper_with_changes();
+        fs::create_dir_all(layers.work.join("trash-1-0/a/b")).unwrap();
+        fs::write(layers.work.join("trash-1-0/a/b/f"), b"f").unwrap();
+        fs::write(layers.work.join("copy-up-temp"), b"x").unwrap();
+        empty_trash(&layers.work).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while names(&layers.work) != ["copy-up-temp"] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                names(&layers.work)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -34,6 +34,9 @@ use super::lower::SlaveLower;
 /// released (see [`commit`]); a file really held open costs the commit
 /// this much and is then kept in the upper, as before.
 const RELEASE_GRACE: Duration = Duration::from_millis(50);
+/// A commit lists what it stored for the slave (`stored`, `manifests`)
+/// when each list has at most this many ids: the slave's bound.
+const STORED_LISTED: usize = 8192;
 
 /// Format of `mount.json` and `commit.json`.
 pub const STATE_FORMAT: u32 = 1;
@@ -246,6 +249,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    changes::empty_trash(&work).with_context(|| format!("emptying {}", work.display()))?;
     let http = reqwest::blocking::Client::builder().build()?;
     let store = ObjectStore::open(&opts.slave_data).map_err(|e| anyhow!("{e}"))?;
     let record_path = opts.state_dir.join("mount.json");
@@ -418,7 +422,7 @@ fn version_root(
 }
 
 /// Only used while recovering, before the lower is set up.
-struct NoLower;
+pub(super) struct NoLower;
 impl super::lower::LowerSource for NoLower {
     fn manifest(&self, _id: &ObjectId) -> std::io::Result<Arc<elton_proto::DirManifest>> {
         Err(std::io::Error::from_raw_os_error(libc::EIO))
@@ -597,6 +601,19 @@ fn execute(
     }
 }
 
+/// Posts a commit to the slave: the status and the JSON answer (`null`
+/// when the answer is not JSON).
+fn post_commit(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> reqwest::Result<(reqwest::StatusCode, serde_json::Value)> {
+    let resp = http.post(url).bearer_auth(token).json(body).send()?;
+    let status = resp.status();
+    Ok((status, resp.json().unwrap_or_default()))
+}
+
 /// Commit protocol: while the mount's lock is held (metadata operations
 /// wait; data already open keeps flowing), build the tree from the upper,
 /// journal, compare-and-set the head through the slave, then switch the
@@ -669,7 +686,7 @@ fn commit(
         )
         .and_then(|built| {
             phases[0] = timer.elapsed();
-            for manifest in &built.manifests {
+            for (_, manifest) in &built.manifests {
                 let put = staging
                     .bytes(manifest)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -717,19 +734,31 @@ fn commit(
         if !record.incarnation.is_empty() {
             body["incarnation"] = record.incarnation.clone().into();
         }
-        let outcome = m.http.post(&url).bearer_auth(&token).json(&body).send();
+        // What this commit stored in the slave's store: the slave announces
+        // it and leaves the tree check to the master, which makes it anyway
+        // (a large commit leaves it out, and the slave checks the tree).
+        let plain = body.clone();
+        if built.referenced.len() <= STORED_LISTED && built.manifests.len() <= STORED_LISTED {
+            body["stored"] = serde_json::json!(built.referenced);
+            let manifests: Vec<&ObjectId> = built.manifests.iter().map(|(id, _)| id).collect();
+            body["manifests"] = serde_json::json!(manifests);
+        }
+        let mut outcome = post_commit(&m.http, &url, &token, &body);
+        // A slave older than `stored` refuses the field: ask it again the
+        // way it knows (it checks the tree itself).
+        if body.get("stored").is_some()
+            && matches!(&outcome, Ok((status, v)) if *status == reqwest::StatusCode::BAD_REQUEST
+                && v["error"].as_str().is_some_and(|e| e.contains("unknown field `stored`")))
+        {
+            outcome = post_commit(&m.http, &url, &token, &plain);
+        }
         let mut refused = false;
         let published = match outcome {
-            Ok(resp) if resp.status().is_success() => {
-                let v: serde_json::Value = resp.json().unwrap_or_default();
-                v["version"]
-                    .as_u64()
-                    .map(|n| (n, v["incarnation"].as_str().unwrap_or("").to_string()))
-                    .ok_or_else(|| anyhow!("slave answered without a version"))
-            }
-            Ok(resp) => {
-                let status = resp.status();
-                let v: serde_json::Value = resp.json().unwrap_or_default();
+            Ok((status, v)) if status.is_success() => v["version"]
+                .as_u64()
+                .map(|n| (n, v["incarnation"].as_str().unwrap_or("").to_string()))
+                .ok_or_else(|| anyhow!("slave answered without a version")),
+            Ok((status, v)) => {
                 // A client error (refused: conflict, invalid tree, token)
                 // surely published nothing; a server error may hide a
                 // commit the master recorded.
@@ -777,7 +806,9 @@ fn commit(
             publish_ms = (timer.elapsed() - phases[2]).as_millis() as u64,
             "commit"
         );
+        let published_at = std::time::Instant::now();
         changes::clear_upper(&st.layers, &open_for_write)?;
+        let cleared = published_at.elapsed();
         st.layers.root = Some(built.root);
         let rec = MountRecord {
             format: STATE_FORMAT,
@@ -787,6 +818,7 @@ fn commit(
         };
         write_json(&m.opts.state_dir.join("mount.json"), &rec)?;
         std::fs::remove_file(&journal_path)?;
+        let recorded = published_at.elapsed();
         *m.record.lock().unwrap_or_else(|p| p.into_inner()) = rec;
         for s in &built.skipped {
             tracing::warn!("not committed (not a file, directory or symlink): {s}");
@@ -801,11 +833,16 @@ fn commit(
             .into_iter()
             .filter(|(_, p)| touched.contains(p))
             .collect();
-        (inos, version)
+        (inos, version, published_at, cleared, recorded)
     };
-    let (inos, version) = invalidate;
+    let (inos, version, published_at, cleared, recorded) = invalidate;
+    let invalidated = inos.len();
     invalidate_all(notifier, inos);
     tracing::debug!(
+        clear_ms = cleared.as_millis() as u64,
+        record_ms = (recorded - cleared).as_millis() as u64,
+        invalidated,
+        after_ms = published_at.elapsed().as_millis() as u64,
         total_ms = entered.elapsed().as_millis() as u64,
         "commit finished"
     );
