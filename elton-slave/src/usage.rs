@@ -13,6 +13,14 @@
 //! last change is not trusted: a change landing in the same clock tick as
 //! the listing would leave the time unchanged and go unseen. Such a shard
 //! is listed again next time.
+//!
+//! A commit of a few hundred objects changes nearly every shard, and
+//! listing them all again stats every object of the store: on a store of
+//! 100,000 objects that was most of the slave's CPU time during a run of
+//! small commits (issue 16). So a recount lists at most
+//! [`RELISTS_PER_COUNT`] shards that were counted before, taking them in
+//! turn; the others report their last count until their turn comes. A
+//! shard never counted is always listed, so the first count is whole.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -24,11 +32,18 @@ use std::time::{Duration, SystemTime};
 /// 10 ms steps).
 const RACY: Duration = Duration::from_secs(2);
 
+/// Shards counted before that one recount lists again, at most: with a
+/// recount every 2 s, a store whose every shard changed is counted anew
+/// within 16 s.
+pub const RELISTS_PER_COUNT: usize = 32;
+
 #[derive(Clone, Copy, Default)]
 struct Shard {
     /// The directory's modification time when listed (seconds, nanos);
     /// `None` when it must be listed again.
     listed_at_mtime: Option<(i64, i64)>,
+    /// Whether it was ever listed (its counts stand for something).
+    counted: bool,
     objects: u64,
     bytes: u64,
 }
@@ -37,6 +52,9 @@ struct Shard {
 pub struct UsageCounter {
     objects_dir: PathBuf,
     shards: Vec<Shard>,
+    /// The shard a recount looks at first, so that shards waiting for
+    /// their turn get it.
+    next: usize,
 }
 
 impl UsageCounter {
@@ -44,6 +62,7 @@ impl UsageCounter {
         Self {
             objects_dir: objects_dir.to_path_buf(),
             shards: vec![Shard::default(); 256],
+            next: 0,
         }
     }
 
@@ -51,10 +70,24 @@ impl UsageCounter {
     /// directory, lists the changed ones.
     pub fn count(&mut self) -> (u64, u64) {
         let (mut objects, mut bytes) = (0, 0);
-        for (n, shard) in self.shards.iter_mut().enumerate() {
+        let mut relisted = 0;
+        let shards = self.shards.len();
+        let first = self.next;
+        for n in (first..shards).chain(0..first) {
+            let shard = &mut self.shards[n];
             let dir = self.objects_dir.join(format!("{n:02x}"));
             let mtime = fs::metadata(&dir).ok().map(|m| (m.mtime(), m.mtime_nsec()));
-            if mtime.is_none() || mtime != shard.listed_at_mtime {
+            if mtime.is_none() {
+                // No directory, nothing to list.
+                *shard = Shard::default();
+                continue;
+            }
+            let changed = mtime != shard.listed_at_mtime;
+            if changed && (!shard.counted || relisted < RELISTS_PER_COUNT) {
+                if shard.counted {
+                    relisted += 1;
+                    self.next = (n + 1) % shards;
+                }
                 *shard = list(&dir, mtime);
             }
             objects += shard.objects;
@@ -70,6 +103,7 @@ impl UsageCounter {
 fn list(dir: &Path, mtime: Option<(i64, i64)>) -> Shard {
     let mut shard = Shard {
         listed_at_mtime: mtime.filter(|&(s, ns)| settled(s, ns)),
+        counted: true,
         ..Shard::default()
     };
     let Ok(files) = fs::read_dir(dir) else {
@@ -159,6 +193,36 @@ mod tests {
         fs::write(d.join("a"), b"1234567890").unwrap();
         set_mtime(&d, mtime);
         assert_eq!(c.count(), (1, 10));
+    }
+
+    #[test]
+    fn many_changed_shards_are_listed_again_in_turns() {
+        let root = tempfile::tempdir().unwrap();
+        let shards = 3 * RELISTS_PER_COUNT / 2;
+        for n in 0..shards {
+            let d = shard_dir(root.path(), n as u8);
+            fs::write(d.join("a"), b"1").unwrap();
+            settle(&d);
+        }
+        let mut c = UsageCounter::new(root.path());
+        // Never counted: all listed at once.
+        assert_eq!(c.count(), (shards as u64, shards as u64));
+        for n in 0..shards {
+            let d = shard_dir(root.path(), n as u8);
+            fs::write(d.join("b"), b"22").unwrap();
+            settle(&d);
+        }
+        // One turn's worth, then the rest.
+        let grown = |listed: usize| ((shards + listed) as u64, (shards + 2 * listed) as u64);
+        assert_eq!(c.count(), grown(RELISTS_PER_COUNT));
+        assert_eq!(c.count(), grown(shards));
+        // The turns wrap around: the shards after the last one listed go
+        // first.
+        for n in 0..shards {
+            fs::remove_file(shard_dir(root.path(), n as u8).join("b")).unwrap();
+        }
+        assert_eq!(c.count(), grown(shards - RELISTS_PER_COUNT));
+        assert_eq!(c.count(), grown(0));
     }
 
     #[test]
