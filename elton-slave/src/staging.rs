@@ -167,6 +167,12 @@ impl<'a> Staging<'a> {
         self.store.publish_batch_into(staged, &mut self.added)
     }
 
+    /// Whether objects wait to be published (a [`Self::flush`] would then
+    /// flush the filesystem).
+    pub fn has_pending(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
     /// Every object this stage put in `objects/` so far, also when a flush
     /// failed halfway.
     pub fn added(&self) -> &[ObjectId] {

@@ -537,7 +537,7 @@ impl ObjectStore {
 
     /// The directory of the store's temp files (same filesystem as
     /// `objects/`, so a temp file can be renamed into place).
-    pub(crate) fn tmp_dir(&self) -> &Path {
+    pub fn tmp_dir(&self) -> &Path {
         &self.tmp
     }
 

@@ -265,46 +265,55 @@ fn phase3_kill9_during_commit_publishes_nothing_partial_and_keeps_the_upper() {
     let (mnt, state) = (c.dir.path().join("mnt"), c.dir.path().join("state"));
     let pause = |p: &str| vec![("ELTON_FAULT_PAUSE", p.to_string())];
 
-    // Crash after the journal, before the head moved.
-    let env = pause("after-journal");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut m = Mount::with_env(&c, 1, "k", &mnt, &state, &[], &env);
-    fs::write(m.path("crash.txt"), b"survives\n").unwrap();
-    fs::write(m.path("a.txt"), b"changed\n").unwrap();
-    fs::write(m.path("large.bin"), pseudo_random(8 << 20, 9)).unwrap();
-    let mut committer = spawn_commit(&m);
-    wait_until("commit journal", Duration::from_secs(30), || {
-        state.join("commit.json").exists()
-    });
-    m.kill9();
-    let _ = committer.kill();
-    let _ = committer.wait();
-    assert_eq!(
-        c.ok(1, &["log", "k", "--json"]).lines().count(),
-        1,
-        "no version was published"
-    );
-    drop(m);
+    // Crash before the objects' flush (the journal already names the new
+    // root: the flush makes it durable), and after the journal, before
+    // the head moved.
+    for point in ["before-flush", "after-journal"] {
+        let env = pause(point);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut m = Mount::with_env(&c, 1, "k", &mnt, &state, &[], &env);
+        fs::write(m.path("crash.txt"), b"survives\n").unwrap();
+        fs::write(m.path("a.txt"), b"changed\n").unwrap();
+        fs::write(m.path("large.bin"), pseudo_random(8 << 20, 9)).unwrap();
+        let mut committer = spawn_commit(&m);
+        let paused = format!("point=\"{point}\"");
+        wait_until(point, Duration::from_secs(30), || {
+            fs::read_to_string(c.dir.path().join("mounts.log"))
+                .is_ok_and(|log| log.matches(&paused).count() == 1)
+        });
+        let journal = fs::read_to_string(state.join("commit.json")).unwrap();
+        assert!(!journal.contains("\"root\": null"), "{point}: {journal}");
+        m.kill9();
+        let _ = committer.kill();
+        let _ = committer.wait();
+        assert_eq!(
+            c.ok(1, &["log", "k", "--json"]).lines().count(),
+            1,
+            "{point}: no version was published"
+        );
+        drop(m);
 
-    let m = Mount::new(&c, 1, "k", &mnt, &state, &[]);
-    assert!(
-        !state.join("commit.json").exists(),
-        "journal resolved at start"
-    );
-    let status = out_text(&m.elton(&["status", mnt.to_str().unwrap()]));
-    assert!(
-        status.contains("k@1") && status.contains("A crash.txt") && status.contains("M a.txt"),
-        "{status}"
-    );
-    assert_eq!(fs::read(m.path("crash.txt")).unwrap(), b"survives\n");
-    assert_eq!(
-        fs::read(m.path("large.bin")).unwrap(),
-        pseudo_random(8 << 20, 9)
-    );
-    // The undone commit left no store object aliasing a writable upper file.
-    fs::write(m.path("large.bin"), b"rewritten").unwrap();
-    assert!(!object_stored(&c, 1, b"rewritten"));
-    drop(m);
+        let m = Mount::new(&c, 1, "k", &mnt, &state, &[]);
+        assert!(
+            !state.join("commit.json").exists(),
+            "{point}: journal resolved at start"
+        );
+        let status = out_text(&m.elton(&["status", mnt.to_str().unwrap()]));
+        assert!(
+            status.contains("k@1") && status.contains("A crash.txt") && status.contains("M a.txt"),
+            "{point}: {status}"
+        );
+        assert_eq!(fs::read(m.path("crash.txt")).unwrap(), b"survives\n");
+        assert_eq!(
+            fs::read(m.path("large.bin")).unwrap(),
+            pseudo_random(8 << 20, 9)
+        );
+        // The undone commit left no store object aliasing a writable upper
+        // file.
+        fs::write(m.path("large.bin"), b"rewritten").unwrap();
+        assert!(!object_stored(&c, 1, b"rewritten"), "{point}");
+        drop(m);
+    }
 
     // Crash after the head moved, before the upper was cleared.
     let env = pause("after-publish");

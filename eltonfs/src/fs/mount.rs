@@ -155,6 +155,23 @@ pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Like [`write_json`], without flushing: the caller makes it durable
+/// with a `syncfs` of the same filesystem.
+fn write_json_unflushed<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)?;
+    elton_slave::durable::write_file_unflushed(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether `a` and `b` are on one filesystem (one `syncfs` covers both).
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
 pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(
@@ -672,6 +689,13 @@ fn commit(
         // flushes of the filesystem (not two per object) before the
         // journal names the root: objects are durable before the version.
         let mut staging = Staging::new(&m.store);
+        let rooted = |built: &changes::Built| Journal {
+            format: STATE_FORMAT,
+            parent: record.version,
+            root: Some(built.root),
+            linked: built.linked.clone(),
+        };
+        let journal_rides_flush = same_filesystem(&m.opts.state_dir, m.store.tmp_dir());
         let timer = std::time::Instant::now();
         // The lock, the wait for late releases, the status walk and the
         // journal's fsync.
@@ -695,9 +719,28 @@ fn commit(
                 }
             }
             phases[1] = timer.elapsed();
-            staging
-                .flush()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            // The journal names the root before the flush when it lives on
+            // the store's filesystem: the flush's `syncfs` then makes it
+            // durable along with the objects, one flush fewer (issue 16).
+            // A root in the journal only means "ask whether it was
+            // published", so naming it before its objects are durable is
+            // safe; publishing waits for the flush.
+            if journal_rides_flush {
+                let flushes = staging.has_pending();
+                write_json_unflushed(&journal_path, &rooted(&built))
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+                fault_point("before-flush");
+                staging
+                    .flush()
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                if !flushes {
+                    rustix::fs::syncfs(std::fs::File::open(&m.opts.state_dir)?)?;
+                }
+            } else {
+                staging
+                    .flush()
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
             phases[2] = timer.elapsed();
             Ok(built)
         });
@@ -712,15 +755,9 @@ fn commit(
                 return Err(e.into());
             }
         };
-        write_json(
-            &journal_path,
-            &Journal {
-                format: STATE_FORMAT,
-                parent: record.version,
-                root: Some(built.root),
-                linked: built.linked.clone(),
-            },
-        )?;
+        if !journal_rides_flush {
+            write_json(&journal_path, &rooted(&built))?;
+        }
         fault_point("after-journal");
         progress.set_phase(Phase::Publishing, total_files);
         let url = format!(
