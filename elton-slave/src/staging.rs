@@ -25,6 +25,12 @@ use crate::store::{ObjectStore, Staged};
 pub const FLUSH_OBJECTS: usize = 4096;
 pub const FLUSH_BYTES: u64 = 256 << 20;
 
+/// [`Staging::bytes_many`] writes on at most this many threads…
+const WRITERS: usize = 4;
+/// …each with at least this many objects (below it a thread costs more
+/// than it saves).
+const MIN_PER_WRITER: usize = 32;
+
 /// What storing one object did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Put {
@@ -140,6 +146,62 @@ impl<'a> Staging<'a> {
         self.add(w.finish(id)?, size)
     }
 
+    /// Stages many byte strings, as [`Self::bytes`] each, writing the new
+    /// ones on up to [`WRITERS`] threads: a commit's hundreds of small
+    /// manifests cost their temp files' creation more than their bytes.
+    /// Returns what storing each did, in order. Blocking.
+    pub fn bytes_many(&mut self, items: &[&[u8]]) -> Result<Vec<Put>, SlaveError> {
+        let mut puts = Vec::with_capacity(items.len());
+        let mut new = Vec::new();
+        let mut seen = HashSet::new();
+        for bytes in items {
+            let put = Put {
+                id: ObjectId::of(bytes),
+                size: bytes.len() as u64,
+                new: false,
+            };
+            let put = Put {
+                new: !self.has(&put.id) && seen.insert(put.id),
+                ..put
+            };
+            if put.new {
+                new.push((put.id, *bytes));
+            }
+            puts.push(put);
+        }
+        let store = self.store;
+        let write = |(id, bytes): &(ObjectId, &[u8])| -> Result<(Staged, u64), SlaveError> {
+            let mut w = store.batch_writer()?;
+            w.write(bytes)?;
+            Ok((w.finish(*id)?, bytes.len() as u64))
+        };
+        let threads = WRITERS.min(new.len().div_ceil(MIN_PER_WRITER)).max(1);
+        let written: Vec<Result<(Staged, u64), SlaveError>> = if threads == 1 {
+            new.iter().map(write).collect()
+        } else {
+            let per = new.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = new
+                    .chunks(per)
+                    .map(|part| scope.spawn(move || part.iter().map(write).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(SlaveError::Io("a staging thread panicked".into()))]
+                        })
+                    })
+                    .collect()
+            })
+        };
+        for w in written {
+            let (staged, size) = w?;
+            self.push(staged, size)?;
+        }
+        Ok(puts)
+    }
+
     fn add(&mut self, staged: Staged, size: u64) -> Result<Put, SlaveError> {
         let id = staged.id();
         let new = !self.has(&id);
@@ -232,6 +294,47 @@ mod tests {
             fs::read_dir(dir.path().join("data/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn many_bytes_stage_like_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(&dir.path().join("data")).unwrap();
+        let mut s = Staging::new(&store);
+        let before = s.bytes(b"staged before").unwrap();
+        let items: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| format!("manifest {i}").into_bytes())
+            .collect();
+        let mut refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+        // A duplicate within the batch and one already staged add nothing.
+        refs.push(b"manifest 7");
+        refs.push(b"staged before");
+        let puts = s.bytes_many(&refs).unwrap();
+        assert_eq!(puts.len(), 202);
+        for (put, bytes) in puts.iter().zip(&refs) {
+            assert_eq!(
+                (put.id, put.size),
+                (ObjectId::of(bytes), bytes.len() as u64)
+            );
+        }
+        assert!(puts[..200].iter().all(|p| p.new));
+        assert!(!puts[200].new && !puts[201].new);
+        assert!(
+            !store.contains(&puts[0].id),
+            "nothing visible before the flush"
+        );
+        s.flush().unwrap();
+        assert_eq!(s.added().len(), 201);
+        assert_eq!(s.added()[0], before.id);
+        for (put, bytes) in puts.iter().zip(&refs) {
+            assert_eq!(store.read(&put.id).unwrap().unwrap(), *bytes);
+        }
+        assert_eq!(
+            fs::read_dir(dir.path().join("data/tmp")).unwrap().count(),
+            0
+        );
+        // Stored now: staging them again adds nothing.
+        assert!(s.bytes_many(&refs).unwrap().iter().all(|p| !p.new));
     }
 
     #[test]

@@ -710,14 +710,11 @@ fn commit(
         )
         .and_then(|built| {
             phases[0] = timer.elapsed();
-            for (_, manifest) in &built.manifests {
-                let put = staging
-                    .bytes(manifest)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                if put.new {
-                    progress.objects(1);
-                }
-            }
+            let manifests: Vec<&[u8]> = built.manifests.iter().map(|(_, b)| b.as_slice()).collect();
+            let puts = staging
+                .bytes_many(&manifests)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            progress.objects(puts.iter().filter(|p| p.new).count() as u64);
             phases[1] = timer.elapsed();
             // The journal names the root before the flush when it lives on
             // the store's filesystem: the flush's `syncfs` then makes it
