@@ -33,7 +33,7 @@ const INLINE_BYTES: u64 = 1 << 20;
 const STREAM_CHUNK: usize = 1 << 20;
 /// A commit body may list up to this many objects in `stored`, and as
 /// many in `manifests` (about 67 bytes each as JSON)…
-const MAX_COMMIT_LISTED: usize = 8192;
+pub const MAX_COMMIT_LISTED: usize = 8192;
 /// …which bounds it at about 1.1 MB.
 const MAX_COMMIT_BODY: usize = 2 << 20;
 

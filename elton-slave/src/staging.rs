@@ -155,17 +155,14 @@ impl<'a> Staging<'a> {
         let mut new = Vec::new();
         let mut seen = HashSet::new();
         for bytes in items {
+            let id = ObjectId::of(bytes);
             let put = Put {
-                id: ObjectId::of(bytes),
+                id,
                 size: bytes.len() as u64,
-                new: false,
-            };
-            let put = Put {
-                new: !self.has(&put.id) && seen.insert(put.id),
-                ..put
+                new: !self.has(&id) && seen.insert(id),
             };
             if put.new {
-                new.push((put.id, *bytes));
+                new.push((id, *bytes));
             }
             puts.push(put);
         }

@@ -34,9 +34,6 @@ use super::lower::SlaveLower;
 /// released (see [`commit`]); a file really held open costs the commit
 /// this much and is then kept in the upper, as before.
 const RELEASE_GRACE: Duration = Duration::from_millis(50);
-/// A commit lists what it stored for the slave (`stored`, `manifests`)
-/// when each list has at most this many ids: the slave's bound.
-const STORED_LISTED: usize = 8192;
 
 /// Format of `mount.json` and `commit.json`.
 pub const STATE_FORMAT: u32 = 1;
@@ -772,7 +769,9 @@ fn commit(
         // it and leaves the tree check to the master, which makes it anyway
         // (a large commit leaves it out, and the slave checks the tree).
         let plain = body.clone();
-        if built.referenced.len() <= STORED_LISTED && built.manifests.len() <= STORED_LISTED {
+        // Each list within the slave's bound.
+        let listed = elton_slave::http::MAX_COMMIT_LISTED;
+        if built.referenced.len() <= listed && built.manifests.len() <= listed {
             body["stored"] = serde_json::json!(built.referenced);
             let manifests: Vec<&ObjectId> = built.manifests.iter().map(|(id, _)| id).collect();
             body["manifests"] = serde_json::json!(manifests);
