@@ -7,9 +7,11 @@
 //! the walk (only the entries that differ from the parent's). A holder that serves other
 //! bytes loses that location ([`TreeValidator::note_bad_location`]) and the
 //! next holder is tried. An object counts as held when some node of this
-//! cluster is registered for it. Manifests' bytes and decoded recipes are
-//! kept in a bounded cache (they are immutable): the new manifests of one commit
-//! are the parent manifests of the next.
+//! cluster is registered for it. Manifests' bytes, decoded pages and decoded
+//! recipes are kept in bounded caches (they are immutable): the new
+//! manifests of one commit are the parent manifests of the next, and its
+//! new pages, decoded once to be checked, the parent's pages the next
+//! commit compares against.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,8 @@ use std::time::Duration;
 use elton_proto::manifest::MAX_MANIFEST_BYTES;
 use elton_proto::recipe::MAX_RECIPE_BYTES;
 use elton_proto::{
-    FetchError, NodeId, ObjectId, ProtoError, Recipe, TreeError, TreeSource, validate_tree,
+    DirManifest, FetchError, NodeId, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
+    validate_tree,
 };
 use futures::StreamExt;
 
@@ -33,6 +36,11 @@ use crate::store::{MetaStore, NodeRow, blocking};
 const CACHE_BYTES: usize = 64 << 20;
 /// Larger objects are decoded but not kept: one would evict everything.
 const CACHE_MAX_OBJECT: usize = CACHE_BYTES / 8;
+/// Decoded pages kept, by twice the size of their bytes (a decoded entry
+/// takes about as much memory as its JSON, plus the maps' overhead): the
+/// pages of a 100,000-file volume of large directories (about 16 MiB of
+/// JSON) fit.
+const PAGE_CACHE_BYTES: usize = 64 << 20;
 /// How long one holder may take to serve a whole manifest or recipe
 /// (at most 64 MiB) before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,6 +64,17 @@ struct Decoded {
     manifests: HashMap<ObjectId, Arc<Vec<u8>>>,
     recipes: HashMap<ObjectId, Arc<Recipe>>,
     bytes: usize,
+    pages: HashMap<ObjectId, Page>,
+    page_bytes: usize,
+}
+
+/// A decoded page of a paged directory.
+struct Page {
+    manifest: Arc<DirManifest>,
+    /// Whether its bytes were found in canonical form
+    /// ([`DirManifest::decode`]); a page decoded as published was not
+    /// checked for it.
+    canonical: bool,
 }
 
 /// Why one holder gave no bytes.
@@ -151,6 +170,38 @@ impl TreeValidator {
     fn cache(&self) -> std::sync::MutexGuard<'_, Decoded> {
         // The maps stay consistent whatever panicked while holding the lock.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Page `id` as decoded before, if it was (and found canonical, when
+    /// `canonical` is asked for).
+    fn cached_page(&self, id: ObjectId, canonical: bool) -> Option<Arc<DirManifest>> {
+        let cache = self.cache();
+        let page = cache.pages.get(&id)?;
+        (page.canonical || !canonical).then(|| page.manifest.clone())
+    }
+
+    fn keep_page(&self, id: ObjectId, manifest: Arc<DirManifest>, canonical: bool, len: usize) {
+        let cost = 2 * len;
+        if cost > PAGE_CACHE_BYTES / 8 {
+            return;
+        }
+        let mut cache = self.cache();
+        if let Some(page) = cache.pages.get_mut(&id) {
+            page.canonical |= canonical;
+            return;
+        }
+        if cache.page_bytes + cost > PAGE_CACHE_BYTES {
+            cache.pages.clear();
+            cache.page_bytes = 0;
+        }
+        cache.page_bytes += cost;
+        cache.pages.insert(
+            id,
+            Page {
+                manifest,
+                canonical,
+            },
+        );
     }
 
     /// A decoded manifest or recipe: from the cache when some node still
@@ -321,6 +372,28 @@ impl TreeSource for Check<'_> {
             .await
     }
 
+    /// From the decoded pages when there, after the bytes' lookup (which
+    /// confirms that a node still holds the page).
+    async fn page(
+        &self,
+        id: ObjectId,
+        canonical: bool,
+    ) -> Result<Arc<DirManifest>, FetchError<MasterError>> {
+        let bytes = TreeSource::manifest(self, id).await?;
+        if let Some(page) = self.validator.cached_page(id, canonical) {
+            return Ok(page);
+        }
+        let decoded = if canonical {
+            DirManifest::decode(&bytes)
+        } else {
+            DirManifest::decode_published(&bytes)
+        };
+        let page = Arc::new(decoded.map_err(FetchError::Malformed)?);
+        self.validator
+            .keep_page(id, page.clone(), canonical, bytes.len());
+        Ok(page)
+    }
+
     async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, MasterError> {
         // Read transactions, on this thread (as in `TreeValidator::decoded`).
         let holdings = self.validator.store.holdings(ids)?;
@@ -389,7 +462,7 @@ mod tests {
     use axum::extract::{Path, State};
     use axum::http::StatusCode;
     use axum::routing::get;
-    use elton_proto::{DirManifest, Entry, EntryKind};
+    use elton_proto::{Entry, EntryKind};
 
     use super::*;
 
@@ -419,6 +492,31 @@ mod tests {
 
     fn file(name: &str, content: &[u8]) -> Entry {
         Entry::file(name, ObjectId::of(content), content.len() as u64)
+    }
+
+    #[test]
+    fn a_page_decoded_as_published_is_not_taken_for_a_canonical_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MetaStore::open(&dir.path().join("m.redb")).unwrap());
+        let liveness = Arc::new(Liveness::new(Duration::from_secs(60), [], Instant::now()));
+        let holders = HolderReader::new(
+            store.clone(),
+            Arc::new(crate::health::NodeHealth::default()),
+            crate::holder_policy::HolderPolicy::default(),
+        );
+        let v = TreeValidator::new(store, liveness, holders);
+        let page = Arc::new(DirManifest::new(vec![file("a", b"a")]).unwrap());
+        let id = ObjectId::of(&page.encode());
+        assert!(v.cached_page(id, false).is_none());
+        v.keep_page(id, page.clone(), false, 100);
+        assert!(v.cached_page(id, false).is_some());
+        assert!(v.cached_page(id, true).is_none(), "not checked for canonical form");
+        v.keep_page(id, page, true, 100);
+        assert!(v.cached_page(id, true).is_some());
+        // Too large to keep: decoded each time.
+        let big = ObjectId::of(b"big");
+        v.keep_page(big, Arc::new(DirManifest::new(Vec::new()).unwrap()), true, PAGE_CACHE_BYTES);
+        assert!(v.cached_page(big, false).is_none());
     }
 
     #[tokio::test]

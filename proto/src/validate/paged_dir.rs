@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::{Dir, Walk, invalid, not_held};
 use crate::error::{FetchError, TreeError};
@@ -41,7 +42,7 @@ impl<S: TreeSource> Walk<'_, S> {
                 let mut pages = Vec::with_capacity(index.pages.len());
                 self.prefetch_pages(&index.pages).await;
                 for r in &index.pages {
-                    pages.push(self.new_page(dir, r).await?);
+                    pages.push(Arc::unwrap_or_clone(self.new_page(dir, r).await?));
                 }
                 let whole = paged::assemble(&index, &pages).map_err(|e| bad(e.to_string()))?;
                 let replaced = match old {
@@ -155,7 +156,7 @@ impl<S: TreeSource> Walk<'_, S> {
             {
                 return Err(bad(format!("page {i} overlaps the page before it")));
             }
-            entries.extend(page.entries);
+            entries.extend(page.entries.iter().cloned());
         }
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let cut: Vec<usize> = paged::cut(&names).into_iter().map(|r| r.len()).collect();
@@ -233,11 +234,11 @@ impl<S: TreeSource> Walk<'_, S> {
         &self,
         dir: &Dir,
         r: &PageRef,
-        decode: fn(&[u8]) -> Result<DirManifest, crate::ProtoError>,
-    ) -> Result<DirManifest, TreeError<S::Error>> {
+        canonical: bool,
+    ) -> Result<Arc<DirManifest>, TreeError<S::Error>> {
         let bad = |reason: String| invalid(&dir.path, format!("page {}: {reason}", r.manifest));
-        match self.source.manifest(r.manifest).await {
-            Ok(bytes) => decode(&bytes).map_err(|e| bad(e.to_string())),
+        match self.source.page(r.manifest, canonical).await {
+            Ok(page) => Ok(page),
             Err(FetchError::NotHeld) => Err(invalid(&dir.path, not_held(r.manifest))),
             Err(FetchError::Malformed(e)) => Err(bad(e.to_string())),
             Err(FetchError::Failed(e)) => Err(TreeError::Source(e)),
@@ -250,8 +251,8 @@ impl<S: TreeSource> Walk<'_, S> {
         &mut self,
         dir: &Dir,
         r: &PageRef,
-    ) -> Result<DirManifest, TreeError<S::Error>> {
-        let page = self.page(dir, r, DirManifest::decode).await?;
+    ) -> Result<Arc<DirManifest>, TreeError<S::Error>> {
+        let page = self.page(dir, r, true).await?;
         self.note_held(r.manifest);
         if page.entries.len() as u64 != r.entries
             || page.entries.first().map(|e| e.name.as_str()) != Some(r.first.as_str())
@@ -273,8 +274,8 @@ impl<S: TreeSource> Walk<'_, S> {
         &self,
         dir: &Dir,
         r: &PageRef,
-    ) -> Result<DirManifest, TreeError<S::Error>> {
-        self.page(dir, r, DirManifest::decode_published).await
+    ) -> Result<Arc<DirManifest>, TreeError<S::Error>> {
+        self.page(dir, r, false).await
     }
 
     /// The entries of the parent's pages `run`, trusted as published; a
@@ -288,12 +289,8 @@ impl<S: TreeSource> Walk<'_, S> {
         self.prefetch_pages(&parent.pages[run.clone()]).await;
         let mut entries = Vec::new();
         for r in &parent.pages[run] {
-            match self.source.manifest(r.manifest).await {
-                Ok(bytes) => {
-                    if let Ok(page) = DirManifest::decode_published(&bytes) {
-                        entries.extend(page.entries);
-                    }
-                }
+            match self.source.page(r.manifest, false).await {
+                Ok(page) => entries.extend(page.entries.iter().cloned()),
                 Err(FetchError::NotHeld | FetchError::Malformed(_)) => {}
                 Err(FetchError::Failed(e)) => return Err(TreeError::Source(e)),
             }
