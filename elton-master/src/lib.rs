@@ -52,6 +52,7 @@ pub mod fsck;
 pub mod gc;
 pub mod gc_plan;
 pub mod gc_walk;
+pub mod generations;
 pub mod health;
 pub mod high_water;
 pub mod holder_policy;

@@ -13,7 +13,7 @@
 //! new pages, decoded once to be checked, the parent's pages the next
 //! commit compares against.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,14 +28,17 @@ use futures::StreamExt;
 use crate::MasterError;
 use crate::along_path::PathSource;
 use crate::fetch::{self, HolderReader, Opened};
+use crate::generations::Generations;
 use crate::nodes::Liveness;
 use crate::store::{MetaStore, NodeRow, blocking};
 
-/// Decoded objects kept, by the size of their bytes. One commit's walk
-/// reads a few manifests; this keeps many commits' worth.
-const CACHE_BYTES: usize = 64 << 20;
-/// Larger objects are decoded but not kept: one would evict everything.
-const CACHE_MAX_OBJECT: usize = CACHE_BYTES / 8;
+/// Manifests' bytes kept, by their size. One commit's walk reads a few
+/// manifests (about 200 of 13 KiB for a change in each of 100 large
+/// directories); this keeps many commits' worth. Each cache keeps no
+/// object larger than an eighth of its budget.
+const MANIFEST_CACHE_BYTES: usize = 64 << 20;
+/// Decoded recipes kept, by the size of their bytes.
+const RECIPE_CACHE_BYTES: usize = 16 << 20;
 /// Decoded pages kept, by twice the size of their bytes (a decoded entry
 /// takes about as much memory as its JSON, plus the maps' overhead): the
 /// pages of a 100,000-file volume of large directories (about 16 MiB of
@@ -59,13 +62,20 @@ pub struct TreeValidator {
     cache: Mutex<Decoded>,
 }
 
-#[derive(Default)]
 struct Decoded {
-    manifests: HashMap<ObjectId, Arc<Vec<u8>>>,
-    recipes: HashMap<ObjectId, Arc<Recipe>>,
-    bytes: usize,
-    pages: HashMap<ObjectId, Page>,
-    page_bytes: usize,
+    manifests: Generations<Arc<Vec<u8>>>,
+    recipes: Generations<Arc<Recipe>>,
+    pages: Generations<Page>,
+}
+
+impl Default for Decoded {
+    fn default() -> Self {
+        Self {
+            manifests: Generations::new(MANIFEST_CACHE_BYTES),
+            recipes: Generations::new(RECIPE_CACHE_BYTES),
+            pages: Generations::new(PAGE_CACHE_BYTES),
+        }
+    }
 }
 
 /// A decoded page of a paged directory.
@@ -138,19 +148,12 @@ impl TreeValidator {
                 budget = budget.saturating_sub(b.len());
                 budget > 0
             })
-            .filter(|b| b.len() <= CACHE_MAX_OBJECT)
             .map(|b| (ObjectId::of(&b), b))
             .collect();
         let mut cache = self.cache();
         for (id, bytes) in hashed {
-            if cache.manifests.contains_key(&id) {
-                continue;
-            }
-            if cache.bytes + bytes.len() > CACHE_BYTES {
-                *cache = Decoded::default();
-            }
-            cache.bytes += bytes.len();
-            cache.manifests.insert(id, Arc::new(bytes));
+            let len = bytes.len();
+            cache.manifests.insert(id, Arc::new(bytes), len);
         }
     }
 
@@ -175,33 +178,22 @@ impl TreeValidator {
     /// Page `id` as decoded before, if it was (and found canonical, when
     /// `canonical` is asked for).
     fn cached_page(&self, id: ObjectId, canonical: bool) -> Option<Arc<DirManifest>> {
-        let cache = self.cache();
+        let mut cache = self.cache();
         let page = cache.pages.get(&id)?;
         (page.canonical || !canonical).then(|| page.manifest.clone())
     }
 
     fn keep_page(&self, id: ObjectId, manifest: Arc<DirManifest>, canonical: bool, len: usize) {
-        let cost = 2 * len;
-        if cost > PAGE_CACHE_BYTES / 8 {
-            return;
-        }
         let mut cache = self.cache();
-        if let Some(page) = cache.pages.get_mut(&id) {
+        if let Some(page) = cache.pages.get(&id) {
             page.canonical |= canonical;
             return;
         }
-        if cache.page_bytes + cost > PAGE_CACHE_BYTES {
-            cache.pages.clear();
-            cache.page_bytes = 0;
-        }
-        cache.page_bytes += cost;
-        cache.pages.insert(
-            id,
-            Page {
-                manifest,
-                canonical,
-            },
-        );
+        let page = Page {
+            manifest,
+            canonical,
+        };
+        cache.pages.insert(id, page, 2 * len);
     }
 
     /// A decoded manifest or recipe: from the cache when some node still
@@ -214,7 +206,7 @@ impl TreeValidator {
         id: ObjectId,
         confirmed: Option<&Mutex<HashSet<ObjectId>>>,
         limit: usize,
-        slot: fn(&mut Decoded) -> &mut HashMap<ObjectId, Arc<T>>,
+        slot: fn(&mut Decoded) -> &mut Generations<Arc<T>>,
         decode: fn(Vec<u8>) -> Result<T, ProtoError>,
         too_large: fn(String) -> ProtoError,
     ) -> Result<Arc<T>, FetchError<MasterError>> {
@@ -236,14 +228,7 @@ impl TreeValidator {
         let bytes = self.read(id, limit, too_large).await?;
         let len = bytes.len();
         let v = Arc::new(decode(bytes).map_err(FetchError::Malformed)?);
-        if len <= CACHE_MAX_OBJECT {
-            let mut cache = self.cache();
-            if cache.bytes + len > CACHE_BYTES {
-                *cache = Decoded::default();
-            }
-            cache.bytes += len;
-            slot(&mut cache).insert(id, v.clone());
-        }
+        slot(&mut self.cache()).insert(id, v.clone(), len);
         Ok(v)
     }
 
@@ -409,7 +394,7 @@ impl TreeSource for Check<'_> {
             let confirmed = lock(&self.confirmed);
             ids.iter()
                 .filter(|id| !confirmed.contains(id))
-                .partition(|id| cache.manifests.contains_key(id))
+                .partition(|id| cache.manifests.contains(id))
         };
         if !cached.is_empty()
             && let Ok(holdings) = self.validator.store.holdings(&cached)
