@@ -51,6 +51,7 @@ for j in range(k):
 PY
 }
 mount_volume vol "$WORK/mnt-vol"
+settle_disk
 declare -a E=() G=()
 for r in $(seq "$ROUNDS"); do
     change "$WORK/mnt-vol" "$r"

@@ -106,6 +106,7 @@ add() { # figure eltonfs-seconds native-seconds
     E[$1]+="$2 "; N[$1]+="$3 "; Q[$1]+="$(ratio "$3" "$2") "
 }
 
+settle_disk
 for r in $(seq "$ROUNDS"); do
     log "round $r of $ROUNDS"
     # stat and create: a fresh mount of the 10,000-file volume.

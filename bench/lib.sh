@@ -226,6 +226,39 @@ write_once() {
     sync
 }
 
+create_us() { # dir: microseconds per empty file created there (200 files)
+    python3 - "$1" <<'PY'
+import os, sys, time
+d = os.path.join(sys.argv[1], "create-probe")
+os.makedirs(d, exist_ok=True)
+t = time.perf_counter()
+for i in range(200):
+    open(os.path.join(d, f"p{i}"), "wb").close()
+print(round((time.perf_counter() - t) / 200 * 1e6))
+for i in range(200):
+    os.unlink(os.path.join(d, f"p{i}"))
+os.rmdir(d)
+PY
+}
+
+# Waits (at most SETTLE_MAX seconds, 400 by default) until creating a file
+# in $WORK costs at most SETTLE_US microseconds (60), and logs the cost.
+# ext4 skips inodes freed in the last 60-300 s when it allocates one
+# (`recently_deleted`), scanning inode tables on every create: after
+# another benchmark deleted a few hundred thousand files, a create costs
+# 150-1,000 us instead of 20-40 for minutes, for Elton and the baseline
+# alike, which makes create-heavy figures meaningless.
+settle_disk() {
+    local us waited=0
+    while us=$(create_us "$WORK") && ((us > ${SETTLE_US:-60} && waited < ${SETTLE_MAX:-400})); do
+        ((waited == 0)) && log "creating a file costs ${us} us (recently freed inodes); waiting for the disk to settle"
+        sleep 10
+        waited=$((waited + 10))
+    done
+    CREATE_US=$us
+    log "creating a file costs ${us} us (waited ${waited} s)"
+}
+
 load_line() {
-    echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)${CREATE_US:+; a file create cost $CREATE_US us at the start}"
 }

@@ -52,6 +52,10 @@ const SEED_BYTES: usize = 4 << 20;
 /// Manifests read at once when the walk announces a directory's new
 /// subdirectories ([`TreeSource::prefetch`]).
 const PREFETCH_READS: usize = 8;
+/// Threads that decode pages ahead of the walk ([`TreeSource::decode_ahead`]),
+/// at most, and the fewest pages worth one more thread.
+const DECODERS: usize = 4;
+const PAGES_PER_DECODER: usize = 8;
 
 pub struct TreeValidator {
     store: Arc<MetaStore>,
@@ -379,6 +383,51 @@ impl TreeSource for Check<'_> {
         Ok(page)
     }
 
+    /// Decodes the pages whose bytes are cached and that are not decoded
+    /// yet on blocking threads, several at once: a commit that changes 100
+    /// large directories adds about 100 pages, whose decoding is most of
+    /// its check. Failures are left for the walk to report.
+    async fn decode_ahead(&self, pages: &[(ObjectId, bool)]) {
+        let todo: Vec<(ObjectId, Arc<Vec<u8>>, bool)> = {
+            let mut cache = self.validator.cache();
+            let mut seen = HashSet::new();
+            pages
+                .iter()
+                .filter(|(id, _)| seen.insert(*id))
+                .filter_map(|&(id, canonical)| {
+                    if cache
+                        .pages
+                        .get(&id)
+                        .is_some_and(|p| p.canonical || !canonical)
+                    {
+                        return None;
+                    }
+                    let bytes = cache.manifests.get(&id)?.clone();
+                    Some((id, bytes, canonical))
+                })
+                .collect()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = DECODERS.min(cores).min(todo.len() / PAGES_PER_DECODER);
+        if threads < 2 {
+            // As the walk would, on this thread.
+            self.keep_pages(decode_pages(todo));
+            return;
+        }
+        let per = todo.len().div_ceil(threads);
+        let decoders = todo.chunks(per).map(|part| {
+            let part = part.to_vec();
+            tokio::task::spawn_blocking(move || decode_pages(part))
+        });
+        for decoded in futures::future::join_all(decoders)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            self.keep_pages(decoded);
+        }
+    }
+
     async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, MasterError> {
         // Read transactions, on this thread (as in `TreeValidator::decoded`).
         let holdings = self.validator.store.holdings(ids)?;
@@ -412,6 +461,32 @@ impl TreeSource for Check<'_> {
             .for_each(|_| async {})
             .await;
     }
+}
+
+impl Check<'_> {
+    fn keep_pages(&self, decoded: Vec<(ObjectId, Arc<DirManifest>, bool, usize)>) {
+        for (id, page, canonical, len) in decoded {
+            self.validator.keep_page(id, page, canonical, len);
+        }
+    }
+}
+
+/// Decodes each page's bytes, in canonical form or as published; with the
+/// length of its bytes. Pages that do not decode are left out.
+fn decode_pages(
+    pages: Vec<(ObjectId, Arc<Vec<u8>>, bool)>,
+) -> Vec<(ObjectId, Arc<DirManifest>, bool, usize)> {
+    pages
+        .into_iter()
+        .filter_map(|(id, bytes, canonical)| {
+            let decoded = if canonical {
+                DirManifest::decode(&bytes)
+            } else {
+                DirManifest::decode_published(&bytes)
+            };
+            Some((id, Arc::new(decoded.ok()?), canonical, bytes.len()))
+        })
+        .collect()
 }
 
 /// Where [`crate::along_path`] reads from on a volume's home: the same
@@ -479,8 +554,8 @@ mod tests {
         Entry::file(name, ObjectId::of(content), content.len() as u64)
     }
 
-    #[test]
-    fn a_page_decoded_as_published_is_not_taken_for_a_canonical_one() {
+    /// A validator with no nodes: enough for its caches.
+    fn bare_validator() -> TreeValidator {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MetaStore::open(&dir.path().join("m.redb")).unwrap());
         let liveness = Arc::new(Liveness::new(Duration::from_secs(60), [], Instant::now()));
@@ -489,19 +564,61 @@ mod tests {
             Arc::new(crate::health::NodeHealth::default()),
             crate::holder_policy::HolderPolicy::default(),
         );
-        let v = TreeValidator::new(store, liveness, holders);
+        TreeValidator::new(store, liveness, holders)
+    }
+
+    #[test]
+    fn a_page_decoded_as_published_is_not_taken_for_a_canonical_one() {
+        let v = bare_validator();
         let page = Arc::new(DirManifest::new(vec![file("a", b"a")]).unwrap());
         let id = ObjectId::of(&page.encode());
         assert!(v.cached_page(id, false).is_none());
         v.keep_page(id, page.clone(), false, 100);
         assert!(v.cached_page(id, false).is_some());
-        assert!(v.cached_page(id, true).is_none(), "not checked for canonical form");
+        assert!(
+            v.cached_page(id, true).is_none(),
+            "not checked for canonical form"
+        );
         v.keep_page(id, page, true, 100);
         assert!(v.cached_page(id, true).is_some());
         // Too large to keep: decoded each time.
         let big = ObjectId::of(b"big");
-        v.keep_page(big, Arc::new(DirManifest::new(Vec::new()).unwrap()), true, PAGE_CACHE_BYTES);
+        v.keep_page(
+            big,
+            Arc::new(DirManifest::new(Vec::new()).unwrap()),
+            true,
+            PAGE_CACHE_BYTES,
+        );
         assert!(v.cached_page(big, false).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_are_decoded_ahead_in_the_form_asked_for() {
+        let v = bare_validator();
+        let pages: Vec<Vec<u8>> = (0..40)
+            .map(|n| {
+                DirManifest::new(vec![file(&format!("f{n}"), b"x")])
+                    .unwrap()
+                    .encode()
+            })
+            .collect();
+        let ids: Vec<ObjectId> = pages.iter().map(|b| ObjectId::of(b)).collect();
+        v.seed(pages);
+        let check = Check {
+            validator: &v,
+            confirmed: Mutex::new(HashSet::new()),
+        };
+        // Half as new pages (canonical), half as the parent's.
+        let ahead: Vec<(ObjectId, bool)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i % 2 == 0))
+            .collect();
+        check.decode_ahead(&ahead).await;
+        for (i, id) in ids.iter().enumerate() {
+            assert!(v.cached_page(*id, false).is_some(), "page {i} decoded");
+            assert_eq!(v.cached_page(*id, true).is_some(), i % 2 == 0, "page {i}");
+        }
     }
 
     #[tokio::test]

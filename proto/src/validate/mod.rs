@@ -92,6 +92,15 @@ pub trait TreeSource: Sync {
         let _ = ids;
         async {}
     }
+
+    /// A hint after [`Self::prefetch`]: the walk will soon ask for these
+    /// [pages](Self::page), each with whether in canonical form. A source
+    /// that keeps decoded pages may decode them now, several at once; the
+    /// default does nothing.
+    fn decode_ahead(&self, pages: &[(ObjectId, bool)]) -> impl Future<Output = ()> + Send {
+        let _ = pages;
+        async {}
+    }
 }
 
 /// What an entry asks of the tree. Two entries with the same key need the
@@ -357,9 +366,7 @@ impl<S: TreeSource> Walk<'_, S> {
             // time, a commit touching 100 large directories would wait
             // for 100 rounds of page reads.
             let pages = self.pages_to_compare(&children).await;
-            if !pages.is_empty() {
-                self.source.prefetch(&pages).await;
-            }
+            self.read_ahead(&pages).await;
         }
         // Reversed onto the stacks, so directories are visited in name order.
         for child in children.into_iter().rev() {

@@ -109,7 +109,7 @@ impl<S: TreeSource> Walk<'_, S> {
             }
         }
 
-        self.source.prefetch(&run_pages(index, parent)).await;
+        self.read_ahead(&run_pages(index, parent)).await;
         let mut diff = DirDiff::default();
         for (new, old) in runs {
             let entries = self.run_of_pages(dir, index, new.clone()).await?;
@@ -194,7 +194,7 @@ impl<S: TreeSource> Walk<'_, S> {
     /// far as their manifests (already prefetched) tell: a hint, so
     /// manifests that cannot be read or decoded are passed over here and
     /// reported by the walk.
-    pub(super) async fn pages_to_compare(&self, dirs: &[Dir]) -> Vec<crate::ObjectId> {
+    pub(super) async fn pages_to_compare(&self, dirs: &[Dir]) -> Vec<(crate::ObjectId, bool)> {
         let mut ids = Vec::new();
         for dir in dirs {
             let Ok(new) = self.source.manifest(dir.id).await else {
@@ -215,10 +215,22 @@ impl<S: TreeSource> Walk<'_, S> {
             };
             match parent {
                 Some(parent) => ids.extend(run_pages(&index, &parent)),
-                None => ids.extend(index.pages.iter().map(|r| r.manifest)),
+                None => ids.extend(index.pages.iter().map(|r| (r.manifest, true))),
             }
         }
         ids
+    }
+
+    /// Reads `pages` ahead and has them decoded ahead (see
+    /// [`TreeSource::decode_ahead`]): each with whether the walk will
+    /// check it for canonical form (a page the tree adds).
+    pub(super) async fn read_ahead(&self, pages: &[(crate::ObjectId, bool)]) {
+        if pages.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = pages.iter().map(|&(id, _)| id).collect();
+        self.source.prefetch(&ids).await;
+        self.source.decode_ahead(pages).await;
     }
 
     async fn prefetch_pages(&self, pages: &[PageRef]) {
@@ -299,20 +311,18 @@ impl<S: TreeSource> Walk<'_, S> {
     }
 }
 
-/// The pages a comparison of `index` with `parent` reads: the new pages of
-/// each run, the parent's pages they replace, and the unchanged page
-/// before each run (its last name bounds the run).
-fn run_pages(index: &DirIndex, parent: &DirIndex) -> Vec<crate::ObjectId> {
+/// The pages a comparison of `index` with `parent` reads: the unchanged
+/// page before each run (its last name bounds the run), the new pages of
+/// the run, and the parent's pages they replace; each with whether it is
+/// new (checked for canonical form).
+fn run_pages(index: &DirIndex, parent: &DirIndex) -> Vec<(crate::ObjectId, bool)> {
     let mut ids = Vec::new();
     for (new, old) in paged::changed_pages(parent, index) {
-        let before = new.start.checked_sub(1).filter(|_| !new.is_empty());
-        ids.extend(
-            before
-                .into_iter()
-                .chain(new)
-                .map(|i| index.pages[i].manifest),
-        );
-        ids.extend(parent.pages[old].iter().map(|r| r.manifest));
+        if let Some(before) = new.start.checked_sub(1).filter(|_| !new.is_empty()) {
+            ids.push((index.pages[before].manifest, false));
+        }
+        ids.extend(new.map(|i| (index.pages[i].manifest, true)));
+        ids.extend(parent.pages[old].iter().map(|r| (r.manifest, false)));
     }
     ids
 }
