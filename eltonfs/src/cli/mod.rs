@@ -311,11 +311,20 @@ fn is_server(command: &Command) -> bool {
     )
 }
 
-/// Queries whose whole work is one call and printing its answer: they run
-/// on the calling thread. Starting a runtime's worker threads was a tenth
-/// of `elton ps`'s CPU (`docs/benchmarks.md`, k2i), more than the call.
+/// Commands whose whole work is one call (to a master, or to a mount's
+/// control socket) and printing its answer: they run on the calling
+/// thread. Starting a runtime's worker threads (and reading the cgroup's
+/// CPU quota to size them) was a tenth of `elton ps`'s CPU
+/// (`docs/benchmarks.md`, k2i), more than the call.
 fn is_one_call(command: &Command) -> bool {
-    matches!(command, Command::Ps(_))
+    matches!(
+        command,
+        Command::Ps(_)
+            | Command::Commit { .. }
+            | Command::Status { .. }
+            | Command::Checkout { .. }
+            | Command::Umount { .. }
+    )
 }
 
 fn init_tracing(command: &Command) {
