@@ -54,6 +54,7 @@ PY
 # --- 1. commit of many new files vs cp -r && sync ------------------------------
 log "writing $NEW_FILES files of 12 KiB"
 tree "$WORK/src-new" "$NEW_FILES" 12288
+settle_disk
 declare -a T_CP=() T_NEW=()
 for ((r = 0; r <= ROUNDS; r++)); do
     sync

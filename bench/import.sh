@@ -73,6 +73,7 @@ stats() { # prints "median min max" of the arguments (the median of an even coun
         printf "%.3f %.3f %.3f", m, a[1], a[NR] }'
 }
 
+settle_disk
 declare -a T_CP=() T_CPSYNC=() T_GIT=() T_FRESH=() T_AGAIN=()
 
 # cp -r
