@@ -372,12 +372,7 @@ impl TreeSource for Check<'_> {
         if let Some(page) = self.validator.cached_page(id, canonical) {
             return Ok(page);
         }
-        let decoded = if canonical {
-            DirManifest::decode(&bytes)
-        } else {
-            DirManifest::decode_published(&bytes)
-        };
-        let page = Arc::new(decoded.map_err(FetchError::Malformed)?);
+        let page = Arc::new(decode_page(&bytes, canonical).map_err(FetchError::Malformed)?);
         self.validator
             .keep_page(id, page.clone(), canonical, bytes.len());
         Ok(page)
@@ -479,14 +474,20 @@ fn decode_pages(
     pages
         .into_iter()
         .filter_map(|(id, bytes, canonical)| {
-            let decoded = if canonical {
-                DirManifest::decode(&bytes)
-            } else {
-                DirManifest::decode_published(&bytes)
-            };
-            Some((id, Arc::new(decoded.ok()?), canonical, bytes.len()))
+            let page = decode_page(&bytes, canonical).ok()?;
+            Some((id, Arc::new(page), canonical, bytes.len()))
         })
         .collect()
+}
+
+/// A page's bytes decoded in canonical form (a page the tree adds) or as
+/// published (one the parent's tree vouches for).
+fn decode_page(bytes: &[u8], canonical: bool) -> Result<DirManifest, ProtoError> {
+    if canonical {
+        DirManifest::decode(bytes)
+    } else {
+        DirManifest::decode_published(bytes)
+    }
 }
 
 /// Where [`crate::along_path`] reads from on a volume's home: the same

@@ -26,7 +26,7 @@
 //! shard listed again stats only the names it did not have before: the
 //! sizes of the others are remembered, 16 bytes per object (up to
 //! [`REMEMBERED_PER_SHARD`] objects per shard, about 8 million in all;
-//! beyond that a listing stats every object). Listing names is about a
+//! the others are statted at every listing). Listing names is about a
 //! sixth of the cost of statting them.
 
 use std::fs;
@@ -123,7 +123,6 @@ fn list(dir: &Path, mtime: Option<(i64, i64)>, known: Vec<(u64, u64)>) -> Shard 
     let Ok(files) = fs::read_dir(dir) else {
         return shard;
     };
-    let mut remember = true;
     for f in files.flatten() {
         // From the directory entry's type where the filesystem gives it.
         if !f.file_type().is_ok_and(|t| t.is_file()) {
@@ -146,19 +145,13 @@ fn list(dir: &Path, mtime: Option<(i64, i64)>, known: Vec<(u64, u64)>) -> Shard 
         };
         shard.objects += 1;
         shard.bytes += size;
-        match key {
-            Some(k) if remember && shard.sizes.len() < REMEMBERED_PER_SHARD => {
-                shard.sizes.push((k, size));
-            }
-            _ => remember = false,
+        if let Some(k) = key
+            && shard.sizes.len() < REMEMBERED_PER_SHARD
+        {
+            shard.sizes.push((k, size));
         }
     }
-    if remember {
-        shard.sizes.sort_unstable();
-    } else {
-        // Sizes of part of a shard would only be looked up in vain.
-        shard.sizes = Vec::new();
-    }
+    shard.sizes.sort_unstable();
     shard
 }
 
