@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elton_proto::manifest::MAX_MANIFEST_BYTES;
+use elton_proto::manifest_delta::{self, EntrySpans};
 use elton_proto::recipe::MAX_RECIPE_BYTES;
 use elton_proto::{
     DirManifest, FetchError, NodeId, ObjectId, ProtoError, Recipe, TreeError, TreeSource,
-    validate_tree,
+    validate::PageAhead, validate_tree,
 };
 use futures::StreamExt;
 
@@ -89,6 +90,10 @@ struct Page {
     /// ([`DirManifest::decode`]); a page decoded as published was not
     /// checked for it.
     canonical: bool,
+    /// Where its entries lie in its bytes, once known: a new page that
+    /// differs from it a little is decoded from it
+    /// ([`elton_proto::manifest_delta`]).
+    spans: Option<Arc<EntrySpans>>,
 }
 
 /// Why one holder gave no bytes.
@@ -187,17 +192,21 @@ impl TreeValidator {
         (page.canonical || !canonical).then(|| page.manifest.clone())
     }
 
-    fn keep_page(&self, id: ObjectId, manifest: Arc<DirManifest>, canonical: bool, len: usize) {
+    fn keep_page(&self, decoded: DecodedPage) {
         let mut cache = self.cache();
-        if let Some(page) = cache.pages.get(&id) {
-            page.canonical |= canonical;
+        if let Some(page) = cache.pages.get(&decoded.id) {
+            page.canonical |= decoded.canonical;
+            if page.spans.is_none() {
+                page.spans = decoded.spans;
+            }
             return;
         }
         let page = Page {
-            manifest,
-            canonical,
+            manifest: decoded.manifest,
+            canonical: decoded.canonical,
+            spans: decoded.spans,
         };
-        cache.pages.insert(id, page, 2 * len);
+        cache.pages.insert(decoded.id, page, 2 * decoded.len);
     }
 
     /// A decoded manifest or recipe: from the cache when some node still
@@ -373,54 +382,27 @@ impl TreeSource for Check<'_> {
             return Ok(page);
         }
         let page = Arc::new(decode_page(&bytes, canonical).map_err(FetchError::Malformed)?);
-        self.validator
-            .keep_page(id, page.clone(), canonical, bytes.len());
+        self.validator.keep_page(DecodedPage {
+            id,
+            manifest: page.clone(),
+            canonical,
+            len: bytes.len(),
+            spans: None,
+        });
         Ok(page)
     }
 
     /// Decodes the pages whose bytes are cached and that are not decoded
     /// yet on blocking threads, several at once: a commit that changes 100
     /// large directories adds about 100 pages, whose decoding is most of
-    /// its check. Failures are left for the walk to report.
-    async fn decode_ahead(&self, pages: &[(ObjectId, bool)]) {
-        let todo: Vec<(ObjectId, Arc<Vec<u8>>, bool)> = {
-            let mut cache = self.validator.cache();
-            let mut seen = HashSet::new();
-            pages
-                .iter()
-                .filter(|(id, _)| seen.insert(*id))
-                .filter_map(|&(id, canonical)| {
-                    if cache
-                        .pages
-                        .get(&id)
-                        .is_some_and(|p| p.canonical || !canonical)
-                    {
-                        return None;
-                    }
-                    let bytes = cache.manifests.get(&id)?.clone();
-                    Some((id, bytes, canonical))
-                })
-                .collect()
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = DECODERS.min(cores).min(todo.len() / PAGES_PER_DECODER);
-        if threads < 2 {
-            // As the walk would, on this thread.
-            self.keep_pages(decode_pages(todo));
-            return;
-        }
-        let per = todo.len().div_ceil(threads);
-        let decoders = todo.chunks(per).map(|part| {
-            let part = part.to_vec();
-            tokio::task::spawn_blocking(move || decode_pages(part))
-        });
-        for decoded in futures::future::join_all(decoders)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            self.keep_pages(decoded);
-        }
+    /// its check. A new page is decoded from its base, parsing only the
+    /// entries that differ, so the bases (the parent's pages) are decoded
+    /// first. Failures are left for the walk to report.
+    async fn decode_ahead(&self, pages: &[PageAhead]) {
+        let (from_base, first): (Vec<PageAhead>, Vec<PageAhead>) =
+            pages.iter().partition(|p| p.canonical && p.base.is_some());
+        self.decode_now(&first).await;
+        self.decode_now(&from_base).await;
     }
 
     async fn held(&self, ids: &[ObjectId]) -> Result<Vec<bool>, MasterError> {
@@ -459,23 +441,132 @@ impl TreeSource for Check<'_> {
 }
 
 impl Check<'_> {
-    fn keep_pages(&self, decoded: Vec<(ObjectId, Arc<DirManifest>, bool, usize)>) {
-        for (id, page, canonical, len) in decoded {
-            self.validator.keep_page(id, page, canonical, len);
+    /// [`TreeSource::decode_ahead`]'s work for `pages`, in one round.
+    async fn decode_now(&self, pages: &[PageAhead]) {
+        let todo: Vec<ToDecode> = {
+            let mut cache = self.validator.cache();
+            let mut seen = HashSet::new();
+            pages
+                .iter()
+                .filter(|p| seen.insert(p.id))
+                .filter_map(|p| {
+                    if cache
+                        .pages
+                        .get(&p.id)
+                        .is_some_and(|page| page.canonical || !p.canonical)
+                    {
+                        return None;
+                    }
+                    let bytes = cache.manifests.get(&p.id)?.clone();
+                    let base = p
+                        .base
+                        .filter(|_| p.canonical)
+                        .and_then(|b| base_page(&mut cache, b));
+                    Some(ToDecode {
+                        id: p.id,
+                        bytes,
+                        canonical: p.canonical,
+                        base,
+                    })
+                })
+                .collect()
+        };
+        let threads = DECODERS
+            .min(elton_proto::cores::cores())
+            .min(todo.len() / PAGES_PER_DECODER);
+        if threads < 2 {
+            // As the walk would, on this thread.
+            self.keep_pages(decode_pages(todo));
+            return;
+        }
+        let per = todo.len().div_ceil(threads);
+        let mut parts = Vec::with_capacity(threads);
+        let mut todo = todo.into_iter().peekable();
+        while todo.peek().is_some() {
+            parts.push(todo.by_ref().take(per).collect::<Vec<_>>());
+        }
+        let decoders = parts
+            .into_iter()
+            .map(|part| tokio::task::spawn_blocking(move || decode_pages(part)));
+        for decoded in futures::future::join_all(decoders)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            self.keep_pages(decoded);
+        }
+    }
+
+    fn keep_pages(&self, decoded: Vec<DecodedPage>) {
+        let from_base = decoded.iter().filter(|p| p.spans.is_some()).count();
+        tracing::trace!(pages = decoded.len(), from_base, "decoded ahead");
+        for page in decoded {
+            self.validator.keep_page(page);
         }
     }
 }
 
-/// Decodes each page's bytes, in canonical form or as published; with the
-/// length of its bytes. Pages that do not decode are left out.
-fn decode_pages(
-    pages: Vec<(ObjectId, Arc<Vec<u8>>, bool)>,
-) -> Vec<(ObjectId, Arc<DirManifest>, bool, usize)> {
+/// A page to decode ahead of the walk.
+struct ToDecode {
+    id: ObjectId,
+    bytes: Arc<Vec<u8>>,
+    canonical: bool,
+    base: Option<BasePage>,
+}
+
+/// A decoded page of the parent's tree that a new page may be decoded
+/// from: its entries, its bytes, and where the entries lie in them when
+/// already known.
+struct BasePage {
+    manifest: Arc<DirManifest>,
+    bytes: Arc<Vec<u8>>,
+    spans: Option<Arc<EntrySpans>>,
+}
+
+struct DecodedPage {
+    id: ObjectId,
+    manifest: Arc<DirManifest>,
+    canonical: bool,
+    /// The length of its bytes.
+    len: usize,
+    spans: Option<Arc<EntrySpans>>,
+}
+
+fn base_page(cache: &mut Decoded, id: ObjectId) -> Option<BasePage> {
+    let bytes = cache.manifests.get(&id)?.clone();
+    let page = cache.pages.get(&id)?;
+    Some(BasePage {
+        manifest: page.manifest.clone(),
+        bytes,
+        spans: page.spans.clone(),
+    })
+}
+
+/// Decodes each page's bytes, in canonical form or as published; a new
+/// page from its base where it can ([`elton_proto::manifest_delta`]).
+/// Pages that do not decode are left out.
+fn decode_pages(pages: Vec<ToDecode>) -> Vec<DecodedPage> {
     pages
         .into_iter()
-        .filter_map(|(id, bytes, canonical)| {
-            let page = decode_page(&bytes, canonical).ok()?;
-            Some((id, Arc::new(page), canonical, bytes.len()))
+        .filter_map(|p| {
+            let from_base = p.base.as_ref().and_then(|base| {
+                let spans = match &base.spans {
+                    Some(s) => s.clone(),
+                    None => Arc::new(EntrySpans::of(&base.manifest, &base.bytes)?),
+                };
+                manifest_delta::decode_against(&p.bytes, &base.manifest, &base.bytes, &spans)
+            });
+            let (manifest, spans) = match from_base {
+                Some((m, spans)) => (m, Some(Arc::new(spans))),
+                None => (decode_page(&p.bytes, p.canonical).ok()?, None),
+            };
+            Some(DecodedPage {
+                id: p.id,
+                manifest: Arc::new(manifest),
+                canonical: p.canonical,
+                len: p.bytes.len(),
+                spans,
+            })
         })
         .collect()
 }
@@ -568,28 +659,51 @@ mod tests {
         TreeValidator::new(store, liveness, holders)
     }
 
+    fn decoded(
+        id: ObjectId,
+        manifest: Arc<DirManifest>,
+        canonical: bool,
+        len: usize,
+    ) -> DecodedPage {
+        DecodedPage {
+            id,
+            manifest,
+            canonical,
+            len,
+            spans: None,
+        }
+    }
+
+    fn ahead(id: ObjectId, canonical: bool, base: Option<ObjectId>) -> PageAhead {
+        PageAhead {
+            id,
+            canonical,
+            base,
+        }
+    }
+
     #[test]
     fn a_page_decoded_as_published_is_not_taken_for_a_canonical_one() {
         let v = bare_validator();
         let page = Arc::new(DirManifest::new(vec![file("a", b"a")]).unwrap());
         let id = ObjectId::of(&page.encode());
         assert!(v.cached_page(id, false).is_none());
-        v.keep_page(id, page.clone(), false, 100);
+        v.keep_page(decoded(id, page.clone(), false, 100));
         assert!(v.cached_page(id, false).is_some());
         assert!(
             v.cached_page(id, true).is_none(),
             "not checked for canonical form"
         );
-        v.keep_page(id, page, true, 100);
+        v.keep_page(decoded(id, page, true, 100));
         assert!(v.cached_page(id, true).is_some());
         // Too large to keep: decoded each time.
         let big = ObjectId::of(b"big");
-        v.keep_page(
+        v.keep_page(decoded(
             big,
             Arc::new(DirManifest::new(Vec::new()).unwrap()),
             true,
             PAGE_CACHE_BYTES,
-        );
+        ));
         assert!(v.cached_page(big, false).is_none());
     }
 
@@ -610,16 +724,56 @@ mod tests {
             confirmed: Mutex::new(HashSet::new()),
         };
         // Half as new pages (canonical), half as the parent's.
-        let ahead: Vec<(ObjectId, bool)> = ids
+        let pages: Vec<PageAhead> = ids
             .iter()
             .enumerate()
-            .map(|(i, &id)| (id, i % 2 == 0))
+            .map(|(i, &id)| ahead(id, i % 2 == 0, None))
             .collect();
-        check.decode_ahead(&ahead).await;
+        check.decode_ahead(&pages).await;
         for (i, id) in ids.iter().enumerate() {
             assert!(v.cached_page(*id, false).is_some(), "page {i} decoded");
             assert_eq!(v.cached_page(*id, true).is_some(), i % 2 == 0, "page {i}");
         }
+    }
+
+    /// A new page named with its base is decoded from it, to what a full
+    /// decode gives, and is the next base with its spans known; bytes a
+    /// full decode refuses are not kept, base or not.
+    #[tokio::test]
+    async fn new_pages_are_decoded_from_their_base() {
+        let v = bare_validator();
+        let names: Vec<String> = (0..200).map(|n| format!("f{n:04}")).collect();
+        let base = DirManifest::new(names.iter().map(|n| file(n, n.as_bytes())).collect()).unwrap();
+        let mut next = base.clone();
+        next.upsert(file("f0100", b"changed"));
+        let mut bad = next.encode();
+        let at = bad.len() - 3;
+        bad.insert(at, b' '); // not canonical
+        let (base_bytes, next_bytes) = (base.encode(), next.encode());
+        let (base_id, next_id, bad_id) = (
+            ObjectId::of(&base_bytes),
+            ObjectId::of(&next_bytes),
+            ObjectId::of(&bad),
+        );
+        v.seed(vec![base_bytes, next_bytes, bad]);
+        let check = Check {
+            validator: &v,
+            confirmed: Mutex::new(HashSet::new()),
+        };
+        check.decode_ahead(&[ahead(base_id, false, None)]).await;
+        assert!(v.cache().pages.get(&base_id).unwrap().spans.is_none());
+        check
+            .decode_ahead(&[
+                ahead(next_id, true, Some(base_id)),
+                ahead(bad_id, true, Some(base_id)),
+            ])
+            .await;
+        assert_eq!(v.cached_page(next_id, true).as_deref(), Some(&next));
+        assert!(
+            v.cache().pages.get(&next_id).unwrap().spans.is_some(),
+            "decoded from its base"
+        );
+        assert!(v.cached_page(bad_id, false).is_none());
     }
 
     #[tokio::test]

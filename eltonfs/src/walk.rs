@@ -158,9 +158,7 @@ struct Walked {
 /// any hashing thread. Files larger than `chunk_threshold` bytes are
 /// chunked (a recipe).
 pub fn scan(dir: &Path, chunk_threshold: u64, on_file: &(dyn Fn(u64) + Sync)) -> Result<Scan> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_HASH_THREADS);
+    let threads = elton_proto::cores::cores().min(MAX_HASH_THREADS);
     scan_with(dir, chunk_threshold, threads, on_file)
 }
 

@@ -3,11 +3,14 @@
 //! - [`ids`]: typed identifiers (`ObjectId`, `VolumeName`, `Version`, `NodeId`).
 //! - [`addr`]: a node's HTTP address (`HttpAddr`, exactly `host:port`).
 //! - [`manifest`]: directory manifests and their one canonical JSON encoding.
+//! - [`manifest_delta`]: decoding a manifest that differs a little from one
+//!   already checked, parsing only what differs.
 //! - [`paged`]: large directories cut into pages, and their index (a design
 //!   step: not yet read or written by any node).
 //! - [`recipe`]: chunk lists of large files (content-defined chunking).
 //! - [`batch`]: the body of a batch upload of many objects.
 //! - [`chunking`]: how a large file is cut into the chunks of its recipe.
+//! - [`cores`]: the CPUs this process may use, read once.
 //! - [`record`]: version records as served in JSON.
 //! - [`path`]: validated relative paths inside a volume.
 //! - [`validate`]: the check a tree passes before it is published (slave
@@ -21,10 +24,12 @@
 pub mod addr;
 pub mod batch;
 pub mod chunking;
+pub mod cores;
 pub mod error;
 pub mod ids;
 pub mod listing;
 pub mod manifest;
+pub mod manifest_delta;
 pub mod manifest_diff;
 pub mod paged;
 pub mod path;

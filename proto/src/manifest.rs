@@ -182,7 +182,7 @@ impl DirManifest {
         }
     }
 
-    fn validate(&self) -> Result<(), ProtoError> {
+    pub(crate) fn validate(&self) -> Result<(), ProtoError> {
         if self.format != MANIFEST_FORMAT && self.format != MANIFEST_FORMAT_RECIPES {
             return Err(ProtoError::Manifest(format!(
                 "unsupported format {} (this build reads {MANIFEST_FORMAT} and {MANIFEST_FORMAT_RECIPES})",

@@ -19,8 +19,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn of_this_host() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+        let cores = u32::try_from(elton_proto::cores::cores()).unwrap_or(u32::MAX);
         Self { cores }
     }
 }

@@ -307,13 +307,7 @@ where
 /// How many threads read `n` processes: one per [`MIN_PER_READER`]
 /// processes, at most one per core and [`MAX_READERS`].
 fn readers_for(n: usize) -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    let cores = *CORES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    (n / MIN_PER_READER).clamp(1, cores.clamp(1, MAX_READERS))
+    (n / MIN_PER_READER).clamp(1, elton_proto::cores::cores().clamp(1, MAX_READERS))
 }
 
 /// When the host booted, in seconds since the Unix epoch: read from

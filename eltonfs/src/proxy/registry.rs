@@ -269,9 +269,7 @@ impl Proxy {
         local: &[InstanceLoad],
     ) -> (Vec<HostLoad>, Vec<InstanceLoad>, Option<u64>) {
         let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
-        let capacity = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZero::get)
-            .saturating_mul(100);
+        let capacity = elton_proto::cores::cores().saturating_mul(100);
         let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
         let mut instances = local.to_vec();
         let mut hosts = vec![HostLoad {

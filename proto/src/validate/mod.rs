@@ -98,13 +98,24 @@ pub trait TreeSource: Sync {
     }
 
     /// A hint after [`Self::prefetch`]: the walk will soon ask for these
-    /// [pages](Self::page), each with whether in canonical form. A source
-    /// that keeps decoded pages may decode them now, several at once; the
-    /// default does nothing.
-    fn decode_ahead(&self, pages: &[(ObjectId, bool)]) -> impl Future<Output = ()> + Send {
+    /// [pages](Self::page). A source that keeps decoded pages may decode
+    /// them now, several at once, and a new page from the base named with
+    /// it ([`crate::manifest_delta`]); the default does nothing.
+    fn decode_ahead(&self, pages: &[PageAhead]) -> impl Future<Output = ()> + Send {
         let _ = pages;
         async {}
     }
+}
+
+/// A page the walk will ask for ([`TreeSource::decode_ahead`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageAhead {
+    pub id: ObjectId,
+    /// Checked for canonical form: a page the tree adds.
+    pub canonical: bool,
+    /// For a new page: the parent's page in the same place, which it
+    /// likely differs from by a few entries.
+    pub base: Option<ObjectId>,
 }
 
 /// What an entry asks of the tree. Two entries with the same key need the

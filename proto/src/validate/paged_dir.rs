@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{Dir, Walk, invalid, not_held};
+use super::{Dir, PageAhead, Walk, invalid, not_held};
 use crate::error::{FetchError, TreeError};
 use crate::listing::{self, Strictness};
 use crate::manifest_diff::DirDiff;
@@ -194,7 +194,7 @@ impl<S: TreeSource> Walk<'_, S> {
     /// far as their manifests (already prefetched) tell: a hint, so
     /// manifests that cannot be read or decoded are passed over here and
     /// reported by the walk.
-    pub(super) async fn pages_to_compare(&self, dirs: &[Dir]) -> Vec<(crate::ObjectId, bool)> {
+    pub(super) async fn pages_to_compare(&self, dirs: &[Dir]) -> Vec<PageAhead> {
         let mut ids = Vec::new();
         for dir in dirs {
             let Ok(new) = self.source.manifest(dir.id).await else {
@@ -215,20 +215,23 @@ impl<S: TreeSource> Walk<'_, S> {
             };
             match parent {
                 Some(parent) => ids.extend(run_pages(&index, &parent)),
-                None => ids.extend(index.pages.iter().map(|r| (r.manifest, true))),
+                None => ids.extend(index.pages.iter().map(|r| PageAhead {
+                    id: r.manifest,
+                    canonical: true,
+                    base: None,
+                })),
             }
         }
         ids
     }
 
     /// Reads `pages` ahead and has them decoded ahead (see
-    /// [`TreeSource::decode_ahead`]): each with whether the walk will
-    /// check it for canonical form (a page the tree adds).
-    pub(super) async fn read_ahead(&self, pages: &[(crate::ObjectId, bool)]) {
+    /// [`TreeSource::decode_ahead`]).
+    pub(super) async fn read_ahead(&self, pages: &[PageAhead]) {
         if pages.is_empty() {
             return;
         }
-        let ids: Vec<_> = pages.iter().map(|&(id, _)| id).collect();
+        let ids: Vec<_> = pages.iter().map(|p| p.id).collect();
         self.source.prefetch(&ids).await;
         self.source.decode_ahead(pages).await;
     }
@@ -313,16 +316,27 @@ impl<S: TreeSource> Walk<'_, S> {
 
 /// The pages a comparison of `index` with `parent` reads: the unchanged
 /// page before each run (its last name bounds the run), the new pages of
-/// the run, and the parent's pages they replace; each with whether it is
-/// new (checked for canonical form).
-fn run_pages(index: &DirIndex, parent: &DirIndex) -> Vec<(crate::ObjectId, bool)> {
+/// the run, and the parent's pages they replace. A new page is marked for
+/// the canonical check, with the parent's page in the same place of the
+/// run (or its last) as the base it likely differs from a little.
+fn run_pages(index: &DirIndex, parent: &DirIndex) -> Vec<PageAhead> {
+    let known = |id| PageAhead {
+        id,
+        canonical: false,
+        base: None,
+    };
     let mut ids = Vec::new();
     for (new, old) in paged::changed_pages(parent, index) {
         if let Some(before) = new.start.checked_sub(1).filter(|_| !new.is_empty()) {
-            ids.push((index.pages[before].manifest, false));
+            ids.push(known(index.pages[before].manifest));
         }
-        ids.extend(new.map(|i| (index.pages[i].manifest, true)));
-        ids.extend(parent.pages[old].iter().map(|r| (r.manifest, false)));
+        let bases = &parent.pages[old];
+        ids.extend(new.enumerate().map(|(k, i)| PageAhead {
+            id: index.pages[i].manifest,
+            canonical: true,
+            base: bases.get(k).or(bases.last()).map(|r| r.manifest),
+        }));
+        ids.extend(bases.iter().map(|r| known(r.manifest)));
     }
     ids
 }
