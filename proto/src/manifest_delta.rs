@@ -26,14 +26,11 @@ use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::{DirManifest, Entry};
 
 /// Where each entry lies in a manifest's canonical bytes: entry `k` is
-/// `bytes[start[k]..end[k]]`, entries are joined by one comma, the header
-/// (`{"format":F,"entries":[`) ends at `start[0]` and the trailer (`]}`)
-/// begins at the last `end`.
+/// `bytes[start..end]` of the `k`th span, entries are joined by one comma,
+/// the header (`{"format":F,"entries":[`) ends where the first begins and
+/// the trailer (`]}`) begins where the last ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EntrySpans {
-    start: Vec<u32>,
-    end: Vec<u32>,
-}
+pub struct EntrySpans(Vec<(u32, u32)>);
 
 impl EntrySpans {
     /// The spans of `manifest`'s entries in `bytes`, if `bytes` is exactly
@@ -43,45 +40,24 @@ impl EntrySpans {
         if bytes.len() > MAX_MANIFEST_BYTES || !bytes.starts_with(&header) {
             return None;
         }
-        let mut spans = Self {
-            start: Vec::with_capacity(manifest.entries.len()),
-            end: Vec::with_capacity(manifest.entries.len()),
-        };
-        let mut at = header.len();
-        let mut encoded = Vec::with_capacity(512);
-        for (k, entry) in manifest.entries.iter().enumerate() {
-            if k > 0 {
-                if bytes.get(at) != Some(&b',') {
-                    return None;
-                }
-                at += 1;
-            }
-            encoded.clear();
-            serde_json::to_writer(&mut encoded, entry).ok()?;
-            if bytes.get(at..at + encoded.len()) != Some(encoded.as_slice()) {
-                return None;
-            }
-            spans.start.push(u32::try_from(at).ok()?);
-            at += encoded.len();
-            spans.end.push(u32::try_from(at).ok()?);
-        }
-        (&bytes[at..] == TRAILER).then_some(spans)
+        let (spans, end) = locate(bytes, header.len(), &manifest.entries)?;
+        (&bytes[end..] == TRAILER).then_some(Self(spans))
     }
 
     pub fn len(&self) -> usize {
-        self.start.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.start.is_empty()
+        self.0.is_empty()
     }
 
     fn start(&self, k: usize) -> usize {
-        self.start[k] as usize
+        self.0[k].0 as usize
     }
 
     fn end(&self, k: usize) -> usize {
-        self.end[k] as usize
+        self.0[k].1 as usize
     }
 }
 
@@ -96,6 +72,31 @@ fn header(format: u32) -> Vec<u8> {
     .unwrap_or_default();
     empty.truncate(empty.len().saturating_sub(TRAILER.len()));
     empty
+}
+
+/// Where `entries`, each in its canonical encoding and joined by commas,
+/// lie in `bytes` from `at` on (each compared in place), and where the
+/// last one ends; `None` where the bytes are anything else.
+fn locate(bytes: &[u8], mut at: usize, entries: &[Entry]) -> Option<(Vec<(u32, u32)>, usize)> {
+    let mut spans = Vec::with_capacity(entries.len());
+    let mut encoded = Vec::with_capacity(512);
+    for (k, entry) in entries.iter().enumerate() {
+        if k > 0 {
+            if bytes.get(at) != Some(&b',') {
+                return None;
+            }
+            at += 1;
+        }
+        encoded.clear();
+        serde_json::to_writer(&mut encoded, entry).ok()?;
+        let end = at + encoded.len();
+        if bytes.get(at..end) != Some(encoded.as_slice()) {
+            return None;
+        }
+        spans.push((u32::try_from(at).ok()?, u32::try_from(end).ok()?));
+        at = end;
+    }
+    Some((spans, at))
 }
 
 /// `bytes` decoded in canonical form, as [`DirManifest::decode`] would
@@ -122,42 +123,21 @@ pub fn decode_against(
     // them and the trailer lie within the common suffix); replace
     // `base[i..j]`, at least one entry.
     let i = spans
-        .start
-        .partition_point(|&s| s as usize <= prefix)
+        .0
+        .partition_point(|&(start, _)| start as usize <= prefix)
         .checked_sub(1)?;
     let kept_from = base_bytes.len() - suffix;
     let j = (i + 1..=n).find(|&k| spans.end(k - 1) >= kept_from)?;
     let middle_start = spans.start(i);
     let tail = base_bytes.len() - spans.end(j - 1);
     let middle_end = bytes.len().checked_sub(tail)?;
-    let middle = bytes.get(middle_start..middle_end)?;
-    let replacing = parse_entries(middle)?;
-    // The middle's own spans, relative to where it starts.
-    let mut middle_spans = Vec::with_capacity(replacing.len());
-    let mut at = 0;
-    let mut encoded = Vec::with_capacity(512);
-    for (k, entry) in replacing.iter().enumerate() {
-        if k > 0 {
-            if middle.get(at) != Some(&b',') {
-                return None;
-            }
-            at += 1;
-        }
-        encoded.clear();
-        serde_json::to_writer(&mut encoded, entry).ok()?;
-        if middle.get(at..at + encoded.len()) != Some(encoded.as_slice()) {
-            return None;
-        }
-        middle_spans.push((at, at + encoded.len()));
-        at += encoded.len();
-    }
-    if at != middle.len() {
+    let replacing = parse_entries(bytes.get(middle_start..middle_end)?)?;
+    let (middle_spans, end) = locate(&bytes[..middle_end], middle_start, &replacing)?;
+    if end != middle_end {
         return None;
     }
-    let replaced = j - i;
-    let mut entries = Vec::with_capacity(n - replaced + replacing.len());
+    let mut entries = Vec::with_capacity(n - (j - i) + replacing.len());
     entries.extend_from_slice(&base.entries[..i]);
-    let added = replacing.len();
     entries.extend(replacing);
     entries.extend_from_slice(&base.entries[j..]);
     let manifest = DirManifest {
@@ -165,28 +145,15 @@ pub fn decode_against(
         entries,
     };
     manifest.validate().ok()?;
-    let mut result = EntrySpans {
-        start: Vec::with_capacity(manifest.entries.len()),
-        end: Vec::with_capacity(manifest.entries.len()),
-    };
-    result.start.extend_from_slice(&spans.start[..i]);
-    result.end.extend_from_slice(&spans.end[..i]);
-    for (s, e) in middle_spans {
-        result.start.push(u32::try_from(middle_start + s).ok()?);
-        result.end.push(u32::try_from(middle_start + e).ok()?);
+    // The kept tail moved by the difference in length.
+    let moved = |p: u32| u32::try_from(p as usize + bytes.len() - base_bytes.len()).ok();
+    let mut result = Vec::with_capacity(manifest.entries.len());
+    result.extend_from_slice(&spans.0[..i]);
+    result.extend(middle_spans);
+    for &(start, end) in &spans.0[j..] {
+        result.push((moved(start)?, moved(end)?));
     }
-    // Entries from `j` on moved by how much longer the middle is than
-    // what it replaced.
-    let shift = |p: u32| -> Option<u32> {
-        let moved = p as usize + middle.len();
-        u32::try_from(moved.checked_sub(spans.end(j - 1) - middle_start)?).ok()
-    };
-    for k in j..n {
-        result.start.push(shift(spans.start[k])?);
-        result.end.push(shift(spans.end[k])?);
-    }
-    debug_assert_eq!(result.len(), n - replaced + added);
-    Some((manifest, result))
+    Some((manifest, EntrySpans(result)))
 }
 
 /// Entries joined by commas, nothing else (no whitespace is canonical, so
